@@ -1,0 +1,130 @@
+"""The ``optim_config`` schema: plain containers in, clear errors out.
+
+A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` as a dict, an OmegaConf
+``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
+config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
+
+Example:
+    >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
+    {'optimizer': {'name': 'adamw', 'lr': 0.0003}, 'param_groups': [], 'scheduler': None}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
+
+
+class OptimConfigError(ValueError):
+    """A bad value in ``optim_config``, raised before training starts.
+
+    The message names the key, the bad value and what would work.
+    """
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """Return `` Did you mean 'x'?`` for the closest choice, or an empty string.
+
+    Example:
+        >>> did_you_mean("adamm", ["adam", "sgd"])
+        " Did you mean 'adam'?"
+    """
+    matches = difflib.get_close_matches(str(value).lower(), list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+def config_error(
+    key: str, value: object, expected: str, choices: Iterable[str] = (), unknown_key: bool = False
+) -> OptimConfigError:
+    """Build the error for ``key`` holding ``value``, saying what was ``expected``.
+
+    Close matches among ``choices`` are suggested for the value, or for the key's own name if ``unknown_key``.
+
+    Example:
+        >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
+        "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
+    """
+    return OptimConfigError(
+        f"optim_config.{key} = {value!r} is not valid."
+        f"{did_you_mean(key.rsplit('.', 1)[-1] if unknown_key else value, choices)} Expected {expected}."
+    )
+
+
+@dataclass
+class OptimConfig:
+    """Typed form of ``optim_config``; the sections stay mappings because their keys depend on the optimizer.
+
+    Example:
+        >>> cfg = OptimConfig(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+        >>> to_plain_config(cfg)["optimizer"]["momentum"]
+        0.9
+    """
+
+    optimizer: dict[str, Any]
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
+    scheduler: dict[str, Any] | None = None
+
+
+def plain(value: Any) -> Any:
+    """Recursively turn OmegaConf containers, mappings and tuples into plain dicts and lists.
+
+    Example:
+        >>> plain(OmegaConf.create({"betas": [0.9, 0.98]}))
+        {'betas': [0.9, 0.98]}
+    """
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
+    """Return ``config`` as plain containers with all three sections present.
+
+    Raises:
+        OptimConfigError: when ``optimizer`` is missing or a top-level key is unknown.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, (Mapping, DictConfig)):
+        raise OptimConfigError(
+            f"optim_config must be a dict, a DictConfig or an OptimConfig, got {type(config).__name__}."
+        )
+    config = plain(config)
+    for key in config:
+        if key not in TOP_LEVEL_KEYS:
+            raise config_error(
+                key, config[key], f"only the keys {', '.join(TOP_LEVEL_KEYS)}", TOP_LEVEL_KEYS, unknown_key=True
+            )
+    if not isinstance(config.get("optimizer"), dict):
+        raise OptimConfigError("optim_config.optimizer is required: a mapping such as {'name': 'adamw', 'lr': 3e-4}.")
+    param_groups = config.get("param_groups") or []
+    if not isinstance(param_groups, list):
+        raise config_error("param_groups", param_groups, "a list of rules such as [{'name': ..., 'params': ...}]")
+    scheduler = config.get("scheduler")
+    if scheduler is not None and not isinstance(scheduler, dict):
+        raise config_error("scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
+    return {"optimizer": config["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """List the dotted keys whose values differ between two plain configs.
+
+    Example:
+        >>> changed_keys({"optimizer": {"lr": 0.1, "name": "sgd"}}, {"optimizer": {"lr": 0.2, "name": "sgd"}})
+        ['optimizer.lr']
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [path for key in keys for path in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]

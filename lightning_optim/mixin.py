@@ -1,0 +1,160 @@
+"""``OptimMixin``: optimizers, parameter groups and LR schedulers for a LightningModule from a plain config.
+
+Example:
+    >>> import lightning as L
+    >>> import torch
+    >>> class Model(OptimMixin, L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.layer = torch.nn.Linear(4, 1)
+    ...         self.optim_config = {
+    ...             "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
+    ...             "param_groups": [{"name": "no_decay", "params": r"\\.bias$", "weight_decay": 0.0}],
+    ...             "scheduler": {"name": "warmup_cosine", "warmup_steps": 10, "total_steps": 100},
+    ...         }
+    >>> configured = Model().configure_optimizers()
+    >>> [group["name"] for group in configured["optimizer"].param_groups]
+    ['no_decay', 'default']
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
+from lightning_optim.optimizers import build_optimizer
+from lightning_optim.schedulers import BuiltScheduler, build_scheduler, step_plateau
+from lightning_optim.validation import validate_optim_config
+
+
+class ResumeConfigWarning(UserWarning):
+    """The run resumes from a checkpoint made with a different ``optim_config``."""
+
+
+class OptimMixin:
+    """Implements ``configure_optimizers`` from ``self.optim_config``; put it first in the bases.
+
+    ``class Model(OptimMixin, L.LightningModule)`` or, for a model that already has ``configure_optimizers``,
+    ``class Model(OptimMixin, ExistingModel)``: the mixin comes first and takes over. Set ``self.optim_config``
+    in ``__init__`` (a dict, a ``DictConfig`` or an :class:`~lightning_optim.config.OptimConfig`); it is
+    checked at once, so a bad name or value fails before any trainer exists.
+
+    What it does beyond Lightning:
+
+    * ``interval: step`` with ``frequency: n`` steps the scheduler every ``n`` optimizer steps, also under
+      ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
+    * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
+      value; a ``monitor`` the validation run did not log is an error listing the metrics that exist, raised
+      already during Lightning's sanity check.
+    * Checkpoints hold the config and hyperparameters as plain containers (they load with ``weights_only=True``,
+      also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different ``optim_config``
+      warns naming each changed key, and a different optimizer class is refused.
+    """
+
+    @property
+    def optim_config(self) -> dict[str, Any]:
+        """The validated config as plain containers."""
+        try:
+            return self.__dict__["_optim_config"]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__} uses OptimMixin but never set self.optim_config in __init__, e.g. "
+                "self.optim_config = {'optimizer': {'name': 'adamw', 'lr': 1e-3}}."
+            ) from None
+
+    @optim_config.setter
+    def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
+        validated = validate_optim_config(config)
+        self.__dict__["_optim_config"] = validated
+        self.hparams["optim_config"] = copy.deepcopy(validated)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        config = self.optim_config
+        optimizer = build_optimizer(self, config["optimizer"], config["param_groups"])
+        self.__dict__["_built_schedulers"] = []
+        if config["scheduler"] is None:
+            return optimizer
+        built = build_scheduler(optimizer, config["scheduler"], self._run_length(config["scheduler"]))
+        self.__dict__["_built_schedulers"] = [built]
+        return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
+
+    def _run_length(self, scheduler: Mapping[str, Any]) -> int | None:
+        trainer = self._trainer
+        if trainer is None:
+            return None
+        if scheduler.get("interval", "step") == "epoch":
+            return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        total = trainer.estimated_stepping_batches
+        return None if math.isinf(total) else int(total)
+
+    def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
+        return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        built = self._built_for(scheduler)
+        if built is None:
+            super().lr_scheduler_step(scheduler, metric)
+        elif built.interval == "epoch" or self.trainer.global_step % built.frequency == 0:
+            built.advance()
+
+    def on_validation_end(self) -> None:
+        super().on_validation_end()
+        trainer = self.trainer
+        if trainer.state.fn != "fit":
+            return
+        for built in self.__dict__.get("_built_schedulers", []):
+            if built.steps_on_validation:
+                strict = built.lightning_config.get("strict", self.optim_config["scheduler"].get("strict", True))
+                step_plateau(built.scheduler, trainer.callback_metrics, strict, check_only=trainer.sanity_checking)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
+            checkpoint[key] = plain(checkpoint[key])
+        # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.
+        for key in [
+            key for key, value in checkpoint.items() if key.endswith("hparams_type") and isinstance(value, type)
+        ]:
+            del checkpoint[key]
+        checkpoint.setdefault("hyper_parameters", {})["optim_config"] = copy.deepcopy(self.optim_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("hyper_parameters", {}).get("optim_config")
+        if saved is None or saved == self.optim_config:
+            return
+        changed = changed_keys(saved, self.optim_config)
+        optimizer_identity = [key for key in changed if key in ("optimizer.name", "optimizer._target_")]
+        if optimizer_identity:
+            raise OptimConfigError(
+                f"Cannot resume: the checkpoint's optimizer is {_describe(saved['optimizer'])} and optim_config now "
+                f"asks for {_describe(self.optim_config['optimizer'])}; its state does not carry over. Resume with "
+                "the same optimizer, or start a new run (load weights with load_from_checkpoint instead)."
+            )
+        details = ", ".join(
+            f"{key} ({_lookup(saved, key)!r} -> {_lookup(self.optim_config, key)!r})" for key in changed
+        )
+        warnings.warn(
+            f"Resuming with a changed optim_config: {details}. The checkpoint's optimizer state (each group's lr, "
+            "momentum and other options) and the scheduler's step count are restored over the new values; the "
+            "shape of a closed-form schedule comes from the new config.",
+            ResumeConfigWarning,
+            stacklevel=2,
+        )
+
+
+def _describe(optimizer: Mapping[str, Any]) -> str:
+    return repr(optimizer.get("_target_") or optimizer.get("name"))
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key) if isinstance(config, dict) else None
+    return config

@@ -1,0 +1,185 @@
+"""Optimizer names to ``torch.optim`` classes, and building an optimizer from ``optim_config``.
+
+Example:
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1)
+    >>> optimizer = build_optimizer(model, {"name": "SGD", "lr": 0.1, "momentum": 0.9})
+    >>> type(optimizer).__name__, optimizer.param_groups[0]["name"], optimizer.param_groups[0]["momentum"]
+    ('SGD', 'default', 0.9)
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_optim.config import OptimConfigError, config_error
+from lightning_optim.param_groups import RULE_KEYS, group_parameters
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "radam": torch.optim.RAdam,
+    "nadam": torch.optim.NAdam,
+    "adamax": torch.optim.Adamax,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+    "rmsprop": torch.optim.RMSprop,
+    "asgd": torch.optim.ASGD,
+    "rprop": torch.optim.Rprop,
+    "lbfgs": torch.optim.LBFGS,
+    "sparse_adam": torch.optim.SparseAdam,
+}
+"""Every ``torch.optim`` optimizer by its config name."""
+
+_ALIASES = {"sparseadam": "sparse_adam"}
+_SPEC_KEYS = ("name", "_target_")
+_SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def import_class(path: str, base: type, key: str) -> type:
+    """Import the class at dotted ``path`` and check it subclasses ``base`` without calling anything.
+
+    Config from a command line is untrusted: the object is refused unless it is a class deriving from ``base``.
+
+    Example:
+        >>> import_class("torch.optim.AdamW", torch.optim.Optimizer, "optimizer._target_").__name__
+        'AdamW'
+    """
+    module_name, _, attribute = str(path).rpartition(".")
+    expected = f"a dotted path to a {base.__module__}.{base.__qualname__} subclass, e.g. 'torch.optim.AdamW'"
+    if not module_name:
+        raise config_error(key, path, expected)
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise config_error(key, path, f"{expected} ({error})") from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise config_error(key, path, f"{expected}; it names {type(found).__name__} {found!r}")
+    return found
+
+
+def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
+    """Resolve ``optimizer.name`` (case-insensitive) or ``optimizer._target_`` to an Optimizer class.
+
+    Example:
+        >>> optimizer_class({"name": "AdamW"}).__name__
+        'AdamW'
+    """
+    if "_target_" in spec:
+        return import_class(spec["_target_"], torch.optim.Optimizer, "optimizer._target_")
+    name = spec.get("name")
+    if name is None:
+        raise OptimConfigError(
+            "optim_config.optimizer needs 'name' (one of: " + ", ".join(OPTIMIZERS) + ") or '_target_'."
+        )
+    key = str(name).lower()
+    key = _ALIASES.get(key, key)
+    if key not in OPTIMIZERS:
+        raise config_error("optimizer.name", name, "one of: " + ", ".join(OPTIMIZERS), OPTIMIZERS)
+    return OPTIMIZERS[key]
+
+
+def constructor_options(cls: type[torch.optim.Optimizer]) -> list[str]:
+    """Names of the keyword arguments ``cls`` accepts besides its parameters.
+
+    Example:
+        >>> constructor_options(torch.optim.SGD)[:3]
+        ['lr', 'momentum', 'dampening']
+    """
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], where: str) -> None:
+    """Refuse an option ``cls`` does not accept, and a negative learning rate.
+
+    Example:
+        >>> check_options(torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "optimizer")
+    """
+    accepted = constructor_options(cls)
+    for key, value in options.items():
+        if key not in accepted:
+            raise config_error(
+                f"{where}.{key}",
+                value,
+                f"an argument of {cls.__name__}: {', '.join(accepted)}",
+                accepted,
+                unknown_key=True,
+            )
+    lr = options.get("lr")
+    if isinstance(lr, (int, float)) and lr < 0:
+        raise config_error(f"{where}.lr", lr, "a learning rate >= 0, e.g. 1e-3")
+
+
+def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> None:
+    """Check the optimizer options each parameter-group rule sets, as :func:`check_options` does."""
+    for index, rule in enumerate(rules):
+        check_options(
+            cls, {key: value for key, value in rule.items() if key not in RULE_KEYS}, f"param_groups[{index}]"
+        )
+
+
+def optimizer_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor keyword arguments in an ``optimizer`` section (everything but ``name``/``_target_``)."""
+    return {key: value for key, value in spec.items() if key not in _SPEC_KEYS}
+
+
+def sparse_parameter_names(module: nn.Module) -> set[str]:
+    """Qualified names of parameters that receive sparse gradients (``Embedding(sparse=True)`` and friends)."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, sub in module.named_modules()
+        if isinstance(sub, _SPARSE_MODULES) and sub.sparse
+        for name, _ in sub.named_parameters(recurse=False)
+    }
+
+
+def _check_special_optimizers(
+    cls: type[torch.optim.Optimizer], module: nn.Module, groups: Sequence[Mapping[str, Any]]
+) -> None:
+    if issubclass(cls, torch.optim.LBFGS) and len(groups) > 1:
+        names = [group["name"] for group in groups]
+        raise config_error(
+            "param_groups", names, "no parameter-group rules with LBFGS: it supports a single parameter group"
+        )
+    if issubclass(cls, torch.optim.SparseAdam):
+        sparse = sparse_parameter_names(module)
+        dense = [name for name, p in module.named_parameters() if p.requires_grad and name not in sparse]
+        if dense:
+            raise config_error(
+                "optimizer.name",
+                "sparse_adam",
+                f"an optimizer for dense gradients (e.g. 'adam'): parameters {dense[:5]} get dense gradients, "
+                "and SparseAdam only takes those of Embedding(sparse=True)/EmbeddingBag(sparse=True)",
+            )
+
+
+def build_optimizer(
+    module: nn.Module,
+    spec: Mapping[str, Any],
+    param_group_rules: Sequence[Mapping[str, Any]] = (),
+) -> torch.optim.Optimizer:
+    """Build the optimizer named by ``spec`` over ``module``'s trainable parameters, grouped by the rules.
+
+    Frozen parameters (``requires_grad=False``) stay out, so a finetuning callback can add them later.
+
+    Raises:
+        OptimConfigError: unknown optimizer or option, negative lr, bad rule, LBFGS with several groups,
+            SparseAdam on dense gradients.
+    """
+    cls = optimizer_class(spec)
+    options = optimizer_options(spec)
+    check_options(cls, options, "optimizer")
+    check_rule_options(cls, param_group_rules)
+    groups = group_parameters(module.named_parameters(), param_group_rules, options)
+    _check_special_optimizers(cls, module, groups)
+    if not groups:
+        raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
+    return cls(groups, **options)

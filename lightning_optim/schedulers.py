@@ -1,0 +1,427 @@
+"""Build learning-rate schedulers from the ``scheduler`` section of ``optim_config``.
+
+Closed-form schedules (:mod:`lightning_optim.schedules`) run through :class:`ScheduleLR`; ``plateau`` through
+:class:`PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own classes, which also cycle momentum.
+
+Example:
+    >>> import torch
+    >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
+    >>> built = build_scheduler(optimizer, {"name": "warmup_cosine", "warmup_steps": 2}, total_steps=6)
+    >>> built.lightning_config["interval"], built.frequency
+    ('step', 1)
+    >>> [round(lr, 2) for lr in preview_learning_rates(torch.nn.Linear(2, 1),
+    ...     {"optimizer": {"name": "sgd", "lr": 1.0}, "scheduler": {"name": "step", "step_size": 2}}, 5)["default"]]
+    [1.0, 1.0, 0.1, 0.1, 0.01]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
+
+from lightning_optim.config import OptimConfigError, config_error, did_you_mean, to_plain_config
+from lightning_optim.optimizers import build_optimizer, import_class
+from lightning_optim.schedules import (
+    ExponentialDecay,
+    InverseSqrt,
+    MultiStepDecay,
+    Polynomial,
+    Schedule,
+    Sequential,
+    StepDecay,
+    WarmupCosine,
+)
+
+LIGHTNING_KEYS = ("interval", "frequency", "log_name", "monitor", "strict")
+"""Keys for Lightning's scheduler config, beside the schedule's own. ``name`` picks the schedule, so Lightning's
+``name`` (the prefix its LR logging uses instead of ``lr-<Optimizer>``) is spelt ``log_name`` here."""
+
+CLOSED_FORM: dict[str, tuple[type[Schedule], dict[str, Any]]] = {
+    "warmup_cosine": (WarmupCosine, {}),
+    "cosine": (WarmupCosine, {}),
+    "warmup_linear": (Polynomial, {"power": 1.0}),
+    "polynomial": (Polynomial, {}),
+    "warmup_constant": (Schedule, {}),
+    "inverse_sqrt": (InverseSqrt, {}),
+    "step": (StepDecay, {}),
+    "multistep": (MultiStepDecay, {}),
+    "exponential": (ExponentialDecay, {}),
+}
+"""Schedules computed from the step alone: their class and the fixed arguments a name implies."""
+
+TORCH_SCHEDULERS: dict[str, type[LRScheduler]] = {"cyclic": CyclicLR, "onecycle": OneCycleLR}
+SCHEDULER_NAMES = (*CLOSED_FORM, *TORCH_SCHEDULERS, "plateau", "sequential")
+_PLATEAU_OPTIONS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+
+
+class ScheduleLR(LRScheduler):
+    """Set every parameter group's lr to its own base lr times ``schedule(step)``.
+
+    Like ``LambdaLR`` with one picklable schedule, plus: a parameter group added during training (e.g. by
+    Lightning's ``BaseFinetuning.unfreeze_and_add_param_group``) joins the schedule. Its base lr is its
+    ``initial_lr`` if given, else the lr it was added with divided by the current factor, so its lr goes on
+    from where it was added and keeps its ratio to the other groups. The schedule itself is not saved in
+    ``state_dict``: it is rebuilt from the config, and the checkpoint keeps only plain numbers.
+
+    Example:
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.5)
+        >>> scheduler = ScheduleLR(optimizer, Schedule(warmup_steps=2))
+        >>> scheduler.get_last_lr(), (scheduler.step(), scheduler.get_last_lr())[1]
+        ([0.0], [0.25])
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, last_epoch: int = -1) -> None:
+        self.schedule = schedule
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        self._adopt_new_groups()
+        factor = self.schedule(self.last_epoch)
+        return [base_lr * factor for base_lr in self.base_lrs]
+
+    def _adopt_new_groups(self) -> None:
+        current = self.schedule(max(self.last_epoch - 1, 0))
+        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
+            if "initial_lr" not in group:
+                group["initial_lr"] = group["lr"] / current if current > 0 else group["lr"]
+            self.base_lrs.append(group["initial_lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
+
+
+class PlateauLR(LRScheduler):
+    """Linear warmup per step, then torch's ``ReduceLROnPlateau`` fed by :meth:`step_on_metric`.
+
+    :meth:`step` advances the warmup only; the caller calls :meth:`step_on_metric` once after each validation
+    run that produced ``monitor``, so the plateau never acts on a stale value. Metrics seen during warmup are
+    ignored.
+
+    Example:
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+        >>> scheduler = PlateauLR(optimizer, monitor="val/loss", patience=0)
+        >>> scheduler.step_on_metric(1.0); scheduler.step_on_metric(2.0); scheduler.get_last_lr()
+        [0.1]
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, monitor: str, warmup_steps: int = 0, **plateau_options: Any
+    ) -> None:
+        self.monitor = monitor
+        self.warmup = Schedule(warmup_steps=warmup_steps)
+        self.plateau = ReduceLROnPlateau(optimizer, **plateau_options)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        groups = self.optimizer.param_groups
+        self.base_lrs.extend(group.setdefault("initial_lr", group["lr"]) for group in groups[len(self.base_lrs) :])
+        if self.last_epoch > self.warmup.warmup_steps:
+            return [group["lr"] for group in groups]
+        factor = self.warmup(self.last_epoch)
+        return [base_lr * factor for base_lr in self.base_lrs]
+
+    def step_on_metric(self, value: float | torch.Tensor) -> None:
+        """Feed one validation result to the plateau logic (ignored during warmup)."""
+        if self.last_epoch < self.warmup.warmup_steps:
+            return
+        self.plateau.step(value)
+        self._last_lr = self.plateau.get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "warmup", "plateau")}
+        return {**state, "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        self.plateau.load_state_dict(state.pop("plateau"))
+        self.__dict__.update(state)
+
+
+@dataclass
+class BuiltScheduler:
+    """A scheduler with the config Lightning gets and the step ``frequency`` counted in optimizer steps."""
+
+    scheduler: LRScheduler
+    lightning_config: dict[str, Any]
+    frequency: int
+    interval: str
+
+    def advance(self) -> None:
+        """Move the schedule ``frequency`` steps on, at the moment Lightning steps it.
+
+        Counts in the config (``warmup_steps``, ``total_steps``, ``step_size``, ...) are optimizer steps (or epochs
+        with ``interval: epoch``), never scheduler calls: ``frequency`` only says how often the lr is updated.
+        """
+        for _ in range(self.frequency):
+            self.scheduler.step()
+
+    @property
+    def steps_on_validation(self) -> bool:
+        """Whether the scheduler also needs :meth:`PlateauLR.step_on_metric` after each validation run."""
+        return isinstance(self.scheduler, PlateauLR)
+
+
+def _schedule_keys(name: str) -> set[str]:
+    cls, fixed = CLOSED_FORM[name]
+    keys = {field.name for field in dataclasses.fields(cls)} - set(fixed)
+    return keys | ({"warmup_ratio"} if "total_steps" in keys else set())
+
+
+def _signature_keys(cls: type) -> set[str]:
+    return set(list(inspect.signature(cls.__init__).parameters)[2:]) - {"last_epoch", "verbose"}
+
+
+def accepted_keys(spec: Mapping[str, Any], where: str = "scheduler") -> set[str]:
+    """The keys a scheduler section may hold (its own and Lightning's)."""
+    if "_target_" in spec:
+        cls = import_class(spec["_target_"], LRScheduler, f"{where}._target_")
+        return _signature_keys(cls) | {"_target_", *LIGHTNING_KEYS}
+    name = spec.get("name")
+    if name in CLOSED_FORM:
+        keys = _schedule_keys(name)
+    elif name in TORCH_SCHEDULERS:
+        keys = _signature_keys(TORCH_SCHEDULERS[name])
+    elif name == "plateau":
+        keys = {"warmup_steps", *_PLATEAU_OPTIONS}
+    elif name == "sequential":
+        keys = {"schedulers", "milestones"}
+    else:
+        raise config_error(f"{where}.name", name, "one of: " + ", ".join(SCHEDULER_NAMES), SCHEDULER_NAMES)
+    return keys | {"name", *LIGHTNING_KEYS}
+
+
+def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") -> None:
+    """Refuse unknown names and keys and bad Lightning keys, before any trainer exists.
+
+    Example:
+        >>> check_scheduler_config({"name": "plateau"})
+        Traceback (most recent call last):
+        ...
+        lightning_optim.config.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
+the name of a logged validation metric, e.g. 'val/loss'.
+    """
+    accepted = accepted_keys(spec, where)
+    for key, value in spec.items():
+        if key not in accepted:
+            raise config_error(
+                f"{where}.{key}", value, "one of the keys: " + ", ".join(sorted(accepted)), accepted, unknown_key=True
+            )
+    interval = spec.get("interval", "step")
+    if interval not in ("step", "epoch"):
+        raise config_error(f"{where}.interval", interval, "'step' (optimizer steps) or 'epoch'", ["step", "epoch"])
+    frequency = spec.get("frequency", 1)
+    if not isinstance(frequency, int) or frequency < 1:
+        raise config_error(f"{where}.frequency", frequency, "an integer >= 1")
+    if spec.get("name") == "plateau" and not spec.get("monitor"):
+        raise config_error(
+            f"{where}.monitor", spec.get("monitor"), "the name of a logged validation metric, e.g. 'val/loss'"
+        )
+    if "warmup_steps" in spec and "warmup_ratio" in spec:
+        raise config_error(
+            f"{where}.warmup_ratio", spec["warmup_ratio"], "either warmup_steps or warmup_ratio, not both"
+        )
+    if spec.get("name") == "sequential":
+        _check_sequential(spec, where)
+    if spec.get("name") in CLOSED_FORM:
+        _closed_form_schedule(spec, where, total_steps=None)
+
+
+def _check_sequential(spec: Mapping[str, Any], where: str) -> None:
+    children = spec.get("schedulers")
+    if not isinstance(children, list) or len(children) < 2:
+        raise config_error(f"{where}.schedulers", children, "a list of two or more schedules, e.g. cosine then step")
+    for index, child in enumerate(children):
+        child_where = f"{where}.schedulers[{index}]"
+        if not isinstance(child, dict) or child.get("name") not in CLOSED_FORM:
+            raise config_error(
+                f"{child_where}.name",
+                None if not isinstance(child, dict) else child.get("name"),
+                "one of the closed-form schedules: " + ", ".join(CLOSED_FORM),
+                CLOSED_FORM,
+            )
+        for key, value in child.items():
+            if key not in _schedule_keys(child["name"]) | {"name"}:
+                raise config_error(
+                    f"{child_where}.{key}",
+                    value,
+                    "one of: " + ", ".join(sorted(_schedule_keys(child["name"]))),
+                    _schedule_keys(child["name"]),
+                    unknown_key=True,
+                )
+
+
+def _closed_form_schedule(spec: Mapping[str, Any], where: str, total_steps: int | None) -> Schedule:
+    cls, fixed = CLOSED_FORM[spec["name"]]
+    keys = _schedule_keys(spec["name"])
+    arguments = {key: value for key, value in spec.items() if key in keys and key != "warmup_ratio"}
+    if "total_steps" in keys:
+        given = arguments.get("total_steps")
+        run_steps = given if given is not None else total_steps
+        # Before a trainer exists, check everything else against a run long enough for any warmup.
+        arguments["total_steps"] = run_steps if run_steps is not None else max(arguments.get("warmup_steps", 0), 1)
+        if "warmup_ratio" in spec:
+            arguments["warmup_steps"] = round(spec["warmup_ratio"] * arguments["total_steps"])
+    try:
+        return cls(**fixed, **arguments)
+    except (ValueError, TypeError) as error:
+        raise OptimConfigError(f"optim_config.{where}: {error}") from None
+
+
+def _sequential_schedule(spec: Mapping[str, Any], where: str, total_steps: int) -> Schedule:
+    milestones = list(spec.get("milestones") or [])
+    starts = [0, *milestones]
+    phases = []
+    for index, child in enumerate(spec["schedulers"]):
+        phase_length = (starts[index + 1] if index < len(milestones) else total_steps) - starts[index]
+        phases.append(_closed_form_schedule(child, f"{where}.schedulers[{index}]", max(phase_length, 1)))
+    try:
+        return Sequential(schedules=tuple(phases), milestones=tuple(milestones))
+    except ValueError as error:
+        raise OptimConfigError(f"optim_config.{where}: {error}") from None
+
+
+def _torch_scheduler(
+    optimizer: torch.optim.Optimizer, cls: type[LRScheduler], options: dict[str, Any], where: str
+) -> LRScheduler:
+    try:
+        return cls(optimizer, **options)
+    except (ValueError, TypeError) as error:
+        raise OptimConfigError(f"optim_config.{where}: {cls.__name__} refused {options}: {error}") from None
+
+
+def needs_run_length(spec: Mapping[str, Any]) -> bool:
+    """Whether the scheduler needs the run's length (``total_steps: null``, ``warmup_ratio``, ``sequential``).
+
+    Example:
+        >>> needs_run_length({"name": "warmup_cosine", "total_steps": None}), needs_run_length({"name": "step"})
+        (True, False)
+    """
+    name = spec.get("name")
+    if name in ("onecycle", "sequential"):
+        return spec.get("total_steps") is None
+    return name in CLOSED_FORM and "total_steps" in _schedule_keys(name) and spec.get("total_steps") is None
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int | None, where: str = "scheduler"
+) -> BuiltScheduler:
+    """Build the scheduler for ``optimizer``; ``total_steps`` is the run's length in units of ``interval``.
+
+    ``total_steps`` is None when the run's length is unknown (a trainer without ``max_steps``/``max_epochs``).
+
+    ``total_steps: null`` in the config (and ``warmup_ratio``) resolve against ``total_steps``.
+
+    Raises:
+        OptimConfigError: a bad value, or a warmup longer than the run.
+    """
+    check_scheduler_config(spec, where)
+    if total_steps is None:
+        if needs_run_length(spec):
+            raise config_error(
+                f"{where}.total_steps",
+                None,
+                "a number of steps: the trainer has no max_steps or max_epochs to derive it",
+            )
+        total_steps = sys.maxsize
+    interval = spec.get("interval", "step")
+    name = spec.get("name")
+    own = {key: value for key, value in spec.items() if key not in (*LIGHTNING_KEYS, "name", "_target_")}
+    warmup_steps = own.get("warmup_steps")
+    if isinstance(warmup_steps, int) and warmup_steps > total_steps:
+        raise config_error(
+            f"{where}.warmup_steps",
+            warmup_steps,
+            f"at most the run's {total_steps} {interval}s (warmup longer than the run)",
+        )
+    if "_target_" in spec:
+        cls = import_class(spec["_target_"], LRScheduler, f"{where}._target_")
+        if issubclass(cls, ReduceLROnPlateau):
+            raise config_error(f"{where}._target_", spec["_target_"], "name: plateau, which steps after validation")
+        scheduler = _torch_scheduler(optimizer, cls, own, where)
+    elif name in CLOSED_FORM:
+        scheduler = ScheduleLR(optimizer, _closed_form_schedule(spec, where, total_steps))
+    elif name == "sequential":
+        scheduler = ScheduleLR(optimizer, _sequential_schedule(spec, where, total_steps))
+    elif name == "onecycle":
+        scheduler = _torch_scheduler(
+            optimizer, OneCycleLR, {**own, "total_steps": own.get("total_steps") or total_steps}, where
+        )
+    elif name == "cyclic":
+        scheduler = _torch_scheduler(optimizer, CyclicLR, own, where)
+    else:
+        scheduler = PlateauLR(optimizer, monitor=spec["monitor"], **own)
+    frequency = spec.get("frequency", 1)
+    lightning_config = {
+        "scheduler": scheduler,
+        "interval": interval,
+        "frequency": 1 if interval == "step" else frequency,
+    }
+    if spec.get("log_name"):
+        lightning_config["name"] = spec["log_name"]
+    return BuiltScheduler(scheduler, lightning_config, frequency, interval)
+
+
+def preview_learning_rates(
+    module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
+) -> dict[str, list[float]]:
+    """The lr of every parameter group for steps ``0 .. total_steps - 1``, without training.
+
+    A plateau schedule has no metric here, so it shows its warmup and then a constant lr.
+
+    Example:
+        >>> lrs = preview_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
+        ...     "scheduler": {"name": "warmup_cosine", "warmup_steps": 2}}, 4)
+        >>> [round(lr, 3) for lr in lrs["default"]]
+        [0.0, 0.5, 1.0, 0.5]
+    """
+    config = to_plain_config(optim_config)
+    optimizer = build_optimizer(module, config["optimizer"], config["param_groups"])
+    names = [group.get("name", f"pg{index + 1}") for index, group in enumerate(optimizer.param_groups)]
+    lrs: dict[str, list[float]] = {name: [] for name in names}
+    built = build_scheduler(optimizer, config["scheduler"], total_steps) if config["scheduler"] else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step", category=UserWarning)
+        for step in range(total_steps):
+            for name, group in zip(names, optimizer.param_groups, strict=True):
+                lrs[name].append(float(group["lr"]))
+            if built is not None and (step + 1) % built.frequency == 0:
+                built.advance()
+    return lrs
+
+
+def missing_metric_message(monitor: str, available: list[str]) -> str:
+    """The error for a plateau whose ``monitor`` the validation run did not log."""
+    return (
+        f"optim_config.scheduler.monitor = {monitor!r} was not logged by the validation run that just ended."
+        f"{did_you_mean(monitor, available)} Metrics that exist: {sorted(available)}. Log it with "
+        f"self.log({monitor!r}, ...) in validation_step, or set scheduler.monitor to one of these."
+    )
+
+
+def step_plateau(
+    scheduler: PlateauLR, metrics: Mapping[str, Any], strict: bool = True, check_only: bool = False
+) -> None:
+    """Feed ``scheduler`` the monitored value a validation run just logged into ``metrics``.
+
+    With ``check_only`` (Lightning's sanity check) only the metric's presence is checked, so a misspelt
+    ``monitor`` fails before the first training step.
+
+    Raises:
+        OptimConfigError: the metric is missing and ``strict`` (otherwise a warning).
+    """
+    value = metrics.get(scheduler.monitor)
+    if value is None:
+        message = missing_metric_message(scheduler.monitor, list(metrics))
+        if strict:
+            raise OptimConfigError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    elif not check_only:
+        scheduler.step_on_metric(value)
