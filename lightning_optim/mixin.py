@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.schedulers import BuiltScheduler, build_scheduler, step_plateau
+from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
 from lightning_optim.validation import validate_optim_config
 
 
@@ -81,18 +80,9 @@ class OptimMixin:
         self.__dict__["_built_schedulers"] = []
         if config["scheduler"] is None:
             return optimizer
-        built = build_scheduler(optimizer, config["scheduler"], self._run_length(config["scheduler"]))
+        built = build_scheduler(optimizer, config["scheduler"], run_length(self._trainer, config["scheduler"]))
         self.__dict__["_built_schedulers"] = [built]
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
-
-    def _run_length(self, scheduler: Mapping[str, Any]) -> int | None:
-        trainer = self._trainer
-        if trainer is None:
-            return None
-        if scheduler.get("interval", "step") == "epoch":
-            return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        total = trainer.estimated_stepping_batches
-        return None if math.isinf(total) else int(total)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import sys
 import warnings
 from collections.abc import Mapping
@@ -425,3 +426,17 @@ def step_plateau(
         warnings.warn(message, RuntimeWarning, stacklevel=2)
     elif not check_only:
         scheduler.step_on_metric(value)
+
+
+def run_length(trainer: Any, scheduler: Mapping[str, Any]) -> int | None:
+    """The run's length in the scheduler's ``interval`` units, or None when the trainer cannot tell.
+
+    Optimizer steps come from ``trainer.estimated_stepping_batches`` (exact under accumulation, ``max_steps`` and
+    ``limit_train_batches``); epochs from ``trainer.max_epochs``.
+    """
+    if trainer is None:
+        return None
+    if scheduler.get("interval", "step") == "epoch":
+        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    total = trainer.estimated_stepping_batches
+    return None if math.isinf(total) else int(total)

@@ -1,0 +1,93 @@
+"""``LRSchedule``: the package's schedules for a model that keeps its own ``configure_optimizers``.
+
+Example:
+    >>> import lightning as L
+    >>> callback = LRSchedule({"name": "warmup_cosine", "warmup_steps": 100, "min_lr_ratio": 0.1})
+    >>> trainer = L.Trainer(callbacks=[callback], max_steps=1000, logger=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from lightning_optim.config import OptimConfigError, plain
+from lightning_optim.schedulers import BuiltScheduler, build_scheduler, check_scheduler_config, run_length, step_plateau
+
+
+class LRSchedule(L.Callback):
+    """Drive the lr of the model's optimizer step by step with a ``scheduler`` config.
+
+    Same schedules and semantics as :class:`~lightning_optim.OptimMixin`: counts in optimizer steps (also under
+    gradient accumulation and with ``frequency``), ``total_steps: null`` from the trainer, each parameter group
+    with its own base lr (groups added during training included), ``plateau`` stepped once after each
+    validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
+    same lr sequence. It refuses to run beside a scheduler the model already returns.
+
+    Args:
+        scheduler: the ``scheduler`` section of ``optim_config`` (dict or ``DictConfig``), e.g.
+            ``{"name": "warmup_cosine", "warmup_steps": 100}``.
+        optimizer_index: which of ``trainer.optimizers`` to drive.
+    """
+
+    def __init__(self, scheduler: Mapping[str, Any] | DictConfig, optimizer_index: int = 0) -> None:
+        self.config: dict[str, Any] = plain(scheduler)
+        check_scheduler_config(self.config)
+        self.optimizer_index = optimizer_index
+        self.built: BuiltScheduler | None = None
+        self._restored_state: dict[str, Any] | None = None
+        self._stepped_at = 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(optimizer_index=self.optimizer_index)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.lr_scheduler_configs:
+            schedulers = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
+            raise OptimConfigError(
+                f"LRSchedule({self.config.get('name')!r}) cannot run beside the scheduler(s) {schedulers} that "
+                f"{type(pl_module).__name__}.configure_optimizers returns: two schedulers would both set the lr. "
+                "Return only the optimizer, or drop the LRSchedule callback."
+            )
+        optimizer = trainer.optimizers[self.optimizer_index]
+        self.built = build_scheduler(optimizer, self.config, run_length(trainer, self.config))
+        if self._restored_state is not None:
+            self.built.scheduler.load_state_dict(self._restored_state)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stepped_at = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # global_step counts optimizer steps, so batches that only accumulate gradients leave it unchanged.
+        if self.built is None or self.built.interval != "step" or trainer.global_step == self._stepped_at:
+            return
+        self._stepped_at = trainer.global_step
+        if trainer.global_step % self.built.frequency == 0:
+            self.built.advance()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (
+            self.built is not None
+            and self.built.interval == "epoch"
+            and (trainer.current_epoch + 1) % self.built.frequency == 0
+        ):
+            self.built.advance()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.built is None or not self.built.steps_on_validation or trainer.state.fn != "fit":
+            return
+        step_plateau(
+            self.built.scheduler, trainer.callback_metrics, self.config.get("strict", True), trainer.sanity_checking
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.built is None:
+            return {"scheduler": self._restored_state} if self._restored_state else {}
+        return {"scheduler": self.built.scheduler.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_state = state_dict.get("scheduler")
