@@ -35,15 +35,20 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "rprop": torch.optim.Rprop,
     "lbfgs": torch.optim.LBFGS,
     "sparse_adam": torch.optim.SparseAdam,
+    **{
+        name: getattr(torch.optim, cls)
+        for name, cls in (("adafactor", "Adafactor"), ("muon", "Muon"))
+        if hasattr(torch.optim, cls)
+    },
 }
-"""Every ``torch.optim`` optimizer by its config name."""
+"""Every ``torch.optim`` optimizer by its config name (Adafactor and Muon where the installed torch has them)."""
 
 _ALIASES = {"sparseadam": "sparse_adam"}
 _SPEC_KEYS = ("name", "_target_")
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 
-def import_class(path: str, base: type, key: str) -> type:
+def import_class(path: str, base: type, key: str, example: str = "torch.optim.AdamW") -> type:
     """Import the class at dotted ``path`` and check it subclasses ``base`` without calling anything.
 
     Config from a command line is untrusted: the object is refused unless it is a class deriving from ``base``.
@@ -53,7 +58,7 @@ def import_class(path: str, base: type, key: str) -> type:
         'AdamW'
     """
     module_name, _, attribute = str(path).rpartition(".")
-    expected = f"a dotted path to a {base.__module__}.{base.__qualname__} subclass, e.g. 'torch.optim.AdamW'"
+    expected = f"a dotted path to a {base.__module__}.{base.__qualname__} subclass, e.g. {example!r}"
     if not module_name:
         raise config_error(key, path, expected)
     try:

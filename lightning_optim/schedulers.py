@@ -180,10 +180,23 @@ def _signature_keys(cls: type) -> set[str]:
     return set(list(inspect.signature(cls.__init__).parameters)[2:]) - {"last_epoch", "verbose"}
 
 
+def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRScheduler]:
+    """The ``LRScheduler`` subclass a ``_target_`` names, refused unless it is one (nothing is called).
+
+    Example:
+        >>> target_scheduler_class("torch.optim.lr_scheduler.StepLR").__name__
+        'StepLR'
+    """
+    cls = import_class(path, LRScheduler, f"{where}._target_", "torch.optim.lr_scheduler.StepLR")
+    if issubclass(cls, ReduceLROnPlateau):
+        raise config_error(f"{where}._target_", path, "name: plateau, which steps after validation")
+    return cls
+
+
 def accepted_keys(spec: Mapping[str, Any], where: str = "scheduler") -> set[str]:
     """The keys a scheduler section may hold (its own and Lightning's)."""
     if "_target_" in spec:
-        cls = import_class(spec["_target_"], LRScheduler, f"{where}._target_")
+        cls = target_scheduler_class(spec["_target_"], where)
         return _signature_keys(cls) | {"_target_", *LIGHTNING_KEYS}
     name = spec.get("name")
     if name in CLOSED_FORM:
@@ -343,10 +356,7 @@ def build_scheduler(
             f"at most the run's {total_steps} {interval}s (warmup longer than the run)",
         )
     if "_target_" in spec:
-        cls = import_class(spec["_target_"], LRScheduler, f"{where}._target_")
-        if issubclass(cls, ReduceLROnPlateau):
-            raise config_error(f"{where}._target_", spec["_target_"], "name: plateau, which steps after validation")
-        scheduler = _torch_scheduler(optimizer, cls, own, where)
+        scheduler = _torch_scheduler(optimizer, target_scheduler_class(spec["_target_"], where), own, where)
     elif name in CLOSED_FORM:
         scheduler = ScheduleLR(optimizer, _closed_form_schedule(spec, where, total_steps))
     elif name == "sequential":

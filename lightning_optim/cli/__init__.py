@@ -1,0 +1,1 @@
+"""Hydra command-line apps: ``lightning-optim-train`` (train.py) and ``lightning-optim-schedule`` (schedule.py)."""

@@ -1,0 +1,11 @@
+"""Hydra config tree of ``lightning-optim-train`` and ``lightning-optim-schedule``.
+
+A package so that Hydra finds it as ``pkg://lightning_optim.conf`` from an installed wheel.
+
+Example:
+    >>> from hydra import compose, initialize_config_module
+    >>> with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
+    ...     cfg = compose(config_name="train", overrides=["optimizer=adamw"])
+    >>> cfg.optimizer.name, cfg.scheduler.name
+    ('adamw', 'warmup_cosine')
+"""

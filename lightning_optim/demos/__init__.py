@@ -1,0 +1,24 @@
+"""Small models and data modules for the main job and the examples; each trains in seconds on a CPU.
+
+Example:
+    >>> from lightning_optim.demos import DigitsCNN, DigitsDataModule
+    >>> DigitsCNN(width=4).hparams["optim_config"]["optimizer"]["name"]
+    'sgd'
+"""
+
+from lightning_optim.demos.digits import DigitsCNN, DigitsDataModule
+from lightning_optim.demos.sequences import (
+    SequenceDataModule,
+    SequenceLSTM,
+    SequenceTransformer,
+    make_adding_problem,
+)
+
+__all__ = [
+    "DigitsCNN",
+    "DigitsDataModule",
+    "SequenceDataModule",
+    "SequenceLSTM",
+    "SequenceTransformer",
+    "make_adding_problem",
+]

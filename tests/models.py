@@ -1,0 +1,85 @@
+"""Tiny Lightning models and data for the tests: fast, deterministic, and recording the lr of every step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_optim import OptimMixin
+
+
+def loader(samples: int = 32, batch_size: int = 4, seed: int = 0) -> DataLoader:
+    """A regression data loader of ``samples // batch_size`` batches."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(samples, 4, generator=generator)
+    targets = inputs.sum(dim=1, keepdim=True)
+    return DataLoader(TensorDataset(inputs, targets), batch_size=batch_size)
+
+
+class RecordingModel(L.LightningModule):
+    """A linear regression that records, per optimizer step, the lr of every parameter group.
+
+    ``lrs`` holds one list per training batch; under accumulation several batches share an optimizer step.
+    ``val_metric`` may hold a sequence of values to log as ``val/metric`` at successive validation runs.
+    """
+
+    def __init__(self, val_metric: list[float] | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = torch.nn.Linear(4, 8)
+        self.head = torch.nn.Linear(8, 1)
+        self.lrs: list[list[float]] = []
+        self.val_metric = list(val_metric or [])
+        self.validation_runs = 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.encoder(inputs)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.lrs.append([group["lr"] for group in self.trainer.optimizers[0].param_groups])
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self(inputs), targets)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        inputs, targets = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self(inputs), targets))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        if self.val_metric:
+            self.log("val/metric", self.val_metric[min(self.validation_runs, len(self.val_metric) - 1)])
+        self.validation_runs += 1
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+class MixinModel(OptimMixin, RecordingModel):
+    """``RecordingModel`` with the mixin first in its bases: the mixin's ``configure_optimizers`` takes over."""
+
+    def __init__(self, optim_config: Any, val_metric: list[float] | None = None) -> None:
+        super().__init__(val_metric)
+        self.optim_config = optim_config
+
+
+def trainer(**kwargs: Any) -> L.Trainer:
+    """A quiet CPU trainer; ``kwargs`` override the defaults."""
+    defaults: dict[str, Any] = {
+        "accelerator": "cpu",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def step_lrs(model: RecordingModel, accumulate: int = 1) -> list[list[float]]:
+    """The lr of each optimizer step: one entry per ``accumulate`` batches."""
+    return model.lrs[::accumulate]
