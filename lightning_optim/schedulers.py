@@ -75,8 +75,10 @@ class ScheduleLR(LRScheduler):
     Example:
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.5)
         >>> scheduler = ScheduleLR(optimizer, Schedule(warmup_steps=2))
-        >>> scheduler.get_last_lr(), (scheduler.step(), scheduler.get_last_lr())[1]
-        ([0.0], [0.25])
+        >>> scheduler.get_last_lr()
+        [0.0]
+        >>> optimizer.step(); scheduler.step(); scheduler.get_last_lr()
+        [0.25]
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, last_epoch: int = -1) -> None:
