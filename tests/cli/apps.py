@@ -1,0 +1,29 @@
+"""Run the command-line apps in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "+trainer.enable_progress_bar=false",
+    "+trainer.enable_model_summary=false",
+]
+"""Overrides that make a run take about a second."""
+
+
+def run_app(module: str, *overrides: str, cwd: Path) -> str:
+    """Run ``python -m <module> <overrides>`` and return its stdout; fail the test with stderr if it fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{module} {' '.join(overrides)} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result.stdout

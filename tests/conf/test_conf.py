@@ -1,0 +1,135 @@
+"""The Hydra config tree: torch's defaults in the optimizer files, and every group file composes."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir, initialize_config_module
+from omegaconf import OmegaConf
+
+from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, build_optimizer, validate_optim_config
+from lightning_optim.cli.common import compose_optim_config
+
+PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
+TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+DELIBERATE_CHANGES = {"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True}}
+"""Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD)."""
+
+GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "logger", "experiment"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (PACKAGE_CONF / group).glob("*.yaml"))
+
+
+def torch_defaults(cls: type) -> dict:
+    parameters = inspect.signature(cls.__init__).parameters
+    return {key: p.default for key, p in parameters.items() if key not in ("self", "params")}
+
+
+def as_torch_value(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_file_writes_out_torchs_defaults(name):
+    values = OmegaConf.to_container(OmegaConf.load(PACKAGE_CONF / "optimizer" / f"{name}.yaml"))
+    assert values.pop("name") == name
+    defaults = torch_defaults(OPTIMIZERS[name])
+    assert list(values) == list(defaults), "every constructor argument written out, in signature order"
+    expected = {**defaults, **DELIBERATE_CHANGES.get(name, {})}
+    for key, value in values.items():
+        assert as_torch_value(value) == expected[key], f"{name}.{key}"
+        assert type(as_torch_value(value)) is type(expected[key]) or expected[key] is None, f"{name}.{key} type"
+
+
+def test_deliberate_changes_differ_from_torch():
+    for name, changes in DELIBERATE_CHANGES.items():
+        defaults = torch_defaults(OPTIMIZERS[name])
+        assert all(defaults[key] != value for key, value in changes.items())
+
+
+def test_every_optimizer_and_scheduler_name_has_a_file():
+    assert group_options("optimizer") == sorted(OPTIMIZERS)
+    assert group_options("scheduler") == sorted([*SCHEDULER_NAMES, "none"])
+
+
+def test_main_job_defaults():
+    with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
+        cfg = compose(config_name="train")
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0.9 and cfg.optimizer.nesterov is True
+    assert cfg.scheduler.name == "warmup_cosine" and cfg.scheduler.total_steps is None
+    assert cfg.model._target_ == "lightning_optim.demos.DigitsCNN"
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.accelerator == "cpu"
+    assert cfg.param_groups == [] and cfg.metric == "val/acc"
+    assert cfg.callbacks.lr_monitor.logging_interval == "step" and cfg.callbacks.model_checkpoint.save_last
+
+
+def _compose_everywhere(overrides: list[str], config_name: str = "train"):
+    with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
+        from_package = compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(TOP_LEVEL_CONF)):
+        from_checkout = compose(config_name=config_name, overrides=overrides)
+    assert from_package == from_checkout
+    return from_package
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
+def test_every_group_file_composes(group, option):
+    cfg = _compose_everywhere([f"{group}={option}"])
+    optim_config = compose_optim_config(cfg)
+    if group == "optimizer":
+        assert cfg.optimizer.name == option
+    if group == "scheduler":
+        assert optim_config["scheduler"] is None if option == "none" else cfg.scheduler.name == option
+    assert validate_optim_config(optim_config)["optimizer"]["name"] == cfg.optimizer.name
+
+
+def test_top_level_conf_is_the_package_conf():
+    assert TOP_LEVEL_CONF.is_symlink() and TOP_LEVEL_CONF.resolve() == PACKAGE_CONF
+
+
+def test_schedule_config_extends_train():
+    cfg = _compose_everywhere(["scheduler=onecycle", "out=x.png"], config_name="schedule")
+    assert cfg.out == "x.png" and cfg.scheduler.name == "onecycle" and cfg.optimizer.name == "sgd"
+
+
+@pytest.mark.parametrize(
+    "experiment,model,optimizer,scheduler",
+    [
+        ("cnn", "DigitsCNN", "sgd", "cosine"),
+        ("rnn", "SequenceLSTM", "adam", "step"),
+        ("transformer", "SequenceTransformer", "adamw", "warmup_cosine"),
+    ],
+)
+def test_experiments_compose(experiment, model, optimizer, scheduler):
+    cfg = _compose_everywhere([f"experiment={experiment}"])
+    assert cfg.model._target_.endswith(model)
+    assert (cfg.optimizer.name, cfg.scheduler.name) == (optimizer, scheduler)
+    assert cfg.trainer.gradient_clip_val == 1.0
+    if experiment == "transformer":
+        assert list(cfg.optimizer.betas) == [0.9, 0.98] and cfg.model.max_len == cfg.data.seq_len
+    if experiment == "cnn":
+        assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9
+    validate_optim_config(compose_optim_config(cfg))
+
+
+@pytest.mark.parametrize("experiment", ["cnn", "transformer"])
+def test_experiment_param_groups_match_the_intended_parameters(experiment):
+    from hydra.utils import instantiate
+
+    cfg = _compose_everywhere([f"experiment={experiment}"])
+    optim_config = compose_optim_config(cfg)
+    model = instantiate(cfg.model, optim_config=optim_config, _convert_="all")
+    optimizer = build_optimizer(model, optim_config["optimizer"], optim_config["param_groups"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: sorted(names[id(p)] for p in g["params"]) for g in optimizer.param_groups}
+    assert all(
+        n.endswith("bias") or "norm" in n or n == "position" or ".1." in n or ".4." in n for n in groups["no_decay"]
+    )
+    assert all(n.endswith("weight") for n in groups["default"])
+    assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups}["no_decay"] == 0.0
+    assert len(groups["no_decay"]) > 0 and len(groups["default"]) > 0
