@@ -72,7 +72,10 @@ class OptimMixin:
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
         validated = validate_optim_config(config)
         self.__dict__["_optim_config"] = validated
-        self.hparams["optim_config"] = copy.deepcopy(validated)
+        # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
+        # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
+        if not isinstance(self.hparams, DictConfig):
+            self.hparams["optim_config"] = copy.deepcopy(validated)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         config = self.optim_config

@@ -62,19 +62,20 @@ class LRSchedule(L.Callback):
         self._stepped_at = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.built is not None and self.built.interval == "epoch":
+            # At the epoch's last batch, where Lightning steps its own epoch schedulers, not in on_train_epoch_end:
+            # a checkpoint written at that batch (every_n_train_steps) must hold the stepped schedule, because a
+            # run resumed from it starts the next epoch without ending this one again.
+            progress = trainer.fit_loop.epoch_loop.batch_progress
+            last_batch = progress.is_last_batch or progress.current.ready == trainer.num_training_batches
+            if last_batch and (trainer.current_epoch + 1) % self.built.frequency == 0:
+                self.built.advance()
+            return
         # global_step counts optimizer steps, so batches that only accumulate gradients leave it unchanged.
-        if self.built is None or self.built.interval != "step" or trainer.global_step == self._stepped_at:
+        if self.built is None or trainer.global_step == self._stepped_at:
             return
         self._stepped_at = trainer.global_step
         if trainer.global_step % self.built.frequency == 0:
-            self.built.advance()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (
-            self.built is not None
-            and self.built.interval == "epoch"
-            and (trainer.current_epoch + 1) % self.built.frequency == 0
-        ):
             self.built.advance()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
