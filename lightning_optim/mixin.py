@@ -32,6 +32,9 @@ from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
 from lightning_optim.validation import validate_optim_config
 
+CHECKPOINT_KEY = "optim_config"
+"""The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
+
 
 class ResumeConfigWarning(UserWarning):
     """The run resumes from a checkpoint made with a different ``optim_config``."""
@@ -50,11 +53,11 @@ class OptimMixin:
     * ``interval: step`` with ``frequency: n`` steps the scheduler every ``n`` optimizer steps, also under
       ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
-      value; a ``monitor`` the validation run did not log is an error listing the metrics that exist, raised
-      already during Lightning's sanity check.
-    * Checkpoints hold the config and hyperparameters as plain containers (they load with ``weights_only=True``,
-      also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different ``optim_config``
-      warns naming each changed key, and a different optimizer class is refused.
+      value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
+      already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
+      with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
+      ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
     """
 
     @property
@@ -105,7 +108,7 @@ class OptimMixin:
         for built in self.__dict__.get("_built_schedulers", []):
             if built.steps_on_validation:
                 strict = built.lightning_config.get("strict", self.optim_config["scheduler"].get("strict", True))
-                step_plateau(built.scheduler, trainer.callback_metrics, strict, check_only=trainer.sanity_checking)
+                step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -116,11 +119,12 @@ class OptimMixin:
             key for key, value in checkpoint.items() if key.endswith("hparams_type") and isinstance(value, type)
         ]:
             del checkpoint[key]
-        checkpoint.setdefault("hyper_parameters", {})["optim_config"] = copy.deepcopy(self.optim_config)
+        # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
+        checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        saved = checkpoint.get("hyper_parameters", {}).get("optim_config")
+        saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return
         changed = changed_keys(saved, self.optim_config)

@@ -410,34 +410,42 @@ def preview_learning_rates(
     return lrs
 
 
-def missing_metric_message(monitor: str, available: list[str]) -> str:
+def missing_metric_message(monitor: str, available: list[str], key: str = "optim_config.scheduler.monitor") -> str:
     """The error for a plateau whose ``monitor`` the validation run did not log."""
     return (
-        f"optim_config.scheduler.monitor = {monitor!r} was not logged by the validation run that just ended."
+        f"{key} = {monitor!r} was not logged by the validation run that just ended."
         f"{did_you_mean(monitor, available)} Metrics that exist: {sorted(available)}. Log it with "
-        f"self.log({monitor!r}, ...) in validation_step, or set scheduler.monitor to one of these."
+        f"self.log({monitor!r}, ...) in validation_step, or set the monitor to one of these."
     )
 
 
 def step_plateau(
-    scheduler: PlateauLR, metrics: Mapping[str, Any], strict: bool = True, check_only: bool = False
+    scheduler: PlateauLR,
+    metrics: Mapping[str, Any],
+    strict: bool = True,
+    sanity_check: bool = False,
+    key: str = "optim_config.scheduler.monitor",
 ) -> None:
     """Feed ``scheduler`` the monitored value a validation run just logged into ``metrics``.
 
-    With ``check_only`` (Lightning's sanity check) only the metric's presence is checked, so a misspelt
-    ``monitor`` fails before the first training step.
+    During Lightning's sanity check nothing is stepped; a missing ``monitor`` is an error there only when a logged
+    metric has a close name (a typo fails before the first training step; a metric the model logs only outside
+    the sanity check is waited for, as Lightning's own callbacks do).
 
     Raises:
-        OptimConfigError: the metric is missing and ``strict`` (otherwise a warning).
+        OptimConfigError: the metric is missing and ``strict`` (otherwise a warning); ``key`` names the setting.
     """
     value = metrics.get(scheduler.monitor)
-    if value is None:
-        message = missing_metric_message(scheduler.monitor, list(metrics))
-        if strict:
-            raise OptimConfigError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    elif not check_only:
-        scheduler.step_on_metric(value)
+    if value is not None:
+        if not sanity_check:
+            scheduler.step_on_metric(value)
+        return
+    if sanity_check and not did_you_mean(scheduler.monitor, list(metrics)):
+        return
+    message = missing_metric_message(scheduler.monitor, list(metrics), key)
+    if strict:
+        raise OptimConfigError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def run_length(trainer: Any, scheduler: Mapping[str, Any]) -> int | None:

@@ -82,7 +82,11 @@ class LRSchedule(L.Callback):
         if self.built is None or not self.built.steps_on_validation or trainer.state.fn != "fit":
             return
         step_plateau(
-            self.built.scheduler, trainer.callback_metrics, self.config.get("strict", True), trainer.sanity_checking
+            self.built.scheduler,
+            trainer.callback_metrics,
+            self.config.get("strict", True),
+            sanity_check=trainer.sanity_checking,
+            key="LRSchedule monitor",
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -161,12 +161,6 @@ def test_misspelt_plateau_monitor_fails_after_the_first_validation_run():
     assert len(model.lrs) == BATCHES  # one epoch, then the first validation run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OptimConfigError,
-    reason="the sanity check refuses a monitor the model logs only outside it (RecordingModel does so): "
-    "see the report; Lightning's EarlyStopping/ModelCheckpoint skip their monitor checks in the sanity check",
-)
 def test_plateau_monitor_logged_only_after_the_sanity_check():
     model = RecordingModel(val_metric=[1.0, 2.0])
     scheduler = {"name": "plateau", "monitor": "val/metric", "patience": 0, "factor": 0.5}
