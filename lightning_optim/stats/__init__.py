@@ -1,0 +1,8 @@
+"""Pure statistics the callbacks log: gradient norms (:mod:`.gradients`) and BatchNorm health (:mod:`.batchnorm`).
+
+Nothing here imports Lightning or turns a tensor into a Python number.
+"""
+
+from lightning_optim.stats.gradients import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
+
+__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
