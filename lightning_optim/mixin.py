@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.distributed.fsdp import FullyShardedDataParallel
 
+from lightning_optim.clipping import clip_gradients, expected_after_clipping
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
@@ -99,6 +101,34 @@ class OptimMixin:
             super().lr_scheduler_step(scheduler, metric)
         elif built.interval == "epoch" or self.trainer.global_step % built.frequency == 0:
             built.advance()
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        """Clip as Lightning's ``gradient_clip_val``/``gradient_clip_algorithm`` ask, keeping what clipping measured.
+
+        The total norm before clipping, the norm after it and whether it fired stay on the device in
+        ``self.last_clip`` (a :class:`~lightning_optim.clipping.ClipResult`), for the monitors: no second pass over
+        the gradients, no host sync. Under AMP, Lightning has unscaled the gradients before this hook. Under FSDP
+        the strategy's own ``clip_grad_norm_`` clips the sharded gradients and returns the global norm.
+        """
+        if not gradient_clip_val:
+            self.__dict__["last_clip"] = None
+            return
+        algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm")
+        wrapped = self._trainer.model if self._trainer is not None else None
+        if algorithm == "norm" and isinstance(wrapped, FullyShardedDataParallel):
+            total = wrapped.clip_grad_norm_(gradient_clip_val)
+            result = expected_after_clipping(total, gradient_clip_val, algorithm)
+        else:
+            names = {id(parameter): name for name, parameter in self.named_parameters()}
+            named = [(names[id(p)], p) for group in optimizer.param_groups for p in group["params"]]
+            group_of = self.__dict__.get("grad_norm_grouping")
+            result = clip_gradients(named, gradient_clip_val, algorithm, group_of=group_of)
+        self.__dict__["last_clip"] = result
 
     def on_validation_end(self) -> None:
         super().on_validation_end()

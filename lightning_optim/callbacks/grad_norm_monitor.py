@@ -1,0 +1,230 @@
+"""``GradNormMonitor``: the gradient norm before and after clipping, how often clipping fires, non-finite steps.
+
+Example:
+    >>> import lightning as L
+    >>> monitor = GradNormMonitor(per_layer_depth=1)
+    >>> trainer = L.Trainer(callbacks=[monitor], gradient_clip_val=1.0, logger=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lightning_optim.clipping import ClipResult, expected_after_clipping
+from lightning_optim.mixin import OptimMixin
+from lightning_optim.stats import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
+
+NonfinitePolicy = Literal["warn", "skip", "raise"]
+
+
+def clip_algorithm(trainer: L.Trainer) -> str | None:
+    """``"norm"`` or ``"value"`` when the Trainer clips (Lightning's default algorithm is norm), else None."""
+    if not trainer.gradient_clip_val:
+        return None
+    return str(getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm) or "norm")
+
+
+class GradNormMonitor(L.Callback):
+    """Log ``grad_norm/total`` (before clipping), ``grad_norm/clipped`` (after), ``grad_norm/threshold``,
+    ``grad_norm/clip_fraction`` and ``grad_norm/nonfinite``, plus optional per-layer norms ``grad_norm/<layer>``.
+
+    Fixes Lightning's documented recipe (``grad_norm`` in ``on_before_optimizer_step``), which runs before
+    clipping, syncs the host once per parameter, and so always shows pre-clip norms at a cost.
+
+    * With :class:`~lightning_optim.OptimMixin` and norm clipping, the norms are the ones clipping computed
+      (``pl_module.last_clip``): no extra pass. Without the mixin, the monitor takes the norm itself in one fused
+      pass before clipping and derives the post-clip norm from the Trainer's threshold; with value clipping it
+      measures again after clipping.
+    * Python numbers are made on Lightning's logging steps only. The clip fraction counts every optimizer step
+      when clipping is by norm (with the mixin at no cost; without it, one fused norm pass per step); otherwise,
+      and for the non-finite count without norm clipping, only logging steps are measured.
+    * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
+      optimizer step, the last evaluation's norms.
+
+    Args:
+        per_layer_depth: also log the norm of each module path cut at this depth (``1``: ``encoder``, ``head``).
+        per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>``.
+        norm_type: the p of the p-norm.
+        nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
+            ``"skip"`` (drop the gradients so the optimizer step changes nothing) or ``"raise"`` (naming the first
+            parameter whose gradient is not finite). ``skip`` and ``raise`` check every step: one norm pass and one
+            host sync per step.
+    """
+
+    dashboard_category = "Gradient norm"
+
+    def __init__(
+        self,
+        per_layer_depth: int | None = None,
+        per_param_group: bool = False,
+        norm_type: float = 2.0,
+        nonfinite: NonfinitePolicy = "warn",
+    ) -> None:
+        if nonfinite not in ("warn", "skip", "raise"):
+            raise ValueError(
+                f"GradNormMonitor(nonfinite={nonfinite!r}) is not valid; expected 'warn', 'skip' or 'raise'."
+            )
+        if per_layer_depth is not None and per_layer_depth < 1:
+            raise ValueError(
+                f"GradNormMonitor(per_layer_depth={per_layer_depth!r}) is not valid; expected >= 1 or None."
+            )
+        self.per_layer_depth = per_layer_depth
+        self.per_param_group = per_param_group
+        self.norm_type = norm_type
+        self.nonfinite = nonfinite
+        self._clipped_steps = 0.0
+        self._window_steps = 0
+        self._nonfinite_steps = 0
+        self._clipped_on_device: torch.Tensor | None = None
+        self._nonfinite_on_device: torch.Tensor | None = None
+        self._logging = False
+        self._stepped_at = 0
+        self._before: GradientNorms | None = None
+
+    @staticmethod
+    def dashboard_charts() -> dict[str, list[str]]:
+        """The TensorBoard charts of this monitor: chart title → tag regexes."""
+        return {
+            "Norm before vs after clipping, and threshold": [
+                "grad_norm/total$",
+                "grad_norm/clipped$",
+                "grad_norm/threshold$",
+            ],
+            "Clip fraction": ["grad_norm/clip_fraction$"],
+            "Non-finite steps": ["grad_norm/nonfinite$"],
+            "Per layer": ["grad_norm/(?!total$|clipped$|threshold$|clip_fraction$|nonfinite$).*"],
+        }
+
+    def _group_of(self, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> Callable[[str], str] | None:
+        if self.per_param_group:
+            names = {id(parameter): name for name, parameter in pl_module.named_parameters()}
+            group_names = {
+                names[id(parameter)]: f"group/{group.get('name', index)}"
+                for index, group in enumerate(optimizer.param_groups)
+                for parameter in group["params"]
+            }
+            return group_names.__getitem__
+        if self.per_layer_depth is not None:
+            return module_path(self.per_layer_depth)
+        return None
+
+    def _mixin_clips_by_norm(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return isinstance(pl_module, OptimMixin) and clip_algorithm(trainer) == "norm"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stepped_at = trainer.global_step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._logging = trainer._logger_connector.should_update_logs
+        if self._logging and self._mixin_clips_by_norm(trainer, pl_module):
+            pl_module.__dict__["grad_norm_grouping"] = self._group_of(pl_module, trainer.optimizers[0])
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        by_norm = clip_algorithm(trainer) == "norm"
+        mixin_measures = self._mixin_clips_by_norm(trainer, pl_module)
+        if self.nonfinite == "warn" and (mixin_measures or not (self._logging or by_norm)):
+            self._before = None
+            return
+        named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
+        group_of = self._group_of(pl_module, optimizer) if self._logging else None
+        self._before = (
+            gradient_norms(named, group_of, self.norm_type)
+            if group_of is not None
+            else GradientNorms(total_norm([p for _, p in named], self.norm_type))
+        )
+        if self.nonfinite != "warn" and not torch.isfinite(self._before.total):
+            self._handle_nonfinite(trainer, named)
+
+    def _handle_nonfinite(self, trainer: L.Trainer, named: list[tuple[str, torch.Tensor]]) -> None:
+        if self.nonfinite == "raise":
+            first = next(name for name, p in named if not torch.isfinite(dense_gradient(p)).all())
+            raise FloatingPointError(
+                f"Non-finite gradient at optimizer step {trainer.global_step}: the first parameter with a NaN/Inf "
+                f"gradient is {first!r} (gradient norm {float(self._before.total)})."
+            )
+        for _, parameter in named:
+            parameter.grad = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.__dict__.pop("grad_norm_grouping", None)
+        if trainer.global_step == self._stepped_at:
+            return
+        self._stepped_at = trainer.global_step
+        result = self._result(trainer, pl_module)
+        if result is not None and result.total is not None:
+            self._window_steps += 1
+            self._count(result)
+        if self._logging:
+            self._log(trainer, result)
+
+    def _result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipResult | None:
+        if self._mixin_clips_by_norm(trainer, pl_module):
+            return pl_module.__dict__.get("last_clip")
+        if self._before is None:
+            return None
+        derived = expected_after_clipping(self._before.total, trainer.gradient_clip_val, clip_algorithm(trainer))
+        if derived is not None:
+            derived.groups = self._before.groups
+            return derived
+        threshold = float(trainer.gradient_clip_val or 0.0)
+        if not threshold:
+            return ClipResult("none", 0.0, self._before.total, self._before.total, None, self._before.groups)
+        after = total_norm([p for p in pl_module.parameters() if dense_gradient(p) is not None], self.norm_type)
+        return ClipResult(
+            "value", threshold, self._before.total, after, after < self._before.total, self._before.groups
+        )
+
+    def _count(self, result: ClipResult) -> None:
+        nonfinite = ~torch.isfinite(result.total)
+        self._nonfinite_on_device = (
+            nonfinite if self._nonfinite_on_device is None else self._nonfinite_on_device + nonfinite
+        )
+        if result.clipped is not None:
+            clipped = result.clipped.float()
+            self._clipped_on_device = clipped if self._clipped_on_device is None else self._clipped_on_device + clipped
+
+    def _log(self, trainer: L.Trainer, result: ClipResult | None) -> None:
+        if result is None or result.total is None:
+            return
+        before = self._nonfinite_steps
+        if self._nonfinite_on_device is not None:
+            self._nonfinite_steps += int(self._nonfinite_on_device)
+        clipped = float(self._clipped_on_device) if self._clipped_on_device is not None else 0.0
+        metrics = {
+            "grad_norm/total": float(result.total),
+            "grad_norm/clipped": float(result.clipped_norm),
+            "grad_norm/clip_fraction": (self._clipped_steps + clipped) / self._window_steps,
+            "grad_norm/nonfinite": float(self._nonfinite_steps),
+        }
+        if result.threshold:
+            metrics["grad_norm/threshold"] = result.threshold
+        metrics.update({f"grad_norm/{group}": float(norm) for group, norm in result.groups.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+        if self._nonfinite_steps > before and self.nonfinite == "warn":
+            rank_zero_warn(
+                f"{self._nonfinite_steps - before} optimizer step(s) before step {trainer.global_step} had a NaN/Inf "
+                "gradient norm. Lower the lr, clip gradients, or use GradNormMonitor(nonfinite='skip'/'raise')."
+            )
+        self._clipped_steps, self._window_steps = 0.0, 0
+        self._clipped_on_device = self._nonfinite_on_device = None
+
+    def state_dict(self) -> dict[str, Any]:
+        clipped = self._clipped_steps + (float(self._clipped_on_device) if self._clipped_on_device is not None else 0.0)
+        nonfinite = self._nonfinite_steps + (
+            int(self._nonfinite_on_device) if self._nonfinite_on_device is not None else 0
+        )
+        return {"clipped_steps": clipped, "window_steps": self._window_steps, "nonfinite_steps": nonfinite}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._clipped_steps = state_dict.get("clipped_steps", 0.0)
+        self._window_steps = state_dict.get("window_steps", 0)
+        self._nonfinite_steps = state_dict.get("nonfinite_steps", 0)
+        self._clipped_on_device = self._nonfinite_on_device = None
