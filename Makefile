@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOGDIR ?= outputs
 
-.PHONY: train test lint tensorboard schedule clean
+.PHONY: train test lint tensorboard schedule dashboard-screenshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ schedule: $(STAMP)
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir $(LOGDIR) --host localhost --port 6006
+
+dashboard-screenshot: $(STAMP)
+	scripts/dashboard_screenshot.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun lightning_logs .pytest_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""``TensorBoardDashboard``: one TensorBoard page (Custom Scalars) with every chart the monitors log.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning.pytorch.loggers import TensorBoardLogger
+    >>> from lightning_optim.callbacks import LRMonitor
+    >>> callbacks = [LRMonitor(log_momentum=True), TensorBoardDashboard()]
+    >>> trainer = L.Trainer(callbacks=callbacks, logger=TensorBoardLogger("tb_logs"), max_steps=10)
+    >>> list(dashboard_layout(callbacks))
+    ['Learning rate', 'Gradient norm']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
+from lightning_optim.callbacks.lr_monitor import LRMonitor
+from lightning_optim.stats import dense_gradient
+
+Charts = dict[str, list[str]]
+"""Chart title -> regexes of the tags the chart draws (Python ``re``, matched from the tag's start)."""
+
+HISTOGRAM_PREFIX = "grad_hist/"
+
+
+def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout for ``callbacks``, as ``SummaryWriter.add_custom_scalars`` takes it.
+
+    One category per monitor: each callback with a ``dashboard_charts()`` method (returning ``{chart title: [tag
+    regexes]}``) gets the category named by its ``dashboard_category`` attribute (default: its class name); two
+    callbacks naming the same category share it. Lightning's own ``LearningRateMonitor`` gets the charts of
+    :class:`~lightning_optim.callbacks.LRMonitor`. "Learning rate" and "Gradient norm" come first and are always
+    there, with built-in charts where no callback provides them.
+
+    Example:
+        >>> dashboard_layout([])["Gradient norm"]["Clip fraction"]
+        ['Multiline', ['grad_norm/clip_fraction$']]
+    """
+    builtin: dict[str, Charts] = {
+        LRMonitor.dashboard_category: LRMonitor().dashboard_charts(),
+        GradNormMonitor.dashboard_category: GradNormMonitor.dashboard_charts(),
+    }
+    provided: dict[str, Charts] = {}
+    for callback in callbacks:
+        if isinstance(callback, LearningRateMonitor) and not isinstance(callback, LRMonitor):
+            callback = LRMonitor(log_momentum=callback.log_momentum, log_weight_decay=callback.log_weight_decay)
+        if not callable(getattr(callback, "dashboard_charts", None)):
+            continue
+        charts = callback.dashboard_charts()
+        category = getattr(callback, "dashboard_category", type(callback).__name__)
+        provided.setdefault(category, {}).update(charts)
+    categories = {**builtin, **provided}
+    return {
+        category: {title: ["Multiline", list(regexes)] for title, regexes in charts.items()}
+        for category, charts in categories.items()
+    }
+
+
+class TensorBoardDashboard(L.Callback):
+    """Lay out the monitors' metrics on TensorBoard's Custom Scalars page, optionally with gradient histograms.
+
+    At fit start it writes a custom-scalars layout (``add_custom_scalars``) to every ``TensorBoardLogger``: a
+    "Learning rate" category (lr of every parameter group, momentum and weight decay when logged), "Gradient
+    norm" (``grad_norm/total``, ``grad_norm/clipped`` and ``grad_norm/threshold`` on one chart, the clip fraction,
+    non-finite steps, per-layer norms), and one category per other callback that has ``dashboard_charts()`` (e.g.
+    "BatchNorm"); see :func:`dashboard_layout`. The charts are regexes, so they fill as the metrics are logged.
+    Open it with ``tensorboard --logdir <dir>`` at ``http://localhost:6006/#custom_scalars``.
+
+    Without a ``TensorBoardLogger`` it warns once and does nothing.
+
+    Args:
+        histogram_every_n_steps: every this many optimizer steps, add a histogram of each parameter's gradient
+            (``grad_hist/<parameter name>``, before clipping; sparse gradients by their values, non-finite values
+            left out). None (default): no histograms, which cost a device-to-host copy of every gradient.
+
+    Example:
+        >>> import lightning as L
+        >>> from lightning.pytorch.loggers import TensorBoardLogger
+        >>> dashboard = TensorBoardDashboard(histogram_every_n_steps=100)
+        >>> trainer = L.Trainer(callbacks=[dashboard], logger=TensorBoardLogger("tb_logs"), max_steps=10)
+    """
+
+    def __init__(self, histogram_every_n_steps: int | None = None) -> None:
+        if histogram_every_n_steps is not None and histogram_every_n_steps < 1:
+            raise ValueError(f"histogram_every_n_steps must be a positive int or None, got {histogram_every_n_steps}")
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self._warned = False
+        self._histograms_done: set[tuple[int, int]] = set()
+
+    @staticmethod
+    def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loggers = self._tensorboards(trainer)
+        if not loggers:
+            if not self._warned:
+                self._warned = True
+                rank_zero_warn(
+                    "TensorBoardDashboard needs a TensorBoardLogger in the Trainer's loggers; it does nothing here.",
+                    category=UserWarning,
+                )
+            return
+        layout = dashboard_layout(trainer.callbacks)
+        for logger in loggers:
+            logger.experiment.add_custom_scalars(layout)
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.histogram_every_n_steps is None or not trainer.is_global_zero:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        # LBFGS calls this hook once per closure evaluation: one histogram per optimizer and step.
+        if step % self.histogram_every_n_steps or (step, id(optimizer)) in self._histograms_done:
+            return
+        loggers = self._tensorboards(trainer)
+        if not loggers:
+            return
+        self._histograms_done = {done for done in self._histograms_done if done[0] == step} | {(step, id(optimizer))}
+        in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for name, parameter in pl_module.named_parameters():
+            grad = dense_gradient(parameter) if id(parameter) in in_optimizer else None
+            if grad is None:
+                continue
+            values = grad.detach().float().flatten()
+            values = values[torch.isfinite(values)].cpu()
+            if values.numel() == 0:
+                continue
+            for logger in loggers:
+                logger.experiment.add_histogram(HISTOGRAM_PREFIX + name, values, global_step=step)

@@ -1,0 +1,149 @@
+"""``LRMonitor``: Lightning's ``LearningRateMonitor`` for every torch optimizer, one point per logged step.
+
+Example:
+    >>> import lightning as L
+    >>> monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
+    >>> trainer = L.Trainer(callbacks=[monitor], max_steps=10, logger=False)
+    >>> monitor.dashboard_charts()["Learning rate"]
+    ['lr-.*(?<!-momentum)(?<!-weight_decay)$']
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+
+MOMENTUM_SUFFIX = "-momentum"
+WEIGHT_DECAY_SUFFIX = "-weight_decay"
+_NOT_MOMENTUM_OR_DECAY = f"(?<!{MOMENTUM_SUFFIX})(?<!{WEIGHT_DECAY_SUFFIX})$"
+
+
+class LRMonitor(LearningRateMonitor):
+    """Log the lr (and optionally momentum and weight decay) of every parameter group of every optimizer.
+
+    Keys are Lightning's: ``lr-<Optimizer>/<group name>`` (``lr-SGD/default``, ``lr-AdamW/no_decay``; a group
+    without a name is ``pg<i>``, a lone unnamed group just ``lr-<Optimizer>``; a second optimizer of the same class
+    is ``lr-<Optimizer>-1``; a scheduler's ``name``, i.e. ``log_name`` in ``optim_config``, replaces the
+    ``lr-<Optimizer>`` prefix), plus ``<that key>-momentum`` and ``<that key>-weight_decay`` when asked. Values are
+    read at the start of a step (the lr that step uses) on Lightning's logging steps (``log_every_n_steps``) and
+    sent to every logger at step ``trainer.fit_loop.epoch_loop._batches_that_stepped``, like the metrics the
+    model logs.
+
+    Extends :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (same keys, options and ``lrs`` history),
+    fixing what it gets wrong in lightning 2.6:
+
+    * ``log_weight_decay=True`` raises ``KeyError: 'weight_decay'`` for Rprop, LBFGS and SparseAdam: here a group
+      without ``weight_decay`` simply has no ``-weight_decay`` key.
+    * ``log_momentum=True`` logs (and warns about) a made-up momentum of 0 for optimizers without one (Adagrad,
+      Adadelta, ASGD, Rprop, LBFGS, Adafactor): here such a group has no ``-momentum`` key. Adam-like optimizers
+      log ``betas[0]``.
+    * A key is never logged twice for the same step: with ``logging_interval=None`` Lightning logs an optimizer
+      without a scheduler both at epoch start and at the first batch, and under ``accumulate_grad_batches`` it logs
+      every batch of a logging step again.
+
+    Args:
+        logging_interval: ``"step"`` (default here; Lightning's default is None) logs every optimizer on logging
+            steps; ``"epoch"`` once at each epoch's start; None each scheduler at its own ``interval`` (and
+            optimizers without a scheduler on both).
+        log_momentum: also log ``momentum``, or ``betas[0]`` for Adam-like optimizers.
+        log_weight_decay: also log ``weight_decay``.
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[LRMonitor(log_momentum=True)], max_steps=10, logger=False)
+    """
+
+    dashboard_category = "Learning rate"
+    """The category of :class:`~lightning_optim.callbacks.TensorBoardDashboard` that holds :meth:`dashboard_charts`."""
+
+    def __init__(
+        self,
+        logging_interval: Literal["step", "epoch"] | None = "step",
+        log_momentum: bool = False,
+        log_weight_decay: bool = False,
+    ) -> None:
+        super().__init__(logging_interval, log_momentum, log_weight_decay)
+        self._logged_at: dict[str, int] = {}
+        self._trainer: L.Trainer | None = None
+
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        """The TensorBoard charts of this monitor's keys: chart title -> tag regexes (matched from the tag's start).
+
+        A scheduler's ``name`` (``log_name``) is on the charts too when the optimizers exist already (from
+        ``on_fit_start`` on), which is when the dashboard asks.
+        """
+        prefixes = ["lr-"]
+        if self._trainer is not None:
+            prefixes += [re.escape(config.name) for config in self._trainer.lr_scheduler_configs if config.name]
+        charts = {"Learning rate": [f"{prefix}.*{_NOT_MOMENTUM_OR_DECAY}" for prefix in prefixes]}
+        if self.log_momentum:
+            charts["Momentum"] = [f"{prefix}.*{MOMENTUM_SUFFIX}$" for prefix in prefixes]
+        if self.log_weight_decay:
+            charts["Weight decay"] = [f"{prefix}.*{WEIGHT_DECAY_SUFFIX}$" for prefix in prefixes]
+        return charts
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = None
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        self._logged_at = {}
+        with warnings.catch_warnings():
+            # Lightning's warning promises a logged momentum of 0; this monitor logs no key instead.
+            warnings.filterwarnings("ignore", message="You have set log_momentum=True")
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.logging_interval != "epoch" and trainer._logger_connector.should_update_logs:
+            self._log(trainer, "step" if self.logging_interval is None else "any")
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.logging_interval != "step":
+            self._log(trainer, "epoch" if self.logging_interval is None else "any")
+
+    def _log(self, trainer: L.Trainer, interval: str) -> None:
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        stats = self._extract_stats(trainer, interval)
+        fresh = {key: value for key, value in stats.items() if self._logged_at.get(key) != step}
+        if not fresh:
+            return
+        for key, value in fresh.items():
+            self._logged_at[key] = step
+            if key in self.lrs:
+                self.lrs[key].append(value)
+        for logger in trainer.loggers:
+            logger.log_metrics(fresh, step=step)
+
+    def _extract_lr(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
+        # The history in self.lrs is appended in _log, for the points actually logged.
+        return {name: _number(param_group["lr"])}
+
+    def _extract_momentum(self, param_group: dict[str, Any], name: str, use_betas: bool) -> dict[str, float]:
+        if not self.log_momentum:
+            return {}
+        if "betas" in param_group:
+            momentum = param_group["betas"][0]
+        elif "momentum" in param_group:
+            momentum = param_group["momentum"]
+        else:
+            return {}
+        self.last_momentum_values[name] = _number(momentum)
+        return {name: _number(momentum)}
+
+    def _extract_weight_decay(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
+        if not self.log_weight_decay or "weight_decay" not in param_group:
+            return {}
+        self.last_weight_decay_values[name] = _number(param_group["weight_decay"])
+        return {name: _number(param_group["weight_decay"])}
+
+
+def _number(value: Any) -> float:
+    """A Python float from a float or a 0-dim tensor (``lr`` and ``betas`` may be tensors, e.g. for capturable Adam)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)

@@ -1,0 +1,234 @@
+"""``TensorBoardDashboard``: the custom-scalars layout read back from the event file, and what its regexes match.
+
+TensorBoard's custom-scalars plugin selects a chart's tags with Python's ``re.compile(regex).match(tag)`` (from the
+tag's start); the tests match the same way against the tags a run actually logged.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from lightning_optim import OptimMixin
+from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDashboard
+from lightning_optim.callbacks.dashboard import dashboard_layout
+from tests import tb
+from tests.callbacks.test_lr_monitor import SparseEmbedding
+from tests.models import MixinModel, loader, trainer
+
+CONFIG = {
+    "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},
+    "param_groups": [{"name": "no_decay", "params": r"\.bias$", "weight_decay": 0.0}],
+    "scheduler": {"name": "warmup_cosine", "warmup_steps": 2},
+}
+LR_CHARTS = {
+    "Learning rate": ["lr-.*(?<!-momentum)(?<!-weight_decay)$"],
+    "Momentum": ["lr-.*-momentum$"],
+    "Weight decay": ["lr-.*-weight_decay$"],
+}
+
+
+GRAD_NORM_CHARTS = {
+    "Norm before vs after clipping, and threshold": ["grad_norm/total$", "grad_norm/clipped$", "grad_norm/threshold$"],
+    "Clip fraction": ["grad_norm/clip_fraction$"],
+    "Non-finite steps": ["grad_norm/nonfinite$"],
+    "Per layer": ["grad_norm/(?!total$|clipped$|threshold$|clip_fraction$|nonfinite$).*"],
+}
+
+
+class BatchNormStandIn(L.Callback):
+    """A monitor with its own dashboard category, as the BatchNorm monitor has."""
+
+    dashboard_category = "BatchNorm"
+
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {"Running mean": ["batchnorm/.*/running_mean$"], "Running var": ["batchnorm/.*/running_var$"]}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        pl_module.log_dict({"batchnorm/bn1/running_mean": 0.0, "batchnorm/bn1/running_var": 1.0})
+
+
+class NoCategory(L.Callback):
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        return {"Loss": ["train/loss$"]}
+
+
+def fit(tmp_path: Any, callbacks: list[L.Callback], model: L.LightningModule | None = None, **kwargs: Any) -> None:
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    run = trainer(callbacks=callbacks, logger=logger, **{"max_epochs": 1, "log_every_n_steps": 1, **kwargs})
+    run.fit(model if model is not None else MixinModel(CONFIG), loader())
+
+
+def test_layout_in_the_event_file_and_what_each_regex_draws(tmp_path):
+    callbacks = [
+        LRMonitor(log_momentum=True, log_weight_decay=True),
+        GradNormMonitor(per_layer_depth=1),
+        BatchNormStandIn(),
+        TensorBoardDashboard(),
+    ]
+    fit(tmp_path, callbacks, gradient_clip_val=1.0)
+    layout = tb.layout_dict(tb.layout(tmp_path))
+    assert layout == {
+        "Learning rate": LR_CHARTS,
+        "Gradient norm": GRAD_NORM_CHARTS,
+        "BatchNorm": {"Running mean": ["batchnorm/.*/running_mean$"], "Running var": ["batchnorm/.*/running_var$"]},
+    }
+    logged = set(tb.scalars(tmp_path))
+    drawn = {
+        chart: sorted(tag for tag in logged if any(re.match(regex, tag) for regex in regexes))
+        for charts in layout.values()
+        for chart, regexes in charts.items()
+    }
+    assert drawn == {
+        "Learning rate": ["lr-AdamW/default", "lr-AdamW/no_decay"],
+        "Momentum": ["lr-AdamW/default-momentum", "lr-AdamW/no_decay-momentum"],
+        "Weight decay": ["lr-AdamW/default-weight_decay", "lr-AdamW/no_decay-weight_decay"],
+        "Norm before vs after clipping, and threshold": ["grad_norm/clipped", "grad_norm/threshold", "grad_norm/total"],
+        "Clip fraction": ["grad_norm/clip_fraction"],
+        "Non-finite steps": ["grad_norm/nonfinite"],
+        "Per layer": ["grad_norm/encoder", "grad_norm/head"],
+        "Running mean": ["batchnorm/bn1/running_mean"],
+        "Running var": ["batchnorm/bn1/running_var"],
+    }
+    # Nothing the monitors logged is left off the page ("epoch" is Lightning's own, logged beside self.log).
+    assert logged - {"epoch"} == {tag for tags in drawn.values() for tag in tags}
+
+
+def test_lr_charts_follow_the_monitor_and_a_scheduler_log_name(tmp_path):
+    config = {**CONFIG, "scheduler": {**CONFIG["scheduler"], "log_name": "sched"}}
+    fit(tmp_path, [LRMonitor(), TensorBoardDashboard()], MixinModel(config))
+    charts = tb.layout_dict(tb.layout(tmp_path))["Learning rate"]
+    assert charts == {
+        "Learning rate": ["lr-.*(?<!-momentum)(?<!-weight_decay)$", "sched.*(?<!-momentum)(?<!-weight_decay)$"]
+    }
+    logged = sorted(tb.scalars(tmp_path))
+    assert logged == ["sched/default", "sched/no_decay"]
+    assert all(any(re.match(regex, tag) for regex in charts["Learning rate"]) for tag in logged)
+
+
+def test_categories_from_callbacks():
+    layout = dashboard_layout([LearningRateMonitor(log_momentum=True), NoCategory(), BatchNormStandIn()])
+    assert list(layout) == ["Learning rate", "Gradient norm", "NoCategory", "BatchNorm"]
+    assert layout["Learning rate"] == {
+        "Learning rate": ["Multiline", LR_CHARTS["Learning rate"]],
+        "Momentum": ["Multiline", LR_CHARTS["Momentum"]],
+    }
+    assert layout["Gradient norm"] == {title: ["Multiline", regexes] for title, regexes in GRAD_NORM_CHARTS.items()}
+    assert layout["NoCategory"] == {"Loss": ["Multiline", ["train/loss$"]]}
+
+
+def test_a_monitor_can_provide_the_gradient_norm_category():
+    class OwnGradNormCharts(L.Callback):
+        dashboard_category = "Gradient norm"
+
+        def dashboard_charts(self) -> dict[str, list[str]]:
+            return {"Total": ["grad_norm/total$"]}
+
+    assert dashboard_layout([OwnGradNormCharts()])["Gradient norm"] == {"Total": ["Multiline", ["grad_norm/total$"]]}
+
+
+def test_without_tensorboard_it_warns_once_and_does_nothing(tmp_path):
+    dashboard = TensorBoardDashboard(histogram_every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            run = trainer(callbacks=[dashboard], logger=CSVLogger(tmp_path), max_steps=2)
+            run.fit(MixinModel(CONFIG), loader())
+    messages = [str(warning.message) for warning in caught if "TensorBoardDashboard" in str(warning.message)]
+    assert messages == [
+        "TensorBoardDashboard needs a TensorBoardLogger in the Trainer's loggers; it does nothing here."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "tags"),
+    [
+        (
+            "adamw",
+            ["grad_hist/encoder.bias", "grad_hist/encoder.weight", "grad_hist/head.bias", "grad_hist/head.weight"],
+        ),
+        (
+            "lbfgs",
+            ["grad_hist/encoder.bias", "grad_hist/encoder.weight", "grad_hist/head.bias", "grad_hist/head.weight"],
+        ),
+        ("sparse_adam", ["grad_hist/embedding.weight"]),
+    ],
+)
+def test_gradient_histograms_every_n_steps(tmp_path, optimizer, tags):
+    config = {"optimizer": {"name": optimizer, "lr": 0.01}}
+    model = (SparseEmbedding if optimizer == "sparse_adam" else MixinModel)(config)
+    fit(tmp_path, [TensorBoardDashboard(histogram_every_n_steps=3)], model)
+    # LBFGS calls on_before_optimizer_step once per closure evaluation; still one histogram per step.
+    assert tb.histogram_steps(tmp_path) == {tag: [0, 3, 6] for tag in tags}
+
+
+def test_histograms_leave_out_non_finite_values(tmp_path):
+    class NonFinite(L.Callback):
+        def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+            pl_module.head.bias.grad.fill_(float("nan"))
+            pl_module.head.weight.grad[0, 0] = float("inf")
+
+    model = MixinModel({"optimizer": {"name": "sgd", "lr": 0.01}})
+    fit(tmp_path, [NonFinite(), TensorBoardDashboard(histogram_every_n_steps=4)], model, max_steps=1)
+    events = tb.accumulator(tmp_path)
+    assert "grad_hist/head.bias" not in events.Tags()["histograms"]
+    assert events.Histograms("grad_hist/head.weight")[0].histogram_value.num == 7  # 8 values, one inf
+
+
+def test_bad_histogram_interval():
+    with pytest.raises(ValueError, match="histogram_every_n_steps must be a positive int or None, got 0"):
+        TensorBoardDashboard(histogram_every_n_steps=0)
+
+
+def test_no_histograms_by_default(tmp_path):
+    fit(tmp_path, [TensorBoardDashboard()], max_steps=2)
+    assert tb.histogram_steps(tmp_path) == {}
+
+
+class BatchNormModel(OptimMixin, L.LightningModule):
+    """A regression with a BatchNorm layer, optimized by the mixin."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 1)
+        self.optim_config = CONFIG
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.head(self.encoder(inputs)), targets)
+
+
+def test_every_tag_the_monitors_log_is_on_the_page(tmp_path):
+    grad_norm = pytest.importorskip("lightning_optim.callbacks.grad_norm_monitor")
+    batchnorm = pytest.importorskip("lightning_optim.callbacks.batchnorm_monitor")
+    callbacks = [
+        LRMonitor(log_momentum=True, log_weight_decay=True),
+        grad_norm.GradNormMonitor(per_layer_depth=1),
+        batchnorm.BatchNormMonitor(report=False),
+        TensorBoardDashboard(),
+    ]
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    run = trainer(callbacks=callbacks, logger=logger, max_epochs=1, log_every_n_steps=1, gradient_clip_val=1.0)
+    run.fit(BatchNormModel(), loader(batch_size=8))
+    layout = tb.layout_dict(tb.layout(tmp_path))
+    assert list(layout)[:2] == ["Learning rate", "Gradient norm"] and len(layout) == 3
+    logged = set(tb.scalars(tmp_path)) - {"epoch"}
+    drawn = {
+        (category, chart): {tag for tag in logged if any(re.match(regex, tag) for regex in regexes)}
+        for category, charts in layout.items()
+        for chart, regexes in charts.items()
+    }
+    assert logged == set().union(*drawn.values())
+    # Only the DDP-only chart (BatchNorm rank divergence) stays empty in a single process.
+    empty = [layout[category][chart] for (category, chart), tags in drawn.items() if not tags]
+    assert [[regex for regex in regexes if "rank_divergence" not in regex] for regexes in empty] == [[]]
+    assert drawn["Gradient norm", "Per layer"] == {"grad_norm/encoder", "grad_norm/head"}

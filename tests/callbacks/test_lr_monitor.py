@@ -1,0 +1,206 @@
+"""``LRMonitor``: exact keys and values in the TensorBoard event files, one point per logged step, every optimizer.
+
+Event files are read back with TensorBoard's own reader (``tests/tb.py``); TensorBoard stores scalars as float32,
+so expected values are rounded the same way and compared exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lightning_optim import OPTIMIZERS, OptimMixin, preview_learning_rates
+from lightning_optim.callbacks import LRMonitor
+from tests import tb
+from tests.models import MixinModel, loader, trainer
+
+BATCHES = 8  # loader(): 32 samples in batches of 4
+ADAMW_NO_DECAY = {
+    "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},
+    "param_groups": [{"name": "no_decay", "params": r"\.bias$", "weight_decay": 0.0, "lr_scale": 0.5}],
+    "scheduler": {"name": "warmup_cosine", "warmup_steps": 3, "min_lr_ratio": 0.1},
+}
+
+
+def fit(
+    config: dict[str, Any],
+    tmp_path: Any,
+    monitor: LRMonitor | None = None,
+    model: L.LightningModule | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[LRMonitor, dict[str, list[tuple[int, float]]]]:
+    """Fit ``model`` (default: ``MixinModel(config)``) with ``monitor``; returns it and the logged scalars."""
+    monitor = monitor or LRMonitor()
+    model = model if model is not None else MixinModel(config)
+    defaults = {"max_epochs": 2, "log_every_n_steps": 1}
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    trainer(callbacks=[monitor], logger=logger, **{**defaults, **trainer_kwargs}).fit(model, loader())
+    return monitor, tb.scalars(tmp_path)
+
+
+def series(steps: list[int], values: list[float]) -> list[tuple[int, float]]:
+    return [(step, tb.float32(values[step])) for step in steps]
+
+
+# ------------------------------------------------------------------------------------------------ keys and values
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_lr_of_every_group_follows_the_schedule_on_logging_steps(tmp_path, every):
+    _, logged = fit(ADAMW_NO_DECAY, tmp_path, log_every_n_steps=every)
+    total = 2 * BATCHES
+    expected = preview_learning_rates(MixinModel(ADAMW_NO_DECAY), ADAMW_NO_DECAY, total)
+    steps = [step for step in range(total) if (step + 1) % every == 0]
+    assert steps == ([2, 5, 8, 11, 14] if every == 3 else list(range(16)))
+    assert logged == {
+        "lr-AdamW/default": series(steps, expected["default"]),
+        "lr-AdamW/no_decay": series(steps, expected["no_decay"]),
+    }
+    # Independent of preview_learning_rates: warmup 0.1 * k / 3, then cosine to a floor of 10% of each base lr.
+    assert expected["default"][:4] == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+    assert expected["no_decay"][3] == pytest.approx(0.05) and expected["no_decay"][15] == pytest.approx(
+        0.005 + 0.045 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * 12 / 13)).item())
+    )
+
+
+def test_momentum_and_weight_decay_keys(tmp_path):
+    monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
+    _, logged = fit(ADAMW_NO_DECAY, tmp_path, monitor, log_every_n_steps=5)
+    steps = [4, 9, 14]
+    assert sorted(logged) == [
+        "lr-AdamW/default",
+        "lr-AdamW/default-momentum",
+        "lr-AdamW/default-weight_decay",
+        "lr-AdamW/no_decay",
+        "lr-AdamW/no_decay-momentum",
+        "lr-AdamW/no_decay-weight_decay",
+    ]
+    assert logged["lr-AdamW/default-momentum"] == [(step, tb.float32(0.9)) for step in steps]  # betas[0]
+    assert logged["lr-AdamW/no_decay-momentum"] == [(step, tb.float32(0.9)) for step in steps]
+    assert logged["lr-AdamW/default-weight_decay"] == [(step, tb.float32(0.01)) for step in steps]
+    assert logged["lr-AdamW/no_decay-weight_decay"] == [(step, 0.0) for step in steps]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "key", "value"),
+    [
+        ({"name": "sgd", "lr": 0.1, "momentum": 0.9}, "lr-SGD/default-momentum", 0.9),
+        ({"name": "adam", "lr": 0.1, "betas": [0.8, 0.99]}, "lr-Adam/default-momentum", 0.8),
+    ],
+)
+def test_momentum_is_sgds_momentum_or_adams_beta1(tmp_path, optimizer, key, value):
+    _, logged = fit({"optimizer": optimizer}, tmp_path, LRMonitor(log_momentum=True), max_epochs=1)
+    assert logged[key] == [(step, tb.float32(value)) for step in range(BATCHES)]
+    assert logged[key.removesuffix("-momentum")] == [(step, tb.float32(0.1)) for step in range(BATCHES)]
+
+
+def test_scheduler_log_name_replaces_the_prefix(tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "warmup_constant", "log_name": "sched"}}
+    _, logged = fit(config, tmp_path, max_epochs=1, log_every_n_steps=4)
+    assert logged == {"sched/default": [(3, tb.float32(0.1)), (7, tb.float32(0.1))]}
+
+
+# ------------------------------------------------------------------------------------- one point per logged step
+
+
+def test_logging_interval_none_without_scheduler_logs_each_step_once(tmp_path):
+    # Lightning's LearningRateMonitor logs steps 0 and 8 twice here: at epoch start and at the first batch.
+    monitor, logged = fit({"optimizer": {"name": "sgd", "lr": 0.1}}, tmp_path, LRMonitor(logging_interval=None))
+    assert logged == {"lr-SGD/default": [(step, tb.float32(0.1)) for step in range(2 * BATCHES)]}
+    assert monitor.lrs == {"lr-SGD/default": [0.1] * (2 * BATCHES)}
+
+
+def test_logging_interval_none_logs_a_step_schedule_each_step_once(tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "warmup_linear", "warmup_steps": 4}}
+    _, logged = fit(config, tmp_path, LRMonitor(logging_interval=None))
+    expected = preview_learning_rates(MixinModel(config), config, 2 * BATCHES)["default"]
+    assert logged == {"lr-SGD/default": series(list(range(2 * BATCHES)), expected)}
+
+
+def test_accumulation_logs_each_optimizer_step_once(tmp_path):
+    # Lightning's LearningRateMonitor logs once per batch: twice per optimizer step here.
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "warmup_linear", "warmup_steps": 2}}
+    _, logged = fit(config, tmp_path, accumulate_grad_batches=2)
+    steps = list(range(BATCHES))  # 2 epochs of 4 optimizer steps
+    assert logged == {"lr-SGD/default": series(steps, preview_learning_rates(MixinModel(config), config, 8)["default"])}
+
+
+def test_logging_interval_epoch_logs_at_each_epoch_start(tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "warmup_linear", "warmup_steps": 4}}
+    _, logged = fit(config, tmp_path, LRMonitor(logging_interval="epoch"))
+    expected = preview_learning_rates(MixinModel(config), config, 2 * BATCHES)["default"]
+    assert logged == {"lr-SGD/default": series([0, BATCHES], expected)}
+
+
+# --------------------------------------------------------------------------------------------- every optimizer
+
+MOMENTUM, DECAY = "-momentum", "-weight_decay"
+SUFFIXES = {
+    "sgd": {MOMENTUM, DECAY},
+    "adam": {MOMENTUM, DECAY},
+    "adamw": {MOMENTUM, DECAY},
+    "radam": {MOMENTUM, DECAY},
+    "nadam": {MOMENTUM, DECAY},
+    "adamax": {MOMENTUM, DECAY},
+    "rmsprop": {MOMENTUM, DECAY},
+    "muon": {MOMENTUM, DECAY},
+    "adagrad": {DECAY},
+    "adadelta": {DECAY},
+    "asgd": {DECAY},
+    "adafactor": {DECAY},
+    "rprop": set(),
+    "lbfgs": set(),
+    "sparse_adam": {MOMENTUM},
+}
+"""Which of the optional keys each optimizer has: those without momentum/betas or weight_decay have no key."""
+
+
+class BiasFree(OptimMixin, L.LightningModule):
+    """Only 2-D parameters (what Muon accepts)."""
+
+    def __init__(self, optim_config: Any) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1, bias=False)
+        self.optim_config = optim_config
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
+
+
+class SparseEmbedding(OptimMixin, L.LightningModule):
+    """Sparse gradients only (what SparseAdam accepts)."""
+
+    def __init__(self, optim_config: Any) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 1, sparse=True)
+        self.optim_config = optim_config
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
+        return torch.nn.functional.mse_loss(self.embedding(index), targets)
+
+
+def test_the_table_covers_every_optimizer():
+    assert set(SUFFIXES) >= set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_logs_without_error_and_skips_what_it_lacks(tmp_path, name):
+    config = {"optimizer": {"name": name, "lr": 0.01}}
+    model = {"muon": BiasFree, "sparse_adam": SparseEmbedding}.get(name, MixinModel)(config)
+    monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
+    _, logged = fit(config, tmp_path, monitor, model, max_epochs=None, max_steps=2)
+    key = f"lr-{OPTIMIZERS[name].__name__}/default"
+    assert logged.keys() == {key} | {key + suffix for suffix in SUFFIXES[name]}
+    # LBFGS runs its closure several times per step; still one point per step.
+    assert logged[key] == [(0, tb.float32(0.01)), (1, tb.float32(0.01))]
+    if MOMENTUM in SUFFIXES[name]:
+        group = model.trainer.optimizers[0].param_groups[0]
+        beta1 = group["betas"][0] if "betas" in group else group["momentum"]
+        assert logged[key + MOMENTUM] == [(0, tb.float32(beta1)), (1, tb.float32(beta1))]
