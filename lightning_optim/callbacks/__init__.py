@@ -1,5 +1,9 @@
 """Lightning callbacks of lightning_optim."""
 
+from lightning_optim.callbacks.batchnorm_monitor import BatchNormMonitor
+from lightning_optim.callbacks.dashboard import TensorBoardDashboard
+from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
+from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.callbacks.lr_schedule import LRSchedule
 
-__all__ = ["LRSchedule"]
+__all__ = ["BatchNormMonitor", "GradNormMonitor", "LRMonitor", "LRSchedule", "TensorBoardDashboard"]

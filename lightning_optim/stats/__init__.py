@@ -3,6 +3,16 @@
 Nothing here imports Lightning or turns a tensor into a Python number.
 """
 
+from lightning_optim.stats.batchnorm import BatchStatistics, batch_statistics, rank_divergence
 from lightning_optim.stats.gradients import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
 
-__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+__all__ = [
+    "BatchStatistics",
+    "GradientNorms",
+    "batch_statistics",
+    "dense_gradient",
+    "gradient_norms",
+    "module_path",
+    "rank_divergence",
+    "total_norm",
+]

@@ -66,5 +66,8 @@ def test_multirun_sweeps_optimizers(tmp_path):
     assert len(re.findall(r"^validation accuracy \(val/acc\): [0-9.]+$", stdout, re.M)) == 2
     assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == ["0", "1"]
     lr_keys = {job: {key for key in scalars(sweep_dir / job) if key.startswith("lr-")} for job in ("0", "1")}
-    assert lr_keys == {"0": {"lr-SGD/default"}, "1": {"lr-AdamW/default"}}
+    assert lr_keys == {
+        job: {f"lr-{name}/default", f"lr-{name}/default-momentum", f"lr-{name}/default-weight_decay"}
+        for job, name in (("0", "SGD"), ("1", "AdamW"))
+    }
     assert (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text().count("optimizer=adamw") == 1

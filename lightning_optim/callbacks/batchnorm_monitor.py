@@ -1,0 +1,392 @@
+"""``BatchNormMonitor``: the health of every BatchNorm layer, measured on Lightning's logging steps only.
+
+Example:
+    >>> import lightning as L
+    >>> from lightning_optim.demos import DigitsCNN, DigitsDataModule
+    >>> monitor = BatchNormMonitor(report=False)
+    >>> trainer = L.Trainer(max_steps=2, log_every_n_steps=1, limit_val_batches=0, callbacks=[monitor],
+    ...                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    ...                     enable_model_summary=False)
+    >>> trainer.fit(DigitsCNN(width=4), DigitsDataModule(batch_size=32))
+    >>> [row["layer"] for row in monitor.report_rows()], sorted(monitor.last["features.1"])[:3]
+    (['features.1', 'features.4'], ['bias_max', 'bias_mean', 'bias_min'])
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from rich.console import Console
+from rich.table import Table
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
+from torch.utils.hooks import RemovableHandle
+
+from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
+
+REPORT_FILE = "batchnorm_report.json"
+
+
+class BatchNormMonitor(L.Callback):
+    """Log how every BatchNorm layer's batches compare with its running statistics; report unhealthy layers.
+
+    Watches every ``torch.nn`` BatchNorm layer of the model (``BatchNorm1d/2d/3d``, their lazy variants,
+    ``SyncBatchNorm``), found by ``isinstance(module, torch.nn.modules.batchnorm._BatchNorm)`` and named by its
+    qualified name (``features.1``). On a logging step (Lightning's own decision, the one ``self.log`` and
+    ``LearningRateMonitor`` follow) it attaches a forward pre-hook to each layer for that batch only, so the
+    statistics are taken on the training batch before the layer updates its running statistics; the hooks are
+    removed at the end of the batch, and a non-logging step costs nothing (no hook, no ``.item()``). Only
+    rank zero measures; the values become Python numbers once per logging step. Logged keys, at the step
+    Lightning's own metrics use (``<layer>`` is the qualified name):
+
+    - ``batchnorm/<layer>/mean_drift``: mean over channels of ``|batch mean - running mean| / sqrt(running var
+      + eps)``; ``batchnorm/<layer>/var_ratio``: mean over channels of ``batch var / (running var + eps)``
+      (both absent for ``track_running_stats=False``);
+    - ``batchnorm/<layer>/dead_fraction``: share of channels whose batch variance is below ``dead_threshold``;
+    - ``batchnorm/<layer>/{running_mean,running_var,weight,bias}_{mean,min,max}``: the buffers and the affine
+      parameters (those the layer has) summarized over channels, read before the update;
+    - ``batchnorm/<layer>/rank_divergence`` (DDP without ``SyncBatchNorm``, at each validation start during
+      fit): see :func:`~lightning_optim.stats.batchnorm.rank_divergence`;
+    - histograms ``batchnorm/<layer>/input`` and ``batchnorm/<layer>/output`` (with ``histogram_every_n`` and a
+      ``TensorBoardLogger``): the distributions before and after the layer.
+
+    Warnings, each once per layer and naming it: a layer in eval mode in a training forward (it normalizes
+    with its running statistics and stops updating them: frozen on purpose, or by mistake); a training batch
+    with fewer than ``min_batch_size`` samples on the device (an epoch's last, partial batch excepted); ranks
+    whose running statistics diverge by more than ``divergence_threshold`` (advice: ``sync_batchnorm=True``).
+
+    At the end of fit, rank zero prints a table of every layer with its last measurement and writes the same
+    rows to ``<trainer.log_dir>/batchnorm_report.json`` (when the trainer has a logger). A row needs attention
+    when the layer was in eval mode during training, has a dead channel, ``mean_drift > drift_threshold``,
+    ``var_ratio`` outside ``var_ratio_range``, ``rank_divergence > divergence_threshold``, or a batch of fewer
+    than ``min_batch_size`` samples.
+
+    Args:
+        dead_threshold: Batch variance below which a channel counts as dead.
+        drift_threshold: ``mean_drift`` above which the report marks a layer.
+        var_ratio_range: ``(low, high)``; a ``var_ratio`` outside it marks a layer in the report.
+        divergence_threshold: ``rank_divergence`` above which a layer is warned about and marked.
+        min_batch_size: Per-device samples below which a training batch is too small for BatchNorm.
+        histogram_every_n: Write input/output histograms every this many logging steps (first one included);
+            None: never.
+        report: Print the table and write the JSON at the end of fit.
+
+    Example:
+        >>> monitor = BatchNormMonitor(histogram_every_n=10)
+        >>> monitor.dashboard_category, monitor.dashboard_charts()["Mean drift"]
+        ('BatchNorm', ['^batchnorm/.*/mean_drift$'])
+    """
+
+    def __init__(
+        self,
+        dead_threshold: float = DEAD_VARIANCE,
+        drift_threshold: float = 0.5,
+        var_ratio_range: tuple[float, float] = (0.5, 2.0),
+        divergence_threshold: float = 0.05,
+        min_batch_size: int = 8,
+        histogram_every_n: int | None = None,
+        report: bool = True,
+    ) -> None:
+        if histogram_every_n is not None and histogram_every_n < 1:
+            raise ValueError(f"BatchNormMonitor(histogram_every_n={histogram_every_n}): use a positive int or None")
+        low, high = var_ratio_range
+        self.dead_threshold = dead_threshold
+        self.drift_threshold = drift_threshold
+        self.var_ratio_range = (float(low), float(high))
+        self.divergence_threshold = divergence_threshold
+        self.min_batch_size = min_batch_size
+        self.histogram_every_n = histogram_every_n
+        self.report = report
+        self.layers: dict[str, _BatchNorm] = {}
+        self.last: dict[str, dict[str, float]] = {}
+        """The last logged values of each layer, by key without the ``batchnorm/<layer>/`` prefix."""
+        self.modes: dict[str, bool] = {}
+        self.batch_sizes: dict[str, int] = {}
+        self._handles: list[RemovableHandle] = []
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self._step = -1
+        self._partial_batch = False
+        self._logging_steps = 0
+        self._histograms: TensorBoardLogger | None = None
+        self._histogram_done: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
+        self.warnings: list[str] = []
+        """The warnings given (each also went to ``rank_zero_warn``); the JSON report lists them too."""
+
+    dashboard_category = "BatchNorm"
+    """The category of :meth:`dashboard_charts` on the TensorBoard dashboard."""
+
+    @staticmethod
+    def dashboard_charts() -> dict[str, list[str]]:
+        """Chart title → regexes of the tags it plots, for the "BatchNorm" category of the TensorBoard dashboard."""
+        return {
+            "Mean drift": [r"^batchnorm/.*/mean_drift$"],
+            "Variance ratio": [r"^batchnorm/.*/var_ratio$"],
+            "Dead channel fraction": [r"^batchnorm/.*/dead_fraction$"],
+            "Rank divergence": [r"^batchnorm/.*/rank_divergence$"],
+            "Running mean": [r"^batchnorm/.*/running_mean_(mean|min|max)$"],
+            "Running variance": [r"^batchnorm/.*/running_var_(mean|min|max)$"],
+            "Weight": [r"^batchnorm/.*/weight_(mean|min|max)$"],
+            "Bias": [r"^batchnorm/.*/bias_(mean|min|max)$"],
+        }
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.layers = {name: module for name, module in pl_module.named_modules() if isinstance(module, _BatchNorm)}
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.layers or not trainer.is_global_zero or not trainer._logger_connector.should_update_logs:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        if step == self._step:  # under gradient accumulation several batches share one logging step
+            return
+        self._step = step
+        self._partial_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        self._histograms = None
+        if self.histogram_every_n is not None and self._logging_steps % self.histogram_every_n == 0:
+            self._histograms = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        self._logging_steps += 1
+        for name, layer in self.layers.items():
+            self._handles.append(layer.register_forward_pre_hook(partial(self._measure, name)))
+            if self._histograms is not None:
+                self._handles.append(layer.register_forward_hook(partial(self._output_histogram, name)))
+
+    def _measure(self, name: str, layer: nn.Module, args: tuple[Any, ...]) -> None:
+        # Only the first forward of the batch: a closure evaluated again (LBFGS) sees the same data.
+        if name in self._pending or not args or not isinstance(args[0], torch.Tensor):
+            return
+        if layer.running_mean is not None and is_lazy(layer.running_mean):
+            return
+        inputs = args[0]
+        with torch.no_grad():
+            stats = batch_statistics(
+                inputs, layer.running_mean, layer.running_var, layer.eps, dead_threshold=self.dead_threshold
+            )
+            values = {
+                "mean_drift": stats.mean_drift,
+                "var_ratio": stats.var_ratio,
+                "dead_fraction": stats.dead_fraction,
+            }
+            for tensor_name in ("running_mean", "running_var", "weight", "bias"):
+                tensor = getattr(layer, tensor_name)
+                if tensor is not None:
+                    values.update({f"{tensor_name}_{key}": v for key, v in summary(tensor).items()})
+        self._pending[name] = {key: value for key, value in values.items() if value is not None}
+        self.modes[name] = layer.training
+        self.batch_sizes[name] = inputs.shape[0]
+        if self._histograms is not None:
+            self._histograms.experiment.add_histogram(f"batchnorm/{name}/input", inputs.detach().float(), self._step)
+
+    def _output_histogram(self, name: str, layer: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._histograms is not None and isinstance(output, torch.Tensor) and name not in self._histogram_done:
+            self._histogram_done.add(name)
+            self._histograms.experiment.add_histogram(f"batchnorm/{name}/output", output.detach().float(), self._step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not self._handles:
+            return
+        self._remove_hooks()
+        if not self._pending:
+            return
+        keys = [(name, key) for name, values in self._pending.items() for key in values]
+        device = next(iter(self._pending.values()))["dead_fraction"].device
+        numbers = torch.stack([self._pending[name][key].to(device) for name, key in keys]).tolist()
+        self._pending = {}
+        metrics = {}
+        for (name, key), number in zip(keys, numbers, strict=True):
+            self.last.setdefault(name, {})[key] = number
+            metrics[f"batchnorm/{name}/{key}"] = number
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=self._step)
+        self._check_modes_and_batches()
+
+    def _check_modes_and_batches(self) -> None:
+        for name, training in self.modes.items():
+            layer = self.layers[name]
+            if not training and layer.track_running_stats:
+                self._warn_once(
+                    name,
+                    "eval",
+                    f"BatchNorm layer '{name}' ({type(layer).__name__}) is in eval mode while the model trains: it "
+                    "normalizes with its running statistics and does not update them. If it is frozen on purpose, "
+                    "ignore this; otherwise call .train() on it (Lightning keeps a submodule's eval mode).",
+                )
+        if self._partial_batch:
+            return
+        for name, samples in self.batch_sizes.items():
+            if samples < self.min_batch_size:
+                self._warn_once(
+                    name,
+                    "batch",
+                    f"BatchNorm layer '{name}' gets training batches of {samples} samples per device, fewer than "
+                    f"min_batch_size={self.min_batch_size}: its batch statistics are noisy and differ from the "
+                    "running ones used at validation. Use larger per-device batches, sync_batchnorm=True under "
+                    "DDP, or GroupNorm/LayerNorm.",
+                )
+
+    def _warn_once(self, name: str, kind: str, message: str) -> None:
+        if (name, kind) not in self._warned:
+            self._warned.add((name, kind))
+            self.warnings.append(message)
+            rank_zero_warn(message, category=UserWarning)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A batch whose on_train_batch_end never ran (the module's on_train_batch_start returned -1) must not
+        # leave hooks that would measure validation batches.
+        self._remove_hooks()
+        self._pending = {}
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hooks()
+        self._pending = {}
+        if trainer.world_size < 2 or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        layers = {
+            name: layer
+            for name, layer in self.layers.items()
+            if not isinstance(layer, nn.SyncBatchNorm)
+            and layer.running_mean is not None
+            and not is_lazy(layer.running_mean)
+        }
+        if not layers:
+            return
+        with torch.no_grad():
+            # One collective for all layers: each rank's buffers, concatenated in the same (module) order.
+            flat = torch.cat([torch.cat([layer.running_mean, layer.running_var]).float() for layer in layers.values()])
+            gathered = trainer.strategy.all_gather(flat)
+            divergences, offset = [], 0
+            for layer in layers.values():
+                channels = layer.running_mean.numel()
+                means = gathered[:, offset : offset + channels]
+                variances = gathered[:, offset + channels : offset + 2 * channels]
+                divergences.append(rank_divergence(means, variances, layer.eps))
+                offset += 2 * channels
+        if not trainer.is_global_zero:
+            return
+        numbers = torch.stack(divergences).tolist()
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        metrics = {}
+        for name, number in zip(layers, numbers, strict=True):
+            self.last.setdefault(name, {})["rank_divergence"] = number
+            metrics[f"batchnorm/{name}/rank_divergence"] = number
+            if number > self.divergence_threshold:
+                self._warn_once(
+                    name,
+                    "divergence",
+                    f"BatchNorm layer '{name}': the running statistics of the {trainer.world_size} ranks diverge "
+                    f"(rank_divergence {number:.3g} > {self.divergence_threshold}), so each rank validates with "
+                    "different statistics. Set Trainer(sync_batchnorm=True) to normalize with the statistics of "
+                    "the whole batch across ranks (SyncBatchNorm needs GPUs).",
+                )
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def report_rows(self) -> list[dict[str, Any]]:
+        """One row per layer: its last measurement, mode, divergence, and the reasons it needs attention."""
+        rows = []
+        for name, layer in self.layers.items():
+            last = self.last.get(name, {})
+            channels = layer.num_features if not is_lazy(layer.weight) else None
+            dead = last.get("dead_fraction")
+            training = self.modes.get(name)
+            row = {
+                "layer": name,
+                "type": type(layer).__name__,
+                "channels": channels,
+                "mode": None if training is None else ("train" if training else "eval"),
+                "mean_drift": last.get("mean_drift"),
+                "var_ratio": last.get("var_ratio"),
+                "dead_fraction": dead,
+                "dead_channels": None if dead is None or channels is None else round(dead * channels),
+                "rank_divergence": last.get("rank_divergence"),
+                "batch_size": self.batch_sizes.get(name),
+            }
+            row["attention"] = self._attention(row, layer)
+            rows.append(row)
+        return rows
+
+    def _attention(self, row: dict[str, Any], layer: _BatchNorm) -> list[str]:
+        reasons = []
+        if row["mode"] == "eval" and layer.track_running_stats:
+            reasons.append("eval mode while training")
+        if row["dead_fraction"]:
+            reasons.append("dead channels")
+        if row["mean_drift"] is not None and row["mean_drift"] > self.drift_threshold:
+            reasons.append(f"mean drift > {self.drift_threshold:g}")
+        low, high = self.var_ratio_range
+        if row["var_ratio"] is not None and not low <= row["var_ratio"] <= high:
+            reasons.append(f"var ratio outside [{low:g}, {high:g}]")
+        if row["rank_divergence"] is not None and row["rank_divergence"] > self.divergence_threshold:
+            reasons.append("ranks diverge: set sync_batchnorm=True")
+        if row["batch_size"] is not None and row["batch_size"] < self.min_batch_size:
+            reasons.append(f"batch < {self.min_batch_size} per device")
+        return reasons
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.report or not self.layers:
+            return
+        # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes.
+        log_dir = trainer.log_dir if trainer.loggers else None
+        if not trainer.is_global_zero:
+            return
+        rows = self.report_rows()
+        Console().print(self._table(rows))
+        if log_dir is not None:
+            thresholds = {
+                "dead_threshold": self.dead_threshold,
+                "drift_threshold": self.drift_threshold,
+                "var_ratio_range": list(self.var_ratio_range),
+                "divergence_threshold": self.divergence_threshold,
+                "min_batch_size": self.min_batch_size,
+            }
+            path = Path(log_dir, REPORT_FILE)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report = {"step": self._step, "thresholds": thresholds, "layers": rows, "warnings": self.warnings}
+            path.write_text(json.dumps(report, indent=2) + "\n")
+
+    @staticmethod
+    def _table(rows: list[dict[str, Any]]) -> Table:
+        def number(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3g}"
+
+        table = Table(title="BatchNorm health (last logging step; ! = needs attention)")
+        table.add_column("layer", no_wrap=True)
+        table.add_column("type")
+        table.add_column("mode")
+        for column in ("mean drift", "var ratio", "dead", "rank div."):
+            table.add_column(column, justify="right")
+        table.add_column("attention")
+        for row in rows:
+            dead = "-" if row["dead_channels"] is None else f"{row['dead_channels']}/{row['channels']}"
+            attention = row["attention"]
+            table.add_row(
+                f"! {row['layer']}" if attention else row["layer"],
+                row["type"],
+                row["mode"] or "-",
+                number(row["mean_drift"]),
+                number(row["var_ratio"]),
+                dead,
+                number(row["rank_divergence"]),
+                "; ".join(attention) or "ok",
+                style="yellow" if attention else None,
+            )
+        return table
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._histogram_done = set()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+        self._pending = {}

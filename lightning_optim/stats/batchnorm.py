@@ -1,0 +1,159 @@
+"""Pure BatchNorm statistics: how a training batch compares with a layer's running statistics.
+
+Every function takes tensors (a layer's input, its ``running_mean`` / ``running_var`` buffers, its ``eps``) and
+returns tensors on the same device; nothing here calls ``.item()`` or imports Lightning. Channels are on
+``channel_dim`` (1 for every ``torch.nn.BatchNorm*`` layer); all other dimensions are reduced.
+
+Example:
+    >>> import torch
+    >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # two samples, two channels; channel 1 is constant
+    >>> stats = batch_statistics(inputs, running_mean=torch.zeros(2), running_var=torch.ones(2), eps=0.0)
+    >>> stats.mean_drift, stats.var_ratio, stats.dead_fraction
+    (tensor(1.), tensor(1.), tensor(0.5000))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEAD_VARIANCE = 1e-5
+"""Default threshold: a channel whose batch variance is below it counts as dead."""
+
+
+def channel_moments(inputs: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance of a batch, in float32, as BatchNorm computes them for its running statistics.
+
+    The variance is unbiased (Bessel's correction), like the one BatchNorm puts into ``running_var``, so it
+    compares like with like; with a single value per channel it is the biased one (zero) instead of NaN.
+
+    Args:
+        inputs: The layer's input, e.g. ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``.
+        channel_dim: The channel dimension.
+
+    Returns:
+        ``(mean, var)``, each of shape ``(C,)``.
+
+    Example:
+        >>> channel_moments(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+        (tensor([2., 5.]), tensor([2., 0.]))
+    """
+    channel_dim = channel_dim % inputs.dim()
+    dims = [dim for dim in range(inputs.dim()) if dim != channel_dim]
+    values_per_channel = inputs.numel() // max(inputs.shape[channel_dim], 1)
+    var, mean = torch.var_mean(inputs.detach().float(), dim=dims, correction=1 if values_per_channel > 1 else 0)
+    return mean, var
+
+
+def mean_drift(
+    batch_mean: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Mean over channels of ``|batch mean - running mean| / sqrt(running var + eps)``.
+
+    How far, in the running standard deviations the layer divides by in eval mode, the batch's means sit from
+    the running means: 0 when the running statistics describe this batch.
+
+    Example:
+        >>> mean_drift(torch.tensor([1.0, 0.0]), torch.zeros(2), torch.tensor([4.0, 1.0]), eps=0.0)
+        tensor(0.2500)
+    """
+    return ((batch_mean - running_mean.float()).abs() / (running_var.float() + eps).sqrt()).mean()
+
+
+def var_ratio(batch_var: torch.Tensor, running_var: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean over channels of ``batch var / (running var + eps)``.
+
+    ``eps`` is added because that is the variance the layer divides by in eval mode (it also keeps a channel
+    whose running variance reached zero finite): the ratio is then the variance this batch would have after
+    eval-mode normalization, 1 when the running variance fits.
+
+    Example:
+        >>> var_ratio(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0]), eps=0.0)
+        tensor(1.5000)
+    """
+    return (batch_var / (running_var.float() + eps)).mean()
+
+
+def dead_fraction(batch_var: torch.Tensor, threshold: float = DEAD_VARIANCE) -> torch.Tensor:
+    """Share of channels whose batch variance is below ``threshold`` (channels that carry no signal).
+
+    Example:
+        >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0]))
+        tensor(0.5000)
+    """
+    return (batch_var < threshold).float().mean()
+
+
+def summary(values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``mean``, ``min`` and ``max`` over the channels of a per-channel tensor (a buffer or an affine parameter).
+
+    Example:
+        >>> {key: float(value) for key, value in summary(torch.tensor([1.0, 2.0, 6.0])).items()}
+        {'mean': 3.0, 'min': 1.0, 'max': 6.0}
+    """
+    values = values.detach().float()
+    return {"mean": values.mean(), "min": values.min(), "max": values.max()}
+
+
+@dataclass
+class BatchStatistics:
+    """How one training batch compares with a BatchNorm layer's running statistics; 0-dim float32 tensors.
+
+    ``mean_drift`` and ``var_ratio`` are None for a layer without running statistics
+    (``track_running_stats=False``).
+    """
+
+    mean_drift: torch.Tensor | None
+    var_ratio: torch.Tensor | None
+    dead_fraction: torch.Tensor
+
+
+def batch_statistics(
+    inputs: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    eps: float,
+    channel_dim: int = 1,
+    dead_threshold: float = DEAD_VARIANCE,
+) -> BatchStatistics:
+    """:func:`mean_drift`, :func:`var_ratio` and :func:`dead_fraction` of one batch, from one pass over it.
+
+    Args:
+        inputs: The layer's input, taken before the layer updates its running statistics.
+        running_mean: The layer's ``running_mean`` (None when it keeps none).
+        running_var: The layer's ``running_var`` (None when it keeps none).
+        eps: The layer's ``eps``.
+        channel_dim: The channel dimension of ``inputs``.
+        dead_threshold: Batch variance below which a channel counts as dead.
+
+    Example:
+        >>> stats = batch_statistics(torch.ones(8, 3), torch.ones(3), torch.ones(3), eps=0.0)
+        >>> stats.mean_drift, stats.var_ratio, stats.dead_fraction
+        (tensor(0.), tensor(0.), tensor(1.))
+    """
+    batch_mean, batch_var = channel_moments(inputs, channel_dim)
+    if running_mean is None or running_var is None:
+        return BatchStatistics(None, None, dead_fraction(batch_var, dead_threshold))
+    return BatchStatistics(
+        mean_drift(batch_mean, running_mean, running_var, eps),
+        var_ratio(batch_var, running_var, eps),
+        dead_fraction(batch_var, dead_threshold),
+    )
+
+
+def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps: float) -> torch.Tensor:
+    """How far the ranks' running statistics of one layer are apart, given ``(world_size, C)`` gathered buffers.
+
+    ``max over ranks r of mean over channels |mean_r - mean_avg| / sqrt(var_avg + eps)``, with ``mean_avg`` and
+    ``var_avg`` the averages over ranks: how many (average) standard deviations the rank furthest from the
+    average shifts its validation activations by. 0 when all ranks hold the same statistics.
+
+    Example:
+        >>> rank_divergence(torch.tensor([[0.0, 0.0], [2.0, 1.0]]), torch.ones(2, 2), eps=0.0)
+        tensor(0.7500)
+    """
+    running_means, running_vars = running_means.float(), running_vars.float()
+    average_std = (running_vars.mean(dim=0) + eps).sqrt()
+    per_rank = ((running_means - running_means.mean(dim=0)).abs() / average_std).mean(dim=1)
+    return per_rank.max()
