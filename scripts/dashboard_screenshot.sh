@@ -28,26 +28,8 @@ if [ ! -x "$CHROMIUM" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
 fi
 
-# ++ sets a key whether or not conf/callbacks/default.yaml has it already; a monitor the composed config already
-# runs (whatever its key) is not added twice.
-COMPOSED=$("$BIN/lightning-optim-train" --cfg job 2>/dev/null || true)
-CALLBACKS=(
-    "++callbacks.lr_monitor._target_=lightning_optim.callbacks.LRMonitor"
-    "++callbacks.lr_monitor.log_momentum=true"
-    "++callbacks.lr_monitor.log_weight_decay=true"
-)
-add_monitor() {  # add_monitor <module file> <key> <dotted class> [more overrides of that key...]
-    if [ -f "lightning_optim/callbacks/$1.py" ] && ! grep -q "${3##*.}" <<<"$COMPOSED"; then
-        CALLBACKS+=("++callbacks.$2._target_=$3")
-        for extra in "${@:4}"; do CALLBACKS+=("++callbacks.$2.$extra"); done
-    fi
-}
-add_monitor grad_norm_monitor grad_norm_monitor lightning_optim.callbacks.grad_norm_monitor.GradNormMonitor \
-    per_layer_depth=1
-add_monitor batchnorm_monitor batchnorm_monitor lightning_optim.callbacks.batchnorm_monitor.BatchNormMonitor
-add_monitor dashboard dashboard lightning_optim.callbacks.TensorBoardDashboard
-
-echo "training into $WORK/run with: ${CALLBACKS[*]}"
+# The main job with its default callbacks (conf/callbacks/default.yaml): checkpoints, monitors, dashboard.
+echo "training into $WORK/run"
 "$BIN/lightning-optim-train" \
     hydra.run.dir="$WORK/run" \
     logger=tensorboard \
@@ -55,7 +37,7 @@ echo "training into $WORK/run with: ${CALLBACKS[*]}"
     trainer.log_every_n_steps=2 trainer.gradient_clip_val=1.0 ++trainer.enable_progress_bar=false \
     optimizer.lr=0.2 optimizer.weight_decay=5e-4 \
     'param_groups=[{name:no_decay,params:bias,weight_decay:0.0,lr_scale:0.5}]' \
-    "${CALLBACKS[@]}" "$@" >"$WORK/train.log" 2>&1 || { tail -n 40 "$WORK/train.log"; exit 1; }
+    "$@" >"$WORK/train.log" 2>&1 || { tail -n 40 "$WORK/train.log"; exit 1; }
 
 PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')
 "$BIN/tensorboard" --logdir "$WORK/run/tensorboard" --host localhost --port "$PORT" >"$WORK/tensorboard.log" 2>&1 &
