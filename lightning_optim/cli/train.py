@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config
+from lightning_optim.cli.ddp import sweep_job
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -43,8 +44,9 @@ def train(cfg: DictConfig) -> float:
     model = instantiate(cfg.model, optim_config=compose_optim_config(cfg), _convert_="all")
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=_instantiate_all(cfg.get("callbacks")))
-    trainer.fit(model, datamodule=datamodule)
-    metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+    with sweep_job():
+        trainer.fit(model, datamodule=datamodule)
+        metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     if cfg.metric not in metrics:
         raise KeyError(f"metric={cfg.metric!r} was not logged by validation; logged: {sorted(metrics)}")
     value = float(metrics[cfg.metric])
