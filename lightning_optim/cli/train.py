@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> float:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=_instantiate_all(cfg.get("callbacks")))
     with sweep_job():
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     if cfg.metric not in metrics:
         raise KeyError(f"metric={cfg.metric!r} was not logged by validation; logged: {sorted(metrics)}")

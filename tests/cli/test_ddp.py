@@ -61,3 +61,29 @@ def test_multirun_with_ddp_runs_one_job_per_sweep_point(tmp_path):
         logged = scalars(sweep_dir / job / "tensorboard")
         assert f"lr-{optimizer}/default" in logged
         assert (sweep_dir / job / "train_ddp_process_1.log").exists()  # rank 1 ran this job, in its directory
+
+
+def test_resuming_a_ddp_run_continues_the_lr_sequence_and_the_monitor_counters(tmp_path):
+    """Resume at the end of epoch 0 (4 steps per rank) and compare steps 4..7 with an uninterrupted run.
+
+    With a log every 3 steps, the clip-fraction window of the log at step 5 spans the resume (steps 3, 4, 5).
+    """
+    settings = [
+        *DDP,
+        *SMALL,
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=4",
+        "trainer.log_every_n_steps=3",
+        "trainer.gradient_clip_val=0.5",
+        "+callbacks.model_checkpoint.save_top_k=-1",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_app("lightning_optim.cli.train", *settings, f"hydra.run.dir={straight}", cwd=tmp_path)
+    (checkpoint,) = (straight / "checkpoints").glob("epoch=0-step=4.ckpt")
+    run_app(
+        "lightning_optim.cli.train", *settings, f"ckpt_path='{checkpoint}'", f"hydra.run.dir={resumed}", cwd=tmp_path
+    )
+    before, after = scalars(straight / "tensorboard"), scalars(resumed / "tensorboard")
+    for key in ("lr-SGD/default", "grad_norm/total", "grad_norm/clip_fraction", "grad_norm/nonfinite"):
+        assert [point for point in before[key] if point[0] >= 4] == after[key], key
+    assert [step for step, _ in after["grad_norm/clip_fraction"]] == [5]
