@@ -83,3 +83,18 @@ def trainer(**kwargs: Any) -> L.Trainer:
 def step_lrs(model: RecordingModel, accumulate: int = 1) -> list[list[float]]:
     """The lr of each optimizer step: one entry per ``accumulate`` batches."""
     return model.lrs[::accumulate]
+
+
+class Interrupted(RuntimeError):
+    """Raised by :class:`CrashAt` to stand for a run that dies (preemption, out of time)."""
+
+
+class CrashAt(L.Callback):
+    """Kill the run at the start of the first batch after optimizer step ``step`` (the checkpoint is written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step:
+            raise Interrupted(f"interrupted at optimizer step {trainer.global_step}")

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_optim import OptimConfig, OptimConfigError, OptimMixin, ResumeConfigWarning
-from tests.models import MixinModel, RecordingModel, loader, step_lrs, trainer
+from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -23,21 +23,6 @@ pytestmark = [
     # The resumed run checkpoints into a folder of its own.
     pytest.mark.filterwarnings("ignore:The dirpath has changed"),
 ]
-
-
-class Interrupted(RuntimeError):
-    """Raised by :class:`CrashAt` to stand for a run that dies (preemption, out of time)."""
-
-
-class CrashAt(L.Callback):
-    """Kill the run at the start of the first batch after optimizer step ``step`` (the checkpoint is written)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            raise Interrupted(f"interrupted at optimizer step {trainer.global_step}")
 
 
 def assert_plain(value: Any, where: str = "hparams") -> None:

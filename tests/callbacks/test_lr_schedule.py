@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OptimConfigError
 from lightning_optim.callbacks import LRSchedule
-from tests.models import MixinModel, RecordingModel, loader, step_lrs, trainer
+from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
 
 LR = 0.5  # RecordingModel.configure_optimizers: SGD(lr=0.5), no scheduler
 BATCHES = 8  # loader(): 32 samples in batches of 4
@@ -195,19 +195,6 @@ def test_refuses_a_bad_config_at_construction():
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-
-
-class Interrupted(RuntimeError):
-    """Raised by :class:`CrashAt` to stand for a run that dies (preemption, out of time)."""
-
-
-class CrashAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step >= self.step:
-            raise Interrupted(f"interrupted at optimizer step {trainer.global_step}")
 
 
 def resumed_lrs(
