@@ -2,6 +2,8 @@
 
 ``torch.nn.utils.clip_grad_norm_`` already computes the total norm; Lightning's own clipping throws it away.
 :func:`clip_gradients` computes it once, scales the gradients with it, and returns it, on the device.
+:func:`clip_in_step` computes it once and leaves the scaling to a fused optimizer's step, which already reads
+every gradient: clipping then costs one read of the gradients instead of three passes.
 
 Example:
     >>> import torch
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,7 +34,8 @@ class ClipResult:
     """What one clipping call measured, as tensors on the gradients' device.
 
     ``total`` and ``groups`` are norms before clipping, ``clipped_norm`` the total norm after it; for value
-    clipping (which computes no norm) they are None.
+    clipping (which computes no norm) they are None. ``folded`` is True when the optimizer's fused step does the
+    scaling (and skips a non-finite step when asked), see :func:`clip_in_step`.
     """
 
     algorithm: str
@@ -40,6 +44,7 @@ class ClipResult:
     clipped_norm: torch.Tensor | None = None
     clipped: torch.Tensor | None = None
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
+    folded: bool = False
 
 
 def clip_gradients(
@@ -85,3 +90,131 @@ def expected_after_clipping(total: torch.Tensor, max_norm: float | None, algorit
         return None
     coefficient = torch.clamp(max_norm / (total + _EPS), max=1.0)
     return ClipResult("norm", max_norm, total, total * coefficient, coefficient < 1.0)
+
+
+_FOLDED = "_lightning_optim_folded"
+"""Optimizer attribute holding the ``(grad_scale, found_inf)`` tensors this module set, until the step ran."""
+_HOOK = "_lightning_optim_fold_hook"
+
+
+def folds_into_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` divides the gradients by ``optimizer.grad_scale`` and skips the update when
+    ``optimizer.found_inf`` is nonzero, in its own kernel.
+
+    That is ``GradScaler``'s contract with optimizers that set ``_step_supports_amp_scaling`` (torch's Adam, AdamW,
+    SGD and Adagrad with ``fused=True``); every parameter group must be fused.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2))
+        >>> folds_into_step(torch.optim.AdamW([p], fused=True)), folds_into_step(torch.optim.AdamW([p]))
+        (True, False)
+    """
+    optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return False
+    if "grad_scaler" in inspect.signature(optimizer.step).parameters:
+        return False  # the deprecated contract: GradScaler passes itself instead of setting the attributes
+    return all(group.get("fused") for group in optimizer.param_groups)
+
+
+def clip_in_step(
+    named_parameters: Sequence[tuple[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    max_norm: float,
+    norm_type: float = 2.0,
+    group_of: Callable[[str], str] | None = None,
+    skip_nonfinite: bool = False,
+    scaled_by: torch.Tensor | None = None,
+) -> ClipResult:
+    """Clip by total norm inside the next ``optimizer.step``: measure the norm once, and set the optimizer's
+    gradient divisor (``grad_scale``) to ``max(1, (total + 1e-6) / max_norm)``, the inverse of
+    ``clip_grad_norm_``'s coefficient. Nothing is synced to the host and no gradient is written here.
+
+    The fused kernel writes the divided gradients back, so after the step they are the clipped gradients, as with
+    :func:`clip_gradients`. With ``skip_nonfinite``, ``found_inf`` is set where the total is not finite, and the
+    kernel leaves the parameters and the optimizer state (step counts included) as they were. The attributes are
+    removed after the step by a step post-hook registered once per optimizer.
+
+    Args:
+        named_parameters: the optimizer's parameters with their names.
+        optimizer: an optimizer for which :func:`folds_into_step` holds.
+        max_norm: the clipping threshold.
+        norm_type: the p of the p-norm.
+        group_of: maps a parameter name to its group, for per-group norms from the same pass.
+        skip_nonfinite: skip the step when the total norm is NaN/Inf.
+        scaled_by: the factor the gradients still carry (AMP's ``GradScaler`` scale when the optimizer unscales in
+            its step): the norms are reported without it; ``GradScaler.step`` multiplies it into the divisor.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+        >>> sgd = torch.optim.SGD([p], lr=1.0, fused=True)
+        >>> result = clip_in_step([("p", p)], sgd, max_norm=1.0)
+        >>> sgd.step()
+        >>> float(result.total), bool(result.clipped), [round(x, 4) for x in p.tolist()]
+        (5.0, True, [-0.6, -0.8])
+    """
+    parameters = [parameter for _, parameter in named_parameters if parameter.grad is not None]
+    norms = (
+        gradient_norms(named_parameters, group_of, norm_type)
+        if group_of is not None
+        else GradientNorms(total_norm(parameters, norm_type))
+    )
+    if scaled_by is not None:
+        norms = GradientNorms(norms.total / scaled_by, {name: n / scaled_by for name, n in norms.groups.items()})
+    coefficient = torch.clamp(max_norm / (norms.total + _EPS), max=1.0)
+    divisor = coefficient.reciprocal().to(torch.float32)
+    found_inf = None
+    if skip_nonfinite:
+        nonfinite = ~torch.isfinite(norms.total)
+        if _skip_corrupts_state(optimizer, parameters):
+            # torch's fused SGD allocates its momentum buffers with empty_like before a skipped first step and
+            # treats them as initialized afterwards; skip that one step the ordinary way (one host sync, once).
+            if nonfinite:
+                for parameter in parameters:
+                    parameter.grad = None
+        else:
+            found_inf = nonfinite.to(torch.float32)
+    _set_step_attributes(optimizer, divisor, found_inf)
+    return ClipResult(
+        "norm", max_norm, norms.total, norms.total * coefficient, coefficient < 1.0, norms.groups, folded=True
+    )
+
+
+def _skip_corrupts_state(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]) -> bool:
+    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    stepping = {id(parameter) for parameter in parameters}
+    return isinstance(optimizer, torch.optim.SGD) and any(
+        group["momentum"] != 0 and optimizer.state.get(p, {}).get("momentum_buffer") is None
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if id(p) in stepping
+    )
+
+
+def _set_step_attributes(
+    optimizer: torch.optim.Optimizer, grad_scale: torch.Tensor, found_inf: torch.Tensor | None
+) -> None:
+    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    if _HOOK not in optimizer.__dict__:
+        optimizer.__dict__[_HOOK] = optimizer.register_step_post_hook(_forget_step_attributes)
+    optimizer.grad_scale = grad_scale
+    optimizer.found_inf = found_inf
+    optimizer.__dict__[_FOLDED] = (grad_scale, found_inf)
+
+
+def forget_step_attributes(optimizer: torch.optim.Optimizer) -> None:
+    """Remove the ``grad_scale``/``found_inf`` that :func:`clip_in_step` set, if a step has not consumed them.
+
+    Attributes that someone else set (``GradScaler`` sets its own, and deletes them after its step) are left alone.
+    """
+    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    folded = optimizer.__dict__.pop(_FOLDED, None)
+    if folded is None:
+        return
+    for name, value in zip(("grad_scale", "found_inf"), folded, strict=True):
+        if name in optimizer.__dict__ and optimizer.__dict__[name] is value:
+            del optimizer.__dict__[name]
+
+
+def _forget_step_attributes(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    forget_step_attributes(optimizer)

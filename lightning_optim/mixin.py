@@ -28,7 +28,14 @@ import torch
 from omegaconf import DictConfig
 from torch.distributed.fsdp import FullyShardedDataParallel
 
-from lightning_optim.clipping import clip_gradients, expected_after_clipping
+from lightning_optim.clipping import (
+    ClipResult,
+    clip_gradients,
+    clip_in_step,
+    expected_after_clipping,
+    folds_into_step,
+    forget_step_attributes,
+)
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
@@ -61,6 +68,9 @@ class OptimMixin:
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
     """
+
+    fold_clipping: bool = True
+    """Let a fused optimizer's step do norm clipping (one read of the gradients); False always scales them here."""
 
     @property
     def optim_config(self) -> dict[str, Any]:
@@ -112,22 +122,57 @@ class OptimMixin:
 
         The total norm before clipping, the norm after it and whether it fired stay on the device in
         ``self.last_clip`` (a :class:`~lightning_optim.clipping.ClipResult`), for the monitors: no second pass over
-        the gradients, no host sync. Under AMP, Lightning has unscaled the gradients before this hook. Under FSDP
-        the strategy's own ``clip_grad_norm_`` clips the sharded gradients and returns the global norm.
+        the gradients, no host sync.
+
+        * A fused optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its
+          own step (:func:`~lightning_optim.clipping.clip_in_step`): the gradients are read once for the norm and
+          never written here. Set ``fold_clipping = False`` on the class to always scale them here.
+        * Every other case scales the gradients here (:func:`~lightning_optim.clipping.clip_gradients`). Under
+          FSDP the strategy's own ``clip_grad_norm_`` clips the sharded gradients and returns the global norm.
+        * AMP with a ``GradScaler`` (``precision="16-mixed"``): Lightning unscales before this hook, except for
+          fused optimizers, whose step unscales. There the norm is measured on the scaled gradients and divided by
+          the scale, and ``GradScaler.step`` multiplies its scale into the clipping divisor; when such an optimizer
+          is clipped here instead (value clipping, ``fold_clipping = False``), the gradients are unscaled first.
+        * ``GradNormMonitor(nonfinite="skip")`` asks (``skip_nonfinite``) to skip steps whose total norm is NaN/Inf:
+          folded, through the optimizer's ``found_inf`` with no host sync; otherwise by dropping the gradients.
         """
+        forget_step_attributes(optimizer)
         if not gradient_clip_val:
             self.__dict__["last_clip"] = None
             return
         algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm")
-        wrapped = self._trainer.model if self._trainer is not None else None
+        skip_nonfinite = bool(self.__dict__.get("skip_nonfinite"))
+        trainer = self._trainer
+        wrapped = trainer.model if trainer is not None else None
+        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+        # Lightning leaves the unscaling to the step of an optimizer that supports it (its own clipping then raises).
+        still_scaled = (
+            scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False)
+        )
         if algorithm == "norm" and isinstance(wrapped, FullyShardedDataParallel):
             total = wrapped.clip_grad_norm_(gradient_clip_val)
             result = expected_after_clipping(total, gradient_clip_val, algorithm)
+            named = [(name, p) for name, p in self.named_parameters() if p.grad is not None]
         else:
             names = {id(parameter): name for name, parameter in self.named_parameters()}
             named = [(names[id(p)], p) for group in optimizer.param_groups for p in group["params"]]
             group_of = self.__dict__.get("grad_norm_grouping")
-            result = clip_gradients(named, gradient_clip_val, algorithm, group_of=group_of)
+            if algorithm == "norm" and self.fold_clipping and folds_into_step(optimizer):
+                result = clip_in_step(
+                    named,
+                    optimizer,
+                    gradient_clip_val,
+                    group_of=group_of,
+                    skip_nonfinite=skip_nonfinite,
+                    # GradScaler's private accessor for its scale tensor: the public get_scale() syncs the host.
+                    scaled_by=scaler._get_scale_async() if still_scaled else None,
+                )
+            else:
+                if still_scaled:
+                    scaler.unscale_(optimizer)
+                result = clip_gradients(named, gradient_clip_val, algorithm, group_of=group_of)
+        if skip_nonfinite and result is not None and not result.folded:
+            _skip_if_nonfinite(result, named)
         self.__dict__["last_clip"] = result
 
     def on_validation_end(self) -> None:
@@ -175,6 +220,12 @@ class OptimMixin:
             ResumeConfigWarning,
             stacklevel=2,
         )
+
+
+def _skip_if_nonfinite(result: ClipResult, named: list[tuple[str, torch.Tensor]]) -> None:
+    if result.total is not None and not torch.isfinite(result.total):
+        for _, parameter in named:
+            parameter.grad = None
 
 
 def _describe(optimizer: Mapping[str, Any]) -> str:

@@ -53,7 +53,8 @@ class GradNormMonitor(L.Callback):
         nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
             ``"skip"`` (drop the gradients so the optimizer step changes nothing) or ``"raise"`` (naming the first
             parameter whose gradient is not finite). ``skip`` and ``raise`` check every step: one norm pass and one
-            host sync per step.
+            host sync per step; with the mixin clipping by norm, ``skip`` uses clipping's norm (no extra pass), and
+            with a fused optimizer the step's own ``found_inf`` flag (no host sync either).
     """
 
     dashboard_category = "Gradient norm"
@@ -118,6 +119,11 @@ class GradNormMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
+        if isinstance(pl_module, OptimMixin) and self.nonfinite == "skip":
+            pl_module.__dict__["skip_nonfinite"] = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.__dict__.pop("skip_nonfinite", None)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._logging = trainer._logger_connector.should_update_logs
@@ -129,7 +135,10 @@ class GradNormMonitor(L.Callback):
     ) -> None:
         by_norm = clip_algorithm(trainer) == "norm"
         mixin_measures = self._mixin_clips_by_norm(trainer, pl_module)
-        if self.nonfinite == "warn" and (mixin_measures or not (self._logging or by_norm)):
+        # With the mixin clipping by norm, "skip" is done by the mixin from clipping's own norm (skip_nonfinite).
+        if (mixin_measures and self.nonfinite != "raise") or (
+            self.nonfinite == "warn" and not (self._logging or by_norm)
+        ):
             self._before = None
             return
         named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
