@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -73,11 +74,16 @@ def clip_gradients(
 def scale_to_norm(parameters: Sequence[torch.Tensor], max_norm: float, norms: GradientNorms) -> ClipResult:
     """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does."""
     coefficient = torch.clamp(max_norm / (norms.total + _EPS), max=1.0)
-    sparse = [p for p in parameters if p.grad.is_sparse]
-    dense = [p for p in parameters if not p.grad.is_sparse]
-    torch.nn.utils.clip_grads_with_norm_(dense, max_norm, norms.total)
-    for parameter in sparse:
-        parameter.grad.mul_(coefficient.to(parameter.grad.device))
+    by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    for parameter in parameters:
+        by_device[parameter.grad.device].append(parameter.grad)
+    for device, grads in by_device.items():
+        factor = coefficient.to(device)
+        if any(grad.is_sparse for grad in grads):
+            for grad in grads:
+                grad.mul_(factor)
+        else:
+            torch._foreach_mul_(grads, factor)
     return ClipResult("norm", max_norm, norms.total, norms.total * coefficient, coefficient < 1.0, norms.groups)
 
 

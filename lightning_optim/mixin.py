@@ -154,9 +154,10 @@ class OptimMixin:
             result = expected_after_clipping(total, gradient_clip_val, algorithm)
             named = [(name, p) for name, p in self.named_parameters() if p.grad is not None]
         else:
-            names = {id(parameter): name for name, parameter in self.named_parameters()}
-            named = [(names[id(p)], p) for group in optimizer.param_groups for p in group["params"]]
             group_of = self.__dict__.get("grad_norm_grouping")
+            # Names are only needed for per-layer norms, which the monitor asks for on logging steps.
+            names = {id(parameter): name for name, parameter in self.named_parameters()} if group_of else {}
+            named = [(names.get(id(p), ""), p) for group in optimizer.param_groups for p in group["params"]]
             if algorithm == "norm" and self.fold_clipping and folds_into_step(optimizer):
                 result = clip_in_step(
                     named,
