@@ -81,8 +81,8 @@ class GradNormMonitor(L.Callback):
         self._clipped_steps = 0.0
         self._window_steps = 0
         self._nonfinite_steps = 0
-        self._clipped_on_device: torch.Tensor | None = None
-        self._nonfinite_on_device: torch.Tensor | None = None
+        # Steps measured since the last log, kept as device tensors: counting them costs no kernel until the log.
+        self._pending: list[ClipResult] = []
         self._logging = False
         self._stepped_at = 0
         self._before: GradientNorms | None = None
@@ -168,8 +168,7 @@ class GradNormMonitor(L.Callback):
         self._stepped_at = trainer.global_step
         result = self._result(trainer, pl_module)
         if result is not None and result.total is not None:
-            self._window_steps += 1
-            self._count(result)
+            self._pending.append(result)
         if self._logging:
             self._log(trainer, result)
 
@@ -190,26 +189,27 @@ class GradNormMonitor(L.Callback):
             "value", threshold, self._before.total, after, after < self._before.total, self._before.groups
         )
 
-    def _count(self, result: ClipResult) -> None:
-        nonfinite = ~torch.isfinite(result.total)
-        self._nonfinite_on_device = (
-            nonfinite if self._nonfinite_on_device is None else self._nonfinite_on_device + nonfinite
-        )
-        if result.clipped is not None:
-            clipped = result.clipped.float()
-            self._clipped_on_device = clipped if self._clipped_on_device is None else self._clipped_on_device + clipped
+    def _reduce(self) -> None:
+        """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
+        if not self._pending:
+            return
+        totals = torch.stack([result.total for result in self._pending])
+        self._nonfinite_steps += int((~torch.isfinite(totals)).sum())
+        clipped = [result.clipped for result in self._pending if result.clipped is not None]
+        if clipped:
+            self._clipped_steps += float(torch.stack(clipped).sum())
+        self._window_steps += len(self._pending)
+        self._pending.clear()
 
     def _log(self, trainer: L.Trainer, result: ClipResult | None) -> None:
         if result is None or result.total is None:
             return
         before = self._nonfinite_steps
-        if self._nonfinite_on_device is not None:
-            self._nonfinite_steps += int(self._nonfinite_on_device)
-        clipped = float(self._clipped_on_device) if self._clipped_on_device is not None else 0.0
+        self._reduce()
         metrics = {
             "grad_norm/total": float(result.total),
             "grad_norm/clipped": float(result.clipped_norm),
-            "grad_norm/clip_fraction": (self._clipped_steps + clipped) / self._window_steps,
+            "grad_norm/clip_fraction": self._clipped_steps / self._window_steps,
             "grad_norm/nonfinite": float(self._nonfinite_steps),
         }
         if result.threshold:
@@ -223,17 +223,17 @@ class GradNormMonitor(L.Callback):
                 "gradient norm. Lower the lr, clip gradients, or use GradNormMonitor(nonfinite='skip'/'raise')."
             )
         self._clipped_steps, self._window_steps = 0.0, 0
-        self._clipped_on_device = self._nonfinite_on_device = None
 
     def state_dict(self) -> dict[str, Any]:
-        clipped = self._clipped_steps + (float(self._clipped_on_device) if self._clipped_on_device is not None else 0.0)
-        nonfinite = self._nonfinite_steps + (
-            int(self._nonfinite_on_device) if self._nonfinite_on_device is not None else 0
-        )
-        return {"clipped_steps": clipped, "window_steps": self._window_steps, "nonfinite_steps": nonfinite}
+        self._reduce()
+        return {
+            "clipped_steps": self._clipped_steps,
+            "window_steps": self._window_steps,
+            "nonfinite_steps": self._nonfinite_steps,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._clipped_steps = state_dict.get("clipped_steps", 0.0)
         self._window_steps = state_dict.get("window_steps", 0)
         self._nonfinite_steps = state_dict.get("nonfinite_steps", 0)
-        self._clipped_on_device = self._nonfinite_on_device = None
+        self._pending.clear()
