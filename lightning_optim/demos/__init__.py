@@ -7,6 +7,7 @@ Example:
 """
 
 from lightning_optim.demos.digits import DigitsCNN, DigitsDataModule
+from lightning_optim.demos.quadratic import QuadraticDataModule, QuadraticMLP, make_quadratic
 from lightning_optim.demos.sequences import (
     SequenceDataModule,
     SequenceLSTM,
@@ -17,8 +18,11 @@ from lightning_optim.demos.sequences import (
 __all__ = [
     "DigitsCNN",
     "DigitsDataModule",
+    "QuadraticDataModule",
+    "QuadraticMLP",
     "SequenceDataModule",
     "SequenceLSTM",
     "SequenceTransformer",
     "make_adding_problem",
+    "make_quadratic",
 ]
