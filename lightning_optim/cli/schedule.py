@@ -14,15 +14,28 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
+import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps
 from lightning_optim.schedulers import preview_learning_rates
+
+
+def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+    """Training batches each process sees: under DDP, Lightning's ``DistributedSampler`` splits the data by rank."""
+    loader = datamodule.train_dataloader()
+    devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    world_size = devices * num_nodes if isinstance(devices, int) and "ddp" in str(cfg.trainer.get("strategy")) else 1
+    if world_size == 1:
+        return len(loader)
+    sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=0, shuffle=False)
+    return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
 def step_learning_rates(cfg: DictConfig) -> tuple[dict[str, list[float]], dict]:
@@ -32,7 +45,7 @@ def step_learning_rates(cfg: DictConfig) -> tuple[dict[str, list[float]], dict]:
     """
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    total_steps, steps_per_epoch = count_optimizer_steps(cfg.trainer, len(datamodule.train_dataloader()))
+    total_steps, steps_per_epoch = count_optimizer_steps(cfg.trainer, batches_per_rank(cfg, datamodule))
     optim_config = compose_optim_config(cfg)
     model = instantiate(cfg.model, optim_config=optim_config, _convert_="all")
     scheduler = optim_config["scheduler"]

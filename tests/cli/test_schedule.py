@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from hydra import compose, initialize_config_module
 
+from lightning_optim.cli.schedule import step_learning_rates
 from lightning_optim.demos import DigitsCNN
 from lightning_optim.schedulers import preview_learning_rates
 from tests.cli.apps import run_app
@@ -73,3 +75,12 @@ def test_schedule_default_out_is_in_the_run_dir_and_epoch_interval_expands(tmp_p
     tables = printed_rows(stdout)
     assert tables["default"]["peak"] == (0, pytest.approx(0.1))
     assert tables["default"]["final"] == (3 * 23 - 1, pytest.approx(0.1 * 0.5**2))
+
+
+def test_ddp_counts_the_steps_of_one_rank():
+    """1437 training digits over 2 ranks, 64 per batch: 12 steps per epoch, as the 2-process run takes them."""
+    with initialize_config_module("lightning_optim.conf", version_base="1.3"):
+        single = compose("train", overrides=["trainer.max_epochs=2"])
+        ddp = compose("train", overrides=["trainer=ddp", "trainer.max_epochs=2"])
+    assert len(step_learning_rates(single)[0]["default"]) == 2 * 23
+    assert len(step_learning_rates(ddp)[0]["default"]) == 2 * 12
