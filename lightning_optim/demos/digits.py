@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, random_split
+from torch.utils.data import Dataset, TensorDataset, random_split
 
 from lightning_optim.demos._classifier import Classifier
+from lightning_optim.demos._data import SplitDataModule
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The 1797 8x8 digits of :func:`sklearn.datasets.load_digits`, scaled to [0, 1], as ``(N, 1, 8, 8)``.
 
     The train/validation split depends only on ``split_seed``, never on the global seed, so runs with
@@ -49,28 +49,19 @@ class DigitsDataModule(L.LightningDataModule):
     def __init__(
         self, batch_size: int = 64, val_fraction: float = 0.2, split_seed: int = 0, num_workers: int = 0
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
-        self.num_workers = num_workers
 
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_set"):
-            return
+    def make_splits(self) -> tuple[Dataset, Dataset]:
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         dataset = TensorDataset(images, torch.tensor(digits.target, dtype=torch.long))
         num_val = round(len(dataset) * self.val_fraction)
         generator = torch.Generator().manual_seed(self.split_seed)
-        self.train_set, self.val_set = random_split(dataset, [len(dataset) - num_val, num_val], generator=generator)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        train_set, val_set = random_split(dataset, [len(dataset) - num_val, num_val], generator=generator)
+        return train_set, val_set
 
 
 class DigitsCNN(Classifier):

@@ -20,8 +20,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from lightning_optim.demos._data import SplitDataModule
 from lightning_optim.mixin import OptimMixin
 
 
@@ -41,7 +42,7 @@ def make_quadratic(
     return x, y
 
 
-class QuadraticDataModule(L.LightningDataModule):
+class QuadraticDataModule(SplitDataModule):
     """Generated ``y = 0.3 x² + noise`` points; ``batch_size=None`` is full-batch (one batch per epoch).
 
     Args:
@@ -68,27 +69,20 @@ class QuadraticDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.num_samples = num_samples
         self.num_val_samples = num_val_samples
-        self.batch_size = batch_size
         self.noise = noise
         self.seed = seed
-        self.num_workers = num_workers
 
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_set"):
-            return
-        self.train_set = TensorDataset(*make_quadratic(self.num_samples, self.seed, self.noise))
-        self.val_set = TensorDataset(*make_quadratic(self.num_val_samples, self.seed + 1, self.noise))
-
-    def train_dataloader(self) -> DataLoader:
-        batch_size = self.batch_size or len(self.train_set)
-        return DataLoader(self.train_set, batch_size=batch_size, shuffle=True, num_workers=self.num_workers)
+    def make_splits(self) -> tuple[Dataset, Dataset]:
+        train_set = TensorDataset(*make_quadratic(self.num_samples, self.seed, self.noise))
+        val_set = TensorDataset(*make_quadratic(self.num_val_samples, self.seed + 1, self.noise))
+        return train_set, val_set
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=len(self.val_set), num_workers=self.num_workers)
+        return self.loader(self.val_set, None)
 
 
 class QuadraticMLP(OptimMixin, L.LightningModule):

@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import lightning as L
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from lightning_optim.demos._classifier import Classifier
+from lightning_optim.demos._data import SplitDataModule
 
 NUM_FEATURES = 2
 NUM_CLASSES = 2
@@ -64,7 +64,7 @@ def make_adding_problem(num_samples: int, seq_len: int, seed: int) -> tuple[torc
     return torch.stack([values, markers], dim=-1), labels
 
 
-class SequenceDataModule(L.LightningDataModule):
+class SequenceDataModule(SplitDataModule):
     """The adding problem (see :func:`make_adding_problem`) with a fixed train/validation split.
 
     Args:
@@ -91,26 +91,17 @@ class SequenceDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.num_samples = num_samples
         self.num_val_samples = num_val_samples
         self.seq_len = seq_len
-        self.batch_size = batch_size
         self.seed = seed
-        self.num_workers = num_workers
 
-    def setup(self, stage: str | None = None) -> None:
-        if hasattr(self, "train_set"):
-            return
-        self.train_set = TensorDataset(*make_adding_problem(self.num_samples, self.seq_len, self.seed))
-        self.val_set = TensorDataset(*make_adding_problem(self.num_val_samples, self.seq_len, self.seed + 1))
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+    def make_splits(self) -> tuple[Dataset, Dataset]:
+        train_set = TensorDataset(*make_adding_problem(self.num_samples, self.seq_len, self.seed))
+        val_set = TensorDataset(*make_adding_problem(self.num_val_samples, self.seq_len, self.seed + 1))
+        return train_set, val_set
 
 
 class SequenceLSTM(Classifier):
