@@ -221,23 +221,23 @@ def test_nonfinite_raise_names_the_first_parameter(tmp_path):
         fit(NaNModel(), tmp_path, monitor=GradNormMonitor(nonfinite="raise"), max_epochs=1)
 
 
-def count_host_syncs(model, callbacks, steps: int) -> int:
+def count_host_syncs(model, callbacks, steps: int, log_dir) -> int:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         trainer(
             max_steps=steps,
             log_every_n_steps=10_000,
             gradient_clip_val=1.0,
             callbacks=callbacks,
-            logger=TensorBoardLogger("/tmp/unused_tb", name="", version=""),
+            logger=TensorBoardLogger(log_dir, name="", version=""),
         ).fit(model, loader())
     return sum(
         event.count for event in profile.key_averages() if event.key in ("aten::item", "aten::_local_scalar_dense")
     )
 
 
-def test_monitoring_adds_no_host_sync_on_non_logging_steps():
+def test_monitoring_adds_no_host_sync_on_non_logging_steps(tmp_path):
     torch.manual_seed(0)
-    without = count_host_syncs(SpikyMixinModel(), [], 6)
+    without = count_host_syncs(SpikyMixinModel(), [], 6, tmp_path / "without")
     torch.manual_seed(0)
-    with_monitor = count_host_syncs(SpikyMixinModel(), [GradNormMonitor(per_layer_depth=1)], 6)
+    with_monitor = count_host_syncs(SpikyMixinModel(), [GradNormMonitor(per_layer_depth=1)], 6, tmp_path / "with")
     assert with_monitor == without
