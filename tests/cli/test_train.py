@@ -6,21 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_optim.demos import DigitsCNN
 from lightning_optim.schedulers import preview_learning_rates
+from tests import tb
 from tests.cli.apps import TINY, run_app
 
 
 def scalars(logdir: Path) -> dict[str, dict[int, float]]:
-    values: dict[str, dict[int, float]] = {}
-    for path in sorted(logdir.rglob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path))
-        events.Reload()
-        for tag in events.Tags()["scalars"]:
-            values.setdefault(tag, {}).update({event.step: event.value for event in events.Scalars(tag)})
-    return values
+    return {tag: dict(points) for tag, points in tb.scalars(logdir).items()}
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +65,11 @@ def test_multirun_sweeps_optimizers(tmp_path):
         for job, name in (("0", "SGD"), ("1", "AdamW"))
     }
     assert (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text().count("optimizer=adamw") == 1
+
+
+def test_lr_schedule_callback_drives_the_lr_instead_of_the_mixin(tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["scheduler=none", "callbacks=[default,lr_schedule]", *TINY, f"hydra.run.dir={run_dir}"]
+    run_app("lightning_optim.cli.train", *overrides, cwd=tmp_path)
+    logged = scalars(run_dir / "tensorboard")
+    assert [logged["lr-SGD/default"][step] for step in range(3)] == pytest.approx([0.1, 0.075, 0.025])
