@@ -139,11 +139,13 @@ def test_a_nonfinite_step_is_skipped_and_counted(optimizer, bad_step, tmp_path):
     assert_same_parameters(runs[True], runs[False])
 
 
-def test_folded_skip_syncs_nothing_with_the_host():
+def test_folded_skip_syncs_nothing_with_the_host(tmp_path):
     torch.manual_seed(0)
-    without = count_host_syncs(SpikyMixinModel(config("adamw", fused=True)), [], 6)
+    without = count_host_syncs(SpikyMixinModel(config("adamw", fused=True)), [], 6, tmp_path / "without")
     torch.manual_seed(0)
-    skipping = count_host_syncs(SpikyMixinModel(config("adamw", fused=True)), [GradNormMonitor(nonfinite="skip")], 6)
+    skipping = count_host_syncs(
+        SpikyMixinModel(config("adamw", fused=True)), [GradNormMonitor(nonfinite="skip")], 6, tmp_path / "skipping"
+    )
     assert skipping == without
 
 
