@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lightning_optim.stats import GradientNorms, gradient_norms, total_norm
+from lightning_optim.stats import GradientNorms, gradient_norms
 
 _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
@@ -63,11 +64,7 @@ def clip_gradients(
     if algorithm == "value":
         torch.nn.utils.clip_grad_value_(parameters, max_norm)
         return ClipResult(algorithm, max_norm)
-    norms = (
-        gradient_norms(named_parameters, group_of, norm_type)
-        if group_of is not None
-        else GradientNorms(total_norm(parameters, norm_type))
-    )
+    norms = gradient_norms(named_parameters, group_of, norm_type)
     return scale_to_norm(parameters, max_norm, norms)
 
 
@@ -118,9 +115,15 @@ def folds_into_step(optimizer: torch.optim.Optimizer) -> bool:
     optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
     if not getattr(optimizer, "_step_supports_amp_scaling", False):
         return False
-    if "grad_scaler" in inspect.signature(optimizer.step).parameters:
+    if _step_takes_grad_scaler(type(optimizer)):
         return False  # the deprecated contract: GradScaler passes itself instead of setting the attributes
     return all(group.get("fused") for group in optimizer.param_groups)
+
+
+@functools.cache
+def _step_takes_grad_scaler(cls: type[torch.optim.Optimizer]) -> bool:
+    # Once per class: this is asked at every optimizer step, and inspect.signature is slow.
+    return "grad_scaler" in inspect.signature(cls.step).parameters
 
 
 def clip_in_step(
@@ -160,11 +163,7 @@ def clip_in_step(
         (5.0, True, [-0.6, -0.8])
     """
     parameters = [parameter for _, parameter in named_parameters if parameter.grad is not None]
-    norms = (
-        gradient_norms(named_parameters, group_of, norm_type)
-        if group_of is not None
-        else GradientNorms(total_norm(parameters, norm_type))
-    )
+    norms = gradient_norms(named_parameters, group_of, norm_type)
     if scaled_by is not None:
         norms = GradientNorms(norms.total / scaled_by, {name: n / scaled_by for name, n in norms.groups.items()})
     coefficient = torch.clamp(max_norm / (norms.total + _EPS), max=1.0)

@@ -91,8 +91,11 @@ class ScheduleLR(LRScheduler):
         return [base_lr * factor for base_lr in self.base_lrs]
 
     def _adopt_new_groups(self) -> None:
+        new_groups = self.optimizer.param_groups[len(self.base_lrs) :]
+        if not new_groups:
+            return
         current = self.schedule(max(self.last_epoch - 1, 0))
-        for group in self.optimizer.param_groups[len(self.base_lrs) :]:
+        for group in new_groups:
             if "initial_lr" not in group:
                 group["initial_lr"] = group["lr"] / current if current > 0 else group["lr"]
             self.base_lrs.append(group["initial_lr"])

@@ -143,11 +143,7 @@ class GradNormMonitor(L.Callback):
             return
         named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
         group_of = self._group_of(pl_module, optimizer) if self._logging else None
-        self._before = (
-            gradient_norms(named, group_of, self.norm_type)
-            if group_of is not None
-            else GradientNorms(total_norm([p for _, p in named], self.norm_type))
-        )
+        self._before = gradient_norms(named, group_of, self.norm_type)
         if self.nonfinite != "warn" and not torch.isfinite(self._before.total):
             self._handle_nonfinite(trainer, named)
 

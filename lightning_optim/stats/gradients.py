@@ -54,15 +54,17 @@ class GradientNorms:
 
 def gradient_norms(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
-    group_of: Callable[[str], str],
+    group_of: Callable[[str], str] | None,
     norm_type: float = 2.0,
 ) -> GradientNorms:
     """Per-group and total gradient norms from a single fused pass over the gradients.
 
     ``group_of`` maps a parameter's qualified name to its group (a module path at some depth, or a
     parameter-group name). Each gradient's norm is taken once (``torch._foreach_norm``); the group and total
-    norms are norms of those norms.
+    norms are norms of those norms. Without ``group_of`` only the total is taken (:func:`total_norm`).
     """
+    if group_of is None:
+        return GradientNorms(total_norm([parameter for _, parameter in named_parameters], norm_type))
     names, grads = [], []
     for name, parameter in named_parameters:
         grad = dense_gradient(parameter)
