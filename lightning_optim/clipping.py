@@ -31,6 +31,16 @@ _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
 
 
+def clip_coefficient(total: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """``min(1, max_norm / (total + 1e-6))``: what ``clip_grad_norm_`` multiplies the gradients by.
+
+    Example:
+        >>> round(float(clip_coefficient(torch.tensor(4.0), 2.0)), 6), float(clip_coefficient(torch.tensor(1.0), 2.0))
+        (0.5, 1.0)
+    """
+    return torch.clamp(max_norm / (total + _EPS), max=1.0)
+
+
 @dataclass
 class ClipResult:
     """What one clipping call measured, as tensors on the gradients' device.
@@ -70,7 +80,7 @@ def clip_gradients(
 
 def scale_to_norm(parameters: Sequence[torch.Tensor], max_norm: float, norms: GradientNorms) -> ClipResult:
     """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does."""
-    coefficient = torch.clamp(max_norm / (norms.total + _EPS), max=1.0)
+    coefficient = clip_coefficient(norms.total, max_norm)
     by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
     for parameter in parameters:
         by_device[parameter.grad.device].append(parameter.grad)
@@ -91,7 +101,7 @@ def expected_after_clipping(total: torch.Tensor, max_norm: float | None, algorit
     """
     if not max_norm or algorithm != "norm":
         return None
-    coefficient = torch.clamp(max_norm / (total + _EPS), max=1.0)
+    coefficient = clip_coefficient(total, max_norm)
     return ClipResult("norm", max_norm, total, total * coefficient, coefficient < 1.0)
 
 
@@ -166,7 +176,7 @@ def clip_in_step(
     norms = gradient_norms(named_parameters, group_of, norm_type)
     if scaled_by is not None:
         norms = GradientNorms(norms.total / scaled_by, {name: n / scaled_by for name, n in norms.groups.items()})
-    coefficient = torch.clamp(max_norm / (norms.total + _EPS), max=1.0)
+    coefficient = clip_coefficient(norms.total, max_norm)
     divisor = coefficient.reciprocal().to(torch.float32)
     found_inf = None
     if skip_nonfinite:
