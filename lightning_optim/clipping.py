@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -103,6 +105,31 @@ def expected_after_clipping(total: torch.Tensor, max_norm: float | None, algorit
         return None
     coefficient = clip_coefficient(total, max_norm)
     return ClipResult("norm", max_norm, total, total * coefficient, coefficient < 1.0)
+
+
+def check_clip_threshold(trainer: Any) -> None:
+    """Refuse a Trainer's negative or non-finite ``gradient_clip_val`` before the first training step.
+
+    ``clip_grad_norm_`` at a negative threshold multiplies the gradients by a negative coefficient, so every
+    clipped step climbs the loss; Lightning's own clipping skips such a threshold silently. 0 and None mean no
+    clipping.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> check_clip_threshold(SimpleNamespace(gradient_clip_val=0.5))
+        >>> check_clip_threshold(SimpleNamespace(gradient_clip_val=-1))
+        Traceback (most recent call last):
+        ...
+        ValueError: Trainer(gradient_clip_val=-1) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / \
+None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent).
+    """
+    threshold = getattr(trainer, "gradient_clip_val", None)
+    if threshold is None or (math.isfinite(threshold) and threshold >= 0):
+        return
+    raise ValueError(
+        f"Trainer(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / "
+        "None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent)."
+    )
 
 
 _FOLDED = "_lightning_optim_folded"

@@ -30,6 +30,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 from lightning_optim.clipping import (
     ClipResult,
+    check_clip_threshold,
     clip_gradients,
     clip_in_step,
     expected_after_clipping,
@@ -64,6 +65,8 @@ class OptimMixin:
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
+      negative threshold would flip the gradients' sign).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -93,6 +96,7 @@ class OptimMixin:
             self.hparams["optim_config"] = copy.deepcopy(validated)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        check_clip_threshold(self._trainer)
         config = self.optim_config
         optimizer = build_optimizer(self, config["optimizer"], config["param_groups"])
         self.__dict__["_built_schedulers"] = []

@@ -11,7 +11,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from lightning_optim.config import OptimConfigError, config_error
 from lightning_optim.param_groups import RULE_KEYS, group_parameters
+from lightning_optim.value_types import conform_section, constructor_types
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -91,44 +91,48 @@ def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
     return OPTIMIZERS[key]
 
 
-def constructor_options(cls: type[torch.optim.Optimizer]) -> list[str]:
-    """Names of the keyword arguments ``cls`` accepts besides its parameters.
+def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Refuse an option ``cls`` does not accept, a value its signature does not take, and a negative learning rate.
+
+    Returns:
+        ``options`` as the constructor takes them (an integral float for an integer argument as an int).
 
     Example:
-        >>> constructor_options(torch.optim.SGD)[:3]
-        ['lr', 'momentum', 'dampening']
+        >>> check_options(torch.optim.LBFGS, {"lr": 1, "max_iter": 1e2}, "optimizer")
+        {'lr': 1, 'max_iter': 100}
+        >>> check_options(torch.optim.SGD, {"nesterov": "yes"}, "optimizer")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.config.OptimConfigError: optim_config.optimizer.nesterov = 'yes' is not valid. Expected \
+true or false, e.g. false.
     """
-    parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]
-    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-
-
-def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], where: str) -> None:
-    """Refuse an option ``cls`` does not accept, and a negative learning rate.
-
-    Example:
-        >>> check_options(torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "optimizer")
-    """
-    accepted = constructor_options(cls)
+    types = constructor_types(cls)
     for key, value in options.items():
-        if key not in accepted:
+        if key not in types:
             raise config_error(
                 f"{where}.{key}",
                 value,
-                f"an argument of {cls.__name__}: {', '.join(accepted)}",
-                accepted,
+                f"an argument of {cls.__name__}: {', '.join(types)}",
+                types,
                 unknown_key=True,
             )
+    options = conform_section(options, types, where)
     lr = options.get("lr")
     if isinstance(lr, (int, float)) and lr < 0:
         raise config_error(f"{where}.lr", lr, "a learning rate >= 0, e.g. 1e-3")
+    return options
 
 
-def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> None:
-    """Check the optimizer options each parameter-group rule sets, as :func:`check_options` does."""
-    for index, rule in enumerate(rules):
-        check_options(
-            cls, {key: value for key, value in rule.items() if key not in RULE_KEYS}, f"param_groups[{index}]"
-        )
+def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check the optimizer options each parameter-group rule sets, as :func:`check_options` does.
+
+    Returns:
+        The rules with their options as the constructor takes them.
+    """
+    return [
+        {**rule, **check_options(cls, {k: v for k, v in rule.items() if k not in RULE_KEYS}, f"param_groups[{index}]")}
+        for index, rule in enumerate(rules)
+    ]
 
 
 def optimizer_options(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,13 +180,12 @@ def build_optimizer(
     Frozen parameters (``requires_grad=False``) stay out, so a finetuning callback can add them later.
 
     Raises:
-        OptimConfigError: unknown optimizer or option, negative lr, bad rule, LBFGS with several groups,
-            SparseAdam on dense gradients.
+        OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule, LBFGS
+            with several groups, SparseAdam on dense gradients.
     """
     cls = optimizer_class(spec)
-    options = optimizer_options(spec)
-    check_options(cls, options, "optimizer")
-    check_rule_options(cls, param_group_rules)
+    options = check_options(cls, optimizer_options(spec), "optimizer")
+    param_group_rules = check_rule_options(cls, param_group_rules)
     groups = group_parameters(module.named_parameters(), param_group_rules, options)
     _check_special_optimizers(cls, module, groups)
     if not groups:

@@ -56,7 +56,7 @@ def compile_rules(rules: Sequence[Mapping[str, Any]]) -> list[re.Pattern[str]]:
                 f"param_groups[{index}].params", rule["params"], f"a valid Python regex ({error})"
             ) from None
         scale = rule.get("lr_scale", 1.0)
-        if not isinstance(scale, (int, float)) or scale < 0:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
             raise config_error(f"param_groups[{index}].lr_scale", scale, "a number >= 0 multiplying the base lr")
     return patterns
 

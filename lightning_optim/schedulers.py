@@ -16,8 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
 import sys
 import warnings
@@ -40,8 +38,16 @@ from lightning_optim.schedules import (
     StepDecay,
     WarmupCosine,
 )
+from lightning_optim.value_types import Expected, conform_section, constructor_types, dataclass_types, expected
 
-LIGHTNING_KEYS = ("interval", "frequency", "log_name", "monitor", "strict")
+_LIGHTNING_TYPES = {
+    "interval": expected(str, "step"),
+    "frequency": expected(int, 1),
+    "log_name": expected(str | None),
+    "monitor": expected(str | None),
+    "strict": expected(bool, True),
+}
+LIGHTNING_KEYS = tuple(_LIGHTNING_TYPES)
 """Keys for Lightning's scheduler config, beside the schedule's own. ``name`` picks the schedule, so Lightning's
 ``name`` (the prefix its LR logging uses instead of ``lr-<Optimizer>``) is spelt ``log_name`` here."""
 
@@ -175,14 +181,23 @@ class BuiltScheduler:
         return isinstance(self.scheduler, PlateauLR)
 
 
-def _schedule_keys(name: str) -> set[str]:
+def _schedule_types(name: str) -> dict[str, Expected]:
     cls, fixed = CLOSED_FORM[name]
-    keys = {field.name for field in dataclasses.fields(cls)} - set(fixed)
-    return keys | ({"warmup_ratio"} if "total_steps" in keys else set())
+    types = {key: wanted for key, wanted in dataclass_types(cls).items() if key not in fixed}
+    if "total_steps" in types:
+        # null: the run's length, from the trainer.
+        types["total_steps"] = expected(types["total_steps"].hint | None)
+        types["warmup_ratio"] = expected(float, 0.1)
+    return types
 
 
-def _signature_keys(cls: type) -> set[str]:
-    return set(list(inspect.signature(cls.__init__).parameters)[2:]) - {"last_epoch", "verbose"}
+def _schedule_keys(name: str) -> set[str]:
+    return set(_schedule_types(name))
+
+
+def _signature_types(cls: type) -> dict[str, Expected]:
+    types = constructor_types(cls)
+    return {key: wanted for key, wanted in types.items() if key not in ("last_epoch", "verbose")}
 
 
 def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRScheduler]:
@@ -198,65 +213,91 @@ def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRSchedu
     return cls
 
 
-def accepted_keys(spec: Mapping[str, Any], where: str = "scheduler") -> set[str]:
-    """The keys a scheduler section may hold (its own and Lightning's)."""
-    if "_target_" in spec:
-        cls = target_scheduler_class(spec["_target_"], where)
-        return _signature_keys(cls) | {"_target_", *LIGHTNING_KEYS}
-    name = spec.get("name")
-    if name in CLOSED_FORM:
-        keys = _schedule_keys(name)
-    elif name in TORCH_SCHEDULERS:
-        keys = _signature_keys(TORCH_SCHEDULERS[name])
-    elif name == "plateau":
-        keys = {"warmup_steps", *_PLATEAU_OPTIONS}
-    elif name == "sequential":
-        keys = {"schedulers", "milestones"}
-    else:
-        raise config_error(f"{where}.name", name, "one of: " + ", ".join(SCHEDULER_NAMES), SCHEDULER_NAMES)
-    return keys | {"name", *LIGHTNING_KEYS}
-
-
-def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") -> None:
-    """Refuse unknown names and keys and bad Lightning keys, before any trainer exists.
+def scheduler_key_types(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Expected]:
+    """The keys a scheduler section may hold (its own and Lightning's), each with the type it takes.
 
     Example:
+        >>> scheduler_key_types({"name": "step"})["step_size"].hint
+        <class 'int'>
+    """
+    if "_target_" in spec:
+        cls = target_scheduler_class(spec["_target_"], where)
+        return {**_signature_types(cls), "_target_": expected(str), **_LIGHTNING_TYPES}
+    name = spec.get("name")
+    if name in CLOSED_FORM:
+        types = _schedule_types(name)
+    elif name in TORCH_SCHEDULERS:
+        types = _signature_types(TORCH_SCHEDULERS[name])
+    elif name == "plateau":
+        plateau = _signature_types(ReduceLROnPlateau)
+        types = {"warmup_steps": dataclass_types(Schedule)["warmup_steps"]}
+        types |= {key: plateau[key] for key in _PLATEAU_OPTIONS}
+    elif name == "sequential":
+        # Each child is checked as a schedule of its own.
+        types = {"schedulers": expected(), "milestones": dataclass_types(Sequential)["milestones"]}
+    else:
+        raise config_error(f"{where}.name", name, "one of: " + ", ".join(SCHEDULER_NAMES), SCHEDULER_NAMES)
+    return {**types, "name": expected(str), **_LIGHTNING_TYPES}
+
+
+def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Any]:
+    """Refuse unknown names and keys, values of the wrong type and bad Lightning keys, before any trainer exists.
+
+    Returns:
+        ``spec`` with its values as the schedule takes them (an integral float for an integer key as an int).
+
+    Example:
+        >>> check_scheduler_config({"name": "step", "step_size": 1e3})
+        {'name': 'step', 'step_size': 1000}
         >>> check_scheduler_config({"name": "plateau"})
         Traceback (most recent call last):
         ...
         lightning_optim.config.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
 the name of a logged validation metric, e.g. 'val/loss'.
     """
-    accepted = accepted_keys(spec, where)
-    for key, value in spec.items():
-        if key not in accepted:
-            raise config_error(
-                f"{where}.{key}", value, "one of the keys: " + ", ".join(sorted(accepted)), accepted, unknown_key=True
-            )
+    spec = _checked_keys(spec, scheduler_key_types(spec, where), where)
     interval = spec.get("interval", "step")
     if interval not in ("step", "epoch"):
         raise config_error(f"{where}.interval", interval, "'step' (optimizer steps) or 'epoch'", ["step", "epoch"])
     frequency = spec.get("frequency", 1)
-    if not isinstance(frequency, int) or frequency < 1:
+    if frequency < 1:
         raise config_error(f"{where}.frequency", frequency, "an integer >= 1")
     if spec.get("name") == "plateau" and not spec.get("monitor"):
         raise config_error(
             f"{where}.monitor", spec.get("monitor"), "the name of a logged validation metric, e.g. 'val/loss'"
         )
-    if "warmup_steps" in spec and "warmup_ratio" in spec:
-        raise config_error(
-            f"{where}.warmup_ratio", spec["warmup_ratio"], "either warmup_steps or warmup_ratio, not both"
-        )
     if spec.get("name") == "sequential":
-        _check_sequential(spec, where)
+        spec["schedulers"] = _check_sequential(spec, where)
     if spec.get("name") in CLOSED_FORM:
         _closed_form_schedule(spec, where, total_steps=None)
+    return spec
 
 
-def _check_sequential(spec: Mapping[str, Any], where: str) -> None:
+def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where: str) -> dict[str, Any]:
+    """``spec`` conformed to ``types``, after refusing a key it does not know and a bad warmup_ratio."""
+    for key, value in spec.items():
+        if key not in types:
+            raise config_error(
+                f"{where}.{key}", value, "one of the keys: " + ", ".join(sorted(types)), types, unknown_key=True
+            )
+    spec = conform_section(spec, types, where)
+    if "warmup_ratio" in spec:
+        if "warmup_steps" in spec:
+            raise config_error(
+                f"{where}.warmup_ratio", spec["warmup_ratio"], "either warmup_steps or warmup_ratio, not both"
+            )
+        if not 0 <= spec["warmup_ratio"] <= 1:
+            raise config_error(
+                f"{where}.warmup_ratio", spec["warmup_ratio"], "a fraction of the run from 0 to 1, e.g. 0.1"
+            )
+    return spec
+
+
+def _check_sequential(spec: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     children = spec.get("schedulers")
     if not isinstance(children, list) or len(children) < 2:
         raise config_error(f"{where}.schedulers", children, "a list of two or more schedules, e.g. cosine then step")
+    checked = []
     for index, child in enumerate(children):
         child_where = f"{where}.schedulers[{index}]"
         if not isinstance(child, dict) or child.get("name") not in CLOSED_FORM:
@@ -266,15 +307,8 @@ def _check_sequential(spec: Mapping[str, Any], where: str) -> None:
                 "one of the closed-form schedules: " + ", ".join(CLOSED_FORM),
                 CLOSED_FORM,
             )
-        for key, value in child.items():
-            if key not in _schedule_keys(child["name"]) | {"name"}:
-                raise config_error(
-                    f"{child_where}.{key}",
-                    value,
-                    "one of: " + ", ".join(sorted(_schedule_keys(child["name"]))),
-                    _schedule_keys(child["name"]),
-                    unknown_key=True,
-                )
+        checked.append(_checked_keys(child, {**_schedule_types(child["name"]), "name": expected(str)}, child_where))
+    return checked
 
 
 def _closed_form_schedule(spec: Mapping[str, Any], where: str, total_steps: int | None) -> Schedule:

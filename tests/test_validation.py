@@ -1,5 +1,7 @@
 """Bad input fails before the first training step with an error naming the key, the value and what would work."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -106,3 +108,164 @@ def test_torch_scheduler_arguments_are_checked():
             {"name": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "cycle_momentum": True, "mode": "triangular3"},
             10,
         )
+
+
+def adam(**options):
+    return {"optimizer": {"name": "adam", **options}}
+
+
+def rule(**options):
+    return {"optimizer": {"name": "sgd", "lr": 0.1}, "param_groups": [{"name": "head", "params": "^head", **options}]}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (adam(lr="abc"), r"optimizer\.lr = 'abc' is not valid\. Expected a number, e\.g\. 0\.001\.$"),
+        (
+            adam(betas=0.9),
+            r"optimizer\.betas = 0\.9 is not valid\. Expected a pair of numbers, e\.g\. \[0\.9, 0\.999\]\.$",
+        ),
+        (adam(betas=[0.9]), r"optimizer\.betas = \[0\.9\] is not valid\. Expected a pair of numbers"),
+        (adam(amsgrad="yes"), r"optimizer\.amsgrad = 'yes' is not valid\. Expected true or false, e\.g\. false\.$"),
+        (adam(fused=1), r"optimizer\.fused = 1 is not valid\. Expected true or false or null, e\.g\. true\.$"),
+        (
+            {"optimizer": {"name": "lbfgs", "max_iter": 2.5}},
+            r"optimizer\.max_iter = 2\.5 is not valid\. Expected an integer, e\.g\. 20\.$",
+        ),
+        (
+            {"optimizer": {"_target_": "torch.optim.AdamW", "betas": "0.9,0.99"}},
+            r"optimizer\.betas = '0\.9,0\.99' is not valid\. Expected a pair of numbers, e\.g\. \[0\.9, 0\.999\]\.$",
+        ),
+        (rule(lr="fast"), r"param_groups\[0\]\.lr = 'fast' is not valid\. Expected a number, e\.g\. 0\.001\.$"),
+        (rule(momentum=[0.9]), r"param_groups\[0\]\.momentum = \[0\.9\] is not valid\. Expected a number, e\.g\. 0\.$"),
+        (rule(lr_scale=True), r"param_groups\[0\]\.lr_scale = True is not valid\. Expected a number >= 0"),
+        (
+            sgd(name="warmup_cosine", warmup_steps="abc"),
+            r"scheduler\.warmup_steps = 'abc' is not valid\. Expected an integer, e\.g\. 0\.$",
+        ),
+        (
+            sgd(name="warmup_cosine", total_steps="abc"),
+            r"scheduler\.total_steps = 'abc' is not valid\. Expected an integer or null, e\.g\. 100\.$",
+        ),
+        (
+            sgd(name="step", step_size=2.5),
+            r"scheduler\.step_size = 2\.5 is not valid\. Expected an integer, e\.g\. 100\.$",
+        ),
+        (sgd(name="step", step_size=True), r"scheduler\.step_size = True is not valid\. Expected an integer"),
+        (sgd(name="step", step_size=2, gamma="0.5"), r"scheduler\.gamma = '0\.5' is not valid\. Expected a number"),
+        (
+            sgd(name="multistep", milestones=[10, 20.5]),
+            r"scheduler\.milestones = \[10, 20\.5\] is not valid\. Expected a list of integers, e\.g\. \[100\]\.$",
+        ),
+        (
+            sgd(name="step", step_size=2, frequency=1.5),
+            r"scheduler\.frequency = 1\.5 is not valid\. Expected an integer, e\.g\. 1\.$",
+        ),
+        (
+            sgd(name="plateau", monitor="val/loss", patience="2"),
+            r"scheduler\.patience = '2' is not valid\. Expected an integer, e\.g\. 10\.$",
+        ),
+        (
+            sgd(name="onecycle", max_lr="0.1"),
+            r"scheduler\.max_lr = '0\.1' is not valid\. Expected a number or a list of numbers, e\.g\. 0\.1\.$",
+        ),
+        (
+            sgd(name="cyclic", base_lr=0.01, max_lr=0.1, mode=3),
+            r"scheduler\.mode = 3 is not valid\. Expected one of 'triangular', 'triangular2', 'exp_range'\.$",
+        ),
+        (
+            sgd(_target_="torch.optim.lr_scheduler.StepLR", step_size="2"),
+            r"scheduler\.step_size = '2' is not valid\. Expected an integer, e\.g\. 100\.$",
+        ),
+        (
+            sgd(
+                name="sequential", schedulers=[{"name": "cosine", "total_steps": "5"}, {"name": "step", "step_size": 2}]
+            ),
+            r"scheduler\.schedulers\[0\]\.total_steps = '5' is not valid\. Expected an integer or null",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_key_the_value_and_an_example(config, message):
+    with pytest.raises(OptimConfigError, match=r"^optim_config\." + message):
+        validate_optim_config(config)
+
+
+def test_integer_keys_take_integral_floats_and_return_ints():
+    validated = validate_optim_config(
+        {
+            "optimizer": {"name": "lbfgs", "max_iter": 1e1},
+            "scheduler": {"name": "warmup_cosine", "warmup_steps": 1e2, "total_steps": 1e9, "frequency": 2.0},
+        }
+    )
+    assert validated["optimizer"] == {"name": "lbfgs", "max_iter": 10}
+    assert validated["scheduler"] == {
+        "name": "warmup_cosine",
+        "warmup_steps": 100,
+        "total_steps": 10**9,
+        "frequency": 2,
+    }
+    assert [type(validated["scheduler"][key]) for key in ("warmup_steps", "total_steps", "frequency")] == [int] * 3
+    milestones = validate_optim_config(sgd(name="multistep", milestones=[1e1, 2e1]))["scheduler"]["milestones"]
+    assert milestones == [10, 20] and all(type(m) is int for m in milestones)
+
+
+def test_a_model_trains_with_integral_float_counts():
+    model = MixinModel(sgd(name="step", step_size=4.0, gamma=0.5))
+    trainer(max_epochs=1).fit(model, loader())
+    assert [round(lrs[0], 4) for lrs in model.lrs] == [0.1] * 4 + [0.05] * 4
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (adam(lr=float("nan")), r"optimizer\.lr = nan"),
+        (adam(lr=float("inf")), r"optimizer\.lr = inf"),
+        (adam(betas=[0.9, float("inf")]), r"optimizer\.betas\[1\] = inf"),
+        (adam(eps=float("-inf")), r"optimizer\.eps = -inf"),
+        (rule(weight_decay=float("nan")), r"param_groups\[0\]\.weight_decay = nan"),
+        (rule(lr_scale=float("inf")), r"param_groups\[0\]\.lr_scale = inf"),
+        (sgd(name="warmup_cosine", min_lr_ratio=float("-inf")), r"scheduler\.min_lr_ratio = -inf"),
+        (sgd(name="step", step_size=2, gamma=float("nan")), r"scheduler\.gamma = nan"),
+        (sgd(name="onecycle", max_lr=[0.1, float("nan")]), r"scheduler\.max_lr\[1\] = nan"),
+    ],
+)
+def test_nonfinite_numbers_are_refused_naming_the_key(config, message):
+    with pytest.raises(
+        OptimConfigError, match=r"^optim_config\." + message + r" is not valid\. Expected a finite number\.$"
+    ):
+        validate_optim_config(config)
+
+
+def test_zero_lr_warns_that_the_parameters_will_not_change():
+    config = {
+        "optimizer": {"name": "sgd", "lr": 0},
+        "param_groups": [
+            {"name": "head", "params": "^head", "lr_scale": 0},
+            {"name": "bias", "params": "bias", "lr": 0.0},
+        ],
+    }
+    with pytest.warns(UserWarning) as caught:
+        validate_optim_config(config)
+    assert [str(warning.message) for warning in caught] == [
+        f"optim_config.{key}: {whose} will not change (every update is scaled by the lr). Use a value > 0, or freeze "
+        "those parameters with requires_grad=False instead."
+        for key, whose in [
+            ("optimizer.lr = 0", "the parameters"),
+            ("param_groups[0].lr_scale = 0", "the parameters of group 'head'"),
+            ("param_groups[1].lr = 0.0", "the parameters of group 'bias'"),
+        ]
+    ]
+    # onecycle sets the lr from its own max_lr, whatever the optimizer's lr.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_optim_config({"optimizer": {"name": "sgd", "lr": 0}, "scheduler": {"name": "onecycle", "max_lr": 0.1}})
+
+
+@pytest.mark.parametrize("ratio", [2.0, -0.1])
+def test_warmup_ratio_outside_zero_to_one_names_warmup_ratio(ratio):
+    message = (
+        rf"^optim_config\.scheduler\.warmup_ratio = {ratio} is not valid\. Expected a fraction of the run from 0 to 1"
+    )
+    with pytest.raises(OptimConfigError, match=message):
+        validate_optim_config(sgd(name="warmup_cosine", warmup_ratio=ratio))

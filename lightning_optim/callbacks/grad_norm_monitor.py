@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_optim.clipping import ClipResult, expected_after_clipping
+from lightning_optim.clipping import ClipResult, check_clip_threshold, expected_after_clipping
 from lightning_optim.mixin import OptimMixin
 from lightning_optim.stats import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
 
@@ -43,6 +43,8 @@ class GradNormMonitor(L.Callback):
     * Python numbers are made on Lightning's logging steps only. The clip fraction counts every optimizer step
       when clipping is by norm (with the mixin at no cost; without it, one fused norm pass per step); otherwise,
       and for the non-finite count without norm clipping, only logging steps are measured.
+    * A negative or non-finite ``gradient_clip_val`` is refused in ``setup``, before the first step: torch's norm
+      clipping would flip the gradients' sign (Lightning's own clipping ignores it silently).
     * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
       optimizer step, the last evaluation's norms.
 
@@ -116,6 +118,9 @@ class GradNormMonitor(L.Callback):
 
     def _mixin_clips_by_norm(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         return isinstance(pl_module, OptimMixin) and clip_algorithm(trainer) == "norm"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_clip_threshold(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step

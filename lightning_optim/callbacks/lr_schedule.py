@@ -34,8 +34,7 @@ class LRSchedule(L.Callback):
     """
 
     def __init__(self, scheduler: Mapping[str, Any] | DictConfig, optimizer_index: int = 0) -> None:
-        self.config: dict[str, Any] = plain(scheduler)
-        check_scheduler_config(self.config)
+        self.config: dict[str, Any] = check_scheduler_config(plain(scheduler))
         self.optimizer_index = optimizer_index
         self.built: BuiltScheduler | None = None
         self._restored_state: dict[str, Any] | None = None

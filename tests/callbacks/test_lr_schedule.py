@@ -194,6 +194,13 @@ def test_refuses_a_bad_config_at_construction():
         LRSchedule({"name": "step", "step_size": 1, "interval": "batch"})
 
 
+def test_checks_types_at_construction_and_takes_integral_floats():
+    with pytest.raises(OptimConfigError, match=r"^optim_config\.scheduler\.step_size = '2' is not valid\. Expected an"):
+        LRSchedule({"name": "step", "step_size": "2"})
+    model = fit_with({"name": "step", "step_size": 2e0, "gamma": 0.5, "interval": "epoch"}, max_epochs=3)
+    assert first_group(model) == pytest.approx([LR] * 2 * BATCHES + [LR * 0.5] * BATCHES, abs=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir, initialize_config_module
 from omegaconf import OmegaConf
 
-from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, build_optimizer, validate_optim_config
+from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.cli.common import compose_optim_config
 
 PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
@@ -133,3 +133,39 @@ def test_experiment_param_groups_match_the_intended_parameters(experiment):
     assert all(n.endswith("weight") for n in groups["default"])
     assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups}["no_decay"] == 0.0
     assert len(groups["no_decay"]) > 0 and len(groups["default"]) > 0
+
+
+def _validate_overrides(overrides: list[str]) -> dict:
+    with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
+        return validate_optim_config(compose_optim_config(compose(config_name="train", overrides=overrides)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=nan"], r"optimizer\.lr = nan is not valid\. Expected a finite number\."),
+        (["optimizer=adam", "optimizer.betas=[0.9,inf]"], r"optimizer\.betas\[1\] = inf is not valid"),
+        (
+            ["optimizer=adam", "optimizer.betas=0.9"],
+            r"optimizer\.betas = 0\.9 is not valid\. Expected a pair of numbers",
+        ),
+        (
+            ["~scheduler.warmup_ratio", "+scheduler.warmup_steps=abc"],
+            r"scheduler\.warmup_steps = 'abc' is not valid\. Expected an integer, e\.g\. 0\.",
+        ),
+        (
+            ["scheduler.warmup_ratio=2.0"],
+            r"scheduler\.warmup_ratio = 2\.0 is not valid\. Expected a fraction of the run",
+        ),
+    ],
+)
+def test_command_line_values_are_checked_as_hydra_parses_them(overrides, message):
+    with pytest.raises(OptimConfigError, match=r"^optim_config\." + message):
+        _validate_overrides(overrides)
+
+
+def test_an_integral_float_from_the_command_line_becomes_an_int():
+    overrides = ["scheduler.total_steps=1e9", "~scheduler.warmup_ratio", "+scheduler.warmup_steps=1e3"]
+    scheduler = _validate_overrides(overrides)["scheduler"]
+    assert (scheduler["total_steps"], scheduler["warmup_steps"]) == (10**9, 1000)
+    assert type(scheduler["total_steps"]) is int and type(scheduler["warmup_steps"]) is int
