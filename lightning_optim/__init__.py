@@ -6,6 +6,7 @@ Example:
     True
 """
 
+from lightning_optim.checkpoints import CheckpointError, SafeCheckpointIO, verify_checkpoint
 from lightning_optim.config import OptimConfig, OptimConfigError
 from lightning_optim.mixin import OptimMixin, ResumeConfigWarning
 from lightning_optim.optimizers import OPTIMIZERS, build_optimizer
@@ -15,12 +16,15 @@ from lightning_optim.validation import validate_optim_config
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULER_NAMES",
+    "CheckpointError",
     "OptimConfig",
     "OptimConfigError",
     "OptimMixin",
     "ResumeConfigWarning",
+    "SafeCheckpointIO",
     "build_optimizer",
     "build_scheduler",
     "preview_learning_rates",
     "validate_optim_config",
+    "verify_checkpoint",
 ]

@@ -1,0 +1,266 @@
+"""SafeCheckpointIO: loading never runs code, damaged files are refused before training, a failed save loses nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import http.server
+import os
+import random
+import threading
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_optim import CheckpointError, SafeCheckpointIO
+from tests.models import RecordingModel, loader, trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+
+OPT_OUT = (
+    "If you trust where this checkpoint comes from, load it with `trainer.fit(..., weights_only=False)` "
+    "(lightning-optim-train: `trust_checkpoint=true`); a class of your own that is safe to rebuild can be allowed "
+    "alone with `torch.serialization.add_safe_globals([YourClass])`."
+)
+STEPS_PER_EPOCH = 8  # tests.models.loader(): 32 samples in batches of 4
+
+
+def fit_with_checkpoints(directory: Path) -> Path:
+    """One epoch through SafeCheckpointIO, keeping the newest step checkpoint and last.ckpt; returns last.ckpt."""
+    checkpoints = ModelCheckpoint(dirpath=directory, save_last=True, every_n_train_steps=2, save_top_k=1)
+    run = trainer(plugins=[SafeCheckpointIO()], enable_checkpointing=True, callbacks=[checkpoints])
+    run.fit(RecordingModel(), loader())
+    assert type(run.strategy.checkpoint_io) is SafeCheckpointIO
+    return directory / "last.ckpt"
+
+
+def resume(path: Path, **fit_kwargs: Any) -> RecordingModel:
+    """Resume a second epoch from ``path`` through SafeCheckpointIO; returns the model (its ``lrs``: steps run)."""
+    model = RecordingModel()
+    run = trainer(max_epochs=2, plugins=[SafeCheckpointIO()])
+    run.fit(model, loader(), ckpt_path=path, **fit_kwargs)
+    assert run.global_step == 2 * STEPS_PER_EPOCH
+    return model
+
+
+@pytest.fixture
+def last_checkpoint(tmp_path: Path) -> Path:
+    return fit_with_checkpoints(tmp_path / "checkpoints")
+
+
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def test_trainer_saves_and_removes_through_the_plugin_and_resumes(last_checkpoint):
+    # every_n_train_steps=2 with save_top_k=1 saved steps 2, 4, 6, 8 and removed each older one.
+    assert sorted(os.listdir(last_checkpoint.parent)) == [f"epoch=0-step={STEPS_PER_EPOCH}.ckpt", "last.ckpt"]
+    assert SafeCheckpointIO().load_checkpoint(last_checkpoint)["global_step"] == STEPS_PER_EPOCH
+    assert len(resume(last_checkpoint).lrs) == STEPS_PER_EPOCH, "only the second epoch ran"
+
+
+class FullDisk:
+    """A file whose disk fills up after ``room`` bytes: the write that does not fit raises ENOSPC."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self.file, self.room, self.written = file, room, 0
+
+    def write(self, data: bytes) -> int:
+        if self.written + len(data) > self.room:
+            self.file.write(bytes(data[: self.room - self.written]))
+            self.written = self.room
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += self.file.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def test_save_on_a_full_disk_leaves_the_previous_checkpoint(last_checkpoint, monkeypatch):
+    before = last_checkpoint.read_bytes()
+    files_before = sorted(os.listdir(last_checkpoint.parent))
+    torch_save, disks = torch.save, []
+
+    def save_until_the_disk_is_full(checkpoint: Any, file: Any, **kwargs: Any) -> None:
+        disks.append((file.name, FullDisk(file, room=4096)))
+        torch_save(checkpoint, disks[-1][1], **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    run = trainer(plugins=[SafeCheckpointIO()])
+    run.fit(RecordingModel(), loader())
+    expected = (
+        f"Checkpoint {last_checkpoint} was not saved ([Errno 28] No space left on device); the file that was there "
+        "before, if any, is unchanged."
+    )
+    with pytest.raises(CheckpointError) as raised:
+        run.save_checkpoint(last_checkpoint)
+    monkeypatch.undo()
+
+    assert str(raised.value) == expected
+    [(temporary, disk)] = disks
+    assert Path(temporary).parent == last_checkpoint.parent and disk.written == 4096, "written beside the target"
+    assert last_checkpoint.read_bytes() == before
+    assert sorted(os.listdir(last_checkpoint.parent)) == files_before, "no temporary file left"
+    assert len(resume(last_checkpoint).lrs) == STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------------ damaged files
+
+
+def flip_bytes_in_a_tensor(path: Path) -> str:
+    """Invert 64 bytes inside the storage of ``encoder.weight`` (8 x 4 floats); returns that zip entry's name."""
+    storage = torch.load(path, weights_only=True)["state_dict"]["encoder.weight"].numpy().tobytes()
+    with zipfile.ZipFile(path) as archive:
+        [entry] = [name for name in archive.namelist() if archive.read(name) == storage]
+    data = bytearray(path.read_bytes())
+    start = data.index(storage)
+    data[start : start + 64] = bytes(byte ^ 0xFF for byte in data[start : start + 64])
+    path.write_bytes(data)
+    return entry
+
+
+@pytest.mark.parametrize("damage", ["flipped", "empty", "random", "missing"])
+def test_damaged_checkpoint_is_refused_before_training(last_checkpoint, damage):
+    if damage == "flipped":
+        entry = flip_bytes_in_a_tensor(last_checkpoint)
+        expected = (
+            f"Checkpoint {last_checkpoint} is corrupted: entry {entry!r} fails its CRC check (its bytes changed after "
+            "they were written). Resume from another checkpoint."
+        )
+    elif damage == "empty":
+        last_checkpoint.write_bytes(b"")
+        expected = f"Checkpoint {last_checkpoint} is empty (0 bytes): the save that wrote it did not finish."
+    elif damage == "random":
+        last_checkpoint.write_bytes(random.Random(0).randbytes(4096))
+        expected = (
+            f"Checkpoint {last_checkpoint} (4096 bytes) is not a zip archive (the format torch.save writes): it is "
+            "truncated, corrupted or not a checkpoint."
+        )
+    else:
+        last_checkpoint.unlink()
+        expected = f"Checkpoint {last_checkpoint} does not exist or is not a file."
+    model = RecordingModel()
+    with pytest.raises(CheckpointError) as raised:
+        trainer(max_epochs=2, plugins=[SafeCheckpointIO()]).fit(model, loader(), ckpt_path=last_checkpoint)
+    assert str(raised.value) == expected
+    assert model.lrs == [], "no training step ran"
+
+
+# ------------------------------------------------------------------------------------------------ hostile files
+
+
+class Payload:
+    """What an attacker pickles: unpickling it calls ``exec``, which here only creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "payload-ran"
+
+
+@pytest.fixture
+def malicious_checkpoint(last_checkpoint: Path, marker: Path) -> Path:
+    checkpoint = torch.load(last_checkpoint, weights_only=True)
+    checkpoint["hyper_parameters"] = {"lr": 0.5, "payload": Payload(marker)}
+    path = last_checkpoint.parent.parent / "served" / "x.ckpt"
+    path.parent.mkdir()
+    torch.save(checkpoint, path)
+    return path
+
+
+def refusal(name: str, key: str = "hyper_parameters.payload", needs: str = "builtins.exec") -> str:
+    return (
+        f"Checkpoint {name} was not loaded: it holds objects whose unpickling could run code (nothing in it ran): "
+        f"`{key}` needs {needs}. {OPT_OUT}"
+    )
+
+
+@pytest.mark.parametrize("force_no_weights_only", [False, True])
+def test_local_checkpoint_with_code_is_refused(malicious_checkpoint, marker, monkeypatch, force_no_weights_only):
+    if force_no_weights_only:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(CheckpointError) as raised:
+        SafeCheckpointIO().load_checkpoint(malicious_checkpoint)
+    assert str(raised.value) == refusal(str(malicious_checkpoint))
+    assert not marker.exists()
+
+
+@pytest.fixture
+def server_url(malicious_checkpoint: Path):
+    """``http://127.0.0.1:<port>`` serving the folder of the malicious checkpoint."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(malicious_checkpoint.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_url_checkpoint_with_code_is_refused_where_lightning_runs_it(server_url, marker, tmp_path, monkeypatch):
+    url = f"{server_url}/x.ckpt"
+    with pytest.raises(CheckpointError) as raised:
+        SafeCheckpointIO().load_checkpoint(url)
+    assert str(raised.value) == refusal(url)
+    assert not marker.exists()
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-hub"))  # where torch.hub downloads the file
+    TorchCheckpointIO().load_checkpoint(url)
+    assert marker.exists(), "plain Lightning unpickles a URL with weights_only=False: the payload ran"
+
+
+def test_fit_from_a_checkpoint_with_code_is_refused(malicious_checkpoint, marker):
+    model = RecordingModel()
+    with pytest.raises(CheckpointError) as raised:
+        trainer(max_epochs=2, plugins=[SafeCheckpointIO()]).fit(model, loader(), ckpt_path=malicious_checkpoint)
+    assert str(raised.value) == refusal(str(malicious_checkpoint))
+    assert not marker.exists() and model.lrs == []
+
+
+@dataclasses.dataclass
+class TrustedConfig:
+    lr: float = 0.5
+
+
+def test_trusted_checkpoint_loads_with_the_explicit_opt_out(last_checkpoint):
+    checkpoint = torch.load(last_checkpoint, weights_only=True)
+    checkpoint["callbacks"]["Custom"] = {"cfg": TrustedConfig()}
+    torch.save(checkpoint, last_checkpoint)
+    with pytest.raises(CheckpointError) as raised:
+        SafeCheckpointIO().load_checkpoint(last_checkpoint)
+    assert str(raised.value) == refusal(str(last_checkpoint), "callbacks.Custom.cfg", f"{__name__}.TrustedConfig")
+    loaded = SafeCheckpointIO().load_checkpoint(last_checkpoint, weights_only=False)
+    assert loaded["callbacks"]["Custom"]["cfg"] == TrustedConfig()
+    assert len(resume(last_checkpoint, weights_only=False).lrs) == STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------------ the app
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["trainer=ddp"], ["experiment=cnn"], ["experiment=rnn"], ["experiment=transformer"]]
+)
+def test_every_app_trainer_uses_the_plugin(overrides):
+    with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
+        cfg = compose(config_name="train", overrides=overrides)
+    assert [type(plugin) for plugin in instantiate(cfg.trainer.plugins)] == [SafeCheckpointIO]
