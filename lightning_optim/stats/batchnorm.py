@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 
 DEAD_VARIANCE = 1e-5
 """Default threshold: a channel whose batch variance is below it counts as dead."""
@@ -78,11 +81,14 @@ def var_ratio(batch_var: torch.Tensor, running_var: torch.Tensor, eps: float) ->
 def dead_fraction(batch_var: torch.Tensor, threshold: float = DEAD_VARIANCE) -> torch.Tensor:
     """Share of channels whose batch variance is below ``threshold`` (channels that carry no signal).
 
+    NaN when a channel's variance is NaN or Inf: such a channel can be called neither dead nor alive.
+
     Example:
-        >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0]))
-        tensor(0.5000)
+        >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0])), dead_fraction(torch.tensor([0.0, float("nan")]))
+        (tensor(0.5000), tensor(nan))
     """
-    return (batch_var < threshold).float().mean()
+    dead = (batch_var < threshold).float()
+    return torch.where(torch.isfinite(batch_var), dead, torch.nan).mean()
 
 
 def summary(values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,3 +163,62 @@ def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps
     average_std = (running_vars.mean(dim=0) + eps).sqrt()
     per_rank = ((running_means - running_means.mean(dim=0)).abs() / average_std).mean(dim=1)
     return per_rank.max()
+
+
+_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class RunningStatsSnapshot:
+    """The running statistics of every BatchNorm layer of a model, kept to undo the update of a skipped step.
+
+    A training forward updates ``running_mean``, ``running_var`` and ``num_batches_tracked`` of every BatchNorm
+    layer in place, before anyone knows whether the step will be skipped. :meth:`take` copies them, at the start of
+    the step's first batch, into buffers allocated once (one ``torch._foreach_copy_``); when the step is skipped,
+    :meth:`restore` (the decision is a host bool) or :meth:`restore_where` (the decision is still a device tensor)
+    puts them back. Lazy layers not yet materialized are left out.
+
+    Args:
+        model: The module whose BatchNorm layers (every ``torch.nn.modules.batchnorm._BatchNorm``) are kept.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+        >>> snapshot = RunningStatsSnapshot(model)
+        >>> snapshot.take()
+        >>> _ = model(torch.tensor([[float("nan"), 0.0], [1.0, 2.0]]))
+        >>> model[1].running_mean.isnan().any().item(), model[1].num_batches_tracked.item()
+        (True, 1)
+        >>> snapshot.restore_where(torch.tensor(1.0))
+        >>> model[1].running_mean.tolist(), model[1].num_batches_tracked.item()
+        ([0.0, 0.0, 0.0], 0)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+        self._live: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+
+    def _buffers(self) -> list[torch.Tensor]:
+        buffers = (getattr(layer, name) for layer in self.layers for name in _RUNNING_STATISTICS)
+        return [buffer for buffer in buffers if buffer is not None and not is_lazy(buffer)]
+
+    def take(self) -> None:
+        """Copy the running statistics as they are now."""
+        live = self._buffers()
+        # Moving the model to a device (or a lazy layer's first forward) replaces its buffers: allocate again.
+        if len(live) != len(self._live) or any(now is not kept for now, kept in zip(live, self._live, strict=True)):
+            self._live, self._saved = live, [torch.empty_like(buffer) for buffer in live]
+        if live:
+            torch._foreach_copy_(self._saved, live)
+
+    def restore(self) -> None:
+        """Put back the running statistics of the last :meth:`take`."""
+        if self._live:
+            torch._foreach_copy_(self._live, self._saved)
+
+    def restore_where(self, skip: torch.Tensor) -> None:
+        """Put back the running statistics of the last :meth:`take` where the 0-dim ``skip`` is nonzero, with device
+        ops only (no host sync). ``torch.where`` selects, so NaN in the current values cannot leak into the result.
+        """
+        condition = skip.bool()
+        for live, saved in zip(self._live, self._saved, strict=True):
+            torch.where(condition.to(live.device), saved, live, out=live)
