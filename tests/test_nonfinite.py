@@ -38,8 +38,8 @@ def images(batches: int = 4, batch_size: int = 8) -> DataLoader:
 class NaNBatchNet(L.LightningModule):
     """BatchNorm2d on the images, a 1x1 conv, BatchNorm2d, a linear head; batch ``bad_batch`` has a NaN image.
 
-    ``states`` holds, after every optimizer step, the module's state (parameters and BatchNorm buffers) and the
-    optimizer's state, copied.
+    ``states`` holds, before the first optimizer step and after every one, the module's state (parameters and
+    BatchNorm buffers) and the optimizer's state, copied; ``found_inf`` each step's ``last_clip.found_inf``.
     """
 
     def __init__(self, bad_batch: int = BAD_BATCH) -> None:
@@ -58,12 +58,18 @@ class NaNBatchNet(L.LightningModule):
             inputs[0] = float("nan")
         return nn.functional.mse_loss(self.head(self.features(inputs).flatten(1)), targets)
 
+    def on_train_start(self) -> None:
+        self._record_state()
+
     def on_train_batch_end(self, *args: Any) -> None:
         if not self.trainer.fit_loop.epoch_loop._should_accumulate():
-            optimizer = self.trainer.optimizers[0]
-            self.states.append((copy.deepcopy(self.state_dict()), copy.deepcopy(optimizer.state_dict())))
+            self._record_state()
             clip: ClipResult | None = self.__dict__.get("last_clip")
             self.found_inf.append(None if clip is None else clip.found_inf)
+
+    def _record_state(self) -> None:
+        optimizer = self.trainer.optimizers[0]
+        self.states.append((copy.deepcopy(self.state_dict()), copy.deepcopy(optimizer.state_dict())))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
@@ -168,20 +174,30 @@ def test_raise_stops_with_the_first_bad_parameter_not_a_monitor_crash(tmp_path):
         fit_monitored(NaNBatchNet(), tmp_path, "raise")
 
 
+ADAMW = {"name": "adamw", "lr": 0.01, "fused": True}
+SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
 SKIPPING = {
-    "folded_fused_adamw": (lambda **kw: NaNBatchMixinNet({"name": "adamw", "lr": 0.01, "fused": True}, **kw), 1.0),
-    "unfused_sgd_momentum": (lambda **kw: NaNBatchMixinNet({"name": "sgd", "lr": 0.05, "momentum": 0.9}, **kw), 1.0),
-    "monitor_without_mixin": (NaNBatchNet, None),
+    # name: (optimizer of the mixin or None for the model's own SGD without the mixin, fused step skips, clip_val)
+    "folded_fused_adamw": (ADAMW, True, 1.0),
+    "unfused_sgd_momentum": (SGD, False, 1.0),
+    "monitor_without_mixin": (None, False, None),
 }
 
 
-@pytest.mark.parametrize("case", list(SKIPPING))
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_skip_leaves_no_trace(case, accumulate, tmp_path):
-    make, clip_val = SKIPPING[case]
-    # Under accumulation the NaN image is in the second batch of step 1: the first batch's update is undone too.
-    model = make(bad_batch=BAD_BATCH if accumulate == 1 else 3)
-    bad_step = BAD_BATCH // accumulate
+@pytest.mark.parametrize(
+    ("case", "accumulate", "bad_batch"),
+    [
+        *[(case, 1, BAD_BATCH) for case in SKIPPING],
+        # The NaN image in the second batch of optimizer step 1: the first batch's update is undone too.
+        *[(case, 2, 3) for case in SKIPPING],
+        # torch's fused SGD would corrupt its momentum on a skipped first step: skipped on the host instead.
+        ("fused_sgd_first_step", 1, 0),
+    ],
+)
+def test_skip_leaves_no_trace(case, accumulate, bad_batch, tmp_path):
+    optimizer, folded, clip_val = SKIPPING.get(case, ({**SGD, "fused": True}, True, 1.0))
+    model = NaNBatchNet(bad_batch) if optimizer is None else NaNBatchMixinNet(optimizer, bad_batch)
+    bad_step = bad_batch // accumulate
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     run = trainer(
         max_epochs=1,
@@ -191,14 +207,37 @@ def test_skip_leaves_no_trace(case, accumulate, tmp_path):
         callbacks=[GradNormMonitor(nonfinite="skip"), checkpoint],
     )
     run.fit(model, images(batches=8))
-    assert len(model.states) == 8 // accumulate
-    assert_identical(model.states[bad_step], model.states[bad_step - 1])
-    assert not torch.equal(model.states[bad_step + 1][0]["head.weight"], model.states[bad_step][0]["head.weight"])
-    # The folded path decided on the device: found_inf, not a host check, skipped the step.
-    assert [flag is not None for flag in model.found_inf] == [case == "folded_fused_adamw"] * len(model.states)
+    assert len(model.states) == 1 + 8 // accumulate
+    assert_identical(model.states[bad_step + 1], model.states[bad_step])
+    assert not torch.equal(model.states[bad_step + 2][0]["head.weight"], model.states[bad_step + 1][0]["head.weight"])
+    # The folded path decides on the device (found_inf), except for fused SGD until it has momentum buffers: the
+    # skipped step 0 and step 1.
+    on_the_device = [folded] * (8 // accumulate)
+    if case == "fused_sgd_first_step":
+        on_the_device[:2] = [False, False]
+    assert [flag is not None for flag in model.found_inf] == on_the_device
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert nonfinite_tensors(saved["state_dict"]) + nonfinite_tensors(saved["optimizer_states"]) == []
     assert saved["state_dict"]["features.0.num_batches_tracked"] == 8 - accumulate
+
+
+def test_restore_where_keeps_or_puts_back_every_buffer_exactly():
+    # Two kinds (float32 and float64 buffers, and the int64 counters), each with statistics of its own.
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3, dtype=torch.float64))
+    model[0](torch.randn(4, 3))
+    model[1](torch.randn(4, 3, dtype=torch.float64))
+    snapshot = RunningStatsSnapshot(model)
+    snapshot.take()
+    taken = copy.deepcopy(model.state_dict())
+    model[0](torch.tensor([[float("nan"), 1.0, 2.0], [0.0, 1.0, 3.0]]))
+    model[1](torch.randn(4, 3, dtype=torch.float64))
+    updated = copy.deepcopy(model.state_dict())
+    snapshot.restore_where(torch.tensor(0.0))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, updated[key], rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(model[0].running_mean).any()
+    snapshot.restore_where(torch.tensor(1.0))
+    assert_identical(model.state_dict(), taken)
 
 
 def test_a_snapshot_follows_buffers_that_were_replaced():

@@ -165,7 +165,29 @@ def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps
     return per_rank.max()
 
 
-_RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+def _flat_views(flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+    chunks = torch.split(flat, [shape.numel() for shape in shapes])
+    return [chunk.view(shape) for chunk, shape in zip(chunks, shapes, strict=True)]
+
+
+@dataclass
+class _SameKind:
+    """Buffers of one device and dtype, their copy, and a scratch tensor, the latter two flat (one kernel each)."""
+
+    live: list[torch.Tensor]
+    saved: torch.Tensor
+    saved_views: list[torch.Tensor]
+    live_flat: list[torch.Tensor]
+    scratch: torch.Tensor
+    scratch_views: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, live: list[torch.Tensor]) -> _SameKind:
+        shapes = [buffer.shape for buffer in live]
+        saved = live[0].new_empty(sum(shape.numel() for shape in shapes))
+        scratch = torch.empty_like(saved)
+        live_flat = [buffer.view(-1) for buffer in live]
+        return cls(live, saved, _flat_views(saved, shapes), live_flat, scratch, _flat_views(scratch, shapes))
 
 
 class RunningStatsSnapshot:
@@ -196,29 +218,44 @@ class RunningStatsSnapshot:
         self.layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
         self._live: list[torch.Tensor] = []
         self._saved: list[torch.Tensor] = []
+        self._kinds: list[_SameKind] = []
 
     def _buffers(self) -> list[torch.Tensor]:
-        buffers = (getattr(layer, name) for layer in self.layers for name in _RUNNING_STATISTICS)
+        # Module.__getattr__ costs microseconds per call: read each layer's buffer dict directly, once per step.
+        buffers = (buffer for layer in self.layers for buffer in layer._buffers.values())
         return [buffer for buffer in buffers if buffer is not None and not is_lazy(buffer)]
+
+    def _allocate(self, live: list[torch.Tensor]) -> None:
+        by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for buffer in live:
+            by_kind.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+        self._kinds = [_SameKind.of(buffers) for buffers in by_kind.values()]
+        self._live = live
+        self._saved = [view for kind in self._kinds for view in kind.saved_views]
+        # The saved views are grouped by kind: keep the live buffers in the same order for one _foreach_copy_.
+        self._ordered = [buffer for kind in self._kinds for buffer in kind.live]
 
     def take(self) -> None:
         """Copy the running statistics as they are now."""
         live = self._buffers()
         # Moving the model to a device (or a lazy layer's first forward) replaces its buffers: allocate again.
         if len(live) != len(self._live) or any(now is not kept for now, kept in zip(live, self._live, strict=True)):
-            self._live, self._saved = live, [torch.empty_like(buffer) for buffer in live]
+            self._allocate(live)
         if live:
-            torch._foreach_copy_(self._saved, live)
+            torch._foreach_copy_(self._saved, self._ordered)
 
     def restore(self) -> None:
         """Put back the running statistics of the last :meth:`take`."""
         if self._live:
-            torch._foreach_copy_(self._live, self._saved)
+            torch._foreach_copy_(self._ordered, self._saved)
 
     def restore_where(self, skip: torch.Tensor) -> None:
         """Put back the running statistics of the last :meth:`take` where the 0-dim ``skip`` is nonzero, with device
-        ops only (no host sync). ``torch.where`` selects, so NaN in the current values cannot leak into the result.
+        ops only (no host sync): per device and dtype, the buffers are gathered into one flat tensor, ``torch.where``
+        selects (so NaN in the current values cannot leak into the result), and one ``_foreach_copy_`` writes back.
         """
         condition = skip.bool()
-        for live, saved in zip(self._live, self._saved, strict=True):
-            torch.where(condition.to(live.device), saved, live, out=live)
+        for kind in self._kinds:
+            torch.cat(kind.live_flat, out=kind.scratch)
+            torch.where(condition.to(kind.saved.device), kind.saved, kind.scratch, out=kind.scratch)
+            torch._foreach_copy_(kind.live, kind.scratch_views)
