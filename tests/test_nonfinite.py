@@ -174,6 +174,20 @@ def test_raise_stops_with_the_first_bad_parameter_not_a_monitor_crash(tmp_path):
         fit_monitored(NaNBatchNet(), tmp_path, "raise")
 
 
+def test_raise_names_an_overflowing_norm_of_finite_gradients(tmp_path):
+    class Huge(NaNBatchNet):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            # Finite gradients of about 1e30: their squares, and so the 2-norm, overflow float32.
+            return super().training_step(batch, batch_idx) * 1e30
+
+    with pytest.raises(
+        FloatingPointError,
+        match=r"optimizer step 0: every gradient is finite, but their total 2-norm overflowed \(inf\)\. Lower the "
+        r"lr or the loss scale, or clip gradients by value\.",
+    ):
+        trainer(max_steps=1, callbacks=[GradNormMonitor(nonfinite="raise")]).fit(Huge(bad_batch=-1), images())
+
+
 ADAMW = {"name": "adamw", "lr": 0.01, "fused": True}
 SGD = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
 SKIPPING = {

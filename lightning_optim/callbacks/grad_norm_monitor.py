@@ -60,10 +60,10 @@ class GradNormMonitor(L.Callback):
         nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
             ``"skip"`` (drop the gradients so the optimizer step changes nothing, and put back the BatchNorm running
             statistics the step's batches updated) or ``"raise"`` (naming the first parameter whose gradient is not
-            finite). ``skip`` and ``raise`` check every step: one norm pass and one host sync per step; with the
-            mixin clipping by norm, ``skip`` uses clipping's norm (no extra pass), and with a fused optimizer the
-            step's own ``found_inf`` flag (no host sync either). ``skip`` copies the BatchNorm running statistics
-            at the start of each step (one ``torch._foreach_copy_``).
+            finite, or saying that finite gradients overflowed the norm). ``skip`` and ``raise`` check every step:
+            one norm pass and one host sync per step; with the mixin clipping by norm, ``skip`` uses clipping's norm
+            (no extra pass), and with a fused optimizer the step's own ``found_inf`` flag (no host sync either).
+            ``skip`` copies the BatchNorm running statistics at the start of each step (one ``torch._foreach_copy_``).
     """
 
     dashboard_category = "Gradient norm"
@@ -168,7 +168,13 @@ class GradNormMonitor(L.Callback):
 
     def _handle_nonfinite(self, trainer: L.Trainer, named: list[tuple[str, torch.Tensor]]) -> None:
         if self.nonfinite == "raise":
-            first = next(name for name, p in named if not torch.isfinite(dense_gradient(p)).all())
+            first = next((name for name, p in named if not torch.isfinite(dense_gradient(p)).all()), None)
+            if first is None:
+                raise FloatingPointError(
+                    f"Non-finite gradient norm at optimizer step {trainer.global_step}: every gradient is finite, "
+                    f"but their total {self.norm_type:g}-norm overflowed ({float(self._before.total)}). Lower the lr "
+                    "or the loss scale, or clip gradients by value."
+                )
             raise FloatingPointError(
                 f"Non-finite gradient at optimizer step {trainer.global_step}: the first parameter with a NaN/Inf "
                 f"gradient is {first!r} (gradient norm {float(self._before.total)})."
