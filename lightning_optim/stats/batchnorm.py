@@ -216,9 +216,11 @@ class RunningStatsSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+        self._seen: list[torch.Tensor] = []
+        """The buffers of the last allocation, in module order: a buffer that is no longer among them was replaced."""
+        self._kinds: list[_SameKind] = []
         self._live: list[torch.Tensor] = []
         self._saved: list[torch.Tensor] = []
-        self._kinds: list[_SameKind] = []
 
     def _buffers(self) -> list[torch.Tensor]:
         # Module.__getattr__ costs microseconds per call: read each layer's buffer dict directly, once per step.
@@ -229,25 +231,25 @@ class RunningStatsSnapshot:
         by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
         for buffer in live:
             by_kind.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+        self._seen = live
         self._kinds = [_SameKind.of(buffers) for buffers in by_kind.values()]
-        self._live = live
+        # Both lists grouped by kind, in the same order, for one _foreach_copy_ over all of them.
+        self._live = [buffer for kind in self._kinds for buffer in kind.live]
         self._saved = [view for kind in self._kinds for view in kind.saved_views]
-        # The saved views are grouped by kind: keep the live buffers in the same order for one _foreach_copy_.
-        self._ordered = [buffer for kind in self._kinds for buffer in kind.live]
 
     def take(self) -> None:
         """Copy the running statistics as they are now."""
         live = self._buffers()
         # Moving the model to a device (or a lazy layer's first forward) replaces its buffers: allocate again.
-        if len(live) != len(self._live) or any(now is not kept for now, kept in zip(live, self._live, strict=True)):
+        if len(live) != len(self._seen) or any(now is not kept for now, kept in zip(live, self._seen, strict=True)):
             self._allocate(live)
         if live:
-            torch._foreach_copy_(self._saved, self._ordered)
+            torch._foreach_copy_(self._saved, self._live)
 
     def restore(self) -> None:
         """Put back the running statistics of the last :meth:`take`."""
         if self._live:
-            torch._foreach_copy_(self._ordered, self._saved)
+            torch._foreach_copy_(self._live, self._saved)
 
     def restore_where(self, skip: torch.Tensor) -> None:
         """Put back the running statistics of the last :meth:`take` where the 0-dim ``skip`` is nonzero, with device
