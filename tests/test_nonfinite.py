@@ -130,7 +130,8 @@ def test_warn_completes_the_run_and_logs_every_finite_value(tmp_path):
         pytest.warns(
             UserWarning,
             match=r"BatchNormMonitor: NaN/Inf statistics at step 2 in layer 'features\.0' \(mean_drift, var_ratio, "
-            r"dead_fraction\) and 1 other layer\(s\): its input or its running statistics are not finite",
+            r"dead_fraction\) and 1 other layer\(s\): its input, running statistics or affine parameters are not "
+            r"finite",
         ),
         pytest.warns(
             UserWarning,

@@ -249,9 +249,9 @@ class BatchNormMonitor(L.Callback):
                 "",
                 "nonfinite",
                 f"BatchNormMonitor: NaN/Inf statistics at step {step} in layer '{name}' ({', '.join(first)})"
-                f"{others}: its input or its running statistics are not finite (a NaN/Inf batch, or an earlier "
-                "step that made the model non-finite). They are not logged while they stay so, and the report "
-                "marks the layers (said once).",
+                f"{others}: its input, running statistics or affine parameters are not finite (a NaN/Inf batch, "
+                "or an earlier step that made the model non-finite). They are not logged while they stay so, and "
+                "the report marks the layers (said once).",
             )
         return metrics
 
