@@ -49,7 +49,8 @@ class ClipResult:
 
     ``total`` and ``groups`` are norms before clipping, ``clipped_norm`` the total norm after it; for value
     clipping (which computes no norm) they are None. ``folded`` is True when the optimizer's fused step does the
-    scaling (and skips a non-finite step when asked), see :func:`clip_in_step`.
+    scaling, see :func:`clip_in_step`; ``found_inf`` is then the device flag with which that step skips a
+    non-finite step, when asked to (None: a skip, if any, is decided on the host from ``total``).
     """
 
     algorithm: str
@@ -59,6 +60,7 @@ class ClipResult:
     clipped: torch.Tensor | None = None
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
     folded: bool = False
+    found_inf: torch.Tensor | None = None
 
 
 def clip_gradients(
@@ -178,8 +180,11 @@ def clip_in_step(
 
     The fused kernel writes the divided gradients back, so after the step they are the clipped gradients, as with
     :func:`clip_gradients`. With ``skip_nonfinite``, ``found_inf`` is set where the total is not finite, and the
-    kernel leaves the parameters and the optimizer state (step counts included) as they were. The attributes are
-    removed after the step by a step post-hook registered once per optimizer.
+    kernel leaves the parameters and the optimizer state (step counts included) as they were; the flag is also
+    returned (``ClipResult.found_inf``) so that the caller can undo what else the step changed, on the device. One
+    exception: a fused SGD with momentum before its first step gets no ``found_inf`` (torch would corrupt its
+    momentum buffers), and the caller skips the ordinary way. The attributes are removed after the step by a step
+    post-hook registered once per optimizer.
 
     Args:
         named_parameters: the optimizer's parameters with their names.
@@ -187,7 +192,7 @@ def clip_in_step(
         max_norm: the clipping threshold.
         norm_type: the p of the p-norm.
         group_of: maps a parameter name to its group, for per-group norms from the same pass.
-        skip_nonfinite: skip the step when the total norm is NaN/Inf.
+        skip_nonfinite: skip the step when the total norm is NaN/Inf (see above for the one exception).
         scaled_by: the factor the gradients still carry (AMP's ``GradScaler`` scale when the optimizer unscales in
             its step): the norms are reported without it; ``GradScaler.step`` multiplies it into the divisor.
 
@@ -206,19 +211,20 @@ def clip_in_step(
     coefficient = clip_coefficient(norms.total, max_norm)
     divisor = coefficient.reciprocal().to(torch.float32)
     found_inf = None
-    if skip_nonfinite:
-        nonfinite = ~torch.isfinite(norms.total)
-        if _skip_corrupts_state(optimizer, parameters):
-            # torch's fused SGD allocates its momentum buffers with empty_like before a skipped first step and
-            # treats them as initialized afterwards; skip that one step the ordinary way (one host sync, once).
-            if nonfinite:
-                for parameter in parameters:
-                    parameter.grad = None
-        else:
-            found_inf = nonfinite.to(torch.float32)
+    # torch's fused SGD allocates its momentum buffers with empty_like before a skipped first step and treats them
+    # as initialized afterwards: that one step is left to the caller's ordinary skip (found_inf stays None).
+    if skip_nonfinite and not _skip_corrupts_state(optimizer, parameters):
+        found_inf = (~torch.isfinite(norms.total)).to(torch.float32)
     _set_step_attributes(optimizer, divisor, found_inf)
     return ClipResult(
-        "norm", max_norm, norms.total, norms.total * coefficient, coefficient < 1.0, norms.groups, folded=True
+        "norm",
+        max_norm,
+        norms.total,
+        norms.total * coefficient,
+        coefficient < 1.0,
+        norms.groups,
+        folded=True,
+        found_inf=found_inf,
     )
 
 

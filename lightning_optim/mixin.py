@@ -40,6 +40,7 @@ from lightning_optim.clipping import (
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
+from lightning_optim.stats.batchnorm import RunningStatsSnapshot
 from lightning_optim.validation import validate_optim_config
 
 CHECKPOINT_KEY = "optim_config"
@@ -137,15 +138,18 @@ class OptimMixin:
           fused optimizers, whose step unscales. There the norm is measured on the scaled gradients and divided by
           the scale, and ``GradScaler.step`` multiplies its scale into the clipping divisor; when such an optimizer
           is clipped here instead (value clipping, ``fold_clipping = False``), the gradients are unscaled first.
-        * ``GradNormMonitor(nonfinite="skip")`` asks (``skip_nonfinite``) to skip steps whose total norm is NaN/Inf:
-          folded, through the optimizer's ``found_inf`` with no host sync; otherwise by dropping the gradients.
+        * ``GradNormMonitor(nonfinite="skip")`` asks (``skip_nonfinite``, holding a
+          :class:`~lightning_optim.stats.batchnorm.RunningStatsSnapshot` taken at the step's first batch) to skip
+          steps whose total norm is NaN/Inf, BatchNorm running statistics included: folded, through the optimizer's
+          ``found_inf`` and ``torch.where`` on the statistics, with no host sync; otherwise by dropping the gradients
+          and copying the statistics back.
         """
         forget_step_attributes(optimizer)
         if not gradient_clip_val:
             self.__dict__["last_clip"] = None
             return
         algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm")
-        skip_nonfinite = bool(self.__dict__.get("skip_nonfinite"))
+        snapshot: RunningStatsSnapshot | None = self.__dict__.get("skip_nonfinite")
         trainer = self._trainer
         wrapped = trainer.model if trainer is not None else None
         scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
@@ -168,7 +172,7 @@ class OptimMixin:
                     optimizer,
                     gradient_clip_val,
                     group_of=group_of,
-                    skip_nonfinite=skip_nonfinite,
+                    skip_nonfinite=snapshot is not None,
                     # GradScaler's private accessor for its scale tensor: the public get_scale() syncs the host.
                     scaled_by=scaler._get_scale_async() if still_scaled else None,
                 )
@@ -176,8 +180,8 @@ class OptimMixin:
                 if still_scaled:
                     scaler.unscale_(optimizer)
                 result = clip_gradients(named, gradient_clip_val, algorithm, group_of=group_of)
-        if skip_nonfinite and result is not None and not result.folded:
-            _skip_if_nonfinite(result, named)
+        if snapshot is not None and result is not None:
+            _skip_if_nonfinite(result, named, snapshot)
         self.__dict__["last_clip"] = result
 
     def on_validation_end(self) -> None:
@@ -227,10 +231,16 @@ class OptimMixin:
         )
 
 
-def _skip_if_nonfinite(result: ClipResult, named: list[tuple[str, torch.Tensor]]) -> None:
-    if result.total is not None and not torch.isfinite(result.total):
+def _skip_if_nonfinite(
+    result: ClipResult, named: list[tuple[str, torch.Tensor]], snapshot: RunningStatsSnapshot
+) -> None:
+    if result.found_inf is not None:
+        # The fused step skips itself on found_inf; what this batch's forward did to BatchNorm is undone alike.
+        snapshot.restore_where(result.found_inf)
+    elif result.total is not None and not torch.isfinite(result.total):
         for _, parameter in named:
             parameter.grad = None
+        snapshot.restore()
 
 
 def _describe(optimizer: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ class BatchNormMonitor(L.Callback):
     with fewer than ``min_batch_size`` samples on the device (an epoch's last, partial batch excepted); ranks
     whose running statistics diverge by more than ``divergence_threshold`` (advice: ``sync_batchnorm=True``).
 
+    NaN/Inf (a non-finite batch, or a step that already made the model non-finite) never stops the monitor: a
+    value that is not finite is not logged (and leaves ``last``; ``nonfinite`` names it until it is finite again),
+    a histogram shows the finite values only (none when nothing is finite), and each of the two is warned about
+    once, naming the layers or the histogram and the step.
+
     At the end of fit, rank zero prints a table of every layer with its last measurement and writes the same
     rows to ``<trainer.log_dir>/batchnorm_report.json`` (when the trainer has a logger). A row needs attention
     when the layer was in eval mode during training, has a dead channel, ``mean_drift > drift_threshold``,
-    ``var_ratio`` outside ``var_ratio_range``, ``rank_divergence > divergence_threshold``, or a batch of fewer
-    than ``min_batch_size`` samples.
+    ``var_ratio`` outside ``var_ratio_range``, ``rank_divergence > divergence_threshold``, a batch of fewer
+    than ``min_batch_size`` samples, or NaN/Inf statistics.
 
     Args:
         dead_threshold: Batch variance below which a channel counts as dead.
@@ -108,6 +114,8 @@ class BatchNormMonitor(L.Callback):
         self.layers: dict[str, _BatchNorm] = {}
         self.last: dict[str, dict[str, float]] = {}
         """The last logged values of each layer, by key without the ``batchnorm/<layer>/`` prefix."""
+        self.nonfinite: dict[str, set[str]] = {}
+        """Each layer's keys whose last measurement was NaN/Inf (not logged, and absent from ``last``)."""
         self.modes: dict[str, bool] = {}
         self.batch_sizes: dict[str, int] = {}
         self._handles: list[RemovableHandle] = []
@@ -184,12 +192,27 @@ class BatchNormMonitor(L.Callback):
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
         if self._histograms is not None:
-            self._histograms.experiment.add_histogram(f"batchnorm/{name}/input", inputs.detach().float(), self._step)
+            self._add_histogram(f"batchnorm/{name}/input", inputs)
 
     def _output_histogram(self, name: str, layer: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._histograms is not None and isinstance(output, torch.Tensor) and name not in self._histogram_done:
             self._histogram_done.add(name)
-            self._histograms.experiment.add_histogram(f"batchnorm/{name}/output", output.detach().float(), self._step)
+            self._add_histogram(f"batchnorm/{name}/output", output)
+
+    def _add_histogram(self, tag: str, values: torch.Tensor) -> None:
+        # TensorBoard's histogram raises on any NaN/Inf ("The histogram is empty"): keep the finite values.
+        values = values.detach().float().flatten()
+        finite = values[torch.isfinite(values)]
+        if finite.numel() < values.numel():
+            self._warn_once(
+                "",
+                "histogram",
+                f"BatchNormMonitor: histogram '{tag}' at step {self._step} has "
+                f"{values.numel() - finite.numel()} NaN/Inf values out of {values.numel()}. Histograms show the "
+                "finite values only, and are not written when none is finite (said once).",
+            )
+        if finite.numel():
+            self._histograms.experiment.add_histogram(tag, finite, self._step)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if not self._handles:
@@ -201,13 +224,36 @@ class BatchNormMonitor(L.Callback):
         device = next(iter(self._pending.values()))["dead_fraction"].device
         numbers = torch.stack([self._pending[name][key].to(device) for name, key in keys]).tolist()
         self._pending = {}
-        metrics = {}
-        for (name, key), number in zip(keys, numbers, strict=True):
-            self.last.setdefault(name, {})[key] = number
-            metrics[f"batchnorm/{name}/{key}"] = number
+        metrics = self._finite_metrics(keys, numbers, self._step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._step)
         self._check_modes_and_batches()
+
+    def _finite_metrics(self, keys: list[tuple[str, str]], numbers: list[float], step: int) -> dict[str, float]:
+        """The metrics of the finite numbers; ``last`` and ``nonfinite`` updated; the first NaN/Inf is warned about."""
+        metrics, missing = {}, {}
+        for (name, key), number in zip(keys, numbers, strict=True):
+            last, nonfinite = self.last.setdefault(name, {}), self.nonfinite.setdefault(name, set())
+            if math.isfinite(number):
+                last[key] = number
+                nonfinite.discard(key)
+                metrics[f"batchnorm/{name}/{key}"] = number
+            else:
+                last.pop(key, None)
+                nonfinite.add(key)
+                missing.setdefault(name, []).append(key)
+        if missing:
+            name, first = next(iter(missing.items()))
+            others = f" and {len(missing) - 1} other layer(s)" if len(missing) > 1 else ""
+            self._warn_once(
+                "",
+                "nonfinite",
+                f"BatchNormMonitor: NaN/Inf statistics at step {step} in layer '{name}' ({', '.join(first)})"
+                f"{others}: its input, running statistics or affine parameters are not finite (a NaN/Inf batch, "
+                "or an earlier step that made the model non-finite). They are not logged while they stay so, and "
+                "the report marks the layers (said once).",
+            )
+        return metrics
 
     def _check_modes_and_batches(self) -> None:
         for name, training in self.modes.items():
@@ -274,10 +320,8 @@ class BatchNormMonitor(L.Callback):
             return
         numbers = torch.stack(divergences).tolist()
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        metrics = {}
+        metrics = self._finite_metrics([(name, "rank_divergence") for name in layers], numbers, step)
         for name, number in zip(layers, numbers, strict=True):
-            self.last.setdefault(name, {})["rank_divergence"] = number
-            metrics[f"batchnorm/{name}/rank_divergence"] = number
             if number > self.divergence_threshold:
                 self._warn_once(
                     name,
@@ -309,6 +353,7 @@ class BatchNormMonitor(L.Callback):
                 "dead_channels": None if dead is None or channels is None else round(dead * channels),
                 "rank_divergence": last.get("rank_divergence"),
                 "batch_size": self.batch_sizes.get(name),
+                "nonfinite": sorted(self.nonfinite.get(name, ())),
             }
             row["attention"] = self._attention(row, layer)
             rows.append(row)
@@ -329,6 +374,8 @@ class BatchNormMonitor(L.Callback):
             reasons.append("ranks diverge: set sync_batchnorm=True")
         if row["batch_size"] is not None and row["batch_size"] < self.min_batch_size:
             reasons.append(f"batch < {self.min_batch_size} per device")
+        if row["nonfinite"]:
+            reasons.append("NaN/Inf statistics")
         return reasons
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

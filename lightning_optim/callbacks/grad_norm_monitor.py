@@ -17,7 +17,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_optim.clipping import ClipResult, check_clip_threshold, expected_after_clipping
 from lightning_optim.mixin import OptimMixin
-from lightning_optim.stats import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
+from lightning_optim.stats import (
+    GradientNorms,
+    RunningStatsSnapshot,
+    dense_gradient,
+    gradient_norms,
+    module_path,
+    total_norm,
+)
 
 NonfinitePolicy = Literal["warn", "skip", "raise"]
 
@@ -53,10 +60,12 @@ class GradNormMonitor(L.Callback):
         per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>``.
         norm_type: the p of the p-norm.
         nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
-            ``"skip"`` (drop the gradients so the optimizer step changes nothing) or ``"raise"`` (naming the first
-            parameter whose gradient is not finite). ``skip`` and ``raise`` check every step: one norm pass and one
-            host sync per step; with the mixin clipping by norm, ``skip`` uses clipping's norm (no extra pass), and
-            with a fused optimizer the step's own ``found_inf`` flag (no host sync either).
+            ``"skip"`` (drop the gradients so the optimizer step changes nothing, and put back the BatchNorm running
+            statistics the step's batches updated) or ``"raise"`` (naming the first parameter whose gradient is not
+            finite, or saying that finite gradients overflowed the norm). ``skip`` and ``raise`` check every step:
+            one norm pass and one host sync per step; with the mixin clipping by norm, ``skip`` uses clipping's norm
+            (no extra pass), and with a fused optimizer the step's own ``found_inf`` flag (no host sync either).
+            ``skip`` copies the BatchNorm running statistics at the start of each step (one ``torch._foreach_copy_``).
     """
 
     dashboard_category = "Gradient norm"
@@ -88,6 +97,8 @@ class GradNormMonitor(L.Callback):
         self._logging = False
         self._stepped_at = 0
         self._before: GradientNorms | None = None
+        self._snapshot: RunningStatsSnapshot | None = None
+        self._snapshot_at: int | None = None
 
     @staticmethod
     def dashboard_charts() -> dict[str, list[str]]:
@@ -124,13 +135,21 @@ class GradNormMonitor(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
-        if isinstance(pl_module, OptimMixin) and self.nonfinite == "skip":
-            pl_module.__dict__["skip_nonfinite"] = True
+        if self.nonfinite != "skip":
+            return
+        self._snapshot, self._snapshot_at = RunningStatsSnapshot(pl_module), None
+        if isinstance(pl_module, OptimMixin):
+            pl_module.__dict__["skip_nonfinite"] = self._snapshot
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.__dict__.pop("skip_nonfinite", None)
+        self._snapshot = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # Under gradient accumulation the step's first batch: every forward until the step updates BatchNorm.
+        if self._snapshot is not None and self._snapshot_at != trainer.global_step:
+            self._snapshot.take()
+            self._snapshot_at = trainer.global_step
         self._logging = trainer._logger_connector.should_update_logs
         if self._logging and self._mixin_clips_by_norm(trainer, pl_module):
             pl_module.__dict__["grad_norm_grouping"] = self._group_of(pl_module, trainer.optimizers[0])
@@ -154,13 +173,20 @@ class GradNormMonitor(L.Callback):
 
     def _handle_nonfinite(self, trainer: L.Trainer, named: list[tuple[str, torch.Tensor]]) -> None:
         if self.nonfinite == "raise":
-            first = next(name for name, p in named if not torch.isfinite(dense_gradient(p)).all())
+            first = next((name for name, p in named if not torch.isfinite(dense_gradient(p)).all()), None)
+            if first is None:
+                raise FloatingPointError(
+                    f"Non-finite gradient norm at optimizer step {trainer.global_step}: every gradient is finite, "
+                    f"but their total {self.norm_type:g}-norm overflowed ({float(self._before.total)}). Lower the lr "
+                    "or the loss scale, or clip gradients by value."
+                )
             raise FloatingPointError(
                 f"Non-finite gradient at optimizer step {trainer.global_step}: the first parameter with a NaN/Inf "
                 f"gradient is {first!r} (gradient norm {float(self._before.total)})."
             )
         for _, parameter in named:
             parameter.grad = None
+        self._snapshot.restore()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         pl_module.__dict__.pop("grad_norm_grouping", None)

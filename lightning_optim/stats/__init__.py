@@ -3,12 +3,13 @@
 Nothing here imports Lightning or turns a tensor into a Python number.
 """
 
-from lightning_optim.stats.batchnorm import BatchStatistics, batch_statistics, rank_divergence
+from lightning_optim.stats.batchnorm import BatchStatistics, RunningStatsSnapshot, batch_statistics, rank_divergence
 from lightning_optim.stats.gradients import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
 
 __all__ = [
     "BatchStatistics",
     "GradientNorms",
+    "RunningStatsSnapshot",
     "batch_statistics",
     "dense_gradient",
     "gradient_norms",

@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 
 DEAD_VARIANCE = 1e-5
 """Default threshold: a channel whose batch variance is below it counts as dead."""
@@ -78,11 +81,14 @@ def var_ratio(batch_var: torch.Tensor, running_var: torch.Tensor, eps: float) ->
 def dead_fraction(batch_var: torch.Tensor, threshold: float = DEAD_VARIANCE) -> torch.Tensor:
     """Share of channels whose batch variance is below ``threshold`` (channels that carry no signal).
 
+    NaN when a channel's variance is NaN or Inf: such a channel can be called neither dead nor alive.
+
     Example:
-        >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0]))
-        tensor(0.5000)
+        >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0])), dead_fraction(torch.tensor([0.0, float("nan")]))
+        (tensor(0.5000), tensor(nan))
     """
-    return (batch_var < threshold).float().mean()
+    dead = (batch_var < threshold).float()
+    return torch.where(torch.isfinite(batch_var), dead, torch.nan).mean()
 
 
 def summary(values: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,3 +163,101 @@ def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps
     average_std = (running_vars.mean(dim=0) + eps).sqrt()
     per_rank = ((running_means - running_means.mean(dim=0)).abs() / average_std).mean(dim=1)
     return per_rank.max()
+
+
+def _flat_views(flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+    chunks = torch.split(flat, [shape.numel() for shape in shapes])
+    return [chunk.view(shape) for chunk, shape in zip(chunks, shapes, strict=True)]
+
+
+@dataclass
+class _SameKind:
+    """Buffers of one device and dtype, their copy, and a scratch tensor, the latter two flat (one kernel each)."""
+
+    live: list[torch.Tensor]
+    saved: torch.Tensor
+    saved_views: list[torch.Tensor]
+    live_flat: list[torch.Tensor]
+    scratch: torch.Tensor
+    scratch_views: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, live: list[torch.Tensor]) -> _SameKind:
+        shapes = [buffer.shape for buffer in live]
+        saved = live[0].new_empty(sum(shape.numel() for shape in shapes))
+        scratch = torch.empty_like(saved)
+        live_flat = [buffer.view(-1) for buffer in live]
+        return cls(live, saved, _flat_views(saved, shapes), live_flat, scratch, _flat_views(scratch, shapes))
+
+
+class RunningStatsSnapshot:
+    """The running statistics of every BatchNorm layer of a model, kept to undo the update of a skipped step.
+
+    A training forward updates ``running_mean``, ``running_var`` and ``num_batches_tracked`` of every BatchNorm
+    layer in place, before anyone knows whether the step will be skipped. :meth:`take` copies them, at the start of
+    the step's first batch, into buffers allocated once (one ``torch._foreach_copy_``); when the step is skipped,
+    :meth:`restore` (the decision is a host bool) or :meth:`restore_where` (the decision is still a device tensor)
+    puts them back. Lazy layers not yet materialized are left out.
+
+    Args:
+        model: The module whose BatchNorm layers (every ``torch.nn.modules.batchnorm._BatchNorm``) are kept.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+        >>> snapshot = RunningStatsSnapshot(model)
+        >>> snapshot.take()
+        >>> _ = model(torch.tensor([[float("nan"), 0.0], [1.0, 2.0]]))
+        >>> model[1].running_mean.isnan().any().item(), model[1].num_batches_tracked.item()
+        (True, 1)
+        >>> snapshot.restore_where(torch.tensor(1.0))
+        >>> model[1].running_mean.tolist(), model[1].num_batches_tracked.item()
+        ([0.0, 0.0, 0.0], 0)
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+        self._seen: list[torch.Tensor] = []
+        """The buffers of the last allocation, in module order: a buffer that is no longer among them was replaced."""
+        self._kinds: list[_SameKind] = []
+        self._live: list[torch.Tensor] = []
+        self._saved: list[torch.Tensor] = []
+
+    def _buffers(self) -> list[torch.Tensor]:
+        # Module.__getattr__ costs microseconds per call: read each layer's buffer dict directly, once per step.
+        buffers = (buffer for layer in self.layers for buffer in layer._buffers.values())
+        return [buffer for buffer in buffers if buffer is not None and not is_lazy(buffer)]
+
+    def _allocate(self, live: list[torch.Tensor]) -> None:
+        by_kind: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for buffer in live:
+            by_kind.setdefault((buffer.device, buffer.dtype), []).append(buffer)
+        self._seen = live
+        self._kinds = [_SameKind.of(buffers) for buffers in by_kind.values()]
+        # Both lists grouped by kind, in the same order, for one _foreach_copy_ over all of them.
+        self._live = [buffer for kind in self._kinds for buffer in kind.live]
+        self._saved = [view for kind in self._kinds for view in kind.saved_views]
+
+    def take(self) -> None:
+        """Copy the running statistics as they are now."""
+        live = self._buffers()
+        # Moving the model to a device (or a lazy layer's first forward) replaces its buffers: allocate again.
+        if len(live) != len(self._seen) or any(now is not kept for now, kept in zip(live, self._seen, strict=True)):
+            self._allocate(live)
+        if live:
+            torch._foreach_copy_(self._saved, self._live)
+
+    def restore(self) -> None:
+        """Put back the running statistics of the last :meth:`take`."""
+        if self._live:
+            torch._foreach_copy_(self._live, self._saved)
+
+    def restore_where(self, skip: torch.Tensor) -> None:
+        """Put back the running statistics of the last :meth:`take` where the 0-dim ``skip`` is nonzero, with device
+        ops only (no host sync): per device and dtype, the buffers are gathered into one flat tensor, ``torch.where``
+        selects (so NaN in the current values cannot leak into the result), and one ``_foreach_copy_`` writes back.
+        """
+        condition = skip.bool()
+        for kind in self._kinds:
+            torch.cat(kind.live_flat, out=kind.scratch)
+            torch.where(condition.to(kind.saved.device), kind.saved, kind.scratch, out=kind.scratch)
+            torch._foreach_copy_(kind.live, kind.scratch_views)
