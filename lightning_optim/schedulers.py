@@ -103,6 +103,21 @@ class ScheduleLR(LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
 
+    def apply_schedule(self) -> None:
+        """Set every group's lr to the schedule's value at the current step.
+
+        A resumed run restores each group's lr from the checkpoint, made with the schedule the run began with;
+        when the resumed config changed the schedule (e.g. an explicit longer ``total_steps``), this makes its
+        first step follow the new one too.
+        """
+        values = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = values
+
 
 class PlateauLR(LRScheduler):
     """Linear warmup per step, then torch's ``ReduceLROnPlateau`` fed by :meth:`step_on_metric`.
@@ -324,7 +339,12 @@ def needs_run_length(spec: Mapping[str, Any]) -> bool:
         (True, False)
     """
     name = spec.get("name")
-    if name in ("onecycle", "sequential"):
+    if name == "sequential":
+        # The phases before the last one end at a milestone; only the last one can run to the end of the run.
+        children = spec.get("schedulers")
+        last = children[-1] if isinstance(children, list) and children else None
+        return isinstance(last, Mapping) and needs_run_length(last)
+    if name == "onecycle":
         return spec.get("total_steps") is None
     return name in CLOSED_FORM and "total_steps" in _schedule_keys(name) and spec.get("total_steps") is None
 
@@ -463,3 +483,71 @@ def run_length(trainer: Any, scheduler: Mapping[str, Any]) -> int | None:
         return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
     total = trainer.estimated_stepping_batches
     return None if math.isinf(total) else int(total)
+
+
+def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, Any]:
+    """What a checkpoint keeps of the run length a scheduler was built with (plain values, in ``interval`` units).
+
+    Example:
+        >>> saved_run_length({"name": "warmup_cosine", "interval": "epoch"}, 8)
+        {'interval': 'epoch', 'length': 8}
+    """
+    return {"interval": spec.get("interval", "step"), "length": length}
+
+
+def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:
+    """The run length a resumed scheduler goes on with: the checkpoint's, where the config leaves it to the run.
+
+    ``saved`` is what :func:`saved_run_length` stored; ``length`` is the new trainer's :func:`run_length`. The
+    checkpoint's length wins when the schedule's shape depends on the run (:func:`needs_run_length`), so a run
+    resumed with another ``max_epochs`` keeps the lr curve it started on. An explicit ``total_steps`` wins over it,
+    and a length counted in another ``interval`` is not comparable.
+
+    Example:
+        >>> spec = {"name": "warmup_cosine", "total_steps": None}
+        >>> resumed_run_length(spec, {"interval": "step", "length": 100}, 200)
+        100
+        >>> resumed_run_length({**spec, "total_steps": 200}, {"interval": "step", "length": 100}, 200)
+        200
+    """
+    if not saved or saved.get("length") is None or not needs_run_length(spec):
+        return length
+    return saved["length"] if saved.get("interval") == spec.get("interval", "step") else length
+
+
+def run_length_changed(
+    spec: Mapping[str, Any], saved: int, length: int | None, where: str = "optim_config.scheduler"
+) -> str:
+    """The warning for a resumed scheduler that keeps the checkpoint's run length ``saved`` instead of ``length``.
+
+    Example:
+        >>> print(run_length_changed({"name": "warmup_cosine"}, 16, 32))  # doctest: +NORMALIZE_WHITESPACE
+        Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr
+        schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it over
+        the new run on purpose, set optim_config.scheduler.total_steps: 32 (an explicit value wins over the
+        checkpoint's).
+    """
+    unit = f"{spec.get('interval', 'step')}s"
+    new = f"{length} {unit}" if length is not None else "not bounded (no max_steps or max_epochs)"
+    return (
+        f"Resuming with a different run length: the checkpoint's run was {saved} {unit} long, this one is {new}. "
+        f"The lr schedule of {where} ({spec.get('name')!r}) continues as it began, over {saved} {unit}. "
+        f"{_stretch_hint(spec, length, where)}"
+    )
+
+
+def _stretch_hint(spec: Mapping[str, Any], length: int | None, where: str) -> str:
+    if spec.get("name") == "onecycle":
+        return (
+            "torch's OneCycleLR keeps its length in its own state, so it cannot be stretched on resume: to change it, "
+            "start a new run from the weights (load_from_checkpoint)."
+        )
+    key, value = f"{where}.total_steps", length
+    if spec.get("name") == "sequential":
+        last = len(spec["schedulers"]) - 1
+        milestones = spec.get("milestones") or [0]
+        key, value = f"{where}.schedulers[{last}].total_steps", None if length is None else length - milestones[-1]
+    shown = value if value is not None else "<the new length>"
+    return (
+        f"To stretch it over the new run on purpose, set {key}: {shown} (an explicit value wins over the checkpoint's)."
+    )
