@@ -42,6 +42,7 @@ from lightning_optim.schedulers import (
     BuiltScheduler,
     ScheduleLR,
     build_scheduler,
+    closed_form_schedule,
     resumed_run_length,
     run_length,
     run_length_changed,
@@ -123,6 +124,20 @@ class OptimMixin:
             warnings.warn(run_length_changed(spec, kept, length), ResumeConfigWarning, stacklevel=3)
         self.__dict__["_run_lengths"] = [saved_run_length(spec, kept)]
         return kept
+
+    def _continue_saved_run_lengths(self) -> None:
+        """Give the schedule the checkpoint's run length after configure_optimizers already built it.
+
+        Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
+        """
+        built = self.__dict__.get("_built_schedulers")
+        if not built:
+            return
+        spec = self.optim_config["scheduler"]
+        built_with = self.__dict__["_run_lengths"][0]["length"]
+        kept = self._scheduler_run_length(spec)
+        if kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
+            built[0].scheduler.schedule = closed_form_schedule(spec, kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -235,6 +250,8 @@ class OptimMixin:
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
             self.__dict__["_saved_run_lengths"] = checkpoint.get(RUN_LENGTHS_KEY)
+            if trainer.strategy.restore_checkpoint_after_setup:
+                self._continue_saved_run_lengths()
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return

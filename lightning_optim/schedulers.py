@@ -331,6 +331,18 @@ def _torch_scheduler(
         raise OptimConfigError(f"optim_config.{where}: {cls.__name__} refused {options}: {error}") from None
 
 
+def closed_form_schedule(spec: Mapping[str, Any], total_steps: int, where: str = "scheduler") -> Schedule:
+    """The pure schedule a closed-form or ``sequential`` scheduler section describes, over a run of ``total_steps``.
+
+    Example:
+        >>> closed_form_schedule({"name": "warmup_cosine", "warmup_ratio": 0.25}, 8)
+        WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
+    """
+    if spec.get("name") == "sequential":
+        return _sequential_schedule(spec, where, total_steps)
+    return _closed_form_schedule(spec, where, total_steps)
+
+
 def needs_run_length(spec: Mapping[str, Any]) -> bool:
     """Whether the scheduler needs the run's length (``total_steps: null``, ``warmup_ratio``, ``sequential``).
 
@@ -382,10 +394,8 @@ def build_scheduler(
         )
     if "_target_" in spec:
         scheduler = _torch_scheduler(optimizer, target_scheduler_class(spec["_target_"], where), own, where)
-    elif name in CLOSED_FORM:
-        scheduler = ScheduleLR(optimizer, _closed_form_schedule(spec, where, total_steps))
-    elif name == "sequential":
-        scheduler = ScheduleLR(optimizer, _sequential_schedule(spec, where, total_steps))
+    elif name in CLOSED_FORM or name == "sequential":
+        scheduler = ScheduleLR(optimizer, closed_form_schedule(spec, total_steps, where))
     elif name == "onecycle":
         scheduler = _torch_scheduler(
             optimizer, OneCycleLR, {**own, "total_steps": own.get("total_steps") or total_steps}, where

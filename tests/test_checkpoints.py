@@ -13,7 +13,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_optim import OptimConfig, OptimConfigError, OptimMixin, ResumeConfigWarning, preview_learning_rates
-from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
+from tests.models import (
+    CrashAt,
+    Interrupted,
+    MixinModel,
+    RecordingModel,
+    RestoresAfterSetup,
+    loader,
+    step_lrs,
+    trainer,
+)
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -378,9 +387,14 @@ COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ra
 
 
 def resumed_with_max_epochs(
-    tmp_path, scheduler: dict[str, Any], resumed_scheduler: dict[str, Any], crash_at: int, max_epochs: int
+    tmp_path,
+    scheduler: dict[str, Any],
+    resumed_scheduler: dict[str, Any],
+    crash_at: int,
+    max_epochs: int,
+    strategy: Any = "auto",
 ) -> tuple[list[float], list[str], dict[str, Any]]:
-    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs``.
+    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs`` and ``strategy``.
 
     Returns the per-batch lrs of both parts, the ``ResumeConfigWarning`` messages and the resumed run's last checkpoint.
     """
@@ -390,7 +404,7 @@ def resumed_with_max_epochs(
     with pytest.raises(Interrupted):
         run.fit(first, loader())
     second = MixinModel({"optimizer": SGD, "scheduler": resumed_scheduler})
-    resumed = trainer(max_epochs=max_epochs)
+    resumed = trainer(max_epochs=max_epochs, strategy=strategy)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         resumed.fit(second, loader(), ckpt_path=tmp_path / "first" / f"step={crash_at}.ckpt")
@@ -412,8 +426,12 @@ def original_schedule(scheduler: dict[str, Any], total_steps: int, steps: int) -
     [(COSINE_TO_RUN_END, 3, 10), (COSINE_WARMUP_RATIO, 4, 2)],
     ids=["total_steps-null", "warmup_ratio"],
 )
-def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at):
-    lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at, max_epochs=4)
+@pytest.mark.parametrize("after_setup", [False, True], ids=["restore-then-setup", "setup-then-restore"])
+def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at, after_setup):
+    strategy = RestoresAfterSetup() if after_setup else "auto"
+    lrs, messages, saved = resumed_with_max_epochs(
+        tmp_path, scheduler, scheduler, crash_at, max_epochs=4, strategy=strategy
+    )
     # The 16-step schedule of the first run (warmup 3, or 25% of 16), then its floor: not a 32-step one.
     expected = [warmup_cosine(k, 0.5, warmup, 16, 0.1) for k in range(32)]
     assert lrs == pytest.approx(expected, abs=1e-12)

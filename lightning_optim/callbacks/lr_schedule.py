@@ -55,6 +55,7 @@ class LRSchedule(L.Callback):
         self._restored_state: dict[str, Any] | None = None
         self._restored_run_length: dict[str, Any] | None = None
         self._run_length: dict[str, Any] | None = None
+        self._build_on_load: L.Trainer | None = None
         self._stepped_at = 0
 
     @property
@@ -69,6 +70,9 @@ class LRSchedule(L.Callback):
                 f"{type(pl_module).__name__}.configure_optimizers returns: two schedulers would both set the lr. "
                 "Return only the optimizer, or drop the LRSchedule callback."
             )
+        self._build(trainer)
+
+    def _build(self, trainer: L.Trainer) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
         self.built = build_scheduler(optimizer, self.config, self._scheduler_run_length(trainer))
         if self._restored_state is not None:
@@ -124,6 +128,14 @@ class LRSchedule(L.Callback):
             return {key: value for key, value in restored.items() if value}
         return {"scheduler": self.built.scheduler.state_dict(), "run_length": self._run_length}
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Strategies that restore callbacks after their setup (FSDP, DeepSpeed) do it after on_fit_start built the
+        # scheduler: build it again from the state about to be loaded.
+        self._build_on_load = trainer if trainer.strategy.restore_checkpoint_after_setup else None
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_state = state_dict.get("scheduler")
         self._restored_run_length = state_dict.get("run_length")
+        trainer, self._build_on_load = self._build_on_load, None
+        if trainer is not None and self.built is not None:
+            self._build(trainer)

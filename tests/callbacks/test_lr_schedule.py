@@ -18,7 +18,16 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OptimConfigError, ResumeConfigWarning, preview_learning_rates
 from lightning_optim.callbacks import LRSchedule
-from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
+from tests.models import (
+    CrashAt,
+    Interrupted,
+    MixinModel,
+    RecordingModel,
+    RestoresAfterSetup,
+    loader,
+    step_lrs,
+    trainer,
+)
 
 LR = 0.5  # RecordingModel.configure_optimizers: SGD(lr=0.5), no scheduler
 BATCHES = 8  # loader(): 32 samples in batches of 4
@@ -374,9 +383,14 @@ COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ra
 
 
 def resumed_with_max_epochs(
-    tmp_path, scheduler: dict[str, Any], resumed_scheduler: dict[str, Any], crash_at: int, max_epochs: int
+    tmp_path,
+    scheduler: dict[str, Any],
+    resumed_scheduler: dict[str, Any],
+    crash_at: int,
+    max_epochs: int,
+    strategy: Any = "auto",
 ) -> tuple[list[float], list[str], dict[str, Any]]:
-    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs``.
+    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs`` and ``strategy``.
 
     Returns the per-batch lrs of both parts, the ``ResumeConfigWarning`` messages and the resumed callback's state.
     """
@@ -389,7 +403,7 @@ def resumed_with_max_epochs(
     callback = LRSchedule(resumed_scheduler)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        trainer(max_epochs=max_epochs, callbacks=[callback]).fit(
+        trainer(max_epochs=max_epochs, callbacks=[callback], strategy=strategy).fit(
             second, loader(), ckpt_path=tmp_path / f"step={crash_at}.ckpt"
         )
     messages = [str(w.message) for w in record if issubclass(w.category, ResumeConfigWarning)]
@@ -407,8 +421,12 @@ def original_schedule(scheduler: dict[str, Any], total_steps: int, steps: int) -
     [(COSINE_TO_RUN_END, 3, 10), (COSINE_WARMUP_RATIO, 4, 2)],
     ids=["total_steps-null", "warmup_ratio"],
 )
-def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at):
-    lrs, messages, state = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at, max_epochs=4)
+@pytest.mark.parametrize("after_setup", [False, True], ids=["restore-then-setup", "setup-then-restore"])
+def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at, after_setup):
+    strategy = RestoresAfterSetup() if after_setup else "auto"
+    lrs, messages, state = resumed_with_max_epochs(
+        tmp_path, scheduler, scheduler, crash_at, max_epochs=4, strategy=strategy
+    )
     expected = [warmup_cosine(k, LR, warmup, 16, 0.1) for k in range(32)]
     assert lrs == pytest.approx(expected, abs=1e-12)
     assert lrs == pytest.approx(original_schedule(scheduler, 16, 32), abs=1e-12)
