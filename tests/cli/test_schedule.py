@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from rich.console import Console
 
+from lightning_optim import OptimConfigError
 from lightning_optim.cli.schedule import group_table, step_learning_rates
 from lightning_optim.demos import DigitsCNN
 from lightning_optim.schedulers import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
@@ -104,13 +105,13 @@ def table_rows(preview: LearningRatePreview, first_steps: int) -> dict[str, dict
 
 
 def test_a_billion_steps_preview_at_a_bounded_cost(monkeypatch):
-    cfg = composed("+trainer.max_steps=1000000000", "trainer.max_epochs=-1", "scheduler.min_lr_ratio=0.1")
+    cfg = composed("+trainer.max_steps=1e9", "trainer.max_epochs=-1", "scheduler.min_lr_ratio=0.1")
     calls = count_schedule_calls(monkeypatch, most=3 * PREVIEW_POINTS)
     preview, optim_config = step_learning_rates(cfg, first_steps=5)
     assert optim_config["scheduler"]["warmup_ratio"] == 0.1  # the main job's warmup_cosine: 10**8 warmup steps
     assert 0 < len(calls) <= 3 * PREVIEW_POINTS
     values = preview.lrs["default"]
-    assert preview.total_steps == 10**9
+    assert preview.total_steps == 10**9 and type(preview.total_steps) is int  # 1e9 is a YAML float
     assert preview.steps[:5] == [0, 1, 2, 3, 4] and values[:5] == [0.1 * (k / 10**8) for k in range(5)]
     tables = table_rows(preview, 5)
     assert tables["default"]["peak"] == (10**8, 0.1)
@@ -148,3 +149,19 @@ def test_epoch_interval_preview_equals_each_epoch_repeated_per_step():
     every_step = [lr for lr in per_epoch for _ in range(23)]
     assert preview.steps == [0, 1, 2, 3, 4, 22, 23, 45, 46, 68]
     assert preview.lrs["default"] == [every_step[step] for step in preview.steps]
+
+
+def test_a_stateful_schedule_beyond_the_limit_is_refused_before_stepping():
+    cfg = composed("scheduler=onecycle", "+trainer.max_steps=2e6", "trainer.max_epochs=-1")
+    with pytest.raises(OptimConfigError) as error:
+        step_learning_rates(cfg)
+    assert str(error.value).startswith(
+        "Cannot preview 2000000 steps of the scheduler OneCycleLR: a stateful scheduler is stepped through every "
+        "step, and a preview stops at PREVIEW_STEP_LIMIT = 1000000 steps. Preview a run of at most 1000000 steps "
+        "(e.g. trainer.max_steps=1000000)"
+    )
+
+
+def test_a_fractional_max_steps_is_refused():
+    with pytest.raises(ValueError, match=r"^trainer\.max_steps = 1000\.5 is not valid\. Expected a whole number"):
+        step_learning_rates(composed("+trainer.max_steps=1000.5", "trainer.max_epochs=-1"))
