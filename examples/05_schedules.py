@@ -79,8 +79,9 @@ def schedule_lrs(overrides: list[str]) -> dict[str, list[float]]:
     """Every group's lr per optimizer step of the config ``lightning-optim-schedule <overrides>`` composes."""
     with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
         cfg = compose(config_name="schedule", overrides=overrides)
-    lrs, _ = step_learning_rates(cfg)
-    return lrs
+    preview, _ = step_learning_rates(cfg)
+    # A run of fewer steps than PREVIEW_POINTS: the preview holds every step (preview.steps is 0, 1, 2, ...).
+    return preview.lrs
 
 
 def plateau_lrs(recorded: Sequence[float]) -> tuple[list[float], list[int]]:

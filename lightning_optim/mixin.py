@@ -39,12 +39,25 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.schedulers import BuiltScheduler, build_scheduler, run_length, step_plateau
+from lightning_optim.schedulers import (
+    BuiltScheduler,
+    ScheduleLR,
+    build_scheduler,
+    closed_form_schedule,
+    resumed_run_length,
+    run_length,
+    run_length_changed,
+    saved_run_length,
+    step_plateau,
+)
 from lightning_optim.stats.batchnorm import RunningStatsSnapshot
 from lightning_optim.validation import validate_optim_config
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
+
+RUN_LENGTHS_KEY = "optim_run_lengths"
+"""The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
 
 
 class ResumeConfigWarning(UserWarning):
@@ -101,11 +114,36 @@ class OptimMixin:
         config = self.optim_config
         optimizer = build_optimizer(self, config["optimizer"], config["param_groups"])
         self.__dict__["_built_schedulers"] = []
+        self.__dict__["_run_lengths"] = []
         if config["scheduler"] is None:
             return optimizer
-        built = build_scheduler(optimizer, config["scheduler"], run_length(self._trainer, config["scheduler"]))
+        built = build_scheduler(optimizer, config["scheduler"], self._scheduler_run_length(config["scheduler"]))
         self.__dict__["_built_schedulers"] = [built]
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
+
+    def _scheduler_run_length(self, spec: dict[str, Any]) -> int | None:
+        """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run."""
+        length = run_length(self._trainer, spec)
+        saved = self.__dict__.pop("_saved_run_lengths", None)
+        kept = resumed_run_length(spec, saved[0] if saved else None, length)
+        if kept != length:
+            warnings.warn(run_length_changed(spec, kept, length), ResumeConfigWarning, stacklevel=3)
+        self.__dict__["_run_lengths"] = [saved_run_length(spec, kept)]
+        return kept
+
+    def _continue_saved_run_lengths(self) -> None:
+        """Give the schedule the checkpoint's run length after configure_optimizers already built it.
+
+        Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
+        """
+        built = self.__dict__.get("_built_schedulers")
+        if not built:
+            return
+        spec = self.optim_config["scheduler"]
+        built_with = self.__dict__["_run_lengths"][0]["length"]
+        kept = self._scheduler_run_length(spec)
+        if kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
+            built[0].scheduler.schedule = closed_form_schedule(spec, kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -184,6 +222,13 @@ class OptimMixin:
             _skip_if_nonfinite(result, named, snapshot)
         self.__dict__["last_clip"] = result
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
+        for built in self.__dict__.get("_built_schedulers", []):
+            if isinstance(built.scheduler, ScheduleLR):
+                built.scheduler.apply_schedule()
+
     def on_validation_end(self) -> None:
         super().on_validation_end()
         trainer = self.trainer
@@ -205,9 +250,17 @@ class OptimMixin:
             del checkpoint[key]
         # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
         checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
+        if self.__dict__.get("_run_lengths"):
+            checkpoint[RUN_LENGTHS_KEY] = copy.deepcopy(self.__dict__["_run_lengths"])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
+            self.__dict__["_saved_run_lengths"] = checkpoint.get(RUN_LENGTHS_KEY)
+            if trainer.strategy.restore_checkpoint_after_setup:
+                self._continue_saved_run_lengths()
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,21 @@ class ScheduleLR(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
+
+    def apply_schedule(self) -> None:
+        """Set every group's lr to the schedule's value at the current step.
+
+        A resumed run restores each group's lr from the checkpoint, made with the schedule the run began with;
+        when the resumed config changed the schedule (e.g. an explicit longer ``total_steps``), this makes its
+        first step follow the new one too.
+        """
+        values = self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = values
 
 
 class PlateauLR(LRScheduler):
@@ -350,6 +365,18 @@ def _torch_scheduler(
         raise OptimConfigError(f"optim_config.{where}: {cls.__name__} refused {options}: {error}") from None
 
 
+def closed_form_schedule(spec: Mapping[str, Any], total_steps: int, where: str = "scheduler") -> Schedule:
+    """The pure schedule a closed-form or ``sequential`` scheduler section describes, over a run of ``total_steps``.
+
+    Example:
+        >>> closed_form_schedule({"name": "warmup_cosine", "warmup_ratio": 0.25}, 8)
+        WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
+    """
+    if spec.get("name") == "sequential":
+        return _sequential_schedule(spec, where, total_steps)
+    return _closed_form_schedule(spec, where, total_steps)
+
+
 def needs_run_length(spec: Mapping[str, Any]) -> bool:
     """Whether the scheduler needs the run's length (``total_steps: null``, ``warmup_ratio``, ``sequential``).
 
@@ -358,7 +385,12 @@ def needs_run_length(spec: Mapping[str, Any]) -> bool:
         (True, False)
     """
     name = spec.get("name")
-    if name in ("onecycle", "sequential"):
+    if name == "sequential":
+        # The phases before the last one end at a milestone; only the last one can run to the end of the run.
+        children = spec.get("schedulers")
+        last = children[-1] if isinstance(children, list) and children else None
+        return isinstance(last, Mapping) and needs_run_length(last)
+    if name == "onecycle":
         return spec.get("total_steps") is None
     return name in CLOSED_FORM and "total_steps" in _schedule_keys(name) and spec.get("total_steps") is None
 
@@ -396,10 +428,8 @@ def build_scheduler(
         )
     if "_target_" in spec:
         scheduler = _torch_scheduler(optimizer, target_scheduler_class(spec["_target_"], where), own, where)
-    elif name in CLOSED_FORM:
-        scheduler = ScheduleLR(optimizer, _closed_form_schedule(spec, where, total_steps))
-    elif name == "sequential":
-        scheduler = ScheduleLR(optimizer, _sequential_schedule(spec, where, total_steps))
+    elif name in CLOSED_FORM or name == "sequential":
+        scheduler = ScheduleLR(optimizer, closed_form_schedule(spec, total_steps, where))
     elif name == "onecycle":
         scheduler = _torch_scheduler(
             optimizer, OneCycleLR, {**own, "total_steps": own.get("total_steps") or total_steps}, where
@@ -419,12 +449,35 @@ def build_scheduler(
     return BuiltScheduler(scheduler, lightning_config, frequency, interval)
 
 
+PREVIEW_POINTS = 1000
+"""Evenly spaced steps :func:`sample_learning_rates` evaluates, beside those it must show exactly."""
+
+PREVIEW_STEP_LIMIT = 1_000_000
+"""The longest run a stateful scheduler (cyclic, onecycle, plateau, a ``_target_``) is stepped through to preview."""
+
+
+@dataclass(frozen=True)
+class LearningRatePreview:
+    """Every parameter group's lr at some optimizer steps of a run of ``total_steps`` steps.
+
+    Attributes:
+        total_steps: the run's length: steps ``0 .. total_steps - 1``.
+        steps: the steps evaluated, increasing; always the first and the last one, and each group's peak.
+        lrs: each group's lr at each of ``steps``.
+    """
+
+    total_steps: int
+    steps: list[int]
+    lrs: dict[str, list[float]]
+
+
 def preview_learning_rates(
     module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
 ) -> dict[str, list[float]]:
-    """The lr of every parameter group for steps ``0 .. total_steps - 1``, without training.
+    """The lr of every parameter group for each step ``0 .. total_steps - 1``, without training.
 
-    A plateau schedule has no metric here, so it shows its warmup and then a constant lr.
+    Holds a value per step; :func:`sample_learning_rates` previews a long run at a bounded cost. A plateau
+    schedule has no metric here, so it shows its warmup and then a constant lr.
 
     Example:
         >>> lrs = preview_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
@@ -432,19 +485,124 @@ def preview_learning_rates(
         >>> [round(lr, 3) for lr in lrs["default"]]
         [0.0, 0.5, 1.0, 0.5]
     """
+    optimizer, built = _preview_scheduler(module, optim_config, total_steps)
+    names = _group_names(optimizer)
+    lrs: dict[str, list[float]] = {name: [] for name in names}
+    for group_lrs in _stepped_learning_rates(optimizer, built, total_steps):
+        for name, lr in zip(names, group_lrs, strict=True):
+            lrs[name].append(lr)
+    return lrs
+
+
+def sample_learning_rates(
+    module: torch.nn.Module,
+    optim_config: Mapping[str, Any],
+    total_steps: int,
+    include: Iterable[int] = (),
+    points: int = PREVIEW_POINTS,
+) -> LearningRatePreview:
+    """Every group's lr at ``points`` evenly spaced steps of a run, plus the steps it must show exactly.
+
+    Those are ``include``, the first and the last step and each group's peak; for a closed-form schedule also
+    every boundary (:meth:`~lightning_optim.schedules.Schedule.boundaries`: warmup end, milestones, ...) and the
+    step before it. A closed-form schedule (or a constant lr) is evaluated at these steps only, so a run of 10⁹
+    steps costs what one of a thousand does. A stateful scheduler (``cyclic``, ``onecycle``, ``plateau``, a
+    ``_target_``) is stepped through the whole run, up to :data:`PREVIEW_STEP_LIMIT` steps.
+
+    Raises:
+        OptimConfigError: a stateful scheduler over more than :data:`PREVIEW_STEP_LIMIT` steps.
+
+    Example:
+        >>> preview = sample_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
+        ...     "scheduler": {"name": "warmup_cosine", "warmup_steps": 1000}}, 10**9, points=3)
+        >>> preview.steps
+        [0, 999, 1000, 500000000, 999999999]
+        >>> [round(lr, 3) for lr in preview.lrs["default"]]
+        [0.0, 0.999, 1.0, 0.5, 0.0]
+    """
+    optimizer, built = _preview_scheduler(module, optim_config, total_steps)
+    names = _group_names(optimizer)
+    wanted = {round(index * (total_steps - 1) / max(points - 1, 1)) for index in range(points)}
+    wanted |= {step for step in include if 0 <= step < total_steps} | {0, total_steps - 1}
+    if built is None or isinstance(built.scheduler, ScheduleLR):
+        return _closed_form_preview(optimizer, names, built, total_steps, wanted)
+    if total_steps > PREVIEW_STEP_LIMIT:
+        name = built.scheduler.__class__.__name__
+        raise OptimConfigError(
+            f"Cannot preview {total_steps} steps of the scheduler {name}: a stateful scheduler is stepped through "
+            f"every step, and a preview stops at PREVIEW_STEP_LIMIT = {PREVIEW_STEP_LIMIT} steps. Preview a run of "
+            f"at most {PREVIEW_STEP_LIMIT} steps (e.g. trainer.max_steps={PREVIEW_STEP_LIMIT}), or use a closed-form "
+            "schedule (warmup_cosine, step, ...), which previews any length."
+        )
+    return _stepped_preview(optimizer, names, built, total_steps, wanted)
+
+
+def _preview_scheduler(
+    module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
+) -> tuple[torch.optim.Optimizer, BuiltScheduler | None]:
     config = to_plain_config(optim_config)
     optimizer = build_optimizer(module, config["optimizer"], config["param_groups"])
-    names = [group.get("name", f"pg{index + 1}") for index, group in enumerate(optimizer.param_groups)]
-    lrs: dict[str, list[float]] = {name: [] for name in names}
     built = build_scheduler(optimizer, config["scheduler"], total_steps) if config["scheduler"] else None
+    return optimizer, built
+
+
+def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    return [group.get("name", f"pg{index + 1}") for index, group in enumerate(optimizer.param_groups)]
+
+
+def _closed_form_preview(
+    optimizer: torch.optim.Optimizer,
+    names: list[str],
+    built: BuiltScheduler | None,
+    total_steps: int,
+    wanted: set[int],
+) -> LearningRatePreview:
+    if built is None:
+        schedule, frequency, base_lrs = Schedule(), 1, [group["lr"] for group in optimizer.param_groups]
+    else:
+        schedule, frequency, base_lrs = built.scheduler.schedule, built.frequency, built.scheduler.base_lrs
+    # The lr changes every `frequency` steps, to the schedule's value there: a piece of the schedule first shows at
+    # the first multiple of `frequency` from its boundary on, and last at the last multiple before the next one.
+    boundaries = schedule.boundaries(total_steps)
+    firsts = {-(-boundary // frequency) * frequency for boundary in boundaries}
+    lasts = {step - step % frequency for step in {*(boundary - 1 for boundary in boundaries), total_steps - 1}}
+    steps = sorted(wanted | {step for step in firsts | lasts if 0 <= step < total_steps})
+    factors = [schedule(step - step % frequency) for step in steps]
+    return LearningRatePreview(
+        total_steps,
+        steps,
+        {name: [base * factor for factor in factors] for name, base in zip(names, base_lrs, strict=True)},
+    )
+
+
+def _stepped_preview(
+    optimizer: torch.optim.Optimizer, names: list[str], built: BuiltScheduler, total_steps: int, wanted: set[int]
+) -> LearningRatePreview:
+    kept: dict[int, list[float]] = {}
+    peaks: dict[int, tuple[float, int, list[float]]] = {}
+    for step, group_lrs in enumerate(_stepped_learning_rates(optimizer, built, total_steps)):
+        if step in wanted:
+            kept[step] = group_lrs
+        for index, lr in enumerate(group_lrs):
+            if index not in peaks or lr > peaks[index][0]:
+                peaks[index] = (lr, step, group_lrs)
+    kept.update({step: group_lrs for _, step, group_lrs in peaks.values()})
+    steps = sorted(kept)
+    return LearningRatePreview(
+        total_steps, steps, {name: [kept[step][index] for step in steps] for index, name in enumerate(names)}
+    )
+
+
+def _stepped_learning_rates(
+    optimizer: torch.optim.Optimizer, built: BuiltScheduler | None, total_steps: int
+) -> Iterator[list[float]]:
+    """Every group's lr at each step, stepping the scheduler as training would."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*before.*optimizer.step", category=UserWarning)
         for step in range(total_steps):
-            for name, group in zip(names, optimizer.param_groups, strict=True):
-                lrs[name].append(float(group["lr"]))
+            yield [float(group["lr"]) for group in optimizer.param_groups]
             if built is not None and (step + 1) % built.frequency == 0:
                 built.advance()
-    return lrs
 
 
 def missing_metric_message(monitor: str, available: list[str], key: str = "optim_config.scheduler.monitor") -> str:
@@ -497,3 +655,71 @@ def run_length(trainer: Any, scheduler: Mapping[str, Any]) -> int | None:
         return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
     total = trainer.estimated_stepping_batches
     return None if math.isinf(total) else int(total)
+
+
+def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, Any]:
+    """What a checkpoint keeps of the run length a scheduler was built with (plain values, in ``interval`` units).
+
+    Example:
+        >>> saved_run_length({"name": "warmup_cosine", "interval": "epoch"}, 8)
+        {'interval': 'epoch', 'length': 8}
+    """
+    return {"interval": spec.get("interval", "step"), "length": length}
+
+
+def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:
+    """The run length a resumed scheduler goes on with: the checkpoint's, where the config leaves it to the run.
+
+    ``saved`` is what :func:`saved_run_length` stored; ``length`` is the new trainer's :func:`run_length`. The
+    checkpoint's length wins when the schedule's shape depends on the run (:func:`needs_run_length`), so a run
+    resumed with another ``max_epochs`` keeps the lr curve it started on. An explicit ``total_steps`` wins over it,
+    and a length counted in another ``interval`` is not comparable.
+
+    Example:
+        >>> spec = {"name": "warmup_cosine", "total_steps": None}
+        >>> resumed_run_length(spec, {"interval": "step", "length": 100}, 200)
+        100
+        >>> resumed_run_length({**spec, "total_steps": 200}, {"interval": "step", "length": 100}, 200)
+        200
+    """
+    if not saved or saved.get("length") is None or not needs_run_length(spec):
+        return length
+    return saved["length"] if saved.get("interval") == spec.get("interval", "step") else length
+
+
+def run_length_changed(
+    spec: Mapping[str, Any], saved: int, length: int | None, where: str = "optim_config.scheduler"
+) -> str:
+    """The warning for a resumed scheduler that keeps the checkpoint's run length ``saved`` instead of ``length``.
+
+    Example:
+        >>> print(run_length_changed({"name": "warmup_cosine"}, 16, 32))  # doctest: +NORMALIZE_WHITESPACE
+        Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr
+        schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it over
+        the new run on purpose, set optim_config.scheduler.total_steps: 32 (an explicit value wins over the
+        checkpoint's).
+    """
+    unit = f"{spec.get('interval', 'step')}s"
+    new = f"{length} {unit}" if length is not None else "not bounded (no max_steps or max_epochs)"
+    return (
+        f"Resuming with a different run length: the checkpoint's run was {saved} {unit} long, this one is {new}. "
+        f"The lr schedule of {where} ({spec.get('name')!r}) continues as it began, over {saved} {unit}. "
+        f"{_stretch_hint(spec, length, where)}"
+    )
+
+
+def _stretch_hint(spec: Mapping[str, Any], length: int | None, where: str) -> str:
+    if spec.get("name") == "onecycle":
+        return (
+            "torch's OneCycleLR keeps its length in its own state, so it cannot be stretched on resume: to change it, "
+            "start a new run from the weights (load_from_checkpoint)."
+        )
+    key, value = f"{where}.total_steps", length
+    if spec.get("name") == "sequential":
+        last = len(spec["schedulers"]) - 1
+        milestones = spec.get("milestones") or [0]
+        key, value = f"{where}.schedulers[{last}].total_steps", None if length is None else length - milestones[-1]
+    shown = value if value is not None else "<the new length>"
+    return (
+        f"To stretch it over the new run on purpose, set {key}: {shown} (an explicit value wins over the checkpoint's)."
+    )

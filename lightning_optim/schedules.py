@@ -19,6 +19,9 @@ import bisect
 import math
 from dataclasses import dataclass
 
+MOST_STAIRS = 1000
+"""The most stairs of a step decay :meth:`Schedule.boundaries` lists one by one (a preview draws them exactly)."""
+
 
 def _require(condition: bool, key: str, value: object, expected: str) -> None:
     if not condition:
@@ -55,6 +58,22 @@ class Schedule:
         """The factor at ``step >= warmup_steps``."""
         return 1.0
 
+    def boundaries(self, stop: int) -> set[int]:
+        """The steps in ``(0, stop)`` where a piece of the schedule begins; between two of them it is monotone.
+
+        A preview that evaluates the schedule only at some steps adds these (and the step before each), so that it
+        draws the corners where they are and finds the exact peak and its first step.
+
+        Example:
+            >>> sorted(WarmupCosine(warmup_steps=10, total_steps=100).boundaries(1_000_000_000))
+            [10, 100]
+        """
+        return {step for step in {self.warmup_steps, *self.decay_boundaries(stop)} if 0 < step < stop}
+
+    def decay_boundaries(self, stop: int) -> set[int]:
+        """The steps from the end of warmup on where a piece of the decay begins (see :meth:`boundaries`)."""
+        return set()
+
 
 @dataclass(frozen=True, kw_only=True)
 class _DecayToFloor(Schedule):
@@ -72,6 +91,9 @@ class _DecayToFloor(Schedule):
             f"an integer >= warmup_steps ({self.warmup_steps}) and >= 1; the warmup must fit in the run",
         )
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return {self.total_steps}
 
     def progress(self, step: int) -> float:
         """Fraction of the decay done at ``step``: 0 at the end of warmup, 1 at ``total_steps``."""
@@ -163,6 +185,14 @@ class StepDecay(Schedule):
     def decay(self, step: int) -> float:
         return self.gamma ** (step // self.step_size)
 
+    def decay_boundaries(self, stop: int) -> set[int]:
+        first = -(-self.warmup_steps // self.step_size) * self.step_size
+        last = (stop - 1) // self.step_size * self.step_size
+        if (last - first) // self.step_size < MOST_STAIRS:
+            return set(range(first, last + 1, self.step_size))
+        # Too many stairs to draw each: the first and the last one still bound the peak.
+        return {first, last}
+
 
 @dataclass(frozen=True, kw_only=True)
 class MultiStepDecay(Schedule):
@@ -189,6 +219,9 @@ class MultiStepDecay(Schedule):
 
     def decay(self, step: int) -> float:
         return self.gamma ** bisect.bisect_right(self.milestones, step)
+
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return set(self.milestones)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,3 +281,12 @@ class Sequential(Schedule):
         phase = bisect.bisect_right(self.milestones, step)
         start = self.milestones[phase - 1] if phase else 0
         return self.schedules[phase](step - start)
+
+    def decay_boundaries(self, stop: int) -> set[int]:
+        starts = (0, *self.milestones)
+        ends = (*self.milestones, stop)
+        return set(self.milestones) | {
+            start + step
+            for schedule, start, end in zip(self.schedules, starts, ends, strict=True)
+            for step in schedule.boundaries(min(end, stop) - start)
+        }

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimMixin
@@ -98,3 +99,14 @@ class CrashAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         if trainer.global_step >= self.step:
             raise Interrupted(f"interrupted at optimizer step {trainer.global_step}")
+
+
+class RestoresAfterSetup(SingleDeviceStrategy):
+    """The CPU strategy with the order of FSDP and DeepSpeed: optimizers are built before a checkpoint is restored."""
+
+    def __init__(self) -> None:
+        super().__init__(device=torch.device("cpu"))
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True

@@ -12,8 +12,17 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_optim import OptimConfig, OptimConfigError, OptimMixin, ResumeConfigWarning
-from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
+from lightning_optim import OptimConfig, OptimConfigError, OptimMixin, ResumeConfigWarning, preview_learning_rates
+from tests.models import (
+    CrashAt,
+    Interrupted,
+    MixinModel,
+    RecordingModel,
+    RestoresAfterSetup,
+    loader,
+    step_lrs,
+    trainer,
+)
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -369,3 +378,105 @@ def test_resume_with_the_same_config_does_not_warn(tmp_path):
     assert [str(w.message) for w in record if issubclass(w.category, ResumeConfigWarning)] == []
     # It did resume: steps 3 and 4 of the warmup_linear schedule (2 warmup steps, 10 in all).
     assert [lrs[0] for lrs in step_lrs(model)] == pytest.approx([0.1 * (10 - 3) / 8, 0.1 * (10 - 4) / 8], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ another run length
+
+COSINE_TO_RUN_END = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": None, "min_lr_ratio": 0.1}
+COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.1}
+
+
+def resumed_with_max_epochs(
+    tmp_path,
+    scheduler: dict[str, Any],
+    resumed_scheduler: dict[str, Any],
+    crash_at: int,
+    max_epochs: int,
+    strategy: Any = "auto",
+) -> tuple[list[float], list[str], dict[str, Any]]:
+    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs`` and ``strategy``.
+
+    Returns the per-batch lrs of both parts, the ``ResumeConfigWarning`` messages and the resumed run's last checkpoint.
+    """
+    first = MixinModel({"optimizer": SGD, "scheduler": scheduler})
+    saving = ModelCheckpoint(dirpath=tmp_path / "first", filename="{step}", every_n_train_steps=crash_at)
+    run = trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saving, CrashAt(crash_at)])
+    with pytest.raises(Interrupted):
+        run.fit(first, loader())
+    second = MixinModel({"optimizer": SGD, "scheduler": resumed_scheduler})
+    resumed = trainer(max_epochs=max_epochs, strategy=strategy)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        resumed.fit(second, loader(), ckpt_path=tmp_path / "first" / f"step={crash_at}.ckpt")
+    assert resumed.global_step == max_epochs * BATCHES
+    resumed.save_checkpoint(tmp_path / "resumed.ckpt")
+    messages = [str(w.message) for w in record if issubclass(w.category, ResumeConfigWarning)]
+    saved = torch.load(tmp_path / "resumed.ckpt", weights_only=True)
+    return [lrs[0] for lrs in first.lrs + second.lrs], messages, saved
+
+
+def original_schedule(scheduler: dict[str, Any], total_steps: int, steps: int) -> list[float]:
+    """The lrs of ``scheduler`` fixed to ``total_steps``, previewed over ``steps`` steps."""
+    config = {"optimizer": SGD, "scheduler": {**scheduler, "total_steps": total_steps}}
+    return preview_learning_rates(MixinModel(config), config, steps)["default"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup", "crash_at"),
+    [(COSINE_TO_RUN_END, 3, 10), (COSINE_WARMUP_RATIO, 4, 2)],
+    ids=["total_steps-null", "warmup_ratio"],
+)
+@pytest.mark.parametrize("after_setup", [False, True], ids=["restore-then-setup", "setup-then-restore"])
+def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at, after_setup):
+    strategy = RestoresAfterSetup() if after_setup else "auto"
+    lrs, messages, saved = resumed_with_max_epochs(
+        tmp_path, scheduler, scheduler, crash_at, max_epochs=4, strategy=strategy
+    )
+    # The 16-step schedule of the first run (warmup 3, or 25% of 16), then its floor: not a 32-step one.
+    expected = [warmup_cosine(k, 0.5, warmup, 16, 0.1) for k in range(32)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    assert lrs == pytest.approx(original_schedule(scheduler, 16, 32), abs=1e-12)
+    assert messages == [
+        "Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr "
+        "schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it "
+        "over the new run on purpose, set optim_config.scheduler.total_steps: 32 (an explicit value wins over the "
+        "checkpoint's)."
+    ]
+    # A second resume goes on with the first run's length too.
+    assert saved["optim_run_lengths"] == [{"interval": "step", "length": 16}]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup"), [(COSINE_TO_RUN_END, 3), (COSINE_WARMUP_RATIO, 8)], ids=["total_steps", "warmup_ratio"]
+)
+def test_resume_with_an_explicit_total_steps_stretches_the_schedule(tmp_path, scheduler, warmup):
+    lrs, messages, saved = resumed_with_max_epochs(
+        tmp_path, scheduler, {**scheduler, "total_steps": 32}, crash_at=2, max_epochs=4
+    )
+    # Steps 0 and 1 ran on the 16-step schedule; from the resume on, the new 32-step one (warmup 3, or 25% of 32).
+    assert lrs[:2] == pytest.approx(original_schedule(scheduler, 16, 16)[:2], abs=1e-12)
+    assert lrs[2:] == pytest.approx([warmup_cosine(k, 0.5, warmup, 32, 0.1) for k in range(2, 32)], abs=1e-12)
+    assert lrs[2:] == pytest.approx(original_schedule(scheduler, 32, 32)[2:], abs=1e-12)
+    assert [message.split(": ", 1)[0] for message in messages] == ["Resuming with a changed optim_config"]
+    assert "scheduler.total_steps (None -> 32)" in messages[0]
+    assert saved["optim_run_lengths"] == [{"interval": "step", "length": 32}]
+
+
+@pytest.mark.parametrize("scheduler", [COSINE_TO_RUN_END, COSINE_WARMUP_RATIO], ids=["total_steps", "warmup_ratio"])
+def test_resume_with_the_same_run_length_does_not_warn(tmp_path, scheduler):
+    lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at=10, max_epochs=2)
+    assert messages == []
+    assert lrs == pytest.approx(original_schedule(scheduler, 16, 16), abs=1e-12)
+    assert saved["optim_run_lengths"] == [{"interval": "step", "length": 16}]
+
+
+def test_resume_per_epoch_keeps_the_run_length_in_epochs(tmp_path):
+    scheduler = {"name": "cosine", "interval": "epoch", "min_lr_ratio": 0.2}
+    lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at=12, max_epochs=3)
+    # Two epochs of cosine (0.5, then halfway), then the floor for the third: the first run's 2-epoch schedule.
+    per_epoch = [0.5, 0.5 * (0.2 + 0.8 * 0.5), 0.5 * 0.2]
+    assert lrs == pytest.approx([lr for lr in per_epoch for _ in range(BATCHES)], abs=1e-12)
+    assert messages[0].startswith(
+        "Resuming with a different run length: the checkpoint's run was 2 epochs long, this one is 3 epochs."
+    )
+    assert saved["optim_run_lengths"] == [{"interval": "epoch", "length": 2}]

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,18 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lightning_optim.config import OptimConfigError, plain
-from lightning_optim.schedulers import BuiltScheduler, build_scheduler, check_scheduler_config, run_length, step_plateau
+from lightning_optim.mixin import ResumeConfigWarning
+from lightning_optim.schedulers import (
+    BuiltScheduler,
+    ScheduleLR,
+    build_scheduler,
+    check_scheduler_config,
+    resumed_run_length,
+    run_length,
+    run_length_changed,
+    saved_run_length,
+    step_plateau,
+)
 
 
 class LRSchedule(L.Callback):
@@ -25,7 +37,9 @@ class LRSchedule(L.Callback):
     gradient accumulation and with ``frequency``), ``total_steps: null`` from the trainer, each parameter group
     with its own base lr (groups added during training included), ``plateau`` stepped once after each
     validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
-    same lr sequence. It refuses to run beside a scheduler the model already returns.
+    same lr sequence, also with another ``max_epochs``: the schedule keeps the run length it was built with
+    (with a ``ResumeConfigWarning``) unless the config sets ``total_steps``. It refuses to run beside a scheduler
+    the model already returns.
 
     Args:
         scheduler: the ``scheduler`` section of ``optim_config`` (dict or ``DictConfig``), e.g.
@@ -38,6 +52,9 @@ class LRSchedule(L.Callback):
         self.optimizer_index = optimizer_index
         self.built: BuiltScheduler | None = None
         self._restored_state: dict[str, Any] | None = None
+        self._restored_run_length: dict[str, Any] | None = None
+        self._run_length: dict[str, Any] | None = None
+        self._build_on_load: L.Trainer | None = None
         self._stepped_at = 0
 
     @property
@@ -52,13 +69,29 @@ class LRSchedule(L.Callback):
                 f"{type(pl_module).__name__}.configure_optimizers returns: two schedulers would both set the lr. "
                 "Return only the optimizer, or drop the LRSchedule callback."
             )
+        self._build(trainer)
+
+    def _build(self, trainer: L.Trainer) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
-        self.built = build_scheduler(optimizer, self.config, run_length(trainer, self.config))
+        self.built = build_scheduler(optimizer, self.config, self._scheduler_run_length(trainer))
         if self._restored_state is not None:
             self.built.scheduler.load_state_dict(self._restored_state)
 
+    def _scheduler_run_length(self, trainer: L.Trainer) -> int | None:
+        length = run_length(trainer, self.config)
+        kept = resumed_run_length(self.config, self._restored_run_length, length)
+        if kept != length:
+            warnings.warn(
+                run_length_changed(self.config, kept, length, "LRSchedule scheduler"), ResumeConfigWarning, stacklevel=3
+            )
+        self._run_length = saved_run_length(self.config, kept)
+        return kept
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
+        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
+        if self.built is not None and isinstance(self.built.scheduler, ScheduleLR):
+            self.built.scheduler.apply_schedule()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.built is not None and self.built.interval == "epoch":
@@ -90,8 +123,18 @@ class LRSchedule(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         if self.built is None:
-            return {"scheduler": self._restored_state} if self._restored_state else {}
-        return {"scheduler": self.built.scheduler.state_dict()}
+            restored = {"scheduler": self._restored_state, "run_length": self._restored_run_length}
+            return {key: value for key, value in restored.items() if value}
+        return {"scheduler": self.built.scheduler.state_dict(), "run_length": self._run_length}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Strategies that restore callbacks after their setup (FSDP, DeepSpeed) do it after on_fit_start built the
+        # scheduler: build it again from the state about to be loaded.
+        self._build_on_load = trainer if trainer.strategy.restore_checkpoint_after_setup else None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_state = state_dict.get("scheduler")
+        self._restored_run_length = state_dict.get("run_length")
+        trainer, self._build_on_load = self._build_on_load, None
+        if trainer is not None and self.built is not None:
+            self._build(trainer)

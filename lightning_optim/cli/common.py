@@ -36,6 +36,20 @@ def compose_optim_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def whole_number(key: str, value: Any) -> int:
+    """``value`` as an int: a count written as ``1e9`` on the command line arrives as a float.
+
+    Example:
+        >>> whole_number("trainer.max_steps", 1e9)
+        1000000000
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key} = {value!r} is not valid. Expected a whole number, e.g. 1000 or 1e9.")
+    return value
+
+
 def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int) -> tuple[int, int]:
     """The optimizer steps a run will take and those per epoch, as ``trainer.estimated_stepping_batches`` counts.
 
@@ -62,8 +76,9 @@ def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int
     # Lightning also steps on an epoch's last, incomplete accumulation.
     steps_per_epoch = math.ceil(batches / accumulate)
     max_steps = trainer_cfg.get("max_steps")
-    max_steps = -1 if max_steps is None else max_steps
+    max_steps = -1 if max_steps is None else whole_number("trainer.max_steps", max_steps)
     max_epochs = trainer_cfg.get("max_epochs")
+    max_epochs = None if max_epochs is None else whole_number("trainer.max_epochs", max_epochs)
     if max_epochs is None:
         max_epochs = LIGHTNING_DEFAULT_MAX_EPOCHS if max_steps == -1 else -1
     if max_epochs == -1:

@@ -1,6 +1,8 @@
 """``lightning-optim-schedule``: draw and tabulate every parameter group's learning rate over a run, without training.
 
-Takes the same config and overrides as ``lightning-optim-train``, plus ``out=`` (the PNG's path).
+Takes the same config and overrides as ``lightning-optim-train``, plus ``out=`` (the PNG's path). A closed-form
+schedule is evaluated only at the steps drawn, so any run length previews in about a second; a stateful one
+(``cyclic``, ``onecycle``, ``plateau``, a ``_target_``) is stepped through, up to a million steps.
 
 Examples (shell)::
 
@@ -11,6 +13,7 @@ Examples (shell)::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import hydra
@@ -24,7 +27,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps
-from lightning_optim.schedulers import preview_learning_rates
+from lightning_optim.schedulers import LearningRatePreview, sample_learning_rates
 
 
 def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
@@ -38,10 +41,12 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
-def step_learning_rates(cfg: DictConfig) -> tuple[dict[str, list[float]], dict]:
-    """Every group's lr for each optimizer step of the run ``cfg`` describes, and the ``optim_config`` used.
+def step_learning_rates(cfg: DictConfig, first_steps: int = 0) -> tuple[LearningRatePreview, dict]:
+    """Every group's lr at the optimizer steps drawn of the run ``cfg`` describes, and the ``optim_config`` used.
 
-    An ``interval: epoch`` scheduler is previewed per epoch, and each epoch's lr repeated for its steps.
+    The first ``first_steps`` steps, the peak and the last step are always among them
+    (:func:`~lightning_optim.schedulers.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
+    epoch, and each epoch drawn by its first and last step.
     """
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -50,21 +55,41 @@ def step_learning_rates(cfg: DictConfig) -> tuple[dict[str, list[float]], dict]:
     model = instantiate(cfg.model, optim_config=optim_config, _convert_="all")
     scheduler = optim_config["scheduler"]
     if scheduler is None or scheduler.get("interval", "step") == "step":
-        return preview_learning_rates(model, optim_config, total_steps), optim_config
+        return sample_learning_rates(model, optim_config, total_steps, range(first_steps)), optim_config
     epochs = -(-total_steps // steps_per_epoch)
-    per_epoch = preview_learning_rates(model, optim_config, epochs)
-    return {
-        name: [lr for lr in lrs for _ in range(steps_per_epoch)][:total_steps] for name, lrs in per_epoch.items()
-    }, optim_config
+    first_epochs = range(-(-min(first_steps, total_steps) // steps_per_epoch))
+    per_epoch = sample_learning_rates(model, optim_config, epochs, first_epochs)
+    return epochs_as_steps(per_epoch, steps_per_epoch, total_steps, range(first_steps)), optim_config
 
 
-def plot(lrs: dict[str, list[float]], title: str, out: Path) -> None:
+def epochs_as_steps(
+    per_epoch: LearningRatePreview, steps_per_epoch: int, total_steps: int, include: Iterable[int] = ()
+) -> LearningRatePreview:
+    """A per-epoch preview as steps: each epoch previewed becomes its first and last step, and those in ``include``.
+
+    Example:
+        >>> per_epoch = LearningRatePreview(3, [0, 2], {"default": [0.1, 0.01]})
+        >>> epochs_as_steps(per_epoch, 4, 10, include=[1])
+        LearningRatePreview(total_steps=10, steps=[0, 1, 3, 8, 9], lrs={'default': [0.1, 0.1, 0.1, 0.01, 0.01]})
+    """
+    include = set(include)
+    steps, lrs = [], {name: [] for name in per_epoch.lrs}
+    for index, epoch in enumerate(per_epoch.steps):
+        first, end = epoch * steps_per_epoch, min((epoch + 1) * steps_per_epoch, total_steps)
+        for step in sorted({first, end - 1} | {step for step in include if first <= step < end}):
+            steps.append(step)
+            for name, values in per_epoch.lrs.items():
+                lrs[name].append(values[index])
+    return LearningRatePreview(total_steps, steps, lrs)
+
+
+def plot(preview: LearningRatePreview, title: str, out: Path) -> None:
     """Draw each group's lr against the optimizer step into the PNG ``out``."""
     # A bare Figure renders with Agg and needs no pyplot state or display.
     figure = Figure(figsize=(8, 4.5))
     axes = figure.add_subplot()
-    for name, values in lrs.items():
-        axes.plot(range(len(values)), values, label=name)
+    for name, values in preview.lrs.items():
+        axes.plot(preview.steps, values, label=name)
     axes.set(xlabel="optimizer step", ylabel="learning rate", title=title)
     axes.grid(alpha=0.3)
     axes.legend(title="parameter group")
@@ -73,33 +98,36 @@ def plot(lrs: dict[str, list[float]], title: str, out: Path) -> None:
     figure.savefig(out, dpi=100)
 
 
-def group_table(name: str, values: list[float], first_steps: int) -> Table:
-    """A table of the first steps' lr, the peak (value and step) and the final lr of one group."""
+def group_table(name: str, steps: list[int], values: list[float], first_steps: int) -> Table:
+    """A table of one group's lr at the first steps, its peak (value and first step) and its final lr.
+
+    ``steps`` are the steps previewed (increasing, from 0) and ``values`` the group's lr at each.
+    """
     table = Table(title=f"group {name}")
     table.add_column("")
     table.add_column("step", justify="right")
     table.add_column("lr", justify="right")
-    for step, value in enumerate(values[:first_steps]):
+    for step, value in zip(steps[:first_steps], values, strict=False):
         table.add_row("", str(step), f"{value:.6e}")
     peak = max(range(len(values)), key=values.__getitem__)
-    table.add_row("peak", str(peak), f"{values[peak]:.6e}")
-    table.add_row("final", str(len(values) - 1), f"{values[-1]:.6e}")
+    table.add_row("peak", str(steps[peak]), f"{values[peak]:.6e}")
+    table.add_row("final", str(steps[-1]), f"{values[-1]:.6e}")
     return table
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="schedule")
 def main(cfg: DictConfig) -> None:
     """Console script ``lightning-optim-schedule``."""
-    lrs, optim_config = step_learning_rates(cfg)
+    preview, optim_config = step_learning_rates(cfg, cfg.first_steps)
     out = Path(cfg.out)
     if not out.is_absolute():
         out = Path(HydraConfig.get().runtime.output_dir) / out
     scheduler = optim_config["scheduler"]["name"] if optim_config["scheduler"] else "constant"
-    steps = len(next(iter(lrs.values())))
-    plot(lrs, f"{optim_config['optimizer']['name']} + {scheduler}, {steps} optimizer steps", out)
+    title = f"{optim_config['optimizer']['name']} + {scheduler}, {preview.total_steps} optimizer steps"
+    plot(preview, title, out)
     console = Console()
-    for name, values in lrs.items():
-        console.print(group_table(name, values, cfg.first_steps))
+    for name, values in preview.lrs.items():
+        console.print(group_table(name, preview.steps, values, cfg.first_steps))
     console.print(f"lr schedule drawn to {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
 
 

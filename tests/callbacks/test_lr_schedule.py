@@ -7,6 +7,7 @@ from the formulas, or taken from an uninterrupted run or from ``OptimMixin`` wit
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -15,9 +16,18 @@ import torch
 from lightning.pytorch.callbacks import BaseFinetuning, ModelCheckpoint
 from omegaconf import OmegaConf
 
-from lightning_optim import OptimConfigError
+from lightning_optim import OptimConfigError, ResumeConfigWarning, preview_learning_rates
 from lightning_optim.callbacks import LRSchedule
-from tests.models import CrashAt, Interrupted, MixinModel, RecordingModel, loader, step_lrs, trainer
+from tests.models import (
+    CrashAt,
+    Interrupted,
+    MixinModel,
+    RecordingModel,
+    RestoresAfterSetup,
+    loader,
+    step_lrs,
+    trainer,
+)
 
 LR = 0.5  # RecordingModel.configure_optimizers: SGD(lr=0.5), no scheduler
 BATCHES = 8  # loader(): 32 samples in batches of 4
@@ -371,3 +381,88 @@ def test_resume_after_a_group_joined_continues_both_groups(tmp_path, driver):
     assert len(straight.lrs[-1]) == 2
     flat = [lr for lrs in first.lrs + second.lrs for lr in lrs]
     assert flat == pytest.approx([lr for lrs in straight.lrs for lr in lrs], abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ another run length
+
+COSINE_TO_RUN_END = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": None, "min_lr_ratio": 0.1}
+COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.1}
+
+
+def resumed_with_max_epochs(
+    tmp_path,
+    scheduler: dict[str, Any],
+    resumed_scheduler: dict[str, Any],
+    crash_at: int,
+    max_epochs: int,
+    strategy: Any = "auto",
+) -> tuple[list[float], list[str], dict[str, Any]]:
+    """A 2-epoch run (16 steps) that dies after step ``crash_at`` and resumes with ``max_epochs`` and ``strategy``.
+
+    Returns the per-batch lrs of both parts, the ``ResumeConfigWarning`` messages and the resumed callback's state.
+    """
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=crash_at)
+    first = RecordingModel()
+    run = trainer(max_epochs=2, enable_checkpointing=True, callbacks=[LRSchedule(scheduler), saving, CrashAt(crash_at)])
+    with pytest.raises(Interrupted):
+        run.fit(first, loader())
+    second = RecordingModel()
+    callback = LRSchedule(resumed_scheduler)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer(max_epochs=max_epochs, callbacks=[callback], strategy=strategy).fit(
+            second, loader(), ckpt_path=tmp_path / f"step={crash_at}.ckpt"
+        )
+    messages = [str(w.message) for w in record if issubclass(w.category, ResumeConfigWarning)]
+    return [lrs[0] for lrs in first.lrs + second.lrs], messages, callback.state_dict()
+
+
+def original_schedule(scheduler: dict[str, Any], total_steps: int, steps: int) -> list[float]:
+    """The lrs of ``scheduler`` fixed to ``total_steps``, previewed over ``steps`` steps."""
+    config = {"optimizer": {"name": "sgd", "lr": LR}, "scheduler": {**scheduler, "total_steps": total_steps}}
+    return preview_learning_rates(RecordingModel(), config, steps)["default"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup", "crash_at"),
+    [(COSINE_TO_RUN_END, 3, 10), (COSINE_WARMUP_RATIO, 4, 2)],
+    ids=["total_steps-null", "warmup_ratio"],
+)
+@pytest.mark.parametrize("after_setup", [False, True], ids=["restore-then-setup", "setup-then-restore"])
+def test_resume_with_more_epochs_keeps_the_lr_curve(tmp_path, scheduler, warmup, crash_at, after_setup):
+    strategy = RestoresAfterSetup() if after_setup else "auto"
+    lrs, messages, state = resumed_with_max_epochs(
+        tmp_path, scheduler, scheduler, crash_at, max_epochs=4, strategy=strategy
+    )
+    expected = [warmup_cosine(k, LR, warmup, 16, 0.1) for k in range(32)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    assert lrs == pytest.approx(original_schedule(scheduler, 16, 32), abs=1e-12)
+    assert messages == [
+        "Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr "
+        "schedule of LRSchedule scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it over "
+        "the new run on purpose, set LRSchedule scheduler.total_steps: 32 (an explicit value wins over the "
+        "checkpoint's)."
+    ]
+    assert state["run_length"] == {"interval": "step", "length": 16}
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup"), [(COSINE_TO_RUN_END, 3), (COSINE_WARMUP_RATIO, 8)], ids=["total_steps", "warmup_ratio"]
+)
+def test_resume_with_an_explicit_total_steps_stretches_the_schedule(tmp_path, scheduler, warmup):
+    lrs, messages, state = resumed_with_max_epochs(
+        tmp_path, scheduler, {**scheduler, "total_steps": 32}, crash_at=2, max_epochs=4
+    )
+    assert lrs[:2] == pytest.approx(original_schedule(scheduler, 16, 16)[:2], abs=1e-12)
+    assert lrs[2:] == pytest.approx([warmup_cosine(k, LR, warmup, 32, 0.1) for k in range(2, 32)], abs=1e-12)
+    assert lrs[2:] == pytest.approx(original_schedule(scheduler, 32, 32)[2:], abs=1e-12)
+    assert messages == []
+    assert state["run_length"] == {"interval": "step", "length": 32}
+
+
+@pytest.mark.parametrize("scheduler", [COSINE_TO_RUN_END, COSINE_WARMUP_RATIO], ids=["total_steps", "warmup_ratio"])
+def test_resume_with_the_same_run_length_does_not_warn(tmp_path, scheduler):
+    lrs, messages, state = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at=10, max_epochs=2)
+    assert messages == []
+    assert lrs == pytest.approx(original_schedule(scheduler, 16, 16), abs=1e-12)
+    assert state["run_length"] == {"interval": "step", "length": 16}

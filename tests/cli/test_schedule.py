@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from rich.console import Console
 
-from lightning_optim.cli.schedule import step_learning_rates
+from lightning_optim import OptimConfigError
+from lightning_optim.cli.schedule import group_table, step_learning_rates
 from lightning_optim.demos import DigitsCNN
-from lightning_optim.schedulers import preview_learning_rates
+from lightning_optim.schedulers import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
 from tests.cli.apps import run_app
+from tests.previews import count_schedule_calls
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -82,5 +87,81 @@ def test_ddp_counts_the_steps_of_one_rank():
     with initialize_config_module("lightning_optim.conf", version_base="1.3"):
         single = compose("train", overrides=["trainer.max_epochs=2"])
         ddp = compose("train", overrides=["trainer=ddp", "trainer.max_epochs=2"])
-    assert len(step_learning_rates(single)[0]["default"]) == 2 * 23
-    assert len(step_learning_rates(ddp)[0]["default"]) == 2 * 12
+    assert step_learning_rates(single)[0].total_steps == 2 * 23
+    assert step_learning_rates(ddp)[0].total_steps == 2 * 12
+
+
+def composed(*overrides: str) -> DictConfig:
+    with initialize_config_module("lightning_optim.conf", version_base="1.3"):
+        return compose("schedule", overrides=list(overrides))
+
+
+def table_rows(preview: LearningRatePreview, first_steps: int) -> dict[str, dict[str, tuple[int, float]]]:
+    """What the app prints for ``preview``, parsed back."""
+    console = Console(record=True, width=120)
+    for name, values in preview.lrs.items():
+        console.print(group_table(name, preview.steps, values, first_steps))
+    return printed_rows(console.export_text())
+
+
+def test_a_billion_steps_preview_at_a_bounded_cost(monkeypatch):
+    cfg = composed("+trainer.max_steps=1e9", "trainer.max_epochs=-1", "scheduler.min_lr_ratio=0.1")
+    calls = count_schedule_calls(monkeypatch, most=3 * PREVIEW_POINTS)
+    preview, optim_config = step_learning_rates(cfg, first_steps=5)
+    assert optim_config["scheduler"]["warmup_ratio"] == 0.1  # the main job's warmup_cosine: 10**8 warmup steps
+    assert 0 < len(calls) <= 3 * PREVIEW_POINTS
+    values = preview.lrs["default"]
+    assert preview.total_steps == 10**9 and type(preview.total_steps) is int  # 1e9 is a YAML float
+    assert preview.steps[:5] == [0, 1, 2, 3, 4] and values[:5] == [0.1 * (k / 10**8) for k in range(5)]
+    tables = table_rows(preview, 5)
+    assert tables["default"]["peak"] == (10**8, 0.1)
+    final = 0.1 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (10**9 - 1 - 10**8) / (10**9 - 10**8))))
+    assert tables["default"]["final"] == (10**9 - 1, pytest.approx(final, rel=1e-6))
+
+
+def test_a_billion_steps_per_epoch_preview_at_a_bounded_cost(monkeypatch):
+    cfg = composed(
+        "trainer.max_epochs=100000000",
+        "scheduler=step",
+        "scheduler.interval=epoch",
+        "scheduler.step_size=30000000",
+        "scheduler.gamma=0.5",
+    )
+    calls = count_schedule_calls(monkeypatch, most=3 * PREVIEW_POINTS)
+    preview, _ = step_learning_rates(cfg, first_steps=5)
+    assert 0 < len(calls) <= 3 * PREVIEW_POINTS
+    steps = 23 * 10**8  # 23 optimizer steps per epoch
+    assert preview.total_steps == steps
+    lrs = dict(zip(preview.steps, preview.lrs["default"], strict=True))
+    assert [lrs[step] for step in range(5)] == [0.1] * 5
+    # Each stair drawn from the first step of the epoch that starts it; the last epoch by its last step.
+    assert lrs[23 * 30_000_000 - 1] == 0.1 and lrs[23 * 30_000_000] == 0.05
+    assert lrs[23 * 90_000_000] == 0.1 * 0.5**3
+    tables = table_rows(preview, 5)
+    assert tables["default"]["peak"] == (0, 0.1)
+    assert tables["default"]["final"] == (steps - 1, 0.1 * 0.5**3)
+
+
+def test_epoch_interval_preview_equals_each_epoch_repeated_per_step():
+    cfg = composed("trainer.max_epochs=3", "scheduler=step", "scheduler.interval=epoch", "scheduler.step_size=1")
+    preview, optim_config = step_learning_rates(cfg, first_steps=5)
+    per_epoch = preview_learning_rates(DigitsCNN(), optim_config, 3)["default"]
+    every_step = [lr for lr in per_epoch for _ in range(23)]
+    assert preview.steps == [0, 1, 2, 3, 4, 22, 23, 45, 46, 68]
+    assert preview.lrs["default"] == [every_step[step] for step in preview.steps]
+
+
+def test_a_stateful_schedule_beyond_the_limit_is_refused_before_stepping():
+    cfg = composed("scheduler=onecycle", "+trainer.max_steps=2e6", "trainer.max_epochs=-1")
+    with pytest.raises(OptimConfigError) as error:
+        step_learning_rates(cfg)
+    assert str(error.value).startswith(
+        "Cannot preview 2000000 steps of the scheduler OneCycleLR: a stateful scheduler is stepped through every "
+        "step, and a preview stops at PREVIEW_STEP_LIMIT = 1000000 steps. Preview a run of at most 1000000 steps "
+        "(e.g. trainer.max_steps=1000000)"
+    )
+
+
+def test_a_fractional_max_steps_is_refused():
+    with pytest.raises(ValueError, match=r"^trainer\.max_steps = 1000\.5 is not valid\. Expected a whole number"):
+        step_learning_rates(composed("+trainer.max_steps=1000.5", "trainer.max_epochs=-1"))
