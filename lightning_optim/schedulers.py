@@ -407,7 +407,7 @@ def build_scheduler(
     Raises:
         OptimConfigError: a bad value, or a warmup longer than the run.
     """
-    check_scheduler_config(spec, where)
+    spec = check_scheduler_config(spec, where)
     if total_steps is None:
         if needs_run_length(spec):
             raise config_error(
