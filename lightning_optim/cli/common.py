@@ -28,8 +28,9 @@ CONFIG_PATH = "pkg://lightning_optim.conf"
 """Where the apps find their configs: the package, so an installed wheel needs no checkout."""
 
 # The default run directories (conf/train.yaml) end in the process id: two runs started in the same microsecond
-# still get their own.
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# still get their own. Cached, as Hydra's `now` is: Hydra copies the cache into each job of a sweep, so jobs run by
+# other processes (joblib, SLURM) resolve the sweep directory as the process that made it.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 """What Lightning's Trainer runs when neither ``max_epochs`` nor ``max_steps`` is set."""

@@ -22,6 +22,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
@@ -47,8 +48,10 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 def _exit_interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer) -> SystemExit:
     """Say where the interrupted run can be resumed from; the exit status is ``128 + signum``, as a shell's."""
     signum = signal.Signals(interrupt.signum or signal.SIGTERM)
-    if trainer.is_global_zero:
-        checkpoint = Path(interrupt.ckpt_path).resolve()
+    if trainer.is_global_zero and trainer.state.fn == TrainerFn.VALIDATING:
+        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
+    elif trainer.is_global_zero:
+        checkpoint = interrupt.ckpt_path.resolve()
         log.info(f"{signum.name} stopped training after step {trainer.global_step}; checkpoint {checkpoint}")
         log.info(f"resume with: {resume_command(checkpoint, HydraConfig.get().overrides.task)}")
     return SystemExit(128 + signum)
@@ -70,7 +73,7 @@ def train(cfg: DictConfig) -> float:
     # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
     if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
         refuse_used_run_dir(run_dir)
-    logging.captureWarnings(True)
+    logging.captureWarnings(True)  # warnings reach train.log too, as log records
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate_model(cfg.model, compose_optim_config(cfg))
@@ -83,9 +86,9 @@ def train(cfg: DictConfig) -> float:
             trainer.fit(
                 model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
             )
-        except SIGTERMException:
+            metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        except SIGTERMException:  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
             raise _exit_interrupted(interrupt, trainer) from None
-        metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
     if cfg.metric not in metrics:
         raise KeyError(f"metric={cfg.metric!r} was not logged by validation; logged: {sorted(metrics)}")
     value = float(metrics[cfg.metric])
