@@ -33,7 +33,7 @@ from _common import QUIET_OVERRIDES, parse_args, run_app, save, tb_scalars
 from matplotlib.figure import Figure
 
 EXPERIMENTS = ("cnn", "rnn", "transformer")
-ACCURACY = re.compile(r"^validation accuracy \(val/acc\): ([0-9.]+)$", re.MULTILINE)
+ACCURACY = re.compile(r"^val/acc = ([0-9.]+)$", re.MULTILINE)
 
 
 def size_overrides(quick: bool) -> list[str]:

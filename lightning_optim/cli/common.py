@@ -1,4 +1,5 @@
-"""Helpers the command-line apps share: the model's ``optim_config`` and the run's length, from the Hydra config.
+"""Helpers the command-line apps share: the model (with its ``optim_config``) and the run's length, from the Hydra
+config, and the run directory's checks.
 
 Example:
     >>> from omegaconf import OmegaConf
@@ -12,13 +13,24 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+import lightning as L
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 CONFIG_PATH = "pkg://lightning_optim.conf"
 """Where the apps find their configs: the package, so an installed wheel needs no checkout."""
+
+# The default run directories (conf/train.yaml) end in the process id: two runs started in the same microsecond
+# still get their own. Cached, as Hydra's `now` is: Hydra copies the cache into each job of a sweep, so jobs run by
+# other processes (joblib, SLURM) resolve the sweep directory as the process that made it.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 """What Lightning's Trainer runs when neither ``max_epochs`` nor ``max_steps`` is set."""
@@ -48,6 +60,32 @@ def whole_number(key: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"{key} = {value!r} is not valid. Expected a whole number, e.g. 1000 or 1e9.")
     return value
+
+
+def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.LightningModule:
+    """Instantiate the model config, then hand it ``optim_config`` as plain data.
+
+    ``model`` is the user's own code path: Hydra instantiates it and every ``_target_`` inside it. ``optim_config``
+    is not: a ``_target_`` in it reaches the model untouched, where the project's own check
+    (:func:`lightning_optim.optimizers.import_class`) accepts only optimizer and scheduler classes, so nothing a
+    command line puts into ``optimizer``, ``param_groups`` or ``scheduler`` is ever called by Hydra.
+
+    Example:
+        >>> from omegaconf import OmegaConf
+        >>> model_cfg = OmegaConf.create({"_target_": "lightning_optim.demos.QuadraticMLP", "hidden": 4})
+        >>> opened = {"_target_": "builtins.open", "file": "x.txt", "mode": "w"}
+        >>> type(instantiate_model(model_cfg, {"optimizer": {"name": "sgd", "lr": 0.1}})).__name__
+        'QuadraticMLP'
+        >>> from lightning_optim import OptimConfigError
+        >>> try:
+        ...     instantiate_model(model_cfg, {"optimizer": {"name": "sgd", "lr": 0.1, "x": opened}})
+        ... except OptimConfigError as error:
+        ...     print(str(error).split(" is not valid")[0])
+        optim_config.optimizer.x = {'_target_': 'builtins.open', 'file': 'x.txt', 'mode': 'w'}
+    """
+    # _partial_ stops Hydra at the model's own arguments; optim_config then goes in through a plain call.
+    build = instantiate(model_cfg, _partial_=True, _convert_="all")
+    return build(optim_config=optim_config)
 
 
 def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int) -> tuple[int, int]:
@@ -87,3 +125,63 @@ def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int
         return max_steps, steps_per_epoch
     total = steps_per_epoch * max(max_epochs, 1)
     return (min(total, max_steps) if max_steps != -1 else total), steps_per_epoch
+
+
+def previous_outputs(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir``: its entries, less what Hydra writes before the app starts.
+
+    Hydra creates ``.hydra/`` and the job's ``<job name>.log`` in every run directory (a DDP rank adds
+    ``<job name>_ddp_process_<rank>.log``); anything else (checkpoints, event files, metrics) is an earlier run's.
+
+    Example:
+        >>> import tempfile
+        >>> run_dir = Path(tempfile.mkdtemp())
+        >>> (run_dir / ".hydra").mkdir(); (run_dir / "train.log").touch()
+        >>> previous_outputs(run_dir)
+        []
+        >>> (run_dir / "checkpoints").mkdir()
+        >>> previous_outputs(run_dir)
+        ['checkpoints']
+    """
+    if not run_dir.is_dir():
+        return []
+    return sorted(entry.name for entry in run_dir.iterdir() if entry.name != ".hydra" and entry.suffix != ".log")
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """Refuse to start a fresh run in a directory that holds an earlier run's outputs.
+
+    Raises:
+        FileExistsError: naming the directory, what is in it, and the two ways on (a new directory, or resuming).
+    """
+    found = previous_outputs(run_dir)
+    if found:
+        raise FileExistsError(
+            f"The run directory {run_dir} already holds an earlier run's outputs ({', '.join(found)}); a fresh run "
+            "there would mix its checkpoints and curves with them. Start it in a new directory (leave hydra.run.dir "
+            "at its default, or name an empty one), or resume that run with "
+            f"ckpt_path=<{run_dir}/checkpoints/last.ckpt>."
+        )
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as the value of a Hydra override: as it is unless Hydra's grammar would parse some of it.
+
+    Example:
+        >>> hydra_value("/runs/a b/last.ckpt"), hydra_value("/runs/epoch=0-step=4.ckpt")
+        ('/runs/a b/last.ckpt', "'/runs/epoch=0-step=4.ckpt'")
+    """
+    if re.fullmatch(r"[\w ./+@%:~-]+", text):
+        return text
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
+    """The shell command that resumes a run from ``checkpoint`` with the run's own ``overrides``.
+
+    Example:
+        >>> resume_command(Path("/runs/a b/interrupted.ckpt"), ["optimizer=adamw", "ckpt_path=/old.ckpt"])
+        "lightning-optim-train optimizer=adamw 'ckpt_path=/runs/a b/interrupted.ckpt'"
+    """
+    kept = [override for override in overrides if not override.lstrip("+~").startswith("ckpt_path=")]
+    return shlex.join(["lightning-optim-train", *kept, f"ckpt_path={hydra_value(str(checkpoint))}"])

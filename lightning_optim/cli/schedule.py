@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps
+from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
 from lightning_optim.schedulers import LearningRatePreview, sample_learning_rates
 
 
@@ -52,7 +52,7 @@ def step_learning_rates(cfg: DictConfig, first_steps: int = 0) -> tuple[Learning
     datamodule.setup("fit")
     total_steps, steps_per_epoch = count_optimizer_steps(cfg.trainer, batches_per_rank(cfg, datamodule))
     optim_config = compose_optim_config(cfg)
-    model = instantiate(cfg.model, optim_config=optim_config, _convert_="all")
+    model = instantiate_model(cfg.model, optim_config)
     scheduler = optim_config["scheduler"]
     if scheduler is None or scheduler.get("interval", "step") == "step":
         return sample_learning_rates(model, optim_config, total_steps, range(first_steps)), optim_config

@@ -11,18 +11,33 @@ Examples (shell)::
 
 from __future__ import annotations
 
+import logging
+import shlex
+import signal
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
-from rich.console import Console
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    compose_optim_config,
+    instantiate_model,
+    refuse_used_run_dir,
+    resume_command,
+)
 from lightning_optim.cli.ddp import sweep_job
+from lightning_optim.cli.interrupt import InterruptCheckpoint
+
+log = logging.getLogger(__name__)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -30,8 +45,23 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
+def _exit_interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer) -> SystemExit:
+    """Say where the interrupted run can be resumed from; the exit status is ``128 + signum``, as a shell's."""
+    signum = signal.Signals(interrupt.signum or signal.SIGTERM)
+    if trainer.is_global_zero and trainer.state.fn == TrainerFn.VALIDATING:
+        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
+    elif trainer.is_global_zero:
+        checkpoint = interrupt.ckpt_path.resolve()
+        log.info(f"{signum.name} stopped training after step {trainer.global_step}; checkpoint {checkpoint}")
+        log.info(f"resume with: {resume_command(checkpoint, HydraConfig.get().overrides.task)}")
+    return SystemExit(128 + signum)
+
+
 def train(cfg: DictConfig) -> float:
     """Fit, validate and report the model the config describes; returns the validation metric ``cfg.metric``.
+
+    A fresh run (``ckpt_path`` null) refuses a run directory that holds an earlier run's outputs. SIGTERM or SIGINT
+    during training saves ``checkpoints/interrupted.ckpt`` and exits with ``128 + signum``.
 
     Args:
         cfg: The composed ``train`` config.
@@ -39,24 +69,35 @@ def train(cfg: DictConfig) -> float:
     Returns:
         The value of ``cfg.metric`` (default ``val/acc``) from a final validation run.
     """
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
+    if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
+        refuse_used_run_dir(run_dir)
+    logging.captureWarnings(True)  # warnings reach train.log too, as log records
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, optim_config=compose_optim_config(cfg), _convert_="all")
+    model = instantiate_model(cfg.model, compose_optim_config(cfg))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=_instantiate_all(cfg.get("callbacks")))
+    interrupt = InterruptCheckpoint(run_dir / "checkpoints")
+    callbacks = [*_instantiate_all(cfg.get("callbacks")), interrupt]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     with sweep_job():
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        try:
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
+            )
+            metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        except SIGTERMException:  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
+            raise _exit_interrupted(interrupt, trainer) from None
     if cfg.metric not in metrics:
         raise KeyError(f"metric={cfg.metric!r} was not logged by validation; logged: {sorted(metrics)}")
     value = float(metrics[cfg.metric])
-    console = Console()
     if trainer.is_global_zero:
-        console.print(f"validation accuracy ({cfg.metric}): {value:.4f}", markup=False, highlight=False)
+        log.info(f"{cfg.metric} = {value:.4f}")
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
                 logdir = Path(logger.save_dir, logger.name or "").resolve()
-                console.print(f"tensorboard --logdir {logdir}", markup=False, highlight=False, soft_wrap=True)
+                log.info(f"tensorboard --logdir {shlex.quote(str(logdir))}")
     return value
 
 

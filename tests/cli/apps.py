@@ -27,3 +27,13 @@ def run_app(module: str, *overrides: str, cwd: Path) -> str:
     if result.returncode != 0:
         pytest.fail(f"{module} {' '.join(overrides)} exited {result.returncode}:\n{result.stderr[-4000:]}")
     return result.stdout
+
+
+def run_app_expecting_failure(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m <module> <overrides>``; fail the test if it succeeds, else return the finished process."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if result.returncode == 0:
+        pytest.fail(f"{module} {' '.join(overrides)} succeeded; expected it to fail:\n{result.stdout[-4000:]}")
+    return result

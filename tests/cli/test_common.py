@@ -1,13 +1,16 @@
-"""Counting a run's optimizer steps as Lightning does."""
+"""Counting a run's optimizer steps as Lightning does; the model built with its ``optim_config`` as plain data."""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_optim.cli.common import count_optimizer_steps
+from lightning_optim import OptimConfigError
+from lightning_optim.cli.common import compose_optim_config, count_optimizer_steps, instantiate_model
 
 
 class _Tiny(L.LightningModule):
@@ -57,3 +60,50 @@ def test_count_matches_lightnings_estimate(trainer_cfg, steps_per_epoch):
 def test_count_refuses_a_run_without_end():
     with pytest.raises(ValueError, match="no end"):
         count_optimizer_steps({"max_epochs": -1}, 10)
+
+
+def compose_train(*overrides: str):
+    with initialize_config_module("lightning_optim.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_a_target_inside_optimizer_is_never_called_and_the_projects_check_names_the_key(tmp_path):
+    kept = tmp_path / "kept.txt"
+    kept.write_text("written before the run")
+    cfg = compose_train(f"+optimizer.x={{_target_:builtins.open,file:'{kept}',mode:w}}")
+    with pytest.raises(OptimConfigError) as raised:
+        instantiate_model(cfg.model, compose_optim_config(cfg))
+    assert str(raised.value) == (
+        f"optim_config.optimizer.x = {{'_target_': 'builtins.open', 'file': '{kept}', 'mode': 'w'}} is not valid. "
+        "Expected an argument of SGD: lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, "
+        "differentiable, fused."
+    )
+    assert kept.read_text() == "written before the run"
+
+
+def test_an_optimizer_target_that_is_no_optimizer_is_refused_by_the_projects_check():
+    cfg = compose_train("++optimizer._target_=torch.nn.Linear", "~optimizer.name")
+    with pytest.raises(OptimConfigError) as raised:
+        instantiate_model(cfg.model, compose_optim_config(cfg))
+    assert str(raised.value) == (
+        "optim_config.optimizer._target_ = 'torch.nn.Linear' is not valid. Expected a dotted path to a "
+        "torch.optim.optimizer.Optimizer subclass, e.g. 'torch.optim.AdamW'; it names type "
+        "<class 'torch.nn.modules.linear.Linear'>."
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides", [["experiment=cnn"], ["experiment=rnn"], ["experiment=transformer"], ["model=quadratic_mlp"]]
+)
+def test_every_demo_model_gets_the_optim_config_as_plain_data(overrides):
+    cfg = compose_train(*overrides)
+    built = instantiate_model(cfg.model, compose_optim_config(cfg))
+    assert type(built).__name__ == OmegaConf.select(cfg, "model._target_").rsplit(".", 1)[1]
+    assert built.optim_config["optimizer"] == OmegaConf.to_container(cfg.optimizer)
+    assert type(built.optim_config["optimizer"]) is dict
+
+
+def test_a_partial_in_the_model_config_is_the_users_and_still_instantiated():
+    model_cfg = OmegaConf.create({"_target_": "lightning_optim.demos.QuadraticMLP", "_partial_": True, "hidden": 3})
+    built = instantiate_model(model_cfg, {"optimizer": {"name": "sgd", "lr": 0.1}})
+    assert built.optim_config["optimizer"] == {"name": "sgd", "lr": 0.1}

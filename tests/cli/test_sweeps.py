@@ -12,7 +12,7 @@ from tests.cli.apps import TINY, run_app
 
 
 def accuracies(stdout: str) -> list[float]:
-    return [float(value) for value in re.findall(r"^validation accuracy \(val/acc\): ([0-9.]+)$", stdout, re.M)]
+    return [float(value) for value in re.findall(r"^val/acc = ([0-9.]+)$", stdout, re.M)]
 
 
 def test_optuna_searches_lr_and_weight_decay_and_reports_the_best_trial(tmp_path):

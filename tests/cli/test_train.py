@@ -1,8 +1,12 @@
-"""``lightning-optim-train``: a tiny run reports its accuracy and TensorBoard command and logs the lr it used."""
+"""``lightning-optim-train``: a tiny run reports its metric and TensorBoard command, logs what the console showed and
+the lr it used, and keeps its run directory to itself."""
 
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,27 +14,44 @@ import pytest
 from lightning_optim.demos import DigitsCNN
 from lightning_optim.schedulers import preview_learning_rates
 from tests import tb
-from tests.cli.apps import TINY, run_app
+from tests.cli.apps import TINY, run_app, run_app_expecting_failure
+
+TRAIN = "lightning_optim.cli.train"
 
 
 def scalars(logdir: Path) -> dict[str, dict[int, float]]:
     return {tag: dict(points) for tag, points in tb.scalars(logdir).items()}
 
 
+def file_contents(directory: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(directory)): path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("train") / "run"
-    stdout = run_app("lightning_optim.cli.train", *TINY, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    run_dir = tmp_path_factory.mktemp("train") / "run dir"  # a space: the printed command must quote it
+    stdout = run_app(TRAIN, *TINY, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
     return run_dir, stdout
 
 
-def test_prints_accuracy_and_tensorboard_command(single_run):
+def test_prints_the_metric_and_a_quoted_tensorboard_command(single_run):
     run_dir, stdout = single_run
-    accuracy = float(re.search(r"^validation accuracy \(val/acc\): ([0-9.]+)$", stdout, re.M).group(1))
+    accuracy = float(re.search(r"^val/acc = ([0-9.]+)$", stdout, re.M).group(1))
     logged = scalars(run_dir / "tensorboard")
     assert accuracy == pytest.approx(logged["val/acc"][max(logged["val/acc"])], abs=5e-5)
-    command = re.search(r"^tensorboard --logdir (.+)$", stdout, re.M).group(1)
-    assert Path(command) == (run_dir / "tensorboard").resolve() and Path(command).is_absolute()
+    (command,) = re.findall(r"^tensorboard --logdir .+$", stdout, re.M)
+    assert shlex.split(command) == ["tensorboard", "--logdir", str((run_dir / "tensorboard").resolve())]
+
+
+def test_train_log_holds_what_the_console_showed(single_run):
+    run_dir, stdout = single_run
+    records = re.findall(r"^\[[^]]+\]\[([^]]+)\]\[[A-Z]+\] - (.*)$", (run_dir / "train.log").read_text(), re.M)
+    messages = [message for _, message in records]
+    console = iter(stdout.splitlines())
+    assert all(message in console for message in messages)  # every logged line, in the console's order
+    assert {"lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero"} <= {name for name, _ in records}
+    assert "GPU available: False, used: False" in messages
+    assert messages[-2:] == [line for line in stdout.splitlines() if line.startswith(("val/acc = ", "tensorboard "))]
 
 
 def test_event_files_hold_metrics_and_the_scheduled_lr(single_run):
@@ -47,17 +68,58 @@ def test_event_files_hold_metrics_and_the_scheduled_lr(single_run):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_multirun_sweeps_optimizers(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    stdout = run_app(
-        "lightning_optim.cli.train",
-        "-m",
-        "optimizer=sgd,adamw",
+def test_a_fresh_run_in_a_used_run_dir_is_refused_and_leaves_the_first_runs_files(single_run):
+    run_dir, _ = single_run
+    before = file_contents(run_dir)
+    result = run_app_expecting_failure(TRAIN, *TINY, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert (
+        f"FileExistsError: The run directory {run_dir} already holds an earlier run's outputs (checkpoints, "
+        "tensorboard); a fresh run there would mix its checkpoints and curves with them. Start it in a new "
+        "directory (leave hydra.run.dir at its default, or name an empty one), or resume that run with "
+        f"ckpt_path=<{run_dir}/checkpoints/last.ckpt>."
+    ) in result.stderr
+    after = file_contents(run_dir)
+    log_before, log_after = before.pop("train.log"), after.pop("train.log")
+    assert after == before
+    assert log_after.startswith(log_before)  # Hydra appends to the job's log before the app starts
+
+
+def test_runs_started_together_get_their_own_run_dirs(tmp_path):
+    # An unknown Trainer argument stops each run right after Hydra made its directory.
+    command = [sys.executable, "-m", TRAIN, "+trainer.no_such_argument=1"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in "ab"]
+    for run in runs:
+        assert run.wait(timeout=300) == 1
+    run_dirs = [path.name for path in (tmp_path / "outputs").glob("*/*")]
+    assert len(run_dirs) == 2
+    # <hour>-<minute>-<second>.<microsecond>-<pid>
+    pids = {re.fullmatch(r"\d\d-\d\d-\d\d\.\d{6}-(\d+)", name).group(1) for name in run_dirs}
+    assert pids == {str(run.pid) for run in runs}
+
+
+def test_an_optimizer_target_given_on_the_command_line_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    run_app(
+        TRAIN,
         *TINY,
-        f"hydra.sweep.dir={sweep_dir}",
+        "++optimizer._target_=torch.optim.SGD",
+        "~optimizer.name",
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
-    assert len(re.findall(r"^validation accuracy \(val/acc\): [0-9.]+$", stdout, re.M)) == 2
+    logged = scalars(run_dir / "tensorboard")
+    assert {key for key in logged if key.startswith("lr-")} == {
+        "lr-SGD/default",
+        "lr-SGD/default-momentum",
+        "lr-SGD/default-weight_decay",
+    }
+    assert [logged["lr-SGD/default"][step] for step in range(3)] == pytest.approx([0.1, 0.075, 0.025])
+
+
+def test_multirun_sweeps_optimizers(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    stdout = run_app(TRAIN, "-m", "optimizer=sgd,adamw", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert len(re.findall(r"^val/acc = [0-9.]+$", stdout, re.M)) == 2
     assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == ["0", "1"]
     lr_keys = {job: {key for key in scalars(sweep_dir / job) if key.startswith("lr-")} for job in ("0", "1")}
     assert lr_keys == {
@@ -70,6 +132,6 @@ def test_multirun_sweeps_optimizers(tmp_path):
 def test_lr_schedule_callback_drives_the_lr_instead_of_the_mixin(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["scheduler=none", "callbacks=[default,lr_schedule]", *TINY, f"hydra.run.dir={run_dir}"]
-    run_app("lightning_optim.cli.train", *overrides, cwd=tmp_path)
+    run_app(TRAIN, *overrides, cwd=tmp_path)
     logged = scalars(run_dir / "tensorboard")
     assert [logged["lr-SGD/default"][step] for step in range(3)] == pytest.approx([0.1, 0.075, 0.025])
