@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +19,23 @@ TINY = [
 ]
 """Overrides that make a run take about a second."""
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _environment() -> dict[str, str]:
+    """The test's environment with the repository on ``PYTHONPATH``, so test-only callbacks (``tests.cli.*``) import."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
 
 def run_app(module: str, *overrides: str, cwd: Path) -> str:
     """Run ``python -m <module> <overrides>`` and return its stdout; fail the test with stderr if it fails."""
     result = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(),
     )
     if result.returncode != 0:
         pytest.fail(f"{module} {' '.join(overrides)} exited {result.returncode}:\n{result.stderr[-4000:]}")
@@ -32,7 +45,12 @@ def run_app(module: str, *overrides: str, cwd: Path) -> str:
 def run_app_expecting_failure(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m <module> <overrides>``; fail the test if it succeeds, else return the finished process."""
     result = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(),
     )
     if result.returncode == 0:
         pytest.fail(f"{module} {' '.join(overrides)} succeeded; expected it to fail:\n{result.stdout[-4000:]}")

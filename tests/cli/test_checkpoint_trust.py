@@ -41,23 +41,38 @@ def assert_payload_would_have_run(checkpoint: Path, marker: Path) -> None:
     assert marker.exists()
 
 
+def assert_refused_naming_the_payload(result) -> None:
+    """The app stopped on the checkpoint's content, naming the key that holds the object and what it needs."""
+    assert "`payload` needs io.open" in result.stderr  # the builtin open pickles as io.open
+
+
 def test_a_local_checkpoint_runs_no_code_even_when_torch_is_told_to_unpickle(malicious, tmp_path, monkeypatch):
     checkpoint, marker = malicious
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    run_app_expecting_failure(
+    result = run_app_expecting_failure(
         TRAIN, *TINY, f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
     )
+    assert_refused_naming_the_payload(result)
     assert_payload_would_have_run(checkpoint, marker)
 
 
-def test_a_checkpoint_from_a_url_runs_no_code(malicious, tmp_path, monkeypatch):
+def test_a_checkpoint_from_a_url_runs_no_code(malicious, tmp_path):
     checkpoint, marker = malicious
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # where torch.hub downloads it
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    requested: list[str] = []
+
+    class RecordingHandler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+    handler = functools.partial(RecordingHandler, directory=str(tmp_path))
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/{checkpoint.name}"
-        run_app_expecting_failure(TRAIN, *TINY, f"ckpt_path={url}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        result = run_app_expecting_failure(
+            TRAIN, *TINY, f"ckpt_path={url}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+        )
         server.shutdown()
-    assert (tmp_path / "torch_home" / "hub" / "checkpoints" / checkpoint.name).is_file()  # it was fetched
+    assert f"/{checkpoint.name}" in requested  # it was fetched
+    assert_refused_naming_the_payload(result)
     assert_payload_would_have_run(checkpoint, marker)
