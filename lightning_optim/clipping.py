@@ -397,12 +397,14 @@ def clip_for_step(
     if not threshold:
         return None
     algorithm = algorithm_name(algorithm)
-    still_scaled = scaler is not None and scaler.is_enabled() and unscales_in_step(optimizer)
+    # Lightning leaves the unscaling to the step of an optimizer that does it (its own clipping then raises).
+    still_scaled = scaler if scaler is not None and scaler.is_enabled() and unscales_in_step(optimizer) else None
     if algorithm == "norm" and sharded is not None:
         total = sharded.clip_grad_norm_(threshold)
         result = expected_after_clipping(total, threshold, algorithm)
         named = [(name, p) for name, p in named_parameters if p.grad is not None]
     else:
+        # Names are only needed for per-group norms, which the monitor asks for on logging steps.
         names = {id(parameter): name for name, parameter in named_parameters} if group_of else {}
         named = [(names.get(id(p), ""), p) for group in optimizer.param_groups for p in group["params"]]
         if algorithm == "norm" and fold and folds_into_step(optimizer):
@@ -412,11 +414,11 @@ def clip_for_step(
                 threshold,
                 group_of=group_of,
                 skip_nonfinite=skip_nonfinite is not None,
-                scaled_by=scale_tensor(scaler) if still_scaled else None,
+                scaled_by=scale_tensor(still_scaled) if still_scaled is not None else None,
             )
         else:
-            if still_scaled:
-                scaler.unscale_(optimizer)
+            if still_scaled is not None:
+                still_scaled.unscale_(optimizer)
             result = clip_gradients(named, threshold, algorithm, group_of=group_of)
     if skip_nonfinite is not None and result is not None:
         _skip_if_nonfinite(result, named, skip_nonfinite)

@@ -84,8 +84,9 @@ def grad_scaler(trainer: L.Trainer | None) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
 
 
-def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor:
-    """The scale the gradients carry, as a tensor on the scaler's device: no host sync.
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
+    """The scale the gradients carry, as a tensor on the scaler's device: no host sync (None before the first
+    ``scaler.scale``).
 
     Reads ``scaler._get_scale_async()``: the public ``get_scale()`` returns a Python float, a host sync per step.
     """

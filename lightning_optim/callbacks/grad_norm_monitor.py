@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_optim.clipping import (
     ClipResult,
+    ClipState,
     ReportsClipping,
     algorithm_name,
     check_clip_threshold,
@@ -134,8 +135,11 @@ class GradNormMonitor(L.Callback):
             return module_path(self.per_layer_depth)
         return None
 
-    def _mixin_clips_by_norm(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        return isinstance(pl_module, ReportsClipping) and clip_algorithm(trainer) == "norm"
+    def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
+        """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""
+        if isinstance(pl_module, ReportsClipping) and clip_algorithm(trainer) == "norm":
+            return pl_module.clip_state
+        return None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_clip_threshold(trainer)
@@ -159,14 +163,14 @@ class GradNormMonitor(L.Callback):
             self._snapshot.take()
             self._snapshot_at = trainer.global_step
         self._logging = should_log(trainer)
-        if self._logging and self._mixin_clips_by_norm(trainer, pl_module):
-            pl_module.clip_state.group_of = self._group_of(pl_module, trainer.optimizers[0])
+        if self._logging and (state := self._clip_state(trainer, pl_module)) is not None:
+            state.group_of = self._group_of(pl_module, trainer.optimizers[0])
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         by_norm = clip_algorithm(trainer) == "norm"
-        mixin_measures = self._mixin_clips_by_norm(trainer, pl_module)
+        mixin_measures = self._clip_state(trainer, pl_module) is not None
         # With the mixin clipping by norm, "skip" is done by the mixin from clipping's own norm (clip_state).
         if (mixin_measures and self.nonfinite != "raise") or (
             self.nonfinite == "warn" and not (self._logging or by_norm)
@@ -209,8 +213,8 @@ class GradNormMonitor(L.Callback):
             self._log(trainer, result)
 
     def _result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipResult | None:
-        if self._mixin_clips_by_norm(trainer, pl_module):
-            return pl_module.clip_state.last
+        if (state := self._clip_state(trainer, pl_module)) is not None:
+            return state.last
         if self._before is None:
             return None
         derived = expected_after_clipping(self._before.total, trainer.gradient_clip_val, clip_algorithm(trainer))
