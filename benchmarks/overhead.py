@@ -69,6 +69,7 @@ import lightning_optim
 from lightning_optim import OptimMixin
 from lightning_optim.clipping import clip_gradients
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
+from lightning_optim.internals import should_log
 from lightning_optim.stats import gradient_norms, module_path, total_norm
 
 console = Console(width=150)
@@ -350,7 +351,7 @@ class StepTimer(L.Callback):
             self.logging.append(self._logging_step)
         self.turns.pass_turn(self.name)
         self._index += 1
-        self._logging_step = trainer._logger_connector.should_update_logs
+        self._logging_step = should_log(trainer)
         self._start = time.perf_counter()
 
 
@@ -585,7 +586,7 @@ class ProfileWindow(L.Callback):
                     source = item_source(event)
                     self.sources[source] = self.sources.get(source, 0) + 1
             self.profiler = None
-        if self.first <= self.index < self.last and trainer._logger_connector.should_update_logs:
+        if self.first <= self.index < self.last and should_log(trainer):
             self.logging_in_window += 1
         self.index += 1
 

@@ -3,7 +3,10 @@
 ``torch.nn.utils.clip_grad_norm_`` already computes the total norm; Lightning's own clipping throws it away.
 :func:`clip_gradients` computes it once, scales the gradients with it, and returns it, on the device.
 :func:`clip_in_step` computes it once and leaves the scaling to a fused optimizer's step, which already reads
-every gradient: clipping then costs one read of the gradients instead of three passes.
+every gradient: clipping then costs one read of the gradients instead of three passes. :func:`clip_for_step` picks
+between them (and FSDP's own clipping, AMP's still-scaled gradients, the skip of a non-finite step) for one
+optimizer step; a model that clips with it keeps the result in a :class:`ClipState`, which the monitors find
+through the :class:`ReportsClipping` protocol.
 
 Example:
     >>> import torch
@@ -21,13 +24,15 @@ import functools
 import inspect
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
-from lightning_optim.stats import GradientNorms, gradient_norms
+from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
+from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
 
 _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
@@ -61,6 +66,46 @@ class ClipResult:
     groups: dict[str, torch.Tensor] = field(default_factory=dict)
     folded: bool = False
     found_inf: torch.Tensor | None = None
+
+
+@dataclass
+class ClipState:
+    """What a model's clipping measured at the last optimizer step, and what the monitors ask of the next one.
+
+    :class:`~lightning_optim.OptimMixin` owns one (``clip_state``) and fills ``last`` in
+    ``configure_gradient_clipping``; :class:`~lightning_optim.callbacks.GradNormMonitor` reads ``last``, sets
+    ``group_of`` on its logging steps (per-layer norms from clipping's own pass) and ``skip_nonfinite`` for
+    ``nonfinite="skip"``.
+
+    Example:
+        >>> state = ClipState()
+        >>> state.last is None and state.group_of is None and state.skip_nonfinite is None
+        True
+    """
+
+    last: ClipResult | None = None
+    """The last clipping call's result (None: the last step was not clipped)."""
+    group_of: Callable[[str], str] | None = None
+    """Maps a parameter name to its group: per-group norms are wanted from this step's clipping."""
+    skip_nonfinite: RunningStatsSnapshot | None = None
+    """Skip steps whose total norm is NaN/Inf, and put back these BatchNorm running statistics (taken at the
+    step's first batch)."""
+
+
+@runtime_checkable
+class ReportsClipping(Protocol):
+    """A LightningModule that clips in ``configure_gradient_clipping`` and keeps what it measured in ``clip_state``.
+
+    The monitors check ``isinstance(pl_module, ReportsClipping)`` instead of importing the class that clips.
+
+    Example:
+        >>> class Model:
+        ...     clip_state = ClipState()
+        >>> isinstance(Model(), ReportsClipping), isinstance(object(), ReportsClipping)
+        (True, False)
+    """
+
+    clip_state: ClipState
 
 
 def clip_gradients(
@@ -151,8 +196,8 @@ def folds_into_step(optimizer: torch.optim.Optimizer) -> bool:
         >>> folds_into_step(torch.optim.AdamW([p], fused=True)), folds_into_step(torch.optim.AdamW([p]))
         (True, False)
     """
-    optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the torch one
-    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+    optimizer = torch_optimizer(optimizer)
+    if not unscales_in_step(optimizer):
         return False
     if _step_takes_grad_scaler(type(optimizer)):
         return False  # the deprecated contract: GradScaler passes itself instead of setting the attributes
@@ -229,7 +274,7 @@ def clip_in_step(
 
 
 def _skip_corrupts_state(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]) -> bool:
-    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    optimizer = torch_optimizer(optimizer)
     stepping = {id(parameter) for parameter in parameters}
     return isinstance(optimizer, torch.optim.SGD) and any(
         group["momentum"] != 0 and optimizer.state.get(p, {}).get("momentum_buffer") is None
@@ -242,7 +287,7 @@ def _skip_corrupts_state(optimizer: torch.optim.Optimizer, parameters: Sequence[
 def _set_step_attributes(
     optimizer: torch.optim.Optimizer, grad_scale: torch.Tensor, found_inf: torch.Tensor | None
 ) -> None:
-    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    optimizer = torch_optimizer(optimizer)
     if _HOOK not in optimizer.__dict__:
         optimizer.__dict__[_HOOK] = optimizer.register_step_post_hook(_forget_step_attributes)
     optimizer.grad_scale = grad_scale
@@ -255,7 +300,7 @@ def forget_step_attributes(optimizer: torch.optim.Optimizer) -> None:
 
     Attributes that someone else set (``GradScaler`` sets its own, and deletes them after its step) are left alone.
     """
-    optimizer = getattr(optimizer, "_optimizer", optimizer)
+    optimizer = torch_optimizer(optimizer)
     folded = optimizer.__dict__.pop(_FOLDED, None)
     if folded is None:
         return
@@ -266,3 +311,127 @@ def forget_step_attributes(optimizer: torch.optim.Optimizer) -> None:
 
 def _forget_step_attributes(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
     forget_step_attributes(optimizer)
+
+
+def algorithm_name(algorithm: Any) -> str:
+    """``"norm"`` or ``"value"`` from Lightning's ``gradient_clip_algorithm`` (a string, its enum, or None: norm).
+
+    Example:
+        >>> algorithm_name(None), algorithm_name("value")
+        ('norm', 'value')
+    """
+    return str(getattr(algorithm, "value", algorithm) or "norm")
+
+
+def fsdp_model(trainer: Any) -> FullyShardedDataParallel | None:
+    """The Trainer's model when FSDP wraps it, else None (also without a Trainer).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> fsdp_model(SimpleNamespace(model=torch.nn.Linear(1, 1))) is None, fsdp_model(None) is None
+        (True, True)
+    """
+    model = getattr(trainer, "model", None)
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+class ClipsShardedGradients(Protocol):
+    """What :func:`clip_for_step` uses of an FSDP-wrapped model: its ``clip_grad_norm_``, which all-reduces the
+    shard norms and returns the global total."""
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor: ...
+
+
+def clip_for_step(
+    optimizer: torch.optim.Optimizer,
+    named_parameters: Iterable[tuple[str, torch.Tensor]],
+    threshold: float | None,
+    algorithm: Any = "norm",
+    *,
+    sharded: ClipsShardedGradients | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    fold: bool = True,
+    group_of: Callable[[str], str] | None = None,
+    skip_nonfinite: RunningStatsSnapshot | None = None,
+) -> ClipResult | None:
+    """Clip one optimizer step's gradients the way that fits the optimizer, keeping what was measured.
+
+    First removes the ``grad_scale``/``found_inf`` that an earlier call left on the optimizer if no step consumed
+    them. Then, with a threshold (0 or None: no clipping, None is returned):
+
+    * ``sharded`` (the FSDP-wrapped model) and norm clipping: its ``clip_grad_norm_`` clips the sharded gradients
+      and returns the global norm, from which the post-clip norm is derived.
+    * Norm clipping, ``fold`` and an optimizer whose fused step divides by ``grad_scale``
+      (:func:`folds_into_step`): :func:`clip_in_step`, the scaling happens inside the step.
+    * Otherwise :func:`clip_gradients` scales the gradients here (by norm or by value).
+
+    An enabled ``scaler`` (AMP's ``GradScaler``) with an optimizer that unscales in its step
+    (:func:`~lightning_optim.internals.unscales_in_step`) means the gradients are still scaled: folded, the norms
+    are divided by the scale for reporting (``GradScaler.step`` multiplies its scale into the divisor); otherwise
+    ``scaler.unscale_`` runs first. With ``skip_nonfinite``, a step whose total norm is NaN/Inf is skipped and the
+    BatchNorm running statistics put back: folded, through ``found_inf`` and ``torch.where`` (no host sync);
+    otherwise the gradients are dropped after one host check of the norm.
+
+    Args:
+        optimizer: the optimizer about to step.
+        named_parameters: the model's parameters with their names; iterated only when names are needed (under FSDP,
+            or for per-group norms), so a generator such as ``module.named_parameters()`` costs nothing otherwise.
+        threshold: Lightning's ``gradient_clip_val``.
+        algorithm: Lightning's ``gradient_clip_algorithm`` (see :func:`algorithm_name`).
+        sharded: the FSDP-wrapped model (see :func:`fsdp_model`), or None.
+        scaler: the AMP ``GradScaler`` (see :func:`~lightning_optim.internals.grad_scaler`), or None.
+        fold: let a fused optimizer's step do norm clipping.
+        group_of: maps a parameter name to its group, for per-group norms from the same pass.
+        skip_nonfinite: skip non-finite steps, restoring this snapshot's running statistics.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+        >>> sgd = torch.optim.SGD([p], lr=1.0, fused=True)
+        >>> result = clip_for_step(sgd, [("p", p)], 1.0)
+        >>> result.folded, float(result.total), p.grad.tolist()
+        (True, 5.0, [3.0, 4.0])
+        >>> clip_for_step(sgd, [("p", p)], None) is None, hasattr(sgd, "grad_scale")
+        (True, False)
+    """
+    forget_step_attributes(optimizer)
+    if not threshold:
+        return None
+    algorithm = algorithm_name(algorithm)
+    # Lightning leaves the unscaling to the step of an optimizer that does it (its own clipping then raises).
+    still_scaled = scaler if scaler is not None and scaler.is_enabled() and unscales_in_step(optimizer) else None
+    if algorithm == "norm" and sharded is not None:
+        total = sharded.clip_grad_norm_(threshold)
+        result = expected_after_clipping(total, threshold, algorithm)
+        named = [(name, p) for name, p in named_parameters if p.grad is not None]
+    else:
+        # Names are only needed for per-group norms, which the monitor asks for on logging steps.
+        names = {id(parameter): name for name, parameter in named_parameters} if group_of else {}
+        named = [(names.get(id(p), ""), p) for group in optimizer.param_groups for p in group["params"]]
+        if algorithm == "norm" and fold and folds_into_step(optimizer):
+            result = clip_in_step(
+                named,
+                optimizer,
+                threshold,
+                group_of=group_of,
+                skip_nonfinite=skip_nonfinite is not None,
+                scaled_by=scale_tensor(still_scaled) if still_scaled is not None else None,
+            )
+        else:
+            if still_scaled is not None:
+                still_scaled.unscale_(optimizer)
+            result = clip_gradients(named, threshold, algorithm, group_of=group_of)
+    if skip_nonfinite is not None and result is not None:
+        _skip_if_nonfinite(result, named, skip_nonfinite)
+    return result
+
+
+def _skip_if_nonfinite(
+    result: ClipResult, named: list[tuple[str, torch.Tensor]], snapshot: RunningStatsSnapshot
+) -> None:
+    if result.found_inf is not None:
+        # The fused step skips itself on found_inf; what this batch's forward did to BatchNorm is undone alike.
+        snapshot.restore_where(result.found_inf)
+    elif result.total is not None and not torch.isfinite(result.total):
+        for _, parameter in named:
+            parameter.grad = None
+        snapshot.restore()

@@ -20,24 +20,17 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.distributed.fsdp import FullyShardedDataParallel
 
-from lightning_optim.clipping import (
-    ClipResult,
-    check_clip_threshold,
-    clip_gradients,
-    clip_in_step,
-    expected_after_clipping,
-    folds_into_step,
-    forget_step_attributes,
-)
+from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_step, fsdp_model
 from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
+from lightning_optim.internals import attached_trainer, grad_scaler
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import (
     BuiltScheduler,
@@ -50,7 +43,6 @@ from lightning_optim.schedulers import (
     saved_run_length,
     step_plateau,
 )
-from lightning_optim.stats.batchnorm import RunningStatsSnapshot
 from lightning_optim.validation import validate_optim_config
 
 CHECKPOINT_KEY = "optim_config"
@@ -155,6 +147,11 @@ class OptimMixin:
         elif built.interval == "epoch" or self.trainer.global_step % built.frequency == 0:
             built.advance()
 
+    @functools.cached_property
+    def clip_state(self) -> ClipState:
+        """What clipping measured at the last step and what the monitors ask of the next (``ReportsClipping``)."""
+        return ClipState()
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -164,63 +161,27 @@ class OptimMixin:
         """Clip as Lightning's ``gradient_clip_val``/``gradient_clip_algorithm`` ask, keeping what clipping measured.
 
         The total norm before clipping, the norm after it and whether it fired stay on the device in
-        ``self.last_clip`` (a :class:`~lightning_optim.clipping.ClipResult`), for the monitors: no second pass over
-        the gradients, no host sync.
-
-        * A fused optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its
-          own step (:func:`~lightning_optim.clipping.clip_in_step`): the gradients are read once for the norm and
-          never written here. Set ``fold_clipping = False`` on the class to always scale them here.
-        * Every other case scales the gradients here (:func:`~lightning_optim.clipping.clip_gradients`). Under
-          FSDP the strategy's own ``clip_grad_norm_`` clips the sharded gradients and returns the global norm.
-        * AMP with a ``GradScaler`` (``precision="16-mixed"``): Lightning unscales before this hook, except for
-          fused optimizers, whose step unscales. There the norm is measured on the scaled gradients and divided by
-          the scale, and ``GradScaler.step`` multiplies its scale into the clipping divisor; when such an optimizer
-          is clipped here instead (value clipping, ``fold_clipping = False``), the gradients are unscaled first.
-        * ``GradNormMonitor(nonfinite="skip")`` asks (``skip_nonfinite``, holding a
-          :class:`~lightning_optim.stats.batchnorm.RunningStatsSnapshot` taken at the step's first batch) to skip
-          steps whose total norm is NaN/Inf, BatchNorm running statistics included: folded, through the optimizer's
-          ``found_inf`` and ``torch.where`` on the statistics, with no host sync; otherwise by dropping the gradients
-          and copying the statistics back.
+        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.ClipResult`), for the monitors: no second pass
+        over the gradients, no host sync. :func:`~lightning_optim.clipping.clip_for_step` decides how: a fused
+        optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its own step
+        (set ``fold_clipping = False`` on the class to always scale the gradients here); FSDP clips through the
+        wrapper's ``clip_grad_norm_``; under AMP's ``GradScaler`` the still-scaled gradients of a fused optimizer are
+        measured and reported unscaled; ``GradNormMonitor(nonfinite="skip")`` (``clip_state.skip_nonfinite``) skips
+        steps whose total norm is NaN/Inf, BatchNorm running statistics included.
         """
-        forget_step_attributes(optimizer)
-        if not gradient_clip_val:
-            self.__dict__["last_clip"] = None
-            return
-        algorithm = str(getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm) or "norm")
-        snapshot: RunningStatsSnapshot | None = self.__dict__.get("skip_nonfinite")
-        trainer = self._trainer
-        wrapped = trainer.model if trainer is not None else None
-        scaler = getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
-        # Lightning leaves the unscaling to the step of an optimizer that supports it (its own clipping then raises).
-        still_scaled = (
-            scaler is not None and scaler.is_enabled() and getattr(optimizer, "_step_supports_amp_scaling", False)
+        trainer = attached_trainer(self)
+        state = self.clip_state
+        state.last = clip_for_step(
+            optimizer,
+            self.named_parameters(),
+            gradient_clip_val,
+            gradient_clip_algorithm,
+            sharded=fsdp_model(trainer),
+            scaler=grad_scaler(trainer),
+            fold=self.fold_clipping,
+            group_of=state.group_of,
+            skip_nonfinite=state.skip_nonfinite,
         )
-        if algorithm == "norm" and isinstance(wrapped, FullyShardedDataParallel):
-            total = wrapped.clip_grad_norm_(gradient_clip_val)
-            result = expected_after_clipping(total, gradient_clip_val, algorithm)
-            named = [(name, p) for name, p in self.named_parameters() if p.grad is not None]
-        else:
-            group_of = self.__dict__.get("grad_norm_grouping")
-            # Names are only needed for per-layer norms, which the monitor asks for on logging steps.
-            names = {id(parameter): name for name, parameter in self.named_parameters()} if group_of else {}
-            named = [(names.get(id(p), ""), p) for group in optimizer.param_groups for p in group["params"]]
-            if algorithm == "norm" and self.fold_clipping and folds_into_step(optimizer):
-                result = clip_in_step(
-                    named,
-                    optimizer,
-                    gradient_clip_val,
-                    group_of=group_of,
-                    skip_nonfinite=snapshot is not None,
-                    # GradScaler's private accessor for its scale tensor: the public get_scale() syncs the host.
-                    scaled_by=scaler._get_scale_async() if still_scaled else None,
-                )
-            else:
-                if still_scaled:
-                    scaler.unscale_(optimizer)
-                result = clip_gradients(named, gradient_clip_val, algorithm, group_of=group_of)
-        if snapshot is not None and result is not None:
-            _skip_if_nonfinite(result, named, snapshot)
-        self.__dict__["last_clip"] = result
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -282,18 +243,6 @@ class OptimMixin:
             ResumeConfigWarning,
             stacklevel=2,
         )
-
-
-def _skip_if_nonfinite(
-    result: ClipResult, named: list[tuple[str, torch.Tensor]], snapshot: RunningStatsSnapshot
-) -> None:
-    if result.found_inf is not None:
-        # The fused step skips itself on found_inf; what this batch's forward did to BatchNorm is undone alike.
-        snapshot.restore_where(result.found_inf)
-    elif result.total is not None and not torch.isfinite(result.total):
-        for _, parameter in named:
-            parameter.grad = None
-        snapshot.restore()
 
 
 def _describe(optimizer: Mapping[str, Any]) -> str:

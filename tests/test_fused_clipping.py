@@ -32,13 +32,13 @@ FIRING, NOT_FIRING = 1.0, 1e4
 
 
 class Recorder(L.Callback):
-    """Keeps each optimizer step's ``last_clip``."""
+    """Keeps each optimizer step's ``clip_state.last``."""
 
     def __init__(self) -> None:
         self.clips = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self.clips.append(pl_module.last_clip)
+        self.clips.append(pl_module.clip_state.last)
 
 
 def config(optimizer: str, fused: bool) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def test_a_nonfinite_step_is_skipped_and_counted(optimizer, bad_step, tmp_path):
         model = NonfiniteModel(config(optimizer, fused), bad_step)
         logged = fit_logged(model, tmp_path / str(fused), GradNormMonitor(nonfinite="skip"), gradient_clip_val=FIRING)
         runs[fused] = model
-        assert model.last_clip.folded is fused
+        assert model.clip_state.last.folded is fused
         assert [v for _, v in logged["grad_norm/nonfinite"]] == [float(step >= bad_step) for step in range(8)]
         before = [p.detach().clone() for p in SpikyMixinModel().parameters()] if bad_step == 0 else None
         for a, b in zip(before or model.snapshots[bad_step - 1], model.snapshots[bad_step], strict=True):
@@ -159,7 +159,7 @@ def test_resuming_a_folded_run_continues_it_exactly(tmp_path):
     assert "grad_scale" not in str(torch.load(tmp_path / "epoch1.ckpt", weights_only=True)["optimizer_states"])
     resumed = SpikyMixinModel(config("adamw", fused=True))
     trainer(max_epochs=2, gradient_clip_val=FIRING).fit(resumed, loader(), ckpt_path=tmp_path / "epoch1.ckpt")
-    assert resumed.last_clip.folded
+    assert resumed.clip_state.last.folded
     for a, b in zip(resumed.parameters(), uninterrupted.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -182,7 +182,7 @@ class NotFolding(SpikyMixinModel):
 def test_other_cases_clip_the_ordinary_way(make, settings):
     model = make()
     trainer(max_steps=3, gradient_clip_val=FIRING, **settings).fit(model, loader())
-    assert model.last_clip.folded is False
+    assert model.clip_state.last.folded is False
 
 
 def test_optimizers_that_fold():
@@ -232,5 +232,5 @@ def test_under_a_grad_scaler_the_scale_and_the_divisor_combine(fold):
 def test_bf16_mixed_folds_and_matches():
     model = SpikyMixinModel(config("adam", fused=True))
     trainer(max_epochs=1, gradient_clip_val=FIRING, precision="bf16-mixed").fit(model, loader())
-    assert model.last_clip.folded
+    assert model.clip_state.last.folded
     assert_same_parameters(model, reference("adam", FIRING, epochs=1, precision="bf16-mixed"))

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard
-from lightning_optim.clipping import ClipResult
+from lightning_optim.clipping import ClipResult, ReportsClipping
 from lightning_optim.stats import RunningStatsSnapshot
 from tests.models import trainer
 from tests.tb import histogram_steps, scalars
@@ -39,7 +39,7 @@ class NaNBatchNet(L.LightningModule):
     """BatchNorm2d on the images, a 1x1 conv, BatchNorm2d, a linear head; batch ``bad_batch`` has a NaN image.
 
     ``states`` holds, before the first optimizer step and after every one, the module's state (parameters and
-    BatchNorm buffers) and the optimizer's state, copied; ``found_inf`` each step's ``last_clip.found_inf``.
+    BatchNorm buffers) and the optimizer's state, copied; ``found_inf`` each step's ``clip_state.last.found_inf``.
     """
 
     def __init__(self, bad_batch: int = BAD_BATCH) -> None:
@@ -64,7 +64,7 @@ class NaNBatchNet(L.LightningModule):
     def on_train_batch_end(self, *args: Any) -> None:
         if not self.trainer.fit_loop.epoch_loop._should_accumulate():
             self._record_state()
-            clip: ClipResult | None = self.__dict__.get("last_clip")
+            clip: ClipResult | None = self.clip_state.last if isinstance(self, ReportsClipping) else None
             self.found_inf.append(None if clip is None else clip.found_inf)
 
     def _record_state(self) -> None:

@@ -27,10 +27,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
+from lightning_optim.internals import BatchNormLayer, is_batchnorm, is_last_batch, logging_step, should_log
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
 
 REPORT_FILE = "batchnorm_report.json"
@@ -40,7 +40,7 @@ class BatchNormMonitor(L.Callback):
     """Log how every BatchNorm layer's batches compare with its running statistics; report unhealthy layers.
 
     Watches every ``torch.nn`` BatchNorm layer of the model (``BatchNorm1d/2d/3d``, their lazy variants,
-    ``SyncBatchNorm``), found by ``isinstance(module, torch.nn.modules.batchnorm._BatchNorm)`` and named by its
+    ``SyncBatchNorm``), found by :func:`~lightning_optim.internals.is_batchnorm` and named by its
     qualified name (``features.1``). On a logging step (Lightning's own decision, the one ``self.log`` and
     ``LearningRateMonitor`` follow) it attaches a forward pre-hook to each layer for that batch only, so the
     statistics are taken on the training batch before the layer updates its running statistics; the hooks are
@@ -111,7 +111,7 @@ class BatchNormMonitor(L.Callback):
         self.min_batch_size = min_batch_size
         self.histogram_every_n = histogram_every_n
         self.report = report
-        self.layers: dict[str, _BatchNorm] = {}
+        self.layers: dict[str, BatchNormLayer] = {}
         self.last: dict[str, dict[str, float]] = {}
         """The last logged values of each layer, by key without the ``batchnorm/<layer>/`` prefix."""
         self.nonfinite: dict[str, set[str]] = {}
@@ -147,18 +147,18 @@ class BatchNormMonitor(L.Callback):
         }
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.layers = {name: module for name, module in pl_module.named_modules() if isinstance(module, _BatchNorm)}
+        self.layers = {name: module for name, module in pl_module.named_modules() if is_batchnorm(module)}
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.layers or not trainer.is_global_zero or not trainer._logger_connector.should_update_logs:
+        if not self.layers or not trainer.is_global_zero or not should_log(trainer):
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logging_step(trainer)
         if step == self._step:  # under gradient accumulation several batches share one logging step
             return
         self._step = step
-        self._partial_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        self._partial_batch = is_last_batch(trainer)
         self._histograms = None
         if self.histogram_every_n is not None and self._logging_steps % self.histogram_every_n == 0:
             self._histograms = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
@@ -319,7 +319,7 @@ class BatchNormMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         numbers = torch.stack(divergences).tolist()
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logging_step(trainer)
         metrics = self._finite_metrics([(name, "rank_divergence") for name in layers], numbers, step)
         for name, number in zip(layers, numbers, strict=True):
             if number > self.divergence_threshold:
@@ -359,7 +359,7 @@ class BatchNormMonitor(L.Callback):
             rows.append(row)
         return rows
 
-    def _attention(self, row: dict[str, Any], layer: _BatchNorm) -> list[str]:
+    def _attention(self, row: dict[str, Any], layer: BatchNormLayer) -> list[str]:
         reasons = []
         if row["mode"] == "eval" and layer.track_running_stats:
             reasons.append("eval mode while training")

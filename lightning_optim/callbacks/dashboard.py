@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
+from lightning_optim.internals import logging_step
 from lightning_optim.stats import dense_gradient
 
 Charts = dict[str, list[str]]
@@ -118,7 +119,7 @@ class TensorBoardDashboard(L.Callback):
     ) -> None:
         if self.histogram_every_n_steps is None or not trainer.is_global_zero:
             return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logging_step(trainer)
         # LBFGS calls this hook once per closure evaluation: one histogram per optimizer and step.
         if step % self.histogram_every_n_steps or (step, id(optimizer)) in self._histograms_done:
             return

@@ -15,8 +15,15 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_optim.clipping import ClipResult, check_clip_threshold, expected_after_clipping
-from lightning_optim.mixin import OptimMixin
+from lightning_optim.clipping import (
+    ClipResult,
+    ClipState,
+    ReportsClipping,
+    algorithm_name,
+    check_clip_threshold,
+    expected_after_clipping,
+)
+from lightning_optim.internals import logging_step, should_log
 from lightning_optim.stats import (
     GradientNorms,
     RunningStatsSnapshot,
@@ -33,7 +40,7 @@ def clip_algorithm(trainer: L.Trainer) -> str | None:
     """``"norm"`` or ``"value"`` when the Trainer clips (Lightning's default algorithm is norm), else None."""
     if not trainer.gradient_clip_val:
         return None
-    return str(getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm) or "norm")
+    return algorithm_name(trainer.gradient_clip_algorithm)
 
 
 class GradNormMonitor(L.Callback):
@@ -43,8 +50,9 @@ class GradNormMonitor(L.Callback):
     Fixes Lightning's documented recipe (``grad_norm`` in ``on_before_optimizer_step``), which runs before
     clipping, syncs the host once per parameter, and so always shows pre-clip norms at a cost.
 
-    * With :class:`~lightning_optim.OptimMixin` and norm clipping, the norms are the ones clipping computed
-      (``pl_module.last_clip``): no extra pass. Without the mixin, the monitor takes the norm itself in one fused
+    * With :class:`~lightning_optim.OptimMixin` (any model that is
+      :class:`~lightning_optim.clipping.ReportsClipping`) and norm clipping, the norms are the ones clipping computed
+      (``pl_module.clip_state.last``): no extra pass. Without the mixin, the monitor takes the norm itself in one fused
       pass before clipping and derives the post-clip norm from the Trainer's threshold; with value clipping it
       measures again after clipping.
     * Python numbers are made on Lightning's logging steps only. The clip fraction counts every optimizer step
@@ -127,8 +135,11 @@ class GradNormMonitor(L.Callback):
             return module_path(self.per_layer_depth)
         return None
 
-    def _mixin_clips_by_norm(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        return isinstance(pl_module, OptimMixin) and clip_algorithm(trainer) == "norm"
+    def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
+        """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""
+        if isinstance(pl_module, ReportsClipping) and clip_algorithm(trainer) == "norm":
+            return pl_module.clip_state
+        return None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_clip_threshold(trainer)
@@ -138,11 +149,12 @@ class GradNormMonitor(L.Callback):
         if self.nonfinite != "skip":
             return
         self._snapshot, self._snapshot_at = RunningStatsSnapshot(pl_module), None
-        if isinstance(pl_module, OptimMixin):
-            pl_module.__dict__["skip_nonfinite"] = self._snapshot
+        if isinstance(pl_module, ReportsClipping):
+            pl_module.clip_state.skip_nonfinite = self._snapshot
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.__dict__.pop("skip_nonfinite", None)
+        if isinstance(pl_module, ReportsClipping):
+            pl_module.clip_state.skip_nonfinite = None
         self._snapshot = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -150,16 +162,16 @@ class GradNormMonitor(L.Callback):
         if self._snapshot is not None and self._snapshot_at != trainer.global_step:
             self._snapshot.take()
             self._snapshot_at = trainer.global_step
-        self._logging = trainer._logger_connector.should_update_logs
-        if self._logging and self._mixin_clips_by_norm(trainer, pl_module):
-            pl_module.__dict__["grad_norm_grouping"] = self._group_of(pl_module, trainer.optimizers[0])
+        self._logging = should_log(trainer)
+        if self._logging and (state := self._clip_state(trainer, pl_module)) is not None:
+            state.group_of = self._group_of(pl_module, trainer.optimizers[0])
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         by_norm = clip_algorithm(trainer) == "norm"
-        mixin_measures = self._mixin_clips_by_norm(trainer, pl_module)
-        # With the mixin clipping by norm, "skip" is done by the mixin from clipping's own norm (skip_nonfinite).
+        mixin_measures = self._clip_state(trainer, pl_module) is not None
+        # With the mixin clipping by norm, "skip" is done by the mixin from clipping's own norm (clip_state).
         if (mixin_measures and self.nonfinite != "raise") or (
             self.nonfinite == "warn" and not (self._logging or by_norm)
         ):
@@ -189,7 +201,8 @@ class GradNormMonitor(L.Callback):
         self._snapshot.restore()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        pl_module.__dict__.pop("grad_norm_grouping", None)
+        if isinstance(pl_module, ReportsClipping):
+            pl_module.clip_state.group_of = None
         if trainer.global_step == self._stepped_at:
             return
         self._stepped_at = trainer.global_step
@@ -200,8 +213,8 @@ class GradNormMonitor(L.Callback):
             self._log(trainer, result)
 
     def _result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipResult | None:
-        if self._mixin_clips_by_norm(trainer, pl_module):
-            return pl_module.__dict__.get("last_clip")
+        if (state := self._clip_state(trainer, pl_module)) is not None:
+            return state.last
         if self._before is None:
             return None
         derived = expected_after_clipping(self._before.total, trainer.gradient_clip_val, clip_algorithm(trainer))
@@ -243,7 +256,7 @@ class GradNormMonitor(L.Callback):
             metrics["grad_norm/threshold"] = result.threshold
         metrics.update({f"grad_norm/{group}": float(norm) for group, norm in result.groups.items()})
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+            logger.log_metrics(metrics, step=logging_step(trainer))
         if self._nonfinite_steps > before and self.nonfinite == "warn":
             rank_zero_warn(
                 f"{self._nonfinite_steps - before} optimizer step(s) before step {trainer.global_step} had a NaN/Inf "

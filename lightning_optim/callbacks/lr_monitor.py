@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 
+from lightning_optim.internals import logging_step, should_log
+
 MOMENTUM_SUFFIX = "-momentum"
 WEIGHT_DECAY_SUFFIX = "-weight_decay"
 _NOT_MOMENTUM_OR_DECAY = f"(?<!{MOMENTUM_SUFFIX})(?<!{WEIGHT_DECAY_SUFFIX})$"
@@ -31,8 +33,8 @@ class LRMonitor(LearningRateMonitor):
     is ``lr-<Optimizer>-1``; a scheduler's ``name``, i.e. ``log_name`` in ``optim_config``, replaces the
     ``lr-<Optimizer>`` prefix), plus ``<that key>-momentum`` and ``<that key>-weight_decay`` when asked. Values are
     read at the start of a step (the lr that step uses) on Lightning's logging steps (``log_every_n_steps``) and
-    sent to every logger at step ``trainer.fit_loop.epoch_loop._batches_that_stepped``, like the metrics the
-    model logs.
+    sent to every logger at Lightning's logging step (:func:`~lightning_optim.internals.logging_step`), like the
+    metrics the model logs.
 
     Extends :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (same keys, options and ``lrs`` history),
     fixing what it gets wrong in lightning 2.6:
@@ -101,7 +103,7 @@ class LRMonitor(LearningRateMonitor):
             super().on_train_start(trainer, *args, **kwargs)
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        if self.logging_interval != "epoch" and trainer._logger_connector.should_update_logs:
+        if self.logging_interval != "epoch" and should_log(trainer):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
@@ -109,7 +111,7 @@ class LRMonitor(LearningRateMonitor):
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
 
     def _log(self, trainer: L.Trainer, interval: str) -> None:
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        step = logging_step(trainer)
         stats = self._extract_stats(trainer, interval)
         fresh = {key: value for key, value in stats.items() if self._logged_at.get(key) != step}
         if not fresh:

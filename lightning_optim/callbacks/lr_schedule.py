@@ -16,6 +16,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from lightning_optim.config import OptimConfigError, plain
+from lightning_optim.internals import ends_epoch
 from lightning_optim.mixin import ResumeConfigWarning
 from lightning_optim.schedulers import (
     BuiltScheduler,
@@ -98,9 +99,7 @@ class LRSchedule(L.Callback):
             # At the epoch's last batch, where Lightning steps its own epoch schedulers, not in on_train_epoch_end:
             # a checkpoint written at that batch (every_n_train_steps) must hold the stepped schedule, because a
             # run resumed from it starts the next epoch without ending this one again.
-            progress = trainer.fit_loop.epoch_loop.batch_progress
-            last_batch = progress.is_last_batch or progress.current.ready == trainer.num_training_batches
-            if last_batch and (trainer.current_epoch + 1) % self.built.frequency == 0:
+            if ends_epoch(trainer) and (trainer.current_epoch + 1) % self.built.frequency == 0:
                 self.built.advance()
             return
         # global_step counts optimizer steps, so batches that only accumulate gradients leave it unchanged.

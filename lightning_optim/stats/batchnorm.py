@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parameter import is_lazy
+
+from lightning_optim.internals import is_batchnorm, own_buffers
 
 DEAD_VARIANCE = 1e-5
 """Default threshold: a channel whose batch variance is below it counts as dead."""
@@ -200,7 +201,7 @@ class RunningStatsSnapshot:
     puts them back. Lazy layers not yet materialized are left out.
 
     Args:
-        model: The module whose BatchNorm layers (every ``torch.nn.modules.batchnorm._BatchNorm``) are kept.
+        model: The module whose BatchNorm layers (see :func:`~lightning_optim.internals.is_batchnorm`) are kept.
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
@@ -215,7 +216,7 @@ class RunningStatsSnapshot:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = [module for module in model.modules() if isinstance(module, _BatchNorm)]
+        self.layers = [module for module in model.modules() if is_batchnorm(module)]
         self._seen: list[torch.Tensor] = []
         """The buffers of the last allocation, in module order: a buffer that is no longer among them was replaced."""
         self._kinds: list[_SameKind] = []
@@ -223,8 +224,7 @@ class RunningStatsSnapshot:
         self._saved: list[torch.Tensor] = []
 
     def _buffers(self) -> list[torch.Tensor]:
-        # Module.__getattr__ costs microseconds per call: read each layer's buffer dict directly, once per step.
-        buffers = (buffer for layer in self.layers for buffer in layer._buffers.values())
+        buffers = (buffer for layer in self.layers for buffer in own_buffers(layer))
         return [buffer for buffer in buffers if buffer is not None and not is_lazy(buffer)]
 
     def _allocate(self, live: list[torch.Tensor]) -> None:

@@ -17,7 +17,7 @@ class RankRecorder(L.Callback):
         self.norms: list[float] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        self.norms.append(float(pl_module.last_clip.total))
+        self.norms.append(float(pl_module.clip_state.last.total))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,134 @@
+"""Every private attribute of Lightning and torch the package reads, one named function each.
+
+The public APIs do not expose these (each docstring says what is read and why); reading them here means that an
+upgrade which renames one touches this file only, and fails exactly one test in ``tests/test_internals.py``, which
+checks each function against the public behaviour it stands for. Nothing is imported from Lightning at runtime, so
+the pure modules (``stats/``, ``clipping.py``) may use it too.
+
+One use stays outside: :class:`~lightning_optim.callbacks.LRMonitor` subclasses Lightning's ``LearningRateMonitor``
+and overrides its private ``_extract_lr``/``_extract_momentum``/``_extract_weight_decay`` and calls its
+``_extract_stats``; a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
+
+Example:
+    >>> import torch
+    >>> is_batchnorm(torch.nn.LazyBatchNorm2d()), is_batchnorm(torch.nn.InstanceNorm2d(3))
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+def should_log(trainer: L.Trainer) -> bool:
+    """Whether this training batch is one of Lightning's logging steps (``log_every_n_steps``).
+
+    Reads ``trainer._logger_connector.should_update_logs``, the decision Lightning's own ``self.log`` and
+    ``LearningRateMonitor`` follow: ``(logging_step(trainer) + 1) % log_every_n_steps == 0``, or the run is
+    stopping. Lightning has no public accessor for it, and recomputing it would drift from Lightning's rule.
+    """
+    return trainer._logger_connector.should_update_logs
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step at which Lightning logs this batch's ``self.log`` metrics: optimizer steps taken so far.
+
+    Reads ``trainer.fit_loop.epoch_loop._batches_that_stepped`` (Lightning's logger connector and
+    ``LearningRateMonitor`` log at it). ``trainer.global_step`` is not it: it counts every optimizer of a
+    multi-optimizer model and is not the logger's axis after a resume from a mid-epoch checkpoint.
+    """
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+def is_last_batch(trainer: L.Trainer) -> bool:
+    """Whether the training batch being run is the last one the dataloader yields this epoch (it may be smaller).
+
+    Reads ``trainer.fit_loop.epoch_loop.batch_progress.is_last_batch`` (the loops are private classes), which
+    Lightning sets before ``on_train_batch_start``; hooks are not told it.
+    """
+    return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
+def ends_epoch(trainer: L.Trainer) -> bool:
+    """Whether the epoch ends after the training batch being run: the dataloader's last batch, or the last one
+    ``limit_train_batches`` allows.
+
+    Reads ``batch_progress`` of ``trainer.fit_loop.epoch_loop``: ``is_last_batch``, or ``current.ready`` (the
+    batches of this epoch so far, restored on resume) reaching ``trainer.num_training_batches``.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    return progress.is_last_batch or progress.current.ready == trainer.num_training_batches
+
+
+def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
+    """The Trainer the module is attached to, or None.
+
+    Reads ``module._trainer``: the public ``module.trainer`` raises instead of returning None when there is none.
+    """
+    return module._trainer
+
+
+def grad_scaler(trainer: L.Trainer | None) -> torch.amp.GradScaler | None:
+    """The AMP ``GradScaler`` of the Trainer's precision plugin (``precision="16-mixed"``), or None.
+
+    Reads ``trainer.precision_plugin.scaler``: only ``MixedPrecision`` has that attribute, and the Trainer has no
+    accessor for it.
+    """
+    return getattr(trainer.precision_plugin, "scaler", None) if trainer is not None else None
+
+
+def scale_tensor(scaler: torch.amp.GradScaler) -> torch.Tensor | None:
+    """The scale the gradients carry, as a tensor on the scaler's device: no host sync (None before the first
+    ``scaler.scale``).
+
+    Reads ``scaler._get_scale_async()``: the public ``get_scale()`` returns a Python float, a host sync per step.
+    """
+    return scaler._get_scale_async()
+
+
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer itself, also when Lightning hands its ``LightningOptimizer`` wrapper.
+
+    Reads ``LightningOptimizer._optimizer``. Its public ``optimizer`` property holds the same, but telling the
+    wrapper apart would need Lightning's class, which this module does not import.
+    """
+    return getattr(optimizer, "_optimizer", optimizer)
+
+
+def unscales_in_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` unscales AMP gradients itself (torch's fused Adam, AdamW, SGD, Adagrad).
+
+    Reads ``_step_supports_amp_scaling``, the flag ``GradScaler`` checks: for such an optimizer it does not
+    unscale before the step, and Lightning leaves the gradients scaled until the step. torch documents the
+    behaviour but not the flag.
+    """
+    return getattr(optimizer, "_step_supports_amp_scaling", False)
+
+
+BatchNormLayer = _BatchNorm
+"""The common base of ``BatchNorm1d/2d/3d``, their lazy forms and ``SyncBatchNorm`` (torch's private ``_BatchNorm``)."""
+
+
+def is_batchnorm(module: torch.nn.Module) -> TypeGuard[BatchNormLayer]:
+    """Whether the module is a BatchNorm layer: ``BatchNorm1d/2d/3d``, their lazy forms, ``SyncBatchNorm``.
+
+    Checks against ``torch.nn.modules.batchnorm._BatchNorm``, their only common base (``_NormBase`` also covers
+    instance norm); listing the public classes would miss a lazy layer before its first forward.
+    """
+    return isinstance(module, _BatchNorm)
+
+
+def own_buffers(module: torch.nn.Module) -> Iterable[torch.Tensor | None]:
+    """The module's own buffers (not its children's), None for one registered as None.
+
+    Reads ``module._buffers``: ``module.buffers(recurse=False)`` yields the same tensors through a chain of
+    generators, microseconds per layer, and this is read at every optimizer step.
+    """
+    return module._buffers.values()

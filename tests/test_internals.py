@@ -1,0 +1,191 @@
+"""Each wrapper of a private Lightning/torch attribute against the public behaviour it stands for.
+
+A Lightning or torch upgrade that renames or changes one of them fails the one test named after it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins import MixedPrecision
+from torch import nn
+
+from lightning_optim.internals import (
+    attached_trainer,
+    ends_epoch,
+    grad_scaler,
+    is_batchnorm,
+    is_last_batch,
+    logging_step,
+    own_buffers,
+    scale_tensor,
+    should_log,
+    torch_optimizer,
+    unscales_in_step,
+)
+from tests.models import RecordingModel, loader, trainer
+
+
+class StepLogger(Logger):
+    """Keeps the step at which every metric reached the logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: dict[str, list[int]] = {}
+
+    @property
+    def name(self) -> str:
+        return "steps"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key in metrics:
+            self.steps.setdefault(key, []).append(step)
+
+
+class LoggingModel(RecordingModel):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, on_step=True, on_epoch=False)
+        return loss
+
+
+class Reads(L.Callback):
+    """Calls a wrapper at a hook and keeps, per batch, what it returned next to what the public API says."""
+
+    def __init__(self, hook: str, read: Any) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.read = read
+        setattr(self, hook, self._record)
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.rows.append({"trainer": trainer, "pl_module": pl_module, "args": args, **self.read(trainer, pl_module)})
+
+
+def test_should_log_is_lightnings_log_every_n_steps_rule():
+    reads = Reads("on_train_batch_start", lambda t, m: {"logs": should_log(t), "index": t.global_step})
+    logger = StepLogger()
+    trainer(max_epochs=2, log_every_n_steps=3, logger=logger, callbacks=[reads]).fit(LoggingModel(), loader())
+    # 8 batches an epoch: the rule counts batches across epochs, (index + 1) % log_every_n_steps == 0.
+    assert [row["logs"] for row in reads.rows] == [(row["index"] + 1) % 3 == 0 for row in reads.rows]
+    # It is the decision self.log follows: its points land on exactly those batches.
+    assert logger.steps["train/loss"] == [row["index"] for row in reads.rows if row["logs"]]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_logging_step_is_where_self_log_lands(accumulate):
+    reads = Reads("on_train_batch_end", lambda t, m: {"step": logging_step(t), "logs": should_log(t)})
+    starts = Reads("on_train_batch_start", lambda t, m: {"step": logging_step(t), "global_step": t.global_step})
+    logger = StepLogger()
+    fit_trainer = trainer(
+        max_epochs=2, log_every_n_steps=1, accumulate_grad_batches=accumulate, logger=logger, callbacks=[reads, starts]
+    )
+    fit_trainer.fit(LoggingModel(), loader())
+    assert logger.steps["train/loss"] == sorted({row["step"] for row in reads.rows if row["logs"]})
+    assert [row["step"] for row in starts.rows] == [row["global_step"] for row in starts.rows]
+    assert [row["step"] for row in starts.rows] == [index // accumulate for index in range(16)]
+
+
+def test_is_last_batch_marks_the_dataloader_s_last_possibly_smaller_batch():
+    reads = Reads("on_train_batch_start", lambda t, m: {"last": is_last_batch(t)})
+    trainer(max_epochs=2, callbacks=[reads]).fit(RecordingModel(), loader(samples=10, batch_size=4))
+    batch_sizes = [len(row["args"][0][0]) for row in reads.rows]
+    assert batch_sizes == [4, 4, 2] * 2
+    assert [row["last"] for row in reads.rows] == [size < 4 for size in batch_sizes]
+
+
+@pytest.mark.parametrize("limit", [None, 2])
+def test_ends_epoch_marks_the_batch_after_which_the_epoch_ends(limit):
+    reads = Reads("on_train_batch_end", lambda t, m: {"ends": ends_epoch(t), "batches": t.num_training_batches})
+    settings = {} if limit is None else {"limit_train_batches": limit}
+    trainer(max_epochs=2, callbacks=[reads], **settings).fit(RecordingModel(), loader(samples=10, batch_size=4))
+    assert [row["args"][-1] for row in reads.rows] == list(range(limit or 3)) * 2
+    assert [row["ends"] for row in reads.rows] == [row["args"][-1] + 1 == row["batches"] for row in reads.rows]
+
+
+def test_attached_trainer_is_the_public_trainer_or_none():
+    model = RecordingModel()
+    assert attached_trainer(model) is None
+    with pytest.raises(RuntimeError, match="not attached to a `Trainer`"):
+        _ = model.trainer
+    reads = Reads("on_train_start", lambda t, m: {"attached": attached_trainer(m), "public": m.trainer})
+    trainer(max_steps=1, callbacks=[reads]).fit(model, loader())
+    assert reads.rows[0]["attached"] is reads.rows[0]["public"] is reads.rows[0]["trainer"]
+
+
+def amp(scaler: torch.amp.GradScaler) -> MixedPrecision:
+    return MixedPrecision("16-mixed", "cpu", scaler)
+
+
+def test_grad_scaler_and_scale_tensor_are_the_precision_plugin_s_scaler_and_its_scale():
+    scaler = torch.amp.GradScaler("cpu", init_scale=512.0)
+    reads = Reads(
+        "on_before_optimizer_step",
+        lambda t, m: {"scaler": grad_scaler(t), "tensor": scale_tensor(grad_scaler(t)), "public": scaler.get_scale()},
+    )
+    trainer(max_steps=2, plugins=[amp(scaler)], callbacks=[reads]).fit(RecordingModel(), loader())
+    assert len(reads.rows) == 2
+    for row in reads.rows:
+        assert row["scaler"] is scaler
+        assert isinstance(row["tensor"], torch.Tensor) and float(row["tensor"]) == row["public"] == 512.0
+    plain = Reads("on_train_start", lambda t, m: {"scaler": grad_scaler(t)})
+    trainer(max_steps=1, callbacks=[plain]).fit(RecordingModel(), loader())
+    assert plain.rows[0]["scaler"] is None and grad_scaler(None) is None
+
+
+def test_torch_optimizer_unwraps_lightning_s_optimizer():
+    reads = Reads("on_train_start", lambda t, m: {"wrapped": m.optimizers(), "torch": t.optimizers[0]})
+    trainer(max_steps=1, callbacks=[reads]).fit(RecordingModel(), loader())
+    wrapped, optimizer = reads.rows[0]["wrapped"], reads.rows[0]["torch"]
+    assert isinstance(wrapped, LightningOptimizer)
+    assert torch_optimizer(wrapped) is wrapped.optimizer is optimizer
+    assert torch_optimizer(optimizer) is optimizer
+
+
+def test_unscales_in_step_is_what_lightning_refuses_to_clip_under_amp():
+    p = nn.Parameter(torch.zeros(2))
+    optimizers = {
+        "fused_adam": torch.optim.Adam([p], fused=True),
+        "fused_adamw": torch.optim.AdamW([p], fused=True),
+        "fused_sgd": torch.optim.SGD([p], lr=0.1, fused=True),
+        "fused_adagrad": torch.optim.Adagrad([p], fused=True),
+        "adamw": torch.optim.AdamW([p]),
+        "foreach_adamw": torch.optim.AdamW([p], foreach=True),
+        "lbfgs": torch.optim.LBFGS([p]),
+    }
+    plugin = amp(torch.amp.GradScaler("cpu"))
+    for name, optimizer in optimizers.items():
+        p.grad = torch.ones(2)
+        try:
+            plugin.clip_gradients(optimizer, clip_val=1.0)
+            refused = False
+        except RuntimeError as error:
+            refused = "performs unscaling of gradients internally" in str(error)
+        assert unscales_in_step(optimizer) is refused is name.startswith("fused"), name
+
+
+def test_is_batchnorm_holds_for_every_batchnorm_layer_and_no_other_norm():
+    batchnorms = [nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.BatchNorm3d(2), nn.SyncBatchNorm(2), nn.LazyBatchNorm1d()]
+    batchnorms += [nn.BatchNorm2d(2, track_running_stats=False), nn.LazyBatchNorm3d()]
+    others = [nn.InstanceNorm2d(2, track_running_stats=True), nn.LayerNorm(2), nn.GroupNorm(1, 2), nn.Linear(2, 2)]
+    assert all(is_batchnorm(module) for module in batchnorms)
+    assert not any(is_batchnorm(module) for module in others)
+
+
+def test_own_buffers_are_the_module_s_buffers_without_its_children_s():
+    for layer in (nn.BatchNorm1d(3), nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(2, 2)):
+        mine = [buffer for buffer in own_buffers(layer) if buffer is not None]
+        theirs = list(layer.buffers(recurse=False))
+        assert len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
+    assert list(own_buffers(nn.Sequential(nn.BatchNorm1d(3)))) == []
