@@ -37,7 +37,8 @@ from lightning_optim.clipping import (
     folds_into_step,
     forget_step_attributes,
 )
-from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
+from lightning_optim.config import OptimConfig, changed_keys, plain
+from lightning_optim.errors import OptimConfigError
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.schedulers import (
     BuiltScheduler,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.config import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.param_groups import RULE_KEYS, group_parameters
 from lightning_optim.value_types import conform_section, constructor_types
 
@@ -103,7 +103,7 @@ def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], 
         >>> check_options(torch.optim.SGD, {"nesterov": "yes"}, "optimizer")
         Traceback (most recent call last):
         ...
-        lightning_optim.config.OptimConfigError: optim_config.optimizer.nesterov = 'yes' is not valid. Expected \
+        lightning_optim.errors.OptimConfigError: optim_config.optimizer.nesterov = 'yes' is not valid. Expected \
 true or false, e.g. false.
     """
     types = constructor_types(cls)

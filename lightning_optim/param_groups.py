@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_optim.config import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error
 
 DEFAULT_GROUP = "default"
 RULE_KEYS = ("name", "params", "lr_scale")

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from lightning_optim.config import OptimConfigError, config_error, did_you_mean, to_plain_config
+from lightning_optim.config import to_plain_config
+from lightning_optim.errors import OptimConfigError, config_error, did_you_mean
 from lightning_optim.optimizers import build_optimizer, import_class
 from lightning_optim.schedules import (
     ExponentialDecay,
@@ -267,7 +268,7 @@ def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") ->
         >>> check_scheduler_config({"name": "plateau"})
         Traceback (most recent call last):
         ...
-        lightning_optim.config.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
+        lightning_optim.errors.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
 the name of a logged validation metric, e.g. 'val/loss'.
     """
     spec = _checked_keys(spec, scheduler_key_types(spec, where), where)

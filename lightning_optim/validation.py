@@ -6,7 +6,7 @@ Example:
     >>> validate_optim_config({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decy": 0.1}})
     Traceback (most recent call last):
     ...
-    lightning_optim.config.OptimConfigError: optim_config.optimizer.weight_decy = 0.1 is not valid. Did you mean \
+    lightning_optim.errors.OptimConfigError: optim_config.optimizer.weight_decy = 0.1 is not valid. Did you mean \
 'weight_decay'? Expected an argument of Adam: lr, betas, eps, weight_decay, amsgrad, foreach, maximize, capturable, \
 differentiable, fused, decoupled_weight_decay.
 """
@@ -20,7 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lightning_optim.config import OptimConfig, config_error, to_plain_config
+from lightning_optim.config import OptimConfig, to_plain_config
+from lightning_optim.errors import config_error
 from lightning_optim.optimizers import check_options, check_rule_options, optimizer_class, optimizer_options
 from lightning_optim.param_groups import compile_rules
 from lightning_optim.schedulers import TORCH_SCHEDULERS, check_scheduler_config

@@ -15,7 +15,8 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from lightning_optim.config import OptimConfigError, plain
+from lightning_optim.config import plain
+from lightning_optim.errors import OptimConfigError
 from lightning_optim.mixin import ResumeConfigWarning
 from lightning_optim.schedulers import (
     BuiltScheduler,
