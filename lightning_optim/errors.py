@@ -3,6 +3,8 @@
 Example:
     >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
     "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
+    >>> str(argument_error("GradNormMonitor", "nonfinite", "wran", "'warn', 'skip' or 'raise'", ["warn", "skip"]))
+    "GradNormMonitor(nonfinite='wran') is not valid. Did you mean 'warn'? Expected 'warn', 'skip' or 'raise'."
 """
 
 from __future__ import annotations
@@ -45,3 +47,12 @@ def config_error(
         f"{did_you_mean(key.rsplit('.', 1)[-1] if unknown_key else value, choices)} Expected {expected}."
     )
 
+
+def argument_error(owner: str, argument: str, value: object, expected: str, choices: Iterable[str] = ()) -> ValueError:
+    """Build the error for the constructor argument ``argument`` of ``owner``, phrased as :func:`config_error` does.
+
+    Example:
+        >>> str(argument_error("BatchNormMonitor", "histogram_every_n", 0, "a positive int or None"))
+        'BatchNormMonitor(histogram_every_n=0) is not valid. Expected a positive int or None.'
+    """
+    return ValueError(f"{owner}({argument}={value!r}) is not valid.{did_you_mean(value, choices)} Expected {expected}.")
