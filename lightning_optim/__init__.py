@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from lightning_optim.errors import OptimConfigError
     from lightning_optim.mixin import OptimMixin, ResumeConfigWarning
     from lightning_optim.optimizers import OPTIMIZERS, build_optimizer
-    from lightning_optim.schedulers import SCHEDULER_NAMES, build_scheduler, preview_learning_rates
+    from lightning_optim.preview import preview_learning_rates
+    from lightning_optim.scheduler_builder import build_scheduler
+    from lightning_optim.scheduler_specs import SCHEDULER_NAMES
     from lightning_optim.validation import validate_optim_config
 
 _HOMES = {
@@ -33,9 +35,9 @@ _HOMES = {
     "ResumeConfigWarning": "mixin",
     "OPTIMIZERS": "optimizers",
     "build_optimizer": "optimizers",
-    "SCHEDULER_NAMES": "schedulers",
-    "build_scheduler": "schedulers",
-    "preview_learning_rates": "schedulers",
+    "SCHEDULER_NAMES": "scheduler_specs",
+    "build_scheduler": "scheduler_builder",
+    "preview_learning_rates": "preview",
     "validate_optim_config": "validation",
 }
 

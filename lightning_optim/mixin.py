@@ -39,18 +39,17 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.config import OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
+from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.schedulers import (
+from lightning_optim.scheduler_builder import (
     BuiltScheduler,
-    ScheduleLR,
     build_scheduler,
-    closed_form_schedule,
     resumed_run_length,
     run_length,
     run_length_changed,
     saved_run_length,
-    step_plateau,
 )
+from lightning_optim.scheduler_specs import closed_form_schedule
 from lightning_optim.stats.batchnorm import RunningStatsSnapshot
 from lightning_optim.validation import validate_optim_config
 

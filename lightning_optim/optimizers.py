@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.param_groups import RULE_KEYS, group_parameters
+from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform_section, constructor_types
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -46,28 +46,6 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 _ALIASES = {"sparseadam": "sparse_adam"}
 _SPEC_KEYS = ("name", "_target_")
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
-
-
-def import_class(path: str, base: type, key: str, example: str = "torch.optim.AdamW") -> type:
-    """Import the class at dotted ``path`` and check it subclasses ``base`` without calling anything.
-
-    Config from a command line is untrusted: the object is refused unless it is a class deriving from ``base``.
-
-    Example:
-        >>> import_class("torch.optim.AdamW", torch.optim.Optimizer, "optimizer._target_").__name__
-        'AdamW'
-    """
-    module_name, _, attribute = str(path).rpartition(".")
-    expected = f"a dotted path to a {base.__module__}.{base.__qualname__} subclass, e.g. {example!r}"
-    if not module_name:
-        raise config_error(key, path, expected)
-    try:
-        found = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise config_error(key, path, f"{expected} ({error})") from None
-    if not (isinstance(found, type) and issubclass(found, base)):
-        raise config_error(key, path, f"{expected}; it names {type(found).__name__} {found!r}")
-    return found
 
 
 def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:

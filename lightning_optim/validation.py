@@ -24,7 +24,7 @@ from lightning_optim.config import OptimConfig, to_plain_config
 from lightning_optim.errors import config_error
 from lightning_optim.optimizers import check_options, check_rule_options, optimizer_class, optimizer_options
 from lightning_optim.param_groups import compile_rules
-from lightning_optim.schedulers import TORCH_SCHEDULERS, check_scheduler_config
+from lightning_optim.scheduler_specs import TORCH_SCHEDULERS, check_scheduler_config
 
 
 def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:

@@ -17,18 +17,17 @@ from omegaconf import DictConfig
 
 from lightning_optim.config import plain
 from lightning_optim.errors import OptimConfigError
+from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
 from lightning_optim.mixin import ResumeConfigWarning
-from lightning_optim.schedulers import (
+from lightning_optim.scheduler_builder import (
     BuiltScheduler,
-    ScheduleLR,
     build_scheduler,
-    check_scheduler_config,
     resumed_run_length,
     run_length,
     run_length_changed,
     saved_run_length,
-    step_plateau,
 )
+from lightning_optim.scheduler_specs import check_scheduler_config
 
 
 class LRSchedule(L.Callback):
