@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from lightning_optim.config import OptimConfig
     from lightning_optim.errors import OptimConfigError
     from lightning_optim.mixin import OptimMixin, ResumeConfigWarning
-    from lightning_optim.optimizers import OPTIMIZERS, build_optimizer
+    from lightning_optim.optimizer_specs import OPTIMIZERS
+    from lightning_optim.optimizers import build_optimizer
     from lightning_optim.preview import preview_learning_rates
     from lightning_optim.scheduler_builder import build_scheduler
     from lightning_optim.scheduler_specs import SCHEDULER_NAMES
@@ -33,7 +34,7 @@ _HOMES = {
     "OptimConfigError": "errors",
     "OptimMixin": "mixin",
     "ResumeConfigWarning": "mixin",
-    "OPTIMIZERS": "optimizers",
+    "OPTIMIZERS": "optimizer_specs",
     "build_optimizer": "optimizers",
     "SCHEDULER_NAMES": "scheduler_specs",
     "build_scheduler": "scheduler_builder",

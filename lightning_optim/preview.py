@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,9 +18,15 @@ from typing import Any
 import torch
 
 from lightning_optim.config import to_plain_config
-from lightning_optim.errors import OptimConfigError
+from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import ScheduleLR
-from lightning_optim.optimizers import build_optimizer
+from lightning_optim.optimizer_specs import (
+    check_options,
+    check_rule_options,
+    model_groups,
+    optimizer_info,
+    optimizer_options,
+)
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
 
@@ -115,9 +122,27 @@ def _preview_scheduler(
     module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
 ) -> tuple[torch.optim.Optimizer, BuiltScheduler | None]:
     config = to_plain_config(optim_config)
-    optimizer = build_optimizer(module, config["optimizer"], config["param_groups"])
+    # Torch's schedulers need an optimizer; only the groups' names and lrs matter, so a plain SGD over stand-ins.
+    groups = [{"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, config)]
+    optimizer = torch.optim.SGD(groups)
     built = build_scheduler(optimizer, config["scheduler"], total_steps) if config["scheduler"] else None
     return optimizer, built
+
+
+def _group_lrs(module: torch.nn.Module, config: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Each parameter group's name and lr, as the optimizer ``config`` describes would have them."""
+    info = optimizer_info(config["optimizer"])
+    options = check_options(info.cls, optimizer_options(config["optimizer"]), "optimizer")
+    rules = check_rule_options(info.cls, config["param_groups"])
+    default_lr = options["lr"] if "lr" in options else _default_lr(info.cls)
+    return [(group["name"], float(group.get("lr", default_lr))) for group in model_groups(module, info, options, rules)]
+
+
+def _default_lr(cls: type[torch.optim.Optimizer]) -> float:
+    parameter = inspect.signature(cls).parameters.get("lr")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
+    return parameter.default
 
 
 def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:

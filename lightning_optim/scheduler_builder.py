@@ -17,18 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import LRScheduler
 
-from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR
-from lightning_optim.scheduler_specs import (
-    CLOSED_FORM,
-    LIGHTNING_KEYS,
-    check_scheduler_config,
-    closed_form_schedule,
-    needs_run_length,
-    target_scheduler_class,
-)
+from lightning_optim.errors import config_error
+from lightning_optim.lr_schedulers import PlateauLR
+from lightning_optim.scheduler_specs import check_scheduler_config, needs_run_length, own_options, scheduler_info
 
 
 @dataclass
@@ -55,15 +48,6 @@ class BuiltScheduler:
         return isinstance(self.scheduler, PlateauLR)
 
 
-def _torch_scheduler(
-    optimizer: torch.optim.Optimizer, cls: type[LRScheduler], options: dict[str, Any], where: str
-) -> LRScheduler:
-    try:
-        return cls(optimizer, **options)
-    except (ValueError, TypeError) as error:
-        raise OptimConfigError(f"optim_config.{where}: {cls.__name__} refused {options}: {error}") from None
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int | None, where: str = "scheduler"
 ) -> BuiltScheduler:
@@ -86,27 +70,14 @@ def build_scheduler(
             )
         total_steps = sys.maxsize
     interval = spec.get("interval", "step")
-    name = spec.get("name")
-    own = {key: value for key, value in spec.items() if key not in (*LIGHTNING_KEYS, "name", "_target_")}
-    warmup_steps = own.get("warmup_steps")
+    warmup_steps = own_options(spec).get("warmup_steps")
     if isinstance(warmup_steps, int) and warmup_steps > total_steps:
         raise config_error(
             f"{where}.warmup_steps",
             warmup_steps,
             f"at most the run's {total_steps} {interval}s (warmup longer than the run)",
         )
-    if "_target_" in spec:
-        scheduler = _torch_scheduler(optimizer, target_scheduler_class(spec["_target_"], where), own, where)
-    elif name in CLOSED_FORM or name == "sequential":
-        scheduler = ScheduleLR(optimizer, closed_form_schedule(spec, total_steps, where))
-    elif name == "onecycle":
-        scheduler = _torch_scheduler(
-            optimizer, OneCycleLR, {**own, "total_steps": own.get("total_steps") or total_steps}, where
-        )
-    elif name == "cyclic":
-        scheduler = _torch_scheduler(optimizer, CyclicLR, own, where)
-    else:
-        scheduler = PlateauLR(optimizer, monitor=spec["monitor"], **own)
+    scheduler = scheduler_info(spec, where).build(optimizer, spec, total_steps, where)
     frequency = spec.get("frequency", 1)
     lightning_config = {
         "scheduler": scheduler,

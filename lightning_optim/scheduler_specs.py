@@ -14,11 +14,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+import torch
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR
 from lightning_optim.schedules import (
     ExponentialDecay,
     InverseSqrt,
@@ -44,41 +47,231 @@ LIGHTNING_KEYS = tuple(_LIGHTNING_TYPES)
 ``name`` (the prefix its LR logging uses instead of ``lr-<Optimizer>``) is spelt ``log_name`` here."""
 
 
-CLOSED_FORM: dict[str, tuple[type[Schedule], dict[str, Any]]] = {
-    "warmup_cosine": (WarmupCosine, {}),
-    "cosine": (WarmupCosine, {}),
-    "warmup_linear": (Polynomial, {"power": 1.0}),
-    "polynomial": (Polynomial, {}),
-    "warmup_constant": (Schedule, {}),
-    "inverse_sqrt": (InverseSqrt, {}),
-    "step": (StepDecay, {}),
-    "multistep": (MultiStepDecay, {}),
-    "exponential": (ExponentialDecay, {}),
-}
-"""Schedules computed from the step alone: their class and the fixed arguments a name implies."""
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """One scheduler name of the config: the keys it takes, whether it needs the run's length, how it is built."""
 
-TORCH_SCHEDULERS: dict[str, type[LRScheduler]] = {"cyclic": CyclicLR, "onecycle": OneCycleLR}
-SCHEDULER_NAMES = (*CLOSED_FORM, *TORCH_SCHEDULERS, "plateau", "sequential")
+    name: str
+    sets_own_lr: ClassVar[bool] = False
+    """Whether the scheduler sets the lr from its own arguments rather than from the groups' lr."""
+
+    @property
+    def conf_file(self) -> str:
+        """The scheduler's file in the Hydra config tree (``lightning_optim/conf``)."""
+        return f"scheduler/{self.name}.yaml"
+
+    def own_types(self) -> dict[str, Expected]:
+        """The scheduler's own keys (beside ``name`` and Lightning's), each with the type it takes."""
+        raise NotImplementedError
+
+    def key_types(self) -> dict[str, Expected]:
+        """Every key a section of this scheduler may hold, with the type it takes."""
+        return {**self.own_types(), "name": expected(str), **_LIGHTNING_TYPES}
+
+    def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
+        """Whether the section ``spec`` leaves a length to the run (e.g. ``total_steps: null``)."""
+        return False
+
+    def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        """The checks a section of conformed keys still needs; returns it, completed."""
+        return spec
+
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        """The scheduler for a checked section ``spec`` over a run of ``total_steps``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ClosedForm(SchedulerInfo):
+    """A schedule computed from the step alone: its dataclass and the fixed arguments its name implies."""
+
+    schedule_class: type[Schedule] = Schedule
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def own_types(self) -> dict[str, Expected]:
+        types = {key: wanted for key, wanted in dataclass_types(self.schedule_class).items() if key not in self.fixed}
+        if "total_steps" in types:
+            # null: the run's length, from the trainer.
+            types["total_steps"] = expected(types["total_steps"].hint | None)
+            types["warmup_ratio"] = expected(float, 0.1)
+        return types
+
+    def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
+        return "total_steps" in self.own_types() and spec.get("total_steps") is None
+
+    def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        self.schedule(spec, None, where)
+        return spec
+
+    def schedule(self, spec: Mapping[str, Any], total_steps: int | None, where: str) -> Schedule:
+        """The schedule over a run of ``total_steps``; None checks it against a run long enough for any warmup."""
+        keys = set(self.own_types())
+        arguments = {key: value for key, value in spec.items() if key in keys and key != "warmup_ratio"}
+        if "total_steps" in keys:
+            given = arguments.get("total_steps")
+            run_steps = given if given is not None else total_steps
+            # Before a trainer exists, check everything else against a run long enough for any warmup.
+            arguments["total_steps"] = run_steps if run_steps is not None else max(arguments.get("warmup_steps", 0), 1)
+            if "warmup_ratio" in spec:
+                arguments["warmup_steps"] = round(spec["warmup_ratio"] * arguments["total_steps"])
+        try:
+            return self.schedule_class(**self.fixed, **arguments)
+        except (ValueError, TypeError) as error:
+            raise OptimConfigError(f"optim_config.{where}: {error}") from None
+
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        return ScheduleLR(optimizer, self.schedule(spec, total_steps, where))
+
+
+@dataclass(frozen=True)
+class SequentialSchedules(SchedulerInfo):
+    """Closed-form schedules one after another, each starting at a milestone."""
+
+    def own_types(self) -> dict[str, Expected]:
+        # Each child is checked as a schedule of its own.
+        return {"schedulers": expected(), "milestones": dataclass_types(Sequential)["milestones"]}
+
+    def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
+        # The phases before the last one end at a milestone; only the last one can run to the end of the run.
+        children = spec.get("schedulers")
+        last = children[-1] if isinstance(children, list) and children else None
+        return isinstance(last, Mapping) and needs_run_length(last)
+
+    def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        children = spec.get("schedulers")
+        if not isinstance(children, list) or len(children) < 2:
+            raise config_error(
+                f"{where}.schedulers", children, "a list of two or more schedules, e.g. cosine then step"
+            )
+        checked = []
+        for index, child in enumerate(children):
+            child_where = f"{where}.schedulers[{index}]"
+            info = SCHEDULERS.get(child.get("name")) if isinstance(child, dict) else None
+            if not isinstance(info, ClosedForm):
+                raise config_error(
+                    f"{child_where}.name",
+                    None if not isinstance(child, dict) else child.get("name"),
+                    "one of the closed-form schedules: " + ", ".join(CLOSED_FORM_NAMES),
+                    CLOSED_FORM_NAMES,
+                )
+            checked.append(_checked_keys(child, {**info.own_types(), "name": expected(str)}, child_where))
+        spec["schedulers"] = checked
+        return spec
+
+    def schedule(self, spec: Mapping[str, Any], total_steps: int, where: str) -> Schedule:
+        """The phases over a run of ``total_steps``: the last one runs to the end of the run."""
+        milestones = list(spec.get("milestones") or [])
+        starts = [0, *milestones]
+        phases = []
+        for index, child in enumerate(spec["schedulers"]):
+            phase_length = (starts[index + 1] if index < len(milestones) else total_steps) - starts[index]
+            phase = SCHEDULERS[child["name"]]
+            phases.append(phase.schedule(child, max(phase_length, 1), f"{where}.schedulers[{index}]"))
+        try:
+            return Sequential(schedules=tuple(phases), milestones=tuple(milestones))
+        except ValueError as error:
+            raise OptimConfigError(f"optim_config.{where}: {error}") from None
+
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        return ScheduleLR(optimizer, self.schedule(spec, total_steps, where))
+
+
+@dataclass(frozen=True)
+class TorchScheduler(SchedulerInfo):
+    """One of torch's own schedulers, built with the section's keys; ``run_length_key`` null means the run's length."""
+
+    scheduler_class: type[LRScheduler] = LRScheduler
+    run_length_key: str | None = None
+    sets_own_lr: ClassVar[bool] = True
+
+    def own_types(self) -> dict[str, Expected]:
+        types = constructor_types(self.scheduler_class)
+        return {key: wanted for key, wanted in types.items() if key not in ("last_epoch", "verbose")}
+
+    def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
+        return self.run_length_key is not None and spec.get(self.run_length_key) is None
+
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        options = own_options(spec)
+        if self.run_length_key is not None:
+            options[self.run_length_key] = options.get(self.run_length_key) or total_steps
+        try:
+            return self.scheduler_class(optimizer, **options)
+        except (ValueError, TypeError) as error:
+            raise OptimConfigError(
+                f"optim_config.{where}: {self.scheduler_class.__name__} refused {options}: {error}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class TargetScheduler(TorchScheduler):
+    """An ``LRScheduler`` subclass named by ``_target_`` (its dotted path is the name)."""
+
+    def key_types(self) -> dict[str, Expected]:
+        return {**self.own_types(), "_target_": expected(str), **_LIGHTNING_TYPES}
+
+
+@dataclass(frozen=True)
+class Plateau(SchedulerInfo):
+    """Warmup per step, then torch's ``ReduceLROnPlateau`` stepped after each validation run (:class:`PlateauLR`)."""
+
+    def own_types(self) -> dict[str, Expected]:
+        plateau = TorchScheduler("", ReduceLROnPlateau).own_types()
+        return {
+            "warmup_steps": dataclass_types(Schedule)["warmup_steps"],
+            **{key: plateau[key] for key in _PLATEAU_OPTIONS},
+        }
+
+    def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
+        if not spec.get("monitor"):
+            raise config_error(
+                f"{where}.monitor", spec.get("monitor"), "the name of a logged validation metric, e.g. 'val/loss'"
+            )
+        return spec
+
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        return PlateauLR(optimizer, monitor=spec["monitor"], **own_options(spec))
+
+
 _PLATEAU_OPTIONS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
 
+SCHEDULERS: dict[str, SchedulerInfo] = {
+    info.name: info
+    for info in (
+        ClosedForm("warmup_cosine", WarmupCosine),
+        ClosedForm("cosine", WarmupCosine),
+        ClosedForm("warmup_linear", Polynomial, {"power": 1.0}),
+        ClosedForm("polynomial", Polynomial),
+        ClosedForm("warmup_constant", Schedule),
+        ClosedForm("inverse_sqrt", InverseSqrt),
+        ClosedForm("step", StepDecay),
+        ClosedForm("multistep", MultiStepDecay),
+        ClosedForm("exponential", ExponentialDecay),
+        TorchScheduler("cyclic", CyclicLR),
+        TorchScheduler("onecycle", OneCycleLR, run_length_key="total_steps"),
+        Plateau("plateau"),
+        SequentialSchedules("sequential"),
+    )
+}
+"""Every scheduler name of the config; ``conf/scheduler/<name>.yaml`` holds each one's settings."""
 
-def _schedule_types(name: str) -> dict[str, Expected]:
-    cls, fixed = CLOSED_FORM[name]
-    types = {key: wanted for key, wanted in dataclass_types(cls).items() if key not in fixed}
-    if "total_steps" in types:
-        # null: the run's length, from the trainer.
-        types["total_steps"] = expected(types["total_steps"].hint | None)
-        types["warmup_ratio"] = expected(float, 0.1)
-    return types
+SCHEDULER_NAMES = tuple(SCHEDULERS)
+CLOSED_FORM_NAMES = tuple(name for name, info in SCHEDULERS.items() if isinstance(info, ClosedForm))
 
 
-def _schedule_keys(name: str) -> set[str]:
-    return set(_schedule_types(name))
-
-
-def _signature_types(cls: type) -> dict[str, Expected]:
-    types = constructor_types(cls)
-    return {key: wanted for key, wanted in types.items() if key not in ("last_epoch", "verbose")}
+def own_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The scheduler's own arguments in a section: all but ``name``, ``_target_`` and Lightning's keys."""
+    return {key: value for key, value in spec.items() if key not in (*LIGHTNING_KEYS, "name", "_target_")}
 
 
 def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRScheduler]:
@@ -94,6 +287,21 @@ def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRSchedu
     return cls
 
 
+def scheduler_info(spec: Mapping[str, Any], where: str = "scheduler") -> SchedulerInfo:
+    """The registered scheduler a section names, or the class its ``_target_`` names.
+
+    Example:
+        >>> scheduler_info({"name": "onecycle"}).scheduler_class.__name__
+        'OneCycleLR'
+    """
+    if "_target_" in spec:
+        return TargetScheduler(spec["_target_"], target_scheduler_class(spec["_target_"], where))
+    name = spec.get("name")
+    if name not in SCHEDULERS:
+        raise config_error(f"{where}.name", name, "one of: " + ", ".join(SCHEDULER_NAMES), SCHEDULER_NAMES)
+    return SCHEDULERS[name]
+
+
 def scheduler_key_types(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Expected]:
     """The keys a scheduler section may hold (its own and Lightning's), each with the type it takes.
 
@@ -101,24 +309,7 @@ def scheduler_key_types(spec: Mapping[str, Any], where: str = "scheduler") -> di
         >>> scheduler_key_types({"name": "step"})["step_size"].hint
         <class 'int'>
     """
-    if "_target_" in spec:
-        cls = target_scheduler_class(spec["_target_"], where)
-        return {**_signature_types(cls), "_target_": expected(str), **_LIGHTNING_TYPES}
-    name = spec.get("name")
-    if name in CLOSED_FORM:
-        types = _schedule_types(name)
-    elif name in TORCH_SCHEDULERS:
-        types = _signature_types(TORCH_SCHEDULERS[name])
-    elif name == "plateau":
-        plateau = _signature_types(ReduceLROnPlateau)
-        types = {"warmup_steps": dataclass_types(Schedule)["warmup_steps"]}
-        types |= {key: plateau[key] for key in _PLATEAU_OPTIONS}
-    elif name == "sequential":
-        # Each child is checked as a schedule of its own.
-        types = {"schedulers": expected(), "milestones": dataclass_types(Sequential)["milestones"]}
-    else:
-        raise config_error(f"{where}.name", name, "one of: " + ", ".join(SCHEDULER_NAMES), SCHEDULER_NAMES)
-    return {**types, "name": expected(str), **_LIGHTNING_TYPES}
+    return scheduler_info(spec, where).key_types()
 
 
 def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Any]:
@@ -136,22 +327,15 @@ def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") ->
         lightning_optim.errors.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
 the name of a logged validation metric, e.g. 'val/loss'.
     """
-    spec = _checked_keys(spec, scheduler_key_types(spec, where), where)
+    info = scheduler_info(spec, where)
+    spec = _checked_keys(spec, info.key_types(), where)
     interval = spec.get("interval", "step")
     if interval not in ("step", "epoch"):
         raise config_error(f"{where}.interval", interval, "'step' (optimizer steps) or 'epoch'", ["step", "epoch"])
     frequency = spec.get("frequency", 1)
     if frequency < 1:
         raise config_error(f"{where}.frequency", frequency, "an integer >= 1")
-    if spec.get("name") == "plateau" and not spec.get("monitor"):
-        raise config_error(
-            f"{where}.monitor", spec.get("monitor"), "the name of a logged validation metric, e.g. 'val/loss'"
-        )
-    if spec.get("name") == "sequential":
-        spec["schedulers"] = _check_sequential(spec, where)
-    if spec.get("name") in CLOSED_FORM:
-        _closed_form_schedule(spec, where, total_steps=None)
-    return spec
+    return info.check(spec, where)
 
 
 def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where: str) -> dict[str, Any]:
@@ -174,54 +358,6 @@ def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where:
     return spec
 
 
-def _check_sequential(spec: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
-    children = spec.get("schedulers")
-    if not isinstance(children, list) or len(children) < 2:
-        raise config_error(f"{where}.schedulers", children, "a list of two or more schedules, e.g. cosine then step")
-    checked = []
-    for index, child in enumerate(children):
-        child_where = f"{where}.schedulers[{index}]"
-        if not isinstance(child, dict) or child.get("name") not in CLOSED_FORM:
-            raise config_error(
-                f"{child_where}.name",
-                None if not isinstance(child, dict) else child.get("name"),
-                "one of the closed-form schedules: " + ", ".join(CLOSED_FORM),
-                CLOSED_FORM,
-            )
-        checked.append(_checked_keys(child, {**_schedule_types(child["name"]), "name": expected(str)}, child_where))
-    return checked
-
-
-def _closed_form_schedule(spec: Mapping[str, Any], where: str, total_steps: int | None) -> Schedule:
-    cls, fixed = CLOSED_FORM[spec["name"]]
-    keys = _schedule_keys(spec["name"])
-    arguments = {key: value for key, value in spec.items() if key in keys and key != "warmup_ratio"}
-    if "total_steps" in keys:
-        given = arguments.get("total_steps")
-        run_steps = given if given is not None else total_steps
-        # Before a trainer exists, check everything else against a run long enough for any warmup.
-        arguments["total_steps"] = run_steps if run_steps is not None else max(arguments.get("warmup_steps", 0), 1)
-        if "warmup_ratio" in spec:
-            arguments["warmup_steps"] = round(spec["warmup_ratio"] * arguments["total_steps"])
-    try:
-        return cls(**fixed, **arguments)
-    except (ValueError, TypeError) as error:
-        raise OptimConfigError(f"optim_config.{where}: {error}") from None
-
-
-def _sequential_schedule(spec: Mapping[str, Any], where: str, total_steps: int) -> Schedule:
-    milestones = list(spec.get("milestones") or [])
-    starts = [0, *milestones]
-    phases = []
-    for index, child in enumerate(spec["schedulers"]):
-        phase_length = (starts[index + 1] if index < len(milestones) else total_steps) - starts[index]
-        phases.append(_closed_form_schedule(child, f"{where}.schedulers[{index}]", max(phase_length, 1)))
-    try:
-        return Sequential(schedules=tuple(phases), milestones=tuple(milestones))
-    except ValueError as error:
-        raise OptimConfigError(f"optim_config.{where}: {error}") from None
-
-
 def closed_form_schedule(spec: Mapping[str, Any], total_steps: int, where: str = "scheduler") -> Schedule:
     """The pure schedule a closed-form or ``sequential`` scheduler section describes, over a run of ``total_steps``.
 
@@ -229,9 +365,10 @@ def closed_form_schedule(spec: Mapping[str, Any], total_steps: int, where: str =
         >>> closed_form_schedule({"name": "warmup_cosine", "warmup_ratio": 0.25}, 8)
         WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
     """
-    if spec.get("name") == "sequential":
-        return _sequential_schedule(spec, where, total_steps)
-    return _closed_form_schedule(spec, where, total_steps)
+    info = SCHEDULERS[spec["name"]]
+    if not isinstance(info, ClosedForm | SequentialSchedules):
+        raise TypeError(f"{spec['name']!r} is not a closed-form schedule")
+    return info.schedule(spec, total_steps, where)
 
 
 def needs_run_length(spec: Mapping[str, Any]) -> bool:
@@ -241,12 +378,5 @@ def needs_run_length(spec: Mapping[str, Any]) -> bool:
         >>> needs_run_length({"name": "warmup_cosine", "total_steps": None}), needs_run_length({"name": "step"})
         (True, False)
     """
-    name = spec.get("name")
-    if name == "sequential":
-        # The phases before the last one end at a milestone; only the last one can run to the end of the run.
-        children = spec.get("schedulers")
-        last = children[-1] if isinstance(children, list) and children else None
-        return isinstance(last, Mapping) and needs_run_length(last)
-    if name == "onecycle":
-        return spec.get("total_steps") is None
-    return name in CLOSED_FORM and "total_steps" in _schedule_keys(name) and spec.get("total_steps") is None
+    info = None if "_target_" in spec else SCHEDULERS.get(spec.get("name"))
+    return info is not None and info.needs_run_length(spec)

@@ -22,9 +22,9 @@ from omegaconf import DictConfig
 
 from lightning_optim.config import OptimConfig, to_plain_config
 from lightning_optim.errors import config_error
-from lightning_optim.optimizers import check_options, check_rule_options, optimizer_class, optimizer_options
+from lightning_optim.optimizer_specs import check_options, check_rule_options, optimizer_class, optimizer_options
 from lightning_optim.param_groups import compile_rules
-from lightning_optim.scheduler_specs import TORCH_SCHEDULERS, check_scheduler_config
+from lightning_optim.scheduler_specs import SCHEDULERS, check_scheduler_config
 
 
 def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def _refuse_nonfinite(value: Any, key: str) -> None:
 def _warn_on_zero_lr(config: dict[str, Any]) -> None:
     scheduler = config["scheduler"] or {}
     # cyclic and onecycle (and a _target_ scheduler may) set the lr from their own arguments, not the groups' lr.
-    if "_target_" in scheduler or scheduler.get("name") in TORCH_SCHEDULERS:
+    if "_target_" in scheduler or (scheduler and SCHEDULERS[scheduler["name"]].sets_own_lr):
         return
     zeros = [("optimizer.lr", config["optimizer"].get("lr"), "the parameters")]
     for index, rule in enumerate(config["param_groups"]):
