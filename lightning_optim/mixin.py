@@ -49,9 +49,8 @@ from lightning_optim.scheduler_builder import (
     run_length_changed,
     saved_run_length,
 )
-from lightning_optim.scheduler_specs import closed_form_schedule
 from lightning_optim.stats.batchnorm import RunningStatsSnapshot
-from lightning_optim.validation import validate_optim_config
+from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
@@ -92,8 +91,12 @@ class OptimMixin:
     @property
     def optim_config(self) -> dict[str, Any]:
         """The validated config as plain containers."""
+        return self._spec().config
+
+    def _spec(self) -> OptimSpec:
+        """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
         try:
-            return self.__dict__["_optim_config"]
+            return self.__dict__["_optim_spec"]
         except KeyError:
             raise AttributeError(
                 f"{type(self).__name__} uses OptimMixin but never set self.optim_config in __init__, e.g. "
@@ -102,8 +105,10 @@ class OptimMixin:
 
     @optim_config.setter
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
-        validated = validate_optim_config(config)
-        self.__dict__["_optim_config"] = validated
+        spec = resolve_optim_config(config)
+        warn_on_zero_lr(spec, stacklevel=2)
+        validated = spec.config
+        self.__dict__["_optim_spec"] = spec
         # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
         # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
         if not isinstance(self.hparams, DictConfig):
@@ -111,13 +116,13 @@ class OptimMixin:
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         check_clip_threshold(self._trainer)
-        config = self.optim_config
-        optimizer = build_optimizer(self, config["optimizer"], config["param_groups"])
+        spec = self._spec()
+        optimizer = build_optimizer(self, spec.optimizer)
         self.__dict__["_built_schedulers"] = []
         self.__dict__["_run_lengths"] = []
-        if config["scheduler"] is None:
+        if spec.scheduler is None:
             return optimizer
-        built = build_scheduler(optimizer, config["scheduler"], self._scheduler_run_length(config["scheduler"]))
+        built = build_scheduler(optimizer, spec.scheduler, self._scheduler_run_length(spec.scheduler.config))
         self.__dict__["_built_schedulers"] = [built]
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
 
@@ -139,11 +144,11 @@ class OptimMixin:
         built = self.__dict__.get("_built_schedulers")
         if not built:
             return
-        spec = self.optim_config["scheduler"]
+        spec = self._spec().scheduler
         built_with = self.__dict__["_run_lengths"][0]["length"]
-        kept = self._scheduler_run_length(spec)
+        kept = self._scheduler_run_length(spec.config)
         if kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
-            built[0].scheduler.schedule = closed_form_schedule(spec, kept)
+            built[0].scheduler.schedule = spec.schedule(kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.param_groups import RULE_KEYS, group_parameters
+from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform_section, constructor_types
 
@@ -197,16 +198,47 @@ def sparse_parameter_names(module: nn.Module) -> set[str]:
     }
 
 
-def model_groups(
-    module: nn.Module, info: OptimizerInfo, options: Mapping[str, Any], rules: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """``module``'s trainable parameters in groups by the checked ``rules``, refused where ``info`` cannot take them.
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """The ``optimizer`` and ``param_groups`` sections, checked: what ``build_optimizer`` takes as it is.
+
+    Attributes:
+        info: the optimizer's info record.
+        options: the constructor's keyword arguments, as it takes them.
+        rules: the parameter-group rules, their options as the constructor takes them.
+        patterns: each rule's compiled ``params`` regex.
+
+    Example:
+        >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
+        >>> [group["name"] for group in spec.groups(torch.nn.Linear(2, 1))]
+        ['bias', 'default']
+    """
+
+    info: OptimizerInfo
+    options: dict[str, Any]
+    rules: tuple[dict[str, Any], ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+    def groups(self, module: nn.Module) -> list[dict[str, Any]]:
+        """``module``'s trainable parameters in named groups by the rules, refused where the optimizer cannot take them.
+
+        Raises:
+            OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
+        """
+        groups = group_parameters(module.named_parameters(), self.rules, self.options, self.patterns)
+        self.info.check_groups(module, groups)
+        if not groups:
+            raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
+        return groups
+
+
+def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] = ()) -> OptimizerSpec:
+    """Check an ``optimizer`` section and the ``param_groups`` rules once, for every later build.
 
     Raises:
-        OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
+        OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule.
     """
-    groups = group_parameters(module.named_parameters(), rules, options)
-    info.check_groups(module, groups)
-    if not groups:
-        raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
-    return groups
+    info = optimizer_info(section)
+    options = check_options(info.cls, optimizer_options(section), "optimizer")
+    patterns = compile_rules(rules)
+    return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns))

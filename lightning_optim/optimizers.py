@@ -16,29 +16,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.optimizer_specs import (
-    check_options,
-    check_rule_options,
-    model_groups,
-    optimizer_info,
-    optimizer_options,
-)
+from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
 
 
 def build_optimizer(
     module: nn.Module,
-    spec: Mapping[str, Any],
+    spec: OptimizerSpec | Mapping[str, Any],
     param_group_rules: Sequence[Mapping[str, Any]] = (),
 ) -> torch.optim.Optimizer:
-    """Build the optimizer named by ``spec`` over ``module``'s trainable parameters, grouped by the rules.
+    """Build the optimizer ``spec`` describes over ``module``'s trainable parameters, grouped by the rules.
 
-    Frozen parameters (``requires_grad=False``) stay out, so a finetuning callback can add them later.
+    ``spec`` is an ``optimizer`` section with its ``param_group_rules``, checked here, or an :class:`OptimizerSpec`
+    (rules included) that validation already checked. Frozen parameters (``requires_grad=False``) stay out, so a
+    finetuning callback can add them later.
 
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule, LBFGS
             with several groups, SparseAdam on dense gradients.
     """
-    info = optimizer_info(spec)
-    options = check_options(info.cls, optimizer_options(spec), "optimizer")
-    param_group_rules = check_rule_options(info.cls, param_group_rules)
-    return info.cls(model_groups(module, info, options, param_group_rules), **options)
+    if not isinstance(spec, OptimizerSpec):
+        spec = resolve_optimizer(spec, param_group_rules)
+    return spec.info.cls(spec.groups(module), **spec.options)

@@ -17,18 +17,12 @@ from typing import Any
 
 import torch
 
-from lightning_optim.config import to_plain_config
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import ScheduleLR
-from lightning_optim.optimizer_specs import (
-    check_options,
-    check_rule_options,
-    model_groups,
-    optimizer_info,
-    optimizer_options,
-)
+from lightning_optim.optimizer_specs import OptimizerSpec
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
+from lightning_optim.validation import OptimSpec, resolve_optim_config
 
 PREVIEW_POINTS = 1000
 """Evenly spaced steps :func:`sample_learning_rates` evaluates, beside those it must show exactly."""
@@ -53,7 +47,7 @@ class LearningRatePreview:
 
 
 def preview_learning_rates(
-    module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
+    module: torch.nn.Module, optim_config: Mapping[str, Any] | OptimSpec, total_steps: int
 ) -> dict[str, list[float]]:
     """The lr of every parameter group for each step ``0 .. total_steps - 1``, without training.
 
@@ -77,7 +71,7 @@ def preview_learning_rates(
 
 def sample_learning_rates(
     module: torch.nn.Module,
-    optim_config: Mapping[str, Any],
+    optim_config: Mapping[str, Any] | OptimSpec,
     total_steps: int,
     include: Iterable[int] = (),
     points: int = PREVIEW_POINTS,
@@ -119,23 +113,20 @@ def sample_learning_rates(
 
 
 def _preview_scheduler(
-    module: torch.nn.Module, optim_config: Mapping[str, Any], total_steps: int
+    module: torch.nn.Module, optim_config: Mapping[str, Any] | OptimSpec, total_steps: int
 ) -> tuple[torch.optim.Optimizer, BuiltScheduler | None]:
-    config = to_plain_config(optim_config)
+    spec = optim_config if isinstance(optim_config, OptimSpec) else resolve_optim_config(optim_config)
     # Torch's schedulers need an optimizer; only the groups' names and lrs matter, so a plain SGD over stand-ins.
-    groups = [{"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, config)]
+    groups = [{"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, spec.optimizer)]
     optimizer = torch.optim.SGD(groups)
-    built = build_scheduler(optimizer, config["scheduler"], total_steps) if config["scheduler"] else None
+    built = build_scheduler(optimizer, spec.scheduler, total_steps) if spec.scheduler is not None else None
     return optimizer, built
 
 
-def _group_lrs(module: torch.nn.Module, config: Mapping[str, Any]) -> list[tuple[str, float]]:
-    """Each parameter group's name and lr, as the optimizer ``config`` describes would have them."""
-    info = optimizer_info(config["optimizer"])
-    options = check_options(info.cls, optimizer_options(config["optimizer"]), "optimizer")
-    rules = check_rule_options(info.cls, config["param_groups"])
-    default_lr = options["lr"] if "lr" in options else _default_lr(info.cls)
-    return [(group["name"], float(group.get("lr", default_lr))) for group in model_groups(module, info, options, rules)]
+def _group_lrs(module: torch.nn.Module, spec: OptimizerSpec) -> list[tuple[str, float]]:
+    """Each parameter group's name and lr, as the optimizer ``spec`` describes would have them."""
+    default_lr = spec.options["lr"] if "lr" in spec.options else _default_lr(spec.info.cls)
+    return [(group["name"], float(group.get("lr", default_lr))) for group in spec.groups(module)]
 
 
 def _default_lr(cls: type[torch.optim.Optimizer]) -> float:

@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lightning_optim.errors import config_error
 from lightning_optim.lr_schedulers import PlateauLR
-from lightning_optim.scheduler_specs import check_scheduler_config, needs_run_length, own_options, scheduler_info
+from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length, own_options, resolve_scheduler
 
 
 @dataclass
@@ -49,7 +49,10 @@ class BuiltScheduler:
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int | None, where: str = "scheduler"
+    optimizer: torch.optim.Optimizer,
+    spec: SchedulerSpec | Mapping[str, Any],
+    total_steps: int | None,
+    where: str = "scheduler",
 ) -> BuiltScheduler:
     """Build the scheduler for ``optimizer``; ``total_steps`` is the run's length in units of ``interval``.
 
@@ -57,35 +60,40 @@ def build_scheduler(
 
     ``total_steps: null`` in the config (and ``warmup_ratio``) resolve against ``total_steps``.
 
+    ``spec`` is a ``scheduler`` section, checked here (``where`` names it in errors), or a :class:`SchedulerSpec`
+    that validation already checked.
+
     Raises:
         OptimConfigError: a bad value, or a warmup longer than the run.
     """
-    spec = check_scheduler_config(spec, where)
+    if not isinstance(spec, SchedulerSpec):
+        spec = resolve_scheduler(spec, where)
+    config, where = spec.config, spec.where
     if total_steps is None:
-        if needs_run_length(spec):
+        if spec.needs_run_length:
             raise config_error(
                 f"{where}.total_steps",
                 None,
                 "a number of steps: the trainer has no max_steps or max_epochs to derive it",
             )
         total_steps = sys.maxsize
-    interval = spec.get("interval", "step")
-    warmup_steps = own_options(spec).get("warmup_steps")
+    interval = config.get("interval", "step")
+    warmup_steps = own_options(config).get("warmup_steps")
     if isinstance(warmup_steps, int) and warmup_steps > total_steps:
         raise config_error(
             f"{where}.warmup_steps",
             warmup_steps,
             f"at most the run's {total_steps} {interval}s (warmup longer than the run)",
         )
-    scheduler = scheduler_info(spec, where).build(optimizer, spec, total_steps, where)
-    frequency = spec.get("frequency", 1)
+    scheduler = spec.info.build(optimizer, config, total_steps, where)
+    frequency = config.get("frequency", 1)
     lightning_config = {
         "scheduler": scheduler,
         "interval": interval,
         "frequency": 1 if interval == "step" else frequency,
     }
-    if spec.get("log_name"):
-        lightning_config["name"] = spec["log_name"]
+    if config.get("log_name"):
+        lightning_config["name"] = config["log_name"]
     return BuiltScheduler(scheduler, lightning_config, frequency, interval)
 
 

@@ -5,10 +5,11 @@ Closed-form schedules (:mod:`lightning_optim.schedules`) run through :class:`~li
 classes, which also cycle momentum.
 
 Example:
-    >>> check_scheduler_config({"name": "warmup_cosine", "warmup_steps": 2e1})
-    {'name': 'warmup_cosine', 'warmup_steps': 20}
-    >>> closed_form_schedule({"name": "step", "step_size": 2}, total_steps=10)
-    StepDecay(warmup_steps=0, step_size=2, gamma=0.1)
+    >>> spec = resolve_scheduler({"name": "step", "step_size": 2e1})
+    >>> type(spec.info).__name__, spec.config
+    ('ClosedForm', {'name': 'step', 'step_size': 20})
+    >>> spec.schedule(total_steps=100)
+    StepDecay(warmup_steps=0, step_size=20, gamma=0.1)
 """
 
 from __future__ import annotations
@@ -302,40 +303,61 @@ def scheduler_info(spec: Mapping[str, Any], where: str = "scheduler") -> Schedul
     return SCHEDULERS[name]
 
 
-def scheduler_key_types(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Expected]:
-    """The keys a scheduler section may hold (its own and Lightning's), each with the type it takes.
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A checked ``scheduler`` section: what ``build_scheduler`` takes as it is.
 
-    Example:
-        >>> scheduler_key_types({"name": "step"})["step_size"].hint
-        <class 'int'>
+    Attributes:
+        info: the scheduler's info record (for a ``_target_``, the class it names).
+        config: the section as plain containers, its values as the scheduler takes them (what ``hparams`` store).
+        where: the section's key in error messages.
     """
-    return scheduler_info(spec, where).key_types()
+
+    info: SchedulerInfo
+    config: dict[str, Any]
+    where: str = "scheduler"
+
+    @property
+    def needs_run_length(self) -> bool:
+        """Whether the section leaves a length to the run (``total_steps: null``, ``warmup_ratio``, ...)."""
+        return self.info.needs_run_length(self.config)
+
+    def schedule(self, total_steps: int) -> Schedule:
+        """The pure schedule of a closed-form or ``sequential`` section, over a run of ``total_steps``.
+
+        Example:
+            >>> resolve_scheduler({"name": "warmup_cosine", "warmup_ratio": 0.25}).schedule(8)
+            WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
+        """
+        if not isinstance(self.info, ClosedForm | SequentialSchedules):
+            raise TypeError(f"{self.info.name!r} is not a closed-form schedule")
+        return self.info.schedule(self.config, total_steps, self.where)
 
 
-def check_scheduler_config(spec: Mapping[str, Any], where: str = "scheduler") -> dict[str, Any]:
+def resolve_scheduler(section: Mapping[str, Any], where: str = "scheduler") -> SchedulerSpec:
     """Refuse unknown names and keys, values of the wrong type and bad Lightning keys, before any trainer exists.
 
     Returns:
-        ``spec`` with its values as the schedule takes them (an integral float for an integer key as an int).
+        The checked section, its values as the schedule takes them (an integral float for an integer key as an int).
 
     Example:
-        >>> check_scheduler_config({"name": "step", "step_size": 1e3})
+        >>> resolve_scheduler({"name": "step", "step_size": 1e3}).config
         {'name': 'step', 'step_size': 1000}
-        >>> check_scheduler_config({"name": "plateau"})
+        >>> resolve_scheduler({"name": "plateau"})
         Traceback (most recent call last):
         ...
         lightning_optim.errors.OptimConfigError: optim_config.scheduler.monitor = None is not valid. Expected \
 the name of a logged validation metric, e.g. 'val/loss'.
     """
-    info = scheduler_info(spec, where)
-    spec = _checked_keys(spec, info.key_types(), where)
-    interval = spec.get("interval", "step")
+    info = scheduler_info(section, where)
+    config = _checked_keys(section, info.key_types(), where)
+    interval = config.get("interval", "step")
     if interval not in ("step", "epoch"):
         raise config_error(f"{where}.interval", interval, "'step' (optimizer steps) or 'epoch'", ["step", "epoch"])
-    frequency = spec.get("frequency", 1)
+    frequency = config.get("frequency", 1)
     if frequency < 1:
         raise config_error(f"{where}.frequency", frequency, "an integer >= 1")
-    return info.check(spec, where)
+    return SchedulerSpec(info, info.check(config, where), where)
 
 
 def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where: str) -> dict[str, Any]:
@@ -356,19 +378,6 @@ def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where:
                 f"{where}.warmup_ratio", spec["warmup_ratio"], "a fraction of the run from 0 to 1, e.g. 0.1"
             )
     return spec
-
-
-def closed_form_schedule(spec: Mapping[str, Any], total_steps: int, where: str = "scheduler") -> Schedule:
-    """The pure schedule a closed-form or ``sequential`` scheduler section describes, over a run of ``total_steps``.
-
-    Example:
-        >>> closed_form_schedule({"name": "warmup_cosine", "warmup_ratio": 0.25}, 8)
-        WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
-    """
-    info = SCHEDULERS[spec["name"]]
-    if not isinstance(info, ClosedForm | SequentialSchedules):
-        raise TypeError(f"{spec['name']!r} is not a closed-form schedule")
-    return info.schedule(spec, total_steps, where)
 
 
 def needs_run_length(spec: Mapping[str, Any]) -> bool:
