@@ -37,6 +37,13 @@ class OptimizerInfo:
         single_group: takes a single parameter group only (LBFGS), so no parameter-group rules.
         sparse_only: takes sparse gradients only (SparseAdam), those of ``Embedding(sparse=True)``.
         aliases: other spellings of ``name``.
+
+    Example:
+        >>> OPTIMIZER_INFOS["lbfgs"].check_groups(torch.nn.Linear(2, 1), [{"name": "a"}, {"name": "b"}])
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.param_groups = ['a', 'b'] is not valid. Expected no \
+parameter-group rules with LBFGS: it supports a single parameter group.
     """
 
     name: str

@@ -47,10 +47,17 @@ LIGHTNING_KEYS = tuple(_LIGHTNING_TYPES)
 """Keys for Lightning's scheduler config, beside the schedule's own. ``name`` picks the schedule, so Lightning's
 ``name`` (the prefix its LR logging uses instead of ``lr-<Optimizer>``) is spelt ``log_name`` here."""
 
+_PLATEAU_OPTIONS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+
 
 @dataclass(frozen=True)
 class SchedulerInfo:
-    """One scheduler name of the config: the keys it takes, whether it needs the run's length, how it is built."""
+    """One scheduler name of the config: the keys it takes, whether it needs the run's length, how it is built.
+
+    Example:
+        >>> SCHEDULERS["onecycle"].needs_run_length({"name": "onecycle"}), SCHEDULERS["step"].conf_file
+        (True, 'scheduler/step.yaml')
+    """
 
     name: str
     sets_own_lr: ClassVar[bool] = False
@@ -243,8 +250,6 @@ class Plateau(SchedulerInfo):
     ) -> LRScheduler:
         return PlateauLR(optimizer, monitor=spec["monitor"], **own_options(spec))
 
-
-_PLATEAU_OPTIONS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
 
 SCHEDULERS: dict[str, SchedulerInfo] = {
     info.name: info
