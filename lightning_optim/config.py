@@ -12,49 +12,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_optim.errors import OptimConfigError, config_error
+
 TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
-
-
-class OptimConfigError(ValueError):
-    """A bad value in ``optim_config``, raised before training starts.
-
-    The message names the key, the bad value and what would work.
-    """
-
-
-def did_you_mean(value: object, choices: Iterable[str]) -> str:
-    """Return `` Did you mean 'x'?`` for the closest choice, or an empty string.
-
-    Example:
-        >>> did_you_mean("adamm", ["adam", "sgd"])
-        " Did you mean 'adam'?"
-    """
-    matches = difflib.get_close_matches(str(value).lower(), list(choices), n=1, cutoff=0.6)
-    return f" Did you mean {matches[0]!r}?" if matches else ""
-
-
-def config_error(
-    key: str, value: object, expected: str, choices: Iterable[str] = (), unknown_key: bool = False
-) -> OptimConfigError:
-    """Build the error for ``key`` holding ``value``, saying what was ``expected``.
-
-    Close matches among ``choices`` are suggested for the value, or for the key's own name if ``unknown_key``.
-
-    Example:
-        >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
-        "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
-    """
-    return OptimConfigError(
-        f"optim_config.{key} = {value!r} is not valid."
-        f"{did_you_mean(key.rsplit('.', 1)[-1] if unknown_key else value, choices)} Expected {expected}."
-    )
 
 
 @dataclass

@@ -29,21 +29,20 @@ import torch
 from omegaconf import DictConfig
 
 from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_step, fsdp_model
-from lightning_optim.config import OptimConfig, OptimConfigError, changed_keys, plain
+from lightning_optim.config import OptimConfig, changed_keys, plain
+from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler
+from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.schedulers import (
+from lightning_optim.scheduler_builder import (
     BuiltScheduler,
-    ScheduleLR,
     build_scheduler,
-    closed_form_schedule,
     resumed_run_length,
     run_length,
     run_length_changed,
     saved_run_length,
-    step_plateau,
 )
-from lightning_optim.validation import validate_optim_config
+from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
@@ -84,8 +83,12 @@ class OptimMixin:
     @property
     def optim_config(self) -> dict[str, Any]:
         """The validated config as plain containers."""
+        return self._spec().config
+
+    def _spec(self) -> OptimSpec:
+        """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
         try:
-            return self.__dict__["_optim_config"]
+            return self.__dict__["_optim_spec"]
         except KeyError:
             raise AttributeError(
                 f"{type(self).__name__} uses OptimMixin but never set self.optim_config in __init__, e.g. "
@@ -94,28 +97,30 @@ class OptimMixin:
 
     @optim_config.setter
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
-        validated = validate_optim_config(config)
-        self.__dict__["_optim_config"] = validated
+        spec = resolve_optim_config(config)
+        warn_on_zero_lr(spec, stacklevel=2)
+        validated = spec.config
+        self.__dict__["_optim_spec"] = spec
         # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
         # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
         if not isinstance(self.hparams, DictConfig):
             self.hparams["optim_config"] = copy.deepcopy(validated)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        check_clip_threshold(self._trainer)
-        config = self.optim_config
-        optimizer = build_optimizer(self, config["optimizer"], config["param_groups"])
+        check_clip_threshold(attached_trainer(self))
+        spec = self._spec()
+        optimizer = build_optimizer(self, spec.optimizer)
         self.__dict__["_built_schedulers"] = []
         self.__dict__["_run_lengths"] = []
-        if config["scheduler"] is None:
+        if spec.scheduler is None:
             return optimizer
-        built = build_scheduler(optimizer, config["scheduler"], self._scheduler_run_length(config["scheduler"]))
+        built = build_scheduler(optimizer, spec.scheduler, self._scheduler_run_length(spec.scheduler.config))
         self.__dict__["_built_schedulers"] = [built]
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
 
     def _scheduler_run_length(self, spec: dict[str, Any]) -> int | None:
         """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run."""
-        length = run_length(self._trainer, spec)
+        length = run_length(attached_trainer(self), spec)
         saved = self.__dict__.pop("_saved_run_lengths", None)
         kept = resumed_run_length(spec, saved[0] if saved else None, length)
         if kept != length:
@@ -131,11 +136,11 @@ class OptimMixin:
         built = self.__dict__.get("_built_schedulers")
         if not built:
             return
-        spec = self.optim_config["scheduler"]
+        spec = self._spec().scheduler
         built_with = self.__dict__["_run_lengths"][0]["length"]
-        kept = self._scheduler_run_length(spec)
+        kept = self._scheduler_run_length(spec.config)
         if kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
-            built[0].scheduler.schedule = closed_form_schedule(spec, kept)
+            built[0].scheduler.schedule = spec.schedule(kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -216,7 +221,7 @@ class OptimMixin:
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        trainer = self._trainer
+        trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
             self.__dict__["_saved_run_lengths"] = checkpoint.get(RUN_LENGTHS_KEY)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_optim.config import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error
 
 DEFAULT_GROUP = "default"
 RULE_KEYS = ("name", "params", "lr_scale")
@@ -65,6 +65,7 @@ def group_parameters(
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
     rules: Sequence[Mapping[str, Any]],
     defaults: Mapping[str, Any],
+    patterns: Sequence[re.Pattern[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into named groups for ``torch.optim``.
 
@@ -72,9 +73,11 @@ def group_parameters(
     from ``defaults``. Every group carries ``name``, which Lightning's LR logging shows. Parameter names are
     not stored in the groups: torch refuses to mix named and unnamed groups, and Lightning's finetuning
     callbacks add unnamed ones.
-    A rule that matches nothing is reported with :class:`UnmatchedRuleWarning`.
+    A rule that matches nothing is reported with :class:`UnmatchedRuleWarning`. ``patterns`` are the rules'
+    regexes from :func:`compile_rules`, where the caller has checked the rules already.
     """
-    patterns = compile_rules(rules)
+    if patterns is None:
+        patterns = compile_rules(rules)
     members: list[list[torch.nn.Parameter]] = [[] for _ in range(len(rules) + 1)]
     for name, parameter in named_parameters:
         if not parameter.requires_grad:

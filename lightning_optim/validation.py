@@ -6,7 +6,7 @@ Example:
     >>> validate_optim_config({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decy": 0.1}})
     Traceback (most recent call last):
     ...
-    lightning_optim.config.OptimConfigError: optim_config.optimizer.weight_decy = 0.1 is not valid. Did you mean \
+    lightning_optim.errors.OptimConfigError: optim_config.optimizer.weight_decy = 0.1 is not valid. Did you mean \
 'weight_decay'? Expected an argument of Adam: lr, betas, eps, weight_decay, amsgrad, foreach, maximize, capturable, \
 differentiable, fused, decoupled_weight_decay.
 """
@@ -16,14 +16,54 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
 
-from lightning_optim.config import OptimConfig, config_error, to_plain_config
-from lightning_optim.optimizers import check_options, check_rule_options, optimizer_class, optimizer_options
-from lightning_optim.param_groups import compile_rules
-from lightning_optim.schedulers import TORCH_SCHEDULERS, check_scheduler_config
+from lightning_optim.config import OptimConfig, to_plain_config
+from lightning_optim.errors import config_error
+from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
+from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """A checked ``optim_config``: the plain config and the resolved sections the builders take as they are.
+
+    Attributes:
+        config: the config as plain containers, values as the constructors take them (what ``hparams`` and
+            checkpoints store).
+        optimizer: the optimizer with its parameter-group rules.
+        scheduler: the scheduler, or None for a constant lr.
+
+    Example:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
+        >>> spec.optimizer.info.cls.__name__, type(spec.scheduler.info).__name__
+        ('AdamW', 'ClosedForm')
+    """
+
+    config: dict[str, Any]
+    optimizer: OptimizerSpec
+    scheduler: SchedulerSpec | None
+
+
+def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> OptimSpec:
+    """Check every name, key and value of ``config`` that needs no model, once, for every later build.
+
+    Raises:
+        OptimConfigError: naming the key, the bad value and what would work.
+    """
+    plain = to_plain_config(config)
+    _refuse_nonfinite(plain, "")
+    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
+    scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
+    validated = {
+        "optimizer": {**plain["optimizer"], **optimizer.options},
+        "param_groups": list(optimizer.rules),
+        "scheduler": scheduler.config if scheduler is not None else None,
+    }
+    return OptimSpec(validated, optimizer, scheduler)
 
 
 def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
@@ -35,16 +75,9 @@ def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) 
     Raises:
         OptimConfigError: naming the key, the bad value and what would work.
     """
-    plain = to_plain_config(config)
-    _refuse_nonfinite(plain, "")
-    cls = optimizer_class(plain["optimizer"])
-    optimizer = {**plain["optimizer"], **check_options(cls, optimizer_options(plain["optimizer"]), "optimizer")}
-    compile_rules(plain["param_groups"])
-    param_groups = check_rule_options(cls, plain["param_groups"])
-    scheduler = check_scheduler_config(plain["scheduler"]) if plain["scheduler"] is not None else None
-    validated = {"optimizer": optimizer, "param_groups": param_groups, "scheduler": scheduler}
-    _warn_on_zero_lr(validated)
-    return validated
+    spec = resolve_optim_config(config)
+    warn_on_zero_lr(spec, stacklevel=3)
+    return spec.config
 
 
 def _refuse_nonfinite(value: Any, key: str) -> None:
@@ -58,11 +91,12 @@ def _refuse_nonfinite(value: Any, key: str) -> None:
             _refuse_nonfinite(item, f"{key}[{index}]")
 
 
-def _warn_on_zero_lr(config: dict[str, Any]) -> None:
-    scheduler = config["scheduler"] or {}
+def warn_on_zero_lr(spec: OptimSpec, stacklevel: int) -> None:
+    """Warn for an lr (or ``lr_scale``) of 0 in a checked config: those parameters would never change."""
     # cyclic and onecycle (and a _target_ scheduler may) set the lr from their own arguments, not the groups' lr.
-    if "_target_" in scheduler or scheduler.get("name") in TORCH_SCHEDULERS:
+    if spec.scheduler is not None and spec.scheduler.info.sets_own_lr:
         return
+    config = spec.config
     zeros = [("optimizer.lr", config["optimizer"].get("lr"), "the parameters")]
     for index, rule in enumerate(config["param_groups"]):
         group = f"the parameters of group {rule['name']!r}"
@@ -73,5 +107,5 @@ def _warn_on_zero_lr(config: dict[str, Any]) -> None:
                 f"optim_config.{key} = {value!r}: {whose} will not change (every update is scaled by the lr). "
                 "Use a value > 0, or freeze those parameters with requires_grad=False instead.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )

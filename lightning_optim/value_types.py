@@ -13,7 +13,7 @@ Example:
     >>> conform(0.9, types["betas"], "optimizer.betas")
     Traceback (most recent call last):
     ...
-    lightning_optim.config.OptimConfigError: optim_config.optimizer.betas = 0.9 is not valid. Expected a pair of \
+    lightning_optim.errors.OptimConfigError: optim_config.optimizer.betas = 0.9 is not valid. Expected a pair of \
 numbers, e.g. [0.9, 0.999].
 """
 
@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
-from lightning_optim.config import config_error
+from lightning_optim.errors import config_error
 
 _EMPTY = inspect.Parameter.empty
 _UNIONS = (typing.Union, types.UnionType)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from lightning_optim import OptimConfigError
-from lightning_optim import schedulers as schedulers_module
-from lightning_optim.schedulers import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
+from lightning_optim import preview as preview_module
+from lightning_optim.preview import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
 from tests.models import RecordingModel
 from tests.previews import count_schedule_calls
 
@@ -125,7 +125,7 @@ def test_a_stateful_scheduler_beyond_the_limit_is_refused():
 
 
 def test_a_stateful_scheduler_up_to_the_limit_is_stepped_through(monkeypatch):
-    monkeypatch.setattr(schedulers_module, "PREVIEW_STEP_LIMIT", 40)
+    monkeypatch.setattr(preview_module, "PREVIEW_STEP_LIMIT", 40)
     scheduler = STATEFUL["cyclic"]
     preview = sample_learning_rates(RecordingModel(), config(scheduler), 40, points=3)
     full = preview_learning_rates(RecordingModel(), config(scheduler), 40)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
+from lightning_optim.errors import argument_error
 from lightning_optim.internals import BatchNormLayer, is_batchnorm, is_last_batch, logging_step, should_log
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
 
@@ -102,7 +103,7 @@ class BatchNormMonitor(L.Callback):
         report: bool = True,
     ) -> None:
         if histogram_every_n is not None and histogram_every_n < 1:
-            raise ValueError(f"BatchNormMonitor(histogram_every_n={histogram_every_n}): use a positive int or None")
+            raise argument_error("BatchNormMonitor", "histogram_every_n", histogram_every_n, "a positive int or None")
         low, high = var_ratio_range
         self.dead_threshold = dead_threshold
         self.drift_threshold = drift_threshold

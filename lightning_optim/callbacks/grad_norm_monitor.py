@@ -23,6 +23,7 @@ from lightning_optim.clipping import (
     check_clip_threshold,
     expected_after_clipping,
 )
+from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
 from lightning_optim.stats import (
     GradientNorms,
@@ -86,13 +87,11 @@ class GradNormMonitor(L.Callback):
         nonfinite: NonfinitePolicy = "warn",
     ) -> None:
         if nonfinite not in ("warn", "skip", "raise"):
-            raise ValueError(
-                f"GradNormMonitor(nonfinite={nonfinite!r}) is not valid; expected 'warn', 'skip' or 'raise'."
+            raise argument_error(
+                "GradNormMonitor", "nonfinite", nonfinite, "'warn', 'skip' or 'raise'", ("warn", "skip", "raise")
             )
         if per_layer_depth is not None and per_layer_depth < 1:
-            raise ValueError(
-                f"GradNormMonitor(per_layer_depth={per_layer_depth!r}) is not valid; expected >= 1 or None."
-            )
+            raise argument_error("GradNormMonitor", "per_layer_depth", per_layer_depth, ">= 1 or None")
         self.per_layer_depth = per_layer_depth
         self.per_param_group = per_param_group
         self.norm_type = norm_type

@@ -15,20 +15,20 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from lightning_optim.config import OptimConfigError, plain
+from lightning_optim.config import plain
+from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import ends_epoch
+from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
 from lightning_optim.mixin import ResumeConfigWarning
-from lightning_optim.schedulers import (
+from lightning_optim.scheduler_builder import (
     BuiltScheduler,
-    ScheduleLR,
     build_scheduler,
-    check_scheduler_config,
     resumed_run_length,
     run_length,
     run_length_changed,
     saved_run_length,
-    step_plateau,
 )
+from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
 
 
 class LRSchedule(L.Callback):
@@ -49,7 +49,7 @@ class LRSchedule(L.Callback):
     """
 
     def __init__(self, scheduler: Mapping[str, Any] | DictConfig, optimizer_index: int = 0) -> None:
-        self.config: dict[str, Any] = check_scheduler_config(plain(scheduler))
+        self.spec: SchedulerSpec = resolve_scheduler(plain(scheduler))
         self.optimizer_index = optimizer_index
         self.built: BuiltScheduler | None = None
         self._restored_state: dict[str, Any] | None = None
@@ -57,6 +57,11 @@ class LRSchedule(L.Callback):
         self._run_length: dict[str, Any] | None = None
         self._build_on_load: L.Trainer | None = None
         self._stepped_at = 0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The checked ``scheduler`` section as plain containers."""
+        return self.spec.config
 
     @property
     def state_key(self) -> str:
@@ -74,7 +79,7 @@ class LRSchedule(L.Callback):
 
     def _build(self, trainer: L.Trainer) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
-        self.built = build_scheduler(optimizer, self.config, self._scheduler_run_length(trainer))
+        self.built = build_scheduler(optimizer, self.spec, self._scheduler_run_length(trainer))
         if self._restored_state is not None:
             self.built.scheduler.load_state_dict(self._restored_state)
 

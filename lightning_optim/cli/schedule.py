@@ -27,7 +27,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
-from lightning_optim.schedulers import LearningRatePreview, sample_learning_rates
+from lightning_optim.preview import LearningRatePreview, sample_learning_rates
 
 
 def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
@@ -45,7 +45,7 @@ def step_learning_rates(cfg: DictConfig, first_steps: int = 0) -> tuple[Learning
     """Every group's lr at the optimizer steps drawn of the run ``cfg`` describes, and the ``optim_config`` used.
 
     The first ``first_steps`` steps, the peak and the last step are always among them
-    (:func:`~lightning_optim.schedulers.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
+    (:func:`~lightning_optim.preview.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
     epoch, and each epoch drawn by its first and last step.
     """
     datamodule = instantiate(cfg.data)

@@ -1,0 +1,41 @@
+"""The optimizer and scheduler registries against what lists their names elsewhere: README and the config tree."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lightning_optim.optimizer_specs import OPTIMIZER_INFOS
+from lightning_optim.scheduler_specs import SCHEDULERS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "lightning_optim" / "conf"
+REGISTRIES = {"optimizer": OPTIMIZER_INFOS, "scheduler": SCHEDULERS}
+README = (ROOT / "README.md").read_text()
+SCHEDULER_KEYS = {key for info in SCHEDULERS.values() for key in info.key_types()}
+
+
+def supported_names(row: str) -> set[str]:
+    """The backticked names in a row of README's "What is supported" table, config keys (``warmup_steps``) left out."""
+    table = README.split("## What is supported", 1)[1]
+    line = next(line for line in table.splitlines() if line.startswith(f"| {row}"))
+    return set(re.findall(r"`([a-z][a-z0-9_]*)`", line)) - SCHEDULER_KEYS
+
+
+def test_readme_lists_exactly_the_registered_optimizers():
+    assert supported_names("Optimizers") == set(OPTIMIZER_INFOS)
+
+
+def test_readme_lists_exactly_the_registered_schedulers():
+    assert supported_names("Schedules") == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize("family", REGISTRIES)
+def test_every_registered_name_has_its_conf_file_and_every_file_is_registered(family):
+    registry = REGISTRIES[family]
+    assert all((CONF / info.conf_file).is_file() for info in registry.values())
+    files = {f"{family}/{path.name}" for path in (CONF / family).glob("*.yaml")}
+    # conf/scheduler/none.yaml is the constant lr: no scheduler at all.
+    assert files - {"scheduler/none.yaml"} == {info.conf_file for info in registry.values()}
