@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -387,7 +389,10 @@ class BatchNormMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         rows = self.report_rows()
-        Console().print(self._table(rows))
+        # Through Lightning's logger, not print: the Hydra app's train.log then holds the table the console showed.
+        console = Console(file=io.StringIO(), width=shutil.get_terminal_size().columns)
+        console.print(self._table(rows))
+        rank_zero_info(console.file.getvalue().rstrip())
         if log_dir is not None:
             thresholds = {
                 "dead_threshold": self.dead_threshold,

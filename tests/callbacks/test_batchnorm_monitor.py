@@ -135,7 +135,7 @@ def test_logging_steps_keys_and_values_against_numpy():
         assert all(isinstance(value, float) for value in values.values())
 
 
-def test_a_constant_channel_is_exactly_one_third_dead_and_reported(tmp_path, capsys, monkeypatch):
+def test_a_constant_channel_is_exactly_one_third_dead_and_reported(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("COLUMNS", "160")
     model = BatchNormNet()
     monitor = BatchNormMonitor()
@@ -153,7 +153,7 @@ def test_a_constant_channel_is_exactly_one_third_dead_and_reported(tmp_path, cap
     assert rows["features.0"]["mode"] == "train" and rows["features.0"]["type"] == "BatchNorm2d"
     assert rows["features.0"]["mean_drift"] == monitor.last["features.0"]["mean_drift"]
     assert report["step"] == 5 and report["thresholds"]["dead_threshold"] == 1e-5
-    printed = capsys.readouterr().out
+    printed = caplog.text  # logged through Lightning's logger (the Hydra app's train.log gets it too)
     lines = {line.split("│")[1].strip(): line for line in printed.splitlines() if line.count("│") > 2}
     second = "! features.2" if rows["features.2"]["attention"] else "features.2"
     assert "BatchNorm health" in printed and set(lines) == {"! features.0", second}

@@ -51,6 +51,7 @@ def test_train_log_holds_what_the_console_showed(single_run):
     assert all(message in console for message in messages)  # every logged line, in the console's order
     assert {"lightning.fabric.utilities.seed", "lightning.pytorch.utilities.rank_zero"} <= {name for name, _ in records}
     assert "GPU available: False, used: False" in messages
+    assert "BatchNorm health" in (run_dir / "train.log").read_text()  # BatchNormMonitor's table, a multi-line record
     assert messages[-2:] == [line for line in stdout.splitlines() if line.startswith(("val/acc = ", "tensorboard "))]
 
 
