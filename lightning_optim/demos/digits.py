@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset, random_split
 
@@ -55,7 +54,7 @@ class DigitsDataModule(SplitDataModule):
         self.split_seed = split_seed
 
     def make_splits(self) -> tuple[Dataset, Dataset]:
-        digits = load_digits()
+        digits = _load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         dataset = TensorDataset(images, torch.tensor(digits.target, dtype=torch.long))
         num_val = round(len(dataset) * self.val_fraction)
@@ -95,3 +94,16 @@ class DigitsCNN(Classifier):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+DEMOS_EXTRA = "pip install 'lightning-optim[demos]'"
+"""The install line for the demos' own dependencies (scikit-learn), named when one is missing."""
+
+
+def _load_digits() -> Any:
+    """scikit-learn's digits, imported here so that the other demos import without scikit-learn."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError(f"The digits demo needs scikit-learn: {DEMOS_EXTRA}") from error
+    return load_digits()
