@@ -34,6 +34,21 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
 from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
 
+__all__ = [
+    "ClipResult",
+    "ClipState",
+    "ReportsClipping",
+    "algorithm_name",
+    "check_clip_threshold",
+    "clip_for_step",
+    "clip_gradients",
+    "clip_in_step",
+    "expected_after_clipping",
+    "folds_into_step",
+    "forget_step_attributes",
+    "fsdp_model",
+]
+
 _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
 

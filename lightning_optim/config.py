@@ -20,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_optim.errors import OptimConfigError, config_error
 
+__all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
+
 TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
 
 

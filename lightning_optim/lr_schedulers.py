@@ -23,6 +23,8 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.schedules import Schedule
 
+__all__ = ["PlateauLR", "ScheduleLR", "step_plateau"]
+
 
 class ScheduleLR(LRScheduler):
     """Set every parameter group's lr to its own base lr times ``schedule(step)``.

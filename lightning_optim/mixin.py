@@ -44,6 +44,8 @@ from lightning_optim.scheduler_builder import (
 )
 from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
 
+__all__ = ["OptimMixin", "ResumeConfigWarning"]
+
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
 

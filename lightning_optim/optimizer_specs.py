@@ -23,6 +23,8 @@ from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_paramet
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform_section, constructor_types
 
+__all__ = ["OPTIMIZERS", "OPTIMIZER_INFOS", "OptimizerInfo", "OptimizerSpec", "optimizer_class", "resolve_optimizer"]
+
 _SPEC_KEYS = ("name", "_target_")
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 

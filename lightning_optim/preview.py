@@ -24,6 +24,14 @@ from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
 from lightning_optim.validation import OptimSpec, resolve_optim_config
 
+__all__ = [
+    "PREVIEW_POINTS",
+    "PREVIEW_STEP_LIMIT",
+    "LearningRatePreview",
+    "preview_learning_rates",
+    "sample_learning_rates",
+]
+
 PREVIEW_POINTS = 1000
 """Evenly spaced steps :func:`sample_learning_rates` evaluates, beside those it must show exactly."""
 

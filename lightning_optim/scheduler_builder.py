@@ -23,6 +23,15 @@ from lightning_optim.errors import config_error
 from lightning_optim.lr_schedulers import PlateauLR
 from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length, own_options, resolve_scheduler
 
+__all__ = [
+    "BuiltScheduler",
+    "build_scheduler",
+    "resumed_run_length",
+    "run_length",
+    "run_length_changed",
+    "saved_run_length",
+]
+
 
 @dataclass
 class BuiltScheduler:

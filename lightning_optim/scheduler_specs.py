@@ -36,6 +36,18 @@ from lightning_optim.schedules import (
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import Expected, conform_section, constructor_types, dataclass_types, expected
 
+__all__ = [
+    "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "ClosedForm",
+    "Plateau",
+    "SchedulerInfo",
+    "SchedulerSpec",
+    "needs_run_length",
+    "own_options",
+    "resolve_scheduler",
+]
+
 _LIGHTNING_TYPES = {
     "interval": expected(str, "step"),
     "frequency": expected(int, 1),

@@ -19,6 +19,18 @@ import bisect
 import math
 from dataclasses import dataclass
 
+__all__ = [
+    "MOST_STAIRS",
+    "ExponentialDecay",
+    "InverseSqrt",
+    "MultiStepDecay",
+    "Polynomial",
+    "Schedule",
+    "Sequential",
+    "StepDecay",
+    "WarmupCosine",
+]
+
 MOST_STAIRS = 1000
 """The most stairs of a step decay :meth:`Schedule.boundaries` lists one by one (a preview draws them exactly)."""
 

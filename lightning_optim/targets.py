@@ -12,6 +12,8 @@ import importlib
 
 from lightning_optim.errors import config_error
 
+__all__ = ["import_class"]
+
 
 def import_class(path: str, base: type, key: str, example: str = "torch.optim.AdamW") -> type:
     """Import the class at dotted ``path`` and check it subclasses ``base`` without calling anything.

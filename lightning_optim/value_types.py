@@ -28,6 +28,8 @@ from typing import Any, Literal, NamedTuple
 
 from lightning_optim.errors import config_error
 
+__all__ = ["Expected", "conform", "conform_section", "constructor_types", "dataclass_types", "describe", "expected"]
+
 _EMPTY = inspect.Parameter.empty
 _UNIONS = (typing.Union, types.UnionType)
 _NOUNS = {float: ("a number", "numbers"), int: ("an integer", "integers"), bool: ("true or false", "booleans")}

@@ -34,6 +34,8 @@ from lightning_optim.errors import argument_error
 from lightning_optim.internals import BatchNormLayer, is_batchnorm, is_last_batch, logging_step, should_log
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
 
+__all__ = ["BatchNormMonitor"]
+
 REPORT_FILE = "batchnorm_report.json"
 
 

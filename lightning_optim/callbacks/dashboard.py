@@ -26,6 +26,8 @@ from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.internals import logging_step
 from lightning_optim.stats import dense_gradient
 
+__all__ = ["TensorBoardDashboard", "dashboard_layout"]
+
 Charts = dict[str, list[str]]
 """Chart title -> regexes of the tags the chart draws (Python ``re``, matched from the tag's start)."""
 

@@ -34,6 +34,8 @@ from lightning_optim.stats import (
     total_norm,
 )
 
+__all__ = ["GradNormMonitor", "NonfinitePolicy"]
+
 NonfinitePolicy = Literal["warn", "skip", "raise"]
 
 

@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 
 from lightning_optim.internals import logging_step, should_log
 
+__all__ = ["LRMonitor"]
+
 MOMENTUM_SUFFIX = "-momentum"
 WEIGHT_DECAY_SUFFIX = "-weight_decay"
 _NOT_MOMENTUM_OR_DECAY = f"(?<!{MOMENTUM_SUFFIX})(?<!{WEIGHT_DECAY_SUFFIX})$"

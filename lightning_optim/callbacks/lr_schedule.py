@@ -30,6 +30,8 @@ from lightning_optim.scheduler_builder import (
 )
 from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
 
+__all__ = ["LRSchedule"]
+
 
 class LRSchedule(L.Callback):
     """Drive the lr of the model's optimizer step by step with a ``scheduler`` config.

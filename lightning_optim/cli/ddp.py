@@ -20,6 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+__all__ = ["sweep_job"]
+
 
 @contextmanager
 def sweep_job() -> Iterator[None]:

@@ -17,6 +17,8 @@ from types import FrameType
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+__all__ = ["InterruptCheckpoint"]
+
 
 class InterruptCheckpoint(L.Callback):
     """Save ``<dirpath>/interrupted.ckpt`` when SIGTERM or SIGINT stops training, at the end of the current step.

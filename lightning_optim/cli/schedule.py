@@ -29,6 +29,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
 from lightning_optim.preview import LearningRatePreview, sample_learning_rates
 
+__all__ = ["group_table", "main", "plot", "step_learning_rates"]
+
 
 def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     """Training batches each process sees: under DDP, Lightning's ``DistributedSampler`` splits the data by rank."""

@@ -23,6 +23,8 @@ from torch.utils.data import Dataset, TensorDataset, random_split
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
 
+__all__ = ["DEMOS_EXTRA", "DigitsCNN", "DigitsDataModule"]
+
 
 class DigitsDataModule(SplitDataModule):
     """The 1797 8x8 digits of :func:`sklearn.datasets.load_digits`, scaled to [0, 1], as ``(N, 1, 8, 8)``.

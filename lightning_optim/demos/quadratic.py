@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from lightning_optim.demos._data import SplitDataModule
 from lightning_optim.mixin import OptimMixin
 
+__all__ = ["QuadraticDataModule", "QuadraticMLP", "make_quadratic"]
+
 
 def make_quadratic(
     num_samples: int, seed: int, noise: float = 0.3, x_range: float = 3.0

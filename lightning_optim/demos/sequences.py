@@ -28,6 +28,8 @@ from torch.utils.data import Dataset, TensorDataset
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
 
+__all__ = ["SequenceDataModule", "SequenceLSTM", "SequenceTransformer", "make_adding_problem"]
+
 NUM_FEATURES = 2
 NUM_CLASSES = 2
 
