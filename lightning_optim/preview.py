@@ -158,7 +158,9 @@ def _closed_form_preview(
     if built is None:
         schedule, frequency, base_lrs = Schedule(), 1, [group["lr"] for group in optimizer.param_groups]
     else:
-        schedule, frequency, base_lrs = built.scheduler.schedule, built.frequency, built.scheduler.base_lrs
+        scheduler = built.scheduler
+        assert isinstance(scheduler, ScheduleLR)  # the caller sends only closed-form schedules here
+        schedule, frequency, base_lrs = scheduler.schedule, built.frequency, scheduler.base_lrs
     # The lr changes every `frequency` steps, to the schedule's value there: a piece of the schedule first shows at
     # the first multiple of `frequency` from its boundary on, and last at the last multiple before the next one.
     boundaries = schedule.boundaries(total_steps)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset, random_split
+from typing_extensions import override
 
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
@@ -55,6 +56,7 @@ class DigitsDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
 
+    @override
     def make_splits(self) -> tuple[Dataset, Dataset]:
         digits = _load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -94,6 +96,7 @@ class DigitsCNN(Classifier):
             nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(), nn.Linear(hidden, DigitsDataModule.num_classes)
         )
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
