@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 schedule: $(STAMP)
 	$(BIN)/lightning-optim-schedule $(ARGS)

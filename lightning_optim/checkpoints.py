@@ -32,6 +32,7 @@ import fsspec
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
+from typing_extensions import override
 
 __all__ = ["CheckpointError", "SafeCheckpointIO", "verify_checkpoint"]
 
@@ -116,6 +117,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
         ['last.ckpt']
     """
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         """Write ``checkpoint`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -132,6 +134,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             return
         _save_atomically(checkpoint, local_path)
 
+    @override
     def load_checkpoint(
         self,
         path: _PATH,
@@ -232,6 +235,8 @@ class _Stub:
     """What the scanning unpickler builds instead of any global: it records the global's name and what it holds."""
 
     global_name = ""
+    arguments: list[Any]
+    items: dict[Any, Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
         stub = object.__new__(cls)
@@ -258,6 +263,7 @@ class _Stub:
 class _ScanningUnpickler(pickle.Unpickler):
     """Unpickles a checkpoint's ``data.pkl`` without importing or calling anything: every global is a ``_Stub``."""
 
+    @override
     def find_class(self, module: str, name: str) -> type[_Stub]:
         # torch.save writes pickle protocol 2, which spells globals as Python 2 did (__builtin__.exec); torch's
         # list of unsafe globals uses today's names, as pickle's own fix_imports does.
@@ -267,6 +273,7 @@ class _ScanningUnpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         return type("Stub", (_Stub,), {"global_name": f"{module}.{name}"})
 
+    @override
     def persistent_load(self, pid: Any) -> None:
         return None
 

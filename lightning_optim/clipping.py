@@ -34,6 +34,21 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
 from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
 
+__all__ = [
+    "ClipResult",
+    "ClipState",
+    "ReportsClipping",
+    "algorithm_name",
+    "check_clip_threshold",
+    "clip_for_step",
+    "clip_gradients",
+    "clip_in_step",
+    "expected_after_clipping",
+    "folds_into_step",
+    "forget_step_attributes",
+    "fsdp_model",
+]
+
 _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
 
@@ -132,7 +147,9 @@ def scale_to_norm(parameters: Sequence[torch.Tensor], max_norm: float, norms: Gr
     coefficient = clip_coefficient(norms.total, max_norm)
     by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
     for parameter in parameters:
-        by_device[parameter.grad.device].append(parameter.grad)
+        grad = parameter.grad
+        assert grad is not None  # the callers pass the parameters that have gradients
+        by_device[grad.device].append(grad)
     for device, grads in by_device.items():
         factor = coefficient.to(device)
         if any(grad.is_sparse for grad in grads):
@@ -199,7 +216,7 @@ def folds_into_step(optimizer: torch.optim.Optimizer) -> bool:
     optimizer = torch_optimizer(optimizer)
     if not unscales_in_step(optimizer):
         return False
-    if _step_takes_grad_scaler(type(optimizer)):
+    if _step_takes_grad_scaler(type(optimizer)):  # type: ignore[arg-type]  # classes hash; typeshed disagrees
         return False  # the deprecated contract: GradScaler passes itself instead of setting the attributes
     return all(group.get("fused") for group in optimizer.param_groups)
 
@@ -290,8 +307,9 @@ def _set_step_attributes(
     optimizer = torch_optimizer(optimizer)
     if _HOOK not in optimizer.__dict__:
         optimizer.__dict__[_HOOK] = optimizer.register_step_post_hook(_forget_step_attributes)
-    optimizer.grad_scale = grad_scale
-    optimizer.found_inf = found_inf
+    # The attributes of GradScaler's contract with fused optimizers, which torch does not declare on Optimizer.
+    optimizer.grad_scale = grad_scale  # type: ignore[attr-defined]
+    optimizer.found_inf = found_inf  # type: ignore[attr-defined]
     optimizer.__dict__[_FOLDED] = (grad_scale, found_inf)
 
 

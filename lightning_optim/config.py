@@ -20,6 +20,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_optim.errors import OptimConfigError, config_error
 
+__all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
+
 TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
 
 
@@ -66,21 +68,21 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
         raise OptimConfigError(
             f"optim_config must be a dict, a DictConfig or an OptimConfig, got {type(config).__name__}."
         )
-    config = plain(config)
-    for key in config:
+    values: dict[str, Any] = plain(config)
+    for key in values:
         if key not in TOP_LEVEL_KEYS:
             raise config_error(
-                key, config[key], f"only the keys {', '.join(TOP_LEVEL_KEYS)}", TOP_LEVEL_KEYS, unknown_key=True
+                key, values[key], f"only the keys {', '.join(TOP_LEVEL_KEYS)}", TOP_LEVEL_KEYS, unknown_key=True
             )
-    if not isinstance(config.get("optimizer"), dict):
+    if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError("optim_config.optimizer is required: a mapping such as {'name': 'adamw', 'lr': 3e-4}.")
-    param_groups = config.get("param_groups") or []
+    param_groups = values.get("param_groups") or []
     if not isinstance(param_groups, list):
         raise config_error("param_groups", param_groups, "a list of rules such as [{'name': ..., 'params': ...}]")
-    scheduler = config.get("scheduler")
+    scheduler = values.get("scheduler")
     if scheduler is not None and not isinstance(scheduler, dict):
         raise config_error("scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
-    return {"optimizer": config["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
+    return {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

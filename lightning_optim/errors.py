@@ -12,6 +12,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = ["OptimConfigError", "argument_error", "config_error", "did_you_mean"]
+
 
 class OptimConfigError(ValueError):
     """A bad value in ``optim_config``, raised before training starts.

@@ -26,6 +26,21 @@ from torch.nn.modules.batchnorm import _BatchNorm
 if TYPE_CHECKING:
     import lightning as L
 
+__all__ = [
+    "BatchNormLayer",
+    "attached_trainer",
+    "ends_epoch",
+    "grad_scaler",
+    "is_batchnorm",
+    "is_last_batch",
+    "logging_step",
+    "own_buffers",
+    "scale_tensor",
+    "should_log",
+    "torch_optimizer",
+    "unscales_in_step",
+]
+
 
 def should_log(trainer: L.Trainer) -> bool:
     """Whether this training batch is one of Lightning's logging steps (``log_every_n_steps``).

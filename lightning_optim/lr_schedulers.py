@@ -19,9 +19,12 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.schedules import Schedule
+
+__all__ = ["PlateauLR", "ScheduleLR", "step_plateau"]
 
 
 class ScheduleLR(LRScheduler):
@@ -46,7 +49,8 @@ class ScheduleLR(LRScheduler):
         self.schedule = schedule
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
+    @override
+    def get_lr(self) -> list[float | torch.Tensor]:
         self._adopt_new_groups()
         factor = self.schedule(self.last_epoch)
         return [base_lr * factor for base_lr in self.base_lrs]
@@ -61,6 +65,7 @@ class ScheduleLR(LRScheduler):
                 group["initial_lr"] = group["lr"] / current if current > 0 else group["lr"]
             self.base_lrs.append(group["initial_lr"])
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "schedule")}
 
@@ -102,7 +107,8 @@ class PlateauLR(LRScheduler):
         self.plateau = ReduceLROnPlateau(optimizer, **plateau_options)
         super().__init__(optimizer)
 
-    def get_lr(self) -> list[float]:
+    @override
+    def get_lr(self) -> list[float | torch.Tensor]:
         groups = self.optimizer.param_groups
         self.base_lrs.extend(group.setdefault("initial_lr", group["lr"]) for group in groups[len(self.base_lrs) :])
         if self.last_epoch > self.warmup.warmup_steps:
@@ -117,10 +123,12 @@ class PlateauLR(LRScheduler):
         self.plateau.step(value)
         self._last_lr = self.plateau.get_last_lr()
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         state = {key: value for key, value in self.__dict__.items() if key not in ("optimizer", "warmup", "plateau")}
         return {**state, "plateau": self.plateau.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = dict(state_dict)
         self.plateau.load_state_dict(state.pop("plateau"))

@@ -23,10 +23,11 @@ import copy
 import functools
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig
+from typing_extensions import override
 
 from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_step, fsdp_model
 from lightning_optim.config import OptimConfig, changed_keys, plain
@@ -44,6 +45,18 @@ from lightning_optim.scheduler_builder import (
 )
 from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
 
+if TYPE_CHECKING:
+    import lightning as L
+    from lightning.pytorch.utilities.types import OptimizerLRScheduler
+
+    # The type checker sees the mixin as the LightningModule it is mixed into (trainer, hparams, the hooks it
+    # overrides); at run time it stays a plain class: `class M(OptimMixin, L.LightningModule)` keeps its MRO.
+    _LightningModule = L.LightningModule
+else:
+    _LightningModule = object
+
+__all__ = ["OptimMixin", "ResumeConfigWarning"]
+
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
 
@@ -55,7 +68,7 @@ class ResumeConfigWarning(UserWarning):
     """The run resumes from a checkpoint made with a different ``optim_config``."""
 
 
-class OptimMixin:
+class OptimMixin(_LightningModule):
     """Implements ``configure_optimizers`` from ``self.optim_config``; put it first in the bases.
 
     ``class Model(OptimMixin, L.LightningModule)`` or, for a model that already has ``configure_optimizers``,
@@ -85,16 +98,6 @@ class OptimMixin:
         """The validated config as plain containers."""
         return self._spec().config
 
-    def _spec(self) -> OptimSpec:
-        """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
-        try:
-            return self.__dict__["_optim_spec"]
-        except KeyError:
-            raise AttributeError(
-                f"{type(self).__name__} uses OptimMixin but never set self.optim_config in __init__, e.g. "
-                "self.optim_config = {'optimizer': {'name': 'adamw', 'lr': 1e-3}}."
-            ) from None
-
     @optim_config.setter
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
         spec = resolve_optim_config(config)
@@ -106,7 +109,18 @@ class OptimMixin:
         if not isinstance(self.hparams, DictConfig):
             self.hparams["optim_config"] = copy.deepcopy(validated)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+    def _spec(self) -> OptimSpec:
+        """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
+        try:
+            return self.__dict__["_optim_spec"]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__} uses OptimMixin but never set self.optim_config in __init__, e.g. "
+                "self.optim_config = {'optimizer': {'name': 'adamw', 'lr': 1e-3}}."
+            ) from None
+
+    @override
+    def configure_optimizers(self) -> OptimizerLRScheduler:
         check_clip_threshold(attached_trainer(self))
         spec = self._spec()
         optimizer = build_optimizer(self, spec.optimizer)
@@ -134,17 +148,18 @@ class OptimMixin:
         Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
         """
         built = self.__dict__.get("_built_schedulers")
-        if not built:
-            return
         spec = self._spec().scheduler
+        if not built or spec is None:
+            return
         built_with = self.__dict__["_run_lengths"][0]["length"]
         kept = self._scheduler_run_length(spec.config)
-        if kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
+        if kept is not None and kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
             built[0].scheduler.schedule = spec.schedule(kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
 
+    @override
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         built = self._built_for(scheduler)
         if built is None:
@@ -157,6 +172,7 @@ class OptimMixin:
         """What clipping measured at the last step and what the monitors ask of the next (``ReportsClipping``)."""
         return ClipState()
 
+    @override
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,
@@ -188,6 +204,7 @@ class OptimMixin:
             skip_nonfinite=state.skip_nonfinite,
         )
 
+    @override
     def on_train_start(self) -> None:
         super().on_train_start()
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
@@ -195,6 +212,7 @@ class OptimMixin:
             if isinstance(built.scheduler, ScheduleLR):
                 built.scheduler.apply_schedule()
 
+    @override
     def on_validation_end(self) -> None:
         super().on_validation_end()
         trainer = self.trainer
@@ -205,6 +223,7 @@ class OptimMixin:
                 strict = built.lightning_config.get("strict", self.optim_config["scheduler"].get("strict", True))
                 step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
@@ -219,6 +238,7 @@ class OptimMixin:
         if self.__dict__.get("_run_lengths"):
             checkpoint[RUN_LENGTHS_KEY] = copy.deepcopy(self.__dict__["_run_lengths"])
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         trainer = attached_trainer(self)

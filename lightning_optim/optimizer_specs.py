@@ -23,6 +23,8 @@ from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_paramet
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform_section, constructor_types
 
+__all__ = ["OPTIMIZERS", "OPTIMIZER_INFOS", "OptimizerInfo", "OptimizerSpec", "optimizer_class", "resolve_optimizer"]
+
 _SPEC_KEYS = ("name", "_target_")
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
@@ -95,14 +97,12 @@ OPTIMIZER_INFOS: dict[str, OptimizerInfo] = _registered(
         OptimizerInfo("rprop", torch.optim.Rprop),
         OptimizerInfo("lbfgs", torch.optim.LBFGS, single_group=True),
         OptimizerInfo("sparse_adam", torch.optim.SparseAdam, sparse_only=True, aliases=("sparseadam",)),
-        *(
-            OptimizerInfo(name, getattr(torch.optim, cls))
-            for name, cls in (("adafactor", "Adafactor"), ("muon", "Muon"))
-            if hasattr(torch.optim, cls)
-        ),
+        OptimizerInfo("adafactor", torch.optim.Adafactor),
+        # Muon arrived in torch 2.9, above the package's torch floor.
+        *([OptimizerInfo("muon", torch.optim.Muon)] if hasattr(torch.optim, "Muon") else []),
     ]
 )
-"""Every ``torch.optim`` optimizer by its config name (Adafactor and Muon where the installed torch has them)."""
+"""Every ``torch.optim`` optimizer by its config name (Muon where the installed torch has it: torch 2.9 or later)."""
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {name: info.cls for name, info in OPTIMIZER_INFOS.items()}
 """The optimizer classes by config name."""

@@ -18,6 +18,8 @@ from torch import nn
 
 from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
 
+__all__ = ["build_optimizer"]
+
 
 def build_optimizer(
     module: nn.Module,

@@ -20,6 +20,8 @@ import torch
 
 from lightning_optim.errors import OptimConfigError, config_error
 
+__all__ = ["RULE_KEYS", "UnmatchedRuleWarning", "compile_rules", "group_parameters"]
+
 DEFAULT_GROUP = "default"
 RULE_KEYS = ("name", "params", "lr_scale")
 """The keys of a rule that are not optimizer options."""

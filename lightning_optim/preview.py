@@ -24,6 +24,14 @@ from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
 from lightning_optim.validation import OptimSpec, resolve_optim_config
 
+__all__ = [
+    "PREVIEW_POINTS",
+    "PREVIEW_STEP_LIMIT",
+    "LearningRatePreview",
+    "preview_learning_rates",
+    "sample_learning_rates",
+]
+
 PREVIEW_POINTS = 1000
 """Evenly spaced steps :func:`sample_learning_rates` evaluates, beside those it must show exactly."""
 
@@ -150,7 +158,9 @@ def _closed_form_preview(
     if built is None:
         schedule, frequency, base_lrs = Schedule(), 1, [group["lr"] for group in optimizer.param_groups]
     else:
-        schedule, frequency, base_lrs = built.scheduler.schedule, built.frequency, built.scheduler.base_lrs
+        scheduler = built.scheduler
+        assert isinstance(scheduler, ScheduleLR)  # the caller sends only closed-form schedules here
+        schedule, frequency, base_lrs = scheduler.schedule, built.frequency, scheduler.base_lrs
     # The lr changes every `frequency` steps, to the schedule's value there: a piece of the schedule first shows at
     # the first multiple of `frequency` from its boundary on, and last at the last multiple before the next one.
     boundaries = schedule.boundaries(total_steps)

@@ -14,7 +14,7 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -23,13 +23,25 @@ from lightning_optim.errors import config_error
 from lightning_optim.lr_schedulers import PlateauLR
 from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length, own_options, resolve_scheduler
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import LRSchedulerConfigType
+
+__all__ = [
+    "BuiltScheduler",
+    "build_scheduler",
+    "resumed_run_length",
+    "run_length",
+    "run_length_changed",
+    "saved_run_length",
+]
+
 
 @dataclass
 class BuiltScheduler:
     """A scheduler with the config Lightning gets and the step ``frequency`` counted in optimizer steps."""
 
     scheduler: LRScheduler
-    lightning_config: dict[str, Any]
+    lightning_config: LRSchedulerConfigType
     frequency: int
     interval: str
 
@@ -87,7 +99,7 @@ def build_scheduler(
         )
     scheduler = spec.info.build(optimizer, config, total_steps, where)
     frequency = config.get("frequency", 1)
-    lightning_config = {
+    lightning_config: LRSchedulerConfigType = {
         "scheduler": scheduler,
         "interval": interval,
         "frequency": 1 if interval == "step" else frequency,
@@ -142,7 +154,7 @@ def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None,
 
 
 def run_length_changed(
-    spec: Mapping[str, Any], saved: int, length: int | None, where: str = "optim_config.scheduler"
+    spec: Mapping[str, Any], saved: int | None, length: int | None, where: str = "optim_config.scheduler"
 ) -> str:
     """The warning for a resumed scheduler that keeps the checkpoint's run length ``saved`` instead of ``length``.
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLROnPlateau
+from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR
@@ -35,6 +36,18 @@ from lightning_optim.schedules import (
 )
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import Expected, conform_section, constructor_types, dataclass_types, expected
+
+__all__ = [
+    "SCHEDULERS",
+    "SCHEDULER_NAMES",
+    "ClosedForm",
+    "Plateau",
+    "SchedulerInfo",
+    "SchedulerSpec",
+    "needs_run_length",
+    "own_options",
+    "resolve_scheduler",
+]
 
 _LIGHTNING_TYPES = {
     "interval": expected(str, "step"),
@@ -98,6 +111,7 @@ class ClosedForm(SchedulerInfo):
     schedule_class: type[Schedule] = Schedule
     fixed: Mapping[str, Any] = field(default_factory=dict)
 
+    @override
     def own_types(self) -> dict[str, Expected]:
         types = {key: wanted for key, wanted in dataclass_types(self.schedule_class).items() if key not in self.fixed}
         if "total_steps" in types:
@@ -106,9 +120,11 @@ class ClosedForm(SchedulerInfo):
             types["warmup_ratio"] = expected(float, 0.1)
         return types
 
+    @override
     def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
         return "total_steps" in self.own_types() and spec.get("total_steps") is None
 
+    @override
     def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
         self.schedule(spec, None, where)
         return spec
@@ -129,6 +145,7 @@ class ClosedForm(SchedulerInfo):
         except (ValueError, TypeError) as error:
             raise OptimConfigError(f"optim_config.{where}: {error}") from None
 
+    @override
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
@@ -139,16 +156,19 @@ class ClosedForm(SchedulerInfo):
 class SequentialSchedules(SchedulerInfo):
     """Closed-form schedules one after another, each starting at a milestone."""
 
+    @override
     def own_types(self) -> dict[str, Expected]:
         # Each child is checked as a schedule of its own.
         return {"schedulers": expected(), "milestones": dataclass_types(Sequential)["milestones"]}
 
+    @override
     def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
         # The phases before the last one end at a milestone; only the last one can run to the end of the run.
         children = spec.get("schedulers")
         last = children[-1] if isinstance(children, list) and children else None
         return isinstance(last, Mapping) and needs_run_length(last)
 
+    @override
     def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
         children = spec.get("schedulers")
         if not isinstance(children, list) or len(children) < 2:
@@ -158,11 +178,12 @@ class SequentialSchedules(SchedulerInfo):
         checked = []
         for index, child in enumerate(children):
             child_where = f"{where}.schedulers[{index}]"
-            info = SCHEDULERS.get(child.get("name")) if isinstance(child, dict) else None
+            name = child.get("name") if isinstance(child, dict) else None
+            info = SCHEDULERS.get(name) if isinstance(name, str) else None
             if not isinstance(info, ClosedForm):
                 raise config_error(
                     f"{child_where}.name",
-                    None if not isinstance(child, dict) else child.get("name"),
+                    name,
                     "one of the closed-form schedules: " + ", ".join(CLOSED_FORM_NAMES),
                     CLOSED_FORM_NAMES,
                 )
@@ -178,12 +199,14 @@ class SequentialSchedules(SchedulerInfo):
         for index, child in enumerate(spec["schedulers"]):
             phase_length = (starts[index + 1] if index < len(milestones) else total_steps) - starts[index]
             phase = SCHEDULERS[child["name"]]
+            assert isinstance(phase, ClosedForm)  # check() admitted only closed-form children
             phases.append(phase.schedule(child, max(phase_length, 1), f"{where}.schedulers[{index}]"))
         try:
             return Sequential(schedules=tuple(phases), milestones=tuple(milestones))
         except ValueError as error:
             raise OptimConfigError(f"optim_config.{where}: {error}") from None
 
+    @override
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
@@ -198,13 +221,16 @@ class TorchScheduler(SchedulerInfo):
     run_length_key: str | None = None
     sets_own_lr: ClassVar[bool] = True
 
+    @override
     def own_types(self) -> dict[str, Expected]:
         types = constructor_types(self.scheduler_class)
         return {key: wanted for key, wanted in types.items() if key not in ("last_epoch", "verbose")}
 
+    @override
     def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
         return self.run_length_key is not None and spec.get(self.run_length_key) is None
 
+    @override
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
@@ -223,6 +249,7 @@ class TorchScheduler(SchedulerInfo):
 class TargetScheduler(TorchScheduler):
     """An ``LRScheduler`` subclass named by ``_target_`` (its dotted path is the name)."""
 
+    @override
     def key_types(self) -> dict[str, Expected]:
         return {**self.own_types(), "_target_": expected(str), **_LIGHTNING_TYPES}
 
@@ -231,6 +258,7 @@ class TargetScheduler(TorchScheduler):
 class Plateau(SchedulerInfo):
     """Warmup per step, then torch's ``ReduceLROnPlateau`` stepped after each validation run (:class:`PlateauLR`)."""
 
+    @override
     def own_types(self) -> dict[str, Expected]:
         plateau = TorchScheduler("", ReduceLROnPlateau).own_types()
         return {
@@ -238,6 +266,7 @@ class Plateau(SchedulerInfo):
             **{key: plateau[key] for key in _PLATEAU_OPTIONS},
         }
 
+    @override
     def check(self, spec: dict[str, Any], where: str) -> dict[str, Any]:
         if not spec.get("monitor"):
             raise config_error(
@@ -245,6 +274,7 @@ class Plateau(SchedulerInfo):
             )
         return spec
 
+    @override
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
@@ -392,5 +422,6 @@ def needs_run_length(spec: Mapping[str, Any]) -> bool:
         >>> needs_run_length({"name": "warmup_cosine", "total_steps": None}), needs_run_length({"name": "step"})
         (True, False)
     """
-    info = None if "_target_" in spec else SCHEDULERS.get(spec.get("name"))
+    name = spec.get("name")
+    info = SCHEDULERS.get(name) if "_target_" not in spec and isinstance(name, str) else None
     return info is not None and info.needs_run_length(spec)

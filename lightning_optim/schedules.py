@@ -19,6 +19,20 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from typing_extensions import override
+
+__all__ = [
+    "MOST_STAIRS",
+    "ExponentialDecay",
+    "InverseSqrt",
+    "MultiStepDecay",
+    "Polynomial",
+    "Schedule",
+    "Sequential",
+    "StepDecay",
+    "WarmupCosine",
+]
+
 MOST_STAIRS = 1000
 """The most stairs of a step decay :meth:`Schedule.boundaries` lists one by one (a preview draws them exactly)."""
 
@@ -82,6 +96,7 @@ class _DecayToFloor(Schedule):
     total_steps: int
     min_lr_ratio: float = 0.0
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(
@@ -92,6 +107,7 @@ class _DecayToFloor(Schedule):
         )
         _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
 
+    @override
     def decay_boundaries(self, stop: int) -> set[int]:
         return {self.total_steps}
 
@@ -99,6 +115,7 @@ class _DecayToFloor(Schedule):
         """Fraction of the decay done at ``step``: 0 at the end of warmup, 1 at ``total_steps``."""
         return min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
 
+    @override
     def decay(self, step: int) -> float:
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * self.shape(self.progress(step))
 
@@ -120,6 +137,7 @@ class WarmupCosine(_DecayToFloor):
         0.5
     """
 
+    @override
     def shape(self, progress: float) -> float:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -135,10 +153,12 @@ class Polynomial(_DecayToFloor):
 
     power: float = 1.0
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.power > 0, "power", self.power, "a number > 0")
 
+    @override
     def shape(self, progress: float) -> float:
         return (1.0 - progress) ** self.power
 
@@ -152,10 +172,12 @@ class InverseSqrt(Schedule):
         [0.5, 1.0, 0.5]
     """
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.warmup_steps >= 1, "warmup_steps", self.warmup_steps, "an integer >= 1 for inverse_sqrt")
 
+    @override
     def decay(self, step: int) -> float:
         return math.sqrt(self.warmup_steps / step)
 
@@ -172,6 +194,7 @@ class StepDecay(Schedule):
     step_size: int
     gamma: float = 0.1
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(
@@ -182,9 +205,11 @@ class StepDecay(Schedule):
         )
         _require(self.gamma > 0, "gamma", self.gamma, "a number > 0")
 
+    @override
     def decay(self, step: int) -> float:
         return self.gamma ** (step // self.step_size)
 
+    @override
     def decay_boundaries(self, stop: int) -> set[int]:
         first = -(-self.warmup_steps // self.step_size) * self.step_size
         last = (stop - 1) // self.step_size * self.step_size
@@ -206,6 +231,7 @@ class MultiStepDecay(Schedule):
     milestones: tuple[int, ...]
     gamma: float = 0.1
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "milestones", tuple(self.milestones))
@@ -217,9 +243,11 @@ class MultiStepDecay(Schedule):
         )
         _require(self.gamma > 0, "gamma", self.gamma, "a number > 0")
 
+    @override
     def decay(self, step: int) -> float:
         return self.gamma ** bisect.bisect_right(self.milestones, step)
 
+    @override
     def decay_boundaries(self, stop: int) -> set[int]:
         return set(self.milestones)
 
@@ -235,10 +263,12 @@ class ExponentialDecay(Schedule):
 
     gamma: float
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.gamma > 0, "gamma", self.gamma, "a number > 0")
 
+    @override
     def decay(self, step: int) -> float:
         return self.gamma**step
 
@@ -260,6 +290,7 @@ class Sequential(Schedule):
     schedules: tuple[Schedule, ...]
     milestones: tuple[int, ...]
 
+    @override
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "schedules", tuple(self.schedules))
@@ -277,11 +308,13 @@ class Sequential(Schedule):
             "increasing steps > 0",
         )
 
+    @override
     def decay(self, step: int) -> float:
         phase = bisect.bisect_right(self.milestones, step)
         start = self.milestones[phase - 1] if phase else 0
         return self.schedules[phase](step - start)
 
+    @override
     def decay_boundaries(self, stop: int) -> set[int]:
         starts = (0, *self.milestones)
         ends = (*self.milestones, stop)

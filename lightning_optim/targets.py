@@ -9,11 +9,16 @@ Example:
 from __future__ import annotations
 
 import importlib
+from typing import TypeVar
 
 from lightning_optim.errors import config_error
 
+__all__ = ["import_class"]
 
-def import_class(path: str, base: type, key: str, example: str = "torch.optim.AdamW") -> type:
+T = TypeVar("T")
+
+
+def import_class(path: str, base: type[T], key: str, example: str = "torch.optim.AdamW") -> type[T]:
     """Import the class at dotted ``path`` and check it subclasses ``base`` without calling anything.
 
     Config from a command line is untrusted: the object is refused unless it is a class deriving from ``base``.

@@ -26,6 +26,8 @@ from lightning_optim.errors import config_error
 from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
 from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
 
+__all__ = ["OptimSpec", "resolve_optim_config", "validate_optim_config", "warn_on_zero_lr"]
+
 
 @dataclass(frozen=True)
 class OptimSpec:

@@ -28,6 +28,8 @@ from typing import Any, Literal, NamedTuple
 
 from lightning_optim.errors import config_error
 
+__all__ = ["Expected", "conform", "conform_section", "constructor_types", "dataclass_types", "describe", "expected"]
+
 _EMPTY = inspect.Parameter.empty
 _UNIONS = (typing.Union, types.UnionType)
 _NOUNS = {float: ("a number", "numbers"), int: ("an integer", "integers"), bool: ("true or false", "booleans")}
@@ -65,7 +67,7 @@ def expected(hint: Any = _EMPTY, default: Any = _EMPTY) -> Expected:
     return Expected(hint, example)
 
 
-def constructor_types(cls: type) -> dict[str, Expected]:
+def constructor_types(cls: type[Any]) -> dict[str, Expected]:
     """The keyword arguments of ``cls.__init__`` after its first one (the parameters or the optimizer), typed.
 
     Example:
@@ -213,7 +215,7 @@ def _hint_of_default(default: Any) -> Any:
         # An int default often stands for any number (weight_decay=0), so only an annotation makes a key integer.
         return float
     if isinstance(default, tuple):
-        return tuple[tuple(_hint_of_default(item) for item in default)]
+        return tuple[tuple(_hint_of_default(item) for item in default)]  # type: ignore[misc]  # built at run time
     return type(default)
 
 

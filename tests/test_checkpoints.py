@@ -212,7 +212,7 @@ BATCHES = 8  # loader(): 32 samples in batches of 4
 
 
 def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float) -> float:
-    """The lr for optimizer step ``k``, written out from the formula in DESIGN.md."""
+    """The lr for optimizer step ``k``, written out: ``k / warmup`` of ``lr``, then cosine down to ``lr * floor``."""
     if k < warmup:
         return lr * k / warmup
     if k > total:

@@ -1,4 +1,4 @@
-"""The semantics of DESIGN.md, run through a real Trainer: lr sequences per optimizer step, exact."""
+"""The semantics in docs/architecture.md, run through a real Trainer: lr sequences per optimizer step, exact."""
 
 import math
 

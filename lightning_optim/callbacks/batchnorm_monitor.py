@@ -31,10 +31,13 @@ from rich.table import Table
 from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
+from typing_extensions import override
 
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import BatchNormLayer, is_batchnorm, is_last_batch, logging_step, should_log
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
+
+__all__ = ["BatchNormMonitor"]
 
 REPORT_FILE = "batchnorm_report.json"
 
@@ -149,9 +152,11 @@ class BatchNormMonitor(L.Callback):
             "Bias": [r"^batchnorm/.*/bias_(mean|min|max)$"],
         }
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.layers = {name: module for name, module in pl_module.named_modules() if is_batchnorm(module)}
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -171,7 +176,7 @@ class BatchNormMonitor(L.Callback):
             if self._histograms is not None:
                 self._handles.append(layer.register_forward_hook(partial(self._output_histogram, name)))
 
-    def _measure(self, name: str, layer: nn.Module, args: tuple[Any, ...]) -> None:
+    def _measure(self, name: str, layer: BatchNormLayer, args: tuple[Any, ...]) -> None:
         # Only the first forward of the batch: a closure evaluated again (LBFGS) sees the same data.
         if name in self._pending or not args or not isinstance(args[0], torch.Tensor):
             return
@@ -214,9 +219,10 @@ class BatchNormMonitor(L.Callback):
                 f"{values.numel() - finite.numel()} NaN/Inf values out of {values.numel()}. Histograms show the "
                 "finite values only, and are not written when none is finite (said once).",
             )
-        if finite.numel():
+        if finite.numel() and self._histograms is not None:
             self._histograms.experiment.add_histogram(tag, finite, self._step)
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if not self._handles:
             return
@@ -234,7 +240,8 @@ class BatchNormMonitor(L.Callback):
 
     def _finite_metrics(self, keys: list[tuple[str, str]], numbers: list[float], step: int) -> dict[str, float]:
         """The metrics of the finite numbers; ``last`` and ``nonfinite`` updated; the first NaN/Inf is warned about."""
-        metrics, missing = {}, {}
+        metrics: dict[str, float] = {}
+        missing: dict[str, list[str]] = {}
         for (name, key), number in zip(keys, numbers, strict=True):
             last, nonfinite = self.last.setdefault(name, {}), self.nonfinite.setdefault(name, set())
             if math.isfinite(number):
@@ -288,36 +295,39 @@ class BatchNormMonitor(L.Callback):
             self.warnings.append(message)
             rank_zero_warn(message, category=UserWarning)
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A batch whose on_train_batch_end never ran (the module's on_train_batch_start returned -1) must not
         # leave hooks that would measure validation batches.
         self._remove_hooks()
         self._pending = {}
 
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
         self._pending = {}
         if trainer.world_size < 2 or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         layers = {
-            name: layer
+            name: (layer.running_mean, layer.running_var, layer.eps)
             for name, layer in self.layers.items()
             if not isinstance(layer, nn.SyncBatchNorm)
             and layer.running_mean is not None
+            and layer.running_var is not None
             and not is_lazy(layer.running_mean)
         }
         if not layers:
             return
         with torch.no_grad():
             # One collective for all layers: each rank's buffers, concatenated in the same (module) order.
-            flat = torch.cat([torch.cat([layer.running_mean, layer.running_var]).float() for layer in layers.values()])
+            flat = torch.cat([torch.cat([mean, var]).float() for mean, var, _ in layers.values()])
             gathered = trainer.strategy.all_gather(flat)
             divergences, offset = [], 0
-            for layer in layers.values():
-                channels = layer.running_mean.numel()
+            for mean, _, eps in layers.values():
+                channels = mean.numel()
                 means = gathered[:, offset : offset + channels]
                 variances = gathered[:, offset + channels : offset + 2 * channels]
-                divergences.append(rank_divergence(means, variances, layer.eps))
+                divergences.append(rank_divergence(means, variances, eps))
                 offset += 2 * channels
         if not trainer.is_global_zero:
             return
@@ -381,6 +391,7 @@ class BatchNormMonitor(L.Callback):
             reasons.append("NaN/Inf statistics")
         return reasons
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.report or not self.layers:
             return
@@ -440,6 +451,7 @@ class BatchNormMonitor(L.Callback):
         self._handles = []
         self._histogram_done = set()
 
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
         self._pending = {}

@@ -19,12 +19,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.internals import logging_step
 from lightning_optim.stats import dense_gradient
+
+__all__ = ["TensorBoardDashboard", "dashboard_layout"]
 
 Charts = dict[str, list[str]]
 """Chart title -> regexes of the tags the chart draws (Python ``re``, matched from the tag's start)."""
@@ -100,6 +103,7 @@ class TensorBoardDashboard(L.Callback):
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
         return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loggers = self._tensorboards(trainer)
         if not loggers:
@@ -110,10 +114,11 @@ class TensorBoardDashboard(L.Callback):
                     category=UserWarning,
                 )
             return
-        layout = dashboard_layout(trainer.callbacks)
+        layout = dashboard_layout(trainer.callbacks)  # type: ignore[attr-defined]  # set by Lightning's connector
         for logger in loggers:
             logger.experiment.add_custom_scalars(layout)
 
+    @override
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:

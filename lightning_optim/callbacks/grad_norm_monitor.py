@@ -8,12 +8,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_optim.clipping import (
     ClipResult,
@@ -33,6 +34,8 @@ from lightning_optim.stats import (
     module_path,
     total_norm,
 )
+
+__all__ = ["GradNormMonitor", "NonfinitePolicy"]
 
 NonfinitePolicy = Literal["warn", "skip", "raise"]
 
@@ -140,9 +143,11 @@ class GradNormMonitor(L.Callback):
             return pl_module.clip_state
         return None
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_clip_threshold(trainer)
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
         if self.nonfinite != "skip":
@@ -151,11 +156,13 @@ class GradNormMonitor(L.Callback):
         if isinstance(pl_module, ReportsClipping):
             pl_module.clip_state.skip_nonfinite = self._snapshot
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(pl_module, ReportsClipping):
             pl_module.clip_state.skip_nonfinite = None
         self._snapshot = None
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # Under gradient accumulation the step's first batch: every forward until the step updates BatchNorm.
         if self._snapshot is not None and self._snapshot_at != trainer.global_step:
@@ -165,6 +172,7 @@ class GradNormMonitor(L.Callback):
         if self._logging and (state := self._clip_state(trainer, pl_module)) is not None:
             state.group_of = self._group_of(pl_module, trainer.optimizers[0])
 
+    @override
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -178,27 +186,32 @@ class GradNormMonitor(L.Callback):
             return
         named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
         group_of = self._group_of(pl_module, optimizer) if self._logging else None
-        self._before = gradient_norms(named, group_of, self.norm_type)
-        if self.nonfinite != "warn" and not torch.isfinite(self._before.total):
-            self._handle_nonfinite(trainer, named)
+        self._before = before = gradient_norms(named, group_of, self.norm_type)
+        if self.nonfinite != "warn" and not torch.isfinite(before.total):
+            self._handle_nonfinite(trainer, named, before)
 
-    def _handle_nonfinite(self, trainer: L.Trainer, named: list[tuple[str, torch.Tensor]]) -> None:
+    def _handle_nonfinite(
+        self, trainer: L.Trainer, named: Sequence[tuple[str, torch.Tensor]], before: GradientNorms
+    ) -> None:
         if self.nonfinite == "raise":
-            first = next((name for name, p in named if not torch.isfinite(dense_gradient(p)).all()), None)
+            grads = [(name, dense_gradient(p)) for name, p in named]
+            first = next((name for name, grad in grads if grad is not None and not torch.isfinite(grad).all()), None)
             if first is None:
                 raise FloatingPointError(
                     f"Non-finite gradient norm at optimizer step {trainer.global_step}: every gradient is finite, "
-                    f"but their total {self.norm_type:g}-norm overflowed ({float(self._before.total)}). Lower the lr "
+                    f"but their total {self.norm_type:g}-norm overflowed ({float(before.total)}). Lower the lr "
                     "or the loss scale, or clip gradients by value."
                 )
             raise FloatingPointError(
                 f"Non-finite gradient at optimizer step {trainer.global_step}: the first parameter with a NaN/Inf "
-                f"gradient is {first!r} (gradient norm {float(self._before.total)})."
+                f"gradient is {first!r} (gradient norm {float(before.total)})."
             )
         for _, parameter in named:
             parameter.grad = None
+        assert self._snapshot is not None  # on_train_start makes one when the policy is skip
         self._snapshot.restore()
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if isinstance(pl_module, ReportsClipping):
             pl_module.clip_state.group_of = None
@@ -232,7 +245,7 @@ class GradNormMonitor(L.Callback):
         """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
         if not self._pending:
             return
-        totals = torch.stack([result.total for result in self._pending])
+        totals = torch.stack([result.total for result in self._pending if result.total is not None])
         self._nonfinite_steps += int((~torch.isfinite(totals)).sum())
         clipped = [result.clipped for result in self._pending if result.clipped is not None]
         if clipped:
@@ -241,7 +254,7 @@ class GradNormMonitor(L.Callback):
         self._pending.clear()
 
     def _log(self, trainer: L.Trainer, result: ClipResult | None) -> None:
-        if result is None or result.total is None:
+        if result is None or result.total is None or result.clipped_norm is None:
             return
         before = self._nonfinite_steps
         self._reduce()
@@ -263,6 +276,7 @@ class GradNormMonitor(L.Callback):
             )
         self._clipped_steps, self._window_steps = 0.0, 0
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         self._reduce()
         return {
@@ -271,6 +285,7 @@ class GradNormMonitor(L.Callback):
             "nonfinite_steps": self._nonfinite_steps,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._clipped_steps = state_dict.get("clipped_steps", 0.0)
         self._window_steps = state_dict.get("window_steps", 0)

@@ -17,8 +17,11 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
+from typing_extensions import override
 
 from lightning_optim.internals import logging_step, should_log
+
+__all__ = ["LRMonitor"]
 
 MOMENTUM_SUFFIX = "-momentum"
 WEIGHT_DECAY_SUFFIX = "-weight_decay"
@@ -89,12 +92,15 @@ class LRMonitor(LearningRateMonitor):
             charts["Weight decay"] = [f"{prefix}.*{WEIGHT_DECAY_SUFFIX}$" for prefix in prefixes]
         return charts
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         self._logged_at = {}
         with warnings.catch_warnings():
@@ -102,10 +108,12 @@ class LRMonitor(LearningRateMonitor):
             warnings.filterwarnings("ignore", message="You have set log_momentum=True")
             super().on_train_start(trainer, *args, **kwargs)
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval != "epoch" and should_log(trainer):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
@@ -123,10 +131,12 @@ class LRMonitor(LearningRateMonitor):
         for logger in trainer.loggers:
             logger.log_metrics(fresh, step=step)
 
+    @override
     def _extract_lr(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
         # The history in self.lrs is appended in _log, for the points actually logged.
         return {name: _number(param_group["lr"])}
 
+    @override
     def _extract_momentum(self, param_group: dict[str, Any], name: str, use_betas: bool) -> dict[str, float]:
         if not self.log_momentum:
             return {}
@@ -136,13 +146,14 @@ class LRMonitor(LearningRateMonitor):
             momentum = param_group["momentum"]
         else:
             return {}
-        self.last_momentum_values[name] = _number(momentum)
+        self.last_momentum_values[name] = _number(momentum)  # type: ignore[assignment]  # Lightning annotates lists, stores floats
         return {name: _number(momentum)}
 
+    @override
     def _extract_weight_decay(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
         if not self.log_weight_decay or "weight_decay" not in param_group:
             return {}
-        self.last_weight_decay_values[name] = _number(param_group["weight_decay"])
+        self.last_weight_decay_values[name] = _number(param_group["weight_decay"])  # type: ignore[assignment]  # Lightning annotates lists, stores floats
         return {name: _number(param_group["weight_decay"])}
 
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig
+from typing_extensions import override
 
 from lightning_optim.config import plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import ends_epoch
-from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
+from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR, step_plateau
 from lightning_optim.mixin import ResumeConfigWarning
 from lightning_optim.scheduler_builder import (
     BuiltScheduler,
@@ -29,6 +30,8 @@ from lightning_optim.scheduler_builder import (
     saved_run_length,
 )
 from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
+
+__all__ = ["LRSchedule"]
 
 
 class LRSchedule(L.Callback):
@@ -64,9 +67,11 @@ class LRSchedule(L.Callback):
         return self.spec.config
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(optimizer_index=self.optimizer_index)
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.lr_scheduler_configs:
             schedulers = [type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs]
@@ -93,12 +98,14 @@ class LRSchedule(L.Callback):
         self._run_length = saved_run_length(self.config, kept)
         return kept
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         if self.built is not None and isinstance(self.built.scheduler, ScheduleLR):
             self.built.scheduler.apply_schedule()
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.built is not None and self.built.interval == "epoch":
             # At the epoch's last batch, where Lightning steps its own epoch schedulers, not in on_train_epoch_end:
@@ -114,28 +121,34 @@ class LRSchedule(L.Callback):
         if trainer.global_step % self.built.frequency == 0:
             self.built.advance()
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.built is None or not self.built.steps_on_validation or trainer.state.fn != "fit":
             return
+        scheduler = self.built.scheduler
+        assert isinstance(scheduler, PlateauLR)  # the one scheduler that steps on validation
         step_plateau(
-            self.built.scheduler,
+            scheduler,
             trainer.callback_metrics,
             self.config.get("strict", True),
             sanity_check=trainer.sanity_checking,
             key="LRSchedule monitor",
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self.built is None:
             restored = {"scheduler": self._restored_state, "run_length": self._restored_run_length}
             return {key: value for key, value in restored.items() if value}
         return {"scheduler": self.built.scheduler.state_dict(), "run_length": self._run_length}
 
+    @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # Strategies that restore callbacks after their setup (FSDP, DeepSpeed) do it after on_fit_start built the
         # scheduler: build it again from the state about to be loaded.
         self._build_on_load = trainer if trainer.strategy.restore_checkpoint_after_setup else None
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_state = state_dict.get("scheduler")
         self._restored_run_length = state_dict.get("run_length")

@@ -20,6 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+__all__ = ["sweep_job"]
+
 
 @contextmanager
 def sweep_job() -> Iterator[None]:
@@ -28,7 +30,7 @@ def sweep_job() -> Iterator[None]:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         config = HydraConfig.get()
         sys.argv = [sys.argv[0], *config.overrides.task]
-        with read_write(config.run):
+        with read_write(config.run):  # type: ignore[arg-type]  # typed as Hydra's dataclass, a DictConfig at run time
             config.run.dir = config.runtime.output_dir
     try:
         yield

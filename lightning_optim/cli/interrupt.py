@@ -16,6 +16,9 @@ from types import FrameType
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
+
+__all__ = ["InterruptCheckpoint"]
 
 
 class InterruptCheckpoint(L.Callback):
@@ -39,6 +42,7 @@ class InterruptCheckpoint(L.Callback):
         self.ckpt_path = Path(dirpath) / "interrupted.ckpt"
         self.signum: int | None = None
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its SIGTERM handler before this hook and restores the previous handlers of every
         # signal at its teardown, so these two live exactly as long as the fit.
@@ -55,6 +59,7 @@ class InterruptCheckpoint(L.Callback):
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, stop_after_this_step)
 
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # Only at a step boundary: any other exception may stop inside a step, and last.ckpt stays the way back.
         if isinstance(exception, SIGTERMException):

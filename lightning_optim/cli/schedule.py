@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -29,6 +30,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
 from lightning_optim.preview import LearningRatePreview, sample_learning_rates
 
+__all__ = ["group_table", "main", "plot", "step_learning_rates"]
+
 
 def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     """Training batches each process sees: under DDP, Lightning's ``DistributedSampler`` splits the data by rank."""
@@ -37,7 +40,9 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     world_size = devices * num_nodes if isinstance(devices, int) and "ddp" in str(cfg.trainer.get("strategy")) else 1
     if world_size == 1:
         return len(loader)
-    sampler = DistributedSampler(loader.dataset, num_replicas=world_size, rank=0, shuffle=False)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        loader.dataset, num_replicas=world_size, rank=0, shuffle=False
+    )
     return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
@@ -73,7 +78,8 @@ def epochs_as_steps(
         LearningRatePreview(total_steps=10, steps=[0, 1, 3, 8, 9], lrs={'default': [0.1, 0.1, 0.1, 0.01, 0.01]})
     """
     include = set(include)
-    steps, lrs = [], {name: [] for name in per_epoch.lrs}
+    steps: list[int] = []
+    lrs: dict[str, list[float]] = {name: [] for name in per_epoch.lrs}
     for index, epoch in enumerate(per_epoch.steps):
         first, end = epoch * steps_per_epoch, min((epoch + 1) * steps_per_epoch, total_steps)
         for step in sorted({first, end - 1} | {step for step in include if first <= step < end}):

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lightning_optim.mixin import OptimMixin
 
@@ -39,15 +40,18 @@ class Classifier(OptimMixin, L.LightningModule):
 
         ``save_hyperparameters`` replaces ``hparams``, so it runs before the mixin stores ``optim_config`` there.
         """
-        self.save_hyperparameters(ignore=["optim_config"], frame=inspect.currentframe().f_back)
+        frame = inspect.currentframe()
+        self.save_hyperparameters(ignore=["optim_config"], frame=frame.f_back if frame is not None else None)
         self.optim_config = optim_config if optim_config is not None else DEFAULT_OPTIM_CONFIG
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         loss = F.cross_entropy(self(inputs), targets)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         inputs, targets = batch
         logits = self(inputs)

@@ -17,12 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset, random_split
+from typing_extensions import override
 
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
+
+__all__ = ["DEMOS_EXTRA", "DigitsCNN", "DigitsDataModule"]
 
 
 class DigitsDataModule(SplitDataModule):
@@ -54,8 +56,9 @@ class DigitsDataModule(SplitDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
 
+    @override
     def make_splits(self) -> tuple[Dataset, Dataset]:
-        digits = load_digits()
+        digits = _load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         dataset = TensorDataset(images, torch.tensor(digits.target, dtype=torch.long))
         num_val = round(len(dataset) * self.val_fraction)
@@ -93,5 +96,19 @@ class DigitsCNN(Classifier):
             nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(), nn.Linear(hidden, DigitsDataModule.num_classes)
         )
 
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+DEMOS_EXTRA = "pip install 'lightning-optim[demos]'"
+"""The install line for the demos' own dependencies (scikit-learn), named when one is missing."""
+
+
+def _load_digits() -> Any:
+    """scikit-learn's digits, imported here so that the other demos import without scikit-learn."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise ImportError(f"The digits demo needs scikit-learn: {DEMOS_EXTRA}") from error
+    return load_digits()

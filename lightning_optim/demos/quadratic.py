@@ -21,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from typing_extensions import override
 
 from lightning_optim.demos._data import SplitDataModule
 from lightning_optim.mixin import OptimMixin
+
+__all__ = ["QuadraticDataModule", "QuadraticMLP", "make_quadratic"]
 
 
 def make_quadratic(
@@ -76,11 +79,13 @@ class QuadraticDataModule(SplitDataModule):
         self.noise = noise
         self.seed = seed
 
+    @override
     def make_splits(self) -> tuple[Dataset, Dataset]:
         train_set = TensorDataset(*make_quadratic(self.num_samples, self.seed, self.noise))
         val_set = TensorDataset(*make_quadratic(self.num_val_samples, self.seed + 1, self.noise))
         return train_set, val_set
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self.loader(self.val_set, None)
 
@@ -105,15 +110,18 @@ class QuadraticMLP(OptimMixin, L.LightningModule):
         self.optim_config = optim_config or {"optimizer": {"name": "sgd", "lr": 0.05}}
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = F.mse_loss(self(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         self.log("val/loss", F.mse_loss(self(x), y), prog_bar=True)

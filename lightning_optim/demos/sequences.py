@@ -24,9 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
+from typing_extensions import override
 
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
+
+__all__ = ["SequenceDataModule", "SequenceLSTM", "SequenceTransformer", "make_adding_problem"]
 
 NUM_FEATURES = 2
 NUM_CLASSES = 2
@@ -98,6 +101,7 @@ class SequenceDataModule(SplitDataModule):
         self.seq_len = seq_len
         self.seed = seed
 
+    @override
     def make_splits(self) -> tuple[Dataset, Dataset]:
         train_set = TensorDataset(*make_adding_problem(self.num_samples, self.seq_len, self.seed))
         val_set = TensorDataset(*make_adding_problem(self.num_val_samples, self.seq_len, self.seed + 1))
@@ -125,6 +129,7 @@ class SequenceLSTM(Classifier):
         self.lstm = nn.LSTM(NUM_FEATURES, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, NUM_CLASSES)
 
+    @override
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
         outputs, _ = self.lstm(sequences)
         return self.head(outputs[:, -1])
@@ -170,6 +175,7 @@ class SequenceTransformer(Classifier):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, NUM_CLASSES)
 
+    @override
     def forward(self, sequences: torch.Tensor) -> torch.Tensor:
         length = sequences.shape[1]
         hidden = self.encoder(self.embed(sequences) + self.position[:, :length])

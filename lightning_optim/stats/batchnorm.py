@@ -22,6 +22,19 @@ from torch.nn.parameter import is_lazy
 
 from lightning_optim.internals import is_batchnorm, own_buffers
 
+__all__ = [
+    "DEAD_VARIANCE",
+    "BatchStatistics",
+    "RunningStatsSnapshot",
+    "batch_statistics",
+    "channel_moments",
+    "dead_fraction",
+    "mean_drift",
+    "rank_divergence",
+    "summary",
+    "var_ratio",
+]
+
 DEAD_VARIANCE = 1e-5
 """Default threshold: a channel whose batch variance is below it counts as dead."""
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+
 
 def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
     """The gradient's values as a dense tensor (a sparse gradient's coalesced values), or None."""

@@ -40,7 +40,7 @@ pytestmark = [
 
 
 def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
-    """The lr for optimizer step ``k``, written out from the formula in DESIGN.md."""
+    """The lr for optimizer step ``k``, written out: ``k / warmup`` of ``lr``, then cosine down to ``lr * floor``."""
     if k < warmup:
         return lr * k / warmup
     if k > total:

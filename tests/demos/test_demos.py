@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import sys
+
 import lightning as L
 import pytest
 import torch
@@ -28,6 +31,14 @@ def test_digits_split_is_deterministic_and_independent_of_the_global_seed():
     assert not set(first.train_set.indices) & set(first.val_set.indices)
     images, labels = first.val_set[0]
     assert images.shape == (1, 8, 8) and images.min() >= 0.0 and images.max() <= 1.0 and 0 <= labels < 10
+
+
+def test_digits_without_the_demos_extra_name_the_install_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # what an environment without scikit-learn raises
+    with pytest.raises(
+        ImportError, match=re.escape("The digits demo needs scikit-learn: pip install 'lightning-optim[demos]'")
+    ):
+        DigitsDataModule().setup("fit")
 
 
 def test_adding_problem_labels():
