@@ -401,9 +401,9 @@ class BatchNormMonitor(L.Callback):
             return
         rows = self.report_rows()
         # Through Lightning's logger, not print: the Hydra app's train.log then holds the table the console showed.
-        console = Console(file=io.StringIO(), width=shutil.get_terminal_size().columns)
-        console.print(self._table(rows))
-        rank_zero_info(console.file.getvalue().rstrip())
+        rendered = io.StringIO()
+        Console(file=rendered, width=shutil.get_terminal_size().columns).print(self._table(rows))
+        rank_zero_info(rendered.getvalue().rstrip())
         if log_dir is not None:
             thresholds = {
                 "dead_threshold": self.dead_threshold,
