@@ -1,12 +1,12 @@
 """The two ``LRScheduler`` classes behind the ``scheduler`` config: a pure schedule, and plateau with warmup.
 
-:class:`ScheduleLR` runs a closed-form schedule (:mod:`lightning_optim.schedules`); :class:`PlateauLR` warms up per
+:class:`ClosedFormLR` runs a closed-form schedule (:mod:`lightning_optim.schedules`); :class:`PlateauLR` warms up per
 step and then follows torch's ``ReduceLROnPlateau``, fed by :func:`step_plateau` after each validation run.
 
 Example:
     >>> from lightning_optim.schedules import StepDecay
     >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
-    >>> scheduler = ScheduleLR(optimizer, StepDecay(step_size=1, gamma=0.5))
+    >>> scheduler = ClosedFormLR(optimizer, StepDecay(step_size=1, gamma=0.5))
     >>> optimizer.step(); scheduler.step(); scheduler.get_last_lr()
     [0.5]
 """
@@ -24,10 +24,10 @@ from typing_extensions import override
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.schedules import Schedule
 
-__all__ = ["PlateauLR", "ScheduleLR", "step_plateau"]
+__all__ = ["ClosedFormLR", "PlateauLR", "step_plateau"]
 
 
-class ScheduleLR(LRScheduler):
+class ClosedFormLR(LRScheduler):
     """Set every parameter group's lr to its own base lr times ``schedule(step)``.
 
     Like ``LambdaLR`` with one picklable schedule, plus: a parameter group added during training (e.g. by
@@ -38,7 +38,7 @@ class ScheduleLR(LRScheduler):
 
     Example:
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.5)
-        >>> scheduler = ScheduleLR(optimizer, Schedule(warmup_steps=2))
+        >>> scheduler = ClosedFormLR(optimizer, Schedule(warmup_steps=2))
         >>> scheduler.get_last_lr()
         [0.0]
         >>> optimizer.step(); scheduler.step(); scheduler.get_last_lr()

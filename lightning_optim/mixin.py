@@ -33,7 +33,7 @@ from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_s
 from lightning_optim.config import OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler
-from lightning_optim.lr_schedulers import ScheduleLR, step_plateau
+from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import (
     BuiltScheduler,
@@ -153,7 +153,7 @@ class OptimMixin(_LightningModule):
             return
         built_with = self.__dict__["_run_lengths"][0]["length"]
         kept = self._scheduler_run_length(spec.config)
-        if kept is not None and kept != built_with and isinstance(built[0].scheduler, ScheduleLR):
+        if kept is not None and kept != built_with and isinstance(built[0].scheduler, ClosedFormLR):
             built[0].scheduler.schedule = spec.schedule(kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
@@ -209,7 +209,7 @@ class OptimMixin(_LightningModule):
         super().on_train_start()
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         for built in self.__dict__.get("_built_schedulers", []):
-            if isinstance(built.scheduler, ScheduleLR):
+            if isinstance(built.scheduler, ClosedFormLR):
                 built.scheduler.apply_schedule()
 
     @override

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.lr_schedulers import ScheduleLR
+from lightning_optim.lr_schedulers import ClosedFormLR
 from lightning_optim.optimizer_specs import OptimizerSpec
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
@@ -107,7 +107,7 @@ def sample_learning_rates(
     names = _group_names(optimizer)
     wanted = {round(index * (total_steps - 1) / max(points - 1, 1)) for index in range(points)}
     wanted |= {step for step in include if 0 <= step < total_steps} | {0, total_steps - 1}
-    if built is None or isinstance(built.scheduler, ScheduleLR):
+    if built is None or isinstance(built.scheduler, ClosedFormLR):
         return _closed_form_preview(optimizer, names, built, total_steps, wanted)
     if total_steps > PREVIEW_STEP_LIMIT:
         name = built.scheduler.__class__.__name__
@@ -159,7 +159,7 @@ def _closed_form_preview(
         schedule, frequency, base_lrs = Schedule(), 1, [group["lr"] for group in optimizer.param_groups]
     else:
         scheduler = built.scheduler
-        assert isinstance(scheduler, ScheduleLR)  # the caller sends only closed-form schedules here
+        assert isinstance(scheduler, ClosedFormLR)  # the caller sends only closed-form schedules here
         schedule, frequency, base_lrs = scheduler.schedule, built.frequency, scheduler.base_lrs
     # The lr changes every `frequency` steps, to the schedule's value there: a piece of the schedule first shows at
     # the first multiple of `frequency` from its boundary on, and last at the last multiple before the next one.

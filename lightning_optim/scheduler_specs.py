@@ -1,6 +1,6 @@
 """The ``scheduler`` section of ``optim_config``: the names it takes, the keys each one takes, and their checks.
 
-Closed-form schedules (:mod:`lightning_optim.schedules`) run through :class:`~lightning_optim.lr_schedulers.ScheduleLR`;
+Closed-form schedules (:mod:`lightning_optim.schedules`) run through :class:`~lightning_optim.lr_schedulers.ClosedFormLR`;
 ``plateau`` through :class:`~lightning_optim.lr_schedulers.PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own
 classes, which also cycle momentum.
 
@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLR
 from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR
+from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR
 from lightning_optim.schedules import (
     ExponentialDecay,
     InverseSqrt,
@@ -149,7 +149,7 @@ class ClosedForm(SchedulerInfo):
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
-        return ScheduleLR(optimizer, self.schedule(spec, total_steps, where))
+        return ClosedFormLR(optimizer, self.schedule(spec, total_steps, where))
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ class SequentialSchedules(SchedulerInfo):
     def build(
         self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
     ) -> LRScheduler:
-        return ScheduleLR(optimizer, self.schedule(spec, total_steps, where))
+        return ClosedFormLR(optimizer, self.schedule(spec, total_steps, where))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing_extensions import override
 from lightning_optim.config import plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import ends_epoch
-from lightning_optim.lr_schedulers import PlateauLR, ScheduleLR, step_plateau
+from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
 from lightning_optim.mixin import ResumeConfigWarning
 from lightning_optim.scheduler_builder import (
     BuiltScheduler,
@@ -102,7 +102,7 @@ class LRSchedule(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
-        if self.built is not None and isinstance(self.built.scheduler, ScheduleLR):
+        if self.built is not None and isinstance(self.built.scheduler, ClosedFormLR):
             self.built.scheduler.apply_schedule()
 
     @override
