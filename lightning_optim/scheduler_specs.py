@@ -1,8 +1,9 @@
 """The ``scheduler`` section of ``optim_config``: the names it takes, the keys each one takes, and their checks.
 
 Closed-form schedules (:mod:`lightning_optim.schedules`) run through
-:class:`~lightning_optim.lr_schedulers.ClosedFormLR`; ``plateau`` through :class:`~lightning_optim.lr_schedulers.PlateauLR`;
-``cyclic`` and ``onecycle`` are torch's own classes, which also cycle momentum.
+:class:`~lightning_optim.lr_schedulers.ClosedFormLR`; ``plateau`` through
+:class:`~lightning_optim.lr_schedulers.PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own classes, which also
+cycle momentum.
 
 Example:
     >>> spec = resolve_scheduler({"name": "step", "step_size": 2e1})
