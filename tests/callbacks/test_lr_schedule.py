@@ -99,6 +99,7 @@ SCHEDULERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", SCHEDULERS, ids=[s["name"] for s in SCHEDULERS])
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_same_lr_sequence_as_the_mixin(scheduler, accumulate):

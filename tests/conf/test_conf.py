@@ -77,6 +77,7 @@ def _compose_everywhere(overrides: list[str], config_name: str = "train"):
     return from_package
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_file_composes(group, option):
     cfg = _compose_everywhere([f"{group}={option}"])
