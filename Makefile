@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine: `make train` and `make test`.
+# `make test-fast` is the edit-test loop: no slow, subprocess or DDP tests (markers in pyproject.toml), under a minute.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOGDIR ?= outputs
 
-.PHONY: train test lint tensorboard schedule dashboard-screenshot clean
+.PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,10 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not slow and not subprocess and not ddp" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

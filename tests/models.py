@@ -1,15 +1,19 @@
-"""Tiny Lightning models and data for the tests: fast, deterministic, and recording the lr of every step."""
+"""Tiny Lightning models and data for the tests (fast, deterministic, recording the lr of every step), and the quiet
+CPU trainers that fit them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimMixin
+from tests import tb
 
 
 def loader(samples: int = 32, batch_size: int = 4, seed: int = 0) -> DataLoader:
@@ -79,6 +83,19 @@ def trainer(**kwargs: Any) -> L.Trainer:
         "num_sanity_val_steps": 0,
     }
     return L.Trainer(**{**defaults, **kwargs})
+
+
+def fit_logged(
+    model: L.LightningModule, tmp_path: Path, callbacks: list[L.Callback], **trainer_kwargs: Any
+) -> dict[str, list[tuple[int, float]]]:
+    """Fit ``model`` on :func:`loader` with ``callbacks``, logging every step to TensorBoard under ``tmp_path``.
+
+    ``trainer_kwargs`` override :func:`trainer`'s defaults and ``log_every_n_steps=1``. Returns every scalar logged,
+    read back from the event files (:func:`tests.tb.scalars`).
+    """
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    trainer(callbacks=callbacks, logger=logger, **{"log_every_n_steps": 1, **trainer_kwargs}).fit(model, loader())
+    return tb.scalars(tmp_path)
 
 
 def step_lrs(model: RecordingModel, accumulate: int = 1) -> list[list[float]]:

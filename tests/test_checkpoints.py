@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.models import (
     step_lrs,
     trainer,
 )
+from tests.references import warmup_cosine
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -209,15 +209,6 @@ def test_plain_lightning_module_with_dictconfig_hparams_fails_weights_only(tmp_p
 # ------------------------------------------------------------------------------------------------ faithful resume
 
 BATCHES = 8  # loader(): 32 samples in batches of 4
-
-
-def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float) -> float:
-    """The lr for optimizer step ``k``, written out: ``k / warmup`` of ``lr``, then cosine down to ``lr * floor``."""
-    if k < warmup:
-        return lr * k / warmup
-    if k > total:
-        return lr * floor
-    return lr * floor + (lr - lr * floor) * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
 
 
 def interrupted_and_resumed(

@@ -7,7 +7,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_optim.callbacks import GradNormMonitor
@@ -18,9 +17,8 @@ from tests.callbacks.test_grad_norm_monitor import (
     SpikyMixinModel,
     SpikyModel,
     count_host_syncs,
-    scalars,
 )
-from tests.models import loader, trainer
+from tests.models import fit_logged, loader, trainer
 
 OPTIMIZERS = {
     "adam": {"name": "adam", "lr": 0.01, "weight_decay": 0.01},
@@ -76,19 +74,12 @@ def test_folded_clipping_gives_the_parameters_of_clip_grad_norm_and_the_unfused_
     assert not hasattr(optimizer_object, "grad_scale") and not hasattr(optimizer_object, "found_inf")
 
 
-def fit_logged(model: L.LightningModule, tmp_path, monitor: GradNormMonitor, **kwargs: Any) -> dict:
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    settings = {"max_epochs": 1, "logger": logger, "log_every_n_steps": 1, "callbacks": [monitor]}
-    trainer(**{**settings, **kwargs}).fit(model, loader())
-    return scalars(logger.log_dir)
-
-
 def test_the_monitor_logs_the_same_norms_folded_or_not(tmp_path):
     logged = {
         fused: fit_logged(
             SpikyMixinModel(config("adamw", fused)),
             tmp_path / str(fused),
-            GradNormMonitor(per_layer_depth=1),
+            [GradNormMonitor(per_layer_depth=1)],
             gradient_clip_val=FIRING,
         )
         for fused in (True, False)
@@ -123,7 +114,7 @@ def test_a_nonfinite_step_is_skipped_and_counted(optimizer, bad_step, tmp_path):
     runs = {}
     for fused in (True, False):
         model = NonfiniteModel(config(optimizer, fused), bad_step)
-        logged = fit_logged(model, tmp_path / str(fused), GradNormMonitor(nonfinite="skip"), gradient_clip_val=FIRING)
+        logged = fit_logged(model, tmp_path / str(fused), [GradNormMonitor(nonfinite="skip")], gradient_clip_val=FIRING)
         runs[fused] = model
         assert model.clip_state.last.folded is fused
         assert [v for _, v in logged["grad_norm/nonfinite"]] == [float(step >= bad_step) for step in range(8)]

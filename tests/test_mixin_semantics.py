@@ -8,15 +8,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_optim import OPTIMIZERS, OptimConfigError
 from tests.models import MixinModel, loader, step_lrs, trainer
-
-
-def cosine_reference(base: float, warmup: int, total: int, floor_ratio: float, step: int) -> float:
-    floor = base * floor_ratio
-    if step < warmup:
-        return base * step / warmup
-    if step > total:
-        return floor
-    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+from tests.references import warmup_cosine
 
 
 def fit(config, val_metric=None, data=None, val_data=None, **trainer_kwargs):
@@ -41,7 +33,7 @@ def test_warmup_cosine_per_group_base_lr_and_floor_with_total_from_the_trainer()
     }
     model = fit(config, max_epochs=2, limit_train_batches=6)  # 12 optimizer steps
     assert [group["name"] for group in model.trainer.optimizers[0].param_groups] == ["head", "default"]
-    expected = [[cosine_reference(base, 3, 12, 0.25, k) for base in (0.02, 0.2)] for k in range(12)]
+    expected = [[warmup_cosine(k, base, 3, 12, 0.25) for base in (0.02, 0.2)] for k in range(12)]
     assert model.lrs == [pytest.approx(row, abs=1e-12) for row in expected]
 
 

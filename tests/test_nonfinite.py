@@ -199,6 +199,7 @@ SKIPPING = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "accumulate", "bad_batch"),
     [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
@@ -12,6 +11,7 @@ from lightning_optim import preview as preview_module
 from lightning_optim.preview import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
 from tests.models import RecordingModel
 from tests.previews import count_schedule_calls
+from tests.references import warmup_cosine
 
 SGD = {"name": "sgd", "lr": 0.5}
 HEAD = [{"name": "head", "params": r"^head\.", "lr_scale": 0.1}]
@@ -84,13 +84,6 @@ def test_sampled_preview_equals_stepping_through_at_its_steps(scheduler):
 def test_closed_form_preview_has_the_corners(scheduler, corners):
     preview = sample_learning_rates(RecordingModel(), config(scheduler), STEPS, points=2)
     assert corners <= set(preview.steps)
-
-
-def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float) -> float:
-    """The lr for optimizer step ``k``, written out from the formula."""
-    if k < warmup:
-        return lr * k / warmup
-    return lr * floor + (lr - lr * floor) * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
 
 
 def test_a_billion_steps_evaluate_the_schedule_a_bounded_number_of_times(monkeypatch):

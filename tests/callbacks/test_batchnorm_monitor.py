@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import BatchNormMonitor
+from tests import tb
 from tests.models import trainer
 
 SUMMARY_KEYS = [f"{t}_{s}" for t in ("running_mean", "running_var", "weight", "bias") for s in ("mean", "min", "max")]
@@ -245,13 +246,11 @@ def test_accumulated_batches_log_each_step_once():
 
 
 def test_histograms_before_and_after_every_n_logging_steps(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     monitor = BatchNormMonitor(histogram_every_n=2, report=False)
     trainer(logger=logger, log_every_n_steps=1, callbacks=[monitor]).fit(BatchNormNet(), images(32, 8))
     logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"histograms": 0}).Reload()
+    events = tb.accumulator(tmp_path)
     histograms = {tag for tag in events.Tags()["histograms"]}
     assert histograms == {
         f"batchnorm/{layer}/{side}" for layer in ("features.0", "features.2") for side in ("input", "output")

@@ -21,7 +21,7 @@ from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDas
 from lightning_optim.callbacks.dashboard import dashboard_layout
 from tests import tb
 from tests.callbacks.test_lr_monitor import SparseEmbedding
-from tests.models import MixinModel, loader, trainer
+from tests.models import MixinModel, fit_logged, loader, trainer
 
 CONFIG = {
     "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},
@@ -61,9 +61,7 @@ class NoCategory(L.Callback):
 
 
 def fit(tmp_path: Any, callbacks: list[L.Callback], model: L.LightningModule | None = None, **kwargs: Any) -> None:
-    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
-    run = trainer(callbacks=callbacks, logger=logger, **{"max_epochs": 1, "log_every_n_steps": 1, **kwargs})
-    run.fit(model if model is not None else MixinModel(CONFIG), loader())
+    fit_logged(model if model is not None else MixinModel(CONFIG), tmp_path, callbacks, **kwargs)
 
 
 def test_layout_in_the_event_file_and_what_each_regex_draws(tmp_path):

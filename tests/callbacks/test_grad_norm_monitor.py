@@ -9,19 +9,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor
-from tests.models import MixinModel, RecordingModel, loader, trainer
+from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer
 
 SGD = {"optimizer": {"name": "sgd", "lr": 0.05}}
-
-
-def scalars(log_dir: str) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(log_dir, size_guidance={"scalars": 0})
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def reference_norm(tensors: list[torch.Tensor]) -> float:
@@ -68,11 +61,9 @@ class SpikyMixinModel(OptimMixin, SpikyModel):
         self.optim_config = optim_config
 
 
-def fit(model, tmp_path, monitor=None, **kwargs):
-    logger = TensorBoardLogger(tmp_path, name="", version="")
-    settings = {"max_epochs": 2, "logger": logger, "log_every_n_steps": 1, "callbacks": [monitor or GradNormMonitor()]}
-    trainer(**{**settings, **kwargs}).fit(model, loader())
-    return scalars(logger.log_dir)
+def fit(model, tmp_path, monitor=None, callbacks=(), **kwargs):
+    """Fit with ``monitor`` (default: ``GradNormMonitor()``) and ``callbacks``; returns the logged scalars."""
+    return fit_logged(model, tmp_path, [monitor or GradNormMonitor(), *callbacks], **{"max_epochs": 2, **kwargs})
 
 
 @pytest.mark.parametrize("model_class", [SpikyMixinModel, SpikyModel], ids=["mixin", "lightning_clipping"])
@@ -202,13 +193,7 @@ def test_nonfinite_skip_leaves_the_parameters_unchanged(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, *args):
             snapshots.append([p.detach().clone() for p in pl_module.parameters()])
 
-    fit(
-        model,
-        tmp_path,
-        monitor=GradNormMonitor(nonfinite="skip"),
-        callbacks=[GradNormMonitor(nonfinite="skip"), Snapshot()],
-        max_epochs=1,
-    )
+    fit(model, tmp_path, monitor=GradNormMonitor(nonfinite="skip"), callbacks=[Snapshot()], max_epochs=1)
     for before, after in zip(snapshots[1], snapshots[2], strict=True):
         torch.testing.assert_close(before, after, rtol=0, atol=0)
     assert all(torch.isfinite(p).all() for p in model.parameters())

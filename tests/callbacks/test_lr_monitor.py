@@ -11,12 +11,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OPTIMIZERS, OptimMixin, preview_learning_rates
 from lightning_optim.callbacks import LRMonitor
 from tests import tb
-from tests.models import MixinModel, loader, trainer
+from tests.models import MixinModel, fit_logged
 
 BATCHES = 8  # loader(): 32 samples in batches of 4
 ADAMW_NO_DECAY = {
@@ -36,10 +35,7 @@ def fit(
     """Fit ``model`` (default: ``MixinModel(config)``) with ``monitor``; returns it and the logged scalars."""
     monitor = monitor or LRMonitor()
     model = model if model is not None else MixinModel(config)
-    defaults = {"max_epochs": 2, "log_every_n_steps": 1}
-    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
-    trainer(callbacks=[monitor], logger=logger, **{**defaults, **trainer_kwargs}).fit(model, loader())
-    return monitor, tb.scalars(tmp_path)
+    return monitor, fit_logged(model, tmp_path, [monitor], **{"max_epochs": 2, **trainer_kwargs})
 
 
 def series(steps: list[int], values: list[float]) -> list[tuple[int, float]]:

@@ -6,7 +6,6 @@ from the formulas, or taken from an uninterrupted run or from ``OptimMixin`` wit
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.models import (
     step_lrs,
     trainer,
 )
+from tests.references import warmup_cosine
 
 LR = 0.5  # RecordingModel.configure_optimizers: SGD(lr=0.5), no scheduler
 BATCHES = 8  # loader(): 32 samples in batches of 4
@@ -37,15 +37,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable"),
     pytest.mark.filterwarnings("ignore:The dirpath has changed"),
 ]
-
-
-def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
-    """The lr for optimizer step ``k``, written out: ``k / warmup`` of ``lr``, then cosine down to ``lr * floor``."""
-    if k < warmup:
-        return lr * k / warmup
-    if k > total:
-        return lr * floor
-    return lr * floor + (lr - lr * floor) * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (total - warmup)))
 
 
 def first_group(model: RecordingModel, accumulate: int = 1) -> list[float]:
@@ -108,6 +99,7 @@ SCHEDULERS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", SCHEDULERS, ids=[s["name"] for s in SCHEDULERS])
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_same_lr_sequence_as_the_mixin(scheduler, accumulate):

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-TINY = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=3",
-    "+trainer.limit_val_batches=2",
-    "trainer.log_every_n_steps=1",
-    "+trainer.enable_progress_bar=false",
-    "+trainer.enable_model_summary=false",
-]
-"""Overrides that make a run take about a second."""
+TINY = ["debug=tiny"]
+"""Overrides that make a run take about a second: the ``debug=tiny`` group (``lightning_optim/conf/debug/``)."""
 
 REPO = Path(__file__).resolve().parents[2]
 

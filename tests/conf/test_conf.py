@@ -19,7 +19,7 @@ TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"
 DELIBERATE_CHANGES = {"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True}}
 """Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD)."""
 
-GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "logger", "experiment"]
+GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "logger", "experiment", "debug"]
 
 NEWER_TORCH = {"muon": ("Muon", "2.9")}
 """Optimizer files whose class is newer than the package's torch floor: name -> (torch.optim class, torch version)."""
@@ -90,6 +90,7 @@ def group_file(group: str, option: str):
     return (group, option)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group,option", [group_file(g, o) for g in GROUPS for o in group_options(g)])
 def test_every_group_file_composes(group, option):
     cfg = _compose_everywhere([f"{group}={option}"])
@@ -103,6 +104,14 @@ def test_every_group_file_composes(group, option):
 
 def test_top_level_conf_is_the_package_conf():
     assert TOP_LEVEL_CONF.is_symlink() and TOP_LEVEL_CONF.resolve() == PACKAGE_CONF
+
+
+def test_debug_tiny_shrinks_any_run_experiments_included():
+    cfg = _compose_everywhere(["experiment=transformer", "debug=tiny"])
+    trainer = {key: cfg.trainer[key] for key in ("max_epochs", "limit_train_batches", "limit_val_batches")}
+    assert trainer == {"max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 2}
+    assert cfg.trainer.log_every_n_steps == 1
+    assert not cfg.trainer.enable_progress_bar and not cfg.trainer.enable_model_summary
 
 
 def test_schedule_config_extends_train():

@@ -59,6 +59,7 @@ def test_models_store_plain_optim_config_and_their_arguments():
     assert DigitsCNN().hparams["optim_config"]["optimizer"]["nesterov"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model,data",
     [
