@@ -10,13 +10,14 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import re
-import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_optim.internals import logging_step, should_log
@@ -31,6 +32,10 @@ _NOT_MOMENTUM_OR_DECAY = f"(?<!{MOMENTUM_SUFFIX})(?<!{WEIGHT_DECAY_SUFFIX})$"
 class LRMonitor(LearningRateMonitor):
     """Log the lr (and optionally momentum and weight decay) of every parameter group of every optimizer.
 
+    Unlike Lightning's ``LearningRateMonitor`` (``logging_interval=None``), the default ``logging_interval`` is
+    ``"step"``: values are logged on Lightning's logging steps only, so a run shorter than ``log_every_n_steps``
+    logs none (a warning says so); pass ``logging_interval=None`` for Lightning's behaviour.
+
     Keys are Lightning's: ``lr-<Optimizer>/<group name>`` (``lr-SGD/default``, ``lr-AdamW/no_decay``; a group
     without a name is ``pg<i>``, a lone unnamed group just ``lr-<Optimizer>``; a second optimizer of the same class
     is ``lr-<Optimizer>-1``; a scheduler's ``name``, i.e. ``log_name`` in ``optim_config``, replaces the
@@ -38,6 +43,11 @@ class LRMonitor(LearningRateMonitor):
     read at the start of a step (the lr that step uses) on Lightning's logging steps (``log_every_n_steps``) and
     sent to every logger at Lightning's logging step (:func:`~lightning_optim.internals.logging_step`), like the
     metrics the model logs.
+
+    The logged values are also put into ``trainer.callback_metrics``, as ``LearningRateMonitor`` does. Without a
+    logger (``Trainer(logger=False)``, where ``LearningRateMonitor`` raises) nothing is logged, a warning says so
+    once, and every key is put into ``trainer.callback_metrics`` at every training batch instead, so
+    ``EarlyStopping`` and ``ModelCheckpoint`` can monitor an lr key (``monitor="lr-SGD"``).
 
     Extends :class:`~lightning.pytorch.callbacks.LearningRateMonitor` (same keys, options and ``lrs`` history),
     fixing what it gets wrong in lightning 2.6:
@@ -102,14 +112,33 @@ class LRMonitor(LearningRateMonitor):
 
     @override
     def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        # Lightning's on_train_start refuses a Trainer without a logger and warns that it logs a momentum of 0 (this
+        # monitor logs no key instead); only its naming of the keys is kept.
         self._logged_at = {}
-        with warnings.catch_warnings():
-            # Lightning's warning promises a logged momentum of 0; this monitor logs no key instead.
-            warnings.filterwarnings("ignore", message="You have set log_momentum=True")
-            super().on_train_start(trainer, *args, **kwargs)
+        self._name_keys(trainer)
+        if not trainer.loggers:
+            rank_zero_warn(
+                "LRMonitor: the Trainer has no logger (logger=False), so no learning rate is logged; the lr keys are"
+                " only put into trainer.callback_metrics (for EarlyStopping or ModelCheckpoint)."
+            )
+        elif self.logging_interval == "step":
+            _warn_if_shorter_than_a_logging_step(trainer)
+
+    def _name_keys(self, trainer: L.Trainer) -> None:
+        """Name every key as ``LearningRateMonitor.on_train_start`` does, and start the ``lrs`` history."""
+        names, scheduled, scheduled_types = self._find_names_from_schedulers(trainer.lr_scheduler_configs)
+        unscheduled, _ = self._find_names_from_optimizers(
+            trainer.optimizers, seen_optimizers=scheduled, seen_optimizer_types=scheduled_types
+        )
+        keys = list(itertools.chain.from_iterable(names + unscheduled))
+        self.lrs = {key: [] for key in keys}
+        self.last_momentum_values = {key + MOMENTUM_SUFFIX: None for key in keys}
+        self.last_weight_decay_values = {key + WEIGHT_DECAY_SUFFIX: None for key in keys}
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if not trainer.loggers:
+            self._feed_callback_metrics(trainer)
         if self.logging_interval != "epoch" and should_log(trainer):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
@@ -117,6 +146,12 @@ class LRMonitor(LearningRateMonitor):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
+
+    def _feed_callback_metrics(self, trainer: L.Trainer) -> None:
+        # LightningModule.log from a callback hook is Lightning's public way into trainer.callback_metrics; every
+        # batch, as for the model's own self.log, so EarlyStopping reads the lr this epoch used.
+        for key, value in self._extract_stats(trainer, "any").items():
+            trainer.lightning_module.log(key, value, logger=False, on_step=True, on_epoch=False)
 
     def _log(self, trainer: L.Trainer, interval: str) -> None:
         step = logging_step(trainer)
@@ -155,6 +190,18 @@ class LRMonitor(LearningRateMonitor):
             return {}
         self.last_weight_decay_values[name] = _number(param_group["weight_decay"])  # type: ignore[assignment]  # Lightning annotates lists, stores floats
         return {name: _number(param_group["weight_decay"])}
+
+
+def _warn_if_shorter_than_a_logging_step(trainer: L.Trainer) -> None:
+    """Warn when the run ends before Lightning's first logging step: ``logging_interval="step"`` then logs nothing."""
+    every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by the Trainer, not annotated on it
+    steps = trainer.estimated_stepping_batches
+    if 0 < steps < every:
+        rank_zero_warn(
+            f"LRMonitor(logging_interval='step') logs on Lightning's logging steps only, and this run of {steps:g}"
+            f" optimizer steps is shorter than log_every_n_steps={every}: no learning rate is logged. Lower"
+            " Trainer(log_every_n_steps=...), or pass logging_interval=None (LearningRateMonitor's default)."
+        )
 
 
 def _number(value: Any) -> float:

@@ -6,16 +6,20 @@ so expected values are rounded the same way and compared exactly.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OPTIMIZERS, OptimMixin, preview_learning_rates
 from lightning_optim.callbacks import LRMonitor
 from tests import tb
-from tests.models import MixinModel, fit_logged
+from tests.models import MixinModel, fit_logged, trainer
 
 BATCHES = 8  # loader(): 32 samples in batches of 4
 ADAMW_NO_DECAY = {
@@ -200,3 +204,98 @@ def test_every_optimizer_logs_without_error_and_skips_what_it_lacks(tmp_path, na
         group = model.trainer.optimizers[0].param_groups[0]
         beta1 = group["betas"][0] if "betas" in group else group["momentum"]
         assert logged[key + MOMENTUM] == [(0, tb.float32(beta1)), (1, tb.float32(beta1))]
+
+
+# --------------------------------------------------------------------------- Lightning's model, no logger, defaults
+
+
+class HalvingSGD(BoringModel):
+    """Lightning's BoringModel with its own SGD at lr 0.1 and a StepLR that halves it every epoch."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+
+class EpochLRs(L.Callback):
+    """The lr each training epoch runs at, read from the optimizer itself."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+NO_LOGGER_WARNING = (
+    "LRMonitor: the Trainer has no logger (logger=False), so no learning rate is logged; the lr keys are only put"
+    " into trainer.callback_metrics (for EarlyStopping or ModelCheckpoint)."
+)
+
+
+@pytest.mark.parametrize("val_batches", [0, 1], ids=["checked-at-train-epoch-end", "checked-after-validation"])
+def test_without_a_logger_early_stopping_on_the_lr_stops_when_it_crosses_the_threshold(tmp_path, val_batches):
+    epoch_lrs, stopping = EpochLRs(), EarlyStopping(monitor="lr-SGD", mode="min", stopping_threshold=0.01)
+    fit = trainer(
+        callbacks=[LRMonitor(), epoch_lrs, stopping],
+        max_epochs=10,
+        limit_train_batches=2,
+        limit_val_batches=val_batches,
+    )
+    with pytest.warns(UserWarning) as warned:
+        fit.fit(HalvingSGD())
+    # 0.1 halved each epoch: epoch 4 runs at 0.00625, the first lr below 0.01, and is the last epoch.
+    assert epoch_lrs.lrs == [0.1, 0.05, 0.025, 0.0125, 0.00625]
+    assert stopping.stopped_epoch == 4
+    assert fit.callback_metrics["lr-SGD"].item() == pytest.approx(0.00625)
+    assert [str(w.message) for w in warned if str(w.message).startswith("LRMonitor")] == [NO_LOGGER_WARNING]
+
+
+def test_without_a_logger_model_checkpoint_monitors_the_lr(tmp_path):
+    checkpoint = ModelCheckpoint(tmp_path, monitor="lr-SGD", mode="max", filename="{epoch}")
+    fit = trainer(
+        callbacks=[LRMonitor(), checkpoint],
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        enable_checkpointing=True,
+    )
+    with pytest.warns(UserWarning, match="has no logger"):
+        fit.fit(HalvingSGD())
+    assert checkpoint.best_model_score.item() == pytest.approx(0.1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["epoch=0.ckpt"]
+
+
+SHORT_RUN_WARNING = (
+    "LRMonitor(logging_interval='step') logs on Lightning's logging steps only, and this run of 6 optimizer steps is"
+    " shorter than log_every_n_steps=50: no learning rate is logged. Lower Trainer(log_every_n_steps=...), or pass"
+    " logging_interval=None (LearningRateMonitor's default)."
+)
+EPOCH_STARTS = {"lr-SGD": [(0, tb.float32(0.1)), (3, tb.float32(0.05))]}
+
+
+@pytest.mark.parametrize(
+    ("monitor", "logged", "warning"),
+    [
+        (LRMonitor, {}, [SHORT_RUN_WARNING]),
+        (lambda: LRMonitor(logging_interval=None), EPOCH_STARTS, []),
+        (LearningRateMonitor, EPOCH_STARTS, []),
+    ],
+    ids=["LRMonitor", "LRMonitor-None", "LearningRateMonitor"],
+)
+def test_default_interval_beside_learning_rate_monitor_on_a_run_shorter_than_log_every_n_steps(
+    tmp_path, monitor, logged, warning
+):
+    # 2 epochs of 3 optimizer steps, log_every_n_steps=50: no logging step. LearningRateMonitor (and LRMonitor with
+    # its logging_interval=None) log the epoch schedule at each epoch start; LRMonitor's "step" default logs nothing.
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    fit = trainer(callbacks=[monitor()], logger=logger, max_epochs=2, limit_train_batches=3, limit_val_batches=0)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        fit.fit(HalvingSGD())
+    assert tb.scalars(tmp_path) == logged
+    # With a logger, callback_metrics holds what was logged last (LearningRateMonitor's own behaviour).
+    assert {key: value.item() for key, value in fit.callback_metrics.items()} == (
+        {"lr-SGD": pytest.approx(0.05)} if logged else {}
+    )
+    assert [str(w.message) for w in warned if str(w.message).startswith("LRMonitor")] == warning
