@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from lightning_optim.cli.common import (
@@ -57,17 +58,24 @@ def _exit_interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer) -> Sys
     return SystemExit(128 + signum)
 
 
-def train(cfg: DictConfig) -> float:
-    """Fit, validate and report the model the config describes; returns the validation metric ``cfg.metric``.
+def _has_validation(model: L.LightningModule, datamodule: L.LightningDataModule) -> bool:
+    """Whether a final validation can run: the model has a ``validation_step`` and the data a ``val_dataloader``."""
+    return is_overridden("validation_step", model) and is_overridden("val_dataloader", datamodule)
 
-    A fresh run (``ckpt_path`` null) refuses a run directory that holds an earlier run's outputs. SIGTERM or SIGINT
-    during training saves ``checkpoints/interrupted.ckpt`` and exits with ``128 + signum``.
+
+def train(cfg: DictConfig) -> float:
+    """Fit, validate and report the model the config describes; returns the metric ``cfg.metric``.
+
+    The metric comes from a final validation run; a model without ``validation_step`` (or data without
+    ``val_dataloader``) skips it and reports the last value training logged. A fresh run (``ckpt_path`` null)
+    refuses a run directory that holds an earlier run's outputs. SIGTERM or SIGINT during training saves
+    ``checkpoints/interrupted.ckpt`` and exits with ``128 + signum``.
 
     Args:
         cfg: The composed ``train`` config.
 
     Returns:
-        The value of ``cfg.metric`` (default ``val/acc``) from a final validation run.
+        The value of ``cfg.metric`` (default ``val/acc``).
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
@@ -86,11 +94,17 @@ def train(cfg: DictConfig) -> float:
             trainer.fit(
                 model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
             )
-            metrics = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+            validates = _has_validation(model, datamodule)
+            metrics: dict[str, Any] = (
+                trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+                if validates
+                else dict(trainer.callback_metrics)
+            )
         except SIGTERMException:  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
             raise _exit_interrupted(interrupt, trainer) from None
     if cfg.metric not in metrics:
-        raise KeyError(f"metric={cfg.metric!r} was not logged by validation; logged: {sorted(metrics)}")
+        source = "validation" if validates else "training (no validation_step or val_dataloader, so no validation)"
+        raise KeyError(f"metric={cfg.metric!r} was not logged by {source}; logged: {sorted(metrics)}")
     value = float(metrics[cfg.metric])
     if trainer.is_global_zero:
         log.info(f"{cfg.metric} = {value:.4f}")
@@ -103,7 +117,7 @@ def train(cfg: DictConfig) -> float:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Console script ``lightning-optim-train``; returns the validation metric for Hydra's sweepers."""
+    """Console script ``lightning-optim-train``; returns the metric for Hydra's sweepers."""
     return train(cfg)
 
 
