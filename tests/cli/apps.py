@@ -20,9 +20,8 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-def run_app(module: str, *overrides: str, cwd: Path) -> str:
-    """Run ``python -m <module> <overrides>`` and return its stdout; fail the test with stderr if it fails."""
-    result = subprocess.run(
+def _run(module: str, overrides: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
         capture_output=True,
@@ -30,6 +29,11 @@ def run_app(module: str, *overrides: str, cwd: Path) -> str:
         timeout=300,
         env=_environment(),
     )
+
+
+def run_app(module: str, *overrides: str, cwd: Path) -> str:
+    """Run ``python -m <module> <overrides>`` and return its stdout; fail the test with stderr if it fails."""
+    result = _run(module, overrides, cwd)
     if result.returncode != 0:
         pytest.fail(f"{module} {' '.join(overrides)} exited {result.returncode}:\n{result.stderr[-4000:]}")
     return result.stdout
@@ -37,14 +41,7 @@ def run_app(module: str, *overrides: str, cwd: Path) -> str:
 
 def run_app_expecting_failure(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m <module> <overrides>``; fail the test if it succeeds, else return the finished process."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_environment(),
-    )
+    result = _run(module, overrides, cwd)
     if result.returncode == 0:
         pytest.fail(f"{module} {' '.join(overrides)} succeeded; expected it to fail:\n{result.stdout[-4000:]}")
     return result
