@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import math
 
+COSINE_TO_RUN_END = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": None, "min_lr_ratio": 0.1}
+"""A schedule whose length is the run's (``total_steps: null``): what a resume with another run length must keep."""
+COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.1}
+"""A schedule whose warmup is a share of the run's length."""
+
 
 def warmup_cosine(k: int, lr: float, warmup: int, total: int, floor: float = 0.0) -> float:
     """The lr at optimizer step ``k`` of ``warmup_cosine`` with base lr ``lr`` and ``min_lr_ratio`` ``floor``.

@@ -22,7 +22,7 @@ from tests.models import (
     step_lrs,
     trainer,
 )
-from tests.references import warmup_cosine
+from tests.references import COSINE_TO_RUN_END, COSINE_WARMUP_RATIO, warmup_cosine
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -372,9 +372,6 @@ def test_resume_with_the_same_config_does_not_warn(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ another run length
-
-COSINE_TO_RUN_END = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": None, "min_lr_ratio": 0.1}
-COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.1}
 
 
 def resumed_with_max_epochs(

@@ -27,7 +27,7 @@ from tests.models import (
     step_lrs,
     trainer,
 )
-from tests.references import warmup_cosine
+from tests.references import COSINE_TO_RUN_END, COSINE_WARMUP_RATIO, warmup_cosine
 
 LR = 0.5  # RecordingModel.configure_optimizers: SGD(lr=0.5), no scheduler
 BATCHES = 8  # loader(): 32 samples in batches of 4
@@ -376,9 +376,6 @@ def test_resume_after_a_group_joined_continues_both_groups(tmp_path, driver):
 
 
 # ------------------------------------------------------------------------------------------------ another run length
-
-COSINE_TO_RUN_END = {"name": "warmup_cosine", "warmup_steps": 3, "total_steps": None, "min_lr_ratio": 0.1}
-COSINE_WARMUP_RATIO = {"name": "warmup_cosine", "warmup_ratio": 0.25, "min_lr_ratio": 0.1}
 
 
 def resumed_with_max_epochs(
