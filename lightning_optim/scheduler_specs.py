@@ -43,6 +43,7 @@ __all__ = [
     "SCHEDULER_NAMES",
     "ClosedForm",
     "Plateau",
+    "RunsClosedForm",
     "SchedulerInfo",
     "SchedulerSpec",
     "needs_run_length",
@@ -106,7 +107,22 @@ class SchedulerInfo:
 
 
 @dataclass(frozen=True)
-class ClosedForm(SchedulerInfo):
+class RunsClosedForm(SchedulerInfo):
+    """A scheduler name whose lr is a pure :class:`~lightning_optim.schedules.Schedule`, run by ``ClosedFormLR``."""
+
+    def schedule(self, spec: Mapping[str, Any], total_steps: int, where: str) -> Schedule:
+        """The schedule a checked section ``spec`` gives over a run of ``total_steps``."""
+        raise NotImplementedError
+
+    @override
+    def build(
+        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
+    ) -> LRScheduler:
+        return ClosedFormLR(optimizer, self.schedule(spec, total_steps, where))
+
+
+@dataclass(frozen=True)
+class ClosedForm(RunsClosedForm):
     """A schedule computed from the step alone: its dataclass and the fixed arguments its name implies."""
 
     schedule_class: type[Schedule] = Schedule
@@ -130,6 +146,7 @@ class ClosedForm(SchedulerInfo):
         self.schedule(spec, None, where)
         return spec
 
+    @override
     def schedule(self, spec: Mapping[str, Any], total_steps: int | None, where: str) -> Schedule:
         """The schedule over a run of ``total_steps``; None checks it against a run long enough for any warmup."""
         keys = set(self.own_types())
@@ -146,15 +163,9 @@ class ClosedForm(SchedulerInfo):
         except (ValueError, TypeError) as error:
             raise OptimConfigError(f"optim_config.{where}: {error}") from None
 
-    @override
-    def build(
-        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
-    ) -> LRScheduler:
-        return ClosedFormLR(optimizer, self.schedule(spec, total_steps, where))
-
 
 @dataclass(frozen=True)
-class SequentialSchedules(SchedulerInfo):
+class SequentialSchedules(RunsClosedForm):
     """Closed-form schedules one after another, each starting at a milestone."""
 
     @override
@@ -192,6 +203,7 @@ class SequentialSchedules(SchedulerInfo):
         spec["schedulers"] = checked
         return spec
 
+    @override
     def schedule(self, spec: Mapping[str, Any], total_steps: int, where: str) -> Schedule:
         """The phases over a run of ``total_steps``: the last one runs to the end of the run."""
         milestones = list(spec.get("milestones") or [])
@@ -206,12 +218,6 @@ class SequentialSchedules(SchedulerInfo):
             return Sequential(schedules=tuple(phases), milestones=tuple(milestones))
         except ValueError as error:
             raise OptimConfigError(f"optim_config.{where}: {error}") from None
-
-    @override
-    def build(
-        self, optimizer: torch.optim.Optimizer, spec: Mapping[str, Any], total_steps: int, where: str
-    ) -> LRScheduler:
-        return ClosedFormLR(optimizer, self.schedule(spec, total_steps, where))
 
 
 @dataclass(frozen=True)
@@ -365,7 +371,7 @@ class SchedulerSpec:
             >>> resolve_scheduler({"name": "warmup_cosine", "warmup_ratio": 0.25}).schedule(8)
             WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
         """
-        if not isinstance(self.info, ClosedForm | SequentialSchedules):
+        if not isinstance(self.info, RunsClosedForm):
             raise TypeError(f"{self.info.name!r} is not a closed-form schedule")
         return self.info.schedule(self.config, total_steps, self.where)
 
