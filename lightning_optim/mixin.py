@@ -26,14 +26,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_step, fsdp_model
-from lightning_optim.config import OptimConfig, changed_keys, plain
+from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
+from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
-from lightning_optim.internals import attached_trainer, grad_scaler
+from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
+from lightning_optim.manual_optimization import SchedulerStepCheck, clip_arguments, unapplied_frequency
+from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import (
     BuiltScheduler,
@@ -43,7 +46,14 @@ from lightning_optim.scheduler_builder import (
     run_length_changed,
     saved_run_length,
 )
-from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
+from lightning_optim.scheduler_specs import SchedulerSpec
+from lightning_optim.validation import (
+    NamedOptimSpec,
+    OptimizerSetSpec,
+    OptimSpec,
+    resolve_optim_config,
+    warn_on_zero_lr,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -109,7 +119,7 @@ class OptimMixin(_LightningModule):
         if not isinstance(self.hparams, DictConfig):
             self.hparams["optim_config"] = copy.deepcopy(validated)
 
-    def _spec(self) -> OptimSpec:
+    def _spec(self) -> OptimSpec | OptimizerSetSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
         try:
             return self.__dict__["_optim_spec"]
@@ -119,27 +129,70 @@ class OptimMixin(_LightningModule):
                 "self.optim_config = {'optimizer': {'name': 'adamw', 'lr': 1e-3}}."
             ) from None
 
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        """The names of the optimizers under ``optim_config.optimizers``, in ``self.optimizers()`` order (empty for
+        the single form): the monitors' keys use them (``NamesOptimizers``)."""
+        spec = self._spec()
+        return tuple(member.name for member in spec.members) if isinstance(spec, OptimizerSetSpec) else ()
+
     @override
     def configure_optimizers(self) -> OptimizerLRScheduler:
         check_clip_threshold(attached_trainer(self))
         spec = self._spec()
-        optimizer = build_optimizer(self, spec.optimizer)
         self.__dict__["_built_schedulers"] = []
+        self.__dict__["_scheduler_sections"] = []
         self.__dict__["_run_lengths"] = []
+        if isinstance(spec, OptimizerSetSpec):
+            return self._configure_optimizer_set(spec)
+        optimizer = build_optimizer(self, spec.optimizer)
         if spec.scheduler is None:
             return optimizer
         built = build_scheduler(optimizer, spec.scheduler, self._scheduler_run_length(spec.scheduler.config))
-        self.__dict__["_built_schedulers"] = [built]
+        self._keep_built(built, "optim_config.scheduler", spec.scheduler.config)
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
 
-    def _scheduler_run_length(self, spec: dict[str, Any]) -> int | None:
-        """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run."""
+    def _configure_optimizer_set(self, spec: OptimizerSetSpec) -> OptimizerLRScheduler:
+        """One ``{"optimizer", "lr_scheduler"}`` per named optimizer, in the config's order (``self.optimizers()``)."""
+
+        def length(member: NamedOptimSpec) -> int | None:
+            assert member.spec.scheduler is not None  # asked only for a member with a scheduler
+            return self._scheduler_run_length(member.spec.scheduler.config, member.name)
+
+        configured: list[Any] = []
+        for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True):
+            if built is None:
+                configured.append({"optimizer": optimizer})
+                continue
+            assert member.spec.scheduler is not None  # built only from a scheduler section
+            self._keep_built(built, f"optim_config.{member.where}.scheduler", member.spec.scheduler.config)
+            configured.append({"optimizer": optimizer, "lr_scheduler": built.lightning_config})
+        self.__dict__.pop("_saved_run_lengths", None)
+        return configured
+
+    def _keep_built(self, built: BuiltScheduler, where: str, config: dict[str, Any]) -> None:
+        self.__dict__["_built_schedulers"].append(built)
+        self.__dict__["_scheduler_sections"].append((where, config))
+        if not self.automatic_optimization and (message := unapplied_frequency([(where, built)])):
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _scheduler_run_length(self, spec: dict[str, Any], optimizer: str | None = None) -> int | None:
+        """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run.
+
+        ``optimizer`` names the optimizer under ``optim_config.optimizers`` whose scheduler this is.
+        """
         length = run_length(attached_trainer(self), spec)
-        saved = self.__dict__.pop("_saved_run_lengths", None)
-        kept = resumed_run_length(spec, saved[0] if saved else None, length)
+        saved = self.__dict__.get("_saved_run_lengths") if optimizer else self.__dict__.pop("_saved_run_lengths", None)
+        mine = [entry for entry in saved or [] if entry.get("optimizer") == optimizer]
+        kept = resumed_run_length(spec, mine[0] if mine else None, length)
+        where = f"optim_config.optimizers.{optimizer}.scheduler" if optimizer else "optim_config.scheduler"
         if kept != length:
-            warnings.warn(run_length_changed(spec, kept, length), ResumeConfigWarning, stacklevel=3)
-        self.__dict__["_run_lengths"] = [saved_run_length(spec, kept)]
+            warnings.warn(run_length_changed(spec, kept, length, where), ResumeConfigWarning, stacklevel=3)
+        entry = saved_run_length(spec, kept)
+        if optimizer:
+            self.__dict__["_run_lengths"].append({**entry, "optimizer": optimizer})
+        else:
+            self.__dict__["_run_lengths"] = [entry]
         return kept
 
     def _continue_saved_run_lengths(self) -> None:
@@ -148,13 +201,22 @@ class OptimMixin(_LightningModule):
         Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
         """
         built = self.__dict__.get("_built_schedulers")
-        spec = self._spec().scheduler
-        if not built or spec is None:
+        if not built:
             return
-        built_with = self.__dict__["_run_lengths"][0]["length"]
-        kept = self._scheduler_run_length(spec.config)
-        if kept is not None and kept != built_with and isinstance(built[0].scheduler, ClosedFormLR):
-            built[0].scheduler.schedule = spec.schedule(kept)
+        built_with = [entry["length"] for entry in self.__dict__["_run_lengths"]]
+        self.__dict__["_run_lengths"] = []
+        for (optimizer, section), one, length in zip(self._scheduler_specs(), built, built_with, strict=True):
+            kept = self._scheduler_run_length(section.config, optimizer)
+            if kept is not None and kept != length and isinstance(one.scheduler, ClosedFormLR):
+                one.scheduler.schedule = section.schedule(kept)
+        self.__dict__.pop("_saved_run_lengths", None)
+
+    def _scheduler_specs(self) -> list[tuple[str | None, SchedulerSpec]]:
+        """Each scheduler section with the name of its optimizer (None in the single form), in building order."""
+        spec = self._spec()
+        if isinstance(spec, OptimizerSetSpec):
+            return [(member.name, member.spec.scheduler) for member in spec.members if member.spec.scheduler]
+        return [(None, spec.scheduler)] if spec.scheduler is not None else []
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -190,13 +252,16 @@ class OptimMixin(_LightningModule):
         measured and reported unscaled; ``GradNormMonitor(nonfinite="skip")`` (``clip_state.skip_nonfinite``) skips
         steps whose total norm is NaN/Inf, BatchNorm running statistics included.
         """
+        self.clip_state.last = self._clip_for_step(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _clip_for_step(self, optimizer: Any, threshold: float | None, algorithm: Any) -> ClipResult | None:
         trainer = attached_trainer(self)
         state = self.clip_state
-        state.last = clip_for_step(
+        return clip_for_step(
             optimizer,
             self.named_parameters(),
-            gradient_clip_val,
-            gradient_clip_algorithm,
+            threshold,
+            algorithm,
             sharded=fsdp_model(trainer),
             scaler=grad_scaler(trainer),
             fold=self.fold_clipping,
@@ -205,12 +270,66 @@ class OptimMixin(_LightningModule):
         )
 
     @override
+    def clip_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's ``clip_gradients`` (what ``training_step`` calls under manual optimization), keeping what it
+        measured as :meth:`configure_gradient_clipping` does.
+
+        Arguments resolve as in Lightning (a None takes the Trainer's value). The result is ``clip_state.last`` and,
+        under manual optimization, waits in ``clip_state.unstepped`` for that optimizer's step, where
+        ``GradNormMonitor`` takes it: the logged norms are the ones before this clipping. Under a ``GradScaler``
+        (``16-mixed``) with manual optimization the gradients are still scaled here (Lightning unscales inside
+        ``optimizer.step``), so Lightning's own clipping runs and a warning says the norms are not measured.
+        """
+        trainer = attached_trainer(self)
+        scaler = grad_scaler(trainer)
+        if trainer is None or self.fabric is not None or (scaler is not None and scaler.is_enabled()):
+            if scaler is not None and scaler.is_enabled() and not self.automatic_optimization:
+                rank_zero_warn(
+                    "OptimMixin.clip_gradients under manual optimization with a GradScaler (16-mixed): the gradients "
+                    "are still scaled when training_step clips, so Lightning's own clipping runs and grad_norm/* "
+                    "show the norms GradNormMonitor measures at the step, after clipping."
+                )
+            super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        threshold, algorithm = clip_arguments(trainer, gradient_clip_val, gradient_clip_algorithm)
+        result = self._clip_for_step(optimizer, threshold, algorithm)
+        self.clip_state.last = result
+        if not self.automatic_optimization and result is not None:
+            self.clip_state.unstepped[id(torch_optimizer(optimizer))] = result
+
+    @override
     def on_train_start(self) -> None:
         super().on_train_start()
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR):
                 built.scheduler.apply_schedule()
+        if not self.automatic_optimization:
+            built = self.__dict__.get("_built_schedulers", [])
+            sections = self.__dict__.get("_scheduler_sections", [])
+            schedulers = [(where, one.scheduler) for (where, _), one in zip(sections, built, strict=True)]
+            self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._check_schedulers_stepped()
+
+    @override
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._check_schedulers_stepped()
+
+    def _check_schedulers_stepped(self) -> None:
+        """Under manual optimization, after the first epoch (the user's ``on_train_epoch_end`` included)."""
+        check = self.__dict__.get("_step_check")
+        if check is not None:
+            check.check(self.trainer.global_step)
 
     @override
     def on_validation_end(self) -> None:
@@ -218,9 +337,10 @@ class OptimMixin(_LightningModule):
         trainer = self.trainer
         if trainer.state.fn != "fit":
             return
-        for built in self.__dict__.get("_built_schedulers", []):
+        sections = self.__dict__.get("_scheduler_sections", [])
+        for built, (_, section) in zip(self.__dict__.get("_built_schedulers", []), sections, strict=True):
             if built.steps_on_validation:
-                strict = built.lightning_config.get("strict", self.optim_config["scheduler"].get("strict", True))
+                strict = built.lightning_config.get("strict", section.get("strict", True))
                 step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
 
     @override
@@ -251,12 +371,11 @@ class OptimMixin(_LightningModule):
         if saved is None or saved == self.optim_config:
             return
         changed = changed_keys(saved, self.optim_config)
-        optimizer_identity = [key for key in changed if key in ("optimizer.name", "optimizer._target_")]
-        if optimizer_identity:
+        if _optimizers_of(saved) != _optimizers_of(self.optim_config):
             raise OptimConfigError(
-                f"Cannot resume: the checkpoint's optimizer is {_describe(saved['optimizer'])} and optim_config now "
-                f"asks for {_describe(self.optim_config['optimizer'])}; its state does not carry over. Resume with "
-                "the same optimizer, or start a new run (load weights with load_from_checkpoint instead)."
+                f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
+                f"{_describe(self.optim_config)}; its state does not carry over. Resume with the same optimizer, or "
+                "start a new run (load weights with load_from_checkpoint instead)."
             )
         details = ", ".join(
             f"{key} ({_lookup(saved, key)!r} -> {_lookup(self.optim_config, key)!r})" for key in changed
@@ -270,8 +389,19 @@ class OptimMixin(_LightningModule):
         )
 
 
-def _describe(optimizer: Mapping[str, Any]) -> str:
-    return repr(optimizer.get("_target_") or optimizer.get("name"))
+def _optimizers_of(config: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
+    """Each optimizer's name under ``optimizers`` (None in the single form) and class name, in order."""
+    sections = config[OPTIMIZERS_KEY].items() if OPTIMIZERS_KEY in config else [(None, config)]
+    return [
+        (name, section["optimizer"].get("_target_") or section["optimizer"].get("name")) for name, section in sections
+    ]
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    optimizers = _optimizers_of(config)
+    if optimizers[0][0] is None:
+        return repr(optimizers[0][1])
+    return ", ".join(f"{name}: {optimizer!r}" for name, optimizer in optimizers)
 
 
 def _lookup(config: Any, dotted: str) -> Any:
