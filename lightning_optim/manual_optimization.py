@@ -23,7 +23,13 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lightning_optim.clipping import algorithm_name
 
-__all__ = ["SchedulerStepCheck", "UnsteppedSchedulerWarning", "clip_arguments", "unapplied_frequency"]
+__all__ = [
+    "SchedulerStepCheck",
+    "UnsteppedSchedulerWarning",
+    "clip_arguments",
+    "max_steps_counts_every_optimizer",
+    "unapplied_frequency",
+]
 
 
 class UnsteppedSchedulerWarning(UserWarning):
@@ -100,6 +106,36 @@ applied: each self.lr_schedulers().step() in training_step moves the schedule by
         f"Under manual optimization Lightning does not step schedulers, so {', '.join(keys)} is not applied: each "
         "self.lr_schedulers().step() in training_step moves the schedule by one step. Call it every step (the lr "
         "follows the schedule exactly), or remove frequency."
+    )
+
+
+def max_steps_counts_every_optimizer(trainer: Any, optimizers: int, sized_by_run: Sequence[str]) -> str | None:
+    """The warning for schedules sized by ``max_steps`` with several optimizers under manual optimization, or None.
+
+    ``trainer.global_step``, which ``max_steps`` bounds, counts every optimizer's step, while
+    ``estimated_stepping_batches`` (the run length a schedule takes) is ``max_steps``: with two optimizers stepping
+    once per batch the run has half that many batches, and a schedule stepped once per batch ends halfway.
+    ``sized_by_run`` names the schedules that take their length from the run.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> trainer = SimpleNamespace(max_steps=8, estimated_stepping_batches=8)
+        >>> print(max_steps_counts_every_optimizer(trainer, 2, ["optim_config.optimizers.g.scheduler"]))
+        Manual optimization with 2 optimizers: trainer.global_step, which max_steps=8 bounds, counts every \
+optimizer's step, so the run has 4 training batches if each optimizer steps once per batch; the schedule of \
+optim_config.optimizers.g.scheduler takes its length from the run and is sized for 8 steps. Set its total_steps \
+(e.g. 4), or bound the run with max_epochs instead.
+    """
+    if trainer is None or optimizers < 2 or not sized_by_run or trainer.max_steps in (None, -1):
+        return None
+    if trainer.estimated_stepping_batches != trainer.max_steps:
+        return None
+    batches = trainer.max_steps // optimizers
+    return (
+        f"Manual optimization with {optimizers} optimizers: trainer.global_step, which max_steps={trainer.max_steps} "
+        f"bounds, counts every optimizer's step, so the run has {batches} training batches if each optimizer steps "
+        f"once per batch; the schedule of {', '.join(sized_by_run)} takes its length from the run and is sized for "
+        f"{trainer.max_steps} steps. Set its total_steps (e.g. {batches}), or bound the run with max_epochs instead."
     )
 
 

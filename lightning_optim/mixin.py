@@ -35,7 +35,12 @@ from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, pl
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
-from lightning_optim.manual_optimization import SchedulerStepCheck, clip_arguments, unapplied_frequency
+from lightning_optim.manual_optimization import (
+    SchedulerStepCheck,
+    clip_arguments,
+    max_steps_counts_every_optimizer,
+    unapplied_frequency,
+)
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import (
@@ -95,6 +100,18 @@ class OptimMixin(_LightningModule):
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
+    * Several optimizers: ``{"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {...},
+      "param_groups": [...], "scheduler": {...}}, "discriminator": {...}}}`` builds one optimizer per name over the
+      trainable parameters whose names its ``params`` regex finds, in the config's order (``self.optimizers()``); a
+      parameter in two selections or in none is an error naming it. Lightning trains several optimizers only with
+      manual optimization.
+    * Manual optimization (``automatic_optimization = False``): ``self.clip_gradients(opt, ...)`` clips as
+      :meth:`configure_gradient_clipping` does and keeps the norm before clipping for ``GradNormMonitor``.
+      Lightning steps no scheduler there: ``training_step`` calls ``self.lr_schedulers()``' ``step()``, and each
+      call moves a schedule one unit, so counts in the config (``warmup_steps``, ``total_steps``) are counted in
+      those calls; ``interval`` only says what ``total_steps: null`` takes from the run (training batches for
+      ``step``, ``max_epochs`` for ``epoch``) and ``frequency`` is not applied (a warning says so). A scheduler not
+      stepped during the first epoch is warned about (its lr would stay at warmup's 0).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -168,6 +185,14 @@ class OptimMixin(_LightningModule):
             self._keep_built(built, f"optim_config.{member.where}.scheduler", member.spec.scheduler.config)
             configured.append({"optimizer": optimizer, "lr_scheduler": built.lightning_config})
         self.__dict__.pop("_saved_run_lengths", None)
+        sized_by_run = [
+            f"optim_config.{member.where}.scheduler"
+            for member in spec.members
+            if member.spec.scheduler is not None and member.spec.scheduler.needs_run_length
+        ]
+        message = max_steps_counts_every_optimizer(attached_trainer(self), len(spec.members), sized_by_run)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=3)
         return configured
 
     def _keep_built(self, built: BuiltScheduler, where: str, config: dict[str, Any]) -> None:

@@ -189,3 +189,42 @@ def test_a_resume_with_a_changed_lr_names_the_key(tmp_path) -> None:
     with pytest.warns(ResumeConfigWarning, match=re.escape("optimizers.generator.optimizer.lr (0.02 -> 0.03)")):
         trainer(max_steps=4).fit(changed, loader(), ckpt_path=tmp_path / "gan.ckpt")
     assert changed.hparams["optim_config"]["optimizers"]["generator"]["optimizer"]["lr"] == 0.03
+
+
+def test_max_steps_counting_both_optimizers_warns_for_a_schedule_sized_by_the_run() -> None:
+    model = GAN()
+    with pytest.warns(UserWarning, match=re.escape("so the run has 4 training batches")) as record:
+        trainer(max_steps=8).fit(model, loader())
+    assert "optim_config.optimizers.generator.scheduler takes its length" in str(
+        next(w.message for w in record if "max_steps=8" in str(w.message))
+    )
+    assert len(model.records) == 4
+
+
+def test_frequency_is_not_applied_under_manual_optimization_and_says_so() -> None:
+    config = with_section("discriminator", scheduler={"name": "step", "step_size": 3, "gamma": 0.5, "frequency": 2})
+    model = GAN(config)
+    with pytest.warns(UserWarning, match=re.escape("optim_config.optimizers.discriminator.scheduler.frequency = 2")):
+        trainer(max_epochs=1).fit(model, loader())
+    # Each sch.step() moves the schedule one step: the lr is the schedule's at that step, as without frequency.
+    assert [record["lr_d"][1] for record in model.records] == pytest.approx(
+        [discriminator_lrs(k)[1] for k in range(BATCHES)], rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"gradient_clip_val": -1.0}, ValueError, "clip_gradients(gradient_clip_val=-1.0) is not valid"),
+        ({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "nrom"}, Exception, "`gradient_clip_algorithm` nrom"),
+    ],
+)
+def test_clip_gradients_refuses_a_bad_argument(arguments: dict[str, Any], error: type, message: str) -> None:
+    class BadClip(GAN):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer_g, _ = self.optimizers()  # type: ignore[misc]
+            self.manual_backward(self(batch[0][:, :2]).sum())
+            self.clip_gradients(optimizer_g, **arguments)
+
+    with pytest.raises(error, match=re.escape(message)):
+        trainer(max_epochs=1).fit(BadClip(), loader())

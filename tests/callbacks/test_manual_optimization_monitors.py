@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from typing import Any
 
 import pytest
@@ -129,8 +130,46 @@ def test_a_scheduler_never_stepped_under_manual_optimization_warns_once(tmp_path
 
 
 def test_a_stepped_scheduler_does_not_warn() -> None:
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnsteppedSchedulerWarning)
         trainer(max_epochs=2).fit(GAN(), loader())
+
+
+def test_gan_lr_keys_with_both_schedulers_and_a_log_name(tmp_path) -> None:
+    config = copy.deepcopy(GAN_CONFIG)
+    config["optimizers"]["discriminator"]["scheduler"]["log_name"] = "lr-critic"
+    logged = fit_logged(GAN(config), tmp_path, [LRMonitor()], max_epochs=1)
+    assert {key for key in logged if key.startswith("lr-")} == {
+        "lr-generator/default",
+        "lr-critic/bias",
+        "lr-critic/default",
+    }
+    assert logged["lr-critic/default"] == [(k, tb.float32(0.01 * 0.5 ** (k // 3))) for k in range(BATCHES)]
+
+
+def test_the_per_optimizer_counts_survive_in_the_monitor_state() -> None:
+    monitor = GradNormMonitor()
+    trainer(max_epochs=1, callbacks=[monitor], log_every_n_steps=3).fit(GAN(clip=CLIP), loader())
+    state = monitor.state_dict()
+    # 8 steps each; logged at steps 2 and 5, so steps 6 and 7 wait for the next log.
+    assert state["optimizers"] == {
+        "grad_norm/generator/": {"clipped_steps": 2.0, "window_steps": 2, "nonfinite_steps": 0},
+        "grad_norm/discriminator/": {"clipped_steps": 0.0, "window_steps": 2, "nonfinite_steps": 0},
+    }
+    restored = GradNormMonitor()
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state
+
+
+def test_value_clipping_under_manual_optimization_is_not_measured_and_says_so(tmp_path) -> None:
+    class ValueClipped(ClippedManually):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer = self.optimizers()
+            self.manual_backward(RecordingModel.training_step(self, batch, batch_idx))
+            self.clip_gradients(optimizer, gradient_clip_val=0.01, gradient_clip_algorithm="value")  # type: ignore[arg-type]
+            optimizer.step()  # type: ignore[union-attr]
+            optimizer.zero_grad()  # type: ignore[union-attr]
+
+    with pytest.warns(UserWarning, match=re.escape("grad_norm/* are not logged for those steps")):
+        logged = fit_logged(ValueClipped({"optimizer": {"name": "sgd", "lr": 0.01}}), tmp_path, [GradNormMonitor()])
+    assert not [key for key in logged if key.startswith("grad_norm/")]
