@@ -233,6 +233,10 @@ class GradNormMonitor(L.Callback):
         if self._snapshot is not None and self._snapshot_at != trainer.global_step:
             self._snapshot.take()
             self._snapshot_at = trainer.global_step
+        if isinstance(pl_module, ReportsClipping):
+            # A clip_gradients whose optimizer never stepped (a step skipped in training_step) must not stand for a
+            # later step: clipping and its step happen in the same training_step.
+            pl_module.clip_state.unstepped.clear()
         self._logging = should_log(trainer)
         if not self._logging:
             return

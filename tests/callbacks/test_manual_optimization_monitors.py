@@ -173,3 +173,20 @@ def test_value_clipping_under_manual_optimization_is_not_measured_and_says_so(tm
     with pytest.warns(UserWarning, match=re.escape("grad_norm/* are not logged for those steps")):
         logged = fit_logged(ValueClipped({"optimizer": {"name": "sgd", "lr": 0.01}}), tmp_path, [GradNormMonitor()])
     assert not [key for key in logged if key.startswith("grad_norm/")]
+
+
+def test_gan_per_layer_norms_are_per_optimizer(tmp_path) -> None:
+    model = GAN(clip=CLIP)
+    logged = fit_logged(model, tmp_path, [GradNormMonitor(per_layer_depth=2)], max_steps=4)
+    assert {key for key in logged if "." in key} == {
+        "grad_norm/generator/generator.0",
+        "grad_norm/generator/generator.2",
+        "grad_norm/discriminator/discriminator.0",
+        "grad_norm/discriminator/discriminator.2",
+    }
+    # Per-layer norms are of the gradients before clipping: their 2-norm is the total.
+    for name in ("generator", "discriminator"):
+        first, second = logged[f"grad_norm/{name}/{name}.0"], logged[f"grad_norm/{name}/{name}.2"]
+        totals = logged[f"grad_norm/{name}/total"]
+        for (_, a), (_, b), (_, total) in zip(first, second, totals, strict=True):
+            assert (a**2 + b**2) ** 0.5 == pytest.approx(total, rel=1e-5)

@@ -34,6 +34,7 @@ def test_the_gan_group_gives_two_named_adams_with_warmup() -> None:
     assert generator["scheduler"] == {"name": "warmup_constant", "warmup_steps": 10, "interval": "step"}
 
 
+@pytest.mark.slow
 def test_each_optimizer_takes_the_groups_files_and_overrides() -> None:
     config = composed(
         "optimizers=gan",
