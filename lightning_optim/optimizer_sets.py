@@ -126,6 +126,18 @@ def build_optimizer_set(
     Raises:
         OptimConfigError: as :func:`select_parameters`, and what building one optimizer raises, naming the key
             under ``optimizers.<name>``.
+
+    Example:
+        >>> from lightning_optim.validation import resolve_optim_config
+        >>> model = torch.nn.ModuleDict({"actor": torch.nn.Linear(2, 2), "critic": torch.nn.Linear(2, 1)})
+        >>> spec = resolve_optim_config({"optimizers": {
+        ...     "actor": {"params": "^actor[.]", "optimizer": {"name": "adam"},
+        ...               "scheduler": {"name": "warmup_constant", "warmup_steps": 2}},
+        ...     "critic": {"params": "^critic[.]", "optimizer": {"name": "adam"}},
+        ... }})
+        >>> built = build_optimizer_set(model, spec, run_length=lambda member: 10)
+        >>> [(type(opt).__name__, sch and sch.lightning_config["name"]) for opt, sch in built]
+        [('Adam', 'lr-actor'), ('Adam', None)]
     """
     built = []
     for member, named in zip(spec.members, select_parameters(module.named_parameters(), spec.members), strict=True):

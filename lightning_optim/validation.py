@@ -68,6 +68,11 @@ class NamedOptimSpec:
         name: the optimizer's key under ``optimizers``.
         params: the compiled ``params`` regex, searched in each parameter's name.
         spec: its ``optimizer``, ``param_groups`` and ``scheduler``, checked as a single-optimizer config.
+
+    Example:
+        >>> spec = resolve_optim_config({"optimizers": {"critic": {"params": "^critic", "optimizer": {"name": "sgd"}}}})
+        >>> spec.members[0].where, spec.members[0].params.pattern
+        ('optimizers.critic', '^critic')
     """
 
     name: str

@@ -228,3 +228,19 @@ def test_clip_gradients_refuses_a_bad_argument(arguments: dict[str, Any], error:
 
     with pytest.raises(error, match=re.escape(message)):
         trainer(max_epochs=1).fit(BadClip(), loader())
+
+
+def test_clipping_folded_into_a_fused_step_under_manual_optimization_matches_the_unfolded_path() -> None:
+    config = with_section("generator", optimizer={"name": "adam", "lr": 0.02, "betas": [0.5, 0.999], "fused": True})
+    folded = GAN(config)
+    trainer(max_epochs=1).fit(folded, loader())
+
+    class Unfolded(GAN):
+        fold_clipping = False
+
+    unfolded = Unfolded(config)
+    trainer(max_epochs=1).fit(unfolded, loader())
+    assert folded.clip_state.last is not None and folded.clip_state.last.folded
+    assert unfolded.clip_state.last is not None and not unfolded.clip_state.last.folded
+    for mine, theirs in zip(folded.generator.parameters(), unfolded.generator.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
