@@ -7,6 +7,7 @@ import re
 import warnings
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -190,3 +191,34 @@ def test_gan_per_layer_norms_are_per_optimizer(tmp_path) -> None:
         totals = logged[f"grad_norm/{name}/total"]
         for (_, a), (_, b), (_, total) in zip(first, second, totals, strict=True):
             assert (a**2 + b**2) ** 0.5 == pytest.approx(total, rel=1e-5)
+
+
+class PlainGAN(L.LightningModule):
+    """:class:`GAN`'s training step with Lightning's own ``configure_optimizers`` (two unnamed Adams), no mixin."""
+
+    forward = GAN.forward
+    training_step = GAN.training_step
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.generator = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 4))
+        self.discriminator = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1))
+        self.clip, self.step_schedulers, self.records = None, False, []
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.Adam(self.generator.parameters()), torch.optim.Adam(self.discriminator.parameters())]
+
+
+def test_unnamed_optimizers_are_keyed_by_their_position(tmp_path) -> None:
+    model = PlainGAN()
+    with pytest.warns(UserWarning, match="sees the gradients only at optimizer.step()"):
+        logged = fit_logged(model, tmp_path, [GradNormMonitor(), LRMonitor()], max_steps=8)
+    steps = list(range(4))
+    for index, name in enumerate(("norm_g", "norm_d")):
+        norms = [record[name] for record in model.records]
+        assert logged[f"grad_norm/optimizer_{index}/total"] == [
+            (k, tb.float32(norm)) for k, norm in zip(steps, norms, strict=True)
+        ]
+    assert {key for key in logged if key.startswith("lr-")} == {"lr-Adam", "lr-Adam-1"}  # Lightning's own naming
