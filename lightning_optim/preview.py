@@ -139,6 +139,11 @@ def _preview_scheduler(
     else:
         spec = resolve_optim_config(optim_config)
     named = None
+    if isinstance(spec, OptimSpec) and optimizer is not None:
+        raise OptimConfigError(
+            f"optimizer={optimizer!r} names one of several optimizers, but optim_config has one (no 'optimizers' "
+            "section): leave optimizer unset."
+        )
     if isinstance(spec, OptimizerSetSpec):
         names = [member.name for member in spec.members]
         if optimizer not in names:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from lightning_optim import OptimConfigError
@@ -79,3 +80,9 @@ def test_the_schedule_app_draws_one_png_per_optimizer(tmp_path) -> None:
     tables = printed_rows(stdout)
     assert set(tables) == {"generator/default", "discriminator/default"}
     assert tables["generator/default"]["final"] == (19, 2e-4)
+
+
+def test_naming_an_optimizer_of_a_single_optimizer_config_is_refused() -> None:
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}}
+    with pytest.raises(OptimConfigError, match=re.escape("optimizer='generator' names one of several optimizers")):
+        preview_learning_rates(torch.nn.Linear(2, 1), config, 4, optimizer="generator")
