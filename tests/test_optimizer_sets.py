@@ -181,11 +181,12 @@ def test_a_resume_with_another_optimizer_is_refused(tmp_path) -> None:
 
 
 def test_a_resume_with_a_changed_lr_names_the_key(tmp_path) -> None:
-    model = GAN()
+    model = GAN(SIXTEEN_STEPS)
     run = trainer(max_steps=2)
     run.fit(model, loader())
     run.save_checkpoint(tmp_path / "gan.ckpt")
-    changed = GAN(with_section("generator", optimizer={"name": "adam", "lr": 0.03, "betas": [0.5, 0.999]}))
+    lr = {"name": "adam", "lr": 0.03, "betas": [0.5, 0.999]}
+    changed = GAN(with_section("generator", SIXTEEN_STEPS, optimizer=lr))
     with pytest.warns(ResumeConfigWarning, match=re.escape("optimizers.generator.optimizer.lr (0.02 -> 0.03)")):
         trainer(max_steps=4).fit(changed, loader(), ckpt_path=tmp_path / "gan.ckpt")
     assert changed.hparams["optim_config"]["optimizers"]["generator"]["optimizer"]["lr"] == 0.03
