@@ -36,6 +36,7 @@ __all__ = [
     "is_last_batch",
     "logging_step",
     "own_buffers",
+    "resumed_epoch",
     "scale_tensor",
     "should_log",
     "torch_optimizer",
@@ -81,6 +82,23 @@ def ends_epoch(trainer: L.Trainer) -> bool:
     """
     progress = trainer.fit_loop.epoch_loop.batch_progress
     return progress.is_last_batch or progress.current.ready == trainer.num_training_batches
+
+
+def resumed_epoch(trainer: L.Trainer) -> tuple[int, int | None]:
+    """The batches already run of the epoch under way at train start, and the accumulation Lightning resumes it with.
+
+    ``(0, None)`` unless the run resumes an epoch it had begun. Lightning then skips ``on_train_epoch_start`` for that
+    epoch, so a ``GradientAccumulationScheduler`` does not set its factor again and the epoch goes on with the
+    trainer's ``accumulate_grad_batches`` as it is. Reads the fit loop's restart stage (``restarted_mid_epoch``,
+    ``restarted_on_epoch_end``, the decision its ``on_advance_start`` takes) and the epoch loop's
+    ``batch_progress.current.ready`` (a finished epoch's count stands for the next one, which starts from its first
+    batch). Nothing public tells where a resumed epoch starts.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarted_mid_epoch or loop.restarted_on_epoch_end):
+        return 0, None
+    done = loop.epoch_loop.batch_progress.current.ready
+    return (done if done < trainer.num_training_batches else 0), trainer.accumulate_grad_batches
 
 
 def attached_trainer(module: L.LightningModule) -> L.Trainer | None:
