@@ -39,6 +39,7 @@ __all__ = [
     "resumed_epoch",
     "scale_tensor",
     "should_log",
+    "stepping_batches_done",
     "torch_optimizer",
     "unscales_in_step",
 ]
@@ -99,6 +100,21 @@ def resumed_epoch(trainer: L.Trainer) -> tuple[int, int | None]:
         return 0, None
     done = loop.epoch_loop.batch_progress.current.ready
     return (done if done < trainer.num_training_batches else 0), trainer.accumulate_grad_batches
+
+
+def stepping_batches_done(trainer: L.Trainer) -> int:
+    """The batches so far that ended with an optimizer step, counted as ``trainer.estimated_stepping_batches`` counts.
+
+    Under automatic optimization (one optimizer) that is ``trainer.global_step``. Under manual optimization
+    ``global_step`` counts every ``optimizer.step()`` of every optimizer, while Lightning's estimate counts batches
+    (a manual run does not accumulate): this reads the epoch loop's ``batch_progress.total.ready``, the batches run
+    (restored on resume). ``_batches_that_stepped``, the logger's axis, is one behind at train start after some
+    resumes (Lightning corrects it when the epoch loop resets, after ``on_train_start``).
+    """
+    module = trainer.lightning_module
+    if module is None or module.automatic_optimization:
+        return trainer.global_step
+    return trainer.fit_loop.epoch_loop.batch_progress.total.ready
 
 
 def attached_trainer(module: L.LightningModule) -> L.Trainer | None:

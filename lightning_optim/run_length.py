@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from lightning_optim.internals import resumed_epoch
+from lightning_optim.internals import resumed_epoch, stepping_batches_done
 from lightning_optim.lr_schedulers import ClosedFormLR
 from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length
 
@@ -70,7 +70,8 @@ class RunLengthWarning(UserWarning):
 def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | None:
     """The optimizer steps the whole run takes, as far as the trainer can tell; None for an unbounded run.
 
-    The steps done so far (``trainer.global_step``), plus, for the epoch under way and each later one, its batches
+    The steps done so far (``trainer.global_step``; batches under manual optimization, as Lightning's estimate counts
+    them), plus, for the epoch under way and each later one, its batches
     (``trainer.num_training_batches``: ``limit_train_batches`` applied, the train dataloader loaded if it was not
     yet) in windows of that epoch's accumulation (a ``GradientAccumulationScheduler``'s factor for the epoch, else
     ``trainer.accumulate_grad_batches``; Lightning steps at the end of each window and at the epoch's last batch),
@@ -92,7 +93,7 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     done, accumulation = (0, None) if at_epoch_start else resumed_epoch(trainer)
     if accumulation is None:
         accumulation = _accumulation(trainer, epoch)
-    steps = trainer.global_step + _steps_in_epochs(trainer, epoch + 1, max_epochs, batches)
+    steps = stepping_batches_done(trainer) + _steps_in_epochs(trainer, epoch + 1, max_epochs, batches)
     if epoch < max_epochs:  # a run resumed from its very last step has no epoch under way
         steps += math.ceil(batches / accumulation) - done // accumulation
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
