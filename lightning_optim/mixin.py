@@ -70,6 +70,9 @@ class OptimMixin(_LightningModule):
 
     * ``interval: step`` with ``frequency: n`` steps the scheduler every ``n`` optimizer steps, also under
       ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
+    * A schedule sized by the run (``total_steps: null``, ``warmup_ratio``) reaches its floor with the run's last
+      optimizer step, also when ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train
+      dataloader change the run's length after ``configure_optimizers`` (:mod:`lightning_optim.run_length`).
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).

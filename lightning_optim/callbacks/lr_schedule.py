@@ -30,7 +30,9 @@ class LRSchedule(L.Callback):
     """Drive the lr of the model's optimizer step by step with a ``scheduler`` config.
 
     Same schedules and semantics as :class:`~lightning_optim.OptimMixin`: counts in optimizer steps (also under
-    gradient accumulation and with ``frequency``), ``total_steps: null`` from the trainer, each parameter group
+    gradient accumulation and with ``frequency``), ``total_steps: null`` over the run's actual length (also when
+    ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train dataloader change it after the
+    optimizers were built: :mod:`lightning_optim.run_length`), each parameter group
     with its own base lr (groups added during training included), ``plateau`` stepped once after each
     validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
     same lr sequence, also with another ``max_epochs``: the schedule keeps the run length it was built with
