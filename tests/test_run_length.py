@@ -251,3 +251,31 @@ def test_manual_optimization_with_two_optimizers_counts_batches_not_optimizer_st
     assert run.global_step == 32
     assert model.lrs == pytest.approx([warmup_cosine(k, LR, WARMUP, 16, FLOOR) for k in range(16)], abs=1e-15)
     assert run.optimizers[0].param_groups[0]["lr"] == LR * FLOOR
+
+
+def test_a_resume_that_lightning_runs_longer_keeps_the_checkpoint_s_length_and_says_so(tmp_path):
+    # 4 + 2 + 2 steps. Resumed at step 3, mid-epoch 0, Lightning does not call on_train_epoch_start for the rest of
+    # that epoch, so its last 2 batches run at accumulation 1 (2 steps, not 1): the resumed run is 9 steps long.
+    def callbacks(*others: L.Callback) -> list[L.Callback]:
+        return [GradientAccumulationScheduler({0: 2, 1: 4}), *others]
+
+    first = StepLrs()
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=3)
+    settings: dict[str, Any] = {"limit_val_batches": 0, "max_epochs": 3, "limit_train_batches": 8}
+    with pytest.raises(Interrupted):
+        trainer(callbacks=callbacks(first, saving, CrashAt(3)), enable_checkpointing=True, **settings).fit(Boring())
+    second = StepLrs()
+    run = trainer(callbacks=callbacks(second), **settings)
+    with pytest.warns(ResumeConfigWarning) as record:
+        run.fit(Boring(), ckpt_path=tmp_path / "step=3.ckpt")
+    assert [str(warning.message) for warning in record if warning.category is ResumeConfigWarning] == [
+        "Resuming with a different run length: the checkpoint's run was 8 steps long, this one is 9 steps. The lr "
+        "schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 8 steps. To stretch it over "
+        "the new run on purpose, set optim_config.scheduler.total_steps: 9 (an explicit value wins over the "
+        "checkpoint's)."
+    ]
+    assert run.global_step == 9
+    # The 8-step schedule of the first run, on its floor for the one step Lightning added.
+    lrs = first.lrs + second.lrs
+    assert lrs == pytest.approx([warmup_cosine(k, LR, WARMUP, 8, FLOOR) for k in range(9)], abs=1e-15)
+    assert second.final(run) == LR * FLOOR
