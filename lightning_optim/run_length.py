@@ -266,11 +266,10 @@ class RunLength:
 
     def at_build(self, trainer: L.Trainer | None, saved: Mapping[str, Any] | None = None) -> int | None:
         """The length to build the scheduler with: the trainer's, or a resumed checkpoint's ``saved`` record."""
-        self.length = self._built_with = run_length(trainer, self.spec.config)
+        self.length = run_length(trainer, self.spec.config)
         self._tuners = _tuner_callbacks(trainer)
-        self.resume(saved)
-        self._built_with = self.length
-        return self.length
+        self._built_with = self.resume(saved)
+        return self._built_with
 
     def resume(self, saved: Mapping[str, Any] | None) -> int | None:
         """Go on with the checkpoint's length ``saved`` where the config leaves the length to the run.
