@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 else:
     _LightningModule = object
 
-__all__ = ["OptimMixin", "ResumeConfigWarning"]
+__all__ = ["OptimMixin"]
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
