@@ -43,15 +43,8 @@ from lightning_optim.manual_optimization import (
 )
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.scheduler_builder import (
-    BuiltScheduler,
-    build_scheduler,
-    resumed_run_length,
-    run_length,
-    run_length_changed,
-    saved_run_length,
-)
-from lightning_optim.scheduler_specs import SchedulerSpec
+from lightning_optim.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.validation import (
     NamedOptimSpec,
     OptimizerSetSpec,
@@ -70,17 +63,13 @@ if TYPE_CHECKING:
 else:
     _LightningModule = object
 
-__all__ = ["OptimMixin", "ResumeConfigWarning"]
+__all__ = ["OptimMixin"]
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
 
 RUN_LENGTHS_KEY = "optim_run_lengths"
 """The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
-
-
-class ResumeConfigWarning(UserWarning):
-    """The run resumes from a checkpoint made with a different ``optim_config``."""
 
 
 class OptimMixin(_LightningModule):
@@ -95,6 +84,9 @@ class OptimMixin(_LightningModule):
 
     * ``interval: step`` with ``frequency: n`` steps the scheduler every ``n`` optimizer steps, also under
       ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
+    * A schedule sized by the run (``total_steps: null``, ``warmup_ratio``) reaches its floor with the run's last
+      optimizer step, also when ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train
+      dataloader change the run's length after ``configure_optimizers`` (:mod:`lightning_optim.run_length`).
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
@@ -159,22 +151,33 @@ class OptimMixin(_LightningModule):
         spec = self._spec()
         self.__dict__["_built_schedulers"] = []
         self.__dict__["_scheduler_sections"] = []
-        self.__dict__["_run_lengths"] = []
+        # On resume the checkpoint's run length (Lightning restores the module before configure_optimizers). A tuner
+        # restoring its own checkpoint (BatchSizeFinder) leaves one behind too: a fit without ckpt_path drops it.
+        trainer = attached_trainer(self)
+        saved = self.__dict__.pop("_saved_run_lengths", None)
+        if trainer is None or not trainer.ckpt_path:
+            saved = None
         if isinstance(spec, OptimizerSetSpec):
-            return self._configure_optimizer_set(spec)
+            return self._configure_optimizer_set(spec, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
         if spec.scheduler is None:
             return optimizer
-        built = build_scheduler(optimizer, spec.scheduler, self._scheduler_run_length(spec.scheduler.config))
+        length = RunLength(spec.scheduler)
+        built = build_scheduler(optimizer, spec.scheduler, length.at_build(trainer, saved and saved[0]))
+        built.run_length = length
         self._keep_built(built, "optim_config.scheduler", spec.scheduler.config)
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
 
-    def _configure_optimizer_set(self, spec: OptimizerSetSpec) -> OptimizerLRScheduler:
+    def _configure_optimizer_set(
+        self, spec: OptimizerSetSpec, trainer: L.Trainer | None, saved: list[dict[str, Any]] | None
+    ) -> OptimizerLRScheduler:
         """One ``{"optimizer", "lr_scheduler"}`` per named optimizer, in the config's order (``self.optimizers()``)."""
+        lengths: dict[str, RunLength] = {}
 
         def length(member: NamedOptimSpec) -> int | None:
             assert member.spec.scheduler is not None  # asked only for a member with a scheduler
-            return self._scheduler_run_length(member.spec.scheduler.config, member.name)
+            lengths[member.name] = RunLength(member.spec.scheduler, f"optim_config.{member.where}.scheduler")
+            return lengths[member.name].at_build(trainer, _run_length_record(saved, member.name, 0))
 
         configured: list[Any] = []
         for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True):
@@ -182,66 +185,28 @@ class OptimMixin(_LightningModule):
                 configured.append({"optimizer": optimizer})
                 continue
             assert member.spec.scheduler is not None  # built only from a scheduler section
-            self._keep_built(built, f"optim_config.{member.where}.scheduler", member.spec.scheduler.config)
+            built.run_length = lengths[member.name]
+            where = f"optim_config.{member.where}.scheduler"
+            self._keep_built(built, where, member.spec.scheduler.config, member.name)
             configured.append({"optimizer": optimizer, "lr_scheduler": built.lightning_config})
-        self.__dict__.pop("_saved_run_lengths", None)
         sized_by_run = [
             f"optim_config.{member.where}.scheduler"
             for member in spec.members
             if member.spec.scheduler is not None and member.spec.scheduler.needs_run_length
         ]
-        message = max_steps_counts_every_optimizer(attached_trainer(self), len(spec.members), sized_by_run)
+        message = max_steps_counts_every_optimizer(trainer, len(spec.members), sized_by_run)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
         return configured
 
-    def _keep_built(self, built: BuiltScheduler, where: str, config: dict[str, Any]) -> None:
+    def _keep_built(
+        self, built: BuiltScheduler, where: str, config: dict[str, Any], optimizer: str | None = None
+    ) -> None:
+        """Keep a built scheduler with its key path, its section and the name of its optimizer (several only)."""
         self.__dict__["_built_schedulers"].append(built)
-        self.__dict__["_scheduler_sections"].append((where, config))
+        self.__dict__["_scheduler_sections"].append((where, config, optimizer))
         if not self.automatic_optimization and (message := unapplied_frequency([(where, built)])):
             warnings.warn(message, UserWarning, stacklevel=3)
-
-    def _scheduler_run_length(self, spec: dict[str, Any], optimizer: str | None = None) -> int | None:
-        """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run.
-
-        ``optimizer`` names the optimizer under ``optim_config.optimizers`` whose scheduler this is.
-        """
-        length = run_length(attached_trainer(self), spec)
-        saved = self.__dict__.get("_saved_run_lengths") if optimizer else self.__dict__.pop("_saved_run_lengths", None)
-        mine = [entry for entry in saved or [] if entry.get("optimizer") == optimizer]
-        kept = resumed_run_length(spec, mine[0] if mine else None, length)
-        where = f"optim_config.optimizers.{optimizer}.scheduler" if optimizer else "optim_config.scheduler"
-        if kept != length:
-            warnings.warn(run_length_changed(spec, kept, length, where), ResumeConfigWarning, stacklevel=3)
-        entry = saved_run_length(spec, kept)
-        if optimizer:
-            self.__dict__["_run_lengths"].append({**entry, "optimizer": optimizer})
-        else:
-            self.__dict__["_run_lengths"] = [entry]
-        return kept
-
-    def _continue_saved_run_lengths(self) -> None:
-        """Give the schedule the checkpoint's run length after configure_optimizers already built it.
-
-        Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
-        """
-        built = self.__dict__.get("_built_schedulers")
-        if not built:
-            return
-        built_with = [entry["length"] for entry in self.__dict__["_run_lengths"]]
-        self.__dict__["_run_lengths"] = []
-        for (optimizer, section), one, length in zip(self._scheduler_specs(), built, built_with, strict=True):
-            kept = self._scheduler_run_length(section.config, optimizer)
-            if kept is not None and kept != length and isinstance(one.scheduler, ClosedFormLR):
-                one.scheduler.schedule = section.schedule(kept)
-        self.__dict__.pop("_saved_run_lengths", None)
-
-    def _scheduler_specs(self) -> list[tuple[str | None, SchedulerSpec]]:
-        """Each scheduler section with the name of its optimizer (None in the single form), in building order."""
-        spec = self._spec()
-        if isinstance(spec, OptimizerSetSpec):
-            return [(member.name, member.spec.scheduler) for member in spec.members if member.spec.scheduler]
-        return [(None, spec.scheduler)] if spec.scheduler is not None else []
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -334,15 +299,21 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR):
                 built.scheduler.apply_schedule()
+        # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
+        for built in self.__dict__.get("_built_schedulers", []):
+            built.follow_run_length(self.trainer)
         if not self.automatic_optimization:
             built = self.__dict__.get("_built_schedulers", [])
             sections = self.__dict__.get("_scheduler_sections", [])
-            schedulers = [(where, one.scheduler) for (where, _), one in zip(sections, built, strict=True)]
+            schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
             self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
 
     @override
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
+        # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
+        for built in self.__dict__.get("_built_schedulers", []):
+            built.follow_run_length(self.trainer, at_epoch_start=True)
         self._check_schedulers_stepped()
 
     @override
@@ -363,7 +334,7 @@ class OptimMixin(_LightningModule):
         if trainer.state.fn != "fit":
             return
         sections = self.__dict__.get("_scheduler_sections", [])
-        for built, (_, section) in zip(self.__dict__.get("_built_schedulers", []), sections, strict=True):
+        for built, (_, section, _) in zip(self.__dict__.get("_built_schedulers", []), sections, strict=True):
             if built.steps_on_validation:
                 strict = built.lightning_config.get("strict", section.get("strict", True))
                 step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
@@ -380,8 +351,15 @@ class OptimMixin(_LightningModule):
             del checkpoint[key]
         # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
         checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
-        if self.__dict__.get("_run_lengths"):
-            checkpoint[RUN_LENGTHS_KEY] = copy.deepcopy(self.__dict__["_run_lengths"])
+        built = self.__dict__.get("_built_schedulers", [])
+        sections = self.__dict__.get("_scheduler_sections", [])
+        if built:
+            # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
+            checkpoint[RUN_LENGTHS_KEY] = [
+                {**one.run_length.saved(), **({"optimizer": optimizer} if optimizer else {})}
+                for one, (_, _, optimizer) in zip(built, sections, strict=True)
+                if one.run_length is not None
+            ]
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -389,9 +367,16 @@ class OptimMixin(_LightningModule):
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
-            self.__dict__["_saved_run_lengths"] = checkpoint.get(RUN_LENGTHS_KEY)
+            saved = checkpoint.get(RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
-                self._continue_saved_run_lengths()
+                # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
+                built = self.__dict__.get("_built_schedulers", [])
+                sections = self.__dict__.get("_scheduler_sections", [])
+                for index, (one, (_, _, optimizer)) in enumerate(zip(built, sections, strict=True)):
+                    if one.run_length is not None:
+                        one.run_length.resume(_run_length_record(saved, optimizer, index))
+            else:
+                self.__dict__["_saved_run_lengths"] = saved
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return
@@ -412,6 +397,13 @@ class OptimMixin(_LightningModule):
             ResumeConfigWarning,
             stacklevel=2,
         )
+
+
+def _run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
+    """A checkpoint's run-length record of one scheduler: by its optimizer's name, or by position (single form)."""
+    if optimizer is not None:
+        return next((record for record in saved or [] if record.get("optimizer") == optimizer), None)
+    return saved[index] if saved and index < len(saved) else None
 
 
 def _optimizers_of(config: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
