@@ -51,8 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The benchmarks beside this file, which Python finds as this script's directory is first on sys.path.
-import clip_step
+import clip_step  # clip_step, overhead, gpu_check_report: beside this script, the first entry of sys.path
 import lightning as L
 import overhead
 import torch
@@ -261,7 +260,7 @@ def check_host_syncs(ctx: Context) -> dict[str, Any]:
     steps = warmup + measured + 1
     configs = monitors()
     results: dict[str, Any] = {}
-    callers: dict[str, dict[str, int]] = {}
+    callers: dict[str, Counter[str]] = {}
     for name, callbacks in configs.items():
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")
@@ -284,7 +283,7 @@ def check_host_syncs(ctx: Context) -> dict[str, Any]:
                 if ctx.cuda:
                     torch.cuda.set_sync_debug_mode(0)
         results[name] = summarize_syncs(counter.steps)
-        callers[name] = dict(counter.callers.most_common(12))
+        callers[name] = counter.callers
     counts = ("items_per_step", "to_host_per_step", "sync_warnings_per_step")
     for result in results.values():
         for kind in ("logging", "non_logging"):
@@ -307,7 +306,8 @@ def check_host_syncs(ctx: Context) -> dict[str, Any]:
         if ctx.cuda
         else "aten::_local_scalar_dense",
         "per_config": results,
-        "sync_callers": callers,
+        "sync_callers": {name: dict(counts.most_common(12)) for name, counts in callers.items()},
+        "sync_callers_all_over_none": dict((callers["all"] - callers["none"]).most_common(12)),
         "verdicts": verdicts,
     }
 

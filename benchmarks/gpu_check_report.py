@@ -98,7 +98,16 @@ def host_syncs(result: dict[str, Any]) -> list[str]:
         '`torch.cuda.set_sync_debug_mode("warn")`, every synchronizing call (CUDA only).',
         "",
         *table(HEADERS["host_syncs"], rows),
+        *callers(result["sync_callers_all_over_none"]),
     ]
+
+
+def callers(counts: dict[str, int]) -> list[str]:
+    """The lines that synced with all monitors and not without them (sync-debug warnings), how often in all."""
+    if not counts:
+        return []
+    listed = ", ".join(f"`{line}` x{n}" for line, n in counts.items())
+    return ["", f"Lines that synced with all monitors and not without (over the measured steps): {listed}."]
 
 
 def amp(result: dict[str, Any]) -> list[str]:

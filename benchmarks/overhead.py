@@ -20,7 +20,8 @@ Three measurements, all in one run (``python benchmarks/overhead.py [--quick] [-
      ``TensorBoardDashboard`` and ``BatchNormMonitor``.
 
    Models: the digits CNN of ``lightning_optim.demos`` and a deep residual MLP with ~390 parameter tensors; each at
-   ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory.
+   ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory. ``--models resnet`` (ResNet-18's
+   stages on random 64x64 images) with ``--device cuda`` is the GPU-sized model ``gpu_check.py`` times.
 
 2. **Gradient passes** on ~38M parameters of random gradients: one read of every gradient byte against
    ``total_norm``, ``clip_gradients``, ``clip_grad_norm_(foreach=True)`` and Lightning's ``grad_norm``.
@@ -811,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient_clip_val": CLIP,
             "variants": VARIANT_HELP,
             "monitors": list(MONITORS),
+            "device": args.device,
         },
         "steps": {},
     }
