@@ -325,8 +325,8 @@ AMP_CASES = {
     "16-mixed sgd": ("16-mixed", "sgd", None),
     "bf16-mixed adamw": ("bf16-mixed", "adamw", None),
     "bf16-mixed sgd": ("bf16-mixed", "sgd", None),
-    "16-mixed adamw, overflowing scale": ("16-mixed", "adamw", 2.0**18),
-    "16-mixed sgd, overflowing scale (fused-SGD first-step skip)": ("16-mixed", "sgd", 2.0**18),
+    "16-mixed adamw, overflowing scale": ("16-mixed", "adamw", 2.0**24),
+    "16-mixed sgd, overflowing scale (fused-SGD first-step skip)": ("16-mixed", "sgd", 2.0**24),
 }
 """Case -> (precision, optimizer, GradScaler's initial scale or None for its default)."""
 TOLERANCES = {"16-mixed": {"rtol": 1e-3, "atol": 1e-5}, "bf16-mixed": {"rtol": 1.6e-2, "atol": 1e-5}}
@@ -439,7 +439,7 @@ def deterministic_cudnn() -> Iterator[None]:
 
 
 def check_amp(ctx: Context) -> dict[str, Any]:
-    steps = 6 if ctx.quick else 20
+    steps = 8 if ctx.quick else 20
     cases: dict[str, Any] = {}
     with deterministic_cudnn():
         for case, (precision, optimizer, init_scale) in AMP_CASES.items():
