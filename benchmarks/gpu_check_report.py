@@ -214,7 +214,7 @@ def overhead(result: dict[str, Any]) -> list[str]:
             + ", ".join(f"{variant} {entry['median_ms']:.2f}" for variant, entry in run["variants"].items())
         )
     return [
-        f"{result['model']} ({result['parameters'] / 1e6:.1f}M parameters, batch {result['batch_size']}, "
+        f"{result['model']} ({result['parameters']:,} parameters, batch {result['batch_size']}, "
         f"{result['image_size']}x{result['image_size']} random images); overhead relative to plain Lightning, "
         "paired median / ratio of means.",
         "",
