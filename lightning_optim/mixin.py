@@ -33,6 +33,7 @@ from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_s
 from lightning_optim.config import OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler
+from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import (
@@ -103,11 +104,26 @@ class OptimMixin(_LightningModule):
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
         validated = spec.config
+        warn_on_lr_before_config(self, spec)
         self.__dict__["_optim_spec"] = spec
         # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
         # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
         if not isinstance(self.hparams, DictConfig):
             self.hparams["optim_config"] = copy.deepcopy(validated)
+
+    @property
+    def lr(self) -> float:
+        """``optim_config["optimizer"]["lr"]`` (the optimizer's default if unset): the lr Lightning's lr finder tunes.
+
+        Assigning it assigns ``optim_config`` again with the new lr (checked, ``hparams`` updated); during a fit the
+        built schedule goes on from the new base lr (:mod:`lightning_optim.lr_finder`). With several optimizers
+        there is no single lr: reading or assigning it raises ``OptimConfigError``.
+        """
+        return configured_lr(self)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        set_lr(self, value)
 
     def _spec(self) -> OptimSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
@@ -205,12 +221,32 @@ class OptimMixin(_LightningModule):
         )
 
     @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Callbacks' on_fit_start ran first: a LearningRateFinder that set model.lr also set every group to its lr.
+        restore_moved_lrs(self)
+
+    @override
     def on_train_start(self) -> None:
         super().on_train_start()
-        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
+        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too. Not
+        # during an lr finder's search, whose own schedule is the registered one.
+        registered = [config.scheduler for config in self.trainer.lr_scheduler_configs]
         for built in self.__dict__.get("_built_schedulers", []):
-            if isinstance(built.scheduler, ClosedFormLR):
+            if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        restore_moved_lrs(self)
+
+    @override
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        # Run lengths from a checkpoint restored during this run (an lr finder restores its own) are for this run's
+        # configure_optimizers only: the next fit is no resume.
+        self.__dict__.pop("_saved_run_lengths", None)
 
     @override
     def on_validation_end(self) -> None:
