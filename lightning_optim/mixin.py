@@ -33,6 +33,7 @@ from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_s
 from lightning_optim.config import OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler
+from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
 from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
@@ -223,6 +224,7 @@ class OptimMixin(_LightningModule):
     @override
     def on_fit_start(self) -> None:
         super().on_fit_start()
+        refuse_replaced_configure_optimizers(self)
         # Callbacks' on_fit_start ran first: a LearningRateFinder that set model.lr also set every group to its lr.
         restore_moved_lrs(self)
 
