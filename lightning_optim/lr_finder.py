@@ -182,7 +182,7 @@ def warn_on_lr_before_config(model: OptimMixin, spec: OptimSpec) -> None:
         f"optim_config.optimizer.lr = {section.get('lr')!r}, which the optimizer uses (and Lightning's lr finder "
         f"tunes). Set the lr in optim_config instead.",
         UserWarning,
-        stacklevel=4,
+        stacklevel=4,  # this function, the optim_config setter, nn.Module.__setattr__, the model
     )
 
 

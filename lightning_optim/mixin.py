@@ -85,6 +85,10 @@ class OptimMixin(_LightningModule):
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * ``model.lr`` is ``optim_config.optimizer.lr``, which Lightning's lr finder (``Tuner.lr_find``,
+      ``LearningRateFinder``) reads and sets; the run after it warms up from the found lr.
+    * A ``configure_optimizers`` assigned on the instance over the mixin's (LightningCLI's ``--optimizer``) is refused
+      when the fit starts: checkpoints would record an ``optim_config`` the run did not use.
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load

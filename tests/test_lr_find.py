@@ -175,8 +175,11 @@ class TunedExisting(OptimMixin, ExistingWithLr):
 
 
 def test_a_models_own_lr_set_before_optim_config_gives_way_with_a_warning():
-    with pytest.warns(UserWarning, match=r"set self\.lr = 0\.3 before self\.optim_config.*optimizer\.lr = 0\.01"):
+    with pytest.warns(
+        UserWarning, match=r"set self\.lr = 0\.3 before self\.optim_config.*optimizer\.lr = 0\.01"
+    ) as caught:
         model = TunedExisting({"optimizer": {"name": "sgd", "lr": 0.01}})
+    assert caught[0].filename == __file__  # points at the model's own `self.optim_config = ...`
     assert model.lr == 0.01 and model.seen_lr == 0.3
     with warnings.catch_warnings():
         warnings.simplefilter("error")
