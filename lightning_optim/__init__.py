@@ -18,10 +18,11 @@ if TYPE_CHECKING:
     from lightning_optim.checkpoints import CheckpointError, SafeCheckpointIO, verify_checkpoint
     from lightning_optim.config import OptimConfig
     from lightning_optim.errors import OptimConfigError
-    from lightning_optim.mixin import OptimMixin, ResumeConfigWarning
+    from lightning_optim.mixin import OptimMixin
     from lightning_optim.optimizer_specs import OPTIMIZERS
     from lightning_optim.optimizers import build_optimizer
     from lightning_optim.preview import preview_learning_rates
+    from lightning_optim.run_length import ResumeConfigWarning, RunLengthWarning
     from lightning_optim.scheduler_builder import build_scheduler
     from lightning_optim.scheduler_specs import SCHEDULER_NAMES
     from lightning_optim.validation import validate_optim_config
@@ -33,7 +34,8 @@ _HOMES = {
     "OptimConfig": "config",
     "OptimConfigError": "errors",
     "OptimMixin": "mixin",
-    "ResumeConfigWarning": "mixin",
+    "ResumeConfigWarning": "run_length",
+    "RunLengthWarning": "run_length",
     "OPTIMIZERS": "optimizer_specs",
     "build_optimizer": "optimizers",
     "SCHEDULER_NAMES": "scheduler_specs",
@@ -50,6 +52,7 @@ __all__ = [
     "OptimConfigError",
     "OptimMixin",
     "ResumeConfigWarning",
+    "RunLengthWarning",
     "SafeCheckpointIO",
     "build_optimizer",
     "build_scheduler",

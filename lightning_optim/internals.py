@@ -36,8 +36,10 @@ __all__ = [
     "is_last_batch",
     "logging_step",
     "own_buffers",
+    "resumed_epoch",
     "scale_tensor",
     "should_log",
+    "stepping_batches_done",
     "torch_optimizer",
     "unscales_in_step",
 ]
@@ -81,6 +83,38 @@ def ends_epoch(trainer: L.Trainer) -> bool:
     """
     progress = trainer.fit_loop.epoch_loop.batch_progress
     return progress.is_last_batch or progress.current.ready == trainer.num_training_batches
+
+
+def resumed_epoch(trainer: L.Trainer) -> tuple[int, int | None]:
+    """The batches already run of the epoch under way at train start, and the accumulation Lightning resumes it with.
+
+    ``(0, None)`` unless the run resumes an epoch it had begun. Lightning then skips ``on_train_epoch_start`` for that
+    epoch, so a ``GradientAccumulationScheduler`` does not set its factor again and the epoch goes on with the
+    trainer's ``accumulate_grad_batches`` as it is. Reads the fit loop's restart stage (``restarted_mid_epoch``,
+    ``restarted_on_epoch_end``, the decision its ``on_advance_start`` takes) and the epoch loop's
+    ``batch_progress.current.ready`` (a finished epoch's count stands for the next one, which starts from its first
+    batch). Nothing public tells where a resumed epoch starts.
+    """
+    loop = trainer.fit_loop
+    if not (loop.restarted_mid_epoch or loop.restarted_on_epoch_end):
+        return 0, None
+    done = loop.epoch_loop.batch_progress.current.ready
+    return (done if done < trainer.num_training_batches else 0), trainer.accumulate_grad_batches
+
+
+def stepping_batches_done(trainer: L.Trainer) -> int:
+    """The batches so far that ended with an optimizer step, counted as ``trainer.estimated_stepping_batches`` counts.
+
+    Under automatic optimization (one optimizer) that is ``trainer.global_step``. Under manual optimization
+    ``global_step`` counts every ``optimizer.step()`` of every optimizer, while Lightning's estimate counts batches
+    (a manual run does not accumulate): this reads the epoch loop's ``batch_progress.total.ready``, the batches run
+    (restored on resume). ``_batches_that_stepped``, the logger's axis, is one behind at train start after some
+    resumes (Lightning corrects it when the epoch loop resets, after ``on_train_start``).
+    """
+    module = trainer.lightning_module
+    if module is None or module.automatic_optimization:
+        return trainer.global_step
+    return trainer.fit_loop.epoch_loop.batch_progress.total.ready
 
 
 def attached_trainer(module: L.LightningModule) -> L.Trainer | None:

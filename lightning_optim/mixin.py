@@ -37,14 +37,8 @@ from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
 from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.scheduler_builder import (
-    BuiltScheduler,
-    build_scheduler,
-    resumed_run_length,
-    run_length,
-    run_length_changed,
-    saved_run_length,
-)
+from lightning_optim.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
 
 if TYPE_CHECKING:
@@ -57,17 +51,13 @@ if TYPE_CHECKING:
 else:
     _LightningModule = object
 
-__all__ = ["OptimMixin", "ResumeConfigWarning"]
+__all__ = ["OptimMixin"]
 
 CHECKPOINT_KEY = "optim_config"
 """The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
 
 RUN_LENGTHS_KEY = "optim_run_lengths"
 """The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
-
-
-class ResumeConfigWarning(UserWarning):
-    """The run resumes from a checkpoint made with a different ``optim_config``."""
 
 
 class OptimMixin(_LightningModule):
@@ -82,6 +72,9 @@ class OptimMixin(_LightningModule):
 
     * ``interval: step`` with ``frequency: n`` steps the scheduler every ``n`` optimizer steps, also under
       ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
+    * A schedule sized by the run (``total_steps: null``, ``warmup_ratio``) reaches its floor with the run's last
+      optimizer step, also when ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train
+      dataloader change the run's length after ``configure_optimizers`` (:mod:`lightning_optim.run_length`).
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
@@ -146,36 +139,19 @@ class OptimMixin(_LightningModule):
         spec = self._spec()
         optimizer = build_optimizer(self, spec.optimizer)
         self.__dict__["_built_schedulers"] = []
-        self.__dict__["_run_lengths"] = []
         if spec.scheduler is None:
             return optimizer
-        built = build_scheduler(optimizer, spec.scheduler, self._scheduler_run_length(spec.scheduler.config))
+        # On resume the checkpoint's run length (Lightning restores the module before configure_optimizers). A tuner
+        # restoring its own checkpoint (BatchSizeFinder) leaves one behind too: a fit without ckpt_path drops it.
+        trainer = attached_trainer(self)
+        saved = self.__dict__.pop("_saved_run_lengths", None)
+        if trainer is None or not trainer.ckpt_path:
+            saved = None
+        length = RunLength(spec.scheduler)
+        built = build_scheduler(optimizer, spec.scheduler, length.at_build(trainer, saved and saved[0]))
+        built.run_length = length
         self.__dict__["_built_schedulers"] = [built]
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
-
-    def _scheduler_run_length(self, spec: dict[str, Any]) -> int | None:
-        """The trainer's run length, or on resume the checkpoint's where the config leaves the length to the run."""
-        length = run_length(attached_trainer(self), spec)
-        saved = self.__dict__.pop("_saved_run_lengths", None)
-        kept = resumed_run_length(spec, saved[0] if saved else None, length)
-        if kept != length:
-            warnings.warn(run_length_changed(spec, kept, length), ResumeConfigWarning, stacklevel=3)
-        self.__dict__["_run_lengths"] = [saved_run_length(spec, kept)]
-        return kept
-
-    def _continue_saved_run_lengths(self) -> None:
-        """Give the schedule the checkpoint's run length after configure_optimizers already built it.
-
-        Strategies that restore the module after their setup (FSDP, DeepSpeed) build the optimizers first.
-        """
-        built = self.__dict__.get("_built_schedulers")
-        spec = self._spec().scheduler
-        if not built or spec is None:
-            return
-        built_with = self.__dict__["_run_lengths"][0]["length"]
-        kept = self._scheduler_run_length(spec.config)
-        if kept is not None and kept != built_with and isinstance(built[0].scheduler, ClosedFormLR):
-            built[0].scheduler.schedule = spec.schedule(kept)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -241,6 +217,16 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
+        # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
+        for built in self.__dict__.get("_built_schedulers", []):
+            built.follow_run_length(self.trainer)
+
+    @override
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
+        for built in self.__dict__.get("_built_schedulers", []):
+            built.follow_run_length(self.trainer, at_epoch_start=True)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -277,8 +263,9 @@ class OptimMixin(_LightningModule):
             del checkpoint[key]
         # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
         checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
-        if self.__dict__.get("_run_lengths"):
-            checkpoint[RUN_LENGTHS_KEY] = copy.deepcopy(self.__dict__["_run_lengths"])
+        lengths = [built.run_length for built in self.__dict__.get("_built_schedulers", [])]
+        if lengths:
+            checkpoint[RUN_LENGTHS_KEY] = [length.saved() for length in lengths if length is not None]
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -286,9 +273,14 @@ class OptimMixin(_LightningModule):
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
-            self.__dict__["_saved_run_lengths"] = checkpoint.get(RUN_LENGTHS_KEY)
+            saved = checkpoint.get(RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
-                self._continue_saved_run_lengths()
+                # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
+                for built, record in zip(self.__dict__.get("_built_schedulers", []), saved or [], strict=False):
+                    if built.run_length is not None:
+                        built.run_length.resume(record)
+            else:
+                self.__dict__["_saved_run_lengths"] = saved
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return

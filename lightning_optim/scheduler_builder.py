@@ -1,4 +1,4 @@
-"""Build a scheduler from a checked ``scheduler`` section, over the run's length (kept on resume).
+"""Build a scheduler from a checked ``scheduler`` section, over a run of a given length.
 
 Example:
     >>> import torch
@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,19 +20,15 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lightning_optim.errors import config_error
 from lightning_optim.lr_schedulers import PlateauLR
-from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length, own_options, resolve_scheduler
+from lightning_optim.scheduler_specs import SchedulerSpec, own_options, resolve_scheduler
 
 if TYPE_CHECKING:
+    import lightning as L
     from lightning.pytorch.utilities.types import LRSchedulerConfigType
 
-__all__ = [
-    "BuiltScheduler",
-    "build_scheduler",
-    "resumed_run_length",
-    "run_length",
-    "run_length_changed",
-    "saved_run_length",
-]
+    from lightning_optim.run_length import RunLength
+
+__all__ = ["BuiltScheduler", "build_scheduler"]
 
 
 @dataclass
@@ -44,6 +39,8 @@ class BuiltScheduler:
     lightning_config: LRSchedulerConfigType
     frequency: int
     interval: str
+    run_length: RunLength | None = None
+    """The run length its schedule follows (the mixin and ``LRSchedule`` set it); None: a length given once."""
 
     def advance(self) -> None:
         """Move the schedule ``frequency`` steps on, at the moment Lightning steps it.
@@ -53,6 +50,11 @@ class BuiltScheduler:
         """
         for _ in range(self.frequency):
             self.scheduler.step()
+
+    def follow_run_length(self, trainer: L.Trainer, at_epoch_start: bool = False) -> None:
+        """Keep a schedule sized by the run on the run's length now (:meth:`RunLength.follow`)."""
+        if self.run_length is not None:
+            self.run_length.follow(trainer, self.scheduler, at_epoch_start)
 
     @property
     def steps_on_validation(self) -> bool:
@@ -107,85 +109,3 @@ def build_scheduler(
     if config.get("log_name"):
         lightning_config["name"] = config["log_name"]
     return BuiltScheduler(scheduler, lightning_config, frequency, interval)
-
-
-def run_length(trainer: Any, scheduler: Mapping[str, Any]) -> int | None:
-    """The run's length in the scheduler's ``interval`` units, or None when the trainer cannot tell.
-
-    Optimizer steps come from ``trainer.estimated_stepping_batches`` (exact under accumulation, ``max_steps`` and
-    ``limit_train_batches``); epochs from ``trainer.max_epochs``.
-    """
-    if trainer is None:
-        return None
-    if scheduler.get("interval", "step") == "epoch":
-        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-    total = trainer.estimated_stepping_batches
-    return None if math.isinf(total) else int(total)
-
-
-def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, Any]:
-    """What a checkpoint keeps of the run length a scheduler was built with (plain values, in ``interval`` units).
-
-    Example:
-        >>> saved_run_length({"name": "warmup_cosine", "interval": "epoch"}, 8)
-        {'interval': 'epoch', 'length': 8}
-    """
-    return {"interval": spec.get("interval", "step"), "length": length}
-
-
-def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:
-    """The run length a resumed scheduler goes on with: the checkpoint's, where the config leaves it to the run.
-
-    ``saved`` is what :func:`saved_run_length` stored; ``length`` is the new trainer's :func:`run_length`. The
-    checkpoint's length wins when the schedule's shape depends on the run (:func:`needs_run_length`), so a run
-    resumed with another ``max_epochs`` keeps the lr curve it started on. An explicit ``total_steps`` wins over it,
-    and a length counted in another ``interval`` is not comparable.
-
-    Example:
-        >>> spec = {"name": "warmup_cosine", "total_steps": None}
-        >>> resumed_run_length(spec, {"interval": "step", "length": 100}, 200)
-        100
-        >>> resumed_run_length({**spec, "total_steps": 200}, {"interval": "step", "length": 100}, 200)
-        200
-    """
-    if not saved or saved.get("length") is None or not needs_run_length(spec):
-        return length
-    return saved["length"] if saved.get("interval") == spec.get("interval", "step") else length
-
-
-def run_length_changed(
-    spec: Mapping[str, Any], saved: int | None, length: int | None, where: str = "optim_config.scheduler"
-) -> str:
-    """The warning for a resumed scheduler that keeps the checkpoint's run length ``saved`` instead of ``length``.
-
-    Example:
-        >>> print(run_length_changed({"name": "warmup_cosine"}, 16, 32))  # doctest: +NORMALIZE_WHITESPACE
-        Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr
-        schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it over
-        the new run on purpose, set optim_config.scheduler.total_steps: 32 (an explicit value wins over the
-        checkpoint's).
-    """
-    unit = f"{spec.get('interval', 'step')}s"
-    new = f"{length} {unit}" if length is not None else "not bounded (no max_steps or max_epochs)"
-    return (
-        f"Resuming with a different run length: the checkpoint's run was {saved} {unit} long, this one is {new}. "
-        f"The lr schedule of {where} ({spec.get('name')!r}) continues as it began, over {saved} {unit}. "
-        f"{_stretch_hint(spec, length, where)}"
-    )
-
-
-def _stretch_hint(spec: Mapping[str, Any], length: int | None, where: str) -> str:
-    if spec.get("name") == "onecycle":
-        return (
-            "torch's OneCycleLR keeps its length in its own state, so it cannot be stretched on resume: to change it, "
-            "start a new run from the weights (load_from_checkpoint)."
-        )
-    key, value = f"{where}.total_steps", length
-    if spec.get("name") == "sequential":
-        last = len(spec["schedulers"]) - 1
-        milestones = spec.get("milestones") or [0]
-        key, value = f"{where}.schedulers[{last}].total_steps", None if length is None else length - milestones[-1]
-    shown = value if value is not None else "<the new length>"
-    return (
-        f"To stretch it over the new run on purpose, set {key}: {shown} (an explicit value wins over the checkpoint's)."
-    )

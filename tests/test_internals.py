@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision
@@ -23,12 +24,14 @@ from lightning_optim.internals import (
     is_last_batch,
     logging_step,
     own_buffers,
+    resumed_epoch,
     scale_tensor,
     should_log,
+    stepping_batches_done,
     torch_optimizer,
     unscales_in_step,
 )
-from tests.models import RecordingModel, loader, trainer
+from tests.models import CrashAt, Interrupted, RecordingModel, loader, trainer
 
 
 class StepLogger(Logger):
@@ -112,6 +115,62 @@ def test_ends_epoch_marks_the_batch_after_which_the_epoch_ends(limit):
     trainer(max_epochs=2, callbacks=[reads], **settings).fit(RecordingModel(), loader(samples=10, batch_size=4))
     assert [row["args"][-1] for row in reads.rows] == list(range(limit or 3)) * 2
     assert [row["ends"] for row in reads.rows] == [row["args"][-1] + 1 == row["batches"] for row in reads.rows]
+
+
+@pytest.mark.filterwarnings("ignore:.*your dataloader is not resumable")
+@pytest.mark.parametrize(("crash_at", "resumed"), [(3, (6, 1)), (4, (0, 1)), (6, (0, 1))])
+def test_resumed_epoch_is_where_and_how_lightning_goes_on_with_a_resumed_epoch(tmp_path, crash_at, resumed):
+    # 8 batches an epoch, accumulating 2 in epoch 0 and 4 from epoch 1 on: steps 0-3 in epoch 0, 4-5 in epoch 1.
+    def accumulation() -> GradientAccumulationScheduler:
+        return GradientAccumulationScheduler({0: 2, 1: 4})
+
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=crash_at)
+    fresh = Reads("on_train_start", lambda t, m: {"resumed": resumed_epoch(t)})
+    callbacks = [accumulation(), saving, fresh, CrashAt(crash_at)]
+    with pytest.raises(Interrupted):
+        trainer(max_epochs=3, enable_checkpointing=True, callbacks=callbacks).fit(RecordingModel(), loader())
+    assert fresh.rows[0]["resumed"] == (0, None)
+    at_start = Reads("on_train_start", lambda t, m: {"resumed": resumed_epoch(t), "epoch": t.current_epoch})
+    batches = Reads("on_train_batch_end", lambda t, m: {"epoch": t.current_epoch, "step": t.global_step})
+    second = trainer(max_epochs=3, callbacks=[accumulation(), at_start, batches])
+    second.fit(RecordingModel(), loader(), ckpt_path=tmp_path / f"step={crash_at}.ckpt")
+    assert at_start.rows[0]["resumed"] == resumed
+    done, accumulate = resumed
+    epoch = at_start.rows[0]["epoch"]
+    in_epoch = [row for row in batches.rows if row["epoch"] == epoch]
+    # The epoch goes on from batch `done`, stepping every `accumulate` batches: Lightning does not call
+    # on_train_epoch_start for it, so the scheduler's factor is not set again (also when the checkpoint was written
+    # at an epoch's last batch: the next epoch runs as the resumed one).
+    assert len(in_epoch) == 8 - done
+    assert in_epoch[-1]["step"] - crash_at == (8 - done) // accumulate
+
+
+class TwoOptimizersManual(RecordingModel):
+    """Manual optimization stepping two optimizers every batch: global_step counts 2 a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        inputs, targets = batch
+        for optimizer in self.optimizers():
+            optimizer.zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(self(inputs), targets))
+            optimizer.step()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [torch.optim.SGD(self.encoder.parameters(), lr=0.1), torch.optim.SGD(self.head.parameters(), lr=0.1)]
+
+
+@pytest.mark.parametrize(("model", "per_batch"), [(RecordingModel, 1), (TwoOptimizersManual, 2)])
+def test_stepping_batches_done_counts_as_lightning_s_estimate_does(model, per_batch):
+    reads = Reads("on_train_batch_end", lambda t, m: {"done": stepping_batches_done(t), "step": t.global_step})
+    fitted = trainer(max_epochs=2, callbacks=[reads])
+    fitted.fit(model(), loader())
+    assert fitted.estimated_stepping_batches == len(reads.rows) == 16
+    assert [row["done"] for row in reads.rows] == list(range(1, 17))
+    assert [row["step"] for row in reads.rows] == [per_batch * k for k in range(1, 17)]
 
 
 def test_attached_trainer_is_the_public_trainer_or_none():

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,15 +19,8 @@ from lightning_optim.config import plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import ends_epoch
 from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
-from lightning_optim.mixin import ResumeConfigWarning
-from lightning_optim.scheduler_builder import (
-    BuiltScheduler,
-    build_scheduler,
-    resumed_run_length,
-    run_length,
-    run_length_changed,
-    saved_run_length,
-)
+from lightning_optim.run_length import RunLength
+from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
 
 __all__ = ["LRSchedule"]
@@ -38,7 +30,9 @@ class LRSchedule(L.Callback):
     """Drive the lr of the model's optimizer step by step with a ``scheduler`` config.
 
     Same schedules and semantics as :class:`~lightning_optim.OptimMixin`: counts in optimizer steps (also under
-    gradient accumulation and with ``frequency``), ``total_steps: null`` from the trainer, each parameter group
+    gradient accumulation and with ``frequency``), ``total_steps: null`` over the run's actual length (also when
+    ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train dataloader change it after the
+    optimizers were built: :mod:`lightning_optim.run_length`), each parameter group
     with its own base lr (groups added during training included), ``plateau`` stepped once after each
     validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
     same lr sequence, also with another ``max_epochs``: the schedule keeps the run length it was built with
@@ -57,7 +51,6 @@ class LRSchedule(L.Callback):
         self.built: BuiltScheduler | None = None
         self._restored_state: dict[str, Any] | None = None
         self._restored_run_length: dict[str, Any] | None = None
-        self._run_length: dict[str, Any] | None = None
         self._build_on_load: L.Trainer | None = None
         self._stepped_at = 0
 
@@ -84,19 +77,11 @@ class LRSchedule(L.Callback):
 
     def _build(self, trainer: L.Trainer) -> None:
         optimizer = trainer.optimizers[self.optimizer_index]
-        self.built = build_scheduler(optimizer, self.spec, self._scheduler_run_length(trainer))
+        length = RunLength(self.spec, "LRSchedule scheduler")
+        self.built = build_scheduler(optimizer, self.spec, length.at_build(trainer, self._restored_run_length))
+        self.built.run_length = length
         if self._restored_state is not None:
             self.built.scheduler.load_state_dict(self._restored_state)
-
-    def _scheduler_run_length(self, trainer: L.Trainer) -> int | None:
-        length = run_length(trainer, self.config)
-        kept = resumed_run_length(self.config, self._restored_run_length, length)
-        if kept != length:
-            warnings.warn(
-                run_length_changed(self.config, kept, length, "LRSchedule scheduler"), ResumeConfigWarning, stacklevel=3
-            )
-        self._run_length = saved_run_length(self.config, kept)
-        return kept
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -104,6 +89,15 @@ class LRSchedule(L.Callback):
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         if self.built is not None and isinstance(self.built.scheduler, ClosedFormLR):
             self.built.scheduler.apply_schedule()
+        # After BatchSizeFinder and the restored step count: the run's length as it will be.
+        if self.built is not None:
+            self.built.follow_run_length(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The epoch's accumulation comes from GradientAccumulationScheduler itself, whichever callback runs first.
+        if self.built is not None:
+            self.built.follow_run_length(trainer, at_epoch_start=True)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -140,7 +134,8 @@ class LRSchedule(L.Callback):
         if self.built is None:
             restored = {"scheduler": self._restored_state, "run_length": self._restored_run_length}
             return {key: value for key, value in restored.items() if value}
-        return {"scheduler": self.built.scheduler.state_dict(), "run_length": self._run_length}
+        run_length = self.built.run_length.saved() if self.built.run_length is not None else None
+        return {"scheduler": self.built.scheduler.state_dict(), "run_length": run_length}
 
     @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
