@@ -227,18 +227,7 @@ class OptimMixin(_LightningModule):
         # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer, at_epoch_start=True)
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
         restore_moved_lrs(self)
-
-    @override
-    def teardown(self, stage: str) -> None:
-        super().teardown(stage)
-        # Run lengths from a checkpoint restored during this run (an lr finder restores its own) are for this run's
-        # configure_optimizers only: the next fit is no resume.
-        self.__dict__.pop("_saved_run_lengths", None)
 
     @override
     def on_validation_end(self) -> None:

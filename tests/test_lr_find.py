@@ -105,10 +105,11 @@ def test_the_search_runs_the_mixins_optimizer_under_the_finders_schedule_alone()
     ("scheduler", "step_factor"),
     [
         (COSINE, lambda k: warmup_cosine(k, 1.0, 3, STEPS)),
+        (COSINE_TO_RUN_END, lambda k: warmup_cosine(k, 1.0, 3, STEPS, 0.1)),
         (None, lambda k: 1.0),
         ({"name": "plateau", "monitor": "val/loss", "warmup_steps": 4}, lambda k: min(k / 4, 1.0)),
     ],
-    ids=["warmup_cosine", "constant", "plateau_warmup"],
+    ids=["warmup_cosine", "sized_by_the_run", "constant", "plateau_warmup"],
 )
 def test_learning_rate_finder_callback_restarts_the_schedule_from_the_found_lr(scheduler, step_factor):
     model = MixinModel({"optimizer": {"name": "sgd", "lr": 0.01}, "param_groups": HALF_LR_HEAD, "scheduler": scheduler})
