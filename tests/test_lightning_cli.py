@@ -147,6 +147,8 @@ def test_the_example_trains_with_the_yaml_and_overrides_and_its_checkpoint_holds
     (checkpoint,) = run_dir.glob("checkpoints/*.ckpt")
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["optim_config"] == expected and saved["hyper_parameters"]["optim_config"] == expected
+    # save_hyperparameters under LightningCLI: load_from_checkpoint instantiates through jsonargparse again.
+    assert saved["hyper_parameters"]["_instantiator"] == "lightning.pytorch.cli.instantiate_module"
     assert example.Regressor.load_from_checkpoint(checkpoint, weights_only=True).optim_config == expected
 
 

@@ -37,6 +37,7 @@ class Regressor(OptimMixin, L.LightningModule):
 
     def __init__(self, optim_config: OptimConfig, hidden: int = 32) -> None:
         super().__init__()
+        self.save_hyperparameters()  # under LightningCLI: the parsed config, for load_from_checkpoint
         self.encoder = nn.Sequential(nn.Linear(FEATURES, hidden), nn.LayerNorm(hidden), nn.ReLU())
         self.head = nn.Linear(hidden, 1)
         self.optim_config = optim_config
