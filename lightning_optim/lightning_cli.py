@@ -55,8 +55,9 @@ def refuse_replaced_configure_optimizers(model: OptimMixin) -> None:
     keywords: dict[str, Any] = getattr(getattr(replaced, "__func__", None), "keywords", None) or {}
     built = [_describe(keywords[key]) for key in ("optimizer", "lr_scheduler") if keywords.get(key) is not None]
     instead = f" (it builds {' and '.join(built)})" if built else ""
-    optimizer = model.optim_config.get("optimizer") or {}
-    configured = optimizer.get("_target_") or optimizer.get("name")
+    config = model.optim_config
+    optimizer = config.get("optimizer") or {}
+    configured = optimizer.get("_target_") or optimizer.get("name") or ", ".join(config.get("optimizers") or {})
     raise OptimConfigError(
         f"{type(model).__name__}.configure_optimizers was replaced on the model instance{instead}, e.g. by "
         f"LightningCLI's --optimizer/--lr_scheduler: the run would not use optim_config (optimizer {configured!r}, "
