@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOGDIR ?= outputs
 
-.PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot clean
+.PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,17 @@ tensorboard: $(STAMP)
 
 dashboard-screenshot: $(STAMP)
 	scripts/dashboard_screenshot.sh $(ARGS)
+
+# The GPU machine lent by the device tool has torch and Lightning but no package index: `make gpu-wheels` here puts
+# the two pure-Python wheels lightning_optim needs beyond its image into .whl/ (git-ignored), which the device call
+# carries; benchmarks/README.md has the one-line device command. `make gpu-check` runs the checks where a GPU is.
+gpu-wheels: $(STAMP)
+	rm -rf .whl && mkdir .whl
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: -d .whl omegaconf==2.3.1
+	$(BIN)/python -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun lightning_logs .pytest_cache .ruff_cache

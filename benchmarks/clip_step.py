@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import random
 import statistics
@@ -44,8 +45,43 @@ from lightning_optim.stats import total_norm
 
 console = Console(width=150)
 MAX_NORM = 1.0
-SIZES = {"1M": (128, 5), "8M": (256, 10), "32M": (512, 10)}
+SIZES = {
+    "1M": (128, 5),
+    "8M": (256, 10),
+    "32M": (512, 10),
+    "128M": (1024, 10),
+    "512M": (2048, 10),
+    "1B": (2048, 20),
+}
 """Model name -> (width d, layers): each layer has the tensors of a transformer block, ~12·d² + 13·d parameters."""
+CPU_SIZES = ["1M", "8M", "32M"]
+"""The sizes run by default on a CPU; on a GPU, every size that fits (:func:`sizes_that_fit`)."""
+BYTES_PER_PARAMETER = 32
+"""Device memory :func:`measure` needs per parameter, with room: parameter, gradient, its saved copy and AdamW's two
+moments are 20 bytes; making the gradients holds two more copies for a moment."""
+
+
+def parameter_count(size: str) -> int:
+    """The number of parameters of a model size.
+
+    Example:
+        >>> parameter_count("1M")
+        991360
+    """
+    width, layers = SIZES[size]
+    return layers * sum(math.prod(shape) for shape in block_shapes(width))
+
+
+def sizes_that_fit(free_bytes: int, sizes: list[str] | None = None) -> list[str]:
+    """The sizes whose :data:`BYTES_PER_PARAMETER` fit in 80% of ``free_bytes``.
+
+    Example:
+        >>> sizes_that_fit(40 * 2**30)
+        ['1M', '8M', '32M', '128M', '512M', '1B']
+        >>> sizes_that_fit(8 * 2**30)
+        ['1M', '8M', '32M', '128M']
+    """
+    return [s for s in sizes or list(SIZES) if parameter_count(s) * BYTES_PER_PARAMETER <= 0.8 * free_bytes]
 
 
 def block_shapes(width: int) -> list[tuple[int, ...]]:
@@ -55,11 +91,17 @@ def block_shapes(width: int) -> list[tuple[int, ...]]:
 
 
 def make_parameters(width: int, layers: int, device: str) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
-    """Parameters with gradients whose total norm is ten times the threshold, and a copy of those gradients."""
-    generator = torch.Generator().manual_seed(0)
+    """Parameters with gradients whose total norm is ten times the threshold, and a copy of those gradients.
+
+    On a GPU the numbers are drawn there (a billion draws on one CPU core take a minute)."""
+    on_cpu = torch.device(device).type == "cpu"
+    generator = torch.Generator(device="cpu" if on_cpu else device).manual_seed(0)
+    where = {} if on_cpu else {"device": device}
     shapes = [shape for _ in range(layers) for shape in block_shapes(width)]
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(device) * 0.02) for shape in shapes]
-    grads = [torch.randn(shape, generator=generator).to(device) for shape in shapes]
+    params = [
+        torch.nn.Parameter(torch.randn(shape, generator=generator, **where).to(device) * 0.02) for shape in shapes
+    ]
+    grads = [torch.randn(shape, generator=generator, **where).to(device) for shape in shapes]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     grads = [g * (10 * MAX_NORM / norm) for g in grads]
     for p, g in zip(params, grads, strict=True):
@@ -72,8 +114,10 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(size: str, device: str, repetitions: int) -> dict[str, Any]:
-    """Median time of each variant for one model size, interleaved in random order."""
+def measure(size: str, device: str, repetitions: int, deadline: float | None = None) -> dict[str, Any]:
+    """Median time of each variant for one model size, interleaved in random order.
+
+    Past ``deadline`` (``time.perf_counter``) the repetitions stop, after at least 5 measured ones."""
     width, layers = SIZES[size]
     params, source = make_parameters(width, layers, device)
     numel = sum(p.numel() for p in params)
@@ -99,6 +143,8 @@ def measure(size: str, device: str, repetitions: int) -> dict[str, Any]:
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     for repetition in range(repetitions + 3):
+        if deadline is not None and repetition >= 3 + 5 and time.perf_counter() > deadline:
+            break
         order = list(variants)
         random.shuffle(order)
         for name in order:
@@ -116,6 +162,7 @@ def measure(size: str, device: str, repetitions: int) -> dict[str, Any]:
     traffic = {"step": 7, "torch": 10, "folded": 9, "floor": 8, "read": 1}
     return {
         "size": size,
+        "repetitions": len(times["step"]),
         "parameters": numel,
         "tensors": len(params),
         "ms": {name: 1e3 * value for name, value in medians.items()},
@@ -130,6 +177,14 @@ def measure(size: str, device: str, repetitions: int) -> dict[str, Any]:
         "bytes_gb": {name: passes * pass_bytes / 1e9 for name, passes in traffic.items()},
         "read_gb_per_s": pass_bytes / read / 1e9,
     }
+
+
+def default_sizes(device: str, quick: bool) -> list[str]:
+    """The CPU's sizes (the smallest two when ``quick``), or on a GPU every size from 128M on that fits its memory."""
+    if device != "cuda":
+        return CPU_SIZES[:2] if quick else CPU_SIZES
+    fitting = sizes_that_fit(torch.cuda.mem_get_info()[0], list(SIZES)[3:])
+    return fitting[:2] if quick else fitting
 
 
 def report(results: list[dict[str, Any]], device: str) -> None:
@@ -167,14 +222,16 @@ def report(results: list[dict[str, Any]], device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smallest two sizes")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions, smallest two sizes (on a GPU: 128M and 512M)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
     random.seed(0)
-    sizes = args.sizes or (["1M", "8M"] if args.quick else list(SIZES))
+    sizes = args.sizes or default_sizes(args.device, args.quick)
     repetitions = args.repetitions or (10 if args.quick else (200 if args.device == "cuda" else 40))
     results = [measure(size, args.device, repetitions) for size in sizes]
     report(results, args.device)

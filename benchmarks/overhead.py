@@ -20,7 +20,8 @@ Three measurements, all in one run (``python benchmarks/overhead.py [--quick] [-
      ``TensorBoardDashboard`` and ``BatchNormMonitor``.
 
    Models: the digits CNN of ``lightning_optim.demos`` and a deep residual MLP with ~390 parameter tensors; each at
-   ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory.
+   ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory. ``--models resnet`` (ResNet-18's
+   stages on random 64x64 images) with ``--device cuda`` is the GPU-sized model ``gpu_check.py`` times.
 
 2. **Gradient passes** on ~38M parameters of random gradients: one read of every gradient byte against
    ``total_norm``, ``clip_gradients``, ``clip_grad_norm_(foreach=True)`` and Lightning's ``grad_norm``.
@@ -62,7 +63,7 @@ from lightning.pytorch.utilities import grad_norm
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard
@@ -122,24 +123,68 @@ def deep_mlp_layers(blocks: int = 96, width: int = 64, inputs: int = 32, classes
     }
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convolutions with BatchNorm, and a projected shortcut where the shape changes."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+RESNETS = {"resnet": (64, 128, 256, 512), "resnet_tiny": (4, 8)}
+"""ResNet-like models (two basic blocks per stage) by name -> stage widths: ``resnet`` has ResNet-18's stages and
+widths (11.2M parameters, 62 tensors, 20 BatchNorm layers), ``resnet_tiny`` two narrow stages for CPU smoke runs."""
+IMAGE_SIZE = {"resnet": 64, "resnet_tiny": 8}
+
+
+def resnet_layers(widths: tuple[int, ...], classes: int = 10) -> dict[str, nn.Module]:
+    """A ResNet-like CNN for small images: a 3x3 stem, a stage of two basic blocks per width, global pooling."""
+    stages, inputs = [], widths[0]
+    for index, width in enumerate(widths):
+        stride = 1 if index == 0 else 2
+        stages += [BasicBlock(inputs, width, stride), BasicBlock(width, width, 1)]
+        inputs = width
+    return {
+        "stem": nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()),
+        "stages": nn.Sequential(*stages),
+        "head": nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, classes)),
+    }
+
+
 def digits_layers() -> dict[str, nn.Module]:
     """The layers of ``lightning_optim.demos.DigitsCNN`` (same names, same initialization under the same seed)."""
     cnn = DigitsCNN()
     return {"features": cnn.features, "head": cnn.head}
 
 
+def warmup_steps(total_steps: int) -> int:
+    """:data:`WARMUP_STEPS`, or the whole run when it is shorter (smoke runs)."""
+    return min(WARMUP_STEPS, total_steps)
+
+
 def lr_factor(step: int, total_steps: int) -> float:
     """``warmup_cosine`` of lightning_optim (min_lr_ratio 0), for the plain variants' ``LambdaLR``."""
-    if step < WARMUP_STEPS:
-        return step / WARMUP_STEPS
-    progress = min((step - WARMUP_STEPS) / max(total_steps - WARMUP_STEPS, 1), 1.0)
+    warmup = warmup_steps(total_steps)
+    if step < warmup:
+        return step / warmup
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def optim_config(total_steps: int) -> dict[str, Any]:
     return {
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM, "nesterov": True},
-        "scheduler": {"name": "warmup_cosine", "warmup_steps": WARMUP_STEPS, "total_steps": total_steps},
+        "scheduler": {"name": "warmup_cosine", "warmup_steps": warmup_steps(total_steps), "total_steps": total_steps},
     }
 
 
@@ -190,63 +235,92 @@ class MixinModule(OptimMixin, L.LightningModule):
     training_step = PlainModule.training_step
 
 
+def model_layers(model: str) -> dict[str, nn.Module]:
+    if model in RESNETS:
+        return resnet_layers(RESNETS[model])
+    return digits_layers() if model == "digits" else deep_mlp_layers()
+
+
 def build_model(model: str, variant: str, total_steps: int) -> L.LightningModule:
     torch.manual_seed(0)
     if variant.startswith("mixin"):
         if model == "digits":
             return DigitsCNN(optim_config=optim_config(total_steps))
-        return MixinModule(deep_mlp_layers(), total_steps)
-    layers = digits_layers() if model == "digits" else deep_mlp_layers()
-    return PlainModule(layers, total_steps, recipe=variant == "recipe")
+        return MixinModule(model_layers(model), total_steps)
+    return PlainModule(model_layers(model), total_steps, recipe=variant == "recipe")
 
 
-_DATA: dict[str, TensorDataset] = {}
+_DATA: dict[tuple[str, str], TensorDataset] = {}
 
 
-def dataset(model: str) -> TensorDataset:
-    if model not in _DATA:
+def dataset(model: str, device: str = "cpu") -> TensorDataset:
+    """The model's training set; random images (on ``device``, where batches are then cut) for the ResNets."""
+    if (model, device) in _DATA:
+        return _DATA[model, device]
+    if model in RESNETS:
+        generator = torch.Generator().manual_seed(0)
+        size = IMAGE_SIZE[model]
+        images = torch.randn(1024, 3, size, size, generator=generator)
+        _DATA[model, device] = TensorDataset(
+            images.to(device), torch.randint(0, 10, (1024,), generator=generator).to(device)
+        )
+    else:
         if model == "digits":
             data = DigitsDataModule(batch_size=BATCH_SIZE)
             data.setup("fit")
-            _DATA[model] = data.train_set
+            _DATA[model, device] = data.train_set
         else:
             generator = torch.Generator().manual_seed(0)
             inputs = torch.randn(4096, 32, generator=generator)
             targets = (inputs[:, :10].argmax(dim=1) + (inputs[:, 10] > 1.0).long()) % 10
-            _DATA[model] = TensorDataset(inputs, targets)
-    return _DATA[model]
+            _DATA[model, device] = TensorDataset(inputs, targets)
+    return _DATA[model, device]
 
 
-def loader(model: str, steps: int) -> DataLoader:
-    """One epoch of ``steps`` batches (sampled with replacement): no epoch boundary inside the measurement."""
-    data = dataset(model)
+def loader(model: str, steps: int, device: str = "cpu") -> DataLoader:
+    """One epoch of ``steps`` batches (sampled with replacement): no epoch boundary inside the measurement.
+
+    The ResNets' batches are cut from the images where they are (one gather per batch, no host-to-device copy)."""
+    data = dataset(model, device)
     sampler = RandomSampler(
         data, replacement=True, num_samples=steps * BATCH_SIZE, generator=torch.Generator().manual_seed(1)
     )
+    if model in RESNETS:
+        return DataLoader(data, batch_size=None, sampler=BatchSampler(sampler, BATCH_SIZE, drop_last=False))
     return DataLoader(data, batch_size=BATCH_SIZE, sampler=sampler)
 
 
-def make_trainer(variant: str, log_every: int, steps: int, logdir: str, callbacks: list[L.Callback]) -> L.Trainer:
+def make_trainer(
+    variant: str,
+    log_every: int,
+    steps: int,
+    logdir: str,
+    callbacks: list[L.Callback],
+    accelerator: str = "cpu",
+    **options: Any,
+) -> L.Trainer:
+    """The variant's Trainer (its callbacks after ``callbacks``); ``options`` override the Trainer's arguments."""
     callbacks = list(callbacks)
     if variant == "recipe":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     elif variant == "mixin_monitors":
         callbacks += make_monitors()
-    return L.Trainer(
-        max_steps=steps,
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        log_every_n_steps=log_every,
-        gradient_clip_val=CLIP,
-        logger=TensorBoardLogger(logdir, name=variant, version=0),
-        callbacks=callbacks,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    arguments: dict[str, Any] = {
+        "max_steps": steps,
+        "max_epochs": 1,
+        "accelerator": accelerator,
+        "devices": 1,
+        "log_every_n_steps": log_every,
+        "gradient_clip_val": CLIP,
+        "logger": TensorBoardLogger(logdir, name=variant, version=0),
+        "callbacks": callbacks,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**arguments, **options})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -294,12 +368,24 @@ class TurnTaking:
 
 
 class StepTimer(L.Callback):
-    """First callback: at each batch start, close the previous step, pass the turn, and open the next step."""
+    """First callback: at each batch start, close the previous step, pass the turn, and open the next step.
 
-    def __init__(self, name: str, turns: TurnTaking, warmup: int) -> None:
+    On a GPU, ``synchronize`` (``torch.cuda.synchronize``) waits for the step's kernels before the clock is read, so
+    each variant's queued work is charged to it. Past ``deadline`` (``time.perf_counter``), the run stops."""
+
+    def __init__(
+        self,
+        name: str,
+        turns: TurnTaking,
+        warmup: int,
+        synchronize: Callable[[], None] | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.name = name
         self.turns = turns
         self.warmup = warmup
+        self.synchronize = synchronize
+        self.deadline = deadline
         self.times: list[float] = []
         self.logging: list[bool] = []
         self._start: float | None = None
@@ -307,7 +393,11 @@ class StepTimer(L.Callback):
         self._index = 0
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.synchronize is not None:
+            self.synchronize()
         now = time.perf_counter()
+        if self.deadline is not None and now > self.deadline:
+            trainer.should_stop = True
         if self._start is not None and self._index > self.warmup:
             self.times.append(now - self._start)
             self.logging.append(self._logging_step)
@@ -317,11 +407,23 @@ class StepTimer(L.Callback):
         self._start = time.perf_counter()
 
 
-def run_interleaved(model: str, log_every: int, warmup: int, measured: int, logdir: str) -> dict[str, dict[str, Any]]:
-    """Train every variant in its own thread, one step per turn; return the measured step times per variant."""
+def run_interleaved(
+    model: str,
+    log_every: int,
+    warmup: int,
+    measured: int,
+    logdir: str,
+    device: str = "cpu",
+    deadline: float | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Train every variant in its own thread, one step per turn; return the measured step times per variant.
+
+    On ``device="cuda"`` each step is timed to the end of its kernels. Past ``deadline`` the variants stop at their
+    next step and keep the rounds that all of them completed."""
     steps = warmup + measured + 1  # the last step has no following batch start to close it
     turns = TurnTaking(list(VARIANTS))
-    timers = {variant: StepTimer(variant, turns, warmup) for variant in VARIANTS}
+    synchronize = torch.cuda.synchronize if device == "cuda" else None
+    timers = {variant: StepTimer(variant, turns, warmup, synchronize, deadline) for variant in VARIANTS}
     errors: dict[str, BaseException] = {}
 
     def train(variant: str) -> None:
@@ -329,9 +431,14 @@ def run_interleaved(model: str, log_every: int, warmup: int, measured: int, logd
             turns.wait(variant)
             module = build_model(model, variant, steps)
             trainer = make_trainer(
-                variant, log_every, steps, os.path.join(logdir, f"{model}-{log_every}"), [timers[variant]]
+                variant,
+                log_every,
+                steps,
+                os.path.join(logdir, f"{model}-{log_every}"),
+                [timers[variant]],
+                accelerator=device,
             )
-            trainer.fit(module, train_dataloaders=loader(model, steps))
+            trainer.fit(module, train_dataloaders=loader(model, steps, device))
         except BaseException as error:
             errors[variant] = error
         finally:
@@ -345,7 +452,8 @@ def run_interleaved(model: str, log_every: int, warmup: int, measured: int, logd
     if errors:
         variant, error = next(iter(errors.items()))
         raise RuntimeError(f"variant {variant} failed on {model}, log_every_n_steps={log_every}") from error
-    return {variant: summarize(timer.times, timer.logging) for variant, timer in timers.items()}
+    rounds = min(len(timer.times) for timer in timers.values())
+    return {variant: summarize(timer.times[:rounds], timer.logging[:rounds]) for variant, timer in timers.items()}
 
 
 def summarize(times: list[float], logging_steps: list[bool]) -> dict[str, Any]:
@@ -658,13 +766,16 @@ def main(argv: list[str] | None = None) -> None:
         help="torch.set_num_threads for everything (default 1: tiny models gain nothing from intra-op threads, and "
         "on a shared 2-core machine two OpenMP threads turn any foreign load into 10-30x step-time outliers)",
     )
-    parser.add_argument("--models", nargs="+", default=["digits", "deep_mlp"], choices=["digits", "deep_mlp"])
+    parser.add_argument("--models", nargs="+", default=["digits", "deep_mlp"], choices=["digits", "deep_mlp", *RESNETS])
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where the step times are measured (default cpu)"
+    )
     parser.add_argument("--log-every", nargs="+", type=int, default=[1, 50])
     parser.add_argument(
         "--steps",
         type=int,
         default=None,
-        help="measured steps per variant (default: digits 500, deep_mlp 200; --quick: 120 and 50)",
+        help="measured steps per variant (default: digits 500, deep_mlp and the ResNets 200; --quick: 120 and 50)",
     )
     parser.add_argument("--skip-passes", action="store_true")
     parser.add_argument("--skip-items", action="store_true")
@@ -681,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
 
     warmup = 20 if args.quick else 30
     default_steps = {"digits": 120, "deep_mlp": 50} if args.quick else {"digits": 500, "deep_mlp": 200}
-    measured = {model: args.steps or default_steps[model] for model in args.models}
+    measured = {model: args.steps or default_steps.get(model, default_steps["deep_mlp"]) for model in args.models}
     started = time.perf_counter()
     results: dict[str, Any] = {
         "machine": {
@@ -701,6 +812,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient_clip_val": CLIP,
             "variants": VARIANT_HELP,
             "monitors": list(MONITORS),
+            "device": args.device,
         },
         "steps": {},
     }
@@ -708,7 +820,7 @@ def main(argv: list[str] | None = None) -> None:
         for model in args.models:
             for log_every in args.log_every:
                 gc.collect()
-                steps = run_interleaved(model, log_every, warmup, measured[model], logdir)
+                steps = run_interleaved(model, log_every, warmup, measured[model], logdir, args.device)
                 ratios = step_ratios(steps)
                 results["steps"][f"{model}@{log_every}"] = {"variants": steps, "ratios": ratios}
                 print_steps(model, log_every, steps, ratios)

@@ -34,6 +34,8 @@ from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
+from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.manual_optimization import (
     SchedulerStepCheck,
@@ -90,6 +92,10 @@ class OptimMixin(_LightningModule):
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * ``model.lr`` is ``optim_config.optimizer.lr``, which Lightning's lr finder (``Tuner.lr_find``,
+      ``LearningRateFinder``) reads and sets; the run after it warms up from the found lr.
+    * A ``configure_optimizers`` assigned on the instance over the mixin's (LightningCLI's ``--optimizer``) is refused
+      when the fit starts: checkpoints would record an ``optim_config`` the run did not use.
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
     * Several optimizers: ``{"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {...},
@@ -122,11 +128,26 @@ class OptimMixin(_LightningModule):
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
         validated = spec.config
+        warn_on_lr_before_config(self, spec)
         self.__dict__["_optim_spec"] = spec
         # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
         # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
         if not isinstance(self.hparams, DictConfig):
             self.hparams["optim_config"] = copy.deepcopy(validated)
+
+    @property
+    def lr(self) -> float:
+        """``optim_config["optimizer"]["lr"]`` (the optimizer's default if unset): the lr Lightning's lr finder tunes.
+
+        Assigning it assigns ``optim_config`` again with the new lr (checked, ``hparams`` updated); during a fit the
+        built schedule goes on from the new base lr (:mod:`lightning_optim.lr_finder`). With several optimizers
+        there is no single lr: reading or assigning it raises ``OptimConfigError``.
+        """
+        return configured_lr(self)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        set_lr(self, value)
 
     def _spec(self) -> OptimSpec | OptimizerSetSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
@@ -293,11 +314,20 @@ class OptimMixin(_LightningModule):
             self.clip_state.unstepped[id(torch_optimizer(optimizer))] = result
 
     @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        refuse_replaced_configure_optimizers(self)
+        # Callbacks' on_fit_start ran first: a LearningRateFinder that set model.lr also set every group to its lr.
+        restore_moved_lrs(self)
+
+    @override
     def on_train_start(self) -> None:
         super().on_train_start()
-        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
+        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too. Not
+        # during an lr finder's search, whose own schedule is the registered one.
+        registered = [config.scheduler for config in self.trainer.lr_scheduler_configs]
         for built in self.__dict__.get("_built_schedulers", []):
-            if isinstance(built.scheduler, ClosedFormLR):
+            if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for built in self.__dict__.get("_built_schedulers", []):
@@ -314,6 +344,7 @@ class OptimMixin(_LightningModule):
         # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer, at_epoch_start=True)
+        restore_moved_lrs(self)
         self._check_schedulers_stepped()
 
     @override

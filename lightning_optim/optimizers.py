@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_optim.fused_sgd import zero_momentum_before_first_step
 from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
 
 __all__ = ["build_optimizer"]
@@ -32,6 +33,8 @@ def build_optimizer(
     ``spec`` is an ``optimizer`` section with its ``param_group_rules``, checked here, or an :class:`OptimizerSpec`
     (rules included) that validation already checked. Frozen parameters (``requires_grad=False``) stay out, so a
     finetuning callback can add them later. ``named_parameters`` narrows the parameters to a selection of ``module``'s.
+    A fused SGD's momentum starts from zero buffers, so a skipped first step cannot leave them uninitialised
+    (:mod:`lightning_optim.fused_sgd`).
 
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule, LBFGS
@@ -39,4 +42,6 @@ def build_optimizer(
     """
     if not isinstance(spec, OptimizerSpec):
         spec = resolve_optimizer(spec, param_group_rules)
-    return spec.info.cls(spec.groups(module, named_parameters), **spec.options)
+    optimizer = spec.info.cls(spec.groups(module, named_parameters), **spec.options)
+    zero_momentum_before_first_step(optimizer)
+    return optimizer

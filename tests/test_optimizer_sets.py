@@ -245,3 +245,12 @@ def test_clipping_folded_into_a_fused_step_under_manual_optimization_matches_the
     assert unfolded.clip_state.last is not None and not unfolded.clip_state.last.folded
     for mine, theirs in zip(folded.generator.parameters(), unfolded.generator.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_model_lr_names_the_optimizers_it_cannot_choose_between() -> None:
+    model = GAN()
+    with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
+        model.lr  # noqa: B018  # the property Lightning's lr finder reads
+    with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
+        model.lr = 0.1
+    assert model.optim_config["optimizers"]["generator"]["optimizer"]["lr"] == 0.02
