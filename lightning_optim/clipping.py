@@ -94,7 +94,7 @@ class ClipState:
 
     Example:
         >>> state = ClipState()
-        >>> state.last is None and state.group_of is None and state.skip_nonfinite is None
+        >>> state.last is None and state.group_of is None and state.skip_nonfinite is None and not state.unstepped
         True
     """
 
@@ -105,6 +105,9 @@ class ClipState:
     skip_nonfinite: RunningStatsSnapshot | None = None
     """Skip steps whose total norm is NaN/Inf, and put back these BatchNorm running statistics (taken at the
     step's first batch)."""
+    unstepped: dict[int, ClipResult] = field(default_factory=dict)
+    """Manual optimization: the results of ``clip_gradients`` calls whose optimizer has not stepped yet, by the torch
+    optimizer's ``id`` (the monitor takes each at that optimizer's step)."""
 
 
 @runtime_checkable

@@ -4,14 +4,22 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 ``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
+Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``), or several named ones under
+``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and holding the three
+sections of the first form.
+
 Example:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
     {'optimizer': {'name': 'adamw', 'lr': 0.0003}, 'param_groups': [], 'scheduler': None}
+    >>> to_plain_config({"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {"name": "adam"}}}})
+    {'optimizers': {'generator': {'params': '^generator\\\\.', 'optimizer': {'name': 'adam'}, 'param_groups': [], \
+'scheduler': None}}}
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +31,11 @@ from lightning_optim.errors import OptimConfigError, config_error
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
 TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
+OPTIMIZERS_KEY = "optimizers"
+"""The top-level key of the several-optimizer form: optimizer name -> its section."""
+SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
+"""The keys of one named optimizer's section in the several-optimizer form."""
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass
@@ -57,10 +70,11 @@ def plain(value: Any) -> Any:
 
 
 def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
-    """Return ``config`` as plain containers with all three sections present.
+    """Return ``config`` as plain containers: the single form with all three sections present, or ``optimizers``
+    with every named section complete (``params`` and the three sections).
 
     Raises:
-        OptimConfigError: when ``optimizer`` is missing or a top-level key is unknown.
+        OptimConfigError: when ``optimizer`` is missing, a top-level key is unknown, or both forms are mixed.
     """
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         config = dataclasses.asdict(config)
@@ -69,20 +83,84 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
             f"optim_config must be a dict, a DictConfig or an OptimConfig, got {type(config).__name__}."
         )
     values: dict[str, Any] = plain(config)
+    if OPTIMIZERS_KEY in values:
+        return {OPTIMIZERS_KEY: _plain_optimizers(values)}
     for key in values:
         if key not in TOP_LEVEL_KEYS:
-            raise config_error(
-                key, values[key], f"only the keys {', '.join(TOP_LEVEL_KEYS)}", TOP_LEVEL_KEYS, unknown_key=True
-            )
+            choices = (*TOP_LEVEL_KEYS, OPTIMIZERS_KEY)
+            raise config_error(key, values[key], f"only the keys {', '.join(choices)}", choices, unknown_key=True)
+    return _plain_section(values, "")
+
+
+def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present; ``where`` prefixes the keys."""
     if not isinstance(values.get("optimizer"), dict):
-        raise OptimConfigError("optim_config.optimizer is required: a mapping such as {'name': 'adamw', 'lr': 3e-4}.")
+        raise OptimConfigError(
+            f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
+        )
     param_groups = values.get("param_groups") or []
     if not isinstance(param_groups, list):
-        raise config_error("param_groups", param_groups, "a list of rules such as [{'name': ..., 'params': ...}]")
+        raise config_error(
+            f"{where}param_groups", param_groups, "a list of rules such as [{'name': ..., 'params': ...}]"
+        )
     scheduler = values.get("scheduler")
     if scheduler is not None and not isinstance(scheduler, dict):
-        raise config_error("scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
+        raise config_error(f"{where}scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
     return {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
+
+
+def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
+    """The ``optimizers`` form: each named section checked for its keys, in the config's order."""
+    mixed = [key for key in values if key != OPTIMIZERS_KEY]
+    if mixed:
+        raise OptimConfigError(
+            f"optim_config has both 'optimizers' and {', '.join(map(repr, mixed))}: use either one optimizer "
+            "(optimizer, param_groups, scheduler at the top level) or several named ones, each with its own "
+            "sections, under optimizers (e.g. optimizers: {generator: {params: '^generator\\.', optimizer: {...}}})."
+        )
+    optimizers = values[OPTIMIZERS_KEY]
+    if isinstance(optimizers, dict) and any(not isinstance(section, dict) for section in optimizers.values()):
+        # {"optimizers": {"name": "sgd"}} is the single form's optimizer section under a misspelt key.
+        raise config_error(
+            OPTIMIZERS_KEY,
+            optimizers,
+            "either optimizer: {name: ..., lr: ...} (one optimizer) or optimizers: {<name>: {params: <regex>, "
+            "optimizer: {...}}} (several)",
+            ["optimizer"],
+            unknown_key=True,
+        )
+    if not isinstance(optimizers, dict) or not optimizers:
+        raise config_error(
+            OPTIMIZERS_KEY,
+            optimizers,
+            "a non-empty mapping from optimizer name to its section, e.g. {generator: {params: '^generator\\.', "
+            "optimizer: {name: adam}}}",
+        )
+    sections = {}
+    for name, section in optimizers.items():
+        where = f"{OPTIMIZERS_KEY}.{name}"
+        if not _NAME.fullmatch(name):
+            raise config_error(
+                where, section, "an optimizer name of letters, digits, '_', '-' and '.' (it is part of metric keys)"
+            )
+        if not isinstance(section, dict):
+            raise config_error(where, section, "a mapping with params (a regex on parameter names) and optimizer")
+        for key in section:
+            if key not in SECTION_KEYS:
+                raise config_error(
+                    f"{where}.{key}", section[key], f"only the keys {', '.join(SECTION_KEYS)}", SECTION_KEYS, True
+                )
+        params = section.get("params")
+        if not isinstance(params, str) or not params:
+            raise config_error(
+                f"{where}.params", params, f"a regex selecting this optimizer's parameters by name, e.g. '^{name}\\.'"
+            )
+        try:
+            re.compile(params)
+        except re.error as error:
+            raise config_error(f"{where}.params", params, f"a valid Python regex ({error})") from None
+        sections[name] = {"params": params, **_plain_section(section, f"{where}.")}
+    return sections
 
 
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -18,7 +18,7 @@ import copy
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR
@@ -30,7 +30,7 @@ from lightning_optim.scheduler_specs import TorchScheduler
 
 if TYPE_CHECKING:
     from lightning_optim.mixin import OptimMixin
-    from lightning_optim.validation import OptimSpec
+    from lightning_optim.validation import OptimizerSetSpec, OptimSpec
 
 __all__ = [
     "config_with_lr",
@@ -60,8 +60,8 @@ def configured_lr(model: OptimMixin) -> float:
     if "_optim_spec" not in model.__dict__ and LR_BEFORE_CONFIG in model.__dict__:
         return model.__dict__[LR_BEFORE_CONFIG]
     spec = model._spec()
-    section = _single_optimizer(spec.config)
-    return section["lr"] if "lr" in section else _default_lr(spec.optimizer.info.cls)
+    section = _single_optimizer(spec.config)  # refuses several optimizers: spec is an OptimSpec from here on
+    return section["lr"] if "lr" in section else _default_lr(cast("OptimSpec", spec).optimizer.info.cls)
 
 
 def set_lr(model: OptimMixin, lr: float) -> None:
@@ -79,13 +79,14 @@ def set_lr(model: OptimMixin, lr: float) -> None:
         model.__dict__[LR_BEFORE_CONFIG] = lr
         return
     old_lr = configured_lr(model)
-    model.optim_config = config_with_lr(model.optim_config, lr, model._spec())
+    # configured_lr refused several optimizers: the spec is an OptimSpec.
+    model.optim_config = config_with_lr(model.optim_config, lr, cast("OptimSpec", model._spec()))
     trainer = attached_trainer(model)
     if trainer is None or trainer.state.fn != "fit" or len(trainer.optimizers) != 1:
         return
     optimizer = trainer.optimizers[0]
     scheduler = next((c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer), None)
-    new_lrs = _group_lrs(model, model._spec())
+    new_lrs = _group_lrs(model, cast("OptimSpec", model._spec()))
     ratio = lr / old_lr if old_lr else 1.0
     model.__dict__[MOVED_LRS] = (optimizer, move_base_lrs(optimizer, scheduler, new_lrs, ratio))
 
@@ -165,7 +166,7 @@ def restore_moved_lrs(model: OptimMixin) -> None:
     _write_lrs(optimizer.param_groups, values)
 
 
-def warn_on_lr_before_config(model: OptimMixin, spec: OptimSpec) -> None:
+def warn_on_lr_before_config(model: OptimMixin, spec: OptimSpec | OptimizerSetSpec) -> None:
     """Warn when the model assigned ``self.lr`` before ``optim_config`` with a value the optimizer will not use.
 
     A model written for Lightning's lr finder often keeps ``self.lr``; with the mixin, ``model.lr`` is the optimizer's
@@ -175,7 +176,9 @@ def warn_on_lr_before_config(model: OptimMixin, spec: OptimSpec) -> None:
         return
     before = model.__dict__.pop(LR_BEFORE_CONFIG)
     section = spec.config.get("optimizer")
-    if not isinstance(section, dict) or section.get("lr", _default_lr(spec.optimizer.info.cls)) == before:
+    if not isinstance(section, dict):  # several optimizers: model.lr does not exist
+        return
+    if section.get("lr", _default_lr(cast("OptimSpec", spec).optimizer.info.cls)) == before:
         return
     warnings.warn(
         f"{type(model).__name__} set self.lr = {before!r} before self.optim_config; OptimMixin's model.lr is "

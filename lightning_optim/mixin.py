@@ -26,20 +26,34 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.clipping import ClipState, check_clip_threshold, clip_for_step, fsdp_model
-from lightning_optim.config import OptimConfig, changed_keys, plain
+from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
+from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
-from lightning_optim.internals import attached_trainer, grad_scaler
+from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
 from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
 from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
+from lightning_optim.manual_optimization import (
+    SchedulerStepCheck,
+    clip_arguments,
+    max_steps_counts_every_optimizer,
+    unapplied_frequency,
+)
+from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.run_length import ResumeConfigWarning, RunLength
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.validation import OptimSpec, resolve_optim_config, warn_on_zero_lr
+from lightning_optim.validation import (
+    NamedOptimSpec,
+    OptimizerSetSpec,
+    OptimSpec,
+    resolve_optim_config,
+    warn_on_zero_lr,
+)
 
 if TYPE_CHECKING:
     import lightning as L
@@ -84,6 +98,18 @@ class OptimMixin(_LightningModule):
       when the fit starts: checkpoints would record an ``optim_config`` the run did not use.
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
+    * Several optimizers: ``{"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {...},
+      "param_groups": [...], "scheduler": {...}}, "discriminator": {...}}}`` builds one optimizer per name over the
+      trainable parameters whose names its ``params`` regex finds, in the config's order (``self.optimizers()``); a
+      parameter in two selections or in none is an error naming it. Lightning trains several optimizers only with
+      manual optimization.
+    * Manual optimization (``automatic_optimization = False``): ``self.clip_gradients(opt, ...)`` clips as
+      :meth:`configure_gradient_clipping` does and keeps the norm before clipping for ``GradNormMonitor``.
+      Lightning steps no scheduler there: ``training_step`` calls ``self.lr_schedulers()``' ``step()``, and each
+      call moves a schedule one unit, so counts in the config (``warmup_steps``, ``total_steps``) are counted in
+      those calls; ``interval`` only says what ``total_steps: null`` takes from the run (training batches for
+      ``step``, ``max_epochs`` for ``epoch``) and ``frequency`` is not applied (a warning says so). A scheduler not
+      stepped during the first epoch is warned about (its lr would stay at warmup's 0).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -123,7 +149,7 @@ class OptimMixin(_LightningModule):
     def lr(self, value: float) -> None:
         set_lr(self, value)
 
-    def _spec(self) -> OptimSpec:
+    def _spec(self) -> OptimSpec | OptimizerSetSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
         try:
             return self.__dict__["_optim_spec"]
@@ -133,25 +159,75 @@ class OptimMixin(_LightningModule):
                 "self.optim_config = {'optimizer': {'name': 'adamw', 'lr': 1e-3}}."
             ) from None
 
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        """The names of the optimizers under ``optim_config.optimizers``, in ``self.optimizers()`` order (empty for
+        the single form): the monitors' keys use them (``NamesOptimizers``)."""
+        spec = self._spec()
+        return tuple(member.name for member in spec.members) if isinstance(spec, OptimizerSetSpec) else ()
+
     @override
     def configure_optimizers(self) -> OptimizerLRScheduler:
         check_clip_threshold(attached_trainer(self))
         spec = self._spec()
-        optimizer = build_optimizer(self, spec.optimizer)
         self.__dict__["_built_schedulers"] = []
-        if spec.scheduler is None:
-            return optimizer
+        self.__dict__["_scheduler_sections"] = []
         # On resume the checkpoint's run length (Lightning restores the module before configure_optimizers). A tuner
         # restoring its own checkpoint (BatchSizeFinder) leaves one behind too: a fit without ckpt_path drops it.
         trainer = attached_trainer(self)
         saved = self.__dict__.pop("_saved_run_lengths", None)
         if trainer is None or not trainer.ckpt_path:
             saved = None
+        if isinstance(spec, OptimizerSetSpec):
+            return self._configure_optimizer_set(spec, trainer, saved)
+        optimizer = build_optimizer(self, spec.optimizer)
+        if spec.scheduler is None:
+            return optimizer
         length = RunLength(spec.scheduler)
         built = build_scheduler(optimizer, spec.scheduler, length.at_build(trainer, saved and saved[0]))
         built.run_length = length
-        self.__dict__["_built_schedulers"] = [built]
+        self._keep_built(built, "optim_config.scheduler", spec.scheduler.config)
         return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
+
+    def _configure_optimizer_set(
+        self, spec: OptimizerSetSpec, trainer: L.Trainer | None, saved: list[dict[str, Any]] | None
+    ) -> OptimizerLRScheduler:
+        """One ``{"optimizer", "lr_scheduler"}`` per named optimizer, in the config's order (``self.optimizers()``)."""
+        lengths: dict[str, RunLength] = {}
+
+        def length(member: NamedOptimSpec) -> int | None:
+            assert member.spec.scheduler is not None  # asked only for a member with a scheduler
+            lengths[member.name] = RunLength(member.spec.scheduler, f"optim_config.{member.where}.scheduler")
+            return lengths[member.name].at_build(trainer, _run_length_record(saved, member.name, 0))
+
+        configured: list[Any] = []
+        for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True):
+            if built is None:
+                configured.append({"optimizer": optimizer})
+                continue
+            assert member.spec.scheduler is not None  # built only from a scheduler section
+            built.run_length = lengths[member.name]
+            where = f"optim_config.{member.where}.scheduler"
+            self._keep_built(built, where, member.spec.scheduler.config, member.name)
+            configured.append({"optimizer": optimizer, "lr_scheduler": built.lightning_config})
+        sized_by_run = [
+            f"optim_config.{member.where}.scheduler"
+            for member in spec.members
+            if member.spec.scheduler is not None and member.spec.scheduler.needs_run_length
+        ]
+        message = max_steps_counts_every_optimizer(trainer, len(spec.members), sized_by_run)
+        if message is not None:
+            warnings.warn(message, UserWarning, stacklevel=3)
+        return configured
+
+    def _keep_built(
+        self, built: BuiltScheduler, where: str, config: dict[str, Any], optimizer: str | None = None
+    ) -> None:
+        """Keep a built scheduler with its key path, its section and the name of its optimizer (several only)."""
+        self.__dict__["_built_schedulers"].append(built)
+        self.__dict__["_scheduler_sections"].append((where, config, optimizer))
+        if not self.automatic_optimization and (message := unapplied_frequency([(where, built)])):
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
         return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
@@ -187,19 +263,55 @@ class OptimMixin(_LightningModule):
         measured and reported unscaled; ``GradNormMonitor(nonfinite="skip")`` (``clip_state.skip_nonfinite``) skips
         steps whose total norm is NaN/Inf, BatchNorm running statistics included.
         """
+        self.clip_state.last = self._clip_for_step(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _clip_for_step(self, optimizer: Any, threshold: float | None, algorithm: Any) -> ClipResult | None:
         trainer = attached_trainer(self)
         state = self.clip_state
-        state.last = clip_for_step(
+        return clip_for_step(
             optimizer,
             self.named_parameters(),
-            gradient_clip_val,
-            gradient_clip_algorithm,
+            threshold,
+            algorithm,
             sharded=fsdp_model(trainer),
             scaler=grad_scaler(trainer),
             fold=self.fold_clipping,
             group_of=state.group_of,
             skip_nonfinite=state.skip_nonfinite,
         )
+
+    @override
+    def clip_gradients(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Lightning's ``clip_gradients`` (what ``training_step`` calls under manual optimization), keeping what it
+        measured as :meth:`configure_gradient_clipping` does.
+
+        Arguments resolve as in Lightning (a None takes the Trainer's value). The result is ``clip_state.last`` and,
+        under manual optimization, waits in ``clip_state.unstepped`` for that optimizer's step, where
+        ``GradNormMonitor`` takes it: the logged norms are the ones before this clipping. Under a ``GradScaler``
+        (``16-mixed``) with manual optimization the gradients are still scaled here (Lightning unscales inside
+        ``optimizer.step``), so Lightning's own clipping runs and a warning says the norms are not measured.
+        """
+        trainer = attached_trainer(self)
+        scaler = grad_scaler(trainer)
+        if trainer is None or self.fabric is not None or (scaler is not None and scaler.is_enabled()):
+            if scaler is not None and scaler.is_enabled() and not self.automatic_optimization:
+                rank_zero_warn(
+                    "OptimMixin.clip_gradients under manual optimization with a GradScaler (16-mixed): the gradients "
+                    "are still scaled when training_step clips, so Lightning's own clipping runs and grad_norm/* "
+                    "show the norms GradNormMonitor measures at the step, after clipping."
+                )
+            super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        threshold, algorithm = clip_arguments(trainer, gradient_clip_val, gradient_clip_algorithm)
+        result = self._clip_for_step(optimizer, threshold, algorithm)
+        self.clip_state.last = result
+        if not self.automatic_optimization and result is not None:
+            self.clip_state.unstepped[id(torch_optimizer(optimizer))] = result
 
     @override
     def on_fit_start(self) -> None:
@@ -220,6 +332,11 @@ class OptimMixin(_LightningModule):
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer)
+        if not self.automatic_optimization:
+            built = self.__dict__.get("_built_schedulers", [])
+            sections = self.__dict__.get("_scheduler_sections", [])
+            schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
+            self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -228,6 +345,18 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer, at_epoch_start=True)
         restore_moved_lrs(self)
+        self._check_schedulers_stepped()
+
+    @override
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self._check_schedulers_stepped()
+
+    def _check_schedulers_stepped(self) -> None:
+        """Under manual optimization, after the first epoch (the user's ``on_train_epoch_end`` included)."""
+        check = self.__dict__.get("_step_check")
+        if check is not None:
+            check.check(self.trainer.global_step)
 
     @override
     def on_validation_end(self) -> None:
@@ -235,9 +364,10 @@ class OptimMixin(_LightningModule):
         trainer = self.trainer
         if trainer.state.fn != "fit":
             return
-        for built in self.__dict__.get("_built_schedulers", []):
+        sections = self.__dict__.get("_scheduler_sections", [])
+        for built, (_, section, _) in zip(self.__dict__.get("_built_schedulers", []), sections, strict=True):
             if built.steps_on_validation:
-                strict = built.lightning_config.get("strict", self.optim_config["scheduler"].get("strict", True))
+                strict = built.lightning_config.get("strict", section.get("strict", True))
                 step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
 
     @override
@@ -252,9 +382,15 @@ class OptimMixin(_LightningModule):
             del checkpoint[key]
         # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
         checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
-        lengths = [built.run_length for built in self.__dict__.get("_built_schedulers", [])]
-        if lengths:
-            checkpoint[RUN_LENGTHS_KEY] = [length.saved() for length in lengths if length is not None]
+        built = self.__dict__.get("_built_schedulers", [])
+        sections = self.__dict__.get("_scheduler_sections", [])
+        if built:
+            # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
+            checkpoint[RUN_LENGTHS_KEY] = [
+                {**one.run_length.saved(), **({"optimizer": optimizer} if optimizer else {})}
+                for one, (_, _, optimizer) in zip(built, sections, strict=True)
+                if one.run_length is not None
+            ]
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -265,21 +401,22 @@ class OptimMixin(_LightningModule):
             saved = checkpoint.get(RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
                 # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
-                for built, record in zip(self.__dict__.get("_built_schedulers", []), saved or [], strict=False):
-                    if built.run_length is not None:
-                        built.run_length.resume(record)
+                built = self.__dict__.get("_built_schedulers", [])
+                sections = self.__dict__.get("_scheduler_sections", [])
+                for index, (one, (_, _, optimizer)) in enumerate(zip(built, sections, strict=True)):
+                    if one.run_length is not None:
+                        one.run_length.resume(_run_length_record(saved, optimizer, index))
             else:
                 self.__dict__["_saved_run_lengths"] = saved
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return
         changed = changed_keys(saved, self.optim_config)
-        optimizer_identity = [key for key in changed if key in ("optimizer.name", "optimizer._target_")]
-        if optimizer_identity:
+        if _optimizers_of(saved) != _optimizers_of(self.optim_config):
             raise OptimConfigError(
-                f"Cannot resume: the checkpoint's optimizer is {_describe(saved['optimizer'])} and optim_config now "
-                f"asks for {_describe(self.optim_config['optimizer'])}; its state does not carry over. Resume with "
-                "the same optimizer, or start a new run (load weights with load_from_checkpoint instead)."
+                f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
+                f"{_describe(self.optim_config)}; its state does not carry over. Resume with the same optimizer, or "
+                "start a new run (load weights with load_from_checkpoint instead)."
             )
         details = ", ".join(
             f"{key} ({_lookup(saved, key)!r} -> {_lookup(self.optim_config, key)!r})" for key in changed
@@ -293,8 +430,26 @@ class OptimMixin(_LightningModule):
         )
 
 
-def _describe(optimizer: Mapping[str, Any]) -> str:
-    return repr(optimizer.get("_target_") or optimizer.get("name"))
+def _run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
+    """A checkpoint's run-length record of one scheduler: by its optimizer's name, or by position (single form)."""
+    if optimizer is not None:
+        return next((record for record in saved or [] if record.get("optimizer") == optimizer), None)
+    return saved[index] if saved and index < len(saved) else None
+
+
+def _optimizers_of(config: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
+    """Each optimizer's name under ``optimizers`` (None in the single form) and class name, in order."""
+    sections = config[OPTIMIZERS_KEY].items() if OPTIMIZERS_KEY in config else [(None, config)]
+    return [
+        (name, section["optimizer"].get("_target_") or section["optimizer"].get("name")) for name, section in sections
+    ]
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    optimizers = _optimizers_of(config)
+    if optimizers[0][0] is None:
+        return repr(optimizers[0][1])
+    return ", ".join(f"{name}: {optimizer!r}" for name, optimizer in optimizers)
 
 
 def _lookup(config: Any, dotted: str) -> Any:

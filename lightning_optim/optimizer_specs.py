@@ -226,13 +226,19 @@ class OptimizerSpec:
     rules: tuple[dict[str, Any], ...] = ()
     patterns: tuple[re.Pattern[str], ...] = ()
 
-    def groups(self, module: nn.Module) -> list[dict[str, Any]]:
+    def groups(
+        self, module: nn.Module, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None
+    ) -> list[dict[str, Any]]:
         """``module``'s trainable parameters in named groups by the rules, refused where the optimizer cannot take them.
+
+        ``named_parameters`` narrows them to a selection of ``module``'s (one optimizer's among several).
 
         Raises:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
-        groups = group_parameters(module.named_parameters(), self.rules, self.options, self.patterns)
+        if named_parameters is None:
+            named_parameters = module.named_parameters()
+        groups = group_parameters(named_parameters, self.rules, self.options, self.patterns)
         self.info.check_groups(module, groups)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,13 +26,15 @@ def build_optimizer(
     module: nn.Module,
     spec: OptimizerSpec | Mapping[str, Any],
     param_group_rules: Sequence[Mapping[str, Any]] = (),
+    named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer ``spec`` describes over ``module``'s trainable parameters, grouped by the rules.
 
     ``spec`` is an ``optimizer`` section with its ``param_group_rules``, checked here, or an :class:`OptimizerSpec`
     (rules included) that validation already checked. Frozen parameters (``requires_grad=False``) stay out, so a
-    finetuning callback can add them later. A fused SGD's momentum starts from zero buffers, so a skipped first step
-    cannot leave them uninitialised (:mod:`lightning_optim.fused_sgd`).
+    finetuning callback can add them later. ``named_parameters`` narrows the parameters to a selection of ``module``'s.
+    A fused SGD's momentum starts from zero buffers, so a skipped first step cannot leave them uninitialised
+    (:mod:`lightning_optim.fused_sgd`).
 
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule, LBFGS
@@ -40,6 +42,6 @@ def build_optimizer(
     """
     if not isinstance(spec, OptimizerSpec):
         spec = resolve_optimizer(spec, param_group_rules)
-    optimizer = spec.info.cls(spec.groups(module), **spec.options)
+    optimizer = spec.info.cls(spec.groups(module, named_parameters), **spec.options)
     zero_momentum_before_first_step(optimizer)
     return optimizer

@@ -19,10 +19,11 @@ import torch
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import ClosedFormLR
+from lightning_optim.optimizer_sets import select_parameters
 from lightning_optim.optimizer_specs import OptimizerSpec
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.schedules import Schedule
-from lightning_optim.validation import OptimSpec, resolve_optim_config
+from lightning_optim.validation import OptimizerSetSpec, OptimSpec, resolve_optim_config
 
 __all__ = [
     "PREVIEW_POINTS",
@@ -55,12 +56,16 @@ class LearningRatePreview:
 
 
 def preview_learning_rates(
-    module: torch.nn.Module, optim_config: Mapping[str, Any] | OptimSpec, total_steps: int
+    module: torch.nn.Module,
+    optim_config: Mapping[str, Any] | OptimSpec | OptimizerSetSpec,
+    total_steps: int,
+    optimizer: str | None = None,
 ) -> dict[str, list[float]]:
     """The lr of every parameter group for each step ``0 .. total_steps - 1``, without training.
 
     Holds a value per step; :func:`sample_learning_rates` previews a long run at a bounded cost. A plateau
-    schedule has no metric here, so it shows its warmup and then a constant lr.
+    schedule has no metric here, so it shows its warmup and then a constant lr. With several optimizers
+    (``optim_config.optimizers``) ``optimizer`` names the one to preview.
 
     Example:
         >>> lrs = preview_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
@@ -68,10 +73,10 @@ def preview_learning_rates(
         >>> [round(lr, 3) for lr in lrs["default"]]
         [0.0, 0.5, 1.0, 0.5]
     """
-    optimizer, built = _preview_scheduler(module, optim_config, total_steps)
-    names = _group_names(optimizer)
+    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer)
+    names = _group_names(stand_in)
     lrs: dict[str, list[float]] = {name: [] for name in names}
-    for group_lrs in _stepped_learning_rates(optimizer, built, total_steps):
+    for group_lrs in _stepped_learning_rates(stand_in, built, total_steps):
         for name, lr in zip(names, group_lrs, strict=True):
             lrs[name].append(lr)
     return lrs
@@ -79,10 +84,11 @@ def preview_learning_rates(
 
 def sample_learning_rates(
     module: torch.nn.Module,
-    optim_config: Mapping[str, Any] | OptimSpec,
+    optim_config: Mapping[str, Any] | OptimSpec | OptimizerSetSpec,
     total_steps: int,
     include: Iterable[int] = (),
     points: int = PREVIEW_POINTS,
+    optimizer: str | None = None,
 ) -> LearningRatePreview:
     """Every group's lr at ``points`` evenly spaced steps of a run, plus the steps it must show exactly.
 
@@ -90,10 +96,12 @@ def sample_learning_rates(
     every boundary (:meth:`~lightning_optim.schedules.Schedule.boundaries`: warmup end, milestones, ...) and the
     step before it. A closed-form schedule (or a constant lr) is evaluated at these steps only, so a run of 10⁹
     steps costs what one of a thousand does. A stateful scheduler (``cyclic``, ``onecycle``, ``plateau``, a
-    ``_target_``) is stepped through the whole run, up to :data:`PREVIEW_STEP_LIMIT` steps.
+    ``_target_``) is stepped through the whole run, up to :data:`PREVIEW_STEP_LIMIT` steps. With several optimizers
+    (``optim_config.optimizers``) ``optimizer`` names the one to preview.
 
     Raises:
-        OptimConfigError: a stateful scheduler over more than :data:`PREVIEW_STEP_LIMIT` steps.
+        OptimConfigError: a stateful scheduler over more than :data:`PREVIEW_STEP_LIMIT` steps; several optimizers
+            and ``optimizer`` not one of their names.
 
     Example:
         >>> preview = sample_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
@@ -103,12 +111,12 @@ def sample_learning_rates(
         >>> [round(lr, 3) for lr in preview.lrs["default"]]
         [0.0, 0.999, 1.0, 0.5, 0.0]
     """
-    optimizer, built = _preview_scheduler(module, optim_config, total_steps)
-    names = _group_names(optimizer)
+    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer)
+    names = _group_names(stand_in)
     wanted = {round(index * (total_steps - 1) / max(points - 1, 1)) for index in range(points)}
     wanted |= {step for step in include if 0 <= step < total_steps} | {0, total_steps - 1}
     if built is None or isinstance(built.scheduler, ClosedFormLR):
-        return _closed_form_preview(optimizer, names, built, total_steps, wanted)
+        return _closed_form_preview(stand_in, names, built, total_steps, wanted)
     if total_steps > PREVIEW_STEP_LIMIT:
         name = built.scheduler.__class__.__name__
         raise OptimConfigError(
@@ -117,24 +125,50 @@ def sample_learning_rates(
             f"at most {PREVIEW_STEP_LIMIT} steps (e.g. trainer.max_steps={PREVIEW_STEP_LIMIT}), or use a closed-form "
             "schedule (warmup_cosine, step, ...), which previews any length."
         )
-    return _stepped_preview(optimizer, names, built, total_steps, wanted)
+    return _stepped_preview(stand_in, names, built, total_steps, wanted)
 
 
 def _preview_scheduler(
-    module: torch.nn.Module, optim_config: Mapping[str, Any] | OptimSpec, total_steps: int
+    module: torch.nn.Module,
+    optim_config: Mapping[str, Any] | OptimSpec | OptimizerSetSpec,
+    total_steps: int,
+    optimizer: str | None,
 ) -> tuple[torch.optim.Optimizer, BuiltScheduler | None]:
-    spec = optim_config if isinstance(optim_config, OptimSpec) else resolve_optim_config(optim_config)
+    if isinstance(optim_config, (OptimSpec, OptimizerSetSpec)):
+        spec = optim_config
+    else:
+        spec = resolve_optim_config(optim_config)
+    named = None
+    if isinstance(spec, OptimSpec) and optimizer is not None:
+        raise OptimConfigError(
+            f"optimizer={optimizer!r} names one of several optimizers, but optim_config has one (no 'optimizers' "
+            "section): leave optimizer unset."
+        )
+    if isinstance(spec, OptimizerSetSpec):
+        names = [member.name for member in spec.members]
+        if optimizer not in names:
+            raise OptimConfigError(
+                f"optim_config has several optimizers ({', '.join(names)}): preview one at a time, naming it "
+                f"(optimizer={names[0]!r}); got optimizer={optimizer!r}."
+            )
+        index = names.index(optimizer)
+        named = select_parameters(module.named_parameters(), spec.members)[index]
+        spec = spec.members[index].spec
     # Torch's schedulers need an optimizer; only the groups' names and lrs matter, so a plain SGD over stand-ins.
-    groups = [{"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, spec.optimizer)]
-    optimizer = torch.optim.SGD(groups)
-    built = build_scheduler(optimizer, spec.scheduler, total_steps) if spec.scheduler is not None else None
-    return optimizer, built
+    groups = [
+        {"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, spec.optimizer, named)
+    ]
+    stand_in = torch.optim.SGD(groups)
+    built = build_scheduler(stand_in, spec.scheduler, total_steps) if spec.scheduler is not None else None
+    return stand_in, built
 
 
-def _group_lrs(module: torch.nn.Module, spec: OptimizerSpec) -> list[tuple[str, float]]:
+def _group_lrs(
+    module: torch.nn.Module, spec: OptimizerSpec, named: list[tuple[str, torch.nn.Parameter]] | None
+) -> list[tuple[str, float]]:
     """Each parameter group's name and lr, as the optimizer ``spec`` describes would have them."""
     default_lr = spec.options["lr"] if "lr" in spec.options else _default_lr(spec.info.cls)
-    return [(group["name"], float(group.get("lr", default_lr))) for group in spec.groups(module)]
+    return [(group["name"], float(group.get("lr", default_lr))) for group in spec.groups(module, named)]
 
 
 def _default_lr(cls: type[torch.optim.Optimizer]) -> float:

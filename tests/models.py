@@ -127,3 +127,79 @@ class RestoresAfterSetup(SingleDeviceStrategy):
     @property
     def restore_checkpoint_after_setup(self) -> bool:
         return True
+
+
+GAN_CONFIG: dict[str, Any] = {
+    "optimizers": {
+        "generator": {
+            "params": r"^generator\.",
+            "optimizer": {"name": "adam", "lr": 0.02, "betas": [0.5, 0.999]},
+            "scheduler": {"name": "warmup_cosine", "warmup_steps": 2, "min_lr_ratio": 0.1},
+        },
+        "discriminator": {
+            "params": r"^discriminator\.",
+            "optimizer": {"name": "adam", "lr": 0.01, "betas": [0.5, 0.999]},
+            "param_groups": [{"name": "bias", "params": r"\.bias$", "lr_scale": 2.0}],
+            "scheduler": {"name": "step", "step_size": 3, "gamma": 0.5},
+        },
+    }
+}
+"""Two Adam optimizers (the same class) with different schedules, for :class:`GAN`."""
+
+
+class GAN(OptimMixin, L.LightningModule):
+    """Shaped like Lightning's basic GAN example: ``generator`` and ``discriminator`` submodules, manual optimization,
+    one optimizer each (``self.optimizers()``), ``toggle_optimizer`` around each step.
+
+    Each batch records, before any step, both optimizers' group lrs and each optimizer's total gradient norm taken
+    with ``torch.nn.utils.get_total_norm`` right after its backward (before ``clip_gradients``). The generator's
+    gradients are clipped by norm at ``clip`` (None: not clipped); ``step_schedulers`` False never steps them.
+    """
+
+    def __init__(self, optim_config: Any = GAN_CONFIG, clip: float | None = 0.05, step_schedulers: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.generator = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 4))
+        self.discriminator = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LeakyReLU(0.2), torch.nn.Linear(8, 1))
+        self.optim_config = optim_config
+        self.clip = clip
+        self.step_schedulers = step_schedulers
+        self.records: list[dict[str, Any]] = []
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator(noise)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real, _ = batch
+        optimizer_g, optimizer_d = self.optimizers()  # type: ignore[misc]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits
+        ones, zeros = torch.ones(real.shape[0], 1), torch.zeros(real.shape[0], 1)
+        record: dict[str, Any] = {
+            "lr_g": [group["lr"] for group in optimizer_g.param_groups],
+            "lr_d": [group["lr"] for group in optimizer_d.param_groups],
+        }
+        fake = self(torch.randn(real.shape[0], 2))
+
+        self.toggle_optimizer(optimizer_g)
+        self.manual_backward(loss(self.discriminator(fake), ones))
+        record["norm_g"] = float(torch.nn.utils.get_total_norm([p.grad for p in self.generator.parameters()]))
+        if self.clip is not None:
+            self.clip_gradients(optimizer_g, gradient_clip_val=self.clip, gradient_clip_algorithm="norm")
+        optimizer_g.step()
+        optimizer_g.zero_grad()
+        self.untoggle_optimizer(optimizer_g)
+
+        self.toggle_optimizer(optimizer_d)
+        d_loss = (loss(self.discriminator(real), ones) + loss(self.discriminator(fake.detach()), zeros)) / 2
+        self.manual_backward(d_loss)
+        record["norm_d"] = float(torch.nn.utils.get_total_norm([p.grad for p in self.discriminator.parameters()]))
+        optimizer_d.step()
+        optimizer_d.zero_grad()
+        self.untoggle_optimizer(optimizer_d)
+
+        if self.step_schedulers:
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                scheduler.step()  # type: ignore[union-attr]
+        self.records.append(record)

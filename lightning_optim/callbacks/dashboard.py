@@ -46,7 +46,7 @@ def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]
 
     Example:
         >>> dashboard_layout([])["Gradient norm"]["Clip fraction"]
-        ['Multiline', ['grad_norm/clip_fraction$']]
+        ['Multiline', ['grad_norm/(?:[^/]+/)?clip_fraction$']]
     """
     builtin: dict[str, Charts] = {
         LRMonitor.dashboard_category: LRMonitor().dashboard_charts(),

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import lightning as L
@@ -26,6 +27,7 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
+from lightning_optim.optimizer_sets import optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
     RunningStatsSnapshot,
@@ -38,6 +40,45 @@ from lightning_optim.stats import (
 __all__ = ["GradNormMonitor", "NonfinitePolicy"]
 
 NonfinitePolicy = Literal["warn", "skip", "raise"]
+
+PREFIX = "grad_norm/"
+_OWN_KEYS = ("total", "clipped", "threshold", "clip_fraction", "nonfinite")
+
+
+@dataclass
+class _Window:
+    """One optimizer's steps measured since the last log, and its counts (kept in the callback's state)."""
+
+    pending: list[ClipResult] = field(default_factory=list)
+    clipped_steps: float = 0.0
+    window_steps: int = 0
+    nonfinite_steps: int = 0
+
+    def reduce(self) -> None:
+        """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
+        if not self.pending:
+            return
+        totals = torch.stack([result.total for result in self.pending if result.total is not None])
+        self.nonfinite_steps += int((~torch.isfinite(totals)).sum())
+        clipped = [result.clipped for result in self.pending if result.clipped is not None]
+        if clipped:
+            self.clipped_steps += float(torch.stack(clipped).sum())
+        self.window_steps += len(self.pending)
+        self.pending.clear()
+
+    def state(self) -> dict[str, Any]:
+        self.reduce()
+        return {
+            "clipped_steps": self.clipped_steps,
+            "window_steps": self.window_steps,
+            "nonfinite_steps": self.nonfinite_steps,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.clipped_steps = state.get("clipped_steps", 0.0)
+        self.window_steps = state.get("window_steps", 0)
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.pending.clear()
 
 
 def clip_algorithm(trainer: L.Trainer) -> str | None:
@@ -66,6 +107,16 @@ class GradNormMonitor(L.Callback):
       clipping would flip the gradients' sign (Lightning's own clipping ignores it silently).
     * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
       optimizer step, the last evaluation's norms.
+    * Manual optimization (``automatic_optimization = False``): each ``optimizer.step()`` in ``training_step`` is
+      measured over that optimizer's parameters. With the mixin, a ``self.clip_gradients(opt, ...)`` before the step
+      gives the norms before clipping (``OptimMixin.clip_gradients`` keeps them); a step not clipped is measured
+      at the step. Without the mixin the monitor sees the gradients only at the step, after any clipping, and warns
+      once that ``grad_norm/total`` is then the clipped norm. Value clipping under manual optimization is not
+      measured (warned once).
+    * Several optimizers: every key gains the optimizer's name, ``grad_norm/<optimizer>/total`` (and ``clipped``,
+      ``threshold``, ``clip_fraction``, ``nonfinite``, per-layer and per-group keys), each counting that optimizer's
+      own steps. The name is its key under ``optim_config.optimizers`` with the mixin, else ``optimizer_<i>``, its
+      position in ``self.optimizers()``. One optimizer keeps the keys without a name.
 
     Args:
         per_layer_depth: also log the norm of each module path cut at this depth (``1``: ``encoder``, ``head``).
@@ -99,11 +150,12 @@ class GradNormMonitor(L.Callback):
         self.per_param_group = per_param_group
         self.norm_type = norm_type
         self.nonfinite = nonfinite
-        self._clipped_steps = 0.0
-        self._window_steps = 0
-        self._nonfinite_steps = 0
-        # Steps measured since the last log, kept as device tensors: counting them costs no kernel until the log.
-        self._pending: list[ClipResult] = []
+        # Per key prefix (grad_norm/ or grad_norm/<optimizer>/), the steps measured since the last log, kept as device
+        # tensors (counting them costs no kernel until the log), and the counts.
+        self._windows: dict[str, _Window] = {}
+        # Manual optimization: each optimizer step of this batch, by optimizer index.
+        self._stepped: list[tuple[int, ClipResult]] = []
+        self._warned_manual = False
         self._logging = False
         self._stepped_at = 0
         self._before: GradientNorms | None = None
@@ -113,22 +165,27 @@ class GradNormMonitor(L.Callback):
     @staticmethod
     def dashboard_charts() -> dict[str, list[str]]:
         """The TensorBoard charts of this monitor: chart title → tag regexes."""
+        optional_optimizer = "(?:[^/]+/)?"
+        own = "|".join(_OWN_KEYS)
         return {
             "Norm before vs after clipping, and threshold": [
-                "grad_norm/total$",
-                "grad_norm/clipped$",
-                "grad_norm/threshold$",
+                f"grad_norm/{optional_optimizer}total$",
+                f"grad_norm/{optional_optimizer}clipped$",
+                f"grad_norm/{optional_optimizer}threshold$",
             ],
-            "Clip fraction": ["grad_norm/clip_fraction$"],
-            "Non-finite steps": ["grad_norm/nonfinite$"],
-            "Per layer": ["grad_norm/(?!total$|clipped$|threshold$|clip_fraction$|nonfinite$).*"],
+            "Clip fraction": [f"grad_norm/{optional_optimizer}clip_fraction$"],
+            "Non-finite steps": [f"grad_norm/{optional_optimizer}nonfinite$"],
+            "Per layer": [f"grad_norm/(?!{optional_optimizer}(?:{own})$).*"],
         }
 
-    def _group_of(self, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> Callable[[str], str] | None:
+    def _group_of(
+        self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]
+    ) -> Callable[[str], str] | None:
         if self.per_param_group:
             names = {id(parameter): name for name, parameter in pl_module.named_parameters()}
             group_names = {
                 names[id(parameter)]: f"group/{group.get('name', index)}"
+                for optimizer in optimizers
                 for index, group in enumerate(optimizer.param_groups)
                 for parameter in group["params"]
             }
@@ -150,6 +207,14 @@ class GradNormMonitor(L.Callback):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
+        self._stepped.clear()
+        if not pl_module.automatic_optimization and not isinstance(pl_module, ReportsClipping):
+            rank_zero_warn(
+                "GradNormMonitor under manual optimization sees the gradients only at optimizer.step(): if "
+                "training_step calls self.clip_gradients before it, grad_norm/total is the norm after clipping and "
+                "clip_fraction stays 0. Put OptimMixin first in the model's bases: its clip_gradients keeps the norm "
+                "before clipping."
+            )
         if self.nonfinite != "skip":
             return
         self._snapshot, self._snapshot_at = RunningStatsSnapshot(pl_module), None
@@ -168,14 +233,25 @@ class GradNormMonitor(L.Callback):
         if self._snapshot is not None and self._snapshot_at != trainer.global_step:
             self._snapshot.take()
             self._snapshot_at = trainer.global_step
+        if isinstance(pl_module, ReportsClipping):
+            # A clip_gradients whose optimizer never stepped (a step skipped in training_step) must not stand for a
+            # later step: clipping and its step happen in the same training_step.
+            pl_module.clip_state.unstepped.clear()
         self._logging = should_log(trainer)
-        if self._logging and (state := self._clip_state(trainer, pl_module)) is not None:
-            state.group_of = self._group_of(pl_module, trainer.optimizers[0])
+        if not self._logging:
+            return
+        if (state := self._clip_state(trainer, pl_module)) is not None:
+            state.group_of = self._group_of(pl_module, trainer.optimizers[:1])
+        elif not pl_module.automatic_optimization and isinstance(pl_module, ReportsClipping):
+            pl_module.clip_state.group_of = self._group_of(pl_module, trainer.optimizers)
 
     @override
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not pl_module.automatic_optimization:
+            self._measure_manual_step(trainer, pl_module, optimizer)
+            return
         by_norm = clip_algorithm(trainer) == "norm"
         mixin_measures = self._clip_state(trainer, pl_module) is not None
         # With the mixin clipping by norm, "skip" is done by the mixin from clipping's own norm (clip_state).
@@ -185,10 +261,43 @@ class GradNormMonitor(L.Callback):
             self._before = None
             return
         named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
-        group_of = self._group_of(pl_module, optimizer) if self._logging else None
+        group_of = self._group_of(pl_module, [optimizer]) if self._logging else None
         self._before = before = gradient_norms(named, group_of, self.norm_type)
         if self.nonfinite != "warn" and not torch.isfinite(before.total):
             self._handle_nonfinite(trainer, named, before)
+
+    def _measure_manual_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """One ``optimizer.step()`` in ``training_step``: what the mixin's ``clip_gradients`` measured, else the
+        norm of this optimizer's gradients now."""
+        index = next((i for i, known in enumerate(trainer.optimizers) if known is optimizer), 0)
+        clipped = (
+            pl_module.clip_state.unstepped.pop(id(optimizer), None) if isinstance(pl_module, ReportsClipping) else None
+        )
+        if clipped is not None and clipped.total is None:
+            if not self._warned_manual:
+                self._warned_manual = True
+                rank_zero_warn(
+                    "GradNormMonitor: clip_gradients(gradient_clip_algorithm='value') under manual optimization "
+                    "computes no norm, and the gradients at optimizer.step() are already clipped: grad_norm/* are "
+                    "not logged for those steps. Clip by norm to measure them."
+                )
+            return
+        owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        named = [
+            (name, p) for name, p in pl_module.named_parameters() if id(p) in owned and dense_gradient(p) is not None
+        ]
+        if clipped is None:
+            group_of = self._group_of(pl_module, trainer.optimizers) if self._logging else None
+            before = gradient_norms(named, group_of, self.norm_type)
+            clipped = ClipResult("none", 0.0, before.total, before.total, None, before.groups)
+        assert clipped.total is not None  # value clipping returned above
+        # After the mixin's clipping, "skip" is done already (clip_state.skip_nonfinite).
+        checks = self.nonfinite == "raise" or (self.nonfinite == "skip" and clipped.algorithm == "none")
+        if checks and not torch.isfinite(clipped.total):
+            self._handle_nonfinite(trainer, named, GradientNorms(clipped.total, clipped.groups))
+        self._stepped.append((index, clipped))
 
     def _handle_nonfinite(
         self, trainer: L.Trainer, named: Sequence[tuple[str, torch.Tensor]], before: GradientNorms
@@ -218,11 +327,21 @@ class GradNormMonitor(L.Callback):
         if trainer.global_step == self._stepped_at:
             return
         self._stepped_at = trainer.global_step
-        result = self._result(trainer, pl_module)
-        if result is not None and result.total is not None:
-            self._pending.append(result)
-        if self._logging:
-            self._log(trainer, result)
+        if pl_module.automatic_optimization:
+            stepped = [(PREFIX, self._result(trainer, pl_module))]
+        else:
+            labels = optimizer_labels(pl_module, len(trainer.optimizers))
+            several = len(trainer.optimizers) > 1
+            stepped = [(f"{PREFIX}{labels[index]}/" if several else PREFIX, result) for index, result in self._stepped]
+            self._stepped.clear()
+        for prefix, result in stepped:
+            if result is not None and result.total is not None:
+                self._window(prefix).pending.append(result)
+            if self._logging:
+                self._log(trainer, prefix, result)
+
+    def _window(self, prefix: str) -> _Window:
+        return self._windows.setdefault(prefix, _Window())
 
     def _result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipResult | None:
         if (state := self._clip_state(trainer, pl_module)) is not None:
@@ -241,53 +360,40 @@ class GradNormMonitor(L.Callback):
             "value", threshold, self._before.total, after, after < self._before.total, self._before.groups
         )
 
-    def _reduce(self) -> None:
-        """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
-        if not self._pending:
-            return
-        totals = torch.stack([result.total for result in self._pending if result.total is not None])
-        self._nonfinite_steps += int((~torch.isfinite(totals)).sum())
-        clipped = [result.clipped for result in self._pending if result.clipped is not None]
-        if clipped:
-            self._clipped_steps += float(torch.stack(clipped).sum())
-        self._window_steps += len(self._pending)
-        self._pending.clear()
-
-    def _log(self, trainer: L.Trainer, result: ClipResult | None) -> None:
+    def _log(self, trainer: L.Trainer, prefix: str, result: ClipResult | None) -> None:
         if result is None or result.total is None or result.clipped_norm is None:
             return
-        before = self._nonfinite_steps
-        self._reduce()
+        window = self._window(prefix)
+        before = window.nonfinite_steps
+        window.reduce()
         metrics = {
-            "grad_norm/total": float(result.total),
-            "grad_norm/clipped": float(result.clipped_norm),
-            "grad_norm/clip_fraction": self._clipped_steps / self._window_steps,
-            "grad_norm/nonfinite": float(self._nonfinite_steps),
+            f"{prefix}total": float(result.total),
+            f"{prefix}clipped": float(result.clipped_norm),
+            f"{prefix}clip_fraction": window.clipped_steps / window.window_steps,
+            f"{prefix}nonfinite": float(window.nonfinite_steps),
         }
         if result.threshold:
-            metrics["grad_norm/threshold"] = result.threshold
-        metrics.update({f"grad_norm/{group}": float(norm) for group, norm in result.groups.items()})
+            metrics[f"{prefix}threshold"] = result.threshold
+        metrics.update({f"{prefix}{group}": float(norm) for group, norm in result.groups.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=logging_step(trainer))
-        if self._nonfinite_steps > before and self.nonfinite == "warn":
+        if window.nonfinite_steps > before and self.nonfinite == "warn":
+            whose = f" of {prefix[len(PREFIX) : -1]}" if prefix != PREFIX else ""
             rank_zero_warn(
-                f"{self._nonfinite_steps - before} optimizer step(s) before step {trainer.global_step} had a NaN/Inf "
-                "gradient norm. Lower the lr, clip gradients, or use GradNormMonitor(nonfinite='skip'/'raise')."
+                f"{window.nonfinite_steps - before} optimizer step(s){whose} before step {trainer.global_step} had a "
+                "NaN/Inf gradient norm. Lower the lr, clip gradients, or use GradNormMonitor(nonfinite='skip'/'raise')."
             )
-        self._clipped_steps, self._window_steps = 0.0, 0
+        window.clipped_steps, window.window_steps = 0.0, 0
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        self._reduce()
-        return {
-            "clipped_steps": self._clipped_steps,
-            "window_steps": self._window_steps,
-            "nonfinite_steps": self._nonfinite_steps,
-        }
+        state = self._window(PREFIX).state()
+        others = {prefix: window.state() for prefix, window in self._windows.items() if prefix != PREFIX}
+        return {**state, "optimizers": others} if others else state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._clipped_steps = state_dict.get("clipped_steps", 0.0)
-        self._window_steps = state_dict.get("window_steps", 0)
-        self._nonfinite_steps = state_dict.get("nonfinite_steps", 0)
-        self._pending.clear()
+        self._windows = {PREFIX: _Window()}
+        self._windows[PREFIX].load(state_dict)
+        for prefix, state in state_dict.get("optimizers", {}).items():
+            self._window(prefix).load(state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import defaultdict
 from typing import Any, Literal
 
 import lightning as L
@@ -21,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_optim.internals import logging_step, should_log
+from lightning_optim.optimizer_sets import NamesOptimizers
 
 __all__ = ["LRMonitor"]
 
@@ -39,10 +41,11 @@ class LRMonitor(LearningRateMonitor):
     Keys are Lightning's: ``lr-<Optimizer>/<group name>`` (``lr-SGD/default``, ``lr-AdamW/no_decay``; a group
     without a name is ``pg<i>``, a lone unnamed group just ``lr-<Optimizer>``; a second optimizer of the same class
     is ``lr-<Optimizer>-1``; a scheduler's ``name``, i.e. ``log_name`` in ``optim_config``, replaces the
-    ``lr-<Optimizer>`` prefix), plus ``<that key>-momentum`` and ``<that key>-weight_decay`` when asked. Values are
-    read at the start of a step (the lr that step uses) on Lightning's logging steps (``log_every_n_steps``) and
-    sent to every logger at Lightning's logging step (:func:`~lightning_optim.internals.logging_step`), like the
-    metrics the model logs.
+    ``lr-<Optimizer>`` prefix; an optimizer named under ``optim_config.optimizers`` is ``lr-<its name>``, with or
+    without a scheduler, so two optimizers of one class say which is which), plus ``<that key>-momentum`` and
+    ``<that key>-weight_decay`` when asked. Values are read at the start of a step (the lr that step uses) on
+    Lightning's logging steps (``log_every_n_steps``) and sent to every logger at Lightning's logging step
+    (:func:`~lightning_optim.internals.logging_step`), like the metrics the model logs.
 
     The logged values are also put into ``trainer.callback_metrics``, as ``LearningRateMonitor`` does. Without a
     logger (``Trainer(logger=False)``, where ``LearningRateMonitor`` raises) nothing is logged, a warning says so
@@ -85,6 +88,7 @@ class LRMonitor(LearningRateMonitor):
         super().__init__(logging_interval, log_momentum, log_weight_decay)
         self._logged_at: dict[str, int] = {}
         self._trainer: L.Trainer | None = None
+        self._optimizer_names: dict[int, str] = {}
 
     def dashboard_charts(self) -> dict[str, list[str]]:
         """The TensorBoard charts of this monitor's keys: chart title -> tag regexes (matched from the tag's start).
@@ -115,6 +119,14 @@ class LRMonitor(LearningRateMonitor):
         # Lightning's on_train_start refuses a Trainer without a logger and warns that it logs a momentum of 0 (this
         # monitor logs no key instead); only its naming of the keys is kept.
         self._logged_at = {}
+        module = trainer.lightning_module
+        names = module.optimizer_names if isinstance(module, NamesOptimizers) else ()
+        optimizers = trainer.optimizers
+        self._optimizer_names = (
+            {id(optimizer): name for optimizer, name in zip(optimizers, names, strict=True)}
+            if len(names) == len(optimizers)
+            else {}
+        )
         self._name_keys(trainer)
         if not trainer.loggers:
             rank_zero_warn(
@@ -134,6 +146,32 @@ class LRMonitor(LearningRateMonitor):
         self.lrs = {key: [] for key in keys}
         self.last_momentum_values = {key + MOMENTUM_SUFFIX: None for key in keys}
         self.last_weight_decay_values = {key + WEIGHT_DECAY_SUFFIX: None for key in keys}
+
+    @override
+    def _find_names_from_optimizers(
+        self,
+        optimizers: list[Any],
+        seen_optimizers: list[torch.optim.Optimizer],
+        seen_optimizer_types: defaultdict[type[torch.optim.Optimizer], int],
+    ) -> tuple[list[list[str]], list[torch.optim.Optimizer]]:
+        # An optimizer without a scheduler is lr-<Class>(-<n>) in Lightning, numbered by the order of the optimizers
+        # that have none; one the model names (optim_config.optimizers) is lr-<name>, as its scheduler would name it.
+        names: list[list[str]] = []
+        unscheduled: list[torch.optim.Optimizer] = []
+        for optimizer in optimizers:
+            name = self._optimizer_names.get(id(optimizer))
+            if name is None or optimizer in seen_optimizers:
+                more_names, more = super()._find_names_from_optimizers(
+                    [optimizer], seen_optimizers, seen_optimizer_types
+                )
+                names += more_names
+                unscheduled += more
+                continue
+            seen_optimizers.append(optimizer)
+            groups = optimizer.param_groups
+            names.append([self._add_suffix(f"lr-{name}", groups, index) for index in range(len(groups))])
+            unscheduled.append(optimizer)
+        return names, unscheduled
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:

@@ -46,25 +46,44 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
-def step_learning_rates(cfg: DictConfig, first_steps: int = 0) -> tuple[LearningRatePreview, dict]:
+def step_learning_rates(
+    cfg: DictConfig, first_steps: int = 0, optimizer: str | None = None
+) -> tuple[LearningRatePreview, dict]:
     """Every group's lr at the optimizer steps drawn of the run ``cfg`` describes, and the ``optim_config`` used.
 
     The first ``first_steps`` steps, the peak and the last step are always among them
     (:func:`~lightning_optim.preview.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
-    epoch, and each epoch drawn by its first and last step.
+    epoch, and each epoch drawn by its first and last step. With several optimizers (``optimizers=gan``)
+    ``optimizer`` names the one previewed; the run is counted in training batches, each scheduler stepped once per
+    batch as manual optimization's ``training_step`` does.
     """
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     total_steps, steps_per_epoch = count_optimizer_steps(cfg.trainer, batches_per_rank(cfg, datamodule))
     optim_config = compose_optim_config(cfg)
     model = instantiate_model(cfg.model, optim_config)
-    scheduler = optim_config["scheduler"]
+    scheduler = _section(optim_config, optimizer).get("scheduler")
     if scheduler is None or scheduler.get("interval", "step") == "step":
-        return sample_learning_rates(model, optim_config, total_steps, range(first_steps)), optim_config
+        preview = sample_learning_rates(model, optim_config, total_steps, range(first_steps), optimizer=optimizer)
+        return preview, optim_config
     epochs = -(-total_steps // steps_per_epoch)
     first_epochs = range(-(-min(first_steps, total_steps) // steps_per_epoch))
-    per_epoch = sample_learning_rates(model, optim_config, epochs, first_epochs)
+    per_epoch = sample_learning_rates(model, optim_config, epochs, first_epochs, optimizer=optimizer)
     return epochs_as_steps(per_epoch, steps_per_epoch, total_steps, range(first_steps)), optim_config
+
+
+def optimizer_names(optim_config: dict[str, Any]) -> list[str | None]:
+    """The optimizers to preview: each name under ``optimizers``, or None for the single optimizer.
+
+    Example:
+        >>> optimizer_names({"optimizer": {"name": "sgd"}}), optimizer_names({"optimizers": {"g": {}, "d": {}}})
+        ([None], ['g', 'd'])
+    """
+    return list(optim_config["optimizers"]) if "optimizers" in optim_config else [None]
+
+
+def _section(optim_config: dict[str, Any], optimizer: str | None) -> dict[str, Any]:
+    return optim_config["optimizers"][optimizer] if optimizer is not None else optim_config
 
 
 def epochs_as_steps(
@@ -123,18 +142,25 @@ def group_table(name: str, steps: list[int], values: list[float], first_steps: i
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="schedule")
 def main(cfg: DictConfig) -> None:
-    """Console script ``lightning-optim-schedule``."""
-    preview, optim_config = step_learning_rates(cfg, cfg.first_steps)
-    out = Path(cfg.out)
-    if not out.is_absolute():
-        out = Path(HydraConfig.get().runtime.output_dir) / out
-    scheduler = optim_config["scheduler"]["name"] if optim_config["scheduler"] else "constant"
-    title = f"{optim_config['optimizer']['name']} + {scheduler}, {preview.total_steps} optimizer steps"
-    plot(preview, title, out)
+    """Console script ``lightning-optim-schedule``: one PNG and one table per group; with several optimizers one PNG
+    per optimizer (``<out stem>-<optimizer>.png``) and tables ``group <optimizer>/<group>``."""
+    base = Path(cfg.out)
+    if not base.is_absolute():
+        base = Path(HydraConfig.get().runtime.output_dir) / base
     console = Console()
-    for name, values in preview.lrs.items():
-        console.print(group_table(name, preview.steps, values, cfg.first_steps))
-    console.print(f"lr schedule drawn to {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
+    for optimizer in optimizer_names(compose_optim_config(cfg)):
+        preview, optim_config = step_learning_rates(cfg, cfg.first_steps, optimizer)
+        section = _section(optim_config, optimizer)
+        scheduler = section["scheduler"]["name"] if section["scheduler"] else "constant"
+        title = f"{section['optimizer']['name']} + {scheduler}, {preview.total_steps} optimizer steps"
+        out = base
+        if optimizer is not None:
+            title, out = f"{optimizer}: {title}", base.with_name(f"{base.stem}-{optimizer}{base.suffix}")
+        plot(preview, title, out)
+        for name, values in preview.lrs.items():
+            shown = f"{optimizer}/{name}" if optimizer is not None else name
+            console.print(group_table(shown, preview.steps, values, cfg.first_steps))
+        console.print(f"lr schedule drawn to {out.resolve()}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,14 @@ LR_CHARTS = {
 
 
 GRAD_NORM_CHARTS = {
-    "Norm before vs after clipping, and threshold": ["grad_norm/total$", "grad_norm/clipped$", "grad_norm/threshold$"],
-    "Clip fraction": ["grad_norm/clip_fraction$"],
-    "Non-finite steps": ["grad_norm/nonfinite$"],
-    "Per layer": ["grad_norm/(?!total$|clipped$|threshold$|clip_fraction$|nonfinite$).*"],
+    "Norm before vs after clipping, and threshold": [
+        "grad_norm/(?:[^/]+/)?total$",
+        "grad_norm/(?:[^/]+/)?clipped$",
+        "grad_norm/(?:[^/]+/)?threshold$",
+    ],
+    "Clip fraction": ["grad_norm/(?:[^/]+/)?clip_fraction$"],
+    "Non-finite steps": ["grad_norm/(?:[^/]+/)?nonfinite$"],
+    "Per layer": ["grad_norm/(?!(?:[^/]+/)?(?:total|clipped|threshold|clip_fraction|nonfinite)$).*"],
 }
 
 

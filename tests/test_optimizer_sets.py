@@ -1,0 +1,256 @@
+"""Several named optimizers (``optim_config.optimizers``) on a model shaped like Lightning's basic GAN example."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_optim import OptimConfigError
+from lightning_optim.run_length import ResumeConfigWarning
+from tests.models import GAN, GAN_CONFIG, CrashAt, Interrupted, loader, trainer
+from tests.references import warmup_cosine
+
+BATCHES = 8
+"""Batches per epoch of :func:`tests.models.loader`."""
+
+
+def with_section(name: str, base: dict[str, Any] = GAN_CONFIG, **changes: Any) -> dict[str, Any]:
+    """``base`` with keys of one optimizer's section replaced."""
+    config = copy.deepcopy(base)
+    config["optimizers"][name].update(changes)
+    return config
+
+
+SIXTEEN_STEPS = with_section(
+    "generator", scheduler={**GAN_CONFIG["optimizers"]["generator"]["scheduler"], "total_steps": 16}
+)
+"""A config whose schedules need no trainer to be built."""
+
+
+def generator_lr(step: int, total: int) -> float:
+    return warmup_cosine(step, 0.02, 2, total, floor=0.1)
+
+
+def discriminator_lrs(step: int) -> list[float]:
+    """The discriminator's ``bias`` group (lr_scale 2) and ``default`` group under ``step`` (step_size 3, gamma 0.5)."""
+    factor = 0.5 ** (step // 3)
+    return [0.02 * factor, 0.01 * factor]
+
+
+def test_the_optimizers_follow_the_config_order_and_select_their_parameters() -> None:
+    model = GAN(SIXTEEN_STEPS)
+    configured = model.configure_optimizers()
+    generator, discriminator = (entry["optimizer"] for entry in configured)  # type: ignore[union-attr]
+    assert model.optimizer_names == ("generator", "discriminator")
+    assert [p for group in generator.param_groups for p in group["params"]] == list(model.generator.parameters())
+    assert [group["name"] for group in discriminator.param_groups] == ["bias", "default"]
+    assert [len(group["params"]) for group in discriminator.param_groups] == [2, 2]
+    assert [entry["lr_scheduler"]["name"] for entry in configured] == ["lr-generator", "lr-discriminator"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {**GAN_CONFIG, "optimizer": {"name": "adam"}},
+            "optim_config has both 'optimizers' and 'optimizer': use either one optimizer",
+        ),
+        (
+            with_section("generator", params="^gen(erator"),
+            "optim_config.optimizers.generator.params = '^gen(erator' is not valid. Expected a valid Python regex",
+        ),
+        (
+            with_section("generator", params=None),
+            "optim_config.optimizers.generator.params = None is not valid. Expected a regex selecting",
+        ),
+        (
+            with_section("discriminator", shceduler={"name": "step"}),
+            "optim_config.optimizers.discriminator.shceduler = {'name': 'step'} is not valid. Did you mean "
+            "'scheduler'?",
+        ),
+        (
+            with_section("generator", optimizer={"name": "adam", "lr": -1.0}),
+            "optim_config.optimizers.generator.optimizer.lr = -1.0 is not valid.",
+        ),
+        (
+            with_section("discriminator", scheduler={"name": "step", "step_size": 0}),
+            "optim_config.optimizers.discriminator.scheduler: step_size = 0 is not valid; expected an int >= 1.",
+        ),
+        ({"optimizers": {}}, "optim_config.optimizers = {} is not valid. Expected a non-empty mapping"),
+        (
+            {"optimizers": {"gen/erator": GAN_CONFIG["optimizers"]["generator"]}},
+            "optim_config.optimizers.gen/erator = ",
+        ),
+    ],
+)
+def test_a_bad_config_fails_at_assignment_naming_the_key(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(OptimConfigError, match=re.escape(message)):
+        GAN(config)
+
+
+def test_a_zero_lr_warns_naming_the_optimizer() -> None:
+    config = with_section("discriminator", optimizer={"name": "adam", "lr": 0})
+    with pytest.warns(UserWarning, match=re.escape("optim_config.optimizers.discriminator.optimizer.lr = 0:")):
+        GAN(config)
+
+
+def test_a_parameter_selected_twice_is_an_error_naming_it() -> None:
+    model = GAN(with_section("discriminator", SIXTEEN_STEPS, params=r"^discriminator\.|\.0\.weight$"))
+    with pytest.raises(OptimConfigError, match=re.escape("the parameter 'generator.0.weight' is selected by both")):
+        model.configure_optimizers()
+
+
+def test_a_trainable_parameter_selected_by_none_is_an_error_naming_it() -> None:
+    model = GAN(with_section("discriminator", SIXTEEN_STEPS, params=r"^discriminator\.0\."))
+    with pytest.raises(OptimConfigError, match=r"the trainable parameter\(s\) 'discriminator\.2\.weight', "):
+        model.configure_optimizers()
+    model.discriminator[2].requires_grad_(False)
+    assert len(model.configure_optimizers()) == 2  # frozen parameters belong to no optimizer
+
+
+def test_an_optimizer_selecting_nothing_is_an_error() -> None:
+    config = copy.deepcopy(SIXTEEN_STEPS)
+    config["optimizers"]["critic"] = {"params": "^critic", "optimizer": {"name": "sgd", "lr": 0.1}}
+    with pytest.raises(OptimConfigError, match=re.escape("optim_config.optimizers.critic.params = '^critic'")):
+        GAN(config).configure_optimizers()
+
+
+def test_automatic_optimization_is_refused_by_lightning() -> None:
+    model = GAN()
+    model.automatic_optimization = True
+    with pytest.raises(Exception, match="only supported with manual optimization"):
+        trainer(max_epochs=1).fit(model, loader())
+
+
+def test_each_optimizer_follows_its_schedule_exactly() -> None:
+    model = GAN()
+    trainer(max_epochs=2).fit(model, loader())
+    total = 2 * BATCHES
+    assert [record["lr_g"][0] for record in model.records] == pytest.approx(
+        [generator_lr(k, total) for k in range(total)], rel=1e-12, abs=1e-15
+    )
+    assert [lr for record in model.records for lr in record["lr_d"]] == pytest.approx(
+        [lr for k in range(total) for lr in discriminator_lrs(k)], rel=1e-12
+    )
+
+
+def test_a_resume_continues_both_schedules_exactly(tmp_path) -> None:
+    uninterrupted = GAN()
+    trainer(max_epochs=2).fit(uninterrupted, loader())
+
+    first = GAN()
+    # Manual optimization: trainer.global_step counts both optimizers' steps, two per batch.
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=10)
+    with pytest.raises(Interrupted):
+        trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saving, CrashAt(10)]).fit(first, loader())
+    checkpoint = torch.load(tmp_path / "step=10.ckpt", weights_only=True)
+    assert checkpoint["optim_config"]["optimizers"]["generator"]["params"] == r"^generator\."
+    assert checkpoint["optim_run_lengths"] == [
+        {"interval": "step", "length": 16, "optimizer": "generator"},
+        {"interval": "step", "length": 16, "optimizer": "discriminator"},
+    ]
+
+    second = GAN()
+    with pytest.warns(ResumeConfigWarning) as record:
+        trainer(max_epochs=3).fit(second, loader(), ckpt_path=tmp_path / "step=10.ckpt")
+    # Only the generator's length comes from the run; the discriminator's step decay has none.
+    messages = [str(w.message) for w in record if w.category is ResumeConfigWarning]
+    assert len(messages) == 1
+    assert "optim_config.optimizers.generator.scheduler ('warmup_cosine') continues as it began, over 16" in messages[0]
+    resumed = first.records + second.records
+    assert len(first.records) == 5
+    # The generator's cosine keeps the checkpoint's 16 steps although this run is 24 long.
+    assert [r["lr_g"] for r in resumed[:16]] == [r["lr_g"] for r in uninterrupted.records]
+    assert [r["lr_d"] for r in resumed[:16]] == [r["lr_d"] for r in uninterrupted.records]
+    assert [r["lr_g"] for r in resumed[16:]] == [[0.02 * 0.1]] * 8
+
+
+def test_a_resume_with_another_optimizer_is_refused(tmp_path) -> None:
+    model = GAN()
+    run = trainer(max_steps=2)
+    run.fit(model, loader())
+    run.save_checkpoint(tmp_path / "gan.ckpt")
+    changed = GAN(with_section("discriminator", optimizer={"name": "sgd", "lr": 0.1}))
+    with pytest.raises(OptimConfigError, match=re.escape("generator: 'adam', discriminator: 'adam' and optim_config")):
+        trainer(max_steps=4).fit(changed, loader(), ckpt_path=tmp_path / "gan.ckpt")
+
+
+def test_a_resume_with_a_changed_lr_names_the_key(tmp_path) -> None:
+    model = GAN(SIXTEEN_STEPS)
+    run = trainer(max_steps=2)
+    run.fit(model, loader())
+    run.save_checkpoint(tmp_path / "gan.ckpt")
+    lr = {"name": "adam", "lr": 0.03, "betas": [0.5, 0.999]}
+    changed = GAN(with_section("generator", SIXTEEN_STEPS, optimizer=lr))
+    with pytest.warns(ResumeConfigWarning, match=re.escape("optimizers.generator.optimizer.lr (0.02 -> 0.03)")):
+        trainer(max_steps=4).fit(changed, loader(), ckpt_path=tmp_path / "gan.ckpt")
+    assert changed.hparams["optim_config"]["optimizers"]["generator"]["optimizer"]["lr"] == 0.03
+
+
+def test_max_steps_counting_both_optimizers_warns_for_a_schedule_sized_by_the_run() -> None:
+    model = GAN()
+    with pytest.warns(UserWarning, match=re.escape("so the run has 4 training batches")) as record:
+        trainer(max_steps=8).fit(model, loader())
+    assert "optim_config.optimizers.generator.scheduler takes its length" in str(
+        next(w.message for w in record if "max_steps=8" in str(w.message))
+    )
+    assert len(model.records) == 4
+
+
+def test_frequency_is_not_applied_under_manual_optimization_and_says_so() -> None:
+    config = with_section("discriminator", scheduler={"name": "step", "step_size": 3, "gamma": 0.5, "frequency": 2})
+    model = GAN(config)
+    with pytest.warns(UserWarning, match=re.escape("optim_config.optimizers.discriminator.scheduler.frequency = 2")):
+        trainer(max_epochs=1).fit(model, loader())
+    # Each sch.step() moves the schedule one step: the lr is the schedule's at that step, as without frequency.
+    assert [record["lr_d"][1] for record in model.records] == pytest.approx(
+        [discriminator_lrs(k)[1] for k in range(BATCHES)], rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"gradient_clip_val": -1.0}, ValueError, "clip_gradients(gradient_clip_val=-1.0) is not valid"),
+        ({"gradient_clip_val": 1.0, "gradient_clip_algorithm": "nrom"}, Exception, "`gradient_clip_algorithm` nrom"),
+    ],
+)
+def test_clip_gradients_refuses_a_bad_argument(arguments: dict[str, Any], error: type, message: str) -> None:
+    class BadClip(GAN):
+        def training_step(self, batch: Any, batch_idx: int) -> None:
+            optimizer_g, _ = self.optimizers()  # type: ignore[misc]
+            self.manual_backward(self(batch[0][:, :2]).sum())
+            self.clip_gradients(optimizer_g, **arguments)
+
+    with pytest.raises(error, match=re.escape(message)):
+        trainer(max_epochs=1).fit(BadClip(), loader())
+
+
+def test_clipping_folded_into_a_fused_step_under_manual_optimization_matches_the_unfolded_path() -> None:
+    config = with_section("generator", optimizer={"name": "adam", "lr": 0.02, "betas": [0.5, 0.999], "fused": True})
+    folded = GAN(config)
+    trainer(max_epochs=1).fit(folded, loader())
+
+    class Unfolded(GAN):
+        fold_clipping = False
+
+    unfolded = Unfolded(config)
+    trainer(max_epochs=1).fit(unfolded, loader())
+    assert folded.clip_state.last is not None and folded.clip_state.last.folded
+    assert unfolded.clip_state.last is not None and not unfolded.clip_state.last.folded
+    for mine, theirs in zip(folded.generator.parameters(), unfolded.generator.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_model_lr_names_the_optimizers_it_cannot_choose_between() -> None:
+    model = GAN()
+    with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
+        model.lr  # noqa: B018  # the property Lightning's lr finder reads
+    with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
+        model.lr = 0.1
+    assert model.optim_config["optimizers"]["generator"]["optimizer"]["lr"] == 0.02
