@@ -34,6 +34,7 @@ from lightning_optim.config import OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
+from lightning_optim.names import named_parameters
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import (
     BuiltScheduler,
@@ -194,7 +195,7 @@ class OptimMixin(_LightningModule):
         state = self.clip_state
         state.last = clip_for_step(
             optimizer,
-            self.named_parameters(),
+            named_parameters(self),
             gradient_clip_val,
             gradient_clip_algorithm,
             sharded=fsdp_model(trainer),

@@ -26,6 +26,7 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
+from lightning_optim.names import named_parameters
 from lightning_optim.stats import (
     GradientNorms,
     RunningStatsSnapshot,
@@ -126,7 +127,7 @@ class GradNormMonitor(L.Callback):
 
     def _group_of(self, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> Callable[[str], str] | None:
         if self.per_param_group:
-            names = {id(parameter): name for name, parameter in pl_module.named_parameters()}
+            names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
             group_names = {
                 names[id(parameter)]: f"group/{group.get('name', index)}"
                 for index, group in enumerate(optimizer.param_groups)
@@ -184,7 +185,7 @@ class GradNormMonitor(L.Callback):
         ):
             self._before = None
             return
-        named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
+        named = [(name, p) for name, p in named_parameters(pl_module) if dense_gradient(p) is not None]
         group_of = self._group_of(pl_module, optimizer) if self._logging else None
         self._before = before = gradient_norms(named, group_of, self.norm_type)
         if self.nonfinite != "warn" and not torch.isfinite(before.total):
