@@ -88,6 +88,20 @@ class BatchNormMonitor(L.Callback):
     with fewer than ``min_batch_size`` samples on the device (an epoch's last, partial batch excepted); ranks
     whose running statistics diverge by more than ``divergence_threshold`` (advice: ``sync_batchnorm=True``).
 
+    Under ``torch.compile`` (the model compiled whole, ``torch.compile(lightning_module)`` handed to the Trainer; a
+    compiled submodule; ``Module.compile()``: :func:`~lightning_optim.internals.is_compiled`) no hook is attached: the
+    compiled graph ignores hooks added after compilation, and would recompile once per layer without that guard. The
+    monitor copies the running statistics at the logging batch's start instead, and after its first forward
+    recovers the batch's mean and unbiased variance from the update the layer made
+    (:func:`~lightning_optim.stats.batchnorm.statistics_from_update`): the same keys and values as eager (to float
+    rounding, divided by ``momentum``), nothing added to the graph, no recompile, no cost on other steps. Not
+    measured there, said once in a warning naming each: the histograms and the ``min_batch_size`` check (they need
+    the activations); ``mean_drift``/``var_ratio``/``dead_fraction`` of a layer with ``momentum=None``,
+    ``track_running_stats=False`` or low-precision running statistics, in eval mode, or run more than once in the
+    batch. Names drop torch.compile's ``_orig_mod`` level (:mod:`lightning_optim.names`), so tags match eager runs.
+    A function compiled inside ``training_step`` is not recognized: its layers' hooks do nothing inside the graph
+    and the recovered statistics take their place where a layer ran once.
+
     NaN/Inf (a non-finite batch, or a step that already made the model non-finite) never stops the monitor: a
     value that is not finite is not logged (and leaves ``last``; ``nonfinite`` names it until it is finite again),
     a histogram shows the finite values only (none when nothing is finite), and each of the two is warned about
