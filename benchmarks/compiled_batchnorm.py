@@ -7,7 +7,8 @@ variant per round, in a fresh random order every round, so drift and foreign loa
 
 * ``eager``: no statistics;
 * ``eager_hooks``: eager, with what ``BatchNormMonitor`` does on a logging step: a forward pre-hook per layer computing
-  :func:`~lightning_optim.stats.batchnorm.batch_statistics` and the summaries, and one host sync for all values;
+  :func:`~lightning_optim.stats.batchnorm.batch_statistics` and the summaries, the running statistics' copy, and one
+  host sync for all values;
 * ``compiled``: ``torch.compile(net)`` (inductor), no statistics;
 * ``compiled_updates``: compiled, with what ``BatchNormMonitor`` does on a logging step under compile: the running
   statistics copied before the forward (:class:`~lightning_optim.stats.batchnorm.LayerUpdates`), the batch's
@@ -106,8 +107,11 @@ class EagerHooks:
 
     def around(self, forward_backward: Callable[[], None]) -> dict[str, list[float]]:
         self.values = {}
+        # The monitor copies the running statistics in eager runs too, for a layer its hook does not see.
+        before = LayerUpdates(self.layers)
         handles = [layer.register_forward_pre_hook(partial(self._hook, name)) for name, layer in self.layers.items()]
         forward_backward()
+        before.measure(skip=self.values)
         for handle in handles:
             handle.remove()
         return synced(self.values)
