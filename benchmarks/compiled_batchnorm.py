@@ -20,7 +20,9 @@ variant per round, in a fresh random order every round, so drift and foreign loa
 Each ratio is the median over rounds of the per-round ratio to the variant's baseline (``eager`` or ``compiled``),
 with a 95% bootstrap interval. The monitor measures only on Lightning's logging steps, so its cost per step is
 ``(logging-step ratio - 1) / log_every_n_steps``; the in-graph design pays its ratio on every step. The values the
-compiled path logs are compared with eager hooks on the same batch from the same weights (max relative difference).
+compiled path logs are compared with eager hooks' (max relative difference, denominators at least 1e-3) over three
+steps from the same initial weights: the first from identical weights, the later ones after inductor's and eager's
+training steps have drifted apart by float rounding.
 """
 
 from __future__ import annotations
@@ -200,16 +202,21 @@ def bootstrap(ratios: list[float], rounds: int = 2000) -> tuple[float, float]:
     return float(np.quantile(medians, 0.025)), float(np.quantile(medians, 0.975))
 
 
-def agreement(width: int, device: torch.device, inputs: torch.Tensor, labels: torch.Tensor) -> float:
-    """Max relative difference between the compiled path's values and eager hooks', same weights, same batches."""
+def agreement(width: int, device: torch.device, inputs: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Max relative difference between the compiled path's values and eager hooks', per step from the same weights
+    and batch: the first step measures the recovery alone; later ones add the divergence of inductor's training."""
     eager, compiled = Variant("eager_hooks", width, device, False), Variant("compiled_updates", width, device, True)
-    worst = 0.0
+    worst = []
     for _ in range(3):
         expected, got = eager.step(inputs, labels), compiled.step(inputs, labels)
         assert expected is not None and got is not None
-        for name, values in expected.items():
-            for want, have in zip(values, got[name], strict=True):
-                worst = max(worst, abs(have - want) / max(abs(want), 1e-3))
+        worst.append(
+            max(
+                abs(have - want) / max(abs(want), 1e-3)
+                for name, values in expected.items()
+                for want, have in zip(values, got[name], strict=True)
+            )
+        )
     return worst
 
 
@@ -270,7 +277,7 @@ def main() -> None:
         "compile_and_warmup_s": round(compile_seconds, 1),
         "median_step_ms": {name: round(statistics.median(values) * 1e3, 3) for name, values in times.items()},
         "ratios": {},
-        "max_relative_difference_compiled_vs_eager": agreement(width, device, inputs, labels),
+        "max_relative_difference_compiled_vs_eager_per_step": agreement(width, device, inputs, labels),
     }
     for name, baseline in baselines.items():
         per_round = [a / b for a, b in zip(times[name], times[baseline], strict=True)]
