@@ -214,3 +214,43 @@ def test_what_compile_cannot_measure_is_named_once_and_left_out(tmp_path):
     )
     assert [step for step, _ in scalars["batchnorm/net.3/mean_drift"]] == [0, 1]
     assert not tb.histogram_steps(tmp_path)
+
+
+class CompiledStep(L.LightningModule):
+    """Compiles a function of its own (``torch.compile(self._loss)``), which ``is_compiled`` cannot see."""
+
+    def __init__(self, compile_loss: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+        self.loss = torch.compile(self._loss, backend=BACKEND) if compile_loss else self._loss
+
+    def _loss(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).square().mean()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.loss(batch[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.slow
+def test_layers_inside_a_function_compiled_out_of_sight_are_measured_from_their_update():
+    """The hooks are attached on the first logging step, before the function's first compilation, so dynamo traces
+    them: inside a graph they do nothing (no graph break, no extra graph), and the values come from the running
+    statistics' update instead."""
+    logged, compiled = {}, {}
+    for compile_loss, monitored in ((False, True), (True, False), (True, True)):
+        torch._dynamo.reset()
+        counters.clear()
+        monitor = BatchNormMonitor(report=False)
+        trainer(callbacks=[monitor] if monitored else [], log_every_n_steps=1, max_steps=3).fit(
+            CompiledStep(compile_loss), images(samples=24)
+        )
+        logged[compile_loss] = monitor.last
+        compiled[monitored] = (counters["frames"]["ok"], counters["stats"]["unique_graphs"])
+    assert compiled[True] == compiled[False] == (1, 1)
+    assert sorted(logged[True]) == sorted(logged[False]) == ["net.1", "net.3"]
+    for layer, values in logged[False].items():
+        assert logged[True][layer] == pytest.approx(values, rel=1e-4, abs=1e-6)
