@@ -33,6 +33,7 @@ __all__ = [
     "ends_epoch",
     "grad_scaler",
     "is_batchnorm",
+    "is_compiled",
     "is_last_batch",
     "logging_step",
     "own_buffers",
@@ -182,3 +183,23 @@ def own_buffers(module: torch.nn.Module) -> Iterable[torch.Tensor | None]:
     generators, microseconds per layer, and this is read at every optimizer step.
     """
     return module._buffers.values()
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module`` (a LightningModule) runs under ``torch.compile`` in one of the forms Lightning and torch
+    record: ``torch.compile(lightning_module)`` handed to the Trainer, a submodule replaced by its compiled form
+    (``self.net = torch.compile(self.net)``), or ``nn.Module.compile()`` in place.
+
+    Reads ``module._compiler_ctx`` (set by Lightning's ``from_compiled``, which ``Trainer.fit`` applies to a
+    compiled LightningModule; the Trainer keeps no public flag), looks for torch's ``OptimizedModule`` (importable
+    only from ``torch._dynamo``) among the submodules, and reads ``nn.Module._compiled_call_impl`` (set by
+    ``Module.compile()``, which leaves no other trace). A function compiled inside ``training_step`` is not seen.
+    """
+    if getattr(module, "_compiler_ctx", None) is not None:
+        return True
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(
+        isinstance(submodule, OptimizedModule) or getattr(submodule, "_compiled_call_impl", None) is not None
+        for submodule in module.modules()
+    )

@@ -43,6 +43,7 @@ from lightning_optim.manual_optimization import (
     max_steps_counts_every_optimizer,
     unapplied_frequency,
 )
+from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.run_length import ResumeConfigWarning, RunLength
@@ -270,7 +271,7 @@ class OptimMixin(_LightningModule):
         state = self.clip_state
         return clip_for_step(
             optimizer,
-            self.named_parameters(),
+            named_parameters(self),
             threshold,
             algorithm,
             sharded=fsdp_model(trainer),

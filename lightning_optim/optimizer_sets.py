@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.names import named_parameters
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.validation import NamedOptimSpec, OptimizerSetSpec, section_keys
@@ -140,7 +141,7 @@ def build_optimizer_set(
         [('Adam', 'lr-actor'), ('Adam', None)]
     """
     built = []
-    for member, named in zip(spec.members, select_parameters(module.named_parameters(), spec.members), strict=True):
+    for member, named in zip(spec.members, select_parameters(named_parameters(module), spec.members), strict=True):
         # The run length's own warning names the member's keys already.
         length = run_length(member) if member.spec.scheduler is not None else None
         with section_keys(member.where):

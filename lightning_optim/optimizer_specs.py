@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.names import named_modules, named_parameters
 from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform_section, constructor_types
@@ -68,7 +69,7 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
-            dense = [name for name, p in module.named_parameters() if p.requires_grad and name not in sparse]
+            dense = [name for name, p in named_parameters(module) if p.requires_grad and name not in sparse]
             if dense:
                 raise config_error(
                     "optimizer.name",
@@ -199,7 +200,7 @@ def sparse_parameter_names(module: nn.Module) -> set[str]:
     """Qualified names of parameters that receive sparse gradients (``Embedding(sparse=True)`` and friends)."""
     return {
         f"{prefix}.{name}" if prefix else name
-        for prefix, sub in module.named_modules()
+        for prefix, sub in named_modules(module)
         if isinstance(sub, _SPARSE_MODULES) and sub.sparse
         for name, _ in sub.named_parameters(recurse=False)
     }

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.names import plain_name
 
 __all__ = ["RULE_KEYS", "UnmatchedRuleWarning", "compile_rules", "group_parameters"]
 
@@ -71,6 +72,8 @@ def group_parameters(
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into named groups for ``torch.optim``.
 
+    Rules match the names as :func:`~lightning_optim.names.plain_name` gives them: without the ``_orig_mod.`` level
+    of a ``torch.compile``d submodule, so one rule fits the compiled and the eager model.
     Each rule's options (any optimizer argument) go into its group; ``lr_scale`` multiplies the base ``lr``
     from ``defaults``. Every group carries ``name``, which Lightning's LR logging shows. Parameter names are
     not stored in the groups: torch refuses to mix named and unnamed groups, and Lightning's finetuning
@@ -84,6 +87,7 @@ def group_parameters(
     for name, parameter in named_parameters:
         if not parameter.requires_grad:
             continue
+        name = plain_name(name)
         index = next((i for i, pattern in enumerate(patterns) if pattern.search(name)), len(rules))
         members[index].append(parameter)
     groups = []
@@ -91,7 +95,8 @@ def group_parameters(
         if not members[index]:
             warnings.warn(
                 f"optim_config.param_groups[{index}] ({rule['name']!r}, params={rule['params']!r}) matched no "
-                "trainable parameter; check the regex against model.named_parameters().",
+                "trainable parameter; check the regex against model.named_parameters() (names are matched without "
+                "torch.compile's '_orig_mod.').",
                 UnmatchedRuleWarning,
                 stacklevel=2,
             )

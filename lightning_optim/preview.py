@@ -19,6 +19,7 @@ import torch
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import ClosedFormLR
+from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import select_parameters
 from lightning_optim.optimizer_specs import OptimizerSpec
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
@@ -152,7 +153,7 @@ def _preview_scheduler(
                 f"(optimizer={names[0]!r}); got optimizer={optimizer!r}."
             )
         index = names.index(optimizer)
-        named = select_parameters(module.named_parameters(), spec.members)[index]
+        named = select_parameters(named_parameters(module), spec.members)[index]
         spec = spec.members[index].spec
     # Torch's schedulers need an optimizer; only the groups' names and lrs matter, so a plain SGD over stand-ins.
     groups = [

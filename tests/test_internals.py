@@ -21,6 +21,7 @@ from lightning_optim.internals import (
     ends_epoch,
     grad_scaler,
     is_batchnorm,
+    is_compiled,
     is_last_batch,
     logging_step,
     own_buffers,
@@ -248,3 +249,43 @@ def test_own_buffers_are_the_module_s_buffers_without_its_children_s():
         theirs = list(layer.buffers(recurse=False))
         assert len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
     assert list(own_buffers(nn.Sequential(nn.BatchNorm1d(3)))) == []
+
+
+class Normed(RecordingModel):
+    """``RecordingModel`` with a BatchNorm layer in its encoder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+
+
+def hook_calls_after_compiling(model: L.LightningModule) -> int:
+    """How often a forward pre-hook attached to the BatchNorm layer after the model's first forward runs in one more."""
+    model(torch.randn(4, 4))
+    calls = []
+    layer = next(module for module in model.modules() if isinstance(module, nn.BatchNorm1d))
+    handle = layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    model(torch.randn(4, 4))
+    handle.remove()
+    return len(calls)
+
+
+@pytest.mark.slow
+def test_is_compiled_recognizes_each_form_whose_graph_ignores_hooks_added_later():
+    """What ``is_compiled`` stands for: the BatchNorm layers run in a graph that ignores a forward hook attached after
+    compilation. Checked for each form it recognizes, and against the eager model, where the hook runs."""
+    torch._dynamo.reset()
+    eager = Normed()
+    assert not is_compiled(eager) and hook_calls_after_compiling(eager) == 1
+
+    submodule = Normed()
+    submodule.encoder = torch.compile(submodule.encoder, backend="eager")  # type: ignore[assignment]
+    assert is_compiled(submodule) and hook_calls_after_compiling(submodule) == 0
+
+    in_place = Normed()
+    in_place.compile(backend="eager")
+    assert is_compiled(in_place) and hook_calls_after_compiling(in_place) == 0
+
+    whole = Normed()
+    trainer(max_steps=1).fit(torch.compile(whole, backend="eager"), loader())  # type: ignore[arg-type]
+    assert is_compiled(whole) and hook_calls_after_compiling(whole) == 0

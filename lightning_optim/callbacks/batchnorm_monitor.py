@@ -34,12 +34,30 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_optim.errors import argument_error
-from lightning_optim.internals import BatchNormLayer, is_batchnorm, is_last_batch, logging_step, should_log
-from lightning_optim.stats.batchnorm import DEAD_VARIANCE, batch_statistics, rank_divergence, summary
+from lightning_optim.internals import (
+    BatchNormLayer,
+    is_batchnorm,
+    is_compiled,
+    is_last_batch,
+    logging_step,
+    should_log,
+)
+from lightning_optim.names import named_modules
+from lightning_optim.stats.batchnorm import (
+    DEAD_VARIANCE,
+    LayerUpdates,
+    batch_statistics,
+    layer_summaries,
+    rank_divergence,
+    unrecoverable,
+)
 
 __all__ = ["BatchNormMonitor"]
 
 REPORT_FILE = "batchnorm_report.json"
+SUMMARY_KEYS = tuple(
+    f"{name}_{key}" for name in ("running_mean", "running_var", "weight", "bias") for key in ("mean", "min", "max")
+)
 
 
 class BatchNormMonitor(L.Callback):
@@ -69,6 +87,20 @@ class BatchNormMonitor(L.Callback):
     with its running statistics and stops updating them: frozen on purpose, or by mistake); a training batch
     with fewer than ``min_batch_size`` samples on the device (an epoch's last, partial batch excepted); ranks
     whose running statistics diverge by more than ``divergence_threshold`` (advice: ``sync_batchnorm=True``).
+
+    Under ``torch.compile`` (the model compiled whole, ``torch.compile(lightning_module)`` handed to the Trainer; a
+    compiled submodule; ``Module.compile()``: :func:`~lightning_optim.internals.is_compiled`) no hook is attached: the
+    compiled graph ignores hooks added after compilation, and would recompile once per layer without that guard. The
+    monitor copies the running statistics at the logging batch's start instead, and after its first forward
+    recovers the batch's mean and unbiased variance from the update the layer made
+    (:func:`~lightning_optim.stats.batchnorm.statistics_from_update`): the same keys and values as eager (to float
+    rounding, divided by ``momentum``), nothing added to the graph, no recompile, no cost on other steps. Not
+    measured there, said once in a warning naming each: the histograms and the ``min_batch_size`` check (they need
+    the activations); ``mean_drift``/``var_ratio``/``dead_fraction`` of a layer with ``momentum=None``,
+    ``track_running_stats=False`` or low-precision running statistics, in eval mode, or run more than once in the
+    batch. Names drop torch.compile's ``_orig_mod`` level (:mod:`lightning_optim.names`), so tags match eager runs.
+    A function compiled inside ``training_step`` is not recognized: its layers' hooks do nothing inside the graph
+    and the recovered statistics take their place where a layer ran once.
 
     NaN/Inf (a non-finite batch, or a step that already made the model non-finite) never stops the monitor: a
     value that is not finite is not logged (and leaves ``last``; ``nonfinite`` names it until it is finite again),
@@ -124,8 +156,13 @@ class BatchNormMonitor(L.Callback):
         """Each layer's keys whose last measurement was NaN/Inf (not logged, and absent from ``last``)."""
         self.modes: dict[str, bool] = {}
         self.batch_sizes: dict[str, int] = {}
+        self.compiled = False
+        """Whether the model runs under ``torch.compile`` (:func:`~lightning_optim.internals.is_compiled`)."""
         self._handles: list[RemovableHandle] = []
+        self._measuring = False
         self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self._before: LayerUpdates | None = None
+        self._updates: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]] = {}
         self._step = -1
         self._partial_batch = False
         self._logging_steps = 0
@@ -154,7 +191,28 @@ class BatchNormMonitor(L.Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.layers = {name: module for name, module in pl_module.named_modules() if is_batchnorm(module)}
+        self.layers = {name: module for name, module in named_modules(pl_module) if is_batchnorm(module)}
+        self.compiled = is_compiled(pl_module)
+        if self.compiled and self.layers and trainer.is_global_zero:
+            self._warn_compiled()
+
+    def _warn_compiled(self) -> None:
+        missing = ["the per-device batch-size check (min_batch_size)"]
+        if self.histogram_every_n is not None:
+            missing.insert(0, "the input/output histograms")
+        reasons = {name: reason for name, layer in self.layers.items() if (reason := unrecoverable(layer))}
+        layers = "".join(
+            f"; mean_drift, var_ratio and dead_fraction of '{name}' ({why})" for name, why in reasons.items()
+        )
+        self._warn_once(
+            "",
+            "compiled",
+            "BatchNormMonitor: the model runs under torch.compile, whose graph ignores forward hooks added after "
+            "compilation (and recompiles per layer if told not to), so each layer's batch mean and variance are "
+            "recovered from the update they make to its running statistics, read outside the graph on logging steps. "
+            f"Not measured under compile: {' and '.join(missing)}, which need the activations inside the graph"
+            f"{layers}; and the batch statistics of a layer in eval mode or run more than once per training batch.",
+        )
 
     @override
     def on_train_batch_start(
@@ -171,12 +229,21 @@ class BatchNormMonitor(L.Callback):
         if self.histogram_every_n is not None and self._logging_steps % self.histogram_every_n == 0:
             self._histograms = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         self._logging_steps += 1
+        self._measuring = True
+        # Taken in eager runs too: a layer whose hook sees nothing ran inside a graph compiled out of sight.
+        self._before = LayerUpdates(self.layers)
+        if self.compiled:
+            self._histograms = None
+            return
         for name, layer in self.layers.items():
             self._handles.append(layer.register_forward_pre_hook(partial(self._measure, name)))
             if self._histograms is not None:
                 self._handles.append(layer.register_forward_hook(partial(self._output_histogram, name)))
 
     def _measure(self, name: str, layer: BatchNormLayer, args: tuple[Any, ...]) -> None:
+        # Traced into a graph compiled while it was attached, the hook must be a no-op: the graph keeps it for good.
+        if torch.compiler.is_compiling():
+            return
         # Only the first forward of the batch: a closure evaluated again (LBFGS) sees the same data.
         if name in self._pending or not args or not isinstance(args[0], torch.Tensor):
             return
@@ -191,11 +258,8 @@ class BatchNormMonitor(L.Callback):
                 "mean_drift": stats.mean_drift,
                 "var_ratio": stats.var_ratio,
                 "dead_fraction": stats.dead_fraction,
+                **layer_summaries(layer, layer.running_mean, layer.running_var),
             }
-            for tensor_name in ("running_mean", "running_var", "weight", "bias"):
-                tensor = getattr(layer, tensor_name)
-                if tensor is not None:
-                    values.update({f"{tensor_name}_{key}": v for key, v in summary(tensor).items()})
         self._pending[name] = {key: value for key, value in values.items() if value is not None}
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
@@ -223,20 +287,73 @@ class BatchNormMonitor(L.Callback):
             self._histograms.experiment.add_histogram(tag, finite, self._step)
 
     @override
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        self._read_updates()
+
+    def _read_updates(self) -> None:
+        """Measure the layers no hook measured from their running statistics' update, once per logging batch: after
+        its first forward (before the first backward; at the batch's end if there is none)."""
+        if self._before is None:
+            return
+        before, self._before = self._before, None
+        self._updates = before.measure(self.dead_threshold, skip=self._pending)
+
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self._handles:
+        if not self._measuring:
             return
+        self._read_updates()
         self._remove_hooks()
-        if not self._pending:
+        self._measuring = False
+        pending, self._pending = self._pending, {}
+        updates, self._updates = self._updates, {}
+        keys = [(name, key) for name, values in pending.items() for key in values]
+        update_keys = [(name, key) for name, (values, _) in updates.items() for key in values]
+        counted = {name: forwards for name, (_, forwards) in updates.items() if forwards is not None}
+        tensors = [pending[name][key] for name, key in keys]
+        tensors += [updates[name][0][key] for name, key in update_keys]
+        tensors += counted.values()
+        if not tensors:
             return
-        keys = [(name, key) for name, values in self._pending.items() for key in values]
-        device = next(iter(self._pending.values()))["dead_fraction"].device
-        numbers = torch.stack([self._pending[name][key].to(device) for name, key in keys]).tolist()
-        self._pending = {}
-        metrics = self._finite_metrics(keys, numbers, self._step)
+        device = tensors[0].device
+        numbers = torch.stack([tensor.to(device, torch.float32) for tensor in tensors]).tolist()
+        measured = numbers[: len(keys)]
+        from_updates = numbers[len(keys) : len(keys) + len(update_keys)]
+        forwards = dict(zip(counted, numbers[len(keys) + len(update_keys) :], strict=True))
+        usable = {name: self._usable_keys(name, forwards.get(name)) for name in updates}
+        for (name, key), number in zip(update_keys, from_updates, strict=True):
+            if key in usable[name]:
+                keys.append((name, key))
+                measured.append(number)
+        self.modes.update({name: self.layers[name].training for name, keys_of in usable.items() if keys_of})
+        metrics = self._finite_metrics(keys, measured, self._step)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=self._step)
         self._check_modes_and_batches()
+
+    def _usable_keys(self, name: str, forwards: float | None) -> set[str]:
+        """Which of a layer's values measured from its update describe this batch, given how many training forwards
+        updated it (None: a layer without running statistics, whose summaries are all there is)."""
+        everything = {"mean_drift", "var_ratio", "dead_fraction", *SUMMARY_KEYS}
+        if forwards == 1:
+            return everything
+        if not self.compiled:  # eager: the hook measured whatever ran through the module
+            return set()
+        if forwards is None:
+            return everything
+        layer = self.layers[name]
+        if forwards == 0 and layer.training:  # not called in this batch
+            return set()
+        if forwards > 1:
+            self._warn_once(
+                name,
+                "forwards",
+                f"BatchNormMonitor: BatchNorm layer '{name}' ran {forwards:.0f} training forwards in the batch of step "
+                f"{self._step}. Under torch.compile its batch statistics are recovered from the running statistics' "
+                "update, which mixes those batches: mean_drift, var_ratio and dead_fraction are not logged for it "
+                "while that lasts (said once).",
+            )
+        return set(SUMMARY_KEYS)
 
     def _finite_metrics(self, keys: list[tuple[str, str]], numbers: list[float], step: int) -> dict[str, float]:
         """The metrics of the finite numbers; ``last`` and ``nonfinite`` updated; the first NaN/Inf is warned about."""
@@ -299,13 +416,11 @@ class BatchNormMonitor(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A batch whose on_train_batch_end never ran (the module's on_train_batch_start returned -1) must not
         # leave hooks that would measure validation batches.
-        self._remove_hooks()
-        self._pending = {}
+        self._stop_measuring()
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._remove_hooks()
-        self._pending = {}
+        self._stop_measuring()
         if trainer.world_size < 2 or trainer.sanity_checking or trainer.state.fn != "fit":
             return
         layers = {
@@ -445,6 +560,11 @@ class BatchNormMonitor(L.Callback):
             )
         return table
 
+    def _stop_measuring(self) -> None:
+        self._remove_hooks()
+        self._measuring = False
+        self._pending, self._updates, self._before = {}, {}, None
+
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
@@ -453,5 +573,4 @@ class BatchNormMonitor(L.Callback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._remove_hooks()
-        self._pending = {}
+        self._stop_measuring()

@@ -25,6 +25,7 @@ from typing_extensions import override
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.internals import logging_step
+from lightning_optim.names import named_parameters
 from lightning_optim.stats import dense_gradient
 
 __all__ = ["TensorBoardDashboard", "dashboard_layout"]
@@ -133,7 +134,7 @@ class TensorBoardDashboard(L.Callback):
             return
         self._histograms_done = {done for done in self._histograms_done if done[0] == step} | {(step, id(optimizer))}
         in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        for name, parameter in pl_module.named_parameters():
+        for name, parameter in named_parameters(pl_module):
             grad = dense_gradient(parameter) if id(parameter) in in_optimizer else None
             if grad is None:
                 continue

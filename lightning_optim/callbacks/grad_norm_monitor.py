@@ -27,6 +27,7 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
+from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
@@ -182,7 +183,7 @@ class GradNormMonitor(L.Callback):
         self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]
     ) -> Callable[[str], str] | None:
         if self.per_param_group:
-            names = {id(parameter): name for name, parameter in pl_module.named_parameters()}
+            names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
             group_names = {
                 names[id(parameter)]: f"group/{group.get('name', index)}"
                 for optimizer in optimizers
@@ -260,7 +261,7 @@ class GradNormMonitor(L.Callback):
         ):
             self._before = None
             return
-        named = [(name, p) for name, p in pl_module.named_parameters() if dense_gradient(p) is not None]
+        named = [(name, p) for name, p in named_parameters(pl_module) if dense_gradient(p) is not None]
         group_of = self._group_of(pl_module, [optimizer]) if self._logging else None
         self._before = before = gradient_norms(named, group_of, self.norm_type)
         if self.nonfinite != "warn" and not torch.isfinite(before.total):
@@ -286,7 +287,7 @@ class GradNormMonitor(L.Callback):
             return
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         named = [
-            (name, p) for name, p in pl_module.named_parameters() if id(p) in owned and dense_gradient(p) is not None
+            (name, p) for name, p in named_parameters(pl_module) if id(p) in owned and dense_gradient(p) is not None
         ]
         if clipped is None:
             group_of = self._group_of(pl_module, trainer.optimizers) if self._logging else None

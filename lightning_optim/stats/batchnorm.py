@@ -14,24 +14,30 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from lightning_optim.internals import is_batchnorm, own_buffers
+from lightning_optim.internals import BatchNormLayer, is_batchnorm, own_buffers
 
 __all__ = [
     "DEAD_VARIANCE",
     "BatchStatistics",
+    "LayerUpdates",
     "RunningStatsSnapshot",
     "batch_statistics",
     "channel_moments",
     "dead_fraction",
+    "layer_summaries",
     "mean_drift",
+    "moments_from_update",
     "rank_divergence",
+    "statistics_from_update",
     "summary",
+    "unrecoverable",
     "var_ratio",
 ]
 
@@ -160,6 +166,172 @@ def batch_statistics(
         var_ratio(batch_var, running_var, eps),
         dead_fraction(batch_var, dead_threshold),
     )
+
+
+def moments_from_update(
+    old_mean: torch.Tensor, old_var: torch.Tensor, new_mean: torch.Tensor, new_var: torch.Tensor, momentum: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and unbiased variance of the batch that moved a BatchNorm layer's running statistics
+    from ``old`` to ``new``, in float32.
+
+    A training forward sets ``new = (1 - momentum) * old + momentum * batch`` for both buffers (the variance
+    unbiased), so ``batch = (new - (1 - momentum) * old) / momentum``. The running statistics' rounding is divided by
+    ``momentum`` too: the result is exact to about ``1e-6 * |old| / (10 * momentum)`` in float32. It is undefined
+    for ``momentum`` 0 or None (a cumulative average, whose batch share ``1 / num_batches_tracked`` shrinks).
+
+    Example:
+        >>> moments_from_update(torch.zeros(2), torch.ones(2), torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.5]), 0.5)
+        (tensor([1., 0.]), tensor([1., 0.]))
+    """
+    keep = 1.0 - momentum
+    mean = (new_mean.float() - keep * old_mean.float()) / momentum
+    var = (new_var.float() - keep * old_var.float()) / momentum
+    return mean, var
+
+
+def statistics_from_update(
+    old_mean: torch.Tensor,
+    old_var: torch.Tensor,
+    new_mean: torch.Tensor,
+    new_var: torch.Tensor,
+    momentum: float,
+    eps: float,
+    dead_threshold: float = DEAD_VARIANCE,
+) -> BatchStatistics:
+    """:func:`batch_statistics` of a batch that is not at hand, from the update it made to the running statistics.
+
+    For a layer inside a ``torch.compile``d graph, whose input no hook can see: the batch's moments come from
+    :func:`moments_from_update`, the comparison is with the running statistics before the update (``old_*``), as
+    :func:`batch_statistics` makes it from a forward pre-hook.
+
+    Example:
+        >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
+        >>> old_mean, old_var = torch.zeros(2), torch.ones(2)
+        >>> layer = torch.nn.BatchNorm1d(2, momentum=0.1)
+        >>> _ = layer(inputs)  # moves running_mean/running_var from (0, 1) towards the batch's moments
+        >>> stats = statistics_from_update(old_mean, old_var, layer.running_mean, layer.running_var, 0.1, eps=0.0)
+        >>> [round(float(value), 6) for value in (stats.mean_drift, stats.var_ratio, stats.dead_fraction)]
+        [1.0, 1.0, 0.5]
+    """
+    batch_mean, batch_var = moments_from_update(old_mean, old_var, new_mean, new_var, momentum)
+    return BatchStatistics(
+        mean_drift(batch_mean, old_mean, old_var, eps),
+        var_ratio(batch_var, old_var, eps),
+        dead_fraction(batch_var, dead_threshold),
+    )
+
+
+def layer_summaries(
+    layer: BatchNormLayer, running_mean: torch.Tensor | None, running_var: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """:func:`summary` of the given running statistics and of the layer's affine parameters (those it has), keyed
+    ``running_mean_mean``, ..., ``bias_max``.
+
+    Example:
+        >>> layer = torch.nn.BatchNorm1d(2, affine=False)
+        >>> sorted(layer_summaries(layer, layer.running_mean, layer.running_var))[:3]
+        ['running_mean_max', 'running_mean_mean', 'running_mean_min']
+    """
+    tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
+    return {
+        f"{name}_{key}": value
+        for name, tensor in tensors.items()
+        if tensor is not None
+        for key, value in summary(tensor).items()
+    }
+
+
+def unrecoverable(layer: BatchNormLayer) -> str | None:
+    """Why a batch's statistics cannot be recovered from this layer's running statistics
+    (:func:`moments_from_update`), or None when they can.
+
+    Example:
+        >>> unrecoverable(torch.nn.BatchNorm1d(2)), unrecoverable(torch.nn.BatchNorm1d(2, momentum=None))[:14]
+        (None, 'momentum=None:')
+    """
+    if layer.running_mean is None or layer.running_var is None:
+        return "track_running_stats=False: it keeps no running statistics"
+    if not layer.momentum:
+        return (
+            f"momentum={layer.momentum}: the running statistics are a cumulative average, the batch's share "
+            "1/num_batches_tracked shrinks every step, and recovering the batch divides the rounding by it"
+        )
+    if layer.running_var.dtype not in (torch.float32, torch.float64):
+        return (
+            f"{layer.running_var.dtype} running statistics: their rounding, divided by the momentum, would swamp "
+            "the batch's statistics"
+        )
+    return None
+
+
+class LayerUpdates:
+    """BatchNorm layers' running statistics kept before a training forward, to measure that forward's batch from the
+    update it makes, where the batch itself is out of reach (inside a ``torch.compile``d graph).
+
+    :meth:`measure` gives, per layer, the :func:`layer_summaries` of the statistics as they were (what a forward
+    pre-hook reads) and, for a layer :func:`unrecoverable` says nothing against, :func:`statistics_from_update`;
+    with them how many training forwards updated the layer since (``num_batches_tracked``, as a tensor: no host
+    sync). The batch statistics describe the batch only when that count is 1. Lazy layers not yet materialized are
+    left out.
+
+    Example:
+        >>> layer = torch.nn.BatchNorm1d(2)
+        >>> before = LayerUpdates({"bn": layer})
+        >>> _ = layer(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+        >>> values, forwards = before.measure()["bn"]
+        >>> round(float(values["mean_drift"]), 4), float(values["dead_fraction"]), int(forwards)
+        (1.0, 0.5, 1)
+    """
+
+    def __init__(self, layers: Mapping[str, BatchNormLayer]) -> None:
+        self.layers = {
+            name: layer
+            for name, layer in layers.items()
+            if layer.running_mean is None or not is_lazy(layer.running_mean)
+        }
+        with torch.no_grad():
+            self.before = {name: _running_buffers(layer, clone=True) for name, layer in self.layers.items()}
+
+    def measure(
+        self, dead_threshold: float = DEAD_VARIANCE, skip: Collection[str] = ()
+    ) -> dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        """Per layer but those in ``skip``: its values by key (summaries, and the batch statistics where
+        recoverable), and the number of training forwards since the copy (None for a layer without running
+        statistics)."""
+        measured = {}
+        with torch.no_grad():
+            for name, layer in self.layers.items():
+                if name in skip:
+                    continue
+                old_mean, old_var, old_count = self.before[name]
+                new_mean, new_var, new_count = _running_buffers(layer, clone=False)
+                values = layer_summaries(layer, old_mean, old_var)
+                forwards = None if old_count is None or new_count is None else new_count - old_count
+                if (
+                    unrecoverable(layer) is None
+                    and layer.momentum
+                    and old_mean is not None
+                    and old_var is not None
+                    and new_mean is not None
+                    and new_var is not None
+                ):
+                    stats = statistics_from_update(
+                        old_mean, old_var, new_mean, new_var, layer.momentum, layer.eps, dead_threshold
+                    )
+                    batch = {"mean_drift": stats.mean_drift, "var_ratio": stats.var_ratio}
+                    values.update({key: value for key, value in batch.items() if value is not None})
+                    values["dead_fraction"] = stats.dead_fraction
+                measured[name] = (values, forwards)
+        return measured
+
+
+def _running_buffers(
+    layer: BatchNormLayer, clone: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``running_mean``, ``running_var``, ``num_batches_tracked`` (None where the layer has none), cloned or not."""
+    buffers = (layer.running_mean, layer.running_var, layer.num_batches_tracked)
+    mean, var, count = (buffer.clone() if clone and buffer is not None else buffer for buffer in buffers)
+    return mean, var, count
 
 
 def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps: float) -> torch.Tensor:
