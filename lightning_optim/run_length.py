@@ -205,7 +205,7 @@ def _length_key(spec: Mapping[str, Any], length: int | None, where: str) -> tupl
         milestones = spec.get("milestones") or [0]
         phase_length = None if length is None else length - milestones[-1]
         return _length_key(spec["schedulers"][last], phase_length, f"{where}.schedulers[{last}]")
-    info = SCHEDULERS.get(spec.get("name"))
+    info = SCHEDULERS.get(spec.get("name", ""))
     if "warmup_ratio" in spec and info is not None and "total_steps" not in info.own_types():
         # A schedule with no end (cosine_restarts) follows the run only through its warmup.
         return f"{where}.warmup_steps", None if length is None else round(spec["warmup_ratio"] * length)

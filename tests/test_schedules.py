@@ -1,5 +1,6 @@
 """The pure schedules against formulas written out here and against torch's own schedulers."""
 
+import itertools
 import math
 
 import pytest
@@ -157,9 +158,9 @@ def test_bad_values_name_the_field(make, message):
 def assert_monotone_between_boundaries(schedule: Schedule, stop: int) -> None:
     """What an exact preview relies on: between two of ``boundaries(stop)`` the schedule only rises or only falls."""
     edges = [0, *sorted(schedule.boundaries(stop)), stop]
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         piece = [schedule(k) for k in range(start, end)]
-        pairs = list(zip(piece, piece[1:], strict=False))
+        pairs = list(itertools.pairwise(piece))
         assert all(a <= b for a, b in pairs) or all(a >= b for a, b in pairs), (start, end, piece)
 
 
