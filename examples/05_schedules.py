@@ -1,5 +1,6 @@
 """Learning-rate schedules compared: step, multistep, exponential, cosine, warmup+cosine, cyclic, one-cycle,
-inverse-sqrt, sequential (cosine, then step), plateau driven by a recorded metric, and per-group schedules.
+inverse-sqrt, sequential (cosine, then step), warmup-stable-decay, cosine with warm restarts, plateau driven by a
+recorded metric, and per-group schedules.
 
 Each schedule is the Hydra config ``lightning-optim-schedule scheduler=<name>`` composes (the main job: digits CNN,
 Nesterov SGD at lr 0.1, 23 optimizer steps per epoch, 5 epochs = 115 steps) and its lr per optimizer step comes from
@@ -25,6 +26,7 @@ schedule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +51,8 @@ SCHEDULES: dict[str, list[str]] = {
     "onecycle": ["scheduler=onecycle"],
     "inverse_sqrt": ["scheduler=inverse_sqrt"],
     "sequential": ["scheduler=sequential"],
+    "wsd": ["scheduler=wsd"],
+    "cosine_restarts": ["scheduler=cosine_restarts"],
     "per group (lr_scale)": ["scheduler=warmup_cosine", "param_groups=[{name:head,params:'^head',lr_scale:0.1}]"],
 }
 """Title -> the overrides of ``lightning-optim-schedule``."""
@@ -119,9 +123,12 @@ def lambda_lrs(total_steps: int) -> dict[str, list[float]]:
 
 
 def plot(panels: dict[str, dict[str, list[float]]], cuts: list[int], out: Path) -> Path:
-    figure = Figure(figsize=(16, 10))
-    axes = figure.subplots(3, 4).ravel()
-    for ax, (title, lrs) in zip(axes, panels.items(), strict=True):
+    rows = math.ceil(len(panels) / 4)
+    figure = Figure(figsize=(16, 3.3 * rows))
+    axes = figure.subplots(rows, 4).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (title, lrs) in zip(axes, panels.items(), strict=False):
         for name, values in lrs.items():
             ax.plot(values, label=name)
         ax.set(title=title, xlabel="optimizer step", ylabel="lr")

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning_optim.internals import resumed_epoch, stepping_batches_done
 from lightning_optim.lr_schedulers import ClosedFormLR
-from lightning_optim.scheduler_specs import SchedulerSpec, needs_run_length
+from lightning_optim.scheduler_specs import SCHEDULERS, SchedulerSpec, needs_run_length
 
 if TYPE_CHECKING:
     import lightning as L
@@ -203,7 +203,12 @@ def _length_key(spec: Mapping[str, Any], length: int | None, where: str) -> tupl
     if spec.get("name") == "sequential":
         last = len(spec["schedulers"]) - 1
         milestones = spec.get("milestones") or [0]
-        return f"{where}.schedulers[{last}].total_steps", None if length is None else length - milestones[-1]
+        phase_length = None if length is None else length - milestones[-1]
+        return _length_key(spec["schedulers"][last], phase_length, f"{where}.schedulers[{last}]")
+    info = SCHEDULERS.get(spec.get("name", ""))
+    if "warmup_ratio" in spec and info is not None and "total_steps" not in info.own_types():
+        # A schedule with no end (cosine_restarts) follows the run only through its warmup.
+        return f"{where}.warmup_steps", None if length is None else round(spec["warmup_ratio"] * length)
     return f"{where}.total_steps", length
 
 

@@ -26,6 +26,7 @@ from typing_extensions import override
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR
 from lightning_optim.schedules import (
+    CosineRestarts,
     ExponentialDecay,
     InverseSqrt,
     MultiStepDecay,
@@ -34,6 +35,7 @@ from lightning_optim.schedules import (
     Sequential,
     StepDecay,
     WarmupCosine,
+    WarmupStableDecay,
 )
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import Expected, conform_section, constructor_types, dataclass_types, expected
@@ -42,6 +44,7 @@ __all__ = [
     "SCHEDULERS",
     "SCHEDULER_NAMES",
     "ClosedForm",
+    "OpenEndedClosedForm",
     "Plateau",
     "RunsClosedForm",
     "SchedulerInfo",
@@ -162,6 +165,38 @@ class ClosedForm(RunsClosedForm):
             return self.schedule_class(**self.fixed, **arguments)
         except (ValueError, TypeError) as error:
             raise OptimConfigError(f"optim_config.{where}: {error}") from None
+
+
+@dataclass(frozen=True)
+class OpenEndedClosedForm(ClosedForm):
+    """A closed-form schedule with no end (``cosine_restarts``): only a ``warmup_ratio`` needs the run's length.
+
+    Example:
+        >>> info = SCHEDULERS["cosine_restarts"]
+        >>> info.needs_run_length({"cycle_steps": 10}), info.needs_run_length({"warmup_ratio": 0.1})
+        (False, True)
+        >>> info.schedule({"cycle_steps": 10, "warmup_ratio": 0.1}, 200, "scheduler").warmup_steps
+        20
+    """
+
+    @override
+    def own_types(self) -> dict[str, Expected]:
+        return {**super().own_types(), "warmup_ratio": expected(float, 0.1)}
+
+    @override
+    def needs_run_length(self, spec: Mapping[str, Any]) -> bool:
+        return "warmup_ratio" in spec
+
+    @override
+    def schedule(self, spec: Mapping[str, Any], total_steps: int | None, where: str) -> Schedule:
+        if "warmup_ratio" in spec:
+            # Before a trainer exists (total_steps None), the rest is checked with no warmup.
+            warmup_steps = round(spec["warmup_ratio"] * (total_steps or 0))
+            spec = {
+                **{key: value for key, value in spec.items() if key != "warmup_ratio"},
+                "warmup_steps": warmup_steps,
+            }
+        return super().schedule(spec, total_steps, where)
 
 
 @dataclass(frozen=True)
@@ -300,6 +335,8 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
         ClosedForm("step", StepDecay),
         ClosedForm("multistep", MultiStepDecay),
         ClosedForm("exponential", ExponentialDecay),
+        ClosedForm("wsd", WarmupStableDecay),
+        OpenEndedClosedForm("cosine_restarts", CosineRestarts),
         TorchScheduler("cyclic", CyclicLR),
         TorchScheduler("onecycle", OneCycleLR, run_length_key="total_steps"),
         Plateau("plateau"),

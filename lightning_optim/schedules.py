@@ -18,11 +18,15 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from typing_extensions import override
 
+from lightning_optim.errors import did_you_mean
+
 __all__ = [
     "MOST_STAIRS",
+    "CosineRestarts",
     "ExponentialDecay",
     "InverseSqrt",
     "MultiStepDecay",
@@ -31,15 +35,20 @@ __all__ = [
     "Sequential",
     "StepDecay",
     "WarmupCosine",
+    "WarmupStableDecay",
 ]
 
 MOST_STAIRS = 1000
-"""The most stairs of a step decay :meth:`Schedule.boundaries` lists one by one (a preview draws them exactly)."""
+"""The most stairs of a step decay (or restarts of ``cosine_restarts``) :meth:`Schedule.boundaries` lists one by one
+(a preview draws them exactly)."""
+
+DECAY_SHAPES = ("linear", "cosine", "sqrt")
+"""The shapes of :class:`WarmupStableDecay`'s decay phase."""
 
 
-def _require(condition: bool, key: str, value: object, expected: str) -> None:
+def _require(condition: bool, key: str, value: object, expected: str, choices: tuple[str, ...] = ()) -> None:
     if not condition:
-        raise ValueError(f"{key} = {value!r} is not valid; expected {expected}.")
+        raise ValueError(f"{key} = {value!r} is not valid; expected {expected}.{did_you_mean(value, choices)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,6 +173,71 @@ class Polynomial(_DecayToFloor):
 
 
 @dataclass(frozen=True, kw_only=True)
+class WarmupStableDecay(_DecayToFloor):
+    """Warmup-stable-decay (WSD): warmup, the peak held, then a decay to ``min_lr_ratio`` over the run's last part.
+
+    The decay phase is the last ``decay_ratio`` of the ``total_steps`` (``T``): it starts at
+    ``D0 = T - round(decay_ratio * T)`` (Python's ``round``, half to even, as ``warmup_ratio`` rounds), but never
+    before the warmup ends: when warmup and decay together exceed the run, the decay takes the steps after the
+    warmup (``decay_ratio=1`` is a warmup, then a decay over the rest). Between the warmup and ``D0`` the factor is
+    1. For ``D0 <= k < T``, with ``p = (k - D0) / (T - D0)``, it is ``m + (1 - m) * shape(p)``, the shape
+    ``1 - p`` (``linear``), ``(1 + cos(pi * p)) / 2`` (``cosine``) or ``1 - sqrt(p)`` (``sqrt``, the 1-sqrt
+    cooldown of Hägele et al. 2024); from ``T`` on it is ``m`` (with ``decay_ratio=0`` it drops to ``m`` at ``T``).
+    Hu et al. 2024 (MiniCPM) named the schedule.
+
+    Example:
+        >>> schedule = WarmupStableDecay(warmup_steps=2, total_steps=10, decay_ratio=0.4, decay_shape="linear")
+        >>> [schedule(k) for k in range(12)]
+        [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+        >>> WarmupStableDecay(total_steps=8, decay_ratio=0.5, decay_shape="sqrt", min_lr_ratio=0.1)(5)
+        0.55
+    """
+
+    decay_ratio: float = 0.2
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "sqrt"
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            0.0 <= self.decay_ratio <= 1.0, "decay_ratio", self.decay_ratio, "a share of the run in [0, 1], e.g. 0.2"
+        )
+        _require(
+            self.decay_shape in DECAY_SHAPES,
+            "decay_shape",
+            self.decay_shape,
+            "one of " + ", ".join(map(repr, DECAY_SHAPES)),
+            DECAY_SHAPES,
+        )
+
+    @property
+    def decay_start(self) -> int:
+        """The first step of the decay phase, ``D0``."""
+        return max(self.warmup_steps, self.total_steps - round(self.decay_ratio * self.total_steps))
+
+    @override
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return {self.decay_start, self.total_steps}
+
+    @override
+    def progress(self, step: int) -> float:
+        """Fraction of the decay phase done at ``step``: 0 until ``D0``, 1 from ``total_steps`` on."""
+        if step >= self.total_steps:
+            return 1.0
+        if step < self.decay_start:
+            return 0.0
+        return (step - self.decay_start) / (self.total_steps - self.decay_start)
+
+    @override
+    def shape(self, progress: float) -> float:
+        if self.decay_shape == "linear":
+            return 1.0 - progress
+        if self.decay_shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - math.sqrt(progress)
+
+
+@dataclass(frozen=True, kw_only=True)
 class InverseSqrt(Schedule):
     """Noam's schedule: linear warmup to 1 at ``warmup_steps``, then ``sqrt(warmup_steps / step)``.
 
@@ -180,6 +254,85 @@ class InverseSqrt(Schedule):
     @override
     def decay(self, step: int) -> float:
         return math.sqrt(self.warmup_steps / step)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CosineRestarts(Schedule):
+    """Warmup, then cosine cycles that each restart at a peak: SGDR (Loshchilov & Hutter 2017).
+
+    The cycles start at the end of warmup. Cycle ``i`` (from 0) is ``T_i = cycle_steps * cycle_mult ** i`` steps long
+    (``cycle_mult`` an integer >= 1, as torch's ``T_mult``, so every restart falls on a step); at its step ``t``
+    (``0 <= t < T_i``) the factor is ``m + (p_i - m) * (1 + cos(pi * t / T_i)) / 2``, with the cycle's peak
+    ``p_i = max(cycle_decay ** i, m)`` (``cycle_decay`` as timm's, its peak never below the floor ``m``). A cycle
+    never reaches ``m`` itself: that step is the next restart. With no warmup and ``cycle_decay=1`` this is torch's
+    ``CosineAnnealingWarmRestarts(T_0=cycle_steps, T_mult=cycle_mult, eta_min=m * lr)``.
+
+    Example:
+        >>> schedule = CosineRestarts(cycle_steps=2, cycle_mult=2)
+        >>> [round(schedule(k), 3) for k in range(8)]
+        [1.0, 0.5, 1.0, 0.854, 0.5, 0.146, 1.0, 0.962]
+        >>> sorted(CosineRestarts(warmup_steps=3, cycle_steps=2, cycle_mult=2).boundaries(20))
+        [3, 5, 9, 17]
+    """
+
+    cycle_steps: int
+    cycle_mult: int = 1
+    cycle_decay: float = 1.0
+    min_lr_ratio: float = 0.0
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            isinstance(self.cycle_steps, int) and self.cycle_steps >= 1, "cycle_steps", self.cycle_steps, "an int >= 1"
+        )
+        _require(
+            isinstance(self.cycle_mult, int) and self.cycle_mult >= 1,
+            "cycle_mult",
+            self.cycle_mult,
+            "an int >= 1 (each cycle that many times longer than the one before, as torch's T_mult)",
+        )
+        _require(
+            0.0 < self.cycle_decay <= 1.0,
+            "cycle_decay",
+            self.cycle_decay,
+            "a number in (0, 1]: each cycle's peak times the one before (1: no decay)",
+        )
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+
+    def cycle(self, step: int) -> tuple[int, int, int]:
+        """The cycle ``step >= warmup_steps`` falls in: its index, first step and length.
+
+        Example:
+            >>> CosineRestarts(warmup_steps=1, cycle_steps=2, cycle_mult=3).cycle(4)
+            (1, 3, 6)
+        """
+        since = step - self.warmup_steps
+        if self.cycle_mult == 1:
+            index = since // self.cycle_steps
+            return index, self.warmup_steps + index * self.cycle_steps, self.cycle_steps
+        index, start, length = 0, 0, self.cycle_steps
+        while since >= start + length:
+            index, start, length = index + 1, start + length, length * self.cycle_mult
+        return index, self.warmup_steps + start, length
+
+    @override
+    def decay(self, step: int) -> float:
+        index, start, length = self.cycle(step)
+        peak = max(self.cycle_decay**index, self.min_lr_ratio)
+        return self.min_lr_ratio + (peak - self.min_lr_ratio) * (1 + math.cos(math.pi * (step - start) / length)) / 2
+
+    @override
+    def decay_boundaries(self, stop: int) -> set[int]:
+        last_index, last, _ = self.cycle(max(stop - 1, self.warmup_steps))
+        if last_index >= MOST_STAIRS:
+            # Too many restarts to list each: the first and the last one still bound the peak (cycle_decay <= 1).
+            return {self.warmup_steps, last}
+        restarts, start, length = set(), self.warmup_steps, self.cycle_steps
+        while start <= last:
+            restarts.add(start)
+            start, length = start + length, length * self.cycle_mult
+        return restarts
 
 
 @dataclass(frozen=True, kw_only=True)

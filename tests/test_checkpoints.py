@@ -22,7 +22,7 @@ from tests.models import (
     step_lrs,
     trainer,
 )
-from tests.references import COSINE_TO_RUN_END, COSINE_WARMUP_RATIO, warmup_cosine
+from tests.references import COSINE_TO_RUN_END, COSINE_WARMUP_RATIO, sgdr, warmup_cosine, wsd
 
 SGD = {"name": "sgd", "lr": 0.5}
 
@@ -306,6 +306,33 @@ def test_resume_continues_sequential(tmp_path):
     assert interrupted_and_resumed(make, tmp_path, 9, max_epochs=2) == pytest.approx(straight, abs=1e-12)
 
 
+RESTARTING = {
+    "wsd": {"name": "wsd", "warmup_steps": 3, "decay_ratio": 0.5, "decay_shape": "sqrt", "min_lr_ratio": 0.1},
+    "cosine_restarts": {
+        "name": "cosine_restarts",
+        "cycle_steps": 3,
+        "cycle_mult": 2,
+        "cycle_decay": 0.5,
+        "warmup_ratio": 0.125,
+        "min_lr_ratio": 0.1,
+    },
+}
+"""Schedules whose lr turns within the run: the stable phase and the decay, the restarts."""
+RESTARTING_LRS = {
+    "wsd": [wsd(k, 0.5, 3, 24, 0.5, "sqrt", 0.1) for k in range(24)],
+    "cosine_restarts": [sgdr(k, 0.5, 3, 3, 2, 0.5, 0.1) for k in range(24)],  # warmup 12.5% of 24; restarts 6, 12
+}
+
+
+@pytest.mark.parametrize("crash_at", [5, 14])
+@pytest.mark.parametrize("name", RESTARTING)
+def test_resume_continues_wsd_and_cosine_restarts(tmp_path, name, crash_at):
+    make = mixin(RESTARTING[name])
+    straight = uninterrupted(make, max_epochs=3)
+    assert straight == pytest.approx(RESTARTING_LRS[name], abs=1e-12)
+    assert interrupted_and_resumed(make, tmp_path, crash_at, max_epochs=3) == pytest.approx(straight, abs=1e-12)
+
+
 @pytest.mark.parametrize("crash_at", [3, 4, 5])
 def test_resume_with_frequency_under_gradient_accumulation(tmp_path, crash_at):
     make = mixin({"name": "warmup_cosine", "warmup_steps": 2, "frequency": 2})
@@ -455,6 +482,28 @@ def test_resume_with_the_same_run_length_does_not_warn(tmp_path, scheduler):
     lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, crash_at=10, max_epochs=2)
     assert messages == []
     assert lrs == pytest.approx(original_schedule(scheduler, 16, 16), abs=1e-12)
+    assert saved["optim_run_lengths"] == [{"interval": "step", "length": 16}]
+
+
+def test_resume_with_more_epochs_keeps_the_wsd_of_the_first_run(tmp_path):
+    scheduler = {"name": "wsd", "warmup_steps": 3, "decay_ratio": 0.25, "decay_shape": "linear", "min_lr_ratio": 0.1}
+    lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, 10, max_epochs=4)
+    # The first run's 16 steps (the decay over its last 4), then the floor: not a 32-step schedule.
+    assert lrs == pytest.approx([wsd(k, 0.5, 3, 16, 0.25, "linear", 0.1) for k in range(32)], abs=1e-12)
+    assert messages[0].endswith(
+        "set optim_config.scheduler.total_steps: 32 (an explicit value wins over the checkpoint's)."
+    )
+    assert saved["optim_run_lengths"] == [{"interval": "step", "length": 16}]
+
+
+def test_resume_with_more_epochs_keeps_the_warmup_of_cosine_restarts(tmp_path):
+    scheduler = {"name": "cosine_restarts", "cycle_steps": 5, "warmup_ratio": 0.25}
+    lrs, messages, saved = resumed_with_max_epochs(tmp_path, scheduler, scheduler, 2, max_epochs=4)
+    # The warmup of the first run (25% of 16 steps), not of the resumed one (25% of 32).
+    assert lrs == pytest.approx([sgdr(k, 0.5, 4, 5, 1) for k in range(32)], abs=1e-12)
+    assert messages[0].endswith(
+        "set optim_config.scheduler.warmup_steps: 8 (an explicit value wins over the checkpoint's)."
+    )
     assert saved["optim_run_lengths"] == [{"interval": "step", "length": 16}]
 
 

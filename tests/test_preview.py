@@ -9,9 +9,10 @@ import pytest
 from lightning_optim import OptimConfigError
 from lightning_optim import preview as preview_module
 from lightning_optim.preview import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
+from lightning_optim.schedules import MOST_STAIRS
 from tests.models import RecordingModel
 from tests.previews import count_schedule_calls
-from tests.references import warmup_cosine
+from tests.references import sgdr, warmup_cosine
 
 SGD = {"name": "sgd", "lr": 0.5}
 HEAD = [{"name": "head", "params": r"^head\.", "lr_scale": 0.1}]
@@ -34,7 +35,12 @@ CLOSED_FORM = {
         "schedulers": [{"name": "warmup_cosine", "warmup_steps": 3}, {"name": "step", "step_size": 4, "gamma": 0.5}],
         "milestones": [23],
     },
+    "wsd": {"name": "wsd", "warmup_steps": 5, "decay_ratio": 0.3, "decay_shape": "sqrt", "min_lr_ratio": 0.1},
+    "wsd-linear-ratio": {"name": "wsd", "warmup_ratio": 0.1, "decay_ratio": 0.2, "decay_shape": "linear"},
+    "cosine_restarts": {"name": "cosine_restarts", "cycle_steps": 6, "cycle_mult": 2, "cycle_decay": 0.7},
+    "cosine_restarts-warmup": {"name": "cosine_restarts", "cycle_steps": 9, "warmup_ratio": 0.1, "min_lr_ratio": 0.2},
     "warmup_cosine-frequency": {"name": "warmup_cosine", "warmup_steps": 5, "frequency": 3},
+    "wsd-frequency": {"name": "wsd", "warmup_steps": 4, "decay_shape": "cosine", "frequency": 3},
     "step-growing-frequency": {"name": "step", "step_size": 7, "gamma": 1.5, "frequency": 4},
     "constant": None,
 }
@@ -78,8 +84,11 @@ def test_sampled_preview_equals_stepping_through_at_its_steps(scheduler):
         (CLOSED_FORM["multistep"], {12, 13, 26, 27}),
         (CLOSED_FORM["sequential"], {2, 3, 22, 23, 27}),  # the warmup, the milestone, the step decay's stairs
         (CLOSED_FORM["step-growing-frequency"], {4, 8, 12, 56}),  # lr held 4 steps: the stairs' first held steps
+        (CLOSED_FORM["wsd"], {4, 5, 42, 43}),  # the warmup, the decay's start: 61 - round(0.3 * 61)
+        (CLOSED_FORM["cosine_restarts"], {5, 6, 17, 18, 41, 42}),  # each restart and the step before it
+        (CLOSED_FORM["cosine_restarts-warmup"], {5, 6, 14, 15, 23, 24, 32, 33, 59, 60}),  # warmup: 6 of 61 steps
     ],
-    ids=["warmup_cosine", "multistep", "sequential", "step-growing-frequency"],
+    ids=["warmup_cosine", "multistep", "sequential", "step-growing-frequency", "wsd", "restarts", "restarts-warmup"],
 )
 def test_closed_form_preview_has_the_corners(scheduler, corners):
     preview = sample_learning_rates(RecordingModel(), config(scheduler), STEPS, points=2)
@@ -103,6 +112,20 @@ def test_a_billion_steps_evaluate_the_schedule_a_bounded_number_of_times(monkeyp
     )
     assert values[-1] == pytest.approx(0.05, rel=1e-9)
     assert max(preview.lrs["head"]) == 0.05
+
+
+def test_a_billion_steps_of_restarts_evaluate_the_schedule_a_bounded_number_of_times(monkeypatch):
+    schedule_calls = count_schedule_calls(monkeypatch, most=3 * PREVIEW_POINTS + 4 * MOST_STAIRS)
+    scheduler = {"name": "cosine_restarts", "cycle_steps": 1000, "warmup_steps": 10}
+    preview = sample_learning_rates(RecordingModel(), config(scheduler), 10**9)
+    # A million restarts: the points, the warmup's end, the first and the last restart, each with the step before.
+    assert len(preview.steps) <= PREVIEW_POINTS + 6
+    assert len(schedule_calls) <= 2 * len(preview.steps)
+    lrs = dict(zip(preview.steps, preview.lrs["default"], strict=True))
+    assert (lrs[9], lrs[10]) == (0.5 * 0.9, 0.5)
+    last_restart = 10 + 1000 * ((10**9 - 11) // 1000)
+    assert (lrs[last_restart - 1], lrs[last_restart]) == (sgdr(last_restart - 1, 0.5, 10, 1000, 1), 0.5)
+    assert lrs[10**9 - 1] == pytest.approx(sgdr(10**9 - 1, 0.5, 10, 1000, 1), rel=1e-12)
 
 
 def test_a_stateful_scheduler_beyond_the_limit_is_refused():

@@ -23,7 +23,7 @@ from lightning_optim import OptimMixin, ResumeConfigWarning
 from lightning_optim.callbacks import LRSchedule
 from lightning_optim.run_length import RunLengthWarning
 from tests.models import CrashAt, Interrupted, trainer
-from tests.references import warmup_cosine
+from tests.references import sgdr, warmup_cosine, wsd
 
 LR, WARMUP, FLOOR = 0.1, 3, 0.1
 COSINE = {"name": "warmup_cosine", "warmup_steps": WARMUP, "total_steps": None, "min_lr_ratio": FLOOR}
@@ -77,16 +77,20 @@ class BatchSizedData(BoringDataModule):
         return DataLoader(self.random_train, batch_size=self.batch_size)
 
 
-def model_and_callbacks(how: str) -> tuple[L.LightningModule, list[L.Callback]]:
+def model_and_callbacks(how: str, scheduler: dict[str, Any] = COSINE) -> tuple[L.LightningModule, list[L.Callback]]:
     if how == "mixin":
-        return Boring(), []
-    return Demo(), [LRSchedule(COSINE)]
+        return Boring(scheduler), []
+    return Demo(), [LRSchedule(scheduler)]
 
 
 def fit(
-    how: str, callbacks: list[L.Callback], datamodule: Any = None, **trainer_kwargs: Any
+    how: str,
+    callbacks: list[L.Callback],
+    datamodule: Any = None,
+    scheduler: dict[str, Any] = COSINE,
+    **trainer_kwargs: Any,
 ) -> tuple[L.Trainer, StepLrs]:
-    model, own = model_and_callbacks(how)
+    model, own = model_and_callbacks(how, scheduler)
     lrs = StepLrs()
     run = trainer(callbacks=[*callbacks, *own, lrs], limit_val_batches=0, **trainer_kwargs)
     with warnings.catch_warnings():
@@ -114,6 +118,34 @@ def test_an_accumulation_schedule_ends_the_run_on_the_floor(how):
     # 8 + 8 optimizer steps at accumulation 1, then 2 + 2 at 4; estimated_stepping_batches says 32.
     run, lrs = fit(how, [GradientAccumulationScheduler({0: 1, 2: 4})], max_epochs=4, limit_train_batches=8)
     assert_cosine_over_the_run(run, lrs, 20)
+
+
+@pytest.mark.parametrize("how", ["mixin", "LRSchedule"])
+def test_an_accumulation_schedule_ends_wsd_on_the_floor(how):
+    # 20 optimizer steps where 32 were estimated: the decay moves from step 26 (32 - round(6.4)) to 16 (20 - 4).
+    scheduler = {
+        "name": "wsd",
+        "warmup_steps": WARMUP,
+        "decay_ratio": 0.2,
+        "decay_shape": "sqrt",
+        "min_lr_ratio": FLOOR,
+    }
+    accumulation = GradientAccumulationScheduler({0: 1, 2: 4})
+    run, lrs = fit(how, [accumulation], scheduler=scheduler, max_epochs=4, limit_train_batches=8)
+    assert run.global_step == len(lrs.lrs) == 20
+    assert lrs.lrs == pytest.approx([wsd(k, LR, WARMUP, 20, 0.2, "sqrt", FLOOR) for k in range(20)], abs=1e-15)
+    assert lrs.final(run) == LR * FLOOR
+
+
+@pytest.mark.parametrize("how", ["mixin", "LRSchedule"])
+def test_the_batch_size_finder_sizes_the_warmup_ratio_of_cosine_restarts(how, tmp_path):
+    # Built for batches of 2 (64 steps: a warmup of 16); the finder then picks 8: 16 steps, a warmup of 4.
+    scheduler = {"name": "cosine_restarts", "cycle_steps": 3, "cycle_mult": 2, "warmup_ratio": 0.25}
+    finder = BatchSizeFinder(mode="power", steps_per_trial=1, init_val=2, max_trials=3)
+    data = BatchSizedData()
+    run, lrs = fit(how, [finder], datamodule=data, scheduler=scheduler, max_epochs=2, default_root_dir=tmp_path)
+    assert data.batch_size == 8 and run.global_step == 16
+    assert lrs.lrs == pytest.approx([sgdr(k, LR, 4, 3, 2) for k in range(16)], abs=1e-15)
 
 
 @pytest.mark.parametrize("how", ["mixin", "LRSchedule"])

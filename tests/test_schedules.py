@@ -1,12 +1,24 @@
 """The pure schedules against formulas written out here and against torch's own schedulers."""
 
+import itertools
 import math
 
 import pytest
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, ExponentialLR, MultiStepLR, SequentialLR, StepLR
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    ExponentialLR,
+    MultiStepLR,
+    SequentialLR,
+    StepLR,
+)
 
+from lightning_optim import OptimConfigError
+from lightning_optim.scheduler_specs import resolve_scheduler
 from lightning_optim.schedules import (
+    MOST_STAIRS,
+    CosineRestarts,
     ExponentialDecay,
     InverseSqrt,
     MultiStepDecay,
@@ -15,7 +27,9 @@ from lightning_optim.schedules import (
     Sequential,
     StepDecay,
     WarmupCosine,
+    WarmupStableDecay,
 )
+from tests.references import sgdr, wsd
 
 
 def hugging_face_cosine(step: int, warmup: int, total: int) -> float:
@@ -139,3 +153,181 @@ def test_polynomial_and_linear():
 def test_bad_values_name_the_field(make, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make()
+
+
+def assert_monotone_between_boundaries(schedule: Schedule, stop: int) -> None:
+    """What an exact preview relies on: between two of ``boundaries(stop)`` the schedule only rises or only falls."""
+    edges = [0, *sorted(schedule.boundaries(stop)), stop]
+    for start, end in itertools.pairwise(edges):
+        piece = [schedule(k) for k in range(start, end)]
+        pairs = list(itertools.pairwise(piece))
+        assert all(a <= b for a, b in pairs) or all(a >= b for a, b in pairs), (start, end, piece)
+
+
+# ------------------------------------------------------------------------------------------------ wsd
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine", "sqrt"])
+@pytest.mark.parametrize(
+    ("warmup", "total", "decay_ratio", "floor"),
+    [
+        (0, 100, 0.2, 0.0),
+        (10, 100, 0.1, 0.1),
+        (5, 37, 0.3, 0.05),
+        (4, 10, 1.0, 0.0),
+        (3, 10, 0.0, 0.2),
+        (8, 10, 0.5, 0),
+    ],
+)
+def test_wsd_equals_the_paper_formula(shape, warmup, total, decay_ratio, floor):
+    schedule = WarmupStableDecay(
+        warmup_steps=warmup, total_steps=total, decay_ratio=decay_ratio, decay_shape=shape, min_lr_ratio=floor
+    )
+    expected = [wsd(k, 1.0, warmup, total, decay_ratio, shape, floor) for k in range(total + 5)]
+    assert [schedule(k) for k in range(total + 5)] == pytest.approx(expected, abs=1e-12)
+    assert schedule(total) == floor  # the decay ends exactly at total_steps, where the floor holds
+    assert_monotone_between_boundaries(schedule, total + 5)
+
+
+def test_wsd_phases_by_hand():
+    # 100 steps, 20% decay: stable from 10 up to 80, then 1-sqrt: a quarter of the way down the factor is 1 - 0.5.
+    schedule = WarmupStableDecay(warmup_steps=10, total_steps=100, decay_ratio=0.2, decay_shape="sqrt")
+    assert [schedule(k) for k in (0, 5, 10, 50, 79, 80, 85, 100, 1000)] == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    assert schedule.decay_start == 80
+    assert sorted(schedule.boundaries(200)) == [10, 80, 100]
+
+
+def test_wsd_rounds_the_decay_length_half_to_even_and_never_starts_it_in_the_warmup():
+    assert WarmupStableDecay(total_steps=10, decay_ratio=0.25).decay_start == 8  # round(2.5) == 2
+    assert WarmupStableDecay(total_steps=10, decay_ratio=0.35).decay_start == 6  # round(3.5) == 4
+    assert WarmupStableDecay(warmup_steps=7, total_steps=10, decay_ratio=0.5).decay_start == 7
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"decay_shape": "cos"},
+            "optim_config.scheduler: decay_shape = 'cos' is not valid; expected one of 'linear', 'cosine', 'sqrt'. "
+            "Did you mean 'cosine'?",
+        ),
+        (
+            {"decay_shape": "1-sqrt"},
+            "optim_config.scheduler: decay_shape = '1-sqrt' is not valid; expected one of 'linear', 'cosine', "
+            "'sqrt'. Did you mean 'sqrt'?",
+        ),
+        (
+            {"decay_ratio": 1.5},
+            "optim_config.scheduler: decay_ratio = 1.5 is not valid; expected a share of the run in [0, 1], e.g. 0.2.",
+        ),
+        (
+            {"decay_ratio": -0.1},
+            "optim_config.scheduler: decay_ratio = -0.1 is not valid; expected a share of the run in [0, 1], e.g. 0.2.",
+        ),
+        (
+            {"decay_shape": 2},
+            "optim_config.scheduler.decay_shape = 2 is not valid. Expected one of 'linear', 'cosine', 'sqrt'.",
+        ),
+    ],
+)
+def test_wsd_bad_values_are_refused_before_any_trainer(section, message):
+    with pytest.raises(OptimConfigError) as error:
+        resolve_scheduler({"name": "wsd", **section})
+    assert str(error.value) == message
+
+
+def test_wsd_sized_by_the_run():
+    spec = resolve_scheduler({"name": "wsd", "warmup_ratio": 0.1, "decay_ratio": 0.2})
+    assert spec.needs_run_length
+    assert spec.schedule(50) == WarmupStableDecay(warmup_steps=5, total_steps=50, decay_ratio=0.2)
+    assert not resolve_scheduler({"name": "wsd", "total_steps": 40}).needs_run_length
+
+
+# ------------------------------------------------------------------------------------------------ cosine_restarts
+
+
+@pytest.mark.parametrize(("t0", "mult"), [(5, 1), (3, 2), (1, 2), (4, 3)])
+@pytest.mark.parametrize("floor", [0.0, 0.1])
+def test_cosine_restarts_equals_torch_value_by_value(t0, mult, floor):
+    steps = 150  # 30 cycles of 5 steps, 5 cycles of 3 * 2 ** i, ...
+    ours = CosineRestarts(cycle_steps=t0, cycle_mult=mult, min_lr_ratio=floor)
+    reference = torch_factors(lambda opt: CosineAnnealingWarmRestarts(opt, T_0=t0, T_mult=mult, eta_min=floor), steps)
+    assert [ours(k) for k in range(steps)] == reference  # exactly: the same arithmetic on the same integers
+    assert_monotone_between_boundaries(ours, steps)
+
+
+@pytest.mark.parametrize(
+    ("warmup", "t0", "mult", "decay", "floor"),
+    [(0, 7, 1, 0.5, 0.0), (5, 4, 2, 0.8, 0.1), (3, 2, 3, 1.0, 0.3), (10, 6, 1, 0.3, 0.05)],
+)
+def test_cosine_restarts_with_warmup_decay_and_floor_equals_sgdr(warmup, t0, mult, decay, floor):
+    schedule = CosineRestarts(
+        warmup_steps=warmup, cycle_steps=t0, cycle_mult=mult, cycle_decay=decay, min_lr_ratio=floor
+    )
+    expected = [sgdr(k, 1.0, warmup, t0, mult, decay, floor) for k in range(120)]
+    assert [schedule(k) for k in range(120)] == pytest.approx(expected, abs=1e-12)
+    assert_monotone_between_boundaries(schedule, 120)
+
+
+def test_cosine_restarts_by_hand():
+    schedule = CosineRestarts(warmup_steps=2, cycle_steps=4, cycle_mult=2, cycle_decay=0.5)
+    # Warmup 0, 0.5; cycle 0 (4 steps) from 1 at step 2; cycle 1 (8 steps) from 0.5 at 6; cycle 2 from 0.25 at 14.
+    assert [schedule(k) for k in (0, 1, 2, 4, 6, 10, 14, 22)] == pytest.approx([0, 0.5, 1, 0.5, 0.5, 0.25, 0.25, 0.125])
+    assert sorted(schedule.boundaries(40)) == [2, 6, 14, 30]
+
+
+def test_cosine_restarts_lists_at_most_most_stairs_restarts():
+    schedule = CosineRestarts(warmup_steps=3, cycle_steps=2)
+    assert len(schedule.boundaries(3 + 2 * MOST_STAIRS)) == MOST_STAIRS
+    assert schedule.boundaries(10**12) == {3, 3 + 2 * ((10**12 - 4) // 2)}  # the first and the last restart
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"cycle_steps": 0}, "optim_config.scheduler: cycle_steps = 0 is not valid; expected an int >= 1."),
+        (
+            {"cycle_steps": 5, "cycle_mult": 0},
+            "optim_config.scheduler: cycle_mult = 0 is not valid; expected an int >= 1 (each cycle that many times "
+            "longer than the one before, as torch's T_mult).",
+        ),
+        (
+            {"cycle_steps": 5, "cycle_mult": 1.5},
+            "optim_config.scheduler.cycle_mult = 1.5 is not valid. Expected an integer, e.g. 1.",
+        ),
+        (
+            {"cycle_steps": 5, "cycle_decay": 1.5},
+            "optim_config.scheduler: cycle_decay = 1.5 is not valid; expected a number in (0, 1]: each cycle's peak "
+            "times the one before (1: no decay).",
+        ),
+        (
+            {"cycle_steps": 5, "min_lr_ratio": 2.0},
+            "optim_config.scheduler: min_lr_ratio = 2.0 is not valid; expected a number in [0, 1].",
+        ),
+    ],
+)
+def test_cosine_restarts_bad_values_are_refused_before_any_trainer(section, message):
+    with pytest.raises(OptimConfigError) as error:
+        resolve_scheduler({"name": "cosine_restarts", **section})
+    assert str(error.value) == message
+
+
+def test_cosine_restarts_takes_no_total_steps():
+    with pytest.raises(OptimConfigError, match=r"^optim_config\.scheduler\.total_steps = 100 is not valid\."):
+        resolve_scheduler({"name": "cosine_restarts", "cycle_steps": 5, "total_steps": 100})
+
+
+def test_cosine_restarts_needs_the_run_only_for_a_warmup_ratio():
+    fixed = resolve_scheduler({"name": "cosine_restarts", "cycle_steps": 10, "warmup_steps": 4})
+    assert not fixed.needs_run_length
+    assert fixed.schedule(1000) == CosineRestarts(warmup_steps=4, cycle_steps=10)
+    ratio = resolve_scheduler({"name": "cosine_restarts", "cycle_steps": 10, "warmup_ratio": 0.25})
+    assert ratio.needs_run_length
+    assert ratio.schedule(40) == CosineRestarts(warmup_steps=10, cycle_steps=10)
+    in_sequence = {
+        "name": "sequential",
+        "schedulers": [{"name": "warmup_constant"}, {"name": "cosine_restarts", "cycle_steps": 4, "warmup_ratio": 0.5}],
+        "milestones": [10],
+    }
+    assert resolve_scheduler(in_sequence).needs_run_length
+    assert resolve_scheduler(in_sequence).schedule(30).schedules[1] == CosineRestarts(warmup_steps=10, cycle_steps=4)

@@ -16,6 +16,7 @@ from lightning_optim.demos import DigitsCNN
 from lightning_optim.preview import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
 from tests.cli.apps import run_app
 from tests.previews import count_schedule_calls
+from tests.references import sgdr, wsd
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,6 +161,43 @@ def test_a_stateful_schedule_beyond_the_limit_is_refused_before_stepping():
         "step, and a preview stops at PREVIEW_STEP_LIMIT = 1000000 steps. Preview a run of at most 1000000 steps "
         "(e.g. trainer.max_steps=1000000)"
     )
+
+
+def test_wsd_composes_and_previews_the_main_job():
+    preview, optim_config = step_learning_rates(composed("scheduler=wsd", "scheduler.min_lr_ratio=0.1"))
+    assert optim_config["scheduler"] == {
+        "name": "wsd",
+        "warmup_ratio": 0.1,
+        "decay_ratio": 0.2,
+        "decay_shape": "sqrt",
+        "total_steps": None,
+        "min_lr_ratio": 0.1,
+        "interval": "step",
+    }
+    # 5 epochs of 23 digit batches: a warmup of round(11.5) = 12 steps, the decay from 115 - round(23.0) = 92 on.
+    assert preview.total_steps == 115
+    expected = [wsd(k, 0.1, 12, 115, 0.2, "sqrt", 0.1) for k in range(115)]
+    assert {11, 12, 91, 92, 114} <= set(preview.steps)
+    assert preview.lrs["default"] == pytest.approx([expected[step] for step in preview.steps], rel=1e-12)
+    assert table_rows(preview, 5)["default"]["peak"] == (12, pytest.approx(0.1))
+
+
+def test_cosine_restarts_composes_and_previews_the_main_job():
+    preview, optim_config = step_learning_rates(composed("scheduler=cosine_restarts"))
+    assert optim_config["scheduler"] == {
+        "name": "cosine_restarts",
+        "cycle_steps": 10,
+        "cycle_mult": 2,
+        "cycle_decay": 1.0,
+        "min_lr_ratio": 0.0,
+        "warmup_steps": 0,
+        "interval": "step",
+    }
+    # Restarts at 10, 30 and 70 of the 115 steps, each back at the full lr.
+    assert {9, 10, 29, 30, 69, 70} <= set(preview.steps)
+    expected = [sgdr(k, 0.1, 0, 10, 2) for k in range(115)]
+    assert preview.lrs["default"] == pytest.approx([expected[step] for step in preview.steps], rel=1e-12)
+    assert [preview.lrs["default"][preview.steps.index(step)] for step in (10, 30, 70)] == [0.1] * 3
 
 
 def test_a_fractional_max_steps_is_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import sys
 from pathlib import Path
@@ -106,6 +107,9 @@ def test_05_schedules(tmp_path, capsys):
     )
     assert head == pytest.approx(0.1 * default)
     assert "plateau: cut after validation runs (epochs) [10, 13], lr then ['0.05', '0.025']" in out
+    (wsd_final,) = values(rf"^wsd: default lr\[0\]=0 peak=0\.1@12 lr\[114\]={NUMBER}$", out)
+    assert wsd_final == pytest.approx(0.1 * (1 - math.sqrt(22 / 23)), rel=1e-3)  # 1-sqrt over the last 23 steps
+    assert re.search(r"^cosine_restarts: default lr\[0\]=0\.1 peak=0\.1@0 lr\[114\]=", out, re.MULTILINE)
     for name in ("multistep", "exponential", "cosine", "cyclic", "onecycle", "inverse_sqrt", "sequential"):
         assert re.search(rf"^{name}: default lr\[0\]=", out, re.MULTILINE)
     (head_final,) = values(rf"^LambdaLR per group: head lr\[0\]=0\.05 peak=0\.05@0 lr\[114\]={NUMBER};", out)
