@@ -177,3 +177,22 @@ class PlainCNN(L.LightningModule):
 def test_a_model_without_the_mixin_is_refused():
     with pytest.raises(TypeError, match=r"^model tests\.cli\.test_lr_find\.PlainCNN does not use OptimMixin"):
         find_lr(composed("model=digits_cnn", "~model.width", "~model.hidden", f"model._target_={__name__}.PlainCNN"))
+
+
+def test_a_search_with_too_few_finite_points_draws_the_curve_and_fails_without_an_override(tmp_path):
+    run_dir = tmp_path / "run"
+    # The smoothed loss rises over the first steps, so a threshold just above 1 stops the search at step 2.
+    overrides = [*TINY, *SMALL_CNN, "lr_find.early_stop_threshold=1.01", f"hydra.run.dir={run_dir}"]
+    result = run_app_expecting_failure(LR_FIND, *overrides, cwd=tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("searched 2 learning rates from 1e-08 to ")
+    assert lines[-1] == f"lr range test drawn to {(run_dir / 'lr_find.png').resolve()}"
+    assert "RuntimeError: No suggestion: after leaving out the first 10 and last 1 points" in result.stderr
+    assert (run_dir / "lr_find.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_fast_dev_run_which_skips_the_search_is_an_error(tmp_path):
+    cfg = composed(*TINY, "+trainer.fast_dev_run=true", f"trainer.default_root_dir={tmp_path}")
+    skipped = pytest.warns(UserWarning, match="Skipping learning rate finder since `fast_dev_run` is enabled")
+    with skipped, pytest.raises(RuntimeError, match=r"^Lightning's lr finder did not run: it skips the search when"):
+        find_lr(cfg)
