@@ -1,1 +1,2 @@
-"""Hydra command-line apps: ``lightning-optim-train`` (train.py) and ``lightning-optim-schedule`` (schedule.py)."""
+"""Hydra command-line apps: ``lightning-optim-train`` (train.py), ``lightning-optim-schedule`` (schedule.py) and
+``lightning-optim-lr-find`` (lr_find.py)."""

@@ -1,4 +1,4 @@
-"""Hydra config tree of ``lightning-optim-train`` and ``lightning-optim-schedule``.
+"""Hydra config tree of ``lightning-optim-train``, ``lightning-optim-schedule`` and ``lightning-optim-lr-find``.
 
 A package so that Hydra finds it as ``pkg://lightning_optim.conf`` from an installed wheel.
 

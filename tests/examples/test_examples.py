@@ -39,7 +39,7 @@ def values(pattern: str, text: str) -> list[float]:
 def test_all_examples_are_tested():
     scripts = sorted(path.stem for path in EXAMPLES.glob("[0-9][0-9]_*.py"))
     tested = sorted(name.removeprefix("test_") for name in globals() if re.fullmatch(r"test_\d\d_\w+", name))
-    assert scripts == tested and len(scripts) == 10
+    assert scripts == tested and len(scripts) == 11
 
 
 def test_01_learning_rate(tmp_path, capsys):
@@ -167,3 +167,18 @@ def test_10_resume(tmp_path, capsys):
         out,
     )
     assert resumed == stopped + 1 and logged == total == 16 and difference == 0.0
+
+
+def test_11_lr_range_test(tmp_path, capsys):
+    out = run_example("11_lr_range_test", tmp_path, capsys)
+    for name in ("sgd", "adamw"):
+        suggestion, configured, _, searched, first, last = values(
+            rf"^{name}: suggestion {NUMBER}, optimizer\.lr after lr_find {NUMBER}; smoothed loss there {NUMBER}; "
+            rf"(\d+) lrs searched, {NUMBER} to {NUMBER}$",
+            out,
+        )
+        # The suggestion is where the lr finder set model.lr, i.e. optim_config.optimizer.lr.
+        assert configured == suggestion and first == 1e-8 and first < suggestion <= last <= 10.0
+        assert 13 <= searched <= 20
+    accuracies = [float(acc) for acc in re.findall(rf"x = lr \S+: val/acc {NUMBER}", out.splitlines()[2])]
+    assert len(accuracies) == 4 and all(0.0 <= acc <= 1.0 for acc in accuracies)
