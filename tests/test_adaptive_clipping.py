@@ -16,7 +16,9 @@ from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
 from lightning_optim.adaptive_clipping import AutoClip, ZClip, resolve_clipping
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
+from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
+from tests.cli.apps import TINY, run_app
 from tests.models import fit_logged, loader, trainer
 
 AUTOCLIP = {"name": "autoclip", "percentile": 25, "history": 5}
@@ -294,3 +296,13 @@ def test_the_hydra_group_composes_into_optim_config(option):
         defaults = {"autoclip": AutoClip(), "zclip": ZClip()}[option]
         options = {key: value for key, value in optim_config["clipping"].items() if key != "name"}
         assert dataclasses.asdict(type(defaults)(**options)) == dataclasses.asdict(defaults)  # the defaults
+
+
+def test_the_train_app_clips_adaptively_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_app("lightning_optim.cli.train", *TINY, "clipping=autoclip", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    logged = tb.scalars(run_dir / "tensorboard")
+    totals = [value for _, value in logged["grad_norm/total"]]
+    assert [step for step, _ in logged["grad_norm/threshold"]] == [step for step, _ in logged["grad_norm/total"]]
+    expected = autoclip_reference(totals, 10, 1000)
+    assert [value for _, value in logged["grad_norm/threshold"]] == pytest.approx(expected, rel=1e-6)
