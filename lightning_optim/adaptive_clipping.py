@@ -92,7 +92,7 @@ class AutoClip:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s history; the tensor moves to the norms' device at the next call."""
-        self._norms, self._count = state["norms"], state["count"]
+        self._norms, self._count = _copy(state["norms"]), state["count"]
 
 
 @dataclass(eq=False)
@@ -154,8 +154,13 @@ class ZClip:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call."""
-        self._warmup, self._mean, self._var = state["warmup"], state["mean"], state["var"]
+        self._warmup, self._mean, self._var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
         self._count = state["count"]
+
+
+def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    # The history is written in place: a checkpoint's tensors stay as they were loaded.
+    return tensor.clone() if tensor is not None else None
 
 
 ALGORITHMS: dict[str, type[AutoClip] | type[ZClip]] = {"autoclip": AutoClip, "zclip": ZClip}
@@ -274,8 +279,12 @@ or remove the clipping section.
 
 
 class AdaptiveThresholds:
-    """The adaptive thresholds of a model's optimizers, kept by optimizer name (None in the single form) across
-    ``configure_optimizers`` calls, saved in and restored from checkpoints.
+    """The adaptive thresholds of a model's optimizers, by optimizer name (None in the single form), saved in and
+    restored from checkpoints.
+
+    Each ``configure_optimizers`` (each fit) starts them afresh, as the optimizers are; a checkpoint's history is
+    restored into them whether it is loaded before (a fit resuming on a single device or DDP) or after (FSDP,
+    DeepSpeed, a tuner restoring its own checkpoint) they are built.
 
     Example:
         >>> p = torch.nn.Parameter(torch.zeros(1))
@@ -292,15 +301,17 @@ class AdaptiveThresholds:
         self._pending: dict[str | None, Mapping[str, Any]] = {}
 
     def configure(
-        self, specs: Mapping[str | None, ClippingSpec], optimizers: list[tuple[str | None, torch.optim.Optimizer]]
+        self,
+        specs: Mapping[str | None, ClippingSpec],
+        optimizers: list[tuple[str | None, torch.optim.Optimizer]],
+        resuming: bool = False,
     ) -> None:
-        """Give each optimizer (by name) its threshold: kept when its section is unchanged, else built afresh, then
-        continued from a checkpoint's state when one waits for it."""
-        self._built = {
-            name: self._built[name] if name in self._built and self._built[name][0] == spec else (spec, spec.build())
-            for name, spec in specs.items()
-        }
-        self._restore_pending()
+        """Give each optimizer (by name) a fresh threshold; ``resuming`` (the fit has a ``ckpt_path``) continues it
+        from the history loaded before."""
+        self._built = {name: (spec, spec.build()) for name, spec in specs.items()}
+        if resuming:
+            self._restore()
+        self._pending = {}
         self._by_optimizer = {id(optimizer): self._built[name][1] for name, optimizer in optimizers if name in specs}
 
     def of(self, optimizer: torch.optim.Optimizer) -> AutoClip | ZClip | None:
@@ -318,14 +329,14 @@ class AdaptiveThresholds:
         ]
 
     def load_state_dict(self, records: list[Mapping[str, Any]]) -> None:
-        """Restore each record whose optimizer has the same section now (at once, or at the next :meth:`configure`);
-        a changed section starts with an empty history."""
+        """Restore each record whose optimizer has the same section now (at once, or at the next :meth:`configure`
+        when none is built yet); a changed section starts with an empty history."""
         self._pending = {record["optimizer"]: record for record in records}
-        self._restore_pending()
+        self._restore()
 
-    def _restore_pending(self) -> None:
+    def _restore(self) -> None:
         for name, (spec, threshold) in self._built.items():
-            record = self._pending.pop(name, None)
+            record = self._pending.get(name)
             if record is not None and record["config"] == spec.config:
                 threshold.load_state_dict(record["state"])
 

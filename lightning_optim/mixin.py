@@ -241,11 +241,12 @@ class OptimMixin(_LightningModule):
     def _configure_clipping(
         self, spec: OptimSpec | OptimizerSetSpec, optimizers: list[tuple[str | None, torch.optim.Optimizer]]
     ) -> None:
-        """Each optimizer's adaptive threshold (``clipping``), kept across fits; refused beside gradient_clip_val."""
+        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit; refused beside gradient_clip_val."""
         specs = clipping_specs(spec)
-        refuse_trainer_threshold(attached_trainer(self), clipped_sections(specs))
+        trainer = attached_trainer(self)
+        refuse_trainer_threshold(trainer, clipped_sections(specs))
         thresholds = self._adaptive_thresholds()
-        thresholds.configure(specs, optimizers)
+        thresholds.configure(specs, optimizers, resuming=trainer is not None and bool(trainer.ckpt_path))
         self.clip_state.adaptive = bool(thresholds)
 
     def _adaptive_thresholds(self) -> AdaptiveThresholds:

@@ -185,6 +185,14 @@ def test_a_resumed_run_continues_the_threshold_sequence_exactly(section, tmp_pat
     assert first.thresholds + resumed.thresholds == uninterrupted.thresholds
 
 
+def test_a_second_fit_without_a_checkpoint_starts_a_fresh_history():
+    model, second = SpikyMixinModel(clipping_config(ZCLIP)), Recorder()
+    trainer(max_epochs=1).fit(model, loader())
+    trainer(max_epochs=1, callbacks=[second]).fit(model, loader())
+    assert second.thresholds[: ZCLIP["warmup_steps"]] == [math.inf] * ZCLIP["warmup_steps"]
+    assert second.thresholds == pytest.approx(reference(ZCLIP, second.totals), rel=1e-6)
+
+
 @pytest.mark.parametrize("section", [AUTOCLIP, ZCLIP], ids=["autoclip", "zclip"])
 def test_the_logged_threshold_is_the_reference_threshold(section, tmp_path):
     logged = fit_logged(SpikyMixinModel(clipping_config(section)), tmp_path, [GradNormMonitor()], max_epochs=2)
