@@ -128,6 +128,7 @@ def clipping_config(section: dict[str, Any], fused: bool = False) -> dict[str, A
     return {"optimizer": {"name": "adamw", "lr": 0.01, "fused": fused}, "clipping": section}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "folded"])
 @pytest.mark.parametrize("section", [AUTOCLIP, ZCLIP], ids=["autoclip", "zclip"])
 def test_a_run_clips_at_the_reference_thresholds(section, fused):
@@ -157,6 +158,7 @@ def count_syncs(model: L.LightningModule, callbacks: list[L.Callback], tmp_path:
     return sum(e.count for e in profile.key_averages() if e.key in ("aten::item", "aten::_local_scalar_dense"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "folded"])
 @pytest.mark.parametrize("section", [AUTOCLIP, ZCLIP], ids=["autoclip", "zclip"])
 def test_adaptive_clipping_adds_no_host_sync(section, fused, tmp_path):
@@ -292,6 +294,7 @@ def test_manual_optimization_clips_a_named_optimizer_at_its_own_threshold():
         trainer(max_steps=1).fit(TwoOptimizers(TWO, clip_value=0.5), loader())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["autoclip", "zclip", "none"])
 def test_the_hydra_group_composes_into_optim_config(option):
     with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
