@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,11 @@ class AutoClip:
         self._norms: torch.Tensor | None = None
         self._count = 0
 
+    @property
+    def steps(self) -> int:
+        """How many norms it was given."""
+        return self._count
+
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
         norm = total.detach().float()
         if self._norms is None:
@@ -117,6 +123,11 @@ class ZClip:
         self._mean: torch.Tensor | None = None
         self._var: torch.Tensor | None = None
         self._count = 0
+
+    @property
+    def steps(self) -> int:
+        """How many norms it was given."""
+        return self._count
 
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
         norm = total.detach().float()
@@ -299,6 +310,7 @@ class AdaptiveThresholds:
         self._built: dict[str | None, tuple[ClippingSpec, AutoClip | ZClip]] = {}
         self._by_optimizer: dict[int, AutoClip | ZClip] = {}
         self._pending: dict[str | None, Mapping[str, Any]] = {}
+        self._use_check: tuple[int, dict[str | None, int]] | None = None
 
     def configure(
         self,
@@ -313,6 +325,26 @@ class AdaptiveThresholds:
             self._restore()
         self._pending = {}
         self._by_optimizer = {id(optimizer): self._built[name][1] for name, optimizer in optimizers if name in specs}
+
+    def start_use_check(self, optimizer_steps: int) -> None:
+        """Under manual optimization, at the start of training: :meth:`check_used` warns after the first epoch."""
+        self._use_check = (optimizer_steps, {name: threshold.steps for name, (_, threshold) in self._built.items()})
+
+    def check_used(self, optimizer_steps: int) -> None:
+        """Warn once for thresholds never asked (no ``self.clip_gradients(opt)``) while optimizers stepped."""
+        if self._use_check is None or optimizer_steps == self._use_check[0]:
+            return
+        started = self._use_check[1]
+        self._use_check = None
+        unused = [name for name, (_, threshold) in self._built.items() if threshold.steps == started.get(name)]
+        if unused:
+            warnings.warn(
+                f"Manual optimization: {', '.join(clipped_sections(dict.fromkeys(unused)))} clipped nothing during "
+                "the first epoch: Lightning does not clip under manual optimization. Call self.clip_gradients(opt) "
+                "(no value) after manual_backward and before opt.step() for that optimizer.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def of(self, optimizer: torch.optim.Optimizer) -> AutoClip | ZClip | None:
         """The threshold of this (torch) optimizer, or None when its config has no ``clipping``."""
@@ -341,7 +373,7 @@ class AdaptiveThresholds:
                 threshold.load_state_dict(record["state"])
 
 
-def clipped_sections(specs: Mapping[str | None, ClippingSpec]) -> list[str]:
+def clipped_sections(specs: Mapping[str | None, Any]) -> list[str]:
     """The key paths of the ``clipping`` sections in use, for messages.
 
     Example:

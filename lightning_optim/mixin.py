@@ -374,6 +374,7 @@ class OptimMixin(_LightningModule):
             sections = self.__dict__.get("_scheduler_sections", [])
             schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
             self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
+            self._adaptive_thresholds().start_use_check(self.trainer.global_step)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -394,6 +395,7 @@ class OptimMixin(_LightningModule):
         check = self.__dict__.get("_step_check")
         if check is not None:
             check.check(self.trainer.global_step)
+        self._adaptive_thresholds().check_used(self.trainer.global_step)
 
     @override
     def on_validation_end(self) -> None:

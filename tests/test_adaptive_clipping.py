@@ -16,10 +16,12 @@ from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
 from lightning_optim.adaptive_clipping import AutoClip, ZClip, resolve_clipping
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
+from lightning_optim.clipping import clip_for_step
 from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
 from tests.cli.apps import TINY, run_app
 from tests.models import fit_logged, loader, trainer
+from tests.test_clipping import ShardedStandIn, clipped_by_torch, grads, parameters
 
 AUTOCLIP = {"name": "autoclip", "percentile": 25, "history": 5}
 ZCLIP = {"name": "zclip", "z_threshold": 1.5, "alpha": 0.8, "warmup_steps": 3}
@@ -254,13 +256,14 @@ def test_a_trainer_threshold_as_well_is_refused_naming_both():
 class TwoOptimizers(OptimMixin, L.LightningModule):
     """Manual optimization with two submodules; the first is clipped with ``clip_gradients(opt)`` (no value)."""
 
-    def __init__(self, optim_config: dict[str, Any], clip_value: float | None = None) -> None:
+    def __init__(self, optim_config: dict[str, Any], clip_value: float | None = None, clips: bool = True) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.automatic_optimization = False
         self.first, self.second = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
         self.optim_config = optim_config
         self.clip_value = clip_value
+        self.clips = clips
         self.norms: list[float] = []
         self.thresholds: list[float] = []
 
@@ -270,7 +273,7 @@ class TwoOptimizers(OptimMixin, L.LightningModule):
             module = self.first if index == 0 else self.second
             scale = 30.0 if batch_idx % 4 == 3 else 1.0
             self.manual_backward(torch.nn.functional.mse_loss(module(inputs), targets) * scale)
-            if index == 0:
+            if index == 0 and self.clips:
                 self.norms.append(float(torch.nn.utils.get_total_norm([p.grad for p in module.parameters()])))
                 self.clip_gradients(optimizer, gradient_clip_val=self.clip_value)
                 self.thresholds.append(float(self.clip_state.last.threshold))
@@ -292,6 +295,11 @@ def test_manual_optimization_clips_a_named_optimizer_at_its_own_threshold():
     assert model.thresholds == pytest.approx(autoclip_reference(model.norms, 25, 5), rel=1e-6)
     with pytest.raises(OptimConfigError, match=r"clip_gradients\(gradient_clip_val=0\.5\) for an optimizer whose"):
         trainer(max_steps=1).fit(TwoOptimizers(TWO, clip_value=0.5), loader())
+
+
+def test_manual_optimization_without_clip_gradients_warns_that_nothing_was_clipped():
+    with pytest.warns(UserWarning, match=r"optim_config\.optimizers\.first\.clipping clipped nothing during the first"):
+        trainer(max_epochs=2).fit(TwoOptimizers(TWO, clips=False), loader())
 
 
 @pytest.mark.slow
@@ -317,3 +325,32 @@ def test_the_train_app_clips_adaptively_from_the_command_line(tmp_path):
     assert [step for step, _ in logged["grad_norm/threshold"]] == [step for step, _ in logged["grad_norm/total"]]
     expected = autoclip_reference(totals, 10, 1000)
     assert [value for _, value in logged["grad_norm/threshold"]] == pytest.approx(expected, rel=1e-6)
+
+
+def quarter_of_the_norm(total: torch.Tensor) -> torch.Tensor:
+    """An adaptive threshold that always clips: a quarter of this step's norm."""
+    return total / 4
+
+
+@pytest.mark.parametrize("path", ["unfused", "folded", "fsdp"])
+def test_clip_for_step_takes_an_adaptive_threshold_on_every_path(path):
+    named = parameters()
+    optimizer = torch.optim.SGD([parameter for _, parameter in named], lr=1.0, fused=path == "folded")
+    sharded = ShardedStandIn(named) if path == "fsdp" else None
+    result = clip_for_step(optimizer, named, quarter_of_the_norm, sharded=sharded)
+    total, expected = clipped_by_torch(float(quarter_of_the_norm(result.total)))
+    torch.testing.assert_close(result.total, total, rtol=0, atol=0)
+    torch.testing.assert_close(result.threshold, total / 4, rtol=0, atol=0)
+    assert result.folded == (path == "folded") and bool(result.clipped)
+    if path == "folded":
+        optimizer.step()  # the fused kernel divides the gradients and writes them back
+    if path == "fsdp":
+        assert sharded.calls == [math.inf]  # asked for the global norm only
+    for mine, theirs in zip(grads(named), expected, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=0)
+
+
+def test_an_adaptive_threshold_clips_by_norm_only():
+    named = parameters()
+    with pytest.raises(ValueError, match=r"An adaptive threshold clips by norm; gradient_clip_algorithm='value'"):
+        clip_for_step(torch.optim.SGD([p for _, p in named]), named, quarter_of_the_norm, "value")
