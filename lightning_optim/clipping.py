@@ -8,6 +8,10 @@ between them (and FSDP's own clipping, AMP's still-scaled gradients, the skip of
 optimizer step; a model that clips with it keeps the result in a :class:`ClipState`, which the monitors find
 through the :class:`ReportsClipping` protocol.
 
+A threshold is a number (the Trainer's ``gradient_clip_val``) or an adaptive one (:data:`ThresholdOfNorm`: this
+step's total norm in, a device tensor out, see :mod:`lightning_optim.adaptive_clipping`); either way nothing is
+synced to the host.
+
 Example:
     >>> import torch
     >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
@@ -38,6 +42,7 @@ __all__ = [
     "ClipResult",
     "ClipState",
     "ReportsClipping",
+    "ThresholdOfNorm",
     "algorithm_name",
     "check_clip_threshold",
     "clip_for_step",
@@ -52,9 +57,14 @@ __all__ = [
 _EPS = 1e-6
 """The epsilon torch's ``clip_grad_norm_`` adds to the norm in the clip coefficient."""
 
+ThresholdOfNorm = Callable[[torch.Tensor], torch.Tensor]
+"""An adaptive threshold: called once per optimizer step with the total norm before clipping (a device tensor), it
+returns that step's threshold as a device tensor (and updates its own history)."""
 
-def clip_coefficient(total: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """``min(1, max_norm / (total + 1e-6))``: what ``clip_grad_norm_`` multiplies the gradients by.
+
+def clip_coefficient(total: torch.Tensor, max_norm: float | torch.Tensor) -> torch.Tensor:
+    """``min(1, max_norm / (total + 1e-6))``: what ``clip_grad_norm_`` multiplies the gradients by (``max_norm`` a
+    number or a device tensor).
 
     Example:
         >>> round(float(clip_coefficient(torch.tensor(4.0), 2.0)), 6), float(clip_coefficient(torch.tensor(1.0), 2.0))
@@ -74,7 +84,8 @@ class ClipResult:
     """
 
     algorithm: str
-    threshold: float
+    threshold: float | torch.Tensor
+    """The threshold clipped at: a number, or the device tensor an adaptive threshold gave for this step."""
     total: torch.Tensor | None = None
     clipped_norm: torch.Tensor | None = None
     clipped: torch.Tensor | None = None
@@ -96,6 +107,8 @@ class ClipState:
         >>> state = ClipState()
         >>> state.last is None and state.group_of is None and state.skip_nonfinite is None and not state.unstepped
         True
+        >>> state.adaptive
+        False
     """
 
     last: ClipResult | None = None
@@ -108,6 +121,9 @@ class ClipState:
     unstepped: dict[int, ClipResult] = field(default_factory=dict)
     """Manual optimization: the results of ``clip_gradients`` calls whose optimizer has not stepped yet, by the torch
     optimizer's ``id`` (the monitor takes each at that optimizer's step)."""
+    adaptive: bool = False
+    """The model clips by norm at adaptive thresholds of its own (``optim_config.clipping``), with no
+    ``gradient_clip_val``."""
 
 
 @runtime_checkable
@@ -128,24 +144,38 @@ class ReportsClipping(Protocol):
 
 def clip_gradients(
     named_parameters: Sequence[tuple[str, torch.Tensor]],
-    max_norm: float,
+    max_norm: float | ThresholdOfNorm,
     algorithm: str = "norm",
     norm_type: float = 2.0,
     group_of: Callable[[str], str] | None = None,
 ) -> ClipResult:
     """Clip gradients by total norm (or by value) and return what was measured, without any host sync.
 
-    With ``group_of``, the per-group norms come out of the same single pass as the total.
+    With ``group_of``, the per-group norms come out of the same single pass as the total. An adaptive ``max_norm``
+    is given the total norm and clips at the tensor it returns.
     """
     parameters = [parameter for _, parameter in named_parameters if parameter.grad is not None]
     if algorithm == "value":
+        assert not callable(max_norm)  # clip_for_step refuses an adaptive threshold for value clipping
         torch.nn.utils.clip_grad_value_(parameters, max_norm)
         return ClipResult(algorithm, max_norm)
     norms = gradient_norms(named_parameters, group_of, norm_type)
-    return scale_to_norm(parameters, max_norm, norms)
+    return scale_to_norm(parameters, threshold_for(max_norm, norms.total), norms)
 
 
-def scale_to_norm(parameters: Sequence[torch.Tensor], max_norm: float, norms: GradientNorms) -> ClipResult:
+def threshold_for(max_norm: float | ThresholdOfNorm, total: torch.Tensor) -> float | torch.Tensor:
+    """This step's threshold: ``max_norm`` itself, or what the adaptive one gives for ``total``.
+
+    Example:
+        >>> threshold_for(1.0, torch.tensor(5.0)), threshold_for(lambda total: total / 2, torch.tensor(5.0))
+        (1.0, tensor(2.5000))
+    """
+    return max_norm(total) if callable(max_norm) else max_norm
+
+
+def scale_to_norm(
+    parameters: Sequence[torch.Tensor], max_norm: float | torch.Tensor, norms: GradientNorms
+) -> ClipResult:
     """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does."""
     coefficient = clip_coefficient(norms.total, max_norm)
     by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
@@ -233,7 +263,7 @@ def _step_takes_grad_scaler(cls: type[torch.optim.Optimizer]) -> bool:
 def clip_in_step(
     named_parameters: Sequence[tuple[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
-    max_norm: float,
+    max_norm: float | ThresholdOfNorm,
     norm_type: float = 2.0,
     group_of: Callable[[str], str] | None = None,
     skip_nonfinite: bool = False,
@@ -254,7 +284,7 @@ def clip_in_step(
     Args:
         named_parameters: the optimizer's parameters with their names.
         optimizer: an optimizer for which :func:`folds_into_step` holds.
-        max_norm: the clipping threshold.
+        max_norm: the clipping threshold, or an adaptive one (given the total norm without AMP's scale).
         norm_type: the p of the p-norm.
         group_of: maps a parameter name to its group, for per-group norms from the same pass.
         skip_nonfinite: skip the step when the total norm is NaN/Inf (see above for the one exception).
@@ -273,7 +303,8 @@ def clip_in_step(
     norms = gradient_norms(named_parameters, group_of, norm_type)
     if scaled_by is not None:
         norms = GradientNorms(norms.total / scaled_by, {name: n / scaled_by for name, n in norms.groups.items()})
-    coefficient = clip_coefficient(norms.total, max_norm)
+    threshold = threshold_for(max_norm, norms.total)
+    coefficient = clip_coefficient(norms.total, threshold)
     divisor = coefficient.reciprocal().to(torch.float32)
     found_inf = None
     # torch's fused SGD allocates its momentum buffers with empty_like before a skipped first step and treats them
@@ -283,7 +314,7 @@ def clip_in_step(
     _set_step_attributes(optimizer, divisor, found_inf)
     return ClipResult(
         "norm",
-        max_norm,
+        threshold,
         norms.total,
         norms.total * coefficient,
         coefficient < 1.0,
@@ -366,7 +397,7 @@ class ClipsShardedGradients(Protocol):
 def clip_for_step(
     optimizer: torch.optim.Optimizer,
     named_parameters: Iterable[tuple[str, torch.Tensor]],
-    threshold: float | None,
+    threshold: float | ThresholdOfNorm | None,
     algorithm: Any = "norm",
     *,
     sharded: ClipsShardedGradients | None = None,
@@ -381,7 +412,9 @@ def clip_for_step(
     them. Then, with a threshold (0 or None: no clipping, None is returned):
 
     * ``sharded`` (the FSDP-wrapped model) and norm clipping: its ``clip_grad_norm_`` clips the sharded gradients
-      and returns the global norm, from which the post-clip norm is derived.
+      and returns the global norm, from which the post-clip norm is derived. With an adaptive threshold it is asked
+      for the global norm only (``max_norm=inf``), and the local shards are scaled with the coefficient, which every
+      rank computes alike from the same global norm.
     * Norm clipping, ``fold`` and an optimizer whose fused step divides by ``grad_scale``
       (:func:`folds_into_step`): :func:`clip_in_step`, the scaling happens inside the step.
     * Otherwise :func:`clip_gradients` scales the gradients here (by norm or by value).
@@ -397,7 +430,8 @@ def clip_for_step(
         optimizer: the optimizer about to step.
         named_parameters: the model's parameters with their names; iterated only when names are needed (under FSDP,
             or for per-group norms), so a generator such as ``module.named_parameters()`` costs nothing otherwise.
-        threshold: Lightning's ``gradient_clip_val``.
+        threshold: Lightning's ``gradient_clip_val``, or an adaptive threshold (:data:`ThresholdOfNorm`, norm
+            clipping only).
         algorithm: Lightning's ``gradient_clip_algorithm`` (see :func:`algorithm_name`).
         sharded: the FSDP-wrapped model (see :func:`fsdp_model`), or None.
         scaler: the AMP ``GradScaler`` (see :func:`~lightning_optim.internals.grad_scaler`), or None.
@@ -418,12 +452,19 @@ def clip_for_step(
     if not threshold:
         return None
     algorithm = algorithm_name(algorithm)
+    if callable(threshold) and algorithm != "norm":
+        raise ValueError(f"An adaptive threshold clips by norm; gradient_clip_algorithm={algorithm!r} cannot use it.")
     # Lightning leaves the unscaling to the step of an optimizer that does it (its own clipping then raises).
     still_scaled = scaler if scaler is not None and scaler.is_enabled() and unscales_in_step(optimizer) else None
+    result: ClipResult | None
     if algorithm == "norm" and sharded is not None:
-        total = sharded.clip_grad_norm_(threshold)
-        result = expected_after_clipping(total, threshold, algorithm)
         named = [(name, p) for name, p in named_parameters if p.grad is not None]
+        if callable(threshold):
+            total = sharded.clip_grad_norm_(math.inf)
+            result = scale_to_norm([p for _, p in named], threshold(total), GradientNorms(total, {}))
+        else:
+            total = sharded.clip_grad_norm_(threshold)
+            result = expected_after_clipping(total, threshold, algorithm)
     else:
         # Names are only needed for per-group norms, which the monitor asks for on logging steps.
         names = {id(parameter): name for name, parameter in named_parameters} if group_of else {}

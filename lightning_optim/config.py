@@ -4,9 +4,10 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 ``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
-Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``), or several named ones under
-``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and holding the three
-sections of the first form.
+Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping``), or several
+named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
+holding the sections of the first form. ``clipping`` (adaptive norm clipping,
+:mod:`lightning_optim.adaptive_clipping`) appears only when set.
 
 Example:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -30,7 +31,7 @@ from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
 SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
@@ -51,6 +52,7 @@ class OptimConfig:
     optimizer: dict[str, Any]
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
+    clipping: dict[str, Any] | None = None
 
 
 def plain(value: Any) -> Any:
@@ -70,8 +72,8 @@ def plain(value: Any) -> Any:
 
 
 def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
-    """Return ``config`` as plain containers: the single form with all three sections present, or ``optimizers``
-    with every named section complete (``params`` and the three sections).
+    """Return ``config`` as plain containers: the single form with all three sections present (``clipping`` when
+    set), or ``optimizers`` with every named section complete (``params`` and the three sections).
 
     Raises:
         OptimConfigError: when ``optimizer`` is missing, a top-level key is unknown, or both forms are mixed.
@@ -93,7 +95,8 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
 
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present; ``where`` prefixes the keys."""
+    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` when set;
+    ``where`` prefixes the keys."""
     if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError(
             f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
@@ -106,7 +109,13 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
     scheduler = values.get("scheduler")
     if scheduler is not None and not isinstance(scheduler, dict):
         raise config_error(f"{where}scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
-    return {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
+    clipping = values.get("clipping")
+    if clipping is not None and not isinstance(clipping, dict):
+        raise config_error(
+            f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
+        )
+    section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
+    return {**section, "clipping": clipping} if clipping is not None else section
 
 
 def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:

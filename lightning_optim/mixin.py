@@ -30,6 +30,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
+from lightning_optim.adaptive_clipping import (
+    AdaptiveThresholds,
+    clipped_sections,
+    refuse_explicit_threshold,
+    refuse_trainer_threshold,
+)
 from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
@@ -52,6 +58,7 @@ from lightning_optim.validation import (
     NamedOptimSpec,
     OptimizerSetSpec,
     OptimSpec,
+    clipping_specs,
     resolve_optim_config,
     warn_on_zero_lr,
 )
@@ -73,6 +80,9 @@ CHECKPOINT_KEY = "optim_config"
 
 RUN_LENGTHS_KEY = "optim_run_lengths"
 """The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
+
+CLIPPING_KEY = "optim_clipping"
+"""The checkpoint entry holding the adaptive clipping history, per optimizer (``{"optimizer", "config", "state"}``)."""
 
 
 class OptimMixin(_LightningModule):
@@ -99,6 +109,10 @@ class OptimMixin(_LightningModule):
       when the fit starts: checkpoints would record an ``optim_config`` the run did not use.
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
+    * Adaptive clipping: ``optim_config.clipping`` (``{name: autoclip, percentile: 10, history: 1000}`` or ``{name:
+      zclip, z_threshold: 2.5, alpha: 0.97}``, :mod:`lightning_optim.adaptive_clipping`) clips by norm at a threshold
+      set from the run's own norms, on the device; the history is in checkpoints. ``gradient_clip_val`` must be unset.
+      Under manual optimization ``self.clip_gradients(opt)`` without a value clips that optimizer at its threshold.
     * Several optimizers: ``{"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {...},
       "param_groups": [...], "scheduler": {...}}, "discriminator": {...}}}`` builds one optimizer per name over the
       trainable parameters whose names its ``params`` regex finds, in the config's order (``self.optimizers()``); a
@@ -182,6 +196,7 @@ class OptimMixin(_LightningModule):
         if isinstance(spec, OptimizerSetSpec):
             return self._configure_optimizer_set(spec, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
+        self._configure_clipping(spec, [(None, optimizer)])
         if spec.scheduler is None:
             return optimizer
         length = RunLength(spec.scheduler)
@@ -202,7 +217,9 @@ class OptimMixin(_LightningModule):
             return lengths[member.name].at_build(trainer, _run_length_record(saved, member.name, 0))
 
         configured: list[Any] = []
-        for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True):
+        optimizers_built = build_optimizer_set(self, spec, length)
+        self._configure_clipping(spec, [(m.name, o) for m, (o, _) in zip(spec.members, optimizers_built, strict=True)])
+        for member, (optimizer, built) in zip(spec.members, optimizers_built, strict=True):
             if built is None:
                 configured.append({"optimizer": optimizer})
                 continue
@@ -220,6 +237,20 @@ class OptimMixin(_LightningModule):
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
         return configured
+
+    def _configure_clipping(
+        self, spec: OptimSpec | OptimizerSetSpec, optimizers: list[tuple[str | None, torch.optim.Optimizer]]
+    ) -> None:
+        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit; refused beside gradient_clip_val."""
+        specs = clipping_specs(spec)
+        trainer = attached_trainer(self)
+        refuse_trainer_threshold(trainer, clipped_sections(specs))
+        thresholds = self._adaptive_thresholds()
+        thresholds.configure(specs, optimizers, resuming=trainer is not None and bool(trainer.ckpt_path))
+        self.clip_state.adaptive = bool(thresholds)
+
+    def _adaptive_thresholds(self) -> AdaptiveThresholds:
+        return self.__dict__.setdefault("_adaptive", AdaptiveThresholds())
 
     def _keep_built(
         self, built: BuiltScheduler, where: str, config: dict[str, Any], optimizer: str | None = None
@@ -272,7 +303,7 @@ class OptimMixin(_LightningModule):
         return clip_for_step(
             optimizer,
             named_parameters(self),
-            threshold,
+            threshold or self._adaptive_thresholds().of(torch_optimizer(optimizer)),
             algorithm,
             sharded=fsdp_model(trainer),
             scaler=grad_scaler(trainer),
@@ -291,7 +322,9 @@ class OptimMixin(_LightningModule):
         """Lightning's ``clip_gradients`` (what ``training_step`` calls under manual optimization), keeping what it
         measured as :meth:`configure_gradient_clipping` does.
 
-        Arguments resolve as in Lightning (a None takes the Trainer's value). The result is ``clip_state.last`` and,
+        Arguments resolve as in Lightning (a None takes the Trainer's value). An optimizer with a ``clipping`` section
+        clips at its adaptive threshold when no value is given (a value as well is refused). The result is
+        ``clip_state.last`` and,
         under manual optimization, waits in ``clip_state.unstepped`` for that optimizer's step, where
         ``GradNormMonitor`` takes it: the logged norms are the ones before this clipping. Under a ``GradScaler``
         (``16-mixed``) with manual optimization the gradients are still scaled here (Lightning unscales inside
@@ -299,6 +332,9 @@ class OptimMixin(_LightningModule):
         """
         trainer = attached_trainer(self)
         scaler = grad_scaler(trainer)
+        adaptive = self._adaptive_thresholds().of(torch_optimizer(optimizer))
+        if adaptive is not None:
+            refuse_explicit_threshold(gradient_clip_val, scaler)
         if trainer is None or self.fabric is not None or (scaler is not None and scaler.is_enabled()):
             if scaler is not None and scaler.is_enabled() and not self.automatic_optimization:
                 rank_zero_warn(
@@ -338,6 +374,7 @@ class OptimMixin(_LightningModule):
             sections = self.__dict__.get("_scheduler_sections", [])
             schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
             self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
+            self._adaptive_thresholds().start_use_check(self.trainer.global_step)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -358,6 +395,7 @@ class OptimMixin(_LightningModule):
         check = self.__dict__.get("_step_check")
         if check is not None:
             check.check(self.trainer.global_step)
+        self._adaptive_thresholds().check_used(self.trainer.global_step)
 
     @override
     def on_validation_end(self) -> None:
@@ -385,6 +423,8 @@ class OptimMixin(_LightningModule):
         checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
         built = self.__dict__.get("_built_schedulers", [])
         sections = self.__dict__.get("_scheduler_sections", [])
+        if clipping := self._adaptive_thresholds().state_dict():
+            checkpoint[CLIPPING_KEY] = clipping
         if built:
             # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
             checkpoint[RUN_LENGTHS_KEY] = [
@@ -396,6 +436,8 @@ class OptimMixin(_LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        if CLIPPING_KEY in checkpoint:
+            self._adaptive_thresholds().load_state_dict(checkpoint[CLIPPING_KEY])
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.

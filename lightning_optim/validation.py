@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from lightning_optim.adaptive_clipping import CLIPPING_KEY, ClippingSpec, resolve_clipping
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
@@ -32,6 +33,7 @@ __all__ = [
     "NamedOptimSpec",
     "OptimSpec",
     "OptimizerSetSpec",
+    "clipping_specs",
     "resolve_optim_config",
     "section_keys",
     "validate_optim_config",
@@ -48,6 +50,7 @@ class OptimSpec:
             checkpoints store).
         optimizer: the optimizer with its parameter-group rules.
         scheduler: the scheduler, or None for a constant lr.
+        clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
 
     Example:
         >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
@@ -58,6 +61,7 @@ class OptimSpec:
     config: dict[str, Any]
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
+    clipping: ClippingSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -133,12 +137,27 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
 def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
     optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
     scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
+    clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
     validated = {
         "optimizer": {**plain["optimizer"], **optimizer.options},
         "param_groups": list(optimizer.rules),
         "scheduler": scheduler.config if scheduler is not None else None,
+        **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
     }
-    return OptimSpec(validated, optimizer, scheduler)
+    return OptimSpec(validated, optimizer, scheduler, clipping)
+
+
+def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:
+    """The ``clipping`` sections in use, by optimizer name (None: the single form).
+
+    Example:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "clipping": {"name": "zclip"}})
+        >>> clipping_specs(spec)
+        {None: ClippingSpec(config={'name': 'zclip'})}
+    """
+    if isinstance(spec, OptimSpec):
+        return {None: spec.clipping} if spec.clipping is not None else {}
+    return {member.name: member.spec.clipping for member in spec.members if member.spec.clipping is not None}
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -104,6 +105,8 @@ class GradNormMonitor(L.Callback):
     * Python numbers are made on Lightning's logging steps only. The clip fraction counts every optimizer step
       when clipping is by norm (with the mixin at no cost; without it, one fused norm pass per step); otherwise,
       and for the non-finite count without norm clipping, only logging steps are measured.
+    * With the mixin's adaptive clipping (``optim_config.clipping``), ``grad_norm/threshold`` is each logged step's
+      adaptive threshold (none during ZClip's warm-up, which does not clip).
     * A negative or non-finite ``gradient_clip_val`` is refused in ``setup``, before the first step: torch's norm
       clipping would flip the gradients' sign (Lightning's own clipping ignores it silently).
     * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
@@ -197,7 +200,9 @@ class GradNormMonitor(L.Callback):
 
     def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
         """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""
-        if isinstance(pl_module, ReportsClipping) and clip_algorithm(trainer) == "norm":
+        if isinstance(pl_module, ReportsClipping) and (
+            clip_algorithm(trainer) == "norm" or pl_module.clip_state.adaptive
+        ):
             return pl_module.clip_state
         return None
 
@@ -373,8 +378,9 @@ class GradNormMonitor(L.Callback):
             f"{prefix}clip_fraction": window.clipped_steps / window.window_steps,
             f"{prefix}nonfinite": float(window.nonfinite_steps),
         }
-        if result.threshold:
-            metrics[f"{prefix}threshold"] = result.threshold
+        threshold = float(result.threshold)  # an adaptive threshold is a device tensor (+inf: none yet)
+        if threshold and math.isfinite(threshold):
+            metrics[f"{prefix}threshold"] = threshold
         metrics.update({f"{prefix}{group}": float(norm) for group, norm in result.groups.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=logging_step(trainer))
