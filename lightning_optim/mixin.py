@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
+from lightning_optim import schedule_free
 from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
@@ -111,6 +112,11 @@ class OptimMixin(_LightningModule):
       those calls; ``interval`` only says what ``total_steps: null`` takes from the run (training batches for
       ``step``, ``max_epochs`` for ``epoch``) and ``frequency`` is not applied (a warning says so). A scheduler not
       stepped during the first epoch is warned about (its lr would stay at warmup's 0).
+    * Schedule-free optimizers (``adamw_schedulefree``, ``sgd_schedulefree``, ``radam_schedulefree``) are switched to
+      their training weights before each training batch and to their evaluation weights when validation, test or
+      predict starts and when training ends; a checkpoint saved during training holds the evaluation weights and the
+      run goes on unchanged. ``optimizer.bn_recompute_batches: n`` recomputes BatchNorm statistics at the evaluation
+      weights from ``n`` training batches before each validation (:mod:`lightning_optim.schedule_free`).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -128,6 +134,7 @@ class OptimMixin(_LightningModule):
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
+        schedule_free.warn_on_decaying_schedule(spec, stacklevel=3)
         validated = spec.config
         warn_on_lr_before_config(self, spec)
         self.__dict__["_optim_spec"] = spec
@@ -340,6 +347,11 @@ class OptimMixin(_LightningModule):
             self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
 
     @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        schedule_free.to_train_mode(attached_trainer(self))
+        return super().on_train_batch_start(batch, batch_idx)
+
+    @override
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
@@ -351,6 +363,7 @@ class OptimMixin(_LightningModule):
     @override
     def on_train_end(self) -> None:
         super().on_train_end()
+        self._schedule_free_eval()
         self._check_schedulers_stepped()
 
     def _check_schedulers_stepped(self) -> None:
@@ -358,6 +371,30 @@ class OptimMixin(_LightningModule):
         check = self.__dict__.get("_step_check")
         if check is not None:
             check.check(self.trainer.global_step)
+
+    def schedule_free_forward(self, batch: Any) -> Any:
+        """The forward that recomputes BatchNorm statistics for a schedule-free optimizer (``bn_recompute_batches``):
+        ``self(batch[0])`` for a tuple or list batch, ``self(batch)`` otherwise. Override it for another layout."""
+        return schedule_free.forward_inputs(self, batch)
+
+    def _schedule_free_eval(self) -> None:
+        batches = schedule_free.recompute_batches(self._spec())
+        schedule_free.to_eval_mode(self, attached_trainer(self), batches, self.schedule_free_forward)
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._schedule_free_eval()
+
+    @override
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._schedule_free_eval()
+
+    @override
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._schedule_free_eval()
 
     @override
     def on_validation_end(self) -> None:
@@ -374,6 +411,10 @@ class OptimMixin(_LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        batches = schedule_free.recompute_batches(self._spec())
+        schedule_free.save_evaluation_weights(
+            self, attached_trainer(self), checkpoint, batches, self.schedule_free_forward
+        )
         for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
             checkpoint[key] = plain(checkpoint[key])
         # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.
