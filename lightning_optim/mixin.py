@@ -337,6 +337,7 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
+        schedule_free.warn_on_lr_logging(self.trainer)
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 
@@ -59,6 +60,7 @@ __all__ = [
     "to_eval_mode",
     "to_train_mode",
     "warn_on_decaying_schedule",
+    "warn_on_lr_logging",
 ]
 
 BN_RECOMPUTE_KEY = SCHEDULE_FREE_SETTINGS[0][0]
@@ -135,6 +137,30 @@ def is_schedule_free_class(cls: type[torch.optim.Optimizer]) -> bool:
         (True, False)
     """
     return callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
+
+
+def warn_on_lr_logging(trainer: L.Trainer | None) -> None:
+    """Warn when a learning-rate monitor logs a schedule-free optimizer whose step scales the lr itself.
+
+    The monitors (Lightning's ``LearningRateMonitor``, ``LRMonitor``) log each group's ``lr``; a schedule-free step
+    multiplies it by its own warmup (``warmup_steps``) or, for RAdam, the variance rectification, and keeps the
+    lr it used in the group's ``scheduled_lr``.
+    """
+    if trainer is None or not any(isinstance(callback, LearningRateMonitor) for callback in trainer.callbacks):
+        return
+    scaled = [
+        type(optimizer).__name__
+        for _, optimizer in _schedule_free(trainer)
+        if any(group.get("warmup_steps", 0) > 0 or "warmup_steps" not in group for group in optimizer.param_groups)
+    ]
+    if scaled:
+        warnings.warn(
+            f"The lr-* keys of {', '.join(scaled)} show each parameter group's base lr: its step scales the lr by its "
+            "own warmup (warmup_steps) or RAdam's rectification, which the learning-rate monitor does not see. The "
+            "lr each step used is in optimizer.param_groups[i]['scheduled_lr'].",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def to_train_mode(trainer: L.Trainer | None) -> None:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lightning_optim import OptimConfigError, OptimMixin
+from lightning_optim.callbacks import LRMonitor
 from lightning_optim.clipping import folds_into_step
 from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
 from tests.models import loader, trainer
@@ -274,3 +275,16 @@ def test_conf_file_writes_out_the_class_defaults_and_the_recompute_key(name):
     assert {key: tuple(v) if isinstance(v, list) else v for key, v in values.items()} == defaults
     optimizer = BatchNormNet({"optimizer": {"name": name, **values}}).configure_optimizers()
     assert type(optimizer) is CLASSES[name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adamw_schedulefree", "radam_schedulefree"])
+def test_lr_monitor_with_an_in_step_lr_scaling_warns_naming_scheduled_lr(name):
+    with pytest.warns(UserWarning, match=r"base lr: its step scales the lr.*\['scheduled_lr'\]"):
+        fit(name, epochs=1, callbacks=[LRMonitor(logging_interval="step")])
+
+
+def test_lr_monitor_without_warmup_does_not_warn(recwarn):
+    model = BatchNormNet({"optimizer": {"name": "sgd_schedulefree", "bn_recompute_batches": 1}})
+    trainer(max_epochs=1, callbacks=[LRMonitor(logging_interval="step")]).fit(model, loader(), loader(16, seed=1))
+    assert not [w for w in recwarn if "scheduled_lr" in str(w.message)]
