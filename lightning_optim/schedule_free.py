@@ -146,7 +146,9 @@ def warn_on_lr_logging(trainer: L.Trainer | None) -> None:
     multiplies it by its own warmup (``warmup_steps``) or, for RAdam, the variance rectification, and keeps the
     lr it used in the group's ``scheduled_lr``.
     """
-    if trainer is None or not any(isinstance(callback, LearningRateMonitor) for callback in trainer.callbacks):
+    # Lightning's callback connector assigns trainer.callbacks, so the type checker does not see the attribute.
+    callbacks: list[Any] = getattr(trainer, "callbacks", [])
+    if trainer is None or not any(isinstance(callback, LearningRateMonitor) for callback in callbacks):
         return
     scaled = [
         type(optimizer).__name__

@@ -22,7 +22,8 @@ from lightning_optim import OptimConfigError, OptimMixin
 from lightning_optim.callbacks import LRMonitor
 from lightning_optim.clipping import folds_into_step
 from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
-from tests.models import loader, trainer
+from lightning_optim.schedule_free import in_train_mode
+from tests.models import GAN, loader, trainer
 
 schedulefree = pytest.importorskip("schedulefree")
 
@@ -67,6 +68,9 @@ class BatchNormNet(OptimMixin, L.LightningModule):
         loss = nn.functional.mse_loss(self(inputs), targets)
         self.val_losses.append(loss.detach().clone())
         self.log("val/loss", loss)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self(batch[0])
 
 
 def config(name: str, recompute: int = RECOMPUTE) -> dict[str, Any]:
@@ -136,6 +140,20 @@ def test_validation_loss_equals_a_manual_loop_doing_the_documented_calls(name):
     assert_same_state(model.net.state_dict(), expected["state"])  # after fit: the evaluation weights
 
 
+def test_predict_after_training_moved_the_weights_runs_at_the_evaluation_weights():
+    model = BatchNormNet(config("adamw_schedulefree"))
+    run = trainer(max_epochs=2)
+    run.fit(model, loader(), loader(samples=16, seed=1))
+    run.optimizers[0].train()  # as a user's own code might leave it
+    predictions = run.predict(model, loader(samples=16, seed=1))
+    net = network()
+    net.load_state_dict(reference("adamw_schedulefree", epochs=2)["state"])
+    net.eval()
+    with torch.no_grad():
+        expected = [net(inputs) for inputs, _ in loader(samples=16, seed=1)]
+    assert torch.equal(torch.cat(predictions), torch.cat(expected))
+
+
 def test_without_the_mixins_switching_validation_is_at_the_training_weights():
     """What the mixin prevents: the same run with the optimizer never switched validates elsewhere."""
     model = BatchNormNet(config("adamw_schedulefree"))
@@ -169,6 +187,7 @@ def test_a_run_saving_checkpoints_ends_as_one_that_does_not(tmp_path, name):
     assert len(list(tmp_path.glob("*.ckpt"))) == 6  # steps 3, 6, 9, 12, 15 and last
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     checkpoint = ModelCheckpoint(tmp_path, save_top_k=-1, filename="{epoch}")
     fit("adamw_schedulefree", epochs=1, callbacks=[checkpoint], enable_checkpointing=True)
@@ -189,6 +208,7 @@ def test_batchnorm_without_recompute_warns_once_naming_the_key():
     assert sum("bn_recompute_batches" in str(w.message) for w in record) == 1
 
 
+@pytest.mark.slow
 def test_recompute_leaves_the_random_stream_and_the_shuffle_alone():
     """Recompute batches come from a second pass over a shuffled loader: the run's own order must not change."""
 
@@ -288,3 +308,21 @@ def test_lr_monitor_without_warmup_does_not_warn(recwarn):
     model = BatchNormNet({"optimizer": {"name": "sgd_schedulefree", "bn_recompute_batches": 1}})
     trainer(max_epochs=1, callbacks=[LRMonitor(logging_interval="step")]).fit(model, loader(), loader(16, seed=1))
     assert not [w for w in recwarn if "scheduled_lr" in str(w.message)]
+
+
+def test_manual_optimization_with_two_schedule_free_optimizers(tmp_path):
+    """Lightning's basic GAN shape: each optimizer is switched; the last checkpoint holds both in eval mode."""
+    sections = {"generator": ("adamw_schedulefree", r"^generator\."), "discriminator": ("sgd_schedulefree", "^disc")}
+    optim_config = {
+        "optimizers": {
+            name: {"params": params, "optimizer": {"name": optimizer, **OPTIONS[optimizer]}}
+            for name, (optimizer, params) in sections.items()
+        }
+    }
+    model = GAN(optim_config, clip=None, step_schedulers=False)
+    run = trainer(max_epochs=1, callbacks=[ModelCheckpoint(tmp_path, every_n_train_steps=5)], enable_checkpointing=True)
+    run.fit(model, loader())
+    assert [in_train_mode(optimizer) for optimizer in run.optimizers] == [False, False]
+    saved = torch.load(next(tmp_path.glob("*.ckpt")), weights_only=True)
+    assert [[g["train_mode"] for g in state["param_groups"]] for state in saved["optimizer_states"]] == [[False]] * 2
+    assert [[g["k"] for g in state["param_groups"]] for state in saved["optimizer_states"]] == [[5], [5]]
