@@ -201,8 +201,11 @@ def save_evaluation_weights(
     try:
         to_eval_mode(module, trainer, batches, forward)
         if "state_dict" in checkpoint:
-            state = trainer.strategy.lightning_module_state_dict()
-            checkpoint["state_dict"] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            # Only the entries already there: a callback's on_save_checkpoint (run before the module's) may drop some.
+            fresh = trainer.strategy.lightning_module_state_dict()
+            state = checkpoint["state_dict"]
+            for key in [key for key in state if key in fresh and torch.is_tensor(fresh[key])]:
+                state[key] = fresh[key].clone()
         if "optimizer_states" in checkpoint:
             for index, optimizer in switched:
                 checkpoint["optimizer_states"][index] = trainer.strategy.optimizer_state(optimizer)
