@@ -30,7 +30,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim import schedule_free
 from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
@@ -48,6 +47,15 @@ from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.schedule_free import (
+    forward_inputs,
+    recompute_batches,
+    save_evaluation_weights,
+    to_eval_mode,
+    to_train_mode,
+    warn_on_decaying_schedule,
+    warn_on_lr_logging,
+)
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.validation import (
     NamedOptimSpec,
@@ -134,7 +142,7 @@ class OptimMixin(_LightningModule):
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
-        schedule_free.warn_on_decaying_schedule(spec, stacklevel=3)
+        warn_on_decaying_schedule(spec, stacklevel=3)
         validated = spec.config
         warn_on_lr_before_config(self, spec)
         self.__dict__["_optim_spec"] = spec
@@ -337,7 +345,7 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
-        schedule_free.warn_on_lr_logging(self.trainer)
+        warn_on_lr_logging(self.trainer)
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer)
@@ -349,7 +357,7 @@ class OptimMixin(_LightningModule):
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        schedule_free.to_train_mode(attached_trainer(self))
+        to_train_mode(attached_trainer(self))
         return super().on_train_batch_start(batch, batch_idx)
 
     @override
@@ -376,11 +384,11 @@ class OptimMixin(_LightningModule):
     def schedule_free_forward(self, batch: Any) -> Any:
         """The forward that recomputes BatchNorm statistics for a schedule-free optimizer (``bn_recompute_batches``):
         ``self(batch[0])`` for a tuple or list batch, ``self(batch)`` otherwise. Override it for another layout."""
-        return schedule_free.forward_inputs(self, batch)
+        return forward_inputs(self, batch)
 
     def _schedule_free_eval(self) -> None:
-        batches = schedule_free.recompute_batches(self._spec())
-        schedule_free.to_eval_mode(self, attached_trainer(self), batches, self.schedule_free_forward)
+        batches = recompute_batches(self._spec())
+        to_eval_mode(self, attached_trainer(self), batches, self.schedule_free_forward)
 
     @override
     def on_validation_start(self) -> None:
@@ -412,10 +420,8 @@ class OptimMixin(_LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        batches = schedule_free.recompute_batches(self._spec())
-        schedule_free.save_evaluation_weights(
-            self, attached_trainer(self), checkpoint, batches, self.schedule_free_forward
-        )
+        batches = recompute_batches(self._spec())
+        save_evaluation_weights(self, attached_trainer(self), checkpoint, batches, self.schedule_free_forward)
         for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
             checkpoint[key] = plain(checkpoint[key])
         # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.
