@@ -53,6 +53,15 @@ from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.schedule_free import (
+    forward_inputs,
+    recompute_batches,
+    save_evaluation_weights,
+    to_eval_mode,
+    to_train_mode,
+    warn_on_decaying_schedule,
+    warn_on_lr_logging,
+)
 from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
 from lightning_optim.validation import (
     NamedOptimSpec,
@@ -125,6 +134,11 @@ class OptimMixin(_LightningModule):
       those calls; ``interval`` only says what ``total_steps: null`` takes from the run (training batches for
       ``step``, ``max_epochs`` for ``epoch``) and ``frequency`` is not applied (a warning says so). A scheduler not
       stepped during the first epoch is warned about (its lr would stay at warmup's 0).
+    * Schedule-free optimizers (``adamw_schedulefree``, ``sgd_schedulefree``, ``radam_schedulefree``) are switched to
+      their training weights before each training batch and to their evaluation weights when validation, test or
+      predict starts and when training ends; a checkpoint saved during training holds the evaluation weights and the
+      run goes on unchanged. ``optimizer.bn_recompute_batches: n`` recomputes BatchNorm statistics at the evaluation
+      weights from ``n`` training batches before each validation (:mod:`lightning_optim.schedule_free`).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -142,6 +156,7 @@ class OptimMixin(_LightningModule):
     def optim_config(self, config: Mapping[str, Any] | DictConfig | OptimConfig) -> None:
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
+        warn_on_decaying_schedule(spec, stacklevel=3)
         validated = spec.config
         warn_on_lr_before_config(self, spec)
         self.__dict__["_optim_spec"] = spec
@@ -366,6 +381,7 @@ class OptimMixin(_LightningModule):
         for built in self.__dict__.get("_built_schedulers", []):
             if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
                 built.scheduler.apply_schedule()
+        warn_on_lr_logging(self.trainer)
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for built in self.__dict__.get("_built_schedulers", []):
             built.follow_run_length(self.trainer)
@@ -375,6 +391,11 @@ class OptimMixin(_LightningModule):
             schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
             self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
             self._adaptive_thresholds().start_use_check(self.trainer.global_step)
+
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        to_train_mode(attached_trainer(self))
+        return super().on_train_batch_start(batch, batch_idx)
 
     @override
     def on_train_epoch_start(self) -> None:
@@ -388,6 +409,7 @@ class OptimMixin(_LightningModule):
     @override
     def on_train_end(self) -> None:
         super().on_train_end()
+        self._schedule_free_eval()
         self._check_schedulers_stepped()
 
     def _check_schedulers_stepped(self) -> None:
@@ -396,6 +418,30 @@ class OptimMixin(_LightningModule):
         if check is not None:
             check.check(self.trainer.global_step)
         self._adaptive_thresholds().check_used(self.trainer.global_step)
+
+    def schedule_free_forward(self, batch: Any) -> Any:
+        """The forward that recomputes BatchNorm statistics for a schedule-free optimizer (``bn_recompute_batches``):
+        ``self(batch[0])`` for a tuple or list batch, ``self(batch)`` otherwise. Override it for another layout."""
+        return forward_inputs(self, batch)
+
+    def _schedule_free_eval(self) -> None:
+        batches = recompute_batches(self._spec())
+        to_eval_mode(self, attached_trainer(self), batches, self.schedule_free_forward)
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._schedule_free_eval()
+
+    @override
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._schedule_free_eval()
+
+    @override
+    def on_predict_start(self) -> None:
+        super().on_predict_start()
+        self._schedule_free_eval()
 
     @override
     def on_validation_end(self) -> None:
@@ -412,6 +458,8 @@ class OptimMixin(_LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        batches = recompute_batches(self._spec())
+        save_evaluation_weights(self, attached_trainer(self), checkpoint, batches, self.schedule_free_forward)
         for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
             checkpoint[key] = plain(checkpoint[key])
         # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.

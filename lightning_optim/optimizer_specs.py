@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,18 @@ from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.names import named_modules, named_parameters
 from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
-from lightning_optim.value_types import conform_section, constructor_types
+from lightning_optim.value_types import conform, conform_section, constructor_types, expected
 
-__all__ = ["OPTIMIZERS", "OPTIMIZER_INFOS", "OptimizerInfo", "OptimizerSpec", "optimizer_class", "resolve_optimizer"]
+__all__ = [
+    "EXTRA_OPTIMIZER_INFOS",
+    "OPTIMIZERS",
+    "OPTIMIZER_INFOS",
+    "ExtraOptimizerInfo",
+    "OptimizerInfo",
+    "OptimizerSpec",
+    "optimizer_class",
+    "resolve_optimizer",
+]
 
 _SPEC_KEYS = ("name", "_target_")
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
@@ -40,6 +50,8 @@ class OptimizerInfo:
         single_group: takes a single parameter group only (LBFGS), so no parameter-group rules.
         sparse_only: takes sparse gradients only (SparseAdam), those of ``Embedding(sparse=True)``.
         aliases: other spellings of ``name``.
+        settings: keys the section takes that are not constructor arguments, each a count >= 0 with its default
+            (``bn_recompute_batches`` of the schedule-free optimizers); they stay out of the constructor call.
 
     Example:
         >>> OPTIMIZER_INFOS["lbfgs"].check_groups(torch.nn.Linear(2, 1), [{"name": "a"}, {"name": "b"}])
@@ -54,11 +66,28 @@ parameter-group rules with LBFGS: it supports a single parameter group.
     single_group: bool = False
     sparse_only: bool = False
     aliases: tuple[str, ...] = ()
+    settings: tuple[tuple[str, int], ...] = ()
 
     @property
     def conf_file(self) -> str:
         """The optimizer's file in the Hydra config tree (``lightning_optim/conf``), torch's defaults written out."""
         return f"optimizer/{self.name}.yaml"
+
+    def check_settings(self, section: Mapping[str, Any], where: str) -> dict[str, int]:
+        """Each of :attr:`settings` as ``section`` sets it (its default where unset), checked to be a count >= 0.
+
+        Example:
+            >>> info = OptimizerInfo("sgd", torch.optim.SGD, settings=(("warm_batches", 0),))
+            >>> info.check_settings({"warm_batches": 5.0}, "optimizer"), info.check_settings({}, "optimizer")
+            ({'warm_batches': 5}, {'warm_batches': 0})
+        """
+        checked = {}
+        for key, default in self.settings:
+            value = conform(section.get(key, default), expected(int, default), f"{where}.{key}")
+            if value < 0:
+                raise config_error(f"{where}.{key}", value, f"an integer >= 0, e.g. {default}")
+            checked[key] = value
+        return checked
 
     def check_groups(self, module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
         """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam."""
@@ -105,6 +134,74 @@ OPTIMIZER_INFOS: dict[str, OptimizerInfo] = _registered(
 )
 """Every ``torch.optim`` optimizer by its config name (Muon where the installed torch has it: torch 2.9 or later)."""
 
+
+@dataclass(frozen=True)
+class ExtraOptimizerInfo:
+    """An optimizer from an optional extra: its package is imported only when a config names it.
+
+    Attributes:
+        name: the config name, as :attr:`OptimizerInfo.name`.
+        module: the module holding the class.
+        class_name: the class's name in ``module``.
+        extra: the package's extra (``pip install 'lightning-optim[<extra>]'``).
+        settings: as :attr:`OptimizerInfo.settings`.
+
+    Example:
+        >>> EXTRA_OPTIMIZER_INFOS["adamw_schedulefree"].install_line
+        "pip install 'lightning-optim[schedulefree]'"
+    """
+
+    name: str
+    module: str
+    class_name: str
+    extra: str
+    settings: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def conf_file(self) -> str:
+        """The optimizer's file in the Hydra config tree, the class's defaults written out."""
+        return f"optimizer/{self.name}.yaml"
+
+    @property
+    def install_line(self) -> str:
+        """The command that installs the extra."""
+        return f"pip install 'lightning-optim[{self.extra}]'"
+
+    def load(self) -> OptimizerInfo:
+        """Import the class: the :class:`OptimizerInfo` it stands for.
+
+        Raises:
+            OptimConfigError: the package is not installed; the message gives :attr:`install_line`.
+        """
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError as error:
+            raise OptimConfigError(
+                f"optim_config.optimizer.name = {self.name!r} needs the {self.module.split('.')[0]} package, which "
+                f"is not installed ({error}): {self.install_line}"
+            ) from error
+        return OptimizerInfo(self.name, getattr(module, self.class_name), settings=self.settings)
+
+
+SCHEDULE_FREE_SETTINGS = (("bn_recompute_batches", 0),)
+"""Training batches run under ``no_grad`` at the evaluation weights before each validation (:mod:`schedule_free`)."""
+
+EXTRA_OPTIMIZER_INFOS: dict[str, ExtraOptimizerInfo] = {
+    info.name: info
+    for info in [
+        ExtraOptimizerInfo(
+            "adamw_schedulefree", "schedulefree", "AdamWScheduleFree", "schedulefree", SCHEDULE_FREE_SETTINGS
+        ),
+        ExtraOptimizerInfo(
+            "sgd_schedulefree", "schedulefree", "SGDScheduleFree", "schedulefree", SCHEDULE_FREE_SETTINGS
+        ),
+        ExtraOptimizerInfo(
+            "radam_schedulefree", "schedulefree", "RAdamScheduleFree", "schedulefree", SCHEDULE_FREE_SETTINGS
+        ),
+    ]
+}
+"""The optimizers of optional extras by config name, imported when named (:meth:`ExtraOptimizerInfo.load`)."""
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {name: info.cls for name, info in OPTIMIZER_INFOS.items()}
 """The optimizer classes by config name."""
 
@@ -127,13 +224,15 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
         base = next((info for info in limited if issubclass(cls, info.cls)), None)
         return OptimizerInfo(spec["_target_"], cls) if base is None else dataclasses.replace(base, cls=cls)
     name = spec.get("name")
+    names = [*OPTIMIZERS, *EXTRA_OPTIMIZER_INFOS]
     if name is None:
-        raise OptimConfigError(
-            "optim_config.optimizer needs 'name' (one of: " + ", ".join(OPTIMIZERS) + ") or '_target_'."
-        )
+        raise OptimConfigError("optim_config.optimizer needs 'name' (one of: " + ", ".join(names) + ") or '_target_'.")
+    extra = EXTRA_OPTIMIZER_INFOS.get(str(name).lower())
+    if extra is not None:
+        return extra.load()
     info = _BY_SPELLING.get(str(name).lower())
     if info is None:
-        raise config_error("optimizer.name", name, "one of: " + ", ".join(OPTIMIZERS), OPTIMIZERS)
+        raise config_error("optimizer.name", name, "one of: " + ", ".join(names), names)
     return info
 
 
@@ -215,6 +314,7 @@ class OptimizerSpec:
         options: the constructor's keyword arguments, as it takes them.
         rules: the parameter-group rules, their options as the constructor takes them.
         patterns: each rule's compiled ``params`` regex.
+        settings: the section's keys that are not constructor arguments (:attr:`OptimizerInfo.settings`), checked.
 
     Example:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
@@ -226,6 +326,7 @@ class OptimizerSpec:
     options: dict[str, Any]
     rules: tuple[dict[str, Any], ...] = ()
     patterns: tuple[re.Pattern[str], ...] = ()
+    settings: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def groups(
         self, module: nn.Module, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None
@@ -253,6 +354,8 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule.
     """
     info = optimizer_info(section)
-    options = check_options(info.cls, optimizer_options(section), "optimizer")
+    settings = info.check_settings(section, "optimizer")
+    arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
+    options = check_options(info.cls, arguments, "optimizer")
     patterns = compile_rules(rules)
-    return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns))
+    return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns), settings)

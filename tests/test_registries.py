@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from lightning_optim.optimizer_specs import OPTIMIZER_INFOS
+from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS
 from lightning_optim.scheduler_specs import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lightning_optim" / "conf"
-REGISTRIES = {"optimizer": OPTIMIZER_INFOS, "scheduler": SCHEDULERS}
+REGISTRIES = {"optimizer": {**OPTIMIZER_INFOS, **EXTRA_OPTIMIZER_INFOS}, "scheduler": SCHEDULERS}
 README = (ROOT / "README.md").read_text()
 SCHEDULER_KEYS = {key for info in SCHEDULERS.values() for key in info.key_types()}
 

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.cli.common import compose_optim_config
+from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
 
 PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
 TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -58,7 +59,8 @@ def test_deliberate_changes_differ_from_torch():
 
 
 def test_every_optimizer_and_scheduler_name_has_a_file():
-    assert [name for name in group_options("optimizer") if name not in MISSING_FROM_TORCH] == sorted(OPTIMIZERS)
+    optimizers = sorted([*OPTIMIZERS, *EXTRA_OPTIMIZER_INFOS])
+    assert [name for name in group_options("optimizer") if name not in MISSING_FROM_TORCH] == optimizers
     assert group_options("scheduler") == sorted([*SCHEDULER_NAMES, "none"])
 
 
