@@ -32,6 +32,11 @@ __all__ = ["zero_momentum_before_first_step"]
 def zero_momentum_before_first_step(optimizer: torch.optim.Optimizer) -> None:
     """Give a fused SGD's parameters zero momentum buffers before their first step (nothing for other optimizers).
 
+    A buffer is created for a parameter that already has its gradient when the step starts: under AMP's
+    ``GradScaler`` the closure runs before ``scaler.step``, so every buffer the skipped step would leave uninitialised
+    exists. When the closure runs inside the step (Lightning without AMP), the gradients are not there yet and torch's
+    own first step runs; :func:`~lightning_optim.clipping.clip_for_step` then decides a skip on the host.
+
     Groups added later (``add_param_group``, finetuning callbacks) are covered too. Groups with ``dampening != 0``
     are left to torch: there a zero buffer would not equal torch's first step.
     """
@@ -43,11 +48,16 @@ def zero_momentum_before_first_step(optimizer: torch.optim.Optimizer) -> None:
         for group in optimizer.param_groups:
             if id(group) in initialised or not _reads_uninitialised_buffers(group):
                 continue
-            for parameter in group["params"]:
-                state = optimizer.state[parameter]
-                if state.get("momentum_buffer") is None:
-                    state["momentum_buffer"] = torch.zeros_like(parameter, memory_format=torch.preserve_format)
-            initialised.add(id(group))
+            missing = [p for p in group["params"] if optimizer.state.get(p, {}).get("momentum_buffer") is None]
+            for parameter in missing:
+                # Only where a gradient exists already (AMP: the closure ran before the scaler's step): torch reads
+                # exactly these buffers. Without one, torch's own first step follows and a skip is decided on the host.
+                if parameter.grad is not None:
+                    optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format
+                    )
+            if all(p.grad is not None for p in missing):
+                initialised.add(id(group))
 
     optimizer.register_step_pre_hook(zero_missing_buffers)
 
