@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.external_optimizers import check_required_arguments, external_optimizer_class
 from lightning_optim.names import named_modules, named_parameters
 from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
@@ -114,6 +115,8 @@ _BY_SPELLING = {spelling: info for info in OPTIMIZER_INFOS.values() for spelling
 def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
     """The info record ``optimizer.name`` (case-insensitive) names, or one for the class ``optimizer._target_`` names.
 
+    A name torch does not have is looked up in pytorch-optimizer (:mod:`lightning_optim.external_optimizers`).
+
     A ``_target_`` class keeps the limits of the registered optimizer it derives from (an LBFGS subclass takes a
     single group too).
 
@@ -133,7 +136,7 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
         )
     info = _BY_SPELLING.get(str(name).lower())
     if info is None:
-        raise config_error("optimizer.name", name, "one of: " + ", ".join(OPTIMIZERS), OPTIMIZERS)
+        return OptimizerInfo(str(name).lower(), external_optimizer_class(name, OPTIMIZERS))
     return info
 
 
@@ -254,5 +257,6 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
     """
     info = optimizer_info(section)
     options = check_options(info.cls, optimizer_options(section), "optimizer")
+    check_required_arguments(info.cls, options, "optimizer")
     patterns = compile_rules(rules)
     return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns))
