@@ -21,9 +21,9 @@ from lightning_optim import OPTIMIZERS, OptimConfigError, build_optimizer, valid
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
 from lightning_optim.clipping import folds_into_step
 from lightning_optim.external_optimizers import INSTALL_LINE, WELL_KNOWN, external_optimizer_class
-from tests import tb
+from tests import references, tb
 from tests.cli.apps import TINY, run_app
-from tests.models import MixinModel, fit_logged
+from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer
 
 CONF = Path(__file__).resolve().parents[1] / "lightning_optim" / "conf" / "optimizer"
 EXTERNAL_FILES = sorted(path.stem for path in CONF.glob("*.yaml") if path.stem not in OPTIMIZERS)
@@ -260,3 +260,51 @@ def test_lightning_optim_train_runs_optimizer_lion_from_its_hydra_file(tmp_path)
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["optim_config"]["optimizer"]["name"] == "lion"
     assert checkpoint["optimizer_states"][0]["param_groups"][0]["betas"] == [0.9, 0.99]
+
+
+def test_prodigy_under_a_schedule_scales_its_own_step_size_as_a_plain_loop_does(tmp_path):
+    # Prodigy's lr (1.0) multiplies the step size d it estimates; the schedule's factor multiplies that lr.
+    config = {
+        "optimizer": {"name": "prodigy", "safeguard_warmup": True},
+        "scheduler": {"name": "warmup_cosine", "warmup_steps": 2, "total_steps": 8},
+    }
+    model = MixinModel(config)
+    trainer(max_epochs=1).fit(model, loader())
+    reference = RecordingModel()
+    optimizer = pytorch_optimizer.Prodigy(reference.parameters(), safeguard_warmup=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: references.warmup_cosine(k, 1.0, 2, 8))
+    for inputs, targets in loader():
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward()
+        optimizer.step()
+        schedule.step()
+    assert [lrs[0] for lrs in model.lrs] == [references.warmup_cosine(k, 1.0, 2, 8) for k in range(8)]
+    ours = model.trainer.optimizers[0].param_groups[0]
+    assert ours["d"] == optimizer.param_groups[0]["d"] and ours["d"] > 1e-6  # d grew from d0
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+class SecondOrderModel(MixinModel):
+    """What SophiaH and AdaHessian need: gradients that keep their graph, for Hessian-vector products."""
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        loss.backward(create_graph=True)
+
+
+def test_sophiah_with_norm_clipping_takes_the_steps_of_a_plain_loop():
+    # The mixin's clipping must not put the clip coefficient into the gradients' graph (torch's clips under no_grad).
+    model = SecondOrderModel({"optimizer": {"name": "sophiah", "lr": 0.01, "update_period": 2}})
+    fitting = trainer(max_epochs=1, gradient_clip_val=1.0)
+    torch.manual_seed(0)  # the Hutchinson probes are random
+    fitting.fit(model, loader())
+    reference = RecordingModel()
+    optimizer = pytorch_optimizer.SophiaH(reference.parameters(), lr=0.01, update_period=2)
+    torch.manual_seed(0)
+    for inputs, targets in loader():
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(reference(inputs), targets).backward(create_graph=True)
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        optimizer.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
