@@ -2,7 +2,7 @@
 
 torch's names come first and stay torch's (``adamw`` is ``torch.optim.AdamW``); every other name in
 pytorch-optimizer's registry (``pytorch_optimizer.get_supported_optimizers()``: ``lion``, ``prodigy``, ``soap``,
-``adopt``, ...) names its class. A name torch does not have imports ``pytorch_optimizer`` (about 1.5 s) to look it up;
+``adopt``, ...) names its class. A name torch does not have imports ``pytorch_optimizer`` (about 2 s) to look it up;
 a torch name never does. Without the package, a well-known name gives the ``pip install`` line.
 
 Example:
