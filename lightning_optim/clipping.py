@@ -394,6 +394,8 @@ class ClipsShardedGradients(Protocol):
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor: ...
 
 
+# As torch's clip_grad_norm_: gradients kept for second-order optimizers (create_graph=True) get no graph edge here.
+@torch.no_grad()
 def clip_for_step(
     optimizer: torch.optim.Optimizer,
     named_parameters: Iterable[tuple[str, torch.Tensor]],

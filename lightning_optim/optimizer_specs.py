@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.external_optimizers import check_required_arguments, external_optimizer_class
 from lightning_optim.names import named_modules, named_parameters
 from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
@@ -211,6 +212,8 @@ _BY_SPELLING = {spelling: info for info in OPTIMIZER_INFOS.values() for spelling
 def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
     """The info record ``optimizer.name`` (case-insensitive) names, or one for the class ``optimizer._target_`` names.
 
+    A name torch does not have is looked up in pytorch-optimizer (:mod:`lightning_optim.external_optimizers`).
+
     A ``_target_`` class keeps the limits of the registered optimizer it derives from (an LBFGS subclass takes a
     single group too).
 
@@ -232,7 +235,7 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
         return extra.load()
     info = _BY_SPELLING.get(str(name).lower())
     if info is None:
-        raise config_error("optimizer.name", name, "one of: " + ", ".join(names), names)
+        return OptimizerInfo(str(name).lower(), external_optimizer_class(name, names))
     return info
 
 
@@ -357,5 +360,6 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
     settings = info.check_settings(section, "optimizer")
     arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
     options = check_options(info.cls, arguments, "optimizer")
+    check_required_arguments(info.cls, options, "optimizer")
     patterns = compile_rules(rules)
     return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns), settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS
+from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS, OPTIMIZERS, optimizer_class
 from lightning_optim.scheduler_specs import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,14 @@ def supported_names(row: str) -> set[str]:
     return set(re.findall(r"`([a-z][a-z0-9_]*)`", line)) - SCHEDULER_KEYS
 
 
+def from_pytorch_optimizer(name: str) -> bool:
+    """Whether ``name`` is one of pytorch-optimizer's own names (the ``pytorch-optimizer`` extra), not torch's."""
+    return name not in OPTIMIZERS and optimizer_class({"name": name}).__module__.startswith("pytorch_optimizer.")
+
+
 def test_readme_lists_exactly_the_registered_optimizers():
-    assert supported_names("Optimizers") == set(OPTIMIZER_INFOS)
+    names = supported_names("Optimizers")
+    assert {name for name in names if not from_pytorch_optimizer(name)} == {*OPTIMIZER_INFOS, *EXTRA_OPTIMIZER_INFOS}
 
 
 def test_readme_lists_exactly_the_registered_schedulers():
@@ -38,4 +44,7 @@ def test_every_registered_name_has_its_conf_file_and_every_file_is_registered(fa
     assert all((CONF / info.conf_file).is_file() for info in registry.values())
     files = {f"{family}/{path.name}" for path in (CONF / family).glob("*.yaml")}
     # conf/scheduler/none.yaml is the constant lr: no scheduler at all.
-    assert files - {"scheduler/none.yaml"} == {info.conf_file for info in registry.values()}
+    # The optimizer files torch has no name for are pytorch-optimizer's (its extra).
+    stems = [path.stem for path in (CONF / "optimizer").glob("*.yaml")] if family == "optimizer" else []
+    external = {f"optimizer/{stem}.yaml" for stem in stems if from_pytorch_optimizer(stem)}
+    assert files - {"scheduler/none.yaml"} - external == {info.conf_file for info in registry.values()}

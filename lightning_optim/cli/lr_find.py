@@ -32,7 +32,7 @@ from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instan
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.lr_finder import config_with_lr
 from lightning_optim.mixin import OptimMixin
-from lightning_optim.validation import resolve_optim_config
+from lightning_optim.validation import OptimSpec, resolve_optim_config
 
 __all__ = ["LrRangeTest", "check_options", "find_lr", "lr_override", "main", "plot"]
 
@@ -100,8 +100,10 @@ def refuse_untunable(model: OptimMixin, optim_config: Mapping[str, Any]) -> None
             or ``onecycle`` schedule, which sets every group's lr from its own arguments.
     """
     lr = model.lr
+    spec = resolve_optim_config(optim_config)
     try:
-        config_with_lr(optim_config, lr, resolve_optim_config(optim_config))
+        # model.lr has refused several optimizers already: spec is the one optimizer's.
+        config_with_lr(optim_config, lr, spec if isinstance(spec, OptimSpec) else None)
     except OptimConfigError:
         scheduler = optim_config["scheduler"]
         name = scheduler.get("name") or scheduler.get("_target_")
