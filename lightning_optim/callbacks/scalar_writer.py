@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
 
 from lightning_optim.internals import logger_prefix
 
