@@ -6,9 +6,10 @@ checks each function against the public behaviour it stands for. Nothing is impo
 the pure modules (``stats/``, ``clipping.py``) may use it too.
 
 One use stays outside: :class:`~lightning_optim.callbacks.LRMonitor` subclasses Lightning's ``LearningRateMonitor``
-and overrides its private ``_extract_lr``/``_extract_momentum``/``_extract_weight_decay`` and calls its
-``_extract_stats``, ``_find_names_from_schedulers`` and ``_find_names_from_optimizers`` (to name its keys without
-a logger); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
+and overrides its private ``_extract_stats``/``_extract_lr``/``_extract_momentum``/``_extract_weight_decay`` and
+calls its ``_find_names_from_schedulers``, ``_find_names_from_optimizers``, ``_remap_keys`` and
+``_get_optimizer_stats`` (to name its keys without a logger, and to fill ``callback_metrics`` without a host
+sync); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
 
 Example:
     >>> import torch
