@@ -415,15 +415,17 @@ def run_interleaved(
     logdir: str,
     device: str = "cpu",
     deadline: float | None = None,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, dict[str, Any]]:
     """Train every variant in its own thread, one step per turn; return the measured step times per variant.
 
     On ``device="cuda"`` each step is timed to the end of its kernels. Past ``deadline`` the variants stop at their
-    next step and keep the rounds that all of them completed."""
+    next step and keep the rounds that all of them completed. ``variants`` must include ``plain`` (the reference
+    of every ratio)."""
     steps = warmup + measured + 1  # the last step has no following batch start to close it
-    turns = TurnTaking(list(VARIANTS))
+    turns = TurnTaking(list(variants))
     synchronize = torch.cuda.synchronize if device == "cuda" else None
-    timers = {variant: StepTimer(variant, turns, warmup, synchronize, deadline) for variant in VARIANTS}
+    timers = {variant: StepTimer(variant, turns, warmup, synchronize, deadline) for variant in variants}
     errors: dict[str, BaseException] = {}
 
     def train(variant: str) -> None:
@@ -444,7 +446,7 @@ def run_interleaved(
         finally:
             turns.finish(variant)
 
-    threads = [threading.Thread(target=train, args=(variant,), name=variant) for variant in VARIANTS]
+    threads = [threading.Thread(target=train, args=(variant,), name=variant) for variant in variants]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -510,13 +512,20 @@ def step_ratios(results: dict[str, dict[str, Any]], samples: int = 1000) -> dict
     derived = {}
     for stat in STATISTICS:
         r = {variant: ratios[variant][stat]["ratio"] for variant in ratios}
+        aa, recipe, mixin, monitors = (r.get(name) for name in ("plain_aa", "recipe", "mixin", "mixin_monitors"))
         derived[stat] = {
-            "aa_noise_fraction": r["plain_aa"] - 1.0,
-            "recipe_overhead_fraction": r["recipe"] - 1.0,
-            "monitoring_overhead_fraction": r["mixin_monitors"] - 1.0,
-            "monitoring_over_recipe": (r["mixin_monitors"] - 1.0) / (r["recipe"] - 1.0) if r["recipe"] > 1 else None,
-            "mixin_alone_overhead_fraction": r["mixin"] - 1.0,
-            "monitors_over_mixin_alone_fraction": r["mixin_monitors"] / r["mixin"] - 1.0,
+            "aa_noise_fraction": None if aa is None else aa - 1.0,
+            "recipe_overhead_fraction": None if recipe is None else recipe - 1.0,
+            "monitoring_overhead_fraction": None if monitors is None else monitors - 1.0,
+            "monitoring_over_recipe": (
+                (monitors - 1.0) / (recipe - 1.0)
+                if monitors is not None and recipe is not None and recipe > 1
+                else None
+            ),
+            "mixin_alone_overhead_fraction": None if mixin is None else mixin - 1.0,
+            "monitors_over_mixin_alone_fraction": (
+                None if monitors is None or mixin is None else monitors / mixin - 1.0
+            ),
         }
     return {"statistics": STATISTICS, "per_variant": ratios, "derived": derived}
 
@@ -772,6 +781,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log-every", nargs="+", type=int, default=[1, 50])
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        help="the variants timed side by side (default: all; plain is always timed, as every ratio's reference)",
+    )
+    parser.add_argument(
         "--steps",
         type=int,
         default=None,
@@ -792,6 +808,7 @@ def main(argv: list[str] | None = None) -> None:
 
     warmup = 20 if args.quick else 30
     default_steps = {"digits": 120, "deep_mlp": 50} if args.quick else {"digits": 500, "deep_mlp": 200}
+    variants = tuple(dict.fromkeys(["plain", *args.variants]))
     measured = {model: args.steps or default_steps.get(model, default_steps["deep_mlp"]) for model in args.models}
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -810,7 +827,7 @@ def main(argv: list[str] | None = None) -> None:
             "measured_steps": measured,
             "batch_size": BATCH_SIZE,
             "gradient_clip_val": CLIP,
-            "variants": VARIANT_HELP,
+            "variants": {variant: VARIANT_HELP[variant] for variant in variants},
             "monitors": list(MONITORS),
             "device": args.device,
         },
@@ -820,7 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         for model in args.models:
             for log_every in args.log_every:
                 gc.collect()
-                steps = run_interleaved(model, log_every, warmup, measured[model], logdir, args.device)
+                steps = run_interleaved(model, log_every, warmup, measured[model], logdir, args.device, None, variants)
                 ratios = step_ratios(steps)
                 results["steps"][f"{model}@{log_every}"] = {"variants": steps, "ratios": ratios}
                 print_steps(model, log_every, steps, ratios)

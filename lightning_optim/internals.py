@@ -6,9 +6,10 @@ checks each function against the public behaviour it stands for. Nothing is impo
 the pure modules (``stats/``, ``clipping.py``) may use it too.
 
 One use stays outside: :class:`~lightning_optim.callbacks.LRMonitor` subclasses Lightning's ``LearningRateMonitor``
-and overrides its private ``_extract_lr``/``_extract_momentum``/``_extract_weight_decay`` and calls its
-``_extract_stats``, ``_find_names_from_schedulers`` and ``_find_names_from_optimizers`` (to name its keys without
-a logger); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
+and overrides its private ``_extract_stats``/``_extract_lr``/``_extract_momentum``/``_extract_weight_decay`` and
+calls its ``_find_names_from_schedulers``, ``_find_names_from_optimizers``, ``_remap_keys`` and
+``_get_optimizer_stats`` (to name its keys without a logger, and to fill ``callback_metrics`` without a host
+sync); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
 
 Example:
     >>> import torch
@@ -26,15 +27,18 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 if TYPE_CHECKING:
     import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
 
 __all__ = [
     "BatchNormLayer",
     "attached_trainer",
+    "callback_metrics_store",
     "ends_epoch",
     "grad_scaler",
     "is_batchnorm",
     "is_compiled",
     "is_last_batch",
+    "logger_prefix",
     "logging_step",
     "own_buffers",
     "resumed_epoch",
@@ -203,3 +207,21 @@ def is_compiled(module: torch.nn.Module) -> bool:
         isinstance(submodule, OptimizedModule) or getattr(submodule, "_compiled_call_impl", None) is not None
         for submodule in module.modules()
     )
+
+
+def logger_prefix(logger: TensorBoardLogger) -> str:
+    """The ``prefix`` a ``TensorBoardLogger`` was made with, which its ``log_metrics`` joins to every key.
+
+    Reads ``logger._prefix``: the logger keeps the argument under no public name.
+    """
+    return logger._prefix
+
+
+def callback_metrics_store(trainer: L.Trainer) -> dict[str, torch.Tensor]:
+    """The dict ``trainer.callback_metrics`` returns, without the refresh that property makes first.
+
+    Reads ``trainer._logger_connector._callback_metrics``. The public property first recomputes the model's logged
+    metrics, converting each progress-bar metric with ``.item()``: a host sync on every access. Keys put here are
+    what the property returns next (refreshed with the model's metrics, as after any update through it).
+    """
+    return trainer._logger_connector._callback_metrics

@@ -12,17 +12,19 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 
 from lightning_optim.internals import (
     attached_trainer,
+    callback_metrics_store,
     ends_epoch,
     grad_scaler,
     is_batchnorm,
     is_compiled,
     is_last_batch,
+    logger_prefix,
     logging_step,
     own_buffers,
     resumed_epoch,
@@ -32,6 +34,7 @@ from lightning_optim.internals import (
     torch_optimizer,
     unscales_in_step,
 )
+from tests import tb
 from tests.models import CrashAt, Interrupted, RecordingModel, loader, trainer
 
 
@@ -289,3 +292,34 @@ def test_is_compiled_recognizes_each_form_whose_graph_ignores_hooks_added_later(
     whole = Normed()
     trainer(max_steps=1).fit(torch.compile(whole, backend="eager"), loader())  # type: ignore[arg-type]
     assert is_compiled(whole) and hook_calls_after_compiling(whole) == 0
+
+
+@pytest.mark.parametrize("prefix", ["", "run"])
+def test_logger_prefix_is_what_log_metrics_joins_to_every_key(tmp_path, prefix):
+    logger = TensorBoardLogger(tmp_path, name="tb", prefix=prefix)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.finalize("success")
+    joined = f"{logger_prefix(logger)}{logger.LOGGER_JOIN_CHAR}loss" if logger_prefix(logger) else "loss"
+    assert list(tb.scalars(tmp_path)) == [joined]
+    assert logger_prefix(logger) == prefix
+
+
+class ProgressBarModel(RecordingModel):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+
+def test_callback_metrics_store_is_the_dict_callback_metrics_returns():
+    def read(trainer: L.Trainer, _: L.LightningModule) -> dict[str, Any]:
+        store = callback_metrics_store(trainer)
+        store["key put in"] = torch.tensor(1.0)
+        return {"store": store, "public": trainer.callback_metrics}
+
+    reads = Reads("on_train_batch_end", read)
+    trainer(max_steps=2, callbacks=[reads]).fit(ProgressBarModel(), loader())
+    assert len(reads.rows) == 2
+    for row in reads.rows:
+        assert row["public"] is row["store"]
+        assert row["public"]["key put in"] == 1.0 and "train/loss" in row["public"]

