@@ -8,8 +8,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimMixin
@@ -83,6 +84,39 @@ def trainer(**kwargs: Any) -> L.Trainer:
         "num_sanity_val_steps": 0,
     }
     return L.Trainer(**{**defaults, **kwargs})
+
+
+class MemoryLogger(Logger):
+    """Keeps every ``log_metrics`` call as ``(step, metrics)`` in ``logged``; ``save_dir`` is where the trainer's
+    ``log_dir`` points."""
+
+    def __init__(self, save_dir: Path | None = None) -> None:
+        super().__init__()
+        self._save_dir = save_dir
+        self.logged: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def save_dir(self) -> str | None:
+        return None if self._save_dir is None else str(self._save_dir)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are not kept."""
+
+    def steps_of(self, key: str) -> list[int | None]:
+        """The steps at which ``key`` reached the logger."""
+        return [step for step, metrics in self.logged if key in metrics]
 
 
 def fit_logged(

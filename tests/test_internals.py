@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 
@@ -35,30 +35,7 @@ from lightning_optim.internals import (
     unscales_in_step,
 )
 from tests import tb
-from tests.models import CrashAt, Interrupted, RecordingModel, loader, trainer
-
-
-class StepLogger(Logger):
-    """Keeps the step at which every metric reached the logger."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.steps: dict[str, list[int]] = {}
-
-    @property
-    def name(self) -> str:
-        return "steps"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for key in metrics:
-            self.steps.setdefault(key, []).append(step)
+from tests.models import CrashAt, Interrupted, MemoryLogger, RecordingModel, loader, trainer
 
 
 class LoggingModel(RecordingModel):
@@ -82,24 +59,24 @@ class Reads(L.Callback):
 
 def test_should_log_is_lightnings_log_every_n_steps_rule():
     reads = Reads("on_train_batch_start", lambda t, m: {"logs": should_log(t), "index": t.global_step})
-    logger = StepLogger()
+    logger = MemoryLogger()
     trainer(max_epochs=2, log_every_n_steps=3, logger=logger, callbacks=[reads]).fit(LoggingModel(), loader())
     # 8 batches an epoch: the rule counts batches across epochs, (index + 1) % log_every_n_steps == 0.
     assert [row["logs"] for row in reads.rows] == [(row["index"] + 1) % 3 == 0 for row in reads.rows]
     # It is the decision self.log follows: its points land on exactly those batches.
-    assert logger.steps["train/loss"] == [row["index"] for row in reads.rows if row["logs"]]
+    assert logger.steps_of("train/loss") == [row["index"] for row in reads.rows if row["logs"]]
 
 
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_logging_step_is_where_self_log_lands(accumulate):
     reads = Reads("on_train_batch_end", lambda t, m: {"step": logging_step(t), "logs": should_log(t)})
     starts = Reads("on_train_batch_start", lambda t, m: {"step": logging_step(t), "global_step": t.global_step})
-    logger = StepLogger()
+    logger = MemoryLogger()
     fit_trainer = trainer(
         max_epochs=2, log_every_n_steps=1, accumulate_grad_batches=accumulate, logger=logger, callbacks=[reads, starts]
     )
     fit_trainer.fit(LoggingModel(), loader())
-    assert logger.steps["train/loss"] == sorted({row["step"] for row in reads.rows if row["logs"]})
+    assert logger.steps_of("train/loss") == sorted({row["step"] for row in reads.rows if row["logs"]})
     assert [row["step"] for row in starts.rows] == [row["global_step"] for row in starts.rows]
     assert [row["step"] for row in starts.rows] == [index // accumulate for index in range(16)]
 

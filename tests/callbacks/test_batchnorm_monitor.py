@@ -13,45 +13,20 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim.callbacks import BatchNormMonitor
 from tests import tb
-from tests.models import trainer
+from tests.models import MemoryLogger, trainer
 
 SUMMARY_KEYS = [f"{t}_{s}" for t in ("running_mean", "running_var", "weight", "bias") for s in ("mean", "min", "max")]
 LAYER_KEYS = sorted(["mean_drift", "var_ratio", "dead_fraction", *SUMMARY_KEYS])
 
 
-class RecordingLogger(Logger):
-    """Keeps every ``log_metrics`` call; ``save_dir`` is where the trainer's ``log_dir`` points."""
-
-    def __init__(self, save_dir: Path | None = None) -> None:
-        super().__init__()
-        self._save_dir = save_dir
-        self.logged: list[tuple[int, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    @property
-    def save_dir(self) -> str | None:
-        return None if self._save_dir is None else str(self._save_dir)
-
-    @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.logged.append((step, dict(metrics)))
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
+class RecordingLogger(MemoryLogger):
+    """Keeps every ``log_metrics`` call, with the ``batchnorm/`` keys per step at hand."""
 
     def batchnorm(self) -> dict[int, dict[str, float]]:
         """``{step: {key: value}}`` of the ``batchnorm/`` keys."""

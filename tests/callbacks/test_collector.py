@@ -8,41 +8,19 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
 from lightning_optim.callbacks.scalar_writer import write_scalars
 from tests import tb
-from tests.models import MixinModel, loader, trainer
+from tests.models import MemoryLogger, MixinModel, loader, trainer
 
 CONFIG = {
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
     "scheduler": {"name": "warmup_linear", "warmup_steps": 2, "total_steps": 8},
 }
 METRICS = {"lr-SGD": 0.1, "grad_norm/total": 2.5, "batchnorm/bn/var_ratio": 1.0 / 3.0}
-
-
-class MemoryLogger(Logger):
-    """Keeps every ``log_metrics`` call."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "memory"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.calls.append((step, dict(metrics)))
 
 
 class CountingTensorBoardLogger(TensorBoardLogger):
@@ -87,7 +65,7 @@ def test_a_logger_with_its_own_log_metrics_and_other_loggers_get_log_metrics(tmp
     for logger in (custom, memory):
         write_scalars(logger, METRICS, 5)
     assert custom.calls == 1
-    assert memory.calls == [(5, METRICS)]
+    assert memory.logged == [(5, METRICS)]
 
 
 def test_the_monitors_keys_of_a_step_reach_a_logger_in_one_call(tmp_path):
@@ -96,14 +74,14 @@ def test_the_monitors_keys_of_a_step_reach_a_logger_in_one_call(tmp_path):
     trainer(callbacks=callbacks, logger=logger, log_every_n_steps=2, gradient_clip_val=1.0).fit(
         MixinModel(CONFIG), loader()
     )
-    monitor_calls = [(step, sorted(metrics)) for step, metrics in logger.calls if "lr-SGD/default" in metrics]
+    monitor_calls = [(step, sorted(metrics)) for step, metrics in logger.logged if "lr-SGD/default" in metrics]
     keys = sorted(
         ["lr-SGD/default", "lr-SGD/default-momentum"]
         + [f"grad_norm/{key}" for key in ("total", "clipped", "threshold", "clip_fraction", "nonfinite")]
         + ["grad_norm/encoder", "grad_norm/head"]
     )
     assert monitor_calls == [(step, keys) for step in (1, 3, 5, 7)]
-    assert all("grad_norm/total" not in metrics for _, metrics in logger.calls if "lr-SGD/default" not in metrics)
+    assert all("grad_norm/total" not in metrics for _, metrics in logger.logged if "lr-SGD/default" not in metrics)
 
 
 class EndsEpochEarly(MixinModel):
