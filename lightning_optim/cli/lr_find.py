@@ -15,6 +15,7 @@ Examples (shell)::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.tuner.tuning import Tuner
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instantiate_model, whole_number
 from lightning_optim.errors import OptimConfigError, did_you_mean
@@ -191,8 +193,10 @@ def main(cfg: DictConfig) -> None:
     title = f"lr range test: {cfg.optimizer.name} on {model}, {len(search.lrs)} steps"
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(search, title).savefig(out, dpi=100)
-    print(describe(search))
-    print(f"lr range test drawn to {out.resolve()}")
+    console = Console()
+    say = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)
+    say(describe(search))
+    say(f"lr range test drawn to {out.resolve()}")
     if search.suggestion is None:
         raise RuntimeError(
             f"No suggestion: after leaving out the first {SKIP_BEGIN} and last {SKIP_END} points, fewer than two of "
@@ -200,7 +204,7 @@ def main(cfg: DictConfig) -> None:
             "trainer's max_epochs and limit_train_batches ended it). See the curve; lower lr_find.max_lr, raise "
             "lr_find.early_stop_threshold or lr_find.num_training."
         )
-    print(lr_override(search.suggestion))
+    say(lr_override(search.suggestion))
 
 
 def _is_number(value: Any) -> TypeGuard[float]:
