@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOGDIR ?= outputs
+TEST_WORKERS ?= 2
 
 .PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot gpu-wheels gpu-check clean
 
@@ -17,9 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(BIN)/lightning-optim-train $(ARGS)
 
+# Two pytest-xdist workers: the suite is mostly subprocess and Trainer runs, about 11 minutes in one process on 2 cores.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
