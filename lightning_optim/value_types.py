@@ -88,7 +88,7 @@ def dataclass_types(cls: type) -> dict[str, Expected]:
     """The fields of dataclass ``cls``, typed by their annotations.
 
     Example:
-        >>> from lightning_optim.schedules import StepDecay
+        >>> from lightning_optim.schedule.closed_form import StepDecay
         >>> dataclass_types(StepDecay)["step_size"]
         Expected(hint=<class 'int'>, example=100)
     """

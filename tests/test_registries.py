@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS, OPTIMIZERS, optimizer_class
-from lightning_optim.scheduler_specs import SCHEDULERS
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS, OPTIMIZERS, optimizer_class
+from lightning_optim.schedule.registry import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lightning_optim" / "conf"

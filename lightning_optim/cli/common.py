@@ -79,7 +79,7 @@ def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.
 
     ``model`` is the user's own code path: Hydra instantiates it and every ``_target_`` inside it. ``optim_config``
     is not: a ``_target_`` in it reaches the model untouched, where the project's own check
-    (:func:`lightning_optim.optimizers.import_class`) accepts only optimizer and scheduler classes, so nothing a
+    (:func:`lightning_optim.optim.build.import_class`) accepts only optimizer and scheduler classes, so nothing a
     command line puts into ``optimizer``, ``param_groups`` or ``scheduler`` is ever called by Hydra.
 
     Example:

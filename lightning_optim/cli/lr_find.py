@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instantiate_model, whole_number
+from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
-from lightning_optim.lr_finder import config_with_lr
-from lightning_optim.mixin import OptimMixin
-from lightning_optim.validation import OptimSpec, resolve_optim_config
+from lightning_optim.fit.lr_finder import config_with_lr
+from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["LrRangeTest", "check_options", "find_lr", "lr_override", "main", "plot"]
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import override
 
 from lightning_optim.demos._data import SplitDataModule
-from lightning_optim.mixin import OptimMixin
+from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["QuadraticDataModule", "QuadraticMLP", "make_quadratic"]
 

@@ -10,8 +10,8 @@ remaining batches of each remaining epoch under that epoch's accumulation, cappe
 
 :class:`RunLength` keeps one scheduler's schedule on that length: it gives the length to build with (a resumed
 checkpoint's where the config leaves the length to the run), and :meth:`RunLength.follow`, called at train start
-and at each epoch start, gives a :class:`~lightning_optim.lr_schedulers.ClosedFormLR` a new schedule over the new
-length, keeping its step count. A resume whose trainer implies another length than the checkpoint's keeps the
+and at each epoch start, gives a :class:`~lightning_optim.schedule.lr_schedulers.ClosedFormLR` a new schedule over
+the new length, keeping its step count. A resume whose trainer implies another length than the checkpoint's keeps the
 checkpoint's for the rest of the run and says so (:class:`ResumeConfigWarning`); a scheduler that keeps its own
 length (torch's ``OneCycleLR``) says once that it cannot follow (:class:`RunLengthWarning`).
 
@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_optim.internals import resumed_epoch, stepping_batches_done
-from lightning_optim.lr_schedulers import ClosedFormLR
-from lightning_optim.scheduler_specs import SCHEDULERS, SchedulerSpec, needs_run_length
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR
+from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
 
 if TYPE_CHECKING:
     import lightning as L
@@ -252,7 +252,7 @@ class RunLength:
         where: the section's key in warnings.
 
     Example:
-        >>> from lightning_optim.scheduler_specs import resolve_scheduler
+        >>> from lightning_optim.schedule.registry import resolve_scheduler
         >>> length = RunLength(resolve_scheduler({"name": "warmup_cosine", "total_steps": None}))
         >>> length.resume({"interval": "step", "length": 100}), length.saved()
         (100, {'interval': 'step', 'length': 100})

@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
+from lightning_optim.config.optimizer_sets import select_parameters
+from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.lr_schedulers import ClosedFormLR
 from lightning_optim.names import named_parameters
-from lightning_optim.optimizer_sets import select_parameters
-from lightning_optim.optimizer_specs import OptimizerSpec
-from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.schedules import Schedule
-from lightning_optim.validation import OptimizerSetSpec, OptimSpec, resolve_optim_config
+from lightning_optim.optim.registry import OptimizerSpec
+from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
+from lightning_optim.schedule.closed_form import Schedule
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 
 __all__ = [
     "PREVIEW_POINTS",
@@ -94,8 +94,8 @@ def sample_learning_rates(
     """Every group's lr at ``points`` evenly spaced steps of a run, plus the steps it must show exactly.
 
     Those are ``include``, the first and the last step and each group's peak; for a closed-form schedule also
-    every boundary (:meth:`~lightning_optim.schedules.Schedule.boundaries`: warmup end, milestones, ...) and the
-    step before it. A closed-form schedule (or a constant lr) is evaluated at these steps only, so a run of 10⁹
+    every boundary (:meth:`~lightning_optim.schedule.closed_form.Schedule.boundaries`: warmup end, milestones, ...)
+    and the step before it. A closed-form schedule (or a constant lr) is evaluated at these steps only, so a run of 10⁹
     steps costs what one of a thousand does. A stateful scheduler (``cyclic``, ``onecycle``, ``plateau``, a
     ``_target_``) is stepped through the whole run, up to :data:`PREVIEW_STEP_LIMIT` steps. With several optimizers
     (``optim_config.optimizers``) ``optimizer`` names the one to preview.

@@ -1,9 +1,9 @@
 """The ``scheduler`` section of ``optim_config``: the names it takes, the keys each one takes, and their checks.
 
-Closed-form schedules (:mod:`lightning_optim.schedules`) run through
-:class:`~lightning_optim.lr_schedulers.ClosedFormLR`; ``plateau`` through
-:class:`~lightning_optim.lr_schedulers.PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own classes, which also
-cycle momentum.
+Closed-form schedules (:mod:`lightning_optim.schedule.closed_form`) run through
+:class:`~lightning_optim.schedule.lr_schedulers.ClosedFormLR`; ``plateau`` through
+:class:`~lightning_optim.schedule.lr_schedulers.PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own classes,
+which also cycle momentum.
 
 Example:
     >>> spec = resolve_scheduler({"name": "step", "step_size": 2e1})
@@ -24,8 +24,7 @@ from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR, ReduceLR
 from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR
-from lightning_optim.schedules import (
+from lightning_optim.schedule.closed_form import (
     CosineRestarts,
     ExponentialDecay,
     InverseSqrt,
@@ -37,6 +36,7 @@ from lightning_optim.schedules import (
     WarmupCosine,
     WarmupStableDecay,
 )
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import Expected, conform_section, constructor_types, dataclass_types, expected
 
@@ -111,7 +111,8 @@ class SchedulerInfo:
 
 @dataclass(frozen=True)
 class RunsClosedForm(SchedulerInfo):
-    """A scheduler name whose lr is a pure :class:`~lightning_optim.schedules.Schedule`, run by ``ClosedFormLR``."""
+    """A scheduler name whose lr is a pure :class:`~lightning_optim.schedule.closed_form.Schedule`, run by
+    ``ClosedFormLR``."""
 
     def schedule(self, spec: Mapping[str, Any], total_steps: int, where: str) -> Schedule:
         """The schedule a checked section ``spec`` gives over a run of ``total_steps``."""

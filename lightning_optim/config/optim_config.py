@@ -7,7 +7,7 @@ config can be stored in ``hparams`` and checkpoints load under torch's default `
 Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping``), or several
 named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
 holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.adaptive_clipping`) appears only when set.
+:mod:`lightning_optim.clipping.adaptive`) appears only when set.
 
 Example:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})

@@ -41,10 +41,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader
 
+from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import config_error
 from lightning_optim.internals import is_batchnorm, torch_optimizer
-from lightning_optim.optimizer_specs import SCHEDULE_FREE_SETTINGS
-from lightning_optim.validation import OptimizerSetSpec, OptimSpec
+from lightning_optim.optim.registry import SCHEDULE_FREE_SETTINGS
 
 if TYPE_CHECKING:
     import lightning as L
@@ -97,7 +97,7 @@ def recompute_batches(spec: OptimSpec | OptimizerSetSpec) -> int:
     """``bn_recompute_batches`` of the config (the largest among several optimizers), 0 where none sets it.
 
     Example:
-        >>> from lightning_optim.validation import resolve_optim_config
+        >>> from lightning_optim.config.validation import resolve_optim_config
         >>> spec = resolve_optim_config({"optimizer": {"name": "sgd_schedulefree", "bn_recompute_batches": 8}})
         >>> recompute_batches(spec)
         8

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.fused_sgd import zero_momentum_before_first_step
-from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
+from lightning_optim.optim.fused_sgd import zero_momentum_before_first_step
+from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
 
 __all__ = ["build_optimizer"]
 
@@ -34,7 +34,7 @@ def build_optimizer(
     (rules included) that validation already checked. Frozen parameters (``requires_grad=False``) stay out, so a
     finetuning callback can add them later. ``named_parameters`` narrows the parameters to a selection of ``module``'s.
     A fused SGD's momentum starts from zero buffers, so a skipped first step cannot leave them uninitialised
-    (:mod:`lightning_optim.fused_sgd`).
+    (:mod:`lightning_optim.optim.fused_sgd`).
 
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule, LBFGS

@@ -19,14 +19,14 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from lightning_optim.errors import config_error
-from lightning_optim.lr_schedulers import PlateauLR
-from lightning_optim.scheduler_specs import SchedulerSpec, own_options, resolve_scheduler
+from lightning_optim.schedule.lr_schedulers import PlateauLR
+from lightning_optim.schedule.registry import SchedulerSpec, own_options, resolve_scheduler
 
 if TYPE_CHECKING:
     import lightning as L
     from lightning.pytorch.utilities.types import LRSchedulerConfigType
 
-    from lightning_optim.run_length import RunLength
+    from lightning_optim.fit.run_length import RunLength
 
 __all__ = ["BuiltScheduler", "build_scheduler"]
 

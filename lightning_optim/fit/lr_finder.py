@@ -25,12 +25,12 @@ from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.internals import attached_trainer
-from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR
-from lightning_optim.scheduler_specs import TorchScheduler
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR
+from lightning_optim.schedule.registry import TorchScheduler
 
 if TYPE_CHECKING:
-    from lightning_optim.mixin import OptimMixin
-    from lightning_optim.validation import OptimizerSetSpec, OptimSpec
+    from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
+    from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = [
     "config_with_lr",
@@ -123,7 +123,7 @@ def move_base_lrs(
     otherwise each group keeps its current share of its base lr (a plateau's reductions, a torch scheduler's factor).
 
     Example:
-        >>> from lightning_optim.schedules import Schedule
+        >>> from lightning_optim.schedule.closed_form import Schedule
         >>> optimizer = torch.optim.SGD([{"params": [torch.zeros(1)], "name": "default", "lr": 0.1}])
         >>> scheduler = ClosedFormLR(optimizer, Schedule(warmup_steps=4))
         >>> optimizer.step(); scheduler.step(); optimizer.param_groups[0]["lr"]

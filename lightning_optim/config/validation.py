@@ -23,11 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from lightning_optim.adaptive_clipping import CLIPPING_KEY, ClippingSpec, resolve_clipping
-from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
+from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
+from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.optimizer_specs import OptimizerSpec, resolve_optimizer
-from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
+from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
+from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
 
 __all__ = [
     "NamedOptimSpec",

@@ -9,7 +9,7 @@ optimizer step; a model that clips with it keeps the result in a :class:`ClipSta
 through the :class:`ReportsClipping` protocol.
 
 A threshold is a number (the Trainer's ``gradient_clip_val``) or an adaptive one (:data:`ThresholdOfNorm`: this
-step's total norm in, a device tensor out, see :mod:`lightning_optim.adaptive_clipping`); either way nothing is
+step's total norm in, a device tensor out, see :mod:`lightning_optim.clipping.adaptive`); either way nothing is
 synced to the host.
 
 Example:

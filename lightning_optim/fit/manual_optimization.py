@@ -21,7 +21,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightning_optim.clipping import algorithm_name
+from lightning_optim.clipping.clip import algorithm_name
 
 __all__ = [
     "SchedulerStepCheck",

@@ -5,7 +5,7 @@ Lightning 2.x trains several optimizers only with manual optimization (``self.au
 
 Example:
     >>> import torch
-    >>> from lightning_optim.validation import resolve_optim_config
+    >>> from lightning_optim.config.validation import resolve_optim_config
     >>> model = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2), "discriminator": torch.nn.Linear(2, 1)})
     >>> spec = resolve_optim_config({"optimizers": {
     ...     "generator": {"params": "^generator[.]", "optimizer": {"name": "adam", "lr": 2e-4}},
@@ -23,11 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from lightning_optim.config.validation import NamedOptimSpec, OptimizerSetSpec, section_keys
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.names import named_parameters
-from lightning_optim.optimizers import build_optimizer
-from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.validation import NamedOptimSpec, OptimizerSetSpec, section_keys
+from lightning_optim.optim.build import build_optimizer
+from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
 
 __all__ = ["NamesOptimizers", "build_optimizer_set", "optimizer_labels", "select_parameters"]
 
@@ -129,7 +129,7 @@ def build_optimizer_set(
             under ``optimizers.<name>``.
 
     Example:
-        >>> from lightning_optim.validation import resolve_optim_config
+        >>> from lightning_optim.config.validation import resolve_optim_config
         >>> model = torch.nn.ModuleDict({"actor": torch.nn.Linear(2, 2), "critic": torch.nn.Linear(2, 1)})
         >>> spec = resolve_optim_config({"optimizers": {
         ...     "actor": {"params": "^actor[.]", "optimizer": {"name": "adam"},

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.external_optimizers import check_required_arguments, external_optimizer_class
 from lightning_optim.names import named_modules, named_parameters
-from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
+from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
+from lightning_optim.optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform, conform_section, constructor_types, expected
 
@@ -212,7 +212,7 @@ _BY_SPELLING = {spelling: info for info in OPTIMIZER_INFOS.values() for spelling
 def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
     """The info record ``optimizer.name`` (case-insensitive) names, or one for the class ``optimizer._target_`` names.
 
-    A name torch does not have is looked up in pytorch-optimizer (:mod:`lightning_optim.external_optimizers`).
+    A name torch does not have is looked up in pytorch-optimizer (:mod:`lightning_optim.optim.external`).
 
     A ``_target_`` class keeps the limits of the registered optimizer it derives from (an LBFGS subclass takes a
     single group too).

@@ -1,6 +1,6 @@
 """Pure learning-rate schedules: frozen dataclasses mapping an optimizer step to a factor of the base lr.
 
-A schedule never sees an optimizer. ``ClosedFormLR`` (in :mod:`lightning_optim.lr_schedulers`) multiplies each
+A schedule never sees an optimizer. ``ClosedFormLR`` (in :mod:`lightning_optim.schedule.lr_schedulers`) multiplies each
 parameter group's own base lr by ``schedule(step)``. Every schedule takes ``warmup_steps``: for step
 ``k < warmup_steps`` the factor is ``k / warmup_steps`` (so step 0 runs at lr 0, as in Hugging Face's schedules);
 afterwards the decay applies. Step counts are in units of the scheduler's ``interval`` (optimizer steps or

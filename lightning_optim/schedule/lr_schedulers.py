@@ -1,10 +1,10 @@
 """The two ``LRScheduler`` classes behind the ``scheduler`` config: a pure schedule, and plateau with warmup.
 
-:class:`ClosedFormLR` runs a closed-form schedule (:mod:`lightning_optim.schedules`); :class:`PlateauLR` warms up per
-step and then follows torch's ``ReduceLROnPlateau``, fed by :func:`step_plateau` after each validation run.
+:class:`ClosedFormLR` runs a closed-form schedule (:mod:`lightning_optim.schedule.closed_form`); :class:`PlateauLR`
+warms up per step and then follows torch's ``ReduceLROnPlateau``, fed by :func:`step_plateau` after each validation run.
 
 Example:
-    >>> from lightning_optim.schedules import StepDecay
+    >>> from lightning_optim.schedule.closed_form import StepDecay
     >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     >>> scheduler = ClosedFormLR(optimizer, StepDecay(step_size=1, gamma=0.5))
     >>> optimizer.step(); scheduler.step(); scheduler.get_last_lr()
@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, did_you_mean
-from lightning_optim.schedules import Schedule
+from lightning_optim.schedule.closed_form import Schedule
 
 __all__ = ["ClosedFormLR", "PlateauLR", "step_plateau"]
 

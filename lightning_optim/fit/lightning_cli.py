@@ -34,7 +34,7 @@ import torch
 from lightning_optim.errors import OptimConfigError
 
 if TYPE_CHECKING:
-    from lightning_optim.mixin import OptimMixin
+    from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["refuse_replaced_configure_optimizers"]
 

@@ -15,7 +15,7 @@
 
 Each threshold is a 0-d tensor on the gradients' device: nothing is synced to the host. A NaN/Inf norm leaves the
 history and the statistics as they were. The gradients are scaled with ``clip_grad_norm_``'s coefficient
-``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping`).
+``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
 
 Example:
     >>> import torch

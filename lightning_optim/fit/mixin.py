@@ -30,30 +30,34 @@ from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.adaptive_clipping import (
+from lightning_optim.clipping.adaptive import (
     AdaptiveThresholds,
     clipped_sections,
     refuse_explicit_threshold,
     refuse_trainer_threshold,
 )
-from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
-from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
+from lightning_optim.clipping.clip import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
+from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
+from lightning_optim.config.optimizer_sets import build_optimizer_set
+from lightning_optim.config.validation import (
+    NamedOptimSpec,
+    OptimizerSetSpec,
+    OptimSpec,
+    clipping_specs,
+    resolve_optim_config,
+    warn_on_zero_lr,
+)
 from lightning_optim.errors import OptimConfigError
-from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
-from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
-from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
-from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
-from lightning_optim.manual_optimization import (
+from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.fit.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
+from lightning_optim.fit.manual_optimization import (
     SchedulerStepCheck,
     clip_arguments,
     max_steps_counts_every_optimizer,
     unapplied_frequency,
 )
-from lightning_optim.names import named_parameters
-from lightning_optim.optimizer_sets import build_optimizer_set
-from lightning_optim.optimizers import build_optimizer
-from lightning_optim.run_length import ResumeConfigWarning, RunLength
-from lightning_optim.schedule_free import (
+from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.fit.schedule_free import (
     forward_inputs,
     recompute_batches,
     save_evaluation_weights,
@@ -62,15 +66,11 @@ from lightning_optim.schedule_free import (
     warn_on_decaying_schedule,
     warn_on_lr_logging,
 )
-from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.validation import (
-    NamedOptimSpec,
-    OptimizerSetSpec,
-    OptimSpec,
-    clipping_specs,
-    resolve_optim_config,
-    warn_on_zero_lr,
-)
+from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
+from lightning_optim.names import named_parameters
+from lightning_optim.optim.build import build_optimizer
+from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, step_plateau
 
 if TYPE_CHECKING:
     import lightning as L
@@ -99,7 +99,7 @@ class OptimMixin(_LightningModule):
 
     ``class Model(OptimMixin, L.LightningModule)`` or, for a model that already has ``configure_optimizers``,
     ``class Model(OptimMixin, ExistingModel)``: the mixin comes first and takes over. Set ``self.optim_config``
-    in ``__init__`` (a dict, a ``DictConfig`` or an :class:`~lightning_optim.config.OptimConfig`); it is
+    in ``__init__`` (a dict, a ``DictConfig`` or an :class:`~lightning_optim.config.optim_config.OptimConfig`); it is
     checked at once, so a bad name or value fails before any trainer exists.
 
     What it does beyond Lightning:
@@ -108,7 +108,7 @@ class OptimMixin(_LightningModule):
       ``accumulate_grad_batches`` (Lightning's own ``frequency`` counts batches).
     * A schedule sized by the run (``total_steps: null``, ``warmup_ratio``) reaches its floor with the run's last
       optimizer step, also when ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train
-      dataloader change the run's length after ``configure_optimizers`` (:mod:`lightning_optim.run_length`).
+      dataloader change the run's length after ``configure_optimizers`` (:mod:`lightning_optim.fit.run_length`).
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
@@ -119,7 +119,7 @@ class OptimMixin(_LightningModule):
     * A negative or non-finite ``Trainer(gradient_clip_val=...)`` is refused before the first step (clipping at a
       negative threshold would flip the gradients' sign).
     * Adaptive clipping: ``optim_config.clipping`` (``{name: autoclip, percentile: 10, history: 1000}`` or ``{name:
-      zclip, z_threshold: 2.5, alpha: 0.97}``, :mod:`lightning_optim.adaptive_clipping`) clips by norm at a threshold
+      zclip, z_threshold: 2.5, alpha: 0.97}``, :mod:`lightning_optim.clipping.adaptive`) clips by norm at a threshold
       set from the run's own norms, on the device; the history is in checkpoints. ``gradient_clip_val`` must be unset.
       Under manual optimization ``self.clip_gradients(opt)`` without a value clips that optimizer at its threshold.
     * Several optimizers: ``{"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {...},
@@ -138,7 +138,7 @@ class OptimMixin(_LightningModule):
       their training weights before each training batch and to their evaluation weights when validation, test or
       predict starts and when training ends; a checkpoint saved during training holds the evaluation weights and the
       run goes on unchanged. ``optimizer.bn_recompute_batches: n`` recomputes BatchNorm statistics at the evaluation
-      weights from ``n`` training batches before each validation (:mod:`lightning_optim.schedule_free`).
+      weights from ``n`` training batches before each validation (:mod:`lightning_optim.fit.schedule_free`).
     * Checkpoints hold the config (under ``"optim_config"``) and the hyperparameters as plain containers (they load
       with ``weights_only=True``, also after ``save_hyperparameters`` on a ``DictConfig``); resuming with a different
       ``optim_config`` warns naming each changed key, and a different optimizer class is refused.
@@ -170,7 +170,7 @@ class OptimMixin(_LightningModule):
         """``optim_config["optimizer"]["lr"]`` (the optimizer's default if unset): the lr Lightning's lr finder tunes.
 
         Assigning it assigns ``optim_config`` again with the new lr (checked, ``hparams`` updated); during a fit the
-        built schedule goes on from the new base lr (:mod:`lightning_optim.lr_finder`). With several optimizers
+        built schedule goes on from the new base lr (:mod:`lightning_optim.fit.lr_finder`). With several optimizers
         there is no single lr: reading or assigning it raises ``OptimConfigError``.
         """
         return configured_lr(self)
@@ -302,8 +302,8 @@ class OptimMixin(_LightningModule):
         """Clip as Lightning's ``gradient_clip_val``/``gradient_clip_algorithm`` ask, keeping what clipping measured.
 
         The total norm before clipping, the norm after it and whether it fired stay on the device in
-        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.ClipResult`), for the monitors: no second pass
-        over the gradients, no host sync. :func:`~lightning_optim.clipping.clip_for_step` decides how: a fused
+        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.clip.ClipResult`), for the monitors: no second
+        pass over the gradients, no host sync. :func:`~lightning_optim.clipping.clip.clip_for_step` decides how: a fused
         optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its own step
         (set ``fold_clipping = False`` on the class to always scale the gradients here); FSDP clips through the
         wrapper's ``clip_grad_norm_``; under AMP's ``GradScaler`` the still-scaled gradients of a fused optimizer are
