@@ -3,7 +3,7 @@
 Lightning 2.x trains several optimizers only with manual optimization (``self.automatic_optimization = False``);
 ``configure_optimizers`` returns them in the config's order, which is the order of ``self.optimizers()``.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_optim.config.validation import resolve_optim_config
     >>> model = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2), "discriminator": torch.nn.Linear(2, 1)})
@@ -42,7 +42,7 @@ class NamesOptimizers(Protocol):
     ``optimizer_names`` is parallel to ``trainer.optimizers``, or empty when the optimizers have no names. The
     monitors check ``isinstance(pl_module, NamesOptimizers)`` instead of importing the mixin.
 
-    Example:
+    Examples:
         >>> class Model:
         ...     optimizer_names = ("generator", "discriminator")
         >>> isinstance(Model(), NamesOptimizers), isinstance(object(), NamesOptimizers)
@@ -58,7 +58,7 @@ def optimizer_labels(pl_module: Any, count: int) -> list[str]:
 
     ``index`` is the position in ``self.optimizers()``, stable for a given ``configure_optimizers``.
 
-    Example:
+    Examples:
         >>> optimizer_labels(object(), 2)
         ['optimizer_0', 'optimizer_1']
     """
@@ -128,7 +128,7 @@ def build_optimizer_set(
         OptimConfigError: as :func:`select_parameters`, and what building one optimizer raises, naming the key
             under ``optimizers.<name>``.
 
-    Example:
+    Examples:
         >>> from lightning_optim.config.validation import resolve_optim_config
         >>> model = torch.nn.ModuleDict({"actor": torch.nn.Linear(2, 2), "critic": torch.nn.Linear(2, 1)})
         >>> spec = resolve_optim_config({"optimizers": {

@@ -6,7 +6,7 @@ functions: reading gives the optimizer's lr, assigning re-validates the whole ``
 hyperparameters follow), and when the optimizer of a running fit exists already (the callback runs in
 ``on_fit_start``) its schedule restarts from the new base lr at the step it is at, warmup included.
 
-Example:
+Examples:
     >>> config = {"optimizer": {"name": "adamw", "lr": 1e-3}, "param_groups": [], "scheduler": None}
     >>> config_with_lr(config, 0.02)["optimizer"]
     {'name': 'adamw', 'lr': 0.02}
@@ -122,7 +122,7 @@ def move_base_lrs(
     schedule's values at its current step for the new base lrs, exactly as a run built with the new config has them;
     otherwise each group keeps its current share of its base lr (a plateau's reductions, a torch scheduler's factor).
 
-    Example:
+    Examples:
         >>> from lightning_optim.schedule.closed_form import Schedule
         >>> optimizer = torch.optim.SGD([{"params": [torch.zeros(1)], "name": "default", "lr": 0.1}])
         >>> scheduler = ClosedFormLR(optimizer, Schedule(warmup_steps=4))
