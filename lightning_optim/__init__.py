@@ -3,7 +3,7 @@
 The names below are imported on first use, so importing a pure module (``lightning_optim.schedule.closed_form``,
 ``lightning_optim.optim.param_groups``, ``lightning_optim.errors``) loads neither Lightning nor OmegaConf.
 
-Example:
+Examples:
     >>> from lightning_optim import OptimMixin, validate_optim_config
     >>> validate_optim_config({"optimizer": {"name": "sgd", "lr": 0.1}})["scheduler"] is None
     True

@@ -8,7 +8,7 @@ matches (``param_groups`` regexes) is taken through this module, so compiled and
 The naming protocol of several optimizers lives here too (:class:`NamesOptimizers`, :func:`optimizer_labels`): the
 monitors name each optimizer's metric keys by it without importing any config builder.
 
-Example:
+Examples:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.compile(torch.nn.Linear(2, 1)))
     >>> [name for name, _ in model.named_parameters()]
@@ -40,7 +40,7 @@ COMPILED_LEVEL = "_orig_mod"
 def plain_name(name: str) -> str:
     """A qualified name without the ``_orig_mod`` levels that ``torch.compile`` inserts.
 
-    Example:
+    Examples:
         >>> plain_name("net._orig_mod.0.weight"), plain_name("_orig_mod.head.bias"), plain_name("head.bias")
         ('net.0.weight', 'head.bias', 'head.bias')
     """
@@ -71,7 +71,7 @@ class NamesOptimizers(Protocol):
     ``optimizer_names`` is parallel to ``trainer.optimizers``, or empty when the optimizers have no names. The
     monitors check ``isinstance(pl_module, NamesOptimizers)`` instead of importing the mixin.
 
-    Example:
+    Examples:
         >>> class Model:
         ...     optimizer_names = ("generator", "discriminator")
         >>> isinstance(Model(), NamesOptimizers), isinstance(object(), NamesOptimizers)
@@ -87,7 +87,7 @@ def optimizer_labels(pl_module: Any, count: int) -> list[str]:
 
     ``index`` is the position in ``self.optimizers()``, stable for a given ``configure_optimizers``.
 
-    Example:
+    Examples:
         >>> optimizer_labels(object(), 2)
         ['optimizer_0', 'optimizer_1']
     """

@@ -105,6 +105,7 @@ def test_the_pure_layers_import_neither_lightning_nor_omegaconf_below_config():
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "print(json.dumps(sorted(m for m in ('lightning', 'pytorch_lightning', 'omegaconf') if m in sys.modules)))\n"
     )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = json.loads(result.stdout)
     assert loaded == ["omegaconf"]  # config's typed form reads DictConfig; nothing pure loads Lightning
     assert len(modules) >= 25

@@ -1,6 +1,6 @@
 """``GradNormMonitor``: the gradient norm before and after clipping, how often clipping fires, non-finite steps.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> monitor = GradNormMonitor(per_layer_depth=1)
     >>> trainer = L.Trainer(callbacks=[monitor], gradient_clip_val=1.0, logger=False)

@@ -1,6 +1,6 @@
 """``LRSchedule``: the package's schedules for a model that keeps its own ``configure_optimizers``.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> callback = LRSchedule({"name": "warmup_cosine", "warmup_steps": 100, "min_lr_ratio": 0.1})
     >>> trainer = L.Trainer(callbacks=[callback], max_steps=1000, logger=False)

@@ -63,7 +63,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: naming the key, its bad value and what would work.
 
-    Example:
+    Examples:
         >>> check_options({"min_lr": 1e-8, "max_lr": 1, "num_training": 1e2, "mode": "exponential",
         ...                "early_stop_threshold": None})["num_training"]
         100
@@ -148,7 +148,7 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
 def lr_override(lr: float) -> str:
     """The command-line override that sets ``lr``, to three significant digits.
 
-    Example:
+    Examples:
         >>> lr_override(0.0027542287033381664), lr_override(2.5e-05)
         ('optimizer.lr=0.00275', 'optimizer.lr=2.5e-05')
     """

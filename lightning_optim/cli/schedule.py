@@ -75,7 +75,7 @@ def step_learning_rates(
 def optimizer_names(optim_config: dict[str, Any]) -> list[str | None]:
     """The optimizers to preview: each name under ``optimizers``, or None for the single optimizer.
 
-    Example:
+    Examples:
         >>> optimizer_names({"optimizer": {"name": "sgd"}}), optimizer_names({"optimizers": {"g": {}, "d": {}}})
         ([None], ['g', 'd'])
     """
@@ -91,7 +91,7 @@ def epochs_as_steps(
 ) -> LearningRatePreview:
     """A per-epoch preview as steps: each epoch previewed becomes its first and last step, and those in ``include``.
 
-    Example:
+    Examples:
         >>> per_epoch = LearningRatePreview(3, [0, 2], {"default": [0.1, 0.01]})
         >>> epochs_as_steps(per_epoch, 4, 10, include=[1])
         LearningRatePreview(total_steps=10, steps=[0, 1, 3, 8, 9], lrs={'default': [0.1, 0.1, 0.1, 0.01, 0.01]})

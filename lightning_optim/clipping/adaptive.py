@@ -17,7 +17,7 @@ Each threshold is a 0-d tensor on the gradients' device: nothing is synced to th
 history and the statistics as they were. The gradients are scaled with ``clip_grad_norm_``'s coefficient
 ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
 
-Example:
+Examples:
     >>> import torch
     >>> spec = resolve_clipping({"name": "autoclip", "percentile": 50, "history": 3})
     >>> autoclip = spec.build()
@@ -63,7 +63,7 @@ class AutoClip:
 
     Calling it with this step's total norm records the norm and returns the threshold (a device tensor).
 
-    Example:
+    Examples:
         >>> autoclip = AutoClip(percentile=10, history=1000)
         >>> [round(float(autoclip(torch.tensor(norm))), 4) for norm in (4.0, 2.0, 6.0)]
         [4.0, 2.2, 2.4]
@@ -108,7 +108,7 @@ class ZClip:
     Calling it with this step's total norm returns the threshold (a device tensor; +inf during the warm-up, when
     nothing is clipped) and updates the statistics with the norm after clipping.
 
-    Example:
+    Examples:
         >>> zclip = ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=2)
         >>> [round(float(zclip(torch.tensor(norm))), 4) for norm in (1.0, 3.0, 2.5, 9.0)]
         [inf, inf, 4.5, 2.8892]
@@ -181,7 +181,7 @@ ALGORITHMS: dict[str, type[AutoClip] | type[ZClip]] = {"autoclip": AutoClip, "zc
 class ClippingSpec:
     """A checked ``clipping`` section: the plain section (what ``hparams`` and checkpoints store) and how to build it.
 
-    Example:
+    Examples:
         >>> spec = resolve_clipping({"name": "zclip", "warmup_steps": 1e1})
         >>> spec.config, spec.build()
         ({'name': 'zclip', 'warmup_steps': 10}, ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=10))
@@ -201,7 +201,7 @@ def resolve_clipping(section: Any, where: str = CLIPPING_KEY) -> ClippingSpec:
     Raises:
         OptimConfigError: naming the key, the bad value and what would work.
 
-    Example:
+    Examples:
         >>> resolve_clipping({"name": "autoclip", "percentile": 0})
         Traceback (most recent call last):
         ...
@@ -243,7 +243,7 @@ def refuse_trainer_threshold(trainer: Any, clipped: list[str]) -> None:
 
     ``clipped`` names the ``clipping`` sections in use (``optim_config.clipping``). Both would set the threshold.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> refuse_trainer_threshold(SimpleNamespace(gradient_clip_val=1.0), ["optim_config.clipping"])
         Traceback (most recent call last):
@@ -268,7 +268,7 @@ def refuse_explicit_threshold(gradient_clip_val: float | None, scaler: Any) -> N
     ``self.clip_gradients(opt)`` without a value clips at the adaptive threshold. A value as well would be a second
     threshold; under a ``GradScaler`` (``16-mixed``) the gradients are still scaled when ``training_step`` clips.
 
-    Example:
+    Examples:
         >>> refuse_explicit_threshold(0.5, None)
         Traceback (most recent call last):
         ...
@@ -297,7 +297,7 @@ class AdaptiveThresholds:
     restored into them whether it is loaded before (a fit resuming on a single device or DDP) or after (FSDP,
     DeepSpeed, a tuner restoring its own checkpoint) they are built.
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.zeros(1))
         >>> sgd = torch.optim.SGD([p], lr=0.1)
         >>> thresholds = AdaptiveThresholds()
@@ -376,7 +376,7 @@ class AdaptiveThresholds:
 def clipped_sections(specs: Mapping[str | None, Any]) -> list[str]:
     """The key paths of the ``clipping`` sections in use, for messages.
 
-    Example:
+    Examples:
         >>> clipped_sections({None: ClippingSpec({"name": "zclip"})})
         ['optim_config.clipping']
     """

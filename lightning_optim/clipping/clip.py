@@ -12,7 +12,7 @@ A threshold is a number (the Trainer's ``gradient_clip_val``) or an adaptive one
 step's total norm in, a device tensor out, see :mod:`lightning_optim.clipping.adaptive`); either way nothing is
 synced to the host.
 
-Example:
+Examples:
     >>> import torch
     >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
     >>> result = clip_gradients([("p", p)], max_norm=1.0, algorithm="norm")
@@ -66,7 +66,7 @@ def clip_coefficient(total: torch.Tensor, max_norm: float | torch.Tensor) -> tor
     """``min(1, max_norm / (total + 1e-6))``: what ``clip_grad_norm_`` multiplies the gradients by (``max_norm`` a
     number or a device tensor).
 
-    Example:
+    Examples:
         >>> round(float(clip_coefficient(torch.tensor(4.0), 2.0)), 6), float(clip_coefficient(torch.tensor(1.0), 2.0))
         (0.5, 1.0)
     """
@@ -103,7 +103,7 @@ class ClipState:
     ``group_of`` on its logging steps (per-layer norms from clipping's own pass) and ``skip_nonfinite`` for
     ``nonfinite="skip"``.
 
-    Example:
+    Examples:
         >>> state = ClipState()
         >>> state.last is None and state.group_of is None and state.skip_nonfinite is None and not state.unstepped
         True
@@ -132,7 +132,7 @@ class ReportsClipping(Protocol):
 
     The monitors check ``isinstance(pl_module, ReportsClipping)`` instead of importing the class that clips.
 
-    Example:
+    Examples:
         >>> class Model:
         ...     clip_state = ClipState()
         >>> isinstance(Model(), ReportsClipping), isinstance(object(), ReportsClipping)
@@ -166,7 +166,7 @@ def clip_gradients(
 def threshold_for(max_norm: float | ThresholdOfNorm, total: torch.Tensor) -> float | torch.Tensor:
     """This step's threshold: ``max_norm`` itself, or what the adaptive one gives for ``total``.
 
-    Example:
+    Examples:
         >>> threshold_for(1.0, torch.tensor(5.0)), threshold_for(lambda total: total / 2, torch.tensor(5.0))
         (1.0, tensor(2.5000))
     """
@@ -211,7 +211,7 @@ def check_clip_threshold(trainer: Any) -> None:
     clipped step climbs the loss; Lightning's own clipping skips such a threshold silently. 0 and None mean no
     clipping.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> check_clip_threshold(SimpleNamespace(gradient_clip_val=0.5))
         >>> check_clip_threshold(SimpleNamespace(gradient_clip_val=-1))
@@ -241,7 +241,7 @@ def folds_into_step(optimizer: torch.optim.Optimizer) -> bool:
     That is ``GradScaler``'s contract with optimizers that set ``_step_supports_amp_scaling`` (torch's Adam, AdamW,
     SGD and Adagrad with ``fused=True``); every parameter group must be fused.
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.zeros(2))
         >>> folds_into_step(torch.optim.AdamW([p], fused=True)), folds_into_step(torch.optim.AdamW([p]))
         (True, False)
@@ -291,7 +291,7 @@ def clip_in_step(
         scaled_by: the factor the gradients still carry (AMP's ``GradScaler`` scale when the optimizer unscales in
             its step): the norms are reported without it; ``GradScaler.step`` multiplies it into the divisor.
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
         >>> sgd = torch.optim.SGD([p], lr=1.0, fused=True)
         >>> result = clip_in_step([("p", p)], sgd, max_norm=1.0)
@@ -368,7 +368,7 @@ def _forget_step_attributes(optimizer: torch.optim.Optimizer, args: tuple, kwarg
 def algorithm_name(algorithm: Any) -> str:
     """``"norm"`` or ``"value"`` from Lightning's ``gradient_clip_algorithm`` (a string, its enum, or None: norm).
 
-    Example:
+    Examples:
         >>> algorithm_name(None), algorithm_name("value")
         ('norm', 'value')
     """
@@ -378,7 +378,7 @@ def algorithm_name(algorithm: Any) -> str:
 def fsdp_model(trainer: Any) -> FullyShardedDataParallel | None:
     """The Trainer's model when FSDP wraps it, else None (also without a Trainer).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> fsdp_model(SimpleNamespace(model=torch.nn.Linear(1, 1))) is None, fsdp_model(None) is None
         (True, True)
@@ -441,7 +441,7 @@ def clip_for_step(
         group_of: maps a parameter name to its group, for per-group norms from the same pass.
         skip_nonfinite: skip non-finite steps, restoring this snapshot's running statistics.
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
         >>> sgd = torch.optim.SGD([p], lr=1.0, fused=True)
         >>> result = clip_for_step(sgd, [("p", p)], 1.0)

@@ -9,7 +9,7 @@ named ones under ``optimizers``, each selecting its parameters by a regex over p
 holding the sections of the first form. ``clipping`` (adaptive norm clipping,
 :mod:`lightning_optim.clipping.adaptive`) appears only when set.
 
-Example:
+Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
     {'optimizer': {'name': 'adamw', 'lr': 0.0003}, 'param_groups': [], 'scheduler': None}
     >>> to_plain_config({"optimizers": {"generator": {"params": "^generator\\\\.", "optimizer": {"name": "adam"}}}})
@@ -43,7 +43,7 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 class OptimConfig:
     """Typed form of ``optim_config``; the sections stay mappings because their keys depend on the optimizer.
 
-    Example:
+    Examples:
         >>> cfg = OptimConfig(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
         >>> to_plain_config(cfg)["optimizer"]["momentum"]
         0.9
@@ -58,7 +58,7 @@ class OptimConfig:
 def plain(value: Any) -> Any:
     """Recursively turn OmegaConf containers, mappings and tuples into plain dicts and lists.
 
-    Example:
+    Examples:
         >>> plain(OmegaConf.create({"betas": [0.9, 0.98]}))
         {'betas': [0.9, 0.98]}
     """
@@ -175,7 +175,7 @@ def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
 def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """List the dotted keys whose values differ between two plain configs.
 
-    Example:
+    Examples:
         >>> changed_keys({"optimizer": {"lr": 0.1, "name": "sgd"}}, {"optimizer": {"lr": 0.2, "name": "sgd"}})
         ['optimizer.lr']
     """

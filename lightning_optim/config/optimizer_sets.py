@@ -3,7 +3,7 @@
 Lightning 2.x trains several optimizers only with manual optimization (``self.automatic_optimization = False``);
 ``configure_optimizers`` returns them in the config's order, which is the order of ``self.optimizers()``.
 
-Example:
+Examples:
     >>> import torch
     >>> from lightning_optim.config.validation import resolve_optim_config
     >>> model = torch.nn.ModuleDict({"generator": torch.nn.Linear(2, 2), "discriminator": torch.nn.Linear(2, 1)})
@@ -96,7 +96,7 @@ def build_optimizer_set(
         OptimConfigError: as :func:`select_parameters`, and what building one optimizer raises, naming the key
             under ``optimizers.<name>``.
 
-    Example:
+    Examples:
         >>> from lightning_optim.config.validation import resolve_optim_config
         >>> model = torch.nn.ModuleDict({"actor": torch.nn.Linear(2, 2), "critic": torch.nn.Linear(2, 1)})
         >>> spec = resolve_optim_config({"optimizers": {

@@ -1,6 +1,6 @@
 """Every parameter group's learning rate over a run, without training: in full, or sampled at a bounded cost.
 
-Example:
+Examples:
     >>> import torch
     >>> [round(lr, 2) for lr in preview_learning_rates(torch.nn.Linear(2, 1),
     ...     {"optimizer": {"name": "sgd", "lr": 1.0}, "scheduler": {"name": "step", "step_size": 2}}, 5)["default"]]
@@ -67,7 +67,7 @@ def preview_learning_rates(
     schedule has no metric here, so it shows its warmup and then a constant lr. With several optimizers
     (``optim_config.optimizers``) ``optimizer`` names the one to preview.
 
-    Example:
+    Examples:
         >>> lrs = preview_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
         ...     "scheduler": {"name": "warmup_cosine", "warmup_steps": 2}}, 4)
         >>> [round(lr, 3) for lr in lrs["default"]]
@@ -103,7 +103,7 @@ def sample_learning_rates(
         OptimConfigError: a stateful scheduler over more than :data:`PREVIEW_STEP_LIMIT` steps; several optimizers
             and ``optimizer`` not one of their names.
 
-    Example:
+    Examples:
         >>> preview = sample_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
         ...     "scheduler": {"name": "warmup_cosine", "warmup_steps": 1000}}, 10**9, points=3)
         >>> preview.steps

@@ -1,6 +1,6 @@
 """Check a whole ``optim_config`` before any model or trainer is touched.
 
-Example:
+Examples:
     >>> validate_optim_config({"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98]}})["optimizer"]
     {'name': 'adamw', 'lr': 0.001, 'betas': [0.9, 0.98]}
     >>> validate_optim_config({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decy": 0.1}})
@@ -52,7 +52,7 @@ class OptimSpec:
         scheduler: the scheduler, or None for a constant lr.
         clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
 
-    Example:
+    Examples:
         >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
         >>> spec.optimizer.info.cls.__name__, type(spec.scheduler.info).__name__
         ('AdamW', 'ClosedForm')
@@ -73,7 +73,7 @@ class NamedOptimSpec:
         params: the compiled ``params`` regex, searched in each parameter's name.
         spec: its ``optimizer``, ``param_groups`` and ``scheduler``, checked as a single-optimizer config.
 
-    Example:
+    Examples:
         >>> spec = resolve_optim_config({"optimizers": {"critic": {"params": "^critic", "optimizer": {"name": "sgd"}}}})
         >>> spec.members[0].where, spec.members[0].params.pattern
         ('optimizers.critic', '^critic')
@@ -97,7 +97,7 @@ class OptimizerSetSpec:
         config: the config as plain containers (what ``hparams`` and checkpoints store).
         members: each named optimizer, in the order ``configure_optimizers`` returns them.
 
-    Example:
+    Examples:
         >>> spec = resolve_optim_config({"optimizers": {
         ...     "generator": {"params": "^generator[.]", "optimizer": {"name": "adam", "lr": 2e-4}},
         ...     "discriminator": {"params": "^discriminator[.]", "optimizer": {"name": "sgd", "lr": 0.1}},
@@ -150,7 +150,7 @@ def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
 def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:
     """The ``clipping`` sections in use, by optimizer name (None: the single form).
 
-    Example:
+    Examples:
         >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "clipping": {"name": "zclip"}})
         >>> clipping_specs(spec)
         {None: ClippingSpec(config={'name': 'zclip'})}
@@ -167,7 +167,7 @@ def section_keys(where: str) -> Iterator[None]:
     The single-optimizer path names keys from its own root (``optim_config.optimizer.lr``); inside this context they
     become ``optim_config.<where>.optimizer.lr``.
 
-    Example:
+    Examples:
         >>> with section_keys("optimizers.generator"):
         ...     resolve_optim_config({"optimizer": {"name": "adam", "lr": -1}})
         Traceback (most recent call last):

@@ -9,7 +9,7 @@
 - a save writes a temporary file beside the target and renames it over the target, so a failed save (a full disk)
   leaves the previous checkpoint as it was.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> trainer = L.Trainer(plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False)
     >>> type(trainer.strategy.checkpoint_io).__name__
@@ -46,7 +46,7 @@ OPT_OUT = (
 class CheckpointError(RuntimeError):
     """A checkpoint that is not loaded (missing, damaged, or holding objects whose unpickling could run code) or saved.
 
-    Example:
+    Examples:
         >>> try:
         ...     verify_checkpoint("missing.ckpt")
         ... except CheckpointError as error:
@@ -68,7 +68,7 @@ def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
     Raises:
         CheckpointError: If the file is missing, empty, not a zip archive, or an entry fails its CRC check.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "last.ckpt")
         >>> torch.save({"state_dict": {"weight": torch.ones(3)}}, path)
@@ -106,7 +106,7 @@ def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` with loading that never runs code, verified files and atomic saves.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> path = os.path.join(tempfile.mkdtemp(), "checkpoints", "last.ckpt")
         >>> io = SafeCheckpointIO()

@@ -14,7 +14,7 @@ The mixin returns the driver from ``LightningModule.configure_callbacks``, which
 ``ModelCheckpoint``. A callback's hooks run before the module's, so a model's own hooks need not call ``super()``.
 :class:`~lightning_optim.callbacks.LRSchedule` is the same driver over a model's own optimizer.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_optim import OptimMixin
     >>> class Model(OptimMixin, L.LightningModule):
@@ -97,7 +97,7 @@ class OptimizerRecord:
         run_length: the run length its schedule follows, or None (a length given once, or no scheduler).
         threshold: its adaptive clipping threshold, or None without a ``clipping`` section.
 
-    Example:
+    Examples:
         >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
         >>> OptimizerRecord(optimizer).saved_run_length() is None
         True
@@ -143,7 +143,7 @@ class FitDriver(L.Callback):
     Args:
         spec: the model's resolved ``optim_config``; None for a driver over a model's own optimizer (``LRSchedule``).
 
-    Example:
+    Examples:
         >>> from lightning_optim.config.validation import resolve_optim_config
         >>> driver = FitDriver(resolve_optim_config({"optimizer": {"name": "sgd", "lr": 0.1}}))
         >>> driver.records, driver.thresholds, driver.schedule_free_batches
@@ -343,7 +343,7 @@ class FitDriver(L.Callback):
 def write_config(checkpoint: dict[str, Any], config: Mapping[str, Any]) -> None:
     """Put ``config`` (the plain ``optim_config``) in ``checkpoint`` and make its hyperparameters plain containers.
 
-    Example:
+    Examples:
         >>> checkpoint = {"hyper_parameters": {"n": 1}, "hparams_type": dict}
         >>> write_config(checkpoint, {"optimizer": {"name": "sgd"}}); checkpoint
         {'hyper_parameters': {'n': 1}, 'optim_config': {'optimizer': {'name': 'sgd'}}}
@@ -360,7 +360,7 @@ def write_config(checkpoint: dict[str, Any], config: Mapping[str, Any]) -> None:
 def run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
     """A checkpoint's run-length record of one scheduler: by its optimizer's name, or by position (single form).
 
-    Example:
+    Examples:
         >>> run_length_record([{"optimizer": "g", "length": 4}], "g", 0), run_length_record(None, None, 0)
         ({'optimizer': 'g', 'length': 4}, None)
     """
@@ -375,7 +375,7 @@ def check_resumed_config(saved: Mapping[str, Any] | None, config: Mapping[str, A
     Raises:
         OptimConfigError: the checkpoint's optimizer (or one of several) is another class than the config's.
 
-    Example:
+    Examples:
         >>> check_resumed_config({"optimizer": {"name": "sgd"}}, {"optimizer": {"name": "adam"}})
         Traceback (most recent call last):
         ...

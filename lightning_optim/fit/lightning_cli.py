@@ -8,7 +8,7 @@ train with another optimizer than the ``optim_config`` every checkpoint records,
 fit starts (:func:`refuse_replaced_configure_optimizers`). ``LightningCLI(..., auto_configure_optimizers=False)``
 removes those arguments altogether.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_optim import OptimMixin
     >>> class Model(OptimMixin, L.LightningModule):

@@ -8,7 +8,7 @@ when the optimizer of a running fit exists already (the callback runs in ``on_fi
 from the new base lr at the step it is at, warmup included (:func:`moved_lrs`, kept by the fit's driver until
 Lightning's finder has overwritten the groups' lrs, then put back: :class:`MovedLrs`).
 
-Example:
+Examples:
     >>> config = {"optimizer": {"name": "adamw", "lr": 1e-3}, "param_groups": [], "scheduler": None}
     >>> config_with_lr(config, 0.02)["optimizer"]
     {'name': 'adamw', 'lr': 0.02}
@@ -50,7 +50,7 @@ def configured_lr(spec: OptimSpec | OptimizerSetSpec) -> float:
     Raises:
         OptimConfigError: the config has several optimizers, so there is no single lr.
 
-    Example:
+    Examples:
         >>> from lightning_optim.config.validation import resolve_optim_config
         >>> configured_lr(resolve_optim_config({"optimizer": {"name": "adadelta"}}))
         1.0
@@ -87,7 +87,7 @@ class MovedLrs:
     Lightning's lr finder sets every group to its suggestion right after assigning ``model.lr``, which would undo
     warmup and per-group lrs for the steps before the schedule's next update: :meth:`restore` puts them back.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> optimizer = torch.optim.SGD([torch.zeros(1)], lr=0.3)
         >>> MovedLrs(optimizer, [0.1]).restore(SimpleNamespace(optimizers=[optimizer]))
@@ -132,7 +132,7 @@ def move_base_lrs(
     schedule's values at its current step for the new base lrs, exactly as a run built with the new config has them;
     otherwise each group keeps its current share of its base lr (a plateau's reductions, a torch scheduler's factor).
 
-    Example:
+    Examples:
         >>> from lightning_optim.schedule.closed_form import Schedule
         >>> optimizer = torch.optim.SGD([{"params": [torch.zeros(1)], "name": "default", "lr": 0.1}])
         >>> scheduler = ClosedFormLR(optimizer, Schedule(warmup_steps=4))

@@ -5,7 +5,7 @@ Lightning calls neither ``configure_gradient_clipping`` nor the schedulers there
 ``clip_gradients``' arguments as Lightning does, so the mixin can clip there and keep what it measured;
 :class:`SchedulerStepCheck` warns when a scheduler the mixin built is never stepped (its lr would stay at warmup's 0).
 
-Example:
+Examples:
     >>> from types import SimpleNamespace
     >>> clip_arguments(SimpleNamespace(gradient_clip_val=None, gradient_clip_algorithm=None), 0.5, None)
     (0.5, 'norm')
@@ -47,7 +47,7 @@ def clip_arguments(trainer: Any, threshold: float | None, algorithm: str | None)
         MisconfigurationException: a value differing from the Trainer's, or an unknown algorithm.
         ValueError: a negative or non-finite threshold.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> clip_arguments(SimpleNamespace(gradient_clip_val=None, gradient_clip_algorithm=None), -1, "norm")
         Traceback (most recent call last):
@@ -92,7 +92,7 @@ def unapplied_frequency(schedulers: Sequence[tuple[str, Any]]) -> str | None:
     ``schedulers`` pairs each scheduler's key path with its ``BuiltScheduler``. Lightning applies neither
     ``interval`` nor ``frequency`` there: each ``scheduler.step()`` the user calls moves the schedule one unit.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> print(unapplied_frequency([("optim_config.scheduler", SimpleNamespace(frequency=4))]))
         Under manual optimization Lightning does not step schedulers, so optim_config.scheduler.frequency = 4 is not \
@@ -117,7 +117,7 @@ def max_steps_counts_every_optimizer(trainer: Any, optimizers: int, sized_by_run
     once per batch the run has half that many batches, and a schedule stepped once per batch ends halfway.
     ``sized_by_run`` names the schedules that take their length from the run.
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> trainer = SimpleNamespace(max_steps=8, estimated_stepping_batches=8)
         >>> print(max_steps_counts_every_optimizer(trainer, 2, ["optim_config.optimizers.g.scheduler"]))
@@ -145,7 +145,7 @@ class SchedulerStepCheck:
     Lightning never steps schedulers under manual optimization; a warmup schedule that is never stepped keeps
     the lr at 0 for the whole run. Made at the start of training; :meth:`check` runs after the first epoch.
 
-    Example:
+    Examples:
         >>> import torch
         >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         >>> scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step / 10)

@@ -1,6 +1,6 @@
 """``OptimMixin``: optimizers, parameter groups and LR schedulers for a LightningModule from a plain config.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> import torch
     >>> class Model(OptimMixin, L.LightningModule):

@@ -15,7 +15,7 @@ the new length, keeping its step count. A resume whose trainer implies another l
 checkpoint's for the rest of the run and says so (:class:`ResumeConfigWarning`); a scheduler that keeps its own
 length (torch's ``OneCycleLR``) says once that it cannot follow (:class:`RunLengthWarning`).
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning.pytorch.callbacks import GradientAccumulationScheduler
     >>> from lightning.pytorch.demos.boring_classes import BoringModel
@@ -137,7 +137,7 @@ def run_length(trainer: Any, scheduler: Mapping[str, Any], at_epoch_start: bool 
 def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, Any]:
     """What a checkpoint keeps of the run length a scheduler was built with (plain values, in ``interval`` units).
 
-    Example:
+    Examples:
         >>> saved_run_length({"name": "warmup_cosine", "interval": "epoch"}, 8)
         {'interval': 'epoch', 'length': 8}
     """
@@ -152,7 +152,7 @@ def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None,
     resumed with another ``max_epochs`` keeps the lr curve it started on. An explicit ``total_steps`` wins over it,
     and a length counted in another ``interval`` is not comparable.
 
-    Example:
+    Examples:
         >>> spec = {"name": "warmup_cosine", "total_steps": None}
         >>> resumed_run_length(spec, {"interval": "step", "length": 100}, 200)
         100
@@ -169,7 +169,7 @@ def run_length_changed(
 ) -> str:
     """The warning for a resumed scheduler that keeps the checkpoint's run length ``saved`` instead of ``length``.
 
-    Example:
+    Examples:
         >>> print(run_length_changed({"name": "warmup_cosine"}, 16, 32))  # doctest: +NORMALIZE_WHITESPACE
         Resuming with a different run length: the checkpoint's run was 16 steps long, this one is 32 steps. The lr
         schedule of optim_config.scheduler ('warmup_cosine') continues as it began, over 16 steps. To stretch it over
@@ -215,7 +215,7 @@ def _length_key(spec: Mapping[str, Any], length: int | None, where: str) -> tupl
 def cannot_follow(spec: Mapping[str, Any], built_with: int, length: int, where: str) -> str:
     """The warning for a scheduler that keeps the length ``built_with`` while the run is now ``length`` long.
 
-    Example:
+    Examples:
         >>> print(cannot_follow({"name": "onecycle"}, 128, 80, "optim_config.scheduler"))
         ... # doctest: +NORMALIZE_WHITESPACE
         The run is now 80 steps long, not the 128 steps optim_config.scheduler ('onecycle') was built for (the run's
@@ -251,7 +251,7 @@ class RunLength:
         spec: the checked ``scheduler`` section.
         where: the section's key in warnings.
 
-    Example:
+    Examples:
         >>> from lightning_optim.schedule.registry import resolve_scheduler
         >>> length = RunLength(resolve_scheduler({"name": "warmup_cosine", "total_steps": None}))
         >>> length.resume({"interval": "step", "length": 100}), length.saved()

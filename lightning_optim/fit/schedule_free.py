@@ -18,7 +18,7 @@ A resumed run starts from the checkpoint's ``x``; the next training batch's ``tr
 ``y = x + (1 - beta1) (z - x)``, as the package's own ``eval()`` / ``train()`` pair does (equal to the uninterrupted
 run's ``y`` up to rounding).
 
-Example:
+Examples:
     >>> import torch, schedulefree
     >>> layer = torch.nn.Linear(2, 1)
     >>> optimizer = schedulefree.SGDScheduleFree(layer.parameters(), lr=0.1)
@@ -96,7 +96,7 @@ def _schedule_free(trainer: L.Trainer | None) -> list[tuple[int, torch.optim.Opt
 def recompute_batches(spec: OptimSpec | OptimizerSetSpec) -> int:
     """``bn_recompute_batches`` of the config (the largest among several optimizers), 0 where none sets it.
 
-    Example:
+    Examples:
         >>> from lightning_optim.config.validation import resolve_optim_config
         >>> spec = resolve_optim_config({"optimizer": {"name": "sgd_schedulefree", "bn_recompute_batches": 8}})
         >>> recompute_batches(spec)
@@ -131,7 +131,7 @@ def warn_on_decaying_schedule(spec: OptimSpec | OptimizerSetSpec, stacklevel: in
 def is_schedule_free_class(cls: type[torch.optim.Optimizer]) -> bool:
     """Whether the optimizer class has schedule-free ``train()`` and ``eval()`` methods (torch's have neither).
 
-    Example:
+    Examples:
         >>> import schedulefree
         >>> is_schedule_free_class(schedulefree.RAdamScheduleFree), is_schedule_free_class(torch.optim.RAdam)
         (True, False)

@@ -1,6 +1,6 @@
 """Building an optimizer from the ``optimizer`` and ``param_groups`` sections of ``optim_config``.
 
-Example:
+Examples:
     >>> import torch
     >>> model = torch.nn.Linear(2, 1)
     >>> optimizer = build_optimizer(model, {"name": "SGD", "lr": 0.1, "momentum": 0.9})

@@ -5,7 +5,7 @@ pytorch-optimizer's registry (``pytorch_optimizer.get_supported_optimizers()``: 
 ``adopt``, ...) names its class. A name torch does not have imports ``pytorch_optimizer`` (about 2 s) to look it up;
 a torch name never does. Without the package, a well-known name gives the ``pip install`` line.
 
-Example:
+Examples:
     >>> external_optimizer_class("lion", ["sgd", "adamw"]).__name__
     'Lion'
     >>> external_optimizer_class("lino", ["sgd", "adamw"])
@@ -115,7 +115,7 @@ def _refuse_unsupported(name: str, cls: type[Any]) -> None:
 def check_required_arguments(cls: type[Any], options: Mapping[str, Any], where: str) -> None:
     """Refuse a section that leaves out a constructor argument without a default (Ranger21's ``num_iterations``).
 
-    Example:
+    Examples:
         >>> class Needs:
         ...     def __init__(self, params, num_iterations, lr=1e-3): ...
         >>> check_required_arguments(Needs, {"lr": 0.1}, "optimizer")

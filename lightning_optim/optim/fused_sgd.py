@@ -6,7 +6,7 @@ and fills them in the kernel; when that step is skipped (``found_inf`` set by AM
 With ``dampening=0`` a zero buffer gives exactly torch's first step (``buf = momentum * 0 + grad = grad``), so the
 buffers are created as zeros just before a group's first step.
 
-Example:
+Examples:
     >>> import torch
     >>> weight = torch.nn.Parameter(torch.ones(3))
     >>> optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9, fused=True)

@@ -1,6 +1,6 @@
 """Named parameter groups from regex rules; first match wins, the rest form the group ``default``.
 
-Example:
+Examples:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     >>> rules = [{"name": "no_decay", "params": r"(\\.bias$|^1\\.)", "weight_decay": 0.0}]
@@ -35,7 +35,7 @@ class UnmatchedRuleWarning(UserWarning):
 def compile_rules(rules: Sequence[Mapping[str, Any]]) -> list[re.Pattern[str]]:
     """Compile each rule's ``params`` regex, naming the rule whose regex or name is bad.
 
-    Example:
+    Examples:
         >>> compile_rules([{"name": "a", "params": "bias"}])[0].pattern
         'bias'
     """

@@ -1,6 +1,6 @@
 """The ``optimizer`` and ``param_groups`` sections: one info record per optimizer name, and the checks they derive.
 
-Example:
+Examples:
     >>> OPTIMIZER_INFOS["lbfgs"].single_group, OPTIMIZER_INFOS["sparse_adam"].conf_file
     (True, 'optimizer/sparse_adam.yaml')
     >>> optimizer_class({"name": "AdamW"}).__name__
@@ -56,7 +56,7 @@ class OptimizerInfo:
         settings: keys the section takes that are not constructor arguments, each a count >= 0 with its default
             (``bn_recompute_batches`` of the schedule-free optimizers); they stay out of the constructor call.
 
-    Example:
+    Examples:
         >>> OPTIMIZER_INFOS["lbfgs"].check_groups(torch.nn.Linear(2, 1), [{"name": "a"}, {"name": "b"}])
         Traceback (most recent call last):
         ...
@@ -79,7 +79,7 @@ parameter-group rules with LBFGS: it supports a single parameter group.
     def check_settings(self, section: Mapping[str, Any], where: str) -> dict[str, int]:
         """Each of :attr:`settings` as ``section`` sets it (its default where unset), checked to be a count >= 0.
 
-        Example:
+        Examples:
             >>> info = OptimizerInfo("sgd", torch.optim.SGD, settings=(("warm_batches", 0),))
             >>> info.check_settings({"warm_batches": 5.0}, "optimizer"), info.check_settings({}, "optimizer")
             ({'warm_batches': 5}, {'warm_batches': 0})
@@ -149,7 +149,7 @@ class ExtraOptimizerInfo:
         extra: the package's extra (``pip install 'lightning-optim[<extra>]'``).
         settings: as :attr:`OptimizerInfo.settings`.
 
-    Example:
+    Examples:
         >>> EXTRA_OPTIMIZER_INFOS["adamw_schedulefree"].install_line
         "pip install 'lightning-optim[schedulefree]'"
     """
@@ -219,7 +219,7 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
     A ``_target_`` class keeps the limits of the registered optimizer it derives from (an LBFGS subclass takes a
     single group too).
 
-    Example:
+    Examples:
         >>> optimizer_info({"_target_": "torch.optim.LBFGS"}).single_group
         True
     """
@@ -244,7 +244,7 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
 def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
     """Resolve ``optimizer.name`` (case-insensitive) or ``optimizer._target_`` to an Optimizer class.
 
-    Example:
+    Examples:
         >>> optimizer_class({"name": "sparseadam"}).__name__
         'SparseAdam'
     """
@@ -257,7 +257,7 @@ def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], 
     Returns:
         ``options`` as the constructor takes them (an integral float for an integer argument as an int).
 
-    Example:
+    Examples:
         >>> check_options(torch.optim.LBFGS, {"lr": 1, "max_iter": 1e2}, "optimizer")
         {'lr': 1, 'max_iter': 100}
         >>> check_options(torch.optim.SGD, {"nesterov": "yes"}, "optimizer")
@@ -301,7 +301,7 @@ def default_lr(cls: type[torch.optim.Optimizer]) -> float:
     Raises:
         OptimConfigError: ``cls`` has no default lr.
 
-    Example:
+    Examples:
         >>> default_lr(torch.optim.Adadelta), default_lr(torch.optim.RMSprop), default_lr(torch.optim.Adam)
         (1.0, 0.01, 0.001)
     """
@@ -337,7 +337,7 @@ class OptimizerSpec:
         patterns: each rule's compiled ``params`` regex.
         settings: the section's keys that are not constructor arguments (:attr:`OptimizerInfo.settings`), checked.
 
-    Example:
+    Examples:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
         >>> [group["name"] for group in spec.groups(torch.nn.Linear(2, 1))]
         ['bias', 'default']
@@ -353,7 +353,7 @@ class OptimizerSpec:
     def lr(self) -> float:
         """The base lr: the section's ``lr``, else the optimizer class's default (:func:`default_lr`).
 
-        Example:
+        Examples:
             >>> resolve_optimizer({"name": "adagrad"}).lr, resolve_optimizer({"name": "sgd", "lr": 0.1}).lr
             (0.01, 0.1)
         """

@@ -1,6 +1,6 @@
 """Build a scheduler from a checked ``scheduler`` section, over a run of a given length.
 
-Example:
+Examples:
     >>> import torch
     >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
     >>> built = build_scheduler(optimizer, {"name": "warmup_cosine", "warmup_steps": 2}, total_steps=6)

@@ -7,7 +7,7 @@ afterwards the decay applies. Step counts are in units of the scheduler's ``inte
 epochs); decays that name positions (``step_size``, ``milestones``, ``total_steps``) count from step 0 of the
 run, warmup included.
 
-Example:
+Examples:
     >>> schedule = WarmupCosine(warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
     >>> [round(schedule(k), 3) for k in range(8)]
     [0.0, 0.5, 1.0, 0.868, 0.55, 0.232, 0.1, 0.1]
@@ -57,7 +57,7 @@ class Schedule:
 
     Subclasses override :meth:`decay`, the factor from the end of warmup on.
 
-    Example:
+    Examples:
         >>> [Schedule(warmup_steps=4)(k) for k in range(6)]
         [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
     """
@@ -87,7 +87,7 @@ class Schedule:
         A preview that evaluates the schedule only at some steps adds these (and the step before each), so that it
         draws the corners where they are and finds the exact peak and its first step.
 
-        Example:
+        Examples:
             >>> sorted(WarmupCosine(warmup_steps=10, total_steps=100).boundaries(1_000_000_000))
             [10, 100]
         """
@@ -141,7 +141,7 @@ class WarmupCosine(_DecayToFloor):
     Hugging Face's ``get_cosine_schedule_with_warmup`` up to ``T``; unlike it, the factor never climbs back after T.
     With ``warmup_steps=0`` it equals torch's ``CosineAnnealingLR(T_max=T, eta_min=m * lr)`` up to ``T``.
 
-    Example:
+    Examples:
         >>> WarmupCosine(total_steps=10)(5)
         0.5
     """
@@ -155,7 +155,7 @@ class WarmupCosine(_DecayToFloor):
 class Polynomial(_DecayToFloor):
     """Warmup, then ``(1 - progress) ** power`` from 1 to ``min_lr_ratio``; ``power=1`` is ``warmup_linear``.
 
-    Example:
+    Examples:
         >>> Polynomial(total_steps=4, power=2.0)(2)
         0.25
     """
@@ -185,7 +185,7 @@ class WarmupStableDecay(_DecayToFloor):
     cooldown of Hägele et al. 2024); from ``T`` on it is ``m`` (with ``decay_ratio=0`` it drops to ``m`` at ``T``).
     Hu et al. 2024 (MiniCPM) named the schedule.
 
-    Example:
+    Examples:
         >>> schedule = WarmupStableDecay(warmup_steps=2, total_steps=10, decay_ratio=0.4, decay_shape="linear")
         >>> [schedule(k) for k in range(12)]
         [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
@@ -241,7 +241,7 @@ class WarmupStableDecay(_DecayToFloor):
 class InverseSqrt(Schedule):
     """Noam's schedule: linear warmup to 1 at ``warmup_steps``, then ``sqrt(warmup_steps / step)``.
 
-    Example:
+    Examples:
         >>> [InverseSqrt(warmup_steps=4)(k) for k in (2, 4, 16)]
         [0.5, 1.0, 0.5]
     """
@@ -267,7 +267,7 @@ class CosineRestarts(Schedule):
     never reaches ``m`` itself: that step is the next restart. With no warmup and ``cycle_decay=1`` this is torch's
     ``CosineAnnealingWarmRestarts(T_0=cycle_steps, T_mult=cycle_mult, eta_min=m * lr)``.
 
-    Example:
+    Examples:
         >>> schedule = CosineRestarts(cycle_steps=2, cycle_mult=2)
         >>> [round(schedule(k), 3) for k in range(8)]
         [1.0, 0.5, 1.0, 0.854, 0.5, 0.146, 1.0, 0.962]
@@ -303,7 +303,7 @@ class CosineRestarts(Schedule):
     def cycle(self, step: int) -> tuple[int, int, int]:
         """The cycle ``step >= warmup_steps`` falls in: its index, first step and length.
 
-        Example:
+        Examples:
             >>> CosineRestarts(warmup_steps=1, cycle_steps=2, cycle_mult=3).cycle(4)
             (1, 3, 6)
         """
@@ -339,7 +339,7 @@ class CosineRestarts(Schedule):
 class StepDecay(Schedule):
     """Multiply by ``gamma`` every ``step_size`` steps; with no warmup, torch's ``StepLR``.
 
-    Example:
+    Examples:
         >>> [StepDecay(step_size=2, gamma=0.5)(k) for k in range(5)]
         [1.0, 1.0, 0.5, 0.5, 0.25]
     """
@@ -376,7 +376,7 @@ class StepDecay(Schedule):
 class MultiStepDecay(Schedule):
     """Multiply by ``gamma`` at each milestone; with no warmup, torch's ``MultiStepLR``.
 
-    Example:
+    Examples:
         >>> [MultiStepDecay(milestones=(1, 3), gamma=0.5)(k) for k in range(4)]
         [1.0, 0.5, 0.5, 0.25]
     """
@@ -409,7 +409,7 @@ class MultiStepDecay(Schedule):
 class ExponentialDecay(Schedule):
     """Multiply by ``gamma`` every step; with no warmup, torch's ``ExponentialLR``.
 
-    Example:
+    Examples:
         >>> ExponentialDecay(gamma=0.5)(3)
         0.125
     """
@@ -432,7 +432,7 @@ class Sequential(Schedule):
 
     Each schedule counts its steps from its own start, as torch's ``SequentialLR`` does.
 
-    Example:
+    Examples:
         >>> schedule = Sequential(
         ...     schedules=(WarmupCosine(total_steps=4), StepDecay(step_size=2, gamma=0.5)), milestones=(4,)
         ... )

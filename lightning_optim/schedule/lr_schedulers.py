@@ -3,7 +3,7 @@
 :class:`ClosedFormLR` runs a closed-form schedule (:mod:`lightning_optim.schedule.closed_form`); :class:`PlateauLR`
 warms up per step and then follows torch's ``ReduceLROnPlateau``, fed by :func:`step_plateau` after each validation run.
 
-Example:
+Examples:
     >>> from lightning_optim.schedule.closed_form import StepDecay
     >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
     >>> scheduler = ClosedFormLR(optimizer, StepDecay(step_size=1, gamma=0.5))
@@ -36,7 +36,7 @@ class ClosedFormLR(LRScheduler):
     from where it was added and keeps its ratio to the other groups. The schedule itself is not saved in
     ``state_dict``: it is rebuilt from the config, and the checkpoint keeps only plain numbers.
 
-    Example:
+    Examples:
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.5)
         >>> scheduler = ClosedFormLR(optimizer, Schedule(warmup_steps=2))
         >>> scheduler.get_last_lr()
@@ -84,7 +84,7 @@ class ClosedFormLR(LRScheduler):
 def write_lrs(groups: Sequence[dict[str, Any]], values: Sequence[float]) -> None:
     """Set each group's lr, in place where it is a tensor (a fused or capturable optimizer's ``lr`` can be one).
 
-    Example:
+    Examples:
         >>> groups = [{"lr": 0.1}, {"lr": torch.tensor(0.1)}]
         >>> write_lrs(groups, [0.5, 0.25]); groups[0]["lr"], float(groups[1]["lr"])
         (0.5, 0.25)
@@ -103,7 +103,7 @@ class PlateauLR(LRScheduler):
     run that produced ``monitor``, so the plateau never acts on a stale value. Metrics seen during warmup are
     ignored.
 
-    Example:
+    Examples:
         >>> optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
         >>> scheduler = PlateauLR(optimizer, monitor="val/loss", patience=0)
         >>> scheduler.step_on_metric(1.0); scheduler.step_on_metric(2.0); scheduler.get_last_lr()

@@ -5,7 +5,7 @@ Closed-form schedules (:mod:`lightning_optim.schedule.closed_form`) run through
 :class:`~lightning_optim.schedule.lr_schedulers.PlateauLR`; ``cyclic`` and ``onecycle`` are torch's own classes,
 which also cycle momentum.
 
-Example:
+Examples:
     >>> spec = resolve_scheduler({"name": "step", "step_size": 2e1})
     >>> type(spec.info).__name__, spec.config
     ('ClosedForm', {'name': 'step', 'step_size': 20})
@@ -72,7 +72,7 @@ _PLATEAU_OPTIONS = ("mode", "factor", "patience", "threshold", "threshold_mode",
 class SchedulerInfo:
     """One scheduler name of the config: the keys it takes, whether it needs the run's length, how it is built.
 
-    Example:
+    Examples:
         >>> SCHEDULERS["onecycle"].needs_run_length({"name": "onecycle"}), SCHEDULERS["step"].conf_file
         (True, 'scheduler/step.yaml')
     """
@@ -172,7 +172,7 @@ class ClosedForm(RunsClosedForm):
 class OpenEndedClosedForm(ClosedForm):
     """A closed-form schedule with no end (``cosine_restarts``): only a ``warmup_ratio`` needs the run's length.
 
-    Example:
+    Examples:
         >>> info = SCHEDULERS["cosine_restarts"]
         >>> info.needs_run_length({"cycle_steps": 10}), info.needs_run_length({"warmup_ratio": 0.1})
         (False, True)
@@ -358,7 +358,7 @@ def own_options(spec: Mapping[str, Any]) -> dict[str, Any]:
 def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRScheduler]:
     """The ``LRScheduler`` subclass a ``_target_`` names, refused unless it is one (nothing is called).
 
-    Example:
+    Examples:
         >>> target_scheduler_class("torch.optim.lr_scheduler.StepLR").__name__
         'StepLR'
     """
@@ -371,7 +371,7 @@ def target_scheduler_class(path: str, where: str = "scheduler") -> type[LRSchedu
 def scheduler_info(spec: Mapping[str, Any], where: str = "scheduler") -> SchedulerInfo:
     """The registered scheduler a section names, or the class its ``_target_`` names.
 
-    Example:
+    Examples:
         >>> scheduler_info({"name": "onecycle"}).scheduler_class.__name__
         'OneCycleLR'
     """
@@ -405,7 +405,7 @@ class SchedulerSpec:
     def schedule(self, total_steps: int) -> Schedule:
         """The pure schedule of a closed-form or ``sequential`` section, over a run of ``total_steps``.
 
-        Example:
+        Examples:
             >>> resolve_scheduler({"name": "warmup_cosine", "warmup_ratio": 0.25}).schedule(8)
             WarmupCosine(warmup_steps=2, total_steps=8, min_lr_ratio=0.0)
         """
@@ -420,7 +420,7 @@ def resolve_scheduler(section: Mapping[str, Any], where: str = "scheduler") -> S
     Returns:
         The checked section, its values as the schedule takes them (an integral float for an integer key as an int).
 
-    Example:
+    Examples:
         >>> resolve_scheduler({"name": "step", "step_size": 1e3}).config
         {'name': 'step', 'step_size': 1000}
         >>> resolve_scheduler({"name": "plateau"})
@@ -463,7 +463,7 @@ def _checked_keys(spec: Mapping[str, Any], types: Mapping[str, Expected], where:
 def needs_run_length(spec: Mapping[str, Any]) -> bool:
     """Whether the scheduler needs the run's length (``total_steps: null``, ``warmup_ratio``, ``sequential``).
 
-    Example:
+    Examples:
         >>> needs_run_length({"name": "warmup_cosine", "total_steps": None}), needs_run_length({"name": "step"})
         (True, False)
     """
