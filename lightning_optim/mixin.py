@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
@@ -211,6 +211,7 @@ class OptimMixin(_LightningModule):
         if isinstance(spec, OptimizerSetSpec):
             return self._configure_optimizer_set(spec, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
+        _report_split(optimizer)
         self._configure_clipping(spec, [(None, optimizer)])
         if spec.scheduler is None:
             return optimizer
@@ -235,6 +236,7 @@ class OptimMixin(_LightningModule):
         optimizers_built = build_optimizer_set(self, spec, length)
         self._configure_clipping(spec, [(m.name, o) for m, (o, _) in zip(spec.members, optimizers_built, strict=True)])
         for member, (optimizer, built) in zip(spec.members, optimizers_built, strict=True):
+            _report_split(optimizer)
             if built is None:
                 configured.append({"optimizer": optimizer})
                 continue
@@ -519,6 +521,13 @@ class OptimMixin(_LightningModule):
             ResumeConfigWarning,
             stacklevel=2,
         )
+
+
+def _report_split(optimizer: torch.optim.Optimizer) -> None:
+    """Print which parameters Muon and its auxiliary optimizer take (``MuonWithAux.split_summary``), once per build."""
+    split_summary = getattr(optimizer, "split_summary", None)
+    if split_summary is not None:
+        rank_zero_info(split_summary())
 
 
 def _run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
