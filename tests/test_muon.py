@@ -234,6 +234,7 @@ def test_bad_sections_name_the_key(section, rules, message):
 # -------------------------------------------------------------------------------------- equal to torch's two optimizers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "hidden", "batches", "loss"),
     [(GPT, GPT_HIDDEN, gpt_batches, gpt_loss), (cnn, CNN_HIDDEN, cnn_batches, cnn_loss)],
@@ -256,6 +257,7 @@ def test_equal_to_muon_and_adamw_stepped_separately(make, hidden, batches, loss,
     assert optimizer.param_groups[0]["lr"] == reference.muon.param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "hidden", "batches", "loss"),
     [(GPT, GPT_HIDDEN, gpt_batches, gpt_loss), (cnn, CNN_HIDDEN, cnn_batches, cnn_loss)],
@@ -349,6 +351,7 @@ def fit_gpt(max_steps: int, tmp_path, ckpt_path=None, batches: int = 8, **kwargs
     return model
 
 
+@pytest.mark.slow
 def test_lightning_sees_one_optimizer_equal_to_the_two_torch_optimizers(tmp_path, caplog):
     logger = MemoryLogger()
     with caplog.at_level("INFO"):
@@ -377,6 +380,7 @@ def test_lightning_sees_one_optimizer_equal_to_the_two_torch_optimizers(tmp_path
     assert_equal_parameters(model.gpt, reference_model)
 
 
+@pytest.mark.slow
 def test_lightning_resume_from_a_checkpoint_is_exact(tmp_path):
     through = fit_gpt(-1, tmp_path / "through", batches=2, max_epochs=2)
     first = fit_gpt(-1, tmp_path / "first", batches=2, max_epochs=1)
