@@ -16,14 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimConfigError, OptimMixin, build_optimizer
 from lightning_optim.callbacks import LRMonitor
-from lightning_optim.clipping import clip_gradients
+from lightning_optim.clipping.clip import clip_gradients
 from lightning_optim.names import named_parameters
 from tests.models import MemoryLogger, trainer
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch 2.9")
 
 if hasattr(torch.optim, "Muon"):
-    from lightning_optim.muon import MuonWithAux
+    from lightning_optim.optim.muon import MuonWithAux
 
 VOCAB, BLOCK, WIDTH, LAYERS = 32, 8, 16, 2
 
