@@ -8,13 +8,14 @@ import torch
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
     CosineAnnealingWarmRestarts,
+    CyclicLR,
     ExponentialLR,
     MultiStepLR,
     SequentialLR,
     StepLR,
 )
 
-from lightning_optim import OptimConfigError
+from lightning_optim import OptimConfigError, validate_optim_config
 from lightning_optim.scheduler_builder import build_scheduler
 from lightning_optim.scheduler_specs import resolve_scheduler
 from lightning_optim.schedules import (
@@ -345,3 +346,48 @@ def test_cosine_restarts_needs_the_run_only_for_a_warmup_ratio():
     }
     assert resolve_scheduler(in_sequence).needs_run_length
     assert resolve_scheduler(in_sequence).schedule(30).schedules[1] == CosineRestarts(warmup_steps=10, cycle_steps=4)
+
+
+# ---------------------------------------------------------------------------------------------------------- cyclic
+
+
+def two_group_sgd() -> torch.optim.SGD:
+    first, second = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    return torch.optim.SGD([{"params": [first]}, {"params": [second]}], lr=0.1, momentum=0.9)
+
+
+def lrs_and_momenta(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> list[list[tuple[float, float]]]:
+    values = []
+    for _ in range(steps):
+        values.append([(group["lr"], group["momentum"]) for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+@pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+def test_cyclic_takes_one_lr_and_momentum_per_group_as_torch_does(mode):
+    """torch's CyclicLR takes a list per parameter group for base/max lr and momentum (annotated ``float``)."""
+    options = {
+        "base_lr": [0.01, 0.002],
+        "max_lr": [0.1, 0.05],
+        "base_momentum": [0.8, 0.7],
+        "max_momentum": [0.95, 0.9],
+        "step_size_up": 3,
+        "step_size_down": 2,
+        "mode": mode,
+        "gamma": 0.9,
+    }
+    validate_optim_config({"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "cyclic", **options}})
+    optimizer = two_group_sgd()
+    ours = lrs_and_momenta(optimizer, build_scheduler(optimizer, {"name": "cyclic", **options}, None).scheduler, 12)
+    reference_optimizer = two_group_sgd()
+    reference = lrs_and_momenta(reference_optimizer, CyclicLR(reference_optimizer, **options), 12)
+    assert ours == reference
+    assert ours[0] == [(0.01, 0.95), (0.002, 0.9)]
+
+
+def test_cyclic_refuses_a_list_of_the_wrong_length_naming_the_key():
+    section = {"name": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "base_momentum": [0.8, 0.7, 0.6]}
+    with pytest.raises(OptimConfigError, match=r"base_momentum must have the same length as optimizer\.param_groups"):
+        build_scheduler(two_group_sgd(), section, None)
