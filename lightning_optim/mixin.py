@@ -50,7 +50,7 @@ from lightning_optim.manual_optimization import (
     unapplied_frequency,
 )
 from lightning_optim.names import named_parameters
-from lightning_optim.optimizer_sets import build_optimizer_set
+from lightning_optim.optimizer_sets import build_optimizer_set, states_in_config_order
 from lightning_optim.optimizers import build_optimizer
 from lightning_optim.run_length import ResumeConfigWarning, RunLength
 from lightning_optim.schedule_free import (
@@ -499,6 +499,7 @@ class OptimMixin(_LightningModule):
                         one.run_length.resume(_run_length_record(saved, optimizer, index))
             else:
                 self.__dict__["_saved_run_lengths"] = saved
+        checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.optim_config))
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None or saved == self.optim_config:
             return
