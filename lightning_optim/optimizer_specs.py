@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.external_optimizers import check_required_arguments, external_optimizer_class
-from lightning_optim.names import named_modules, named_parameters
+from lightning_optim.names import named_modules, named_parameters, plain_name
 from lightning_optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform, conform_section, constructor_types, expected
@@ -90,8 +90,17 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             checked[key] = value
         return checked
 
-    def check_groups(self, module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam."""
+    def check_groups(
+        self,
+        module: nn.Module,
+        groups: Sequence[Mapping[str, Any]],
+        selection: Iterable[tuple[str, nn.Parameter]] | None = None,
+    ) -> None:
+        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam.
+
+        ``selection`` is the optimizer's own share of ``module``'s parameters (one of several named optimizers);
+        None means all of them.
+        """
         if self.single_group and len(groups) > 1:
             names = [group["name"] for group in groups]
             raise config_error(
@@ -99,7 +108,8 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
-            dense = [name for name, p in named_parameters(module) if p.requires_grad and name not in sparse]
+            selected = named_parameters(module) if selection is None else selection
+            dense = [plain_name(name) for name, p in selected if p.requires_grad and plain_name(name) not in sparse]
             if dense:
                 raise config_error(
                     "optimizer.name",
@@ -341,10 +351,11 @@ class OptimizerSpec:
         Raises:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
-        if named_parameters is None:
-            named_parameters = module.named_parameters()
-        groups = group_parameters(named_parameters, self.rules, self.options, self.patterns)
-        self.info.check_groups(module, groups)
+        selection = None if named_parameters is None else list(named_parameters)
+        groups = group_parameters(
+            module.named_parameters() if selection is None else selection, self.rules, self.options, self.patterns
+        )
+        self.info.check_groups(module, groups, selection)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
         return groups

@@ -345,3 +345,67 @@ def test_states_in_config_order_maps_the_states_by_name() -> None:
     assert list(replaced["optim_config"]["optimizers"]) == ["c", "a", "b"]
     assert checkpoint["optimizer_states"] == ["a", "b", "c"]
     assert states_in_config_order(checkpoint, "optim_config", saved) == {}
+
+
+class SparseAndDense(OptimMixin, L.LightningModule):
+    """A sparse ``Embedding`` under SparseAdam and a ``Linear`` under Adam, as two named optimizers."""
+
+    CONFIG: dict[str, Any] = {
+        "optimizers": {
+            "embedding": {"params": r"^embedding\.", "optimizer": {"name": "sparse_adam", "lr": 0.1}},
+            "head": {"params": r"^head\.", "optimizer": {"name": "adam", "lr": 0.01}},
+        }
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.embedding = torch.nn.Embedding(10, 4, sparse=True)
+        self.head = torch.nn.Linear(4, 1)
+        self.optim_config = self.CONFIG
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        tokens, targets = batch
+        return torch.nn.functional.mse_loss(self.head(self.embedding(tokens)), targets)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        for optimizer in optimizers:  # type: ignore[union-attr]
+            optimizer.zero_grad()
+        self.manual_backward(self.loss(batch))
+        for optimizer in optimizers:  # type: ignore[union-attr]
+            optimizer.step()
+
+
+def test_sparse_adam_is_one_of_several_optimizers_checking_only_its_own_parameters() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens, targets = torch.randint(0, 10, (32,), generator=generator), torch.randn(32, 1, generator=generator)
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, targets), batch_size=4)
+    model = SparseAndDense()
+    trainer(max_epochs=1).fit(model, batches)
+
+    reference = SparseAndDense()
+    sparse_adam = torch.optim.SparseAdam(reference.embedding.parameters(), lr=0.1)
+    adam = torch.optim.Adam(reference.head.parameters(), lr=0.01)
+    for batch in batches:
+        sparse_adam.zero_grad()
+        adam.zero_grad()
+        reference.loss(batch).backward()
+        sparse_adam.step()
+        adam.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_sparse_adam_among_several_names_its_own_dense_parameters() -> None:
+    model = SparseAndDense()
+    model.optim_config = {
+        "optimizers": {
+            "embedding": {"params": r"^(embedding|head\.bias)", "optimizer": {"name": "sparse_adam"}},
+            "head": {"params": r"^head\.weight", "optimizer": {"name": "adam"}},
+        }
+    }
+    message = "optim_config.optimizers.embedding.optimizer.name = 'sparse_adam' is not valid. Expected an optimizer "
+    with pytest.raises(OptimConfigError, match=re.escape(message) + r".*parameters \['head\.bias'\] get dense"):
+        model.configure_optimizers()
