@@ -4,11 +4,19 @@ Nothing here imports Lightning or turns a tensor into a Python number.
 """
 
 from lightning_optim.stats.batchnorm import BatchStatistics, RunningStatsSnapshot, batch_statistics, rank_divergence
-from lightning_optim.stats.gradients import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
+from lightning_optim.stats.gradients import (
+    GradientNorms,
+    GroupOf,
+    dense_gradient,
+    gradient_norms,
+    module_path,
+    total_norm,
+)
 
 __all__ = [
     "BatchStatistics",
     "GradientNorms",
+    "GroupOf",
     "RunningStatsSnapshot",
     "batch_statistics",
     "dense_gradient",
