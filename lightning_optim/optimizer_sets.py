@@ -183,8 +183,8 @@ def states_in_config_order(
         return {}
     saved_sections, sections = saved[OPTIMIZERS_KEY], optim_config[OPTIMIZERS_KEY]
     saved_names, names = list(saved_sections), list(sections)
-    states = checkpoint.get("optimizer_states")
-    if saved_names == names or sorted(saved_names) != sorted(names) or len(states or ()) != len(names):
+    states = checkpoint.get("optimizer_states") or []
+    if saved_names == names or sorted(saved_names) != sorted(names) or len(states) != len(names):
         return {}
     saved_scheduled = [name for name in saved_names if saved_sections[name].get("scheduler") is not None]
     scheduled = [name for name in names if sections[name].get("scheduler") is not None]

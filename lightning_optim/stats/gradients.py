@@ -97,8 +97,8 @@ def gradient_norms(
             per_tensor[index] = norm.to(device=device, dtype=torch.float32)
     members: dict[str, list[torch.Tensor]] = defaultdict(list)
     for name, norm in zip(names, per_tensor, strict=True):
-        groups = group_of(name)
-        for group in (groups,) if isinstance(groups, str) else groups:
+        named_groups = group_of(name)
+        for group in (named_groups,) if isinstance(named_groups, str) else named_groups:
             members[group].append(norm)
     groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
     return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
