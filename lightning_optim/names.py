@@ -5,7 +5,7 @@
 ``net._orig_mod.0.weight`` where the eager model says ``net.0.weight``. Every name the package shows (metric keys) or
 matches (``param_groups`` regexes) is taken through this module, so compiled and eager runs share tags and rules.
 
-Example:
+Examples:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.compile(torch.nn.Linear(2, 1)))
     >>> [name for name, _ in model.named_parameters()]
@@ -29,7 +29,7 @@ COMPILED_LEVEL = "_orig_mod"
 def plain_name(name: str) -> str:
     """A qualified name without the ``_orig_mod`` levels that ``torch.compile`` inserts.
 
-    Example:
+    Examples:
         >>> plain_name("net._orig_mod.0.weight"), plain_name("_orig_mod.head.bias"), plain_name("head.bias")
         ('net.0.weight', 'head.bias', 'head.bias')
     """

@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_optim import OptimConfigError, OptimMixin
-from lightning_optim.optimizer_sets import states_in_config_order
-from lightning_optim.run_length import ResumeConfigWarning
+from lightning_optim.config.optimizer_sets import states_in_config_order
+from lightning_optim.fit.run_length import ResumeConfigWarning
 from tests.models import GAN, GAN_CONFIG, CrashAt, Interrupted, loader, trainer
 from tests.references import warmup_cosine
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_optim import OptimConfigError, build_optimizer
-from lightning_optim.param_groups import UnmatchedRuleWarning, group_parameters
+from lightning_optim.optim.param_groups import UnmatchedRuleWarning, group_parameters
 
 
 class Net(torch.nn.Module):

@@ -20,9 +20,9 @@ from torch import nn
 
 from lightning_optim import OptimConfigError, OptimMixin
 from lightning_optim.callbacks import LRMonitor
-from lightning_optim.clipping import folds_into_step
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
-from lightning_optim.schedule_free import in_train_mode
+from lightning_optim.clipping.clip import folds_into_step
+from lightning_optim.fit.schedule_free import in_train_mode
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS
 from tests.models import GAN, loader, trainer
 
 schedulefree = pytest.importorskip("schedulefree")

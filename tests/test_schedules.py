@@ -16,9 +16,8 @@ from torch.optim.lr_scheduler import (
 )
 
 from lightning_optim import OptimConfigError, validate_optim_config
-from lightning_optim.scheduler_builder import build_scheduler
-from lightning_optim.scheduler_specs import resolve_scheduler
-from lightning_optim.schedules import (
+from lightning_optim.schedule.build import build_scheduler
+from lightning_optim.schedule.closed_form import (
     MOST_STAIRS,
     CosineRestarts,
     ExponentialDecay,
@@ -31,6 +30,7 @@ from lightning_optim.schedules import (
     WarmupCosine,
     WarmupStableDecay,
 )
+from lightning_optim.schedule.registry import resolve_scheduler
 from tests.references import sgdr, wsd
 
 

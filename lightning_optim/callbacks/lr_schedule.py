@@ -1,6 +1,6 @@
 """``LRSchedule``: the package's schedules for a model that keeps its own ``configure_optimizers``.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> callback = LRSchedule({"name": "warmup_cosine", "warmup_steps": 100, "min_lr_ratio": 0.1})
     >>> trainer = L.Trainer(callbacks=[callback], max_steps=1000, logger=False)
@@ -15,13 +15,13 @@ import lightning as L
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.config import plain
+from lightning_optim.config.optim_config import plain
 from lightning_optim.errors import OptimConfigError
+from lightning_optim.fit.run_length import RunLength
 from lightning_optim.internals import ends_epoch
-from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
-from lightning_optim.run_length import RunLength
-from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
+from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
+from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
 
 __all__ = ["LRSchedule"]
 
@@ -32,7 +32,7 @@ class LRSchedule(L.Callback):
     Same schedules and semantics as :class:`~lightning_optim.OptimMixin`: counts in optimizer steps (also under
     gradient accumulation and with ``frequency``), ``total_steps: null`` over the run's actual length (also when
     ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train dataloader change it after the
-    optimizers were built: :mod:`lightning_optim.run_length`), each parameter group
+    optimizers were built: :mod:`lightning_optim.fit.run_length`), each parameter group
     with its own base lr (groups added during training included), ``plateau`` stepped once after each
     validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
     same lr sequence, also with another ``max_epochs``: the schedule keeps the run length it was built with
