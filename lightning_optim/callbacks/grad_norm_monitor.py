@@ -28,10 +28,9 @@ from lightning_optim.clipping.clip import (
     check_clip_threshold,
     expected_after_clipping,
 )
-from lightning_optim.config.optimizer_sets import optimizer_labels
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
-from lightning_optim.names import named_parameters
+from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
     GroupOf,

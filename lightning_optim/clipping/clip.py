@@ -45,6 +45,7 @@ __all__ = [
     "ThresholdOfNorm",
     "algorithm_name",
     "check_clip_threshold",
+    "check_threshold",
     "clip_for_step",
     "clip_gradients",
     "clip_in_step",
@@ -220,11 +221,26 @@ def check_clip_threshold(trainer: Any) -> None:
         ValueError: Trainer(gradient_clip_val=-1) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / \
 None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent).
     """
-    threshold = getattr(trainer, "gradient_clip_val", None)
+    check_threshold(getattr(trainer, "gradient_clip_val", None), "Trainer")
+
+
+def check_threshold(threshold: float | None, where: str) -> None:
+    """Refuse a negative or non-finite clipping threshold given to ``where`` (``Trainer``, ``clip_gradients``).
+
+    Raises:
+        ValueError: naming ``where``, the value and what would work.
+
+    Examples:
+        >>> check_threshold(float("nan"), "clip_gradients")
+        Traceback (most recent call last):
+        ...
+        ValueError: clip_gradients(gradient_clip_val=nan) is not valid. Expected a finite threshold > 0, e.g. 1.0, \
+or 0 / None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent).
+    """
     if threshold is None or (math.isfinite(threshold) and threshold >= 0):
         return
     raise ValueError(
-        f"Trainer(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / "
+        f"{where}(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / "
         "None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent)."
     )
 

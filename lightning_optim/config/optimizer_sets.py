@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,41 +30,10 @@ from lightning_optim.names import named_parameters
 from lightning_optim.optim.build import build_optimizer
 from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
 
-__all__ = ["NamesOptimizers", "build_optimizer_set", "optimizer_labels", "select_parameters", "states_in_config_order"]
+__all__ = ["build_optimizer_set", "select_parameters", "states_in_config_order"]
 
 _MOST_NAMED = 5
 """How many parameter names an error lists before it counts the rest."""
-
-
-@runtime_checkable
-class NamesOptimizers(Protocol):
-    """A LightningModule whose optimizers have names (``OptimMixin`` with ``optim_config.optimizers``).
-
-    ``optimizer_names`` is parallel to ``trainer.optimizers``, or empty when the optimizers have no names. The
-    monitors check ``isinstance(pl_module, NamesOptimizers)`` instead of importing the mixin.
-
-    Examples:
-        >>> class Model:
-        ...     optimizer_names = ("generator", "discriminator")
-        >>> isinstance(Model(), NamesOptimizers), isinstance(object(), NamesOptimizers)
-        (True, False)
-    """
-
-    @property
-    def optimizer_names(self) -> tuple[str, ...]: ...
-
-
-def optimizer_labels(pl_module: Any, count: int) -> list[str]:
-    """The name of each of ``count`` optimizers in metric keys: the module's names, else ``optimizer_<index>``.
-
-    ``index`` is the position in ``self.optimizers()``, stable for a given ``configure_optimizers``.
-
-    Examples:
-        >>> optimizer_labels(object(), 2)
-        ['optimizer_0', 'optimizer_1']
-    """
-    names = pl_module.optimizer_names if isinstance(pl_module, NamesOptimizers) else ()
-    return list(names) if len(names) == count else [f"optimizer_{index}" for index in range(count)]
 
 
 def select_parameters(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "ExtraOptimizerInfo",
     "OptimizerInfo",
     "OptimizerSpec",
+    "default_lr",
     "optimizer_class",
     "resolve_optimizer",
 ]
@@ -303,6 +305,22 @@ def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping
     ]
 
 
+def default_lr(cls: type[torch.optim.Optimizer]) -> float:
+    """The default of ``cls``'s ``lr`` argument: the lr of an optimizer section without one.
+
+    Raises:
+        OptimConfigError: ``cls`` has no default lr.
+
+    Examples:
+        >>> default_lr(torch.optim.Adadelta), default_lr(torch.optim.RMSprop), default_lr(torch.optim.Adam)
+        (1.0, 0.01, 0.001)
+    """
+    parameter = inspect.signature(cls).parameters.get("lr")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
+    return float(parameter.default)
+
+
 def optimizer_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor keyword arguments in an ``optimizer`` section (everything but ``name``/``_target_``)."""
     return {key: value for key, value in spec.items() if key not in _SPEC_KEYS}
@@ -341,6 +359,16 @@ class OptimizerSpec:
     patterns: tuple[re.Pattern[str], ...] = ()
     settings: dict[str, int] = dataclasses.field(default_factory=dict)
 
+    @property
+    def lr(self) -> float:
+        """The base lr: the section's ``lr``, else the optimizer class's default (:func:`default_lr`).
+
+        Examples:
+            >>> resolve_optimizer({"name": "adagrad"}).lr, resolve_optimizer({"name": "sgd", "lr": 0.1}).lr
+            (0.01, 0.1)
+        """
+        return self.options["lr"] if "lr" in self.options else default_lr(self.info.cls)
+
     def groups(
         self, module: nn.Module, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None
     ) -> list[dict[str, Any]]:
@@ -352,8 +380,10 @@ class OptimizerSpec:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
         selection = None if named_parameters is None else list(named_parameters)
+        scaled = any("lr_scale" in rule for rule in self.rules)
+        defaults = {**self.options, "lr": self.lr} if scaled else self.options
         groups = group_parameters(
-            module.named_parameters() if selection is None else selection, self.rules, self.options, self.patterns
+            module.named_parameters() if selection is None else selection, self.rules, defaults, self.patterns
         )
         self.info.check_groups(module, groups, selection)
         if not groups:
