@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.names import named_modules, named_parameters
+from lightning_optim.names import named_modules, named_parameters, plain_name
 from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
 from lightning_optim.optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
@@ -99,8 +99,17 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             checked[key] = value
         return checked
 
-    def check_groups(self, module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam."""
+    def check_groups(
+        self,
+        module: nn.Module,
+        groups: Sequence[Mapping[str, Any]],
+        selection: Iterable[tuple[str, nn.Parameter]] | None = None,
+    ) -> None:
+        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam.
+
+        ``selection`` is the optimizer's own share of ``module``'s parameters (one of several named optimizers);
+        None means all of them.
+        """
         if self.single_group and len(groups) > 1:
             names = [group["name"] for group in groups]
             raise config_error(
@@ -108,7 +117,8 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
-            dense = [name for name, p in named_parameters(module) if p.requires_grad and name not in sparse]
+            selected = named_parameters(module) if selection is None else selection
+            dense = [plain_name(name) for name, p in selected if p.requires_grad and plain_name(name) not in sparse]
             if dense:
                 raise config_error(
                     "optimizer.name",
@@ -385,20 +395,21 @@ class OptimizerSpec:
         Raises:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
+        selection = None if named_parameters is None else list(named_parameters)
         if self.aux is not None:
             lr = self.lr
             matched = self.options.get("adjust_lr_fn") == "match_rms_adamw"
             aux_lr = self.aux.options.get("lr", lr if matched else default_lr(self.aux.info.cls))
-            groups = muon_groups(module, named_parameters, self.rules, self.patterns, lr=lr, aux_lr=aux_lr)
+            groups = muon_groups(module, selection, self.rules, self.patterns, lr=lr, aux_lr=aux_lr)
             if not groups:
                 raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
             return groups
-        if named_parameters is None:
-            named_parameters = module.named_parameters()
         scaled = any("lr_scale" in rule for rule in self.rules)
         defaults = {**self.options, "lr": self.lr} if scaled else self.options
-        groups = group_parameters(named_parameters, self.rules, defaults, self.patterns)
-        self.info.check_groups(module, groups)
+        groups = group_parameters(
+            module.named_parameters() if selection is None else selection, self.rules, defaults, self.patterns
+        )
+        self.info.check_groups(module, groups, selection)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
         return groups
