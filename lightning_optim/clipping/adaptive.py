@@ -43,6 +43,7 @@ __all__ = [
     "AdaptiveThresholds",
     "AutoClip",
     "ClippingSpec",
+    "EmaStatistics",
     "ZClip",
     "clipped_sections",
     "refuse_explicit_threshold",
@@ -101,12 +102,91 @@ class AutoClip:
         self._norms, self._count = _copy(state["norms"]), state["count"]
 
 
+class EmaStatistics:
+    """An EMA of a scalar's mean and (population) variance on the device, started from its first ``warmup_steps``
+    values: ZClip's statistics, also those of the spike guard (:mod:`lightning_optim.clipping.spike_guard`).
+
+    :meth:`warm` takes the warm-up's values (NaN/Inf left out of the start); then :meth:`z` gives a value's z-score
+    ``(x - mean) / (std + 1e-6)`` and :meth:`update` moves the EMA where asked: ``mean = alpha * mean + (1 - alpha) *
+    x``, ``var = alpha * var + (1 - alpha) * (x - mean)**2`` (the new mean). Nothing is synced to the host.
+
+    Examples:
+        >>> statistics = EmaStatistics(alpha=0.5, warmup_steps=2)
+        >>> statistics.warm(torch.tensor(1.0)); statistics.warm(torch.tensor(3.0))
+        >>> round(float(statistics.z(torch.tensor(4.0))), 4)
+        2.0
+        >>> statistics.update(torch.tensor(4.0), torch.tensor(True))
+        >>> statistics.state_dict()["mean"], statistics.state_dict()["var"], statistics.steps
+        (tensor(3.), tensor(1.), 3)
+    """
+
+    def __init__(self, alpha: float, warmup_steps: int) -> None:
+        self.alpha = alpha
+        self.warmup_steps = warmup_steps
+        self._warmup: torch.Tensor | None = None
+        self._mean: torch.Tensor | None = None
+        self._var: torch.Tensor | None = None
+        self._count = 0
+
+    @property
+    def steps(self) -> int:
+        """How many values it was given."""
+        return self._count
+
+    @property
+    def warming(self) -> bool:
+        """Whether the next value still belongs to the warm-up."""
+        return self._count < self.warmup_steps
+
+    def warm(self, value: torch.Tensor) -> None:
+        """Record a warm-up value; the last one sets the mean and variance of the finite ones."""
+        if self._warmup is None:
+            self._warmup = torch.full((self.warmup_steps,), math.nan, device=value.device)
+        self._warmup = self._warmup.to(value.device)
+        self._warmup[self._count] = torch.where(torch.isfinite(value), value, math.nan)
+        self._count += 1
+        if self._count == self.warmup_steps:
+            self._mean = torch.nanmean(self._warmup)
+            self._var = torch.nanmean((self._warmup - self._mean) ** 2)
+
+    def moments(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and variance after the warm-up, on ``device``."""
+        assert self._mean is not None and self._var is not None  # set when the warm-up ended
+        return self._mean.to(device), self._var.to(device)
+
+    def z(self, value: torch.Tensor) -> torch.Tensor:
+        """The z-score of ``value`` (after the warm-up)."""
+        mean, var = self.moments(value.device)
+        return (value - mean) / (var.sqrt() + _EPS)
+
+    def update(self, value: torch.Tensor, accept: torch.Tensor) -> None:
+        """Move the EMA with ``value`` where the 0-d bool ``accept`` holds; count the step either way."""
+        mean, var = self.moments(value.device)
+        new_mean = self.alpha * mean + (1 - self.alpha) * value
+        new_var = self.alpha * var + (1 - self.alpha) * (value - new_mean) ** 2
+        # A warm-up of NaN/Inf values only leaves NaN statistics: the first finite value starts them.
+        new_mean = torch.where(torch.isnan(mean), value, new_mean)
+        new_var = torch.where(torch.isnan(var), 0.0, new_var)
+        self._mean = torch.where(accept, new_mean, mean)
+        self._var = torch.where(accept, new_var, var)
+        self._count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-up values, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
+        return {"warmup": self._warmup, "mean": self._mean, "var": self._var, "count": self._count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`; the tensors move to the values' device at the next call."""
+        self._warmup, self._mean, self._var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
+        self._count = state["count"]
+
+
 @dataclass(eq=False)
 class ZClip:
     """ZClip: clip norms whose z-score on an EMA of the norm's mean and variance exceeds ``z_threshold``.
 
     Calling it with this step's total norm returns the threshold (a device tensor; +inf during the warm-up, when
-    nothing is clipped) and updates the statistics with the norm after clipping.
+    nothing is clipped) and updates the statistics (:class:`EmaStatistics`) with the norm after clipping.
 
     Examples:
         >>> zclip = ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=2)
@@ -119,54 +199,33 @@ class ZClip:
     warmup_steps: int = 25
 
     def __post_init__(self) -> None:
-        self._warmup: torch.Tensor | None = None
-        self._mean: torch.Tensor | None = None
-        self._var: torch.Tensor | None = None
-        self._count = 0
+        self._statistics = EmaStatistics(self.alpha, self.warmup_steps)
 
     @property
     def steps(self) -> int:
         """How many norms it was given."""
-        return self._count
+        return self._statistics.steps
 
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
         norm = total.detach().float()
-        finite = torch.isfinite(norm)
-        if self._count < self.warmup_steps:
-            if self._warmup is None:
-                self._warmup = torch.full((self.warmup_steps,), math.nan, device=norm.device)
-            self._warmup = self._warmup.to(norm.device)
-            self._warmup[self._count] = torch.where(finite, norm, math.nan)
-            self._count += 1
-            if self._count == self.warmup_steps:
-                self._mean = torch.nanmean(self._warmup)
-                self._var = torch.nanmean((self._warmup - self._mean) ** 2)
+        if self._statistics.warming:
+            self._statistics.warm(norm)
             return torch.full_like(norm, math.inf)
-        assert self._mean is not None and self._var is not None  # set when the warm-up ended
-        mean, var = self._mean.to(norm.device), self._var.to(norm.device)
+        mean, var = self._statistics.moments(norm.device)
         std = var.sqrt()
-        z = (norm - mean) / (std + _EPS)
+        z = self._statistics.z(norm)
         spike = z > self.z_threshold
         threshold = torch.where(spike, mean + self.z_threshold**2 / z * std, mean + self.z_threshold * (std + _EPS))
-        after = torch.where(spike, threshold, norm)
-        new_mean = self.alpha * mean + (1 - self.alpha) * after
-        new_var = self.alpha * var + (1 - self.alpha) * (after - new_mean) ** 2
-        # A warm-up of NaN/Inf norms only leaves NaN statistics: the first finite norm starts them.
-        new_mean = torch.where(torch.isnan(mean), after, new_mean)
-        new_var = torch.where(torch.isnan(var), 0.0, new_var)
-        self._mean = torch.where(finite, new_mean, mean)
-        self._var = torch.where(finite, new_var, var)
-        self._count += 1
+        self._statistics.update(torch.where(spike, threshold, norm), torch.isfinite(norm))
         return torch.where(torch.isnan(threshold), math.inf, threshold)
 
     def state_dict(self) -> dict[str, Any]:
-        """The warm-up norms, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
-        return {"warmup": self._warmup, "mean": self._mean, "var": self._var, "count": self._count}
+        """The statistics' state (:meth:`EmaStatistics.state_dict`)."""
+        return self._statistics.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call."""
-        self._warmup, self._mean, self._var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
-        self._count = state["count"]
+        self._statistics.load_state_dict(state)
 
 
 def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
