@@ -160,7 +160,7 @@ def resolve_spike_guard(section: Any, where: str = SPIKE_GUARD_KEY) -> SpikeGuar
     for key, value in config.items():
         accepts, expected = _RANGES[key]
         if not accepts(value):
-            raise config_error(f"{where}.{key}", value, expected, METRICS if key == "on" else None)
+            raise config_error(f"{where}.{key}", value, expected, METRICS if key == "on" else ())
     return SpikeGuardSpec(config)
 
 
