@@ -30,6 +30,8 @@ import lightning as L
 import torch
 
 from lightning_optim.callbacks.scalar_writer import write_scalars
+from lightning_optim.fit.driver import driver_of
+from lightning_optim.internals import logging_step
 
 __all__ = ["Finish", "MetricCollector", "to_numbers"]
 
@@ -98,6 +100,7 @@ class MetricCollector:
         """
         if not self._entries:
             return {}
+        self._take_spike_guard(trainer)
         entries, self._entries = self._entries, []
         tensors = [value for entry in entries for value in entry.values.values() if isinstance(value, torch.Tensor)]
         numbers = iter(to_numbers(tensors))
@@ -113,6 +116,14 @@ class MetricCollector:
             for logger in trainer.loggers:
                 write_scalars(logger, metrics, step)
         return by_step
+
+    def _take_spike_guard(self, trainer: L.Trainer) -> None:
+        # The spike guard's report (the mixin's driver, which cannot import this layer) rides on the same sync.
+        module = trainer.lightning_module
+        driver = driver_of(module) if module is not None else None
+        report = driver.spike_guard_report(trainer) if driver is not None else None
+        if report is not None:
+            self.add(logging_step(trainer), *report)
 
 
 def to_numbers(tensors: list[torch.Tensor]) -> list[float]:

@@ -352,9 +352,7 @@ def _skip_corrupts_state(optimizer: torch.optim.Optimizer, parameters: Sequence[
     )
 
 
-def skip_in_step(
-    optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor], skip: torch.Tensor
-) -> bool:
+def skip_in_step(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor], skip: torch.Tensor) -> bool:
     """Make the next fused step skip itself where the 0-d ``skip`` is nonzero, with no host sync: ``found_inf``,
     or-ed with the one :func:`clip_in_step` set (its ``grad_scale`` kept).
 

@@ -36,9 +36,9 @@ __all__ = [
     "OptimSpec",
     "OptimizerSetSpec",
     "clipping_specs",
-    "spike_guard_specs",
     "resolve_optim_config",
     "section_keys",
+    "spike_guard_specs",
     "validate_optim_config",
     "warn_on_zero_lr",
 ]
