@@ -274,7 +274,7 @@ class FitDriver(L.Callback):
         elif (sharded := fsdp_model(trainer)) is not None:
             value = sharded.clip_grad_norm_(math.inf)
         else:
-            value = gradient_norms([("", p) for p in parameters]).total
+            value = gradient_norms([("", p) for p in parameters], None).total
         spike, z = guard(value)
         assert self._guard_run.snapshot is not None  # on_train_start made it
         skip_step(optimizer, parameters, spike, self._guard_run.snapshot)
@@ -301,6 +301,14 @@ class FitDriver(L.Callback):
         if metrics and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, logging_step(trainer))
+
+    dashboard_category = "Spike guard"
+
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        """The dashboard's charts of the spike guard (none without one): skipped steps and the z-score."""
+        if self.guards is None:
+            return {}
+        return {"Skipped steps": ["spike_guard/(?:[^/]+/)?skipped$"], "z-score": ["spike_guard/(?:[^/]+/)?z$"]}
 
     def built_for(self, scheduler: LRScheduler) -> BuiltScheduler | None:
         """The built scheduler whose torch scheduler is ``scheduler``, or None (one the driver did not build)."""
