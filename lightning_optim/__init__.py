@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lightning_optim.run_length import ResumeConfigWarning, RunLengthWarning
     from lightning_optim.scheduler_builder import build_scheduler
     from lightning_optim.scheduler_specs import SCHEDULER_NAMES
+    from lightning_optim.targets import allow_target_modules
     from lightning_optim.validation import validate_optim_config
 
 _HOMES = {
@@ -42,6 +43,7 @@ _HOMES = {
     "build_scheduler": "scheduler_builder",
     "preview_learning_rates": "preview",
     "validate_optim_config": "validation",
+    "allow_target_modules": "targets",
 }
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "ResumeConfigWarning",
     "RunLengthWarning",
     "SafeCheckpointIO",
+    "allow_target_modules",
     "build_optimizer",
     "build_scheduler",
     "preview_learning_rates",

@@ -34,6 +34,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from typing_extensions import override
 
+from lightning_optim.errors import CheckpointError
+
 __all__ = ["CheckpointError", "SafeCheckpointIO", "verify_checkpoint"]
 
 OPT_OUT = (
@@ -41,18 +43,6 @@ OPT_OUT = (
     "(lightning-optim-train: `trust_checkpoint=true`); a class of your own that is safe to rebuild can be allowed "
     "alone with `torch.serialization.add_safe_globals([YourClass])`."
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is not loaded (missing, damaged, or holding objects whose unpickling could run code) or saved.
-
-    Example:
-        >>> try:
-        ...     verify_checkpoint("missing.ckpt")
-        ... except CheckpointError as error:
-        ...     print(error)
-        Checkpoint missing.ckpt does not exist or is not a file.
-    """
 
 
 def verify_checkpoint(path: _PATH, name: str | None = None) -> None:

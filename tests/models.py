@@ -72,6 +72,10 @@ class MixinModel(OptimMixin, RecordingModel):
         self.optim_config = optim_config
 
 
+class OwnSGD(torch.optim.SGD):
+    """A user's own optimizer class, outside the modules a ``_target_`` may name until they are allowed."""
+
+
 def trainer(**kwargs: Any) -> L.Trainer:
     """A quiet CPU trainer; ``kwargs`` override the defaults."""
     defaults: dict[str, Any] = {
