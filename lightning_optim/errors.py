@@ -76,10 +76,11 @@ def checkpoint_error(key: str, value: object, expected: str) -> CheckpointError:
     """Build the error for a record restored from a checkpoint: ``key`` (its path in the checkpoint) holds ``value``.
 
     Example:
-        >>> str(checkpoint_error("optim_clipping[0].state.count", -3, "an integer >= 0"))  # doctest: +NORMALIZE_WHITESPACE
-        'Checkpoint entry optim_clipping[0].state.count = -3 is not valid: expected an integer >= 0. Nothing was
+        >>> print(checkpoint_error("optim_clipping[0].state.count", -3, "an integer >= 0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Checkpoint entry optim_clipping[0].state.count = -3 is not valid: expected an integer >= 0. Nothing was
         restored from it; the checkpoint was edited or damaged after it was saved. Resume from another checkpoint, or
-        delete the top-level entry optim_clipping to start that state afresh.'
+        delete the top-level entry optim_clipping to start that state afresh.
     """
     shown = _short_repr(value)
     entry = key.split(".", 1)[0].split("[", 1)[0]

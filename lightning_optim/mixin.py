@@ -52,7 +52,7 @@ from lightning_optim.manual_optimization import (
 from lightning_optim.names import named_parameters
 from lightning_optim.optimizer_sets import build_optimizer_set
 from lightning_optim.optimizers import build_optimizer
-from lightning_optim.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
 from lightning_optim.schedule_free import (
     forward_inputs,
     recompute_batches,
@@ -485,11 +485,11 @@ class OptimMixin(_LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if CLIPPING_KEY in checkpoint:
-            self._adaptive_thresholds().load_state_dict(checkpoint[CLIPPING_KEY])
+            self._adaptive_thresholds().load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
         trainer = attached_trainer(self)
         if trainer is not None and trainer.state.fn == "fit":
             # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
-            saved = checkpoint.get(RUN_LENGTHS_KEY)
+            saved = check_saved_run_lengths(checkpoint.get(RUN_LENGTHS_KEY), RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
                 # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
                 built = self.__dict__.get("_built_schedulers", [])

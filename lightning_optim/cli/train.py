@@ -95,7 +95,10 @@ def train(cfg: DictConfig) -> float:
     with sweep_job():
         try:
             trainer.fit(
-                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not app_flag(cfg, "trust_checkpoint"),
+                model,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=not app_flag(cfg, "trust_checkpoint"),
             )
             validates = _has_validation(model, datamodule)
             metrics: dict[str, Any] = (
