@@ -8,7 +8,11 @@ import functools
 import http.server
 import os
 import random
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -112,6 +116,44 @@ def test_save_on_a_full_disk_leaves_the_previous_checkpoint(last_checkpoint, mon
     assert len(resume(last_checkpoint).lrs) == STEPS_PER_EPOCH
 
 
+KILLED_MID_SAVE = """
+import os, sys, time, torch
+from lightning_optim.checkpoints import _save_atomically
+
+class Stalls:
+    def __reduce__(self):
+        open(sys.argv[2], "w").close()  # the temporary file is being written: the parent may kill now
+        time.sleep(60)
+        return int, (0,)
+
+_save_atomically({"state_dict": {"weight": torch.ones(256)}, "stalls": Stalls()}, sys.argv[1])
+"""
+
+
+def test_a_save_removes_the_temporary_files_that_saves_killed_mid_write_left(last_checkpoint, tmp_path):
+    directory = last_checkpoint.parent
+    started = tmp_path / "writing"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_SAVE, str(directory / "epoch=0-step=6.ckpt"), str(started)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+    assert len(left) == 1 and left[0].startswith(".epoch=0-step=6.ckpt."), left
+    # Not this code's temporary files: another name, or written after the save began (a save under way).
+    others = [".notes.tmp", ".last.ckpt.tmp", ".last.ckpt.0123ABCD.tmp", "last.ckpt.0123abcd.tmp", ".x.0123abcd.tmp"]
+    for name in others:
+        (directory / name).write_bytes(b"kept")
+    os.utime(directory / ".x.0123abcd.tmp", (time.time() + 3600, time.time() + 3600))
+    SafeCheckpointIO().save_checkpoint({"global_step": 9}, directory / "last.ckpt")
+    assert sorted(name for name in os.listdir(directory) if name.endswith(".tmp")) == sorted(others)
+    assert SafeCheckpointIO().load_checkpoint(directory / "last.ckpt") == {"global_step": 9}
+
+
 # ------------------------------------------------------------------------------------------------ damaged files
 
 
@@ -152,6 +194,47 @@ def test_damaged_checkpoint_is_refused_before_training(last_checkpoint, damage):
         trainer(max_epochs=2, plugins=[SafeCheckpointIO()]).fit(model, loader(), ckpt_path=last_checkpoint)
     assert str(raised.value) == expected
     assert model.lrs == [], "no training step ran"
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b`` through nested containers, tensors compared by dtype, shape and every value."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.slow
+def test_any_single_byte_flip_is_refused_naming_the_file_or_changes_nothing_loaded(tmp_path):
+    model = RecordingModel()
+    run = trainer(max_steps=2, plugins=[SafeCheckpointIO()])
+    run.fit(model, loader(samples=8))
+    original = tmp_path / "small.ckpt"
+    run.save_checkpoint(original)
+    data = original.read_bytes()
+    expected = SafeCheckpointIO().load_checkpoint(original)
+    flipped = tmp_path / "flipped.ckpt"
+    generator = random.Random(0)
+    wrong: list[str] = []
+    for position in generator.sample(range(len(data)), 300):
+        for mask in (0x01, 0x80, 0xFF):
+            damaged = bytearray(data)
+            damaged[position] ^= mask
+            flipped.write_bytes(damaged)
+            try:
+                loaded = SafeCheckpointIO().load_checkpoint(flipped)
+            except CheckpointError as error:
+                if not str(error).startswith(f"Checkpoint {flipped} "):
+                    wrong.append(f"{position}^{mask:#x}: {error}")
+            except Exception as error:
+                wrong.append(f"{position}^{mask:#x}: {type(error).__name__}: {error}")
+            else:
+                if not same(loaded, expected):
+                    wrong.append(f"{position}^{mask:#x}: loaded other values")
+    assert wrong == []
 
 
 # ------------------------------------------------------------------------------------------------ hostile files
