@@ -8,6 +8,7 @@ import functools
 import http.server
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +24,10 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.tuner.tuning import Tuner
 
 from lightning_optim import CheckpointError, SafeCheckpointIO
-from tests.models import RecordingModel, loader, trainer
+from tests.models import NetInHparams, RecordingModel, loader, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 
@@ -335,6 +337,60 @@ def test_trusted_checkpoint_loads_with_the_explicit_opt_out(last_checkpoint):
     loaded = SafeCheckpointIO().load_checkpoint(last_checkpoint, weights_only=False)
     assert loaded["callbacks"]["Custom"]["cfg"] == TrustedConfig()
     assert len(resume(last_checkpoint, weights_only=False).lrs) == STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------------ tuners
+
+
+def net_in_hparams() -> NetInHparams:
+    torch.manual_seed(0)
+    return NetInHparams(torch.nn.Linear(4, 1), {"optimizer": {"name": "sgd", "lr": 0.01}})
+
+
+def tuner_files(directory: Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name.startswith((".lr_find_", ".scale_batch_size_")))
+
+
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_lightnings_tuners_restore_a_model_whose_hparams_hold_a_module_and_leave_no_checkpoint(tmp_path):
+    model = net_in_hparams()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    tuner = Tuner(trainer(max_epochs=1, plugins=[SafeCheckpointIO()], default_root_dir=tmp_path))
+    finder = tuner.lr_find(model, num_training=10, early_stop_threshold=None, update_attr=False)
+    assert len(finder.results["lr"]) == 10
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert tuner.scale_batch_size(model, mode="power", steps_per_trial=1, max_trials=3) == 8
+    assert tuner_files(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_only_an_unchanged_tuner_checkpoint_this_io_saved_is_trusted(tmp_path):
+    run = trainer(max_steps=1, plugins=[SafeCheckpointIO()], default_root_dir=tmp_path)
+    run.fit(net_in_hparams())
+    io = run.strategy.checkpoint_io
+    refused = "`hyper_parameters.net` needs torch.nn.modules.linear.Linear"
+    # The user's own checkpoint, and one named as a tuner's that this object did not save, load as data.
+    run.save_checkpoint(tmp_path / "user.ckpt")
+    copied = tmp_path / ".lr_find_00000000-0000-4000-8000-000000000000.ckpt"
+    copied.write_bytes((tmp_path / "user.ckpt").read_bytes())
+    for path in (tmp_path / "user.ckpt", copied):
+        with pytest.raises(CheckpointError, match=re.escape(refused)):
+            io.load_checkpoint(path)
+    # A tuner checkpoint this object saved, then changed by someone else, loads as data too.
+    changed = tmp_path / ".lr_find_11111111-1111-4111-8111-111111111111.ckpt"
+    run.save_checkpoint(changed)
+    checkpoint = torch.load(changed, weights_only=False)
+    checkpoint["global_step"] = 7
+    torch.save(checkpoint, changed)
+    with pytest.raises(CheckpointError, match=re.escape(refused)):
+        io.load_checkpoint(changed)
+    # Unchanged: loaded with its module, once, and deleted; asked for again it is refused as missing.
+    own = tmp_path / ".scale_batch_size_22222222-2222-4222-8222-222222222222.ckpt"
+    run.save_checkpoint(own)
+    assert type(io.load_checkpoint(own)["hyper_parameters"]["net"]) is torch.nn.Linear
+    assert not own.exists()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        io.load_checkpoint(own)
 
 
 # ------------------------------------------------------------------------------------------------ the app
