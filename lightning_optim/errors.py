@@ -1,6 +1,6 @@
 """Errors that name the key, the bad value and what would work; nothing here imports torch, Lightning or OmegaConf.
 
-Example:
+Examples:
     >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
     "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
     >>> str(argument_error("GradNormMonitor", "nonfinite", "wran", "'warn', 'skip' or 'raise'", ["warn", "skip"]))
@@ -26,7 +26,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is not loaded (missing, damaged, holding objects whose unpickling could run code, or records
     whose values no run could have written) or not saved.
 
-    Example:
+    Examples:
         >>> raise CheckpointError("Checkpoint missing.ckpt does not exist or is not a file.")
         Traceback (most recent call last):
         ...
@@ -37,7 +37,7 @@ class CheckpointError(RuntimeError):
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest choice, or an empty string.
 
-    Example:
+    Examples:
         >>> did_you_mean("adamm", ["adam", "sgd"])
         " Did you mean 'adam'?"
     """
@@ -52,7 +52,7 @@ def config_error(
 
     Close matches among ``choices`` are suggested for the value, or for the key's own name if ``unknown_key``.
 
-    Example:
+    Examples:
         >>> str(config_error("scheduler.step_size", 0, "an integer >= 1"))
         'optim_config.scheduler.step_size = 0 is not valid. Expected an integer >= 1.'
     """
@@ -65,7 +65,7 @@ def config_error(
 def argument_error(owner: str, argument: str, value: object, expected: str, choices: Iterable[str] = ()) -> ValueError:
     """Build the error for the constructor argument ``argument`` of ``owner``, phrased as :func:`config_error` does.
 
-    Example:
+    Examples:
         >>> str(argument_error("BatchNormMonitor", "histogram_every_n", 0, "a positive int or None"))
         'BatchNormMonitor(histogram_every_n=0) is not valid. Expected a positive int or None.'
     """
@@ -75,7 +75,7 @@ def argument_error(owner: str, argument: str, value: object, expected: str, choi
 def checkpoint_error(key: str, value: object, expected: str) -> CheckpointError:
     """Build the error for a record restored from a checkpoint: ``key`` (its path in the checkpoint) holds ``value``.
 
-    Example:
+    Examples:
         >>> print(checkpoint_error("optim_clipping[0].state.count", -3, "an integer >= 0"))
         ... # doctest: +NORMALIZE_WHITESPACE
         Checkpoint entry optim_clipping[0].state.count = -3 is not valid: expected an integer >= 0. Nothing was

@@ -6,7 +6,7 @@ Importing a module runs its code (``venv.__main__`` builds a virtualenv, ``this`
 optional optimizer packages and this package. Code (:func:`allow_target_modules`) and the command line of the apps
 (``allowed_target_modules=[mypkg]``) can extend the list; a checkpoint cannot.
 
-Example:
+Examples:
     >>> import torch
     >>> import_class("torch.optim.SGD", torch.optim.Optimizer, "optimizer._target_").__name__
     'SGD'
@@ -49,7 +49,7 @@ def allow_target_modules(*modules: str) -> None:
         ValueError: for a name that is not a dotted path of identifiers, or one that names a ``__main__`` (any
             dunder) module, ``this`` or ``antigravity``, which act when they are imported.
 
-    Example:
+    Examples:
         >>> allow_target_modules("my_optimizers")
         >>> "my_optimizers" in allowed_target_modules()
         True
@@ -68,7 +68,7 @@ def allow_target_modules(*modules: str) -> None:
 def allowed_target_modules() -> tuple[str, ...]:
     """The modules a ``_target_`` may name now: :data:`DEFAULT_TARGET_MODULES` and those allowed since.
 
-    Example:
+    Examples:
         >>> allowed_target_modules()[:2]
         ('torch.optim', 'schedulefree')
     """
@@ -85,7 +85,7 @@ def import_class(path: str, base: type[T], key: str, example: str = "torch.optim
         OptimConfigError: naming ``key``, the path, and (for a module not allowed, which is not imported) how to
             allow it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import_class("torch.optim.AdamW", torch.optim.Optimizer, "optimizer._target_").__name__
         'AdamW'

@@ -120,7 +120,7 @@ def test_save_on_a_full_disk_leaves_the_previous_checkpoint(last_checkpoint, mon
 
 KILLED_MID_SAVE = """
 import os, sys, time, torch
-from lightning_optim.checkpoints import _save_atomically
+from lightning_optim.fit.checkpoints import _save_atomically
 
 class Stalls:
     def __reduce__(self):

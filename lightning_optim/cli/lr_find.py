@@ -37,10 +37,10 @@ from lightning_optim.cli.common import (
     instantiate_model,
     whole_number,
 )
+from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
-from lightning_optim.lr_finder import config_with_lr
-from lightning_optim.mixin import OptimMixin
-from lightning_optim.validation import OptimSpec, resolve_optim_config
+from lightning_optim.fit.lr_finder import config_with_lr
+from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["LrRangeTest", "check_options", "find_lr", "lr_override", "main", "plot"]
 
@@ -69,7 +69,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: naming the key, its bad value and what would work.
 
-    Example:
+    Examples:
         >>> check_options({"min_lr": 1e-8, "max_lr": 1, "num_training": 1e2, "mode": "exponential",
         ...                "early_stop_threshold": None})["num_training"]
         100
@@ -155,7 +155,7 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
 def lr_override(lr: float) -> str:
     """The command-line override that sets ``lr``, to three significant digits.
 
-    Example:
+    Examples:
         >>> lr_override(0.0027542287033381664), lr_override(2.5e-05)
         ('optimizer.lr=0.00275', 'optimizer.lr=2.5e-05')
     """
