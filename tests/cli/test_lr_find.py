@@ -217,6 +217,7 @@ class TemplateDigitsModule(OptimMixin, L.LightningModule):
         return F.cross_entropy(self.net(images.flatten(1)), labels)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
 def test_the_search_restores_a_model_whose_hparams_hold_a_module_and_leaves_no_checkpoint(tmp_path):
     net = ["+model.net._target_=torch.nn.Linear", "+model.net.in_features=64", "+model.net.out_features=10"]
@@ -225,6 +226,7 @@ def test_the_search_restores_a_model_whose_hparams_hold_a_module_and_leaves_no_c
         "~model",
         f"+model._target_={__name__}.TemplateDigitsModule",
         *net,
+        f"lr_find.num_training={STEPS}",
         f"trainer.default_root_dir={tmp_path}",
     )
     search = find_lr(cfg)
