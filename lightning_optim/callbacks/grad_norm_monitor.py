@@ -404,7 +404,7 @@ class GradNormMonitor(L.Callback):
         if isinstance(result.threshold, torch.Tensor) or result.threshold:
             values["threshold"] = result.threshold
         finish = partial(self._metrics, trainer, prefix)
-        MetricCollector.of(trainer).add(logging_step(trainer), values, finish)
+        MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True)
 
     def _metrics(self, trainer: L.Trainer, prefix: str, numbers: dict[str, float]) -> dict[str, float]:
         """The metrics of one logging step from :meth:`_log`'s values made Python numbers; the window's counts
