@@ -4,6 +4,7 @@ before and after each step, their gradients and the optimizer's state (read back
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_optim import conf
 from lightning_optim.callbacks import GradNormMonitor, TensorBoardDashboard, UpdateMonitor
 from lightning_optim.callbacks.update_monitor import REFERENCE_RATIO
 from lightning_optim.internals import logging_step, should_log
@@ -212,3 +214,13 @@ def test_model_checkpoint_monitors_update_ratio(tmp_path):
     # Checked at each epoch's end (no validation), on the last value logged in it.
     assert float(checkpoint.best_model_score) == tb.float32(min(ratios[7], ratios[15]))
     assert float(run.callback_metrics["update/ratio"]) == tb.float32(ratios[15])
+
+
+def test_conf_file_builds_the_monitor():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(conf.__file__).parent / "callbacks" / "update_monitor.yaml")
+    monitor = instantiate(cfg.update_monitor)
+    assert isinstance(monitor, UpdateMonitor)
+    assert (monitor.per_layer_depth, monitor.per_param_group, monitor.ratio_range) == (1, False, (1e-4, 1e-2))
