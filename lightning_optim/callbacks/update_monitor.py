@@ -28,7 +28,15 @@ from lightning_optim.config.optimizer_sets import optimizer_labels
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log, torch_optimizer
 from lightning_optim.names import named_parameters
-from lightning_optim.stats import TensorNorms, TensorUpdates, copy_parameters, measure_updates, module_path, state_norms
+from lightning_optim.stats import (
+    TensorNorms,
+    TensorUpdates,
+    copy_parameters,
+    measure_updates,
+    members,
+    module_path,
+    state_norms,
+)
 
 __all__ = ["REFERENCE_RATIO", "UpdateMonitor"]
 
@@ -156,9 +164,9 @@ class UpdateMonitor(L.Callback):
         if not should_log(trainer):
             self._remove_hooks()
             return
+        self._names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
         if self._handles:
             return  # registered at an earlier batch: the step's first under accumulation, or the previous step
-        self._names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
         for optimizer in trainer.optimizers:
             inner = torch_optimizer(optimizer)
             self._handles.append(inner.register_step_pre_hook(self._before_step))
@@ -237,29 +245,21 @@ class UpdateMonitor(L.Callback):
     def _values(self, step: _Step, optimizer: str, checked: list[str]) -> dict[str, torch.Tensor]:
         """The step's values by metric key; the ratio keys the epoch's health check reads are added to ``checked``
         (per layer, else per group, else the total)."""
-        by_layer = (
-            {f"/{layer}": s for layer, s in step.updates.by_label(step.layers).items() if layer}
-            if self.per_layer_depth is not None
-            else {}
-        )
-        by_group = (
-            {f"/group/{group}": s for group, s in step.updates.by_label(step.groups).items()}
-            if self.per_param_group
-            else {}
-        )
-        summaries = {"": step.updates.total(), **by_layer, **by_group}
+        layers = {f"/{layer}": indices for layer, indices in members(step.layers).items() if layer}
+        groups = {f"/group/{group}": indices for group, indices in members(step.groups).items()}
+        selections = {
+            "": range(len(step.layers)),
+            **(layers if self.per_layer_depth is not None else {}),
+            **(groups if self.per_param_group else {}),
+        }
         values: dict[str, torch.Tensor] = {}
-        for suffix, summary in summaries.items():
+        for suffix, summary in step.updates.summaries(selections).items():
             for quantity in QUANTITIES:
                 values[f"{UPDATE}{optimizer}{quantity}{suffix}"] = getattr(summary, quantity)
-        checked += [f"{UPDATE}{optimizer}ratio{suffix}" for suffix in (by_layer or by_group or {"": None})]
+        health = (layers if self.per_layer_depth is not None else {}) or (groups if self.per_param_group else {})
+        checked += [f"{UPDATE}{optimizer}ratio{suffix}" for suffix in health or {"": None}]
         for key, norms in step.states.items():
-            prefix = f"{STATE}{optimizer}{key}_norm"
-            values[prefix] = norms.total()
-            if self.per_layer_depth is not None:
-                values.update({f"{prefix}/{layer}": n for layer, n in norms.by_label(step.layers).items() if layer})
-            if self.per_param_group:
-                values.update({f"{prefix}/group/{group}": n for group, n in norms.by_label(step.groups).items()})
+            values.update({f"{STATE}{optimizer}{key}_norm{s}": norm for s, norm in norms.summaries(selections).items()})
         return values
 
     def _finish(self, checked: Sequence[str], numbers: dict[str, float]) -> Mapping[str, float]:

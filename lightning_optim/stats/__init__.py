@@ -13,6 +13,7 @@ from lightning_optim.stats.updates import (
     UpdateSummary,
     copy_parameters,
     measure_updates,
+    members,
     state_norms,
 )
 
@@ -28,6 +29,7 @@ __all__ = [
     "dense_gradient",
     "gradient_norms",
     "measure_updates",
+    "members",
     "module_path",
     "rank_divergence",
     "state_norms",

@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["TensorNorms", "TensorUpdates", "UpdateSummary", "copy_parameters", "measure_updates", "state_norms"]
+__all__ = [
+    "TensorNorms",
+    "TensorUpdates",
+    "UpdateSummary",
+    "copy_parameters",
+    "measure_updates",
+    "members",
+    "state_norms",
+]
 
 
 def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -94,7 +102,7 @@ class TensorUpdates:
 
     def total(self) -> UpdateSummary:
         """The summary over every tensor."""
-        return self._summary(range(len(self.update)))
+        return self.summaries({"": range(len(self.update))})[""]
 
     def by_label(self, labels: Sequence[str]) -> dict[str, UpdateSummary]:
         """The summary of each label's tensors (``labels[i]`` names tensor ``i``: a layer, a parameter group).
@@ -105,24 +113,34 @@ class TensorUpdates:
             >>> {label: round(float(s.ratio), 2) for label, s in updates.by_label(["a", "b"]).items()}
             {'a': 0.1, 'b': 0.2}
         """
-        members: dict[str, list[int]] = defaultdict(list)
-        for index, label in enumerate(labels):
-            members[label].append(index)
-        return {label: self._summary(indices) for label, indices in members.items()}
+        return self.summaries(members(labels))
 
-    def _summary(self, indices: Sequence[int]) -> UpdateSummary:
-        norm = _norm_of([self.update[i] for i in indices])
-        param_norm = _norm_of([self.parameter[i] for i in indices])
-        gradient = _norm_of([self.gradient[i] for i in indices])
-        alignment = torch.stack([self.alignment[i] for i in indices]).sum()
+    def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, UpdateSummary]:
+        """The summary of each selection of tensors (by their indices), all in a few kernels: one table of the
+        per-tensor squares, one sum per selection, then the norms, ratios and cosines of every selection at once."""
+        if not selections or not self.update:
+            return {}
+        squares = torch.stack([torch.stack(self.update), torch.stack(self.parameter), torch.stack(self.gradient)]) ** 2
+        rows = torch.cat([squares, torch.stack(self.alignment)[None]]).T.unbind()
+        sums = torch.stack([torch.stack([rows[i] for i in indices]).sum(0) for indices in selections.values()])
+        norm, param_norm, gradient = sums[:, :3].sqrt().unbind(1)
         scale = norm * gradient
-        cos_grad = torch.where(scale > 0, alignment / scale, torch.zeros_like(scale))
-        return UpdateSummary(norm, param_norm, norm / param_norm, cos_grad)
+        cos_grad = torch.where(scale > 0, sums[:, 3] / scale, torch.zeros_like(scale))
+        columns = zip(norm.unbind(), param_norm.unbind(), (norm / param_norm).unbind(), cos_grad.unbind(), strict=True)
+        return {label: UpdateSummary(*values) for label, values in zip(selections, columns, strict=True)}
 
 
-def _norm_of(norms: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The 2-norm of the tensors whose norms are ``norms``."""
-    return torch.linalg.vector_norm(torch.stack(list(norms)))
+def members(labels: Sequence[str]) -> dict[str, list[int]]:
+    """The indices of each label in ``labels``, in order of first appearance.
+
+    Examples:
+        >>> members(["head", "body", "head"])
+        {'head': [0, 2], 'body': [1]}
+    """
+    found: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        found[label].append(index)
+    return dict(found)
 
 
 def measure_updates(
@@ -166,14 +184,23 @@ class TensorNorms:
 
     def total(self) -> torch.Tensor:
         """The norm of all those tensors together."""
-        return _norm_of(self.norms)
+        return self.summaries({"": self.indices})[""]
 
     def by_label(self, labels: Sequence[str]) -> dict[str, torch.Tensor]:
         """The norm of each label's tensors (``labels[i]`` names tensor ``i`` of the whole list)."""
-        members: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for index, norm in zip(self.indices, self.norms, strict=True):
-            members[labels[index]].append(norm)
-        return {label: _norm_of(norms) for label, norms in members.items()}
+        return self.summaries(members(labels))
+
+    def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The norm of each selection's tensors (indices into the whole list; those without a norm here are left
+        out, and a selection with none is not in the result)."""
+        position = {index: k for k, index in enumerate(self.indices)}
+        chosen = {label: [position[i] for i in indices if i in position] for label, indices in selections.items()}
+        chosen = {label: ks for label, ks in chosen.items() if ks}
+        if not chosen:
+            return {}
+        rows = (torch.stack(self.norms) ** 2).unbind()
+        norms = torch.stack([torch.stack([rows[k] for k in ks]).sum() for ks in chosen.values()]).sqrt()
+        return dict(zip(chosen, norms.unbind(), strict=True))
 
 
 def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[torch.Tensor]) -> dict[str, TensorNorms]:
