@@ -24,10 +24,9 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
-from lightning_optim.config.optimizer_sets import optimizer_labels
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log, torch_optimizer
-from lightning_optim.names import named_parameters
+from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     TensorNorms,
     TensorUpdates,
