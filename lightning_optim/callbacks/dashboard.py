@@ -77,8 +77,8 @@ class TensorBoardDashboard(L.Callback):
     "Learning rate" category (lr of every parameter group, momentum and weight decay when logged), "Gradient
     norm" (``grad_norm/total``, ``grad_norm/clipped`` and ``grad_norm/threshold`` on one chart, the clip fraction,
     non-finite steps, per-layer norms), and one category per other callback that has ``dashboard_charts()`` (e.g.
-    "BatchNorm"); see :func:`dashboard_layout`. The charts are regexes, so they fill as the metrics are logged.
-    Open it with ``tensorboard --logdir <dir>`` at ``http://localhost:6006/#custom_scalars``.
+    "BatchNorm", "Updates"); see :func:`dashboard_layout`. The charts are regexes, so they fill as the metrics are
+    logged. Open it with ``tensorboard --logdir <dir>`` at ``http://localhost:6006/#custom_scalars``.
 
     Without a ``TensorBoardLogger`` it warns once and does nothing.
 
