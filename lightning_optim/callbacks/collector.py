@@ -37,6 +37,9 @@ __all__ = ["Finish", "MetricCollector", "to_device", "to_numbers"]
 Finish = Callable[[dict[str, float]], Mapping[str, float]]
 """Turns a monitor's values, made Python numbers, into the metrics to log (and updates the monitor's own state)."""
 
+Listener = Callable[[L.Trainer, dict[int, dict[str, float]]], None]
+"""Gets the metrics of each flush, by step, after they were written to the loggers."""
+
 
 @dataclass
 class _Entry:
@@ -59,6 +62,7 @@ class MetricCollector:
 
     def __init__(self) -> None:
         self._members: list[L.Callback] = []
+        self._listeners: list[Listener] = []
         self._entries: list[_Entry] = []
 
     @classmethod
@@ -75,6 +79,11 @@ class MetricCollector:
         if not any(member is monitor for member in self._members):
             self._members.append(monitor)
         self._entries.clear()
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` after each flush with the metrics written, by step (once, however often it is given)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     def add(
         self,
@@ -128,6 +137,8 @@ class MetricCollector:
         for step, metrics in by_step.items():
             for logger in trainer.loggers:
                 write_scalars(logger, metrics, step)
+        for listener in self._listeners:
+            listener(trainer, by_step)
         return by_step
 
 

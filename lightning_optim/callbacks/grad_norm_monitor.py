@@ -194,11 +194,8 @@ class GradNormMonitor(L.Callback):
         optional_optimizer = "(?:[^/]+/)?"
         own = "|".join(_OWN_KEYS)
         return {
-            "Norm before vs after clipping, and threshold": [
-                f"grad_norm/{optional_optimizer}total$",
-                f"grad_norm/{optional_optimizer}clipped$",
-                f"grad_norm/{optional_optimizer}threshold$",
-            ],
+            # TensorBoardDashboard writes these three series to runs of their own (TensorBoard colours by run).
+            "Norm before vs after clipping, and threshold": [f"clipping/{optional_optimizer}norm$"],
             "Clip fraction": [f"grad_norm/{optional_optimizer}clip_fraction$"],
             "Non-finite steps": [f"grad_norm/{optional_optimizer}nonfinite$"],
             "Per layer": [f"grad_norm/(?!{optional_optimizer}(?:{own})$).*"],
