@@ -272,9 +272,11 @@ def _check_ranges(config: Mapping[str, Any], where: str) -> None:
 
 
 def refuse_trainer_threshold(trainer: Any, clipped: list[str]) -> None:
-    """Refuse ``Trainer(gradient_clip_val=...)`` (or ``gradient_clip_algorithm``) beside a ``clipping`` section.
+    """Refuse ``Trainer(gradient_clip_val=...)`` or ``Trainer(gradient_clip_algorithm="value")`` beside a ``clipping``
+    section.
 
-    ``clipped`` names the ``clipping`` sections in use (``optim_config.clipping``). Both would set the threshold.
+    ``clipped`` names the ``clipping`` sections in use (``optim_config.clipping``). A value as well would set the
+    threshold twice; an adaptive threshold clips by norm only.
 
     Example:
         >>> from types import SimpleNamespace
@@ -284,15 +286,31 @@ def refuse_trainer_threshold(trainer: Any, clipped: list[str]) -> None:
         lightning_optim.errors.OptimConfigError: Trainer(gradient_clip_val=1.0) and optim_config.clipping both set \
 the clipping threshold. Keep one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive \
 threshold, or remove optim_config.clipping for a fixed one.
+        >>> refuse_trainer_threshold(SimpleNamespace(gradient_clip_algorithm="value"), ["optim_config.clipping"])
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: Trainer(gradient_clip_algorithm='value') with \
+optim_config.clipping: an adaptive threshold clips by norm. Unset gradient_clip_algorithm \
+(trainer.gradient_clip_algorithm=null) or set it to 'norm', or remove optim_config.clipping and clip by value at a \
+fixed gradient_clip_val.
     """
-    threshold = getattr(trainer, "gradient_clip_val", None)
-    if not clipped or threshold is None:
+    if not clipped:
         return
-    raise OptimConfigError(
-        f"Trainer(gradient_clip_val={threshold!r}) and {', '.join(clipped)} both set the clipping threshold. Keep "
-        "one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive threshold, or remove "
-        f"{clipped[0]} for a fixed one."
-    )
+    threshold = getattr(trainer, "gradient_clip_val", None)
+    if threshold is not None:
+        raise OptimConfigError(
+            f"Trainer(gradient_clip_val={threshold!r}) and {', '.join(clipped)} both set the clipping threshold. Keep "
+            "one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive threshold, or remove "
+            f"{clipped[0]} for a fixed one."
+        )
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None)
+    # Lightning's Trainer keeps a GradClipAlgorithmType enum, whose value is the string.
+    if getattr(algorithm, "value", algorithm) == "value":
+        raise OptimConfigError(
+            f"Trainer(gradient_clip_algorithm='value') with {', '.join(clipped)}: an adaptive threshold clips by "
+            "norm. Unset gradient_clip_algorithm (trainer.gradient_clip_algorithm=null) or set it to 'norm', or "
+            f"remove {clipped[0]} and clip by value at a fixed gradient_clip_val."
+        )
 
 
 def refuse_explicit_threshold(gradient_clip_val: float | None, scaler: Any) -> None:

@@ -316,6 +316,18 @@ def test_a_trainer_threshold_as_well_is_refused_naming_both():
         trainer(max_steps=1, gradient_clip_val=0.5).fit(model, loader())
 
 
+def test_value_clipping_as_well_is_refused_before_the_first_step():
+    model = SpikyMixinModel(clipping_config(ZCLIP))
+    fit = trainer(max_steps=2, gradient_clip_algorithm="value")
+    with pytest.raises(
+        OptimConfigError,
+        match=r"^Trainer\(gradient_clip_algorithm='value'\) with optim_config\.clipping: an adaptive threshold clips "
+        r"by norm\. Unset gradient_clip_algorithm \(trainer\.gradient_clip_algorithm=null\) or set it to 'norm'",
+    ):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
+
+
 class TwoOptimizers(OptimMixin, L.LightningModule):
     """Manual optimization with two submodules; the first is clipped with ``clip_gradients(opt)`` (no value)."""
 
