@@ -40,7 +40,7 @@ from lightning_optim.clipping import ClipResult, ClipState, check_clip_threshold
 from lightning_optim.config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
-from lightning_optim.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
 from lightning_optim.lr_schedulers import ClosedFormLR, step_plateau
 from lightning_optim.manual_optimization import (
@@ -369,6 +369,7 @@ class OptimMixin(_LightningModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         refuse_replaced_configure_optimizers(self)
+        refuse_dropped_lr_scheduler(self)
         # Callbacks' on_fit_start ran first: a LearningRateFinder that set model.lr also set every group to its lr.
         restore_moved_lrs(self)
 
