@@ -5,7 +5,7 @@ from 1e-8 to ``max_lr``, records the smoothed training loss at each, then restor
 ``model.lr`` is ``optim_config.optimizer.lr``: the search runs the configured optimizer, and Lightning's suggestion
 lands in ``optim_config`` (and the hyperparameters). Lightning suggests the steepest slope of the loss against the lr
 itself, which favours the small lrs of an exponential search (Lightning #21141); the package's suggestion
-(``lightning_optim.lr_suggestion.suggest_lr``, what ``lightning-optim-lr-find optimizer=adamw`` prints) takes the
+(``lightning_optim.stats.lr_suggestion.suggest_lr``, what ``lightning-optim-lr-find optimizer=adamw`` prints) takes the
 steepest slope against log(lr), the axis the curve is drawn on.
 
 Right panel: AdamW trained for a few epochs from the same initial weights over a small lr sweep and at both
@@ -31,7 +31,7 @@ from lightning.pytorch.tuner.tuning import Tuner
 from matplotlib.figure import Figure
 
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
-from lightning_optim.lr_suggestion import suggest_lr
+from lightning_optim.stats.lr_suggestion import suggest_lr
 
 OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},

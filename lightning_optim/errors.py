@@ -1,6 +1,6 @@
 """Errors that name the key, the bad value and what would work; nothing here imports torch, Lightning or OmegaConf.
 
-Example:
+Examples:
     >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
     "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
     >>> str(argument_error("GradNormMonitor", "nonfinite", "wran", "'warn', 'skip' or 'raise'", ["warn", "skip"]))
@@ -25,7 +25,7 @@ class OptimConfigError(ValueError):
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest choice, or an empty string.
 
-    Example:
+    Examples:
         >>> did_you_mean("adamm", ["adam", "sgd"])
         " Did you mean 'adam'?"
     """
@@ -40,7 +40,7 @@ def config_error(
 
     Close matches among ``choices`` are suggested for the value, or for the key's own name if ``unknown_key``.
 
-    Example:
+    Examples:
         >>> str(config_error("scheduler.step_size", 0, "an integer >= 1"))
         'optim_config.scheduler.step_size = 0 is not valid. Expected an integer >= 1.'
     """
@@ -53,7 +53,7 @@ def config_error(
 def argument_error(owner: str, argument: str, value: object, expected: str, choices: Iterable[str] = ()) -> ValueError:
     """Build the error for the constructor argument ``argument`` of ``owner``, phrased as :func:`config_error` does.
 
-    Example:
+    Examples:
         >>> str(argument_error("BatchNormMonitor", "histogram_every_n", 0, "a positive int or None"))
         'BatchNormMonitor(histogram_every_n=0) is not valid. Expected a positive int or None.'
     """

@@ -11,7 +11,7 @@ calls its ``_find_names_from_schedulers``, ``_find_names_from_optimizers``, ``_r
 ``_get_optimizer_stats`` (to name its keys without a logger, and to fill ``callback_metrics`` without a host
 sync); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
 
-Example:
+Examples:
     >>> import torch
     >>> is_batchnorm(torch.nn.LazyBatchNorm2d()), is_batchnorm(torch.nn.InstanceNorm2d(3))
     (True, False)

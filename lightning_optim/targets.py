@@ -1,6 +1,6 @@
 """``_target_`` in a config: a dotted path to a class, imported and checked before anything is called.
 
-Example:
+Examples:
     >>> import torch
     >>> import_class("torch.optim.SGD", torch.optim.Optimizer, "optimizer._target_").__name__
     'SGD'
@@ -23,7 +23,7 @@ def import_class(path: str, base: type[T], key: str, example: str = "torch.optim
 
     Config from a command line is untrusted: the object is refused unless it is a class deriving from ``base``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> import_class("torch.optim.AdamW", torch.optim.Optimizer, "optimizer._target_").__name__
         'AdamW'

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_module
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
-from lightning_optim.adaptive_clipping import AutoClip, ZClip, resolve_clipping
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
-from lightning_optim.clipping import clip_for_step
+from lightning_optim.clipping.adaptive import AutoClip, ZClip, resolve_clipping
+from lightning_optim.clipping.clip import clip_for_step
 from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
 from tests.cli.apps import TINY, run_app

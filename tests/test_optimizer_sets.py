@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_optim import OptimConfigError, validate_optim_config
-from lightning_optim.run_length import ResumeConfigWarning
+from lightning_optim.fit.run_length import ResumeConfigWarning
 from tests.models import GAN, GAN_CONFIG, CrashAt, Interrupted, loader, trainer
 from tests.references import warmup_cosine
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_optim import OPTIMIZERS, OptimConfigError, build_optimizer
-from lightning_optim.optimizer_specs import optimizer_class
+from lightning_optim.optim.registry import optimizer_class
 
 
 class SparseModel(torch.nn.Module):

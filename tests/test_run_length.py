@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from lightning_optim import OptimMixin, ResumeConfigWarning
 from lightning_optim.callbacks import LRSchedule
-from lightning_optim.run_length import RunLengthWarning
+from lightning_optim.fit.run_length import RunLengthWarning
 from tests.models import CrashAt, Interrupted, trainer
 from tests.references import sgdr, warmup_cosine, wsd
 

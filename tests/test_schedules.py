@@ -15,8 +15,7 @@ from torch.optim.lr_scheduler import (
 )
 
 from lightning_optim import OptimConfigError
-from lightning_optim.scheduler_specs import resolve_scheduler
-from lightning_optim.schedules import (
+from lightning_optim.schedule.closed_form import (
     MOST_STAIRS,
     CosineRestarts,
     ExponentialDecay,
@@ -29,6 +28,7 @@ from lightning_optim.schedules import (
     WarmupCosine,
     WarmupStableDecay,
 )
+from lightning_optim.schedule.registry import resolve_scheduler
 from tests.references import sgdr, wsd
 
 

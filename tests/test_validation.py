@@ -267,6 +267,15 @@ def test_learning_rates_beyond_float32_are_refused_naming_the_key(config, messag
         validate_optim_config(config)
 
 
+def test_lr_scale_is_checked_against_the_optimizers_own_default_lr():
+    config = {
+        "optimizer": {"name": "adadelta"},
+        "param_groups": [{"name": "head", "params": "^head", "lr_scale": 1e39}],
+    }
+    with pytest.raises(OptimConfigError, match=r"lr_scale = 1e\+39 is not valid\. .*\(1\.0 x lr_scale = 1e\+39\)"):
+        validate_optim_config(config)
+
+
 def test_the_largest_float32_lr_and_a_large_lr_scale_within_it_are_taken():
     assert validate_optim_config(adam(lr=3.4e38))["optimizer"]["lr"] == 3.4e38
     assert validate_optim_config(rule(lr_scale=1e30))["param_groups"][0]["lr_scale"] == 1e30

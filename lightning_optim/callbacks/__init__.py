@@ -1,4 +1,7 @@
-"""Lightning callbacks of lightning_optim."""
+"""Lightning callbacks of lightning_optim: the monitors, ``LRSchedule``, the collector and the TensorBoard dashboard.
+
+May import ``fit`` and everything below it and Lightning; never ``cli`` or ``demos``.
+"""
 
 from lightning_optim.callbacks.batchnorm_monitor import BatchNormMonitor
 from lightning_optim.callbacks.dashboard import TensorBoardDashboard

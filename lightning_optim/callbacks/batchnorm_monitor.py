@@ -1,6 +1,6 @@
 """``BatchNormMonitor``: the health of every BatchNorm layer, measured on Lightning's logging steps only.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning_optim.demos import DigitsCNN, DigitsDataModule
     >>> monitor = BatchNormMonitor(report=False)
@@ -124,7 +124,7 @@ class BatchNormMonitor(L.Callback):
             None: never.
         report: Print the table and write the JSON at the end of fit.
 
-    Example:
+    Examples:
         >>> monitor = BatchNormMonitor(histogram_every_n=10)
         >>> monitor.dashboard_category, monitor.dashboard_charts()["Mean drift"]
         ('BatchNorm', ['^batchnorm/.*/mean_drift$'])

@@ -9,7 +9,7 @@ device-to-host copy the host waits for). At the ``on_train_batch_end`` of the la
 converts it with one ``tolist()``, and writes all the step's keys in one call per logger
 (:func:`~lightning_optim.callbacks.scalar_writer.write_scalars`).
 
-Example:
+Examples:
     >>> import lightning as L
     >>> import torch
     >>> trainer = L.Trainer(logger=False)
@@ -121,7 +121,7 @@ def to_numbers(tensors: list[torch.Tensor]) -> list[float]:
     The tensors of each dtype are stacked, cast to float64 (exact for every float and for integers up to 2**53;
     float32 on MPS, which has no float64) and concatenated, so a value is the same as ``float(tensor)``.
 
-    Example:
+    Examples:
         >>> to_numbers([torch.tensor(0.1), torch.tensor(3), torch.tensor(0.25, dtype=torch.float64)])
         [0.10000000149011612, 3.0, 0.25]
     """

@@ -1,6 +1,6 @@
 """``TensorBoardDashboard``: one TensorBoard page (Custom Scalars) with every chart the monitors log.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> from lightning.pytorch.loggers import TensorBoardLogger
     >>> from lightning_optim.callbacks import LRMonitor
@@ -45,7 +45,7 @@ def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]
     :class:`~lightning_optim.callbacks.LRMonitor`. "Learning rate" and "Gradient norm" come first and are always
     there, with built-in charts where no callback provides them.
 
-    Example:
+    Examples:
         >>> dashboard_layout([])["Gradient norm"]["Clip fraction"]
         ['Multiline', ['grad_norm/(?:[^/]+/)?clip_fraction$']]
     """
@@ -86,7 +86,7 @@ class TensorBoardDashboard(L.Callback):
             (``grad_hist/<parameter name>``, before clipping; sparse gradients by their values, non-finite values
             left out). None (default): no histograms, which cost a device-to-host copy of every gradient.
 
-    Example:
+    Examples:
         >>> import lightning as L
         >>> from lightning.pytorch.loggers import TensorBoardLogger
         >>> dashboard = TensorBoardDashboard(histogram_every_n_steps=100)

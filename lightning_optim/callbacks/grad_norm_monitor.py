@@ -1,6 +1,6 @@
 """``GradNormMonitor``: the gradient norm before and after clipping, how often clipping fires, non-finite steps.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> monitor = GradNormMonitor(per_layer_depth=1)
     >>> trainer = L.Trainer(callbacks=[monitor], gradient_clip_val=1.0, logger=False)
@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector, to_numbers
-from lightning_optim.clipping import (
+from lightning_optim.clipping.clip import (
     ClipResult,
     ClipState,
     ReportsClipping,
@@ -30,8 +30,7 @@ from lightning_optim.clipping import (
 )
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
-from lightning_optim.names import named_parameters
-from lightning_optim.optimizer_sets import optimizer_labels
+from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
     RunningStatsSnapshot,
@@ -116,7 +115,8 @@ class GradNormMonitor(L.Callback):
     clipping, syncs the host once per parameter, and so always shows pre-clip norms at a cost.
 
     * With :class:`~lightning_optim.OptimMixin` (any model that is
-      :class:`~lightning_optim.clipping.ReportsClipping`) and norm clipping, the norms are the ones clipping computed
+      :class:`~lightning_optim.clipping.clip.ReportsClipping`) and norm clipping, the norms are the ones clipping
+      computed
       (``pl_module.clip_state.last``): no extra pass. Without the mixin, the monitor takes the norm itself in one fused
       pass before clipping and derives the post-clip norm from the Trainer's threshold; with value clipping it
       measures again after clipping.

@@ -1,6 +1,6 @@
 """``LRMonitor``: Lightning's ``LearningRateMonitor`` for every torch optimizer, one point per logged step.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
     >>> trainer = L.Trainer(callbacks=[monitor], max_steps=10, logger=False)
@@ -23,7 +23,7 @@ from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.internals import callback_metrics_store, logging_step, should_log
-from lightning_optim.optimizer_sets import NamesOptimizers
+from lightning_optim.names import NamesOptimizers
 
 __all__ = ["LRMonitor"]
 
@@ -72,7 +72,7 @@ class LRMonitor(LearningRateMonitor):
         log_momentum: also log ``momentum``, or ``betas[0]`` for Adam-like optimizers.
         log_weight_decay: also log ``weight_decay``.
 
-    Example:
+    Examples:
         >>> import lightning as L
         >>> trainer = L.Trainer(callbacks=[LRMonitor(log_momentum=True)], max_steps=10, logger=False)
     """

@@ -5,7 +5,7 @@ thread (a locked queue ``put`` that wakes it): about 40 scalars per logging step
 arithmetic. One ``Summary`` holding every value, in one event, is one hand-off, and TensorBoard reads it back as
 the same scalars (tag, step, value).
 
-Example:
+Examples:
     >>> import tempfile
     >>> from lightning.pytorch.loggers import TensorBoardLogger
     >>> logger = TensorBoardLogger(tempfile.mkdtemp(), name="run")

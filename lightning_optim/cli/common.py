@@ -1,7 +1,7 @@
 """Helpers the command-line apps share: the model (with its ``optim_config``) and the run's length, from the Hydra
 config, and the run directory's checks.
 
-Example:
+Examples:
     >>> from omegaconf import OmegaConf
     >>> cfg = OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.1}, "param_groups": [], "scheduler": None})
     >>> compose_optim_config(cfg)
@@ -63,7 +63,7 @@ def plain_sections(sections: Mapping[str, Any]) -> dict[str, Any]:
 def whole_number(key: str, value: Any) -> int:
     """``value`` as an int: a count written as ``1e9`` on the command line arrives as a float.
 
-    Example:
+    Examples:
         >>> whole_number("trainer.max_steps", 1e9)
         1000000000
     """
@@ -79,10 +79,10 @@ def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.
 
     ``model`` is the user's own code path: Hydra instantiates it and every ``_target_`` inside it. ``optim_config``
     is not: a ``_target_`` in it reaches the model untouched, where the project's own check
-    (:func:`lightning_optim.optimizers.import_class`) accepts only optimizer and scheduler classes, so nothing a
+    (:func:`lightning_optim.optim.build.import_class`) accepts only optimizer and scheduler classes, so nothing a
     command line puts into ``optimizer``, ``param_groups`` or ``scheduler`` is ever called by Hydra.
 
-    Example:
+    Examples:
         >>> from omegaconf import OmegaConf
         >>> model_cfg = OmegaConf.create({"_target_": "lightning_optim.demos.QuadraticMLP", "hidden": 4})
         >>> opened = {"_target_": "builtins.open", "file": "x.txt", "mode": "w"}
@@ -145,7 +145,7 @@ def previous_outputs(run_dir: Path) -> list[str]:
     Hydra creates ``.hydra/`` and the job's ``<job name>.log`` in every run directory (a DDP rank adds
     ``<job name>_ddp_process_<rank>.log``); anything else (checkpoints, event files, metrics) is an earlier run's.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> run_dir = Path(tempfile.mkdtemp())
         >>> (run_dir / ".hydra").mkdir(); (run_dir / "train.log").touch()
@@ -179,7 +179,7 @@ def refuse_used_run_dir(run_dir: Path) -> None:
 def hydra_value(text: str) -> str:
     """``text`` as the value of a Hydra override: as it is unless Hydra's grammar would parse some of it.
 
-    Example:
+    Examples:
         >>> hydra_value("/runs/a b/last.ckpt"), hydra_value("/runs/epoch=0-step=4.ckpt")
         ('/runs/a b/last.ckpt', "'/runs/epoch=0-step=4.ckpt'")
     """
@@ -191,7 +191,7 @@ def hydra_value(text: str) -> str:
 def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
     """The shell command that resumes a run from ``checkpoint`` with the run's own ``overrides``.
 
-    Example:
+    Examples:
         >>> resume_command(Path("/runs/a b/interrupted.ckpt"), ["optimizer=adamw", "ckpt_path=/old.ckpt"])
         "lightning-optim-train optimizer=adamw 'ckpt_path=/runs/a b/interrupted.ckpt'"
     """

@@ -32,7 +32,7 @@ class InterruptCheckpoint(L.Callback):
     Args:
         dirpath: The directory of the checkpoint.
 
-    Example:
+    Examples:
         >>> callback = InterruptCheckpoint("checkpoints")
         >>> str(callback.ckpt_path), callback.signum
         ('checkpoints/interrupted.ckpt', None)

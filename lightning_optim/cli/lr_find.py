@@ -4,9 +4,9 @@ Takes the same config and overrides as ``lightning-optim-train``, plus the finde
 ``out=`` (the PNG's path). Lightning's finder (``Tuner.lr_find``) trains from ``lr_find.min_lr`` to
 ``lr_find.max_lr`` over ``lr_find.num_training`` optimizer steps with the configured optimizer, then restores the
 model. The suggestion is where the smoothed loss falls fastest against log(lr)
-(:func:`lightning_optim.lr_suggestion.suggest_lr`); Lightning's own ``suggestion()`` takes the slope against the lr
-itself and lands about ten times lower (Lightning #21141), so it is printed beside it, not used. The app draws the
-smoothed loss against the lr with both marked, and prints the override to use as its last line.
+(:func:`lightning_optim.stats.lr_suggestion.suggest_lr`); Lightning's own ``suggestion()`` takes the slope against
+the lr itself and lands about ten times lower (Lightning #21141), so it is printed beside it, not used. The app draws
+the smoothed loss against the lr with both marked, and prints the override to use as its last line.
 
 Examples (shell)::
 
@@ -34,12 +34,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instantiate_model, whole_number
+from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
-from lightning_optim.lr_finder import config_with_lr
-from lightning_optim.lr_suggestion import RULE, suggest_lr
-from lightning_optim.mixin import OptimMixin
-from lightning_optim.optimizer_specs import MAX_LR
-from lightning_optim.validation import OptimSpec, resolve_optim_config
+from lightning_optim.fit.lr_finder import config_with_lr
+from lightning_optim.fit.mixin import OptimMixin
+from lightning_optim.optim.registry import MAX_LR
+from lightning_optim.stats.lr_suggestion import RULE, suggest_lr
 
 __all__ = ["LrRangeTest", "check_options", "find_lr", "lr_override", "main", "plot"]
 
@@ -73,7 +73,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         ValueError: naming the key, its bad value and what would work.
 
-    Example:
+    Examples:
         >>> check_options({"min_lr": 1e-8, "max_lr": 1, "num_training": 1e2, "mode": "exponential",
         ...                "early_stop_threshold": None})["num_training"]
         100
@@ -175,7 +175,7 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
 def lr_override(lr: float) -> str:
     """The command-line override that sets ``lr``, to three significant digits.
 
-    Example:
+    Examples:
         >>> lr_override(0.0027542287033381664), lr_override(2.5e-05)
         ('optimizer.lr=0.00275', 'optimizer.lr=2.5e-05')
     """

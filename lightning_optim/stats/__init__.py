@@ -1,6 +1,8 @@
-"""Pure statistics the callbacks log: gradient norms (:mod:`.gradients`) and BatchNorm health (:mod:`.batchnorm`).
+"""Pure statistics the callbacks log: gradient norms (:mod:`.gradients`) and BatchNorm health (:mod:`.batchnorm`);
+and the lr range test's suggestion from its finished curve (:mod:`.lr_suggestion`, plain Python numbers).
 
-Nothing here imports Lightning or turns a tensor into a Python number.
+Nothing here imports Lightning or turns a tensor into a Python number. Pure torch: modules here import only the
+top-level leaves (``internals``, ``names``), never ``optim``, ``schedule``, ``clipping``, ``config`` or ``fit``.
 """
 
 from lightning_optim.stats.batchnorm import BatchStatistics, RunningStatsSnapshot, batch_statistics, rank_divergence

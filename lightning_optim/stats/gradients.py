@@ -4,7 +4,7 @@ Nothing here calls ``.item()``: the results are tensors, turned into Python numb
 logging steps. Sparse gradients (``Embedding(sparse=True)``) are measured through their coalesced values, since
 torch's norm kernels have no sparse implementation.
 
-Example:
+Examples:
     >>> import torch
     >>> layer = torch.nn.Linear(3, 1)
     >>> layer(torch.ones(2, 3)).sum().backward()
@@ -35,7 +35,7 @@ def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
 def total_norm(parameters: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
     """The norm of all gradients together, in one fused pass (``torch.nn.utils.get_total_norm``).
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
         >>> total_norm([p])
         tensor(5.)
@@ -94,7 +94,7 @@ def gradient_norms(
 def module_path(depth: int) -> Callable[[str], str]:
     """Group parameter names by their module path cut at ``depth`` (``encoder.layers.0.weight`` → ``encoder.layers``).
 
-    Example:
+    Examples:
         >>> module_path(2)("encoder.layers.0.attn.weight"), module_path(2)("head.weight")
         ('encoder.layers', 'head')
     """

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from lightning_optim import OptimConfigError, SafeCheckpointIO
 from lightning_optim.cli.lr_find import LrRangeTest, check_options, find_lr, lr_override, plot
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
-from lightning_optim.lr_suggestion import suggest_lr
+from lightning_optim.stats.lr_suggestion import suggest_lr
 from tests.cli.apps import TINY, run_app, run_app_expecting_failure
 
 LR_FIND = "lightning_optim.cli.lr_find"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_optim.config.preview import preview_learning_rates
 from lightning_optim.demos import DigitsCNN
-from lightning_optim.preview import preview_learning_rates
 from tests import tb
 from tests.cli.apps import TINY, run_app, run_app_expecting_failure
 

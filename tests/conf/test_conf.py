@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.cli.common import compose_optim_config
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, optimizer_class
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS, optimizer_class
 
 PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
 TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -1,0 +1,309 @@
+"""Checkpoint files that never run code when loaded, are checked before resuming and survive a failed save.
+
+``SafeCheckpointIO`` is a Lightning ``CheckpointIO`` plugin (``Trainer(plugins=[SafeCheckpointIO()])``):
+
+- loading uses ``torch.load(weights_only=True)`` for local files and URLs alike (Lightning loads URLs with
+  ``weights_only=False``), also under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, unless the caller passes
+  ``weights_only=False`` for a checkpoint it trusts; a URL is fetched to a temporary local file first;
+- a missing, empty, truncated or corrupted file is refused before anything is unpickled (``verify_checkpoint``);
+- a save writes a temporary file beside the target and renames it over the target, so a failed save (a full disk)
+  leaves the previous checkpoint as it was.
+
+Examples:
+    >>> import lightning as L
+    >>> trainer = L.Trainer(plugins=[SafeCheckpointIO()], logger=False, enable_progress_bar=False)
+    >>> type(trainer.strategy.checkpoint_io).__name__
+    'SafeCheckpointIO'
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import contextlib
+import os
+import pickle
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fsspec
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.types import _PATH
+from typing_extensions import override
+
+__all__ = ["CheckpointError", "SafeCheckpointIO", "verify_checkpoint"]
+
+OPT_OUT = (
+    "If you trust where this checkpoint comes from, load it with `trainer.fit(..., weights_only=False)` "
+    "(lightning-optim-train: `trust_checkpoint=true`); a class of your own that is safe to rebuild can be allowed "
+    "alone with `torch.serialization.add_safe_globals([YourClass])`."
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is not loaded (missing, damaged, or holding objects whose unpickling could run code) or saved.
+
+    Examples:
+        >>> try:
+        ...     verify_checkpoint("missing.ckpt")
+        ... except CheckpointError as error:
+        ...     print(error)
+        Checkpoint missing.ckpt does not exist or is not a file.
+    """
+
+
+def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
+    """Check that a local file is a complete, undamaged ``torch.save`` archive, without unpickling anything.
+
+    ``torch.save`` writes a zip archive whose entries carry CRC-32 checksums; every entry is read and checked, so
+    flipped bytes inside a tensor are found before training resumes from them.
+
+    Args:
+        path: The local checkpoint file.
+        name: How error messages call the file (e.g. the URL it was fetched from); defaults to ``path``.
+
+    Raises:
+        CheckpointError: If the file is missing, empty, not a zip archive, or an entry fails its CRC check.
+
+    Examples:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "last.ckpt")
+        >>> torch.save({"state_dict": {"weight": torch.ones(3)}}, path)
+        >>> verify_checkpoint(path)
+        >>> with open(path, "r+b") as file:
+        ...     _ = file.truncate(100)
+        >>> verify_checkpoint(path, name="last.ckpt")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.fit.checkpoints.CheckpointError: Checkpoint last.ckpt (100 bytes) is not a zip archive ...
+    """
+    name = name or os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint {name} does not exist or is not a file.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"Checkpoint {name} is empty (0 bytes): the save that wrote it did not finish.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"Checkpoint {name} ({size} bytes) is not a zip archive (the format torch.save writes): it is truncated, "
+            "corrupted or not a checkpoint."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged_entry = archive.testzip()
+    except zipfile.BadZipFile as error:
+        raise CheckpointError(f"Checkpoint {name} is a damaged zip archive: {error}.") from None
+    if damaged_entry is not None:
+        raise CheckpointError(
+            f"Checkpoint {name} is corrupted: entry {damaged_entry!r} fails its CRC check (its bytes changed after "
+            "they were written). Resume from another checkpoint."
+        )
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with loading that never runs code, verified files and atomic saves.
+
+    Examples:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "checkpoints", "last.ckpt")
+        >>> io = SafeCheckpointIO()
+        >>> io.save_checkpoint({"global_step": 3, "state_dict": {"weight": torch.ones(2)}}, path)
+        >>> io.load_checkpoint(path)["global_step"]
+        3
+        >>> os.listdir(os.path.dirname(path))
+        ['last.ckpt']
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+        A remote path (an fsspec URL) is saved the way Lightning saves it.
+
+        Args:
+            checkpoint: The checkpoint dictionary.
+            path: Where to write it.
+            storage_options: Not supported, as in ``TorchCheckpointIO``.
+        """
+        local_path = _local_path(path)
+        if local_path is None or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        _save_atomically(checkpoint, local_path)
+
+    @override
+    def load_checkpoint(
+        self,
+        path: _PATH,
+        map_location: Callable | None = lambda storage, loc: storage,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        """Verify and load a checkpoint with ``torch.load(weights_only=True)``; a URL is fetched to a local file first.
+
+        Args:
+            path: A local path or an fsspec URL (``http://``, ``https://``, ``s3://``, ...).
+            map_location: As for ``torch.load``; by default tensors are loaded onto the CPU, as Lightning does.
+            weights_only: Only an explicit ``False`` (for a checkpoint you trust) allows arbitrary objects; ``None``
+                means ``True``.
+
+        Returns:
+            The checkpoint dictionary.
+
+        Raises:
+            CheckpointError: If the file is missing or damaged (see ``verify_checkpoint``), or holds an object whose
+                unpickling could run code; the message names the key that holds it and the global it needs.
+        """
+        name = os.fspath(path)
+        with _local_copy(path) as local_file:
+            verify_checkpoint(local_file, name=name)
+            if weights_only is False:
+                return torch.load(local_file, map_location=map_location, weights_only=False)
+            try:
+                return torch.load(local_file, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as error:
+                raise CheckpointError(_unsafe_checkpoint_message(local_file, name, error)) from None
+
+
+def _local_path(path: _PATH) -> str | None:
+    """The local filesystem path of ``path`` (``file://`` stripped), or ``None`` for a remote URL."""
+    _, stripped = fsspec.core.url_to_fs(os.fspath(path))
+    return stripped if fsspec.utils.get_protocol(os.fspath(path)) == "file" else None
+
+
+@contextlib.contextmanager
+def _local_copy(path: _PATH) -> Iterator[str]:
+    """Yield a local file holding the checkpoint at ``path``, fetching a remote one into a temporary directory."""
+    local_path = _local_path(path)
+    if local_path is not None:
+        yield local_path
+        return
+    filesystem, remote_path = fsspec.core.url_to_fs(os.fspath(path))
+    if not filesystem.exists(remote_path):
+        raise CheckpointError(f"Checkpoint {os.fspath(path)} does not exist or is not a file.")
+    with tempfile.TemporaryDirectory(prefix="lightning-optim-ckpt-") as directory:
+        local_file = os.path.join(directory, "checkpoint.ckpt")
+        filesystem.get_file(remote_path, local_file)
+        yield local_file
+
+
+def _save_atomically(checkpoint: dict[str, Any], path: str) -> None:
+    """``torch.save`` into a new file in ``path``'s directory, then ``os.replace`` it over ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Not ".ckpt": ModelCheckpoint's search for last*.ckpt must never pick up a half-written file.
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except Exception as error:
+        # torch.save reports a failed write (a full disk) as "unexpected pos ...", with the OSError as context.
+        cause = error.__context__ if isinstance(error.__context__, OSError) else error
+        raise CheckpointError(
+            f"Checkpoint {path} was not saved ({cause}); the file that was there before, if any, is unchanged."
+        ) from error
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+
+
+def _unsafe_checkpoint_message(local_file: str, name: str, error: pickle.UnpicklingError) -> str:
+    """Why ``weights_only=True`` refused the checkpoint: each key holding an unsafe global, and the opt-out."""
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(local_file))
+    except Exception:  # a pickle torch's static scan cannot read: torch's own reason is all there is
+        unsafe = set()
+    if not unsafe:
+        reason = str(error).splitlines()[0]
+        return f"Checkpoint {name} holds data that torch.load(weights_only=True) refuses ({reason}). {OPT_OUT}"
+    places = _find_globals(local_file, unsafe)
+    located = {global_name for _, global_name in places}
+    listed = [f"`{key}` needs {global_name}" for key, global_name in places]
+    listed += [f"{unknown} is needed at a key that could not be determined" for unknown in sorted(unsafe - located)]
+    return (
+        f"Checkpoint {name} was not loaded: it holds objects whose unpickling could run code (nothing in it ran): "
+        f"{', '.join(listed)}. {OPT_OUT}"
+    )
+
+
+class _Stub:
+    """What the scanning unpickler builds instead of any global: it records the global's name and what it holds."""
+
+    global_name = ""
+    arguments: list[Any]
+    items: dict[Any, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
+        stub = object.__new__(cls)
+        stub.arguments = [*args, *kwargs.values()]
+        stub.items = {}
+        return stub
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.arguments.append(state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+    def append(self, value: Any) -> None:
+        self.arguments.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.arguments.extend(values)
+
+
+class _ScanningUnpickler(pickle.Unpickler):
+    """Unpickles a checkpoint's ``data.pkl`` without importing or calling anything: every global is a ``_Stub``."""
+
+    @override
+    def find_class(self, module: str, name: str) -> type[_Stub]:
+        # torch.save writes pickle protocol 2, which spells globals as Python 2 did (__builtin__.exec); torch's
+        # list of unsafe globals uses today's names, as pickle's own fix_imports does.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        return type("Stub", (_Stub,), {"global_name": f"{module}.{name}"})
+
+    @override
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def _find_globals(local_file: str, unsafe: set[str]) -> list[tuple[str, str]]:
+    """``(key path, global)`` for every object in the checkpoint built from one of the ``unsafe`` globals."""
+    found: list[tuple[str, str]] = []
+    visited: set[int] = set()
+
+    def walk(node: Any, key_path: str) -> None:
+        if id(node) in visited:  # a pickle may share one object many times over: each is looked at once
+            return
+        visited.add(id(node))
+        global_name = getattr(node, "global_name", None)
+        if global_name in unsafe:
+            found.append((key_path or "<the whole checkpoint>", global_name))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{key_path}.{key}" if key_path else str(key))
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                walk(value, f"{key_path}.{index}" if key_path else str(index))
+        elif isinstance(node, _Stub):
+            for value in [*node.arguments, node.items]:
+                walk(value, key_path)
+
+    try:
+        with zipfile.ZipFile(local_file) as archive:
+            pickled = next(n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1)
+            walk(_ScanningUnpickler(archive.open(pickled)).load(), "")
+    except Exception:  # the key paths only improve the message; torch's own check already refused the file
+        return []
+    return found
