@@ -36,7 +36,7 @@ import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
-from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
+from lightning_optim.stats import GradientNorms, GroupOf, RunningStatsSnapshot, gradient_norms
 
 __all__ = [
     "ClipResult",
@@ -114,7 +114,7 @@ class ClipState:
 
     last: ClipResult | None = None
     """The last clipping call's result (None: the last step was not clipped)."""
-    group_of: Callable[[str], str] | None = None
+    group_of: GroupOf | None = None
     """Maps a parameter name to its group: per-group norms are wanted from this step's clipping."""
     skip_nonfinite: RunningStatsSnapshot | None = None
     """Skip steps whose total norm is NaN/Inf, and put back these BatchNorm running statistics (taken at the
@@ -148,7 +148,7 @@ def clip_gradients(
     max_norm: float | ThresholdOfNorm,
     algorithm: str = "norm",
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
 ) -> ClipResult:
     """Clip gradients by total norm (or by value) and return what was measured, without any host sync.
 
@@ -281,7 +281,7 @@ def clip_in_step(
     optimizer: torch.optim.Optimizer,
     max_norm: float | ThresholdOfNorm,
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: bool = False,
     scaled_by: torch.Tensor | None = None,
 ) -> ClipResult:
@@ -421,7 +421,7 @@ def clip_for_step(
     sharded: ClipsShardedGradients | None = None,
     scaler: torch.amp.GradScaler | None = None,
     fold: bool = True,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: RunningStatsSnapshot | None = None,
 ) -> ClipResult | None:
     """Clip one optimizer step's gradients the way that fits the optimizer, keeping what was measured.

@@ -41,6 +41,7 @@ from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
+from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
@@ -315,6 +316,7 @@ class FitDriver(L.Callback):
                         record.run_length.resume(run_length_record(saved, record.name, index))
             else:
                 self._saved_run_lengths = saved
+        checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.spec.config))
         check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
 
     # ------------------------------------------------------------------------------------------ parts

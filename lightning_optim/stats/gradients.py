@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+__all__ = ["GradientNorms", "GroupOf", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+
+GroupOf = Callable[[str], str | tuple[str, ...]]
+"""Maps a parameter's qualified name to the group its norm counts in, or to several (a layer and a parameter group)."""
 
 
 def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
@@ -56,14 +59,22 @@ class GradientNorms:
 
 def gradient_norms(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
-    group_of: Callable[[str], str] | None,
+    group_of: GroupOf | None,
     norm_type: float = 2.0,
 ) -> GradientNorms:
     """Per-group and total gradient norms from a single fused pass over the gradients.
 
     ``group_of`` maps a parameter's qualified name to its group (a module path at some depth, or a
-    parameter-group name). Each gradient's norm is taken once (``torch._foreach_norm``); the group and total
-    norms are norms of those norms. Without ``group_of`` only the total is taken (:func:`total_norm`).
+    parameter-group name), or to a tuple of groups it counts in (both). Each gradient's norm is taken once
+    (``torch._foreach_norm``); the group and total norms are norms of those norms. Without ``group_of`` only the
+    total is taken (:func:`total_norm`).
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 1)
+        >>> layer(torch.ones(2, 3)).sum().backward()
+        >>> norms = gradient_norms(layer.named_parameters(), lambda name: (name, "all"))
+        >>> {group: round(float(norm), 4) for group, norm in sorted(norms.groups.items())}
+        {'all': 4.0, 'bias': 2.0, 'weight': 3.4641}
     """
     if group_of is None:
         return GradientNorms(total_norm([parameter for _, parameter in named_parameters], norm_type))
@@ -86,7 +97,9 @@ def gradient_norms(
             per_tensor[index] = norm.to(device=device, dtype=torch.float32)
     members: dict[str, list[torch.Tensor]] = defaultdict(list)
     for name, norm in zip(names, per_tensor, strict=True):
-        members[group_of(name)].append(norm)
+        named_groups = group_of(name)
+        for group in (named_groups,) if isinstance(named_groups, str) else named_groups:
+            members[group].append(norm)
     groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
     return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
 
