@@ -1,5 +1,6 @@
 """Pure statistics the callbacks log: gradient norms (:mod:`.gradients`), BatchNorm health (:mod:`.batchnorm`) and
-optimizer updates and state (:mod:`.updates`).
+optimizer updates and state (:mod:`.updates`); and the lr range test's suggestion from its finished curve
+(:mod:`.lr_suggestion`, plain Python numbers).
 
 Nothing here imports Lightning or turns a tensor into a Python number. Pure torch: modules here import only the
 top-level leaves (``internals``, ``names``), never ``optim``, ``schedule``, ``clipping``, ``config`` or ``fit``.
