@@ -25,10 +25,11 @@ def shard_under_model_parallel(module: L.LightningModule, *containers: nn.Module
     trainer = attached_trainer(module)
     if trainer is None or not isinstance(trainer.strategy, ModelParallelStrategy):
         return
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
 
     mesh = module.device_mesh["data_parallel"]
-    for container in containers:
+    # Lightning calls configure_model again for each stage (fit, then test); fully_shard may run only once.
+    for container in (container for container in containers if not isinstance(container, FSDPModule)):
         for child in container.children():
             if any(True for _ in child.parameters()):
                 fully_shard(child, mesh=mesh)

@@ -93,7 +93,8 @@ class Net(OptimMixin, L.LightningModule):
         norms = [module for module in self.net if isinstance(module, nn.BatchNorm1d)]
         momenta = [norm.momentum for norm in norms]
         losses = []
-        for index, (chunk, target) in enumerate(zip(inputs.chunk(self.chunks), targets.chunk(self.chunks), strict=True)):
+        chunks = zip(inputs.chunk(self.chunks), targets.chunk(self.chunks), strict=True)
+        for index, (chunk, target) in enumerate(chunks):
             last_rank = index == self.chunks - 1 if self.chunks > 1 else self.global_rank == 1
             if self.global_step == self.nan_at and last_rank:
                 chunk = chunk * torch.nan
