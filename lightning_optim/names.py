@@ -8,6 +8,9 @@
 Every name the package shows (metric keys) or matches (``param_groups`` regexes) is taken through this module, so
 wrapped and plain runs share tags and rules.
 
+The naming protocol of several optimizers lives here too (:class:`NamesOptimizers`, :func:`optimizer_labels`): the
+monitors name each optimizer's metric keys by it without importing any config builder.
+
 Examples:
     >>> import torch
     >>> model = torch.nn.Sequential(torch.compile(torch.nn.Linear(2, 1)))
@@ -20,10 +23,19 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["COMPILED_LEVEL", "WRAPPER_LEVELS", "named_modules", "named_parameters", "plain_name"]
+__all__ = [
+    "COMPILED_LEVEL",
+    "WRAPPER_LEVELS",
+    "NamesOptimizers",
+    "named_modules",
+    "named_parameters",
+    "optimizer_labels",
+    "plain_name",
+]
 
 COMPILED_LEVEL = "_orig_mod"
 """The attribute under which ``torch.compile``'s ``OptimizedModule`` keeps the module it compiled."""
@@ -59,3 +71,34 @@ def named_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """
     for name, submodule in module.named_modules():
         yield plain_name(name), submodule
+
+
+@runtime_checkable
+class NamesOptimizers(Protocol):
+    """A LightningModule whose optimizers have names (``OptimMixin`` with ``optim_config.optimizers``).
+
+    ``optimizer_names`` is parallel to ``trainer.optimizers``, or empty when the optimizers have no names. The
+    monitors check ``isinstance(pl_module, NamesOptimizers)`` instead of importing the mixin.
+
+    Examples:
+        >>> class Model:
+        ...     optimizer_names = ("generator", "discriminator")
+        >>> isinstance(Model(), NamesOptimizers), isinstance(object(), NamesOptimizers)
+        (True, False)
+    """
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]: ...
+
+
+def optimizer_labels(pl_module: Any, count: int) -> list[str]:
+    """The name of each of ``count`` optimizers in metric keys: the module's names, else ``optimizer_<index>``.
+
+    ``index`` is the position in ``self.optimizers()``, stable for a given ``configure_optimizers``.
+
+    Examples:
+        >>> optimizer_labels(object(), 2)
+        ['optimizer_0', 'optimizer_1']
+    """
+    names = pl_module.optimizer_names if isinstance(pl_module, NamesOptimizers) else ()
+    return list(names) if len(names) == count else [f"optimizer_{index}" for index in range(count)]

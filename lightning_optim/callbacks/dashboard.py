@@ -24,6 +24,7 @@ from typing_extensions import override
 
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
+from lightning_optim.callbacks.scalar_writer import histogram_bins
 from lightning_optim.internals import logging_step
 from lightning_optim.names import named_parameters
 from lightning_optim.stats import dense_gradient
@@ -143,4 +144,7 @@ class TensorBoardDashboard(L.Callback):
             if values.numel() == 0:
                 continue
             for logger in loggers:
-                logger.experiment.add_histogram(HISTOGRAM_PREFIX + name, values, global_step=step)
+                writer = logger.experiment
+                writer.add_histogram(
+                    HISTOGRAM_PREFIX + name, values, global_step=step, bins=histogram_bins(writer, values)
+                )

@@ -9,7 +9,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -28,12 +28,12 @@ from lightning_optim.clipping.clip import (
     check_clip_threshold,
     expected_after_clipping,
 )
-from lightning_optim.config.optimizer_sets import optimizer_labels
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
-from lightning_optim.names import named_parameters
+from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
+    GroupOf,
     RunningStatsSnapshot,
     dense_gradient,
     gradient_norms,
@@ -143,7 +143,8 @@ class GradNormMonitor(L.Callback):
 
     Args:
         per_layer_depth: also log the norm of each module path cut at this depth (``1``: ``encoder``, ``head``).
-        per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>``.
+        per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>`` (with
+            ``per_layer_depth`` too, both sets of keys).
         norm_type: the p of the p-norm.
         nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
             ``"skip"`` (drop the gradients so the optimizer step changes nothing, and put back the BatchNorm running
@@ -201,21 +202,20 @@ class GradNormMonitor(L.Callback):
             "Per layer": [f"grad_norm/(?!{optional_optimizer}(?:{own})$).*"],
         }
 
-    def _group_of(
-        self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]
-    ) -> Callable[[str], str] | None:
-        if self.per_param_group:
-            names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
-            group_names = {
-                names[id(parameter)]: f"group/{group.get('name', index)}"
-                for optimizer in optimizers
-                for index, group in enumerate(optimizer.param_groups)
-                for parameter in group["params"]
-            }
+    def _group_of(self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]) -> GroupOf | None:
+        layer_of = module_path(self.per_layer_depth) if self.per_layer_depth is not None else None
+        if not self.per_param_group:
+            return layer_of
+        names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
+        group_names = {
+            names[id(parameter)]: f"group/{group.get('name', index)}"
+            for optimizer in optimizers
+            for index, group in enumerate(optimizer.param_groups)
+            for parameter in group["params"]
+        }
+        if layer_of is None:
             return group_names.__getitem__
-        if self.per_layer_depth is not None:
-            return module_path(self.per_layer_depth)
-        return None
+        return lambda name: (layer_of(name), group_names[name])
 
     def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
         """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""

@@ -22,8 +22,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
-from lightning_optim.config.optimizer_sets import NamesOptimizers
 from lightning_optim.internals import callback_metrics_store, logging_step, should_log
+from lightning_optim.names import NamesOptimizers
 
 __all__ = ["LRMonitor"]
 

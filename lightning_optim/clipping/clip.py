@@ -36,7 +36,7 @@ import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
-from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
+from lightning_optim.stats import GradientNorms, GroupOf, RunningStatsSnapshot, gradient_norms
 from lightning_optim.stats.distributed import local_tensor
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "ThresholdOfNorm",
     "algorithm_name",
     "check_clip_threshold",
+    "check_threshold",
     "clip_for_step",
     "clip_gradients",
     "clip_in_step",
@@ -114,7 +115,7 @@ class ClipState:
 
     last: ClipResult | None = None
     """The last clipping call's result (None: the last step was not clipped)."""
-    group_of: Callable[[str], str] | None = None
+    group_of: GroupOf | None = None
     """Maps a parameter name to its group: per-group norms are wanted from this step's clipping."""
     skip_nonfinite: RunningStatsSnapshot | None = None
     """Skip steps whose total norm is NaN/Inf, and put back these BatchNorm running statistics (taken at the
@@ -148,7 +149,7 @@ def clip_gradients(
     max_norm: float | ThresholdOfNorm,
     algorithm: str = "norm",
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
 ) -> ClipResult:
     """Clip gradients by total norm (or by value) and return what was measured, without any host sync.
 
@@ -226,11 +227,26 @@ def check_clip_threshold(trainer: Any) -> None:
         ValueError: Trainer(gradient_clip_val=-1) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / \
 None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent).
     """
-    threshold = getattr(trainer, "gradient_clip_val", None)
+    check_threshold(getattr(trainer, "gradient_clip_val", None), "Trainer")
+
+
+def check_threshold(threshold: float | None, where: str) -> None:
+    """Refuse a negative or non-finite clipping threshold given to ``where`` (``Trainer``, ``clip_gradients``).
+
+    Raises:
+        ValueError: naming ``where``, the value and what would work.
+
+    Examples:
+        >>> check_threshold(float("nan"), "clip_gradients")
+        Traceback (most recent call last):
+        ...
+        ValueError: clip_gradients(gradient_clip_val=nan) is not valid. Expected a finite threshold > 0, e.g. 1.0, \
+or 0 / None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent).
+    """
     if threshold is None or (math.isfinite(threshold) and threshold >= 0):
         return
     raise ValueError(
-        f"Trainer(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / "
+        f"{where}(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, or 0 / "
         "None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient ascent)."
     )
 
@@ -271,7 +287,7 @@ def clip_in_step(
     optimizer: torch.optim.Optimizer,
     max_norm: float | ThresholdOfNorm,
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: bool = False,
     scaled_by: torch.Tensor | None = None,
 ) -> ClipResult:
@@ -411,7 +427,7 @@ def clip_for_step(
     sharded: ClipsShardedGradients | None = None,
     scaler: torch.amp.GradScaler | None = None,
     fold: bool = True,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: RunningStatsSnapshot | None = None,
 ) -> ClipResult | None:
     """Clip one optimizer step's gradients the way that fits the optimizer, keeping what was measured.

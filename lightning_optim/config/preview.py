@@ -9,7 +9,6 @@ Examples:
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 
 from lightning_optim.config.optimizer_sets import select_parameters
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec, resolve_optim_config
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError
 from lightning_optim.names import named_parameters
 from lightning_optim.optim.registry import OptimizerSpec
 from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
@@ -168,15 +167,7 @@ def _group_lrs(
     module: torch.nn.Module, spec: OptimizerSpec, named: list[tuple[str, torch.nn.Parameter]] | None
 ) -> list[tuple[str, float]]:
     """Each parameter group's name and lr, as the optimizer ``spec`` describes would have them."""
-    default_lr = spec.options["lr"] if "lr" in spec.options else _default_lr(spec.info.cls)
-    return [(group["name"], float(group.get("lr", default_lr))) for group in spec.groups(module, named)]
-
-
-def _default_lr(cls: type[torch.optim.Optimizer]) -> float:
-    parameter = inspect.signature(cls).parameters.get("lr")
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
-    return parameter.default
+    return [(group["name"], float(group.get("lr", spec.lr))) for group in spec.groups(module, named)]
 
 
 def _group_names(optimizer: torch.optim.Optimizer) -> list[str]:

@@ -17,9 +17,9 @@ Examples:
     ...         self.layer = torch.nn.Linear(2, 1)
     ...         self.optim_config = {"optimizer": {"name": "adamw", "lr": 1e-3}}
     >>> model = Model()
-    >>> refuse_replaced_configure_optimizers(model)
+    >>> refuse_replaced_configure_optimizers(model, model.optim_config)
     >>> model.configure_optimizers = lambda: torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> refuse_replaced_configure_optimizers(model)  # doctest: +ELLIPSIS
+    >>> refuse_replaced_configure_optimizers(model, model.optim_config)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     lightning_optim.errors.OptimConfigError: Model.configure_optimizers was replaced on the model instance, e.g. by...
@@ -27,20 +27,19 @@ Examples:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from lightning_optim.errors import OptimConfigError
 
-if TYPE_CHECKING:
-    from lightning_optim.fit.mixin import OptimMixin
-
 __all__ = ["refuse_replaced_configure_optimizers"]
 
 
-def refuse_replaced_configure_optimizers(model: OptimMixin) -> None:
-    """Refuse a ``configure_optimizers`` assigned on the model instance, over the mixin's.
+def refuse_replaced_configure_optimizers(model: torch.nn.Module, config: Mapping[str, Any]) -> None:
+    """Refuse a ``configure_optimizers`` assigned on the ``model`` instance, over the one building ``config`` (the
+    plain ``optim_config``).
 
     LightningCLI's ``--optimizer``/``--lr_scheduler`` do that: its ``_add_configure_optimizers_method_to_model``
     assigns a bound ``partial(cli.configure_optimizers, optimizer=..., lr_scheduler=...)``, and the run would train
@@ -55,7 +54,6 @@ def refuse_replaced_configure_optimizers(model: OptimMixin) -> None:
     keywords: dict[str, Any] = getattr(getattr(replaced, "__func__", None), "keywords", None) or {}
     built = [_describe(keywords[key]) for key in ("optimizer", "lr_scheduler") if keywords.get(key) is not None]
     instead = f" (it builds {' and '.join(built)})" if built else ""
-    config = model.optim_config
     optimizer = config.get("optimizer") or {}
     configured = optimizer.get("_target_") or optimizer.get("name") or ", ".join(config.get("optimizers") or {})
     raise OptimConfigError(

@@ -2,9 +2,11 @@
 
 ``Tuner(trainer).lr_find(model)`` and the ``LearningRateFinder`` callback look for an ``lr`` attribute on the model and
 assign their suggestion to it. :class:`~lightning_optim.OptimMixin` answers with a property backed by these
-functions: reading gives the optimizer's lr, assigning re-validates the whole ``optim_config`` with the new lr (the
-hyperparameters follow), and when the optimizer of a running fit exists already (the callback runs in
-``on_fit_start``) its schedule restarts from the new base lr at the step it is at, warmup included.
+functions, which take the resolved config: reading gives the optimizer's lr (:func:`configured_lr`), assigning
+re-validates the whole ``optim_config`` with the new lr (:func:`config_with_lr`; the hyperparameters follow), and
+when the optimizer of a running fit exists already (the callback runs in ``on_fit_start``) its schedule restarts
+from the new base lr at the step it is at, warmup included (:func:`moved_lrs`, kept by the fit's driver until
+Lightning's finder has overwritten the groups' lrs, then put back: :class:`MovedLrs`).
 
 Examples:
     >>> config = {"optimizer": {"name": "adamw", "lr": 1e-3}, "param_groups": [], "scheduler": None}
@@ -15,80 +17,46 @@ Examples:
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.optim.lr_scheduler import CyclicLR, LRScheduler, OneCycleLR
 
-from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.internals import attached_trainer
-from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR
+from lightning_optim.errors import OptimConfigError
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, write_lrs
 from lightning_optim.schedule.registry import TorchScheduler
 
 if TYPE_CHECKING:
+    import lightning as L
+
     from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
-    from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = [
+    "MovedLrs",
     "config_with_lr",
     "configured_lr",
     "move_base_lrs",
-    "restore_moved_lrs",
-    "set_lr",
+    "moved_lrs",
     "warn_on_lr_before_config",
 ]
 
-LR_BEFORE_CONFIG = "_lr_before_config"
-"""Where a model's own ``self.lr = ...``, assigned before ``optim_config`` exists, waits for it."""
 
-MOVED_LRS = "_lrs_after_lr_change"
-"""The optimizer whose base lrs ``model.lr = ...`` moved during a fit, and the lr each of its groups must have."""
-
-
-def configured_lr(model: OptimMixin) -> float:
-    """The lr of the optimizer ``optim_config`` describes: its ``lr``, or the optimizer class's default.
-
-    Before ``optim_config`` is set, a value the model assigned to ``self.lr`` itself.
+def configured_lr(spec: OptimSpec | OptimizerSetSpec) -> float:
+    """The lr of the optimizer the config describes: its ``lr``, or the optimizer class's default.
 
     Raises:
-        AttributeError: neither is set (``hasattr(model, "lr")`` is then False).
-        OptimConfigError: ``optim_config`` has several optimizers, so there is no single lr.
+        OptimConfigError: the config has several optimizers, so there is no single lr.
+
+    Examples:
+        >>> from lightning_optim.config.validation import resolve_optim_config
+        >>> configured_lr(resolve_optim_config({"optimizer": {"name": "adadelta"}}))
+        1.0
     """
-    if "_optim_spec" not in model.__dict__ and LR_BEFORE_CONFIG in model.__dict__:
-        return model.__dict__[LR_BEFORE_CONFIG]
-    spec = model._spec()
-    section = _single_optimizer(spec.config)  # refuses several optimizers: spec is an OptimSpec from here on
-    return section["lr"] if "lr" in section else _default_lr(cast("OptimSpec", spec).optimizer.info.cls)
-
-
-def set_lr(model: OptimMixin, lr: float) -> None:
-    """Assign ``optim_config`` again with the optimizer's lr set to ``lr`` (checked like any ``optim_config``).
-
-    During a fit whose optimizer is built, each parameter group's base lr moves to what the new config gives it
-    (a rule's own ``lr`` stays, ``lr_scale`` scales the new lr) and the schedule goes on from there at its current step
-    (:func:`move_base_lrs`). Before ``optim_config`` exists the value waits for it
-    (:func:`warn_on_lr_before_config`).
-
-    Raises:
-        OptimConfigError: a bad lr, several optimizers, or a scheduler that sets the lr from its own arguments.
-    """
-    if "_optim_spec" not in model.__dict__:
-        model.__dict__[LR_BEFORE_CONFIG] = lr
-        return
-    old_lr = configured_lr(model)
-    # configured_lr refused several optimizers: the spec is an OptimSpec.
-    model.optim_config = config_with_lr(model.optim_config, lr, cast("OptimSpec", model._spec()))
-    trainer = attached_trainer(model)
-    if trainer is None or trainer.state.fn != "fit" or len(trainer.optimizers) != 1:
-        return
-    optimizer = trainer.optimizers[0]
-    scheduler = next((c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer), None)
-    new_lrs = _group_lrs(model, cast("OptimSpec", model._spec()))
-    ratio = lr / old_lr if old_lr else 1.0
-    model.__dict__[MOVED_LRS] = (optimizer, move_base_lrs(optimizer, scheduler, new_lrs, ratio))
+    _single_optimizer(spec.config)  # refuses several optimizers: spec is an OptimSpec from here on
+    return cast("OptimSpec", spec).optimizer.lr
 
 
 def config_with_lr(config: Mapping[str, Any], lr: float, spec: OptimSpec | None = None) -> dict[str, Any]:
@@ -110,6 +78,48 @@ def config_with_lr(config: Mapping[str, Any], lr: float, spec: OptimSpec | None 
     changed = copy.deepcopy(dict(config))
     _single_optimizer(changed)["lr"] = lr
     return changed
+
+
+@dataclass
+class MovedLrs:
+    """The lrs that ``model.lr = x`` gave the groups of a built optimizer during a fit.
+
+    Lightning's lr finder sets every group to its suggestion right after assigning ``model.lr``, which would undo
+    warmup and per-group lrs for the steps before the schedule's next update: :meth:`restore` puts them back.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> optimizer = torch.optim.SGD([torch.zeros(1)], lr=0.3)
+        >>> MovedLrs(optimizer, [0.1]).restore(SimpleNamespace(optimizers=[optimizer]))
+        >>> optimizer.param_groups[0]["lr"]
+        0.1
+    """
+
+    optimizer: torch.optim.Optimizer
+    lrs: list[float]
+
+    def restore(self, trainer: L.Trainer) -> None:
+        """Write the lrs back, if the optimizer is still the trainer's."""
+        if any(self.optimizer is optimizer for optimizer in trainer.optimizers):
+            write_lrs(self.optimizer.param_groups, self.lrs)
+
+
+def moved_lrs(
+    trainer: L.Trainer | None, spec: OptimSpec, module: torch.nn.Module, old_lr: float, lr: float
+) -> MovedLrs | None:
+    """Move the base lrs of the fit's optimizer to what ``spec`` (the config with the new ``lr``) gives its groups.
+
+    Each group's base lr becomes the new config's (a rule's own ``lr`` stays, ``lr_scale`` scales the new lr) and the
+    schedule goes on from there at its current step (:func:`move_base_lrs`). None outside a fit whose single
+    optimizer is built.
+    """
+    if trainer is None or trainer.state.fn != "fit" or len(trainer.optimizers) != 1:
+        return None
+    optimizer = trainer.optimizers[0]
+    scheduler = next((c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer), None)
+    new_lrs = {group["name"]: float(group.get("lr", spec.optimizer.lr)) for group in spec.optimizer.groups(module)}
+    ratio = lr / old_lr if old_lr else 1.0
+    return MovedLrs(optimizer, move_base_lrs(optimizer, scheduler, new_lrs, ratio))
 
 
 def move_base_lrs(
@@ -138,7 +148,7 @@ def move_base_lrs(
         new_lrs.get(group.get("name", ""), base * ratio) for group, base in zip(groups, old_bases, strict=True)
     ]
     if scheduler is None:
-        _write_lrs(groups, new_bases)
+        write_lrs(groups, new_bases)
         return new_bases
     for group, base in zip(groups, new_bases, strict=True):
         group["initial_lr"] = base
@@ -146,42 +156,28 @@ def move_base_lrs(
     if isinstance(scheduler, ClosedFormLR):
         scheduler.apply_schedule()
     elif isinstance(scheduler, PlateauLR) and scheduler.last_epoch <= scheduler.warmup.warmup_steps:
-        _write_lrs(groups, [float(value) for value in scheduler.get_lr()])
+        write_lrs(groups, [float(value) for value in scheduler.get_lr()])
     else:
         current = [float(group["lr"]) for group in groups]
         moved = zip(current, old_bases, new_bases, strict=True)
-        _write_lrs(groups, [lr * new / old if old else new for lr, old, new in moved])
+        write_lrs(groups, [lr * new / old if old else new for lr, old, new in moved])
     return [float(group["lr"]) for group in groups]
 
 
-def restore_moved_lrs(model: OptimMixin) -> None:
-    """Put back the lrs :func:`set_lr` gave the groups, when something overwrote them since (Lightning's lr finder
-    sets every group to its suggestion right after assigning ``model.lr``, which would undo warmup and per-group
-    lrs for the steps before the schedule's next update)."""
-    moved = model.__dict__.pop(MOVED_LRS, None)
-    trainer = attached_trainer(model)
-    if moved is None or trainer is None or not any(moved[0] is optimizer for optimizer in trainer.optimizers):
-        return
-    optimizer, values = moved
-    _write_lrs(optimizer.param_groups, values)
-
-
-def warn_on_lr_before_config(model: OptimMixin, spec: OptimSpec | OptimizerSetSpec) -> None:
-    """Warn when the model assigned ``self.lr`` before ``optim_config`` with a value the optimizer will not use.
+def warn_on_lr_before_config(model: str, before: float, spec: OptimSpec | OptimizerSetSpec) -> None:
+    """Warn when the ``model`` class assigned ``self.lr = before`` before ``optim_config`` with a value the optimizer
+    will not use.
 
     A model written for Lightning's lr finder often keeps ``self.lr``; with the mixin, ``model.lr`` is the optimizer's
     lr from ``optim_config``, which wins.
     """
-    if LR_BEFORE_CONFIG not in model.__dict__:
-        return
-    before = model.__dict__.pop(LR_BEFORE_CONFIG)
     section = spec.config.get("optimizer")
     if not isinstance(section, dict):  # several optimizers: model.lr does not exist
         return
-    if section.get("lr", _default_lr(cast("OptimSpec", spec).optimizer.info.cls)) == before:
+    if cast("OptimSpec", spec).optimizer.lr == before:
         return
     warnings.warn(
-        f"{type(model).__name__} set self.lr = {before!r} before self.optim_config; OptimMixin's model.lr is "
+        f"{model} set self.lr = {before!r} before self.optim_config; OptimMixin's model.lr is "
         f"optim_config.optimizer.lr = {section.get('lr')!r}, which the optimizer uses (and Lightning's lr finder "
         f"tunes). Set the lr in optim_config instead.",
         UserWarning,
@@ -204,23 +200,3 @@ def _single_optimizer(config: Mapping[str, Any]) -> dict[str, Any]:
 def _sets_lr_itself(spec: OptimSpec) -> bool:
     info = spec.scheduler.info if spec.scheduler is not None else None
     return isinstance(info, TorchScheduler) and issubclass(info.scheduler_class, (CyclicLR, OneCycleLR))
-
-
-def _default_lr(cls: type[torch.optim.Optimizer]) -> float:
-    parameter = inspect.signature(cls).parameters.get("lr")
-    if parameter is None or parameter.default is inspect.Parameter.empty:
-        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
-    return float(parameter.default)
-
-
-def _group_lrs(model: OptimMixin, spec: OptimSpec) -> dict[str, float]:
-    default = configured_lr(model)
-    return {group["name"]: float(group.get("lr", default)) for group in spec.optimizer.groups(model)}
-
-
-def _write_lrs(groups: Sequence[dict[str, Any]], values: Sequence[float]) -> None:
-    for group, value in zip(groups, values, strict=True):
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(value)
-        else:
-            group["lr"] = value

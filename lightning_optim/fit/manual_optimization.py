@@ -13,7 +13,6 @@ Examples:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightning_optim.clipping.clip import algorithm_name
+from lightning_optim.clipping.clip import algorithm_name, check_threshold
 
 __all__ = [
     "SchedulerStepCheck",
@@ -64,12 +63,7 @@ or 0 / None for no clipping (a negative threshold flips the sign of the clipped 
             f"You have set `Trainer(gradient_clip_val={trainer_threshold!r})` and have passed "
             f"`clip_gradients(gradient_clip_val={threshold!r})`. Please use only one of them."
         )
-    if not math.isfinite(threshold) or threshold < 0:
-        raise ValueError(
-            f"clip_gradients(gradient_clip_val={threshold!r}) is not valid. Expected a finite threshold > 0, e.g. 1.0, "
-            "or 0 / None for no clipping (a negative threshold flips the sign of the clipped gradients: gradient "
-            "ascent)."
-        )
+    check_threshold(threshold, "clip_gradients")
     if algorithm is None:
         algorithm = algorithm_name(trainer_algorithm)
     else:

@@ -22,22 +22,17 @@ from __future__ import annotations
 import copy
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.clipping.adaptive import (
-    AdaptiveThresholds,
-    clipped_sections,
-    refuse_explicit_threshold,
-    refuse_trainer_threshold,
-)
+from lightning_optim.clipping.adaptive import clipped_sections, refuse_explicit_threshold, refuse_trainer_threshold
 from lightning_optim.clipping.clip import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
-from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, changed_keys, plain
+from lightning_optim.config.optim_config import OptimConfig
 from lightning_optim.config.optimizer_sets import build_optimizer_set
 from lightning_optim.config.validation import (
     NamedOptimSpec,
@@ -48,29 +43,26 @@ from lightning_optim.config.validation import (
     warn_on_zero_lr,
 )
 from lightning_optim.errors import OptimConfigError
-from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
-from lightning_optim.fit.lr_finder import configured_lr, restore_moved_lrs, set_lr, warn_on_lr_before_config
+from lightning_optim.fit.driver import (
+    CHECKPOINT_KEY,
+    FitDriver,
+    OptimizerRecord,
+    driver_of,
+    run_length_record,
+    write_config,
+)
+from lightning_optim.fit.lr_finder import config_with_lr, configured_lr, moved_lrs, warn_on_lr_before_config
 from lightning_optim.fit.manual_optimization import (
-    SchedulerStepCheck,
     clip_arguments,
     max_steps_counts_every_optimizer,
     unapplied_frequency,
 )
-from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength
-from lightning_optim.fit.schedule_free import (
-    forward_inputs,
-    recompute_batches,
-    save_evaluation_weights,
-    to_eval_mode,
-    to_train_mode,
-    warn_on_decaying_schedule,
-    warn_on_lr_logging,
-)
+from lightning_optim.fit.run_length import RunLength
+from lightning_optim.fit.schedule_free import forward_inputs, warn_on_decaying_schedule
 from lightning_optim.internals import attached_trainer, grad_scaler, torch_optimizer
 from lightning_optim.names import named_parameters
 from lightning_optim.optim.build import build_optimizer
-from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
-from lightning_optim.schedule.lr_schedulers import ClosedFormLR, step_plateau
+from lightning_optim.schedule.build import build_scheduler
 
 if TYPE_CHECKING:
     import lightning as L
@@ -84,14 +76,8 @@ else:
 
 __all__ = ["OptimMixin"]
 
-CHECKPOINT_KEY = "optim_config"
-"""The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
-
-RUN_LENGTHS_KEY = "optim_run_lengths"
-"""The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
-
-CLIPPING_KEY = "optim_clipping"
-"""The checkpoint entry holding the adaptive clipping history, per optimizer (``{"optimizer", "config", "state"}``)."""
+LR_BEFORE_CONFIG = "_lr_before_config"
+"""Where a model's own ``self.lr = ...``, assigned before ``optim_config`` exists, waits for it."""
 
 
 class OptimMixin(_LightningModule):
@@ -157,13 +143,15 @@ class OptimMixin(_LightningModule):
         spec = resolve_optim_config(config)
         warn_on_zero_lr(spec, stacklevel=2)
         warn_on_decaying_schedule(spec, stacklevel=3)
-        validated = spec.config
-        warn_on_lr_before_config(self, spec)
+        if LR_BEFORE_CONFIG in self.__dict__:
+            warn_on_lr_before_config(type(self).__name__, self.__dict__.pop(LR_BEFORE_CONFIG), spec)
         self.__dict__["_optim_spec"] = spec
+        if (driver := driver_of(self)) is not None:
+            driver.spec = spec
         # After save_hyperparameters(cfg) the hparams are the caller's own DictConfig (Hydra's is in struct mode,
-        # where a new key raises): leave it untouched; on_save_checkpoint still puts optim_config in checkpoints.
+        # where a new key raises): leave it untouched; the driver still puts optim_config in checkpoints.
         if not isinstance(self.hparams, DictConfig):
-            self.hparams["optim_config"] = copy.deepcopy(validated)
+            self.hparams["optim_config"] = copy.deepcopy(spec.config)
 
     @property
     def lr(self) -> float:
@@ -171,13 +159,26 @@ class OptimMixin(_LightningModule):
 
         Assigning it assigns ``optim_config`` again with the new lr (checked, ``hparams`` updated); during a fit the
         built schedule goes on from the new base lr (:mod:`lightning_optim.fit.lr_finder`). With several optimizers
-        there is no single lr: reading or assigning it raises ``OptimConfigError``.
+        there is no single lr: reading or assigning it raises ``OptimConfigError``. Before ``optim_config`` is set,
+        a value the model assigned to ``self.lr`` itself.
         """
-        return configured_lr(self)
+        if "_optim_spec" not in self.__dict__ and LR_BEFORE_CONFIG in self.__dict__:
+            return self.__dict__[LR_BEFORE_CONFIG]
+        return configured_lr(self._spec())
 
     @lr.setter
     def lr(self, value: float) -> None:
-        set_lr(self, value)
+        if "_optim_spec" not in self.__dict__:
+            self.__dict__[LR_BEFORE_CONFIG] = value
+            return
+        old = configured_lr(self._spec())
+        spec = self._spec()
+        assert isinstance(spec, OptimSpec)  # configured_lr refused several optimizers
+        self.optim_config = config_with_lr(self.optim_config, value, spec)
+        if (driver := driver_of(self)) is not None:
+            new = self._spec()
+            assert isinstance(new, OptimSpec)
+            driver.moved_lrs = moved_lrs(attached_trainer(self), new, self, old, value)
 
     def _spec(self) -> OptimSpec | OptimizerSetSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""
@@ -197,31 +198,52 @@ class OptimMixin(_LightningModule):
         return tuple(member.name for member in spec.members) if isinstance(spec, OptimizerSetSpec) else ()
 
     @override
+    def configure_callbacks(self) -> Sequence[L.Callback] | L.Callback:
+        """The per-fit driver (:class:`~lightning_optim.fit.driver.FitDriver`), a fresh one for each run.
+
+        A model with callbacks of its own returns ``[*super().configure_callbacks(), *its_own]``.
+        """
+        return [FitDriver(self._spec()).attach(self)]
+
+    def _driver(self, trainer: L.Trainer | None) -> FitDriver:
+        """The driver of this run; without a trainer, a stand-in that nothing calls."""
+        driver = driver_of(self)
+        if trainer is None:
+            return driver or FitDriver(self._spec())
+        if driver is None or not any(callback is driver for callback in trainer.callbacks):
+            raise OptimConfigError(
+                f"{type(self).__name__}.configure_callbacks did not return OptimMixin's FitDriver, which runs the "
+                "schedules, plateau stepping, checkpoint entries and adaptive clipping during the fit. Return "
+                "[*super().configure_callbacks(), ...your callbacks] from it."
+            )
+        return driver
+
+    @override
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        check_clip_threshold(attached_trainer(self))
-        spec = self._spec()
-        self.__dict__["_built_schedulers"] = []
-        self.__dict__["_scheduler_sections"] = []
-        # On resume the checkpoint's run length (Lightning restores the module before configure_optimizers). A tuner
-        # restoring its own checkpoint (BatchSizeFinder) leaves one behind too: a fit without ckpt_path drops it.
         trainer = attached_trainer(self)
-        saved = self.__dict__.pop("_saved_run_lengths", None)
-        if trainer is None or not trainer.ckpt_path:
-            saved = None
+        check_clip_threshold(trainer)
+        spec = self._spec()
+        driver = self._driver(trainer)
+        # On resume the checkpoint's run lengths (Lightning restores the callbacks before configure_optimizers).
+        saved = driver.start(trainer)
         if isinstance(spec, OptimizerSetSpec):
-            return self._configure_optimizer_set(spec, trainer, saved)
+            return self._configure_optimizer_set(spec, driver, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
-        self._configure_clipping(spec, [(None, optimizer)])
-        if spec.scheduler is None:
+        _report_split(optimizer)
+        record = OptimizerRecord(optimizer)
+        self._configure_clipping(spec, driver, trainer, [record])
+        if spec.scheduler is not None:
+            record.run_length = RunLength(spec.scheduler, record.where)
+            length = record.run_length.at_build(trainer, run_length_record(saved, None, 0))
+            record.scheduler = build_scheduler(optimizer, spec.scheduler, length)
+            record.strict = spec.scheduler.config.get("strict", True)
+        self._keep(driver, [record])
+        if record.scheduler is None:
             return optimizer
-        length = RunLength(spec.scheduler)
-        built = build_scheduler(optimizer, spec.scheduler, length.at_build(trainer, saved and saved[0]))
-        built.run_length = length
-        self._keep_built(built, "optim_config.scheduler", spec.scheduler.config)
-        return {"optimizer": optimizer, "lr_scheduler": built.lightning_config}
+        return {"optimizer": optimizer, "lr_scheduler": record.scheduler.lightning_config}
 
     def _configure_optimizer_set(
-        self, spec: OptimizerSetSpec, trainer: L.Trainer | None, saved: list[dict[str, Any]] | None
+        self, spec: OptimizerSetSpec, driver: FitDriver, trainer: L.Trainer | None, saved: list[dict[str, Any]] | None
     ) -> OptimizerLRScheduler:
         """One ``{"optimizer", "lr_scheduler"}`` per named optimizer, in the config's order (``self.optimizers()``)."""
         lengths: dict[str, RunLength] = {}
@@ -229,20 +251,23 @@ class OptimMixin(_LightningModule):
         def length(member: NamedOptimSpec) -> int | None:
             assert member.spec.scheduler is not None  # asked only for a member with a scheduler
             lengths[member.name] = RunLength(member.spec.scheduler, f"optim_config.{member.where}.scheduler")
-            return lengths[member.name].at_build(trainer, _run_length_record(saved, member.name, 0))
+            return lengths[member.name].at_build(trainer, run_length_record(saved, member.name, 0))
 
-        configured: list[Any] = []
-        optimizers_built = build_optimizer_set(self, spec, length)
-        self._configure_clipping(spec, [(m.name, o) for m, (o, _) in zip(spec.members, optimizers_built, strict=True)])
-        for member, (optimizer, built) in zip(spec.members, optimizers_built, strict=True):
-            if built is None:
-                configured.append({"optimizer": optimizer})
-                continue
-            assert member.spec.scheduler is not None  # built only from a scheduler section
-            built.run_length = lengths[member.name]
-            where = f"optim_config.{member.where}.scheduler"
-            self._keep_built(built, where, member.spec.scheduler.config, member.name)
-            configured.append({"optimizer": optimizer, "lr_scheduler": built.lightning_config})
+        records = [
+            OptimizerRecord(
+                optimizer,
+                member.name,
+                f"optim_config.{member.where}.scheduler",
+                built,
+                lengths.get(member.name) if built is not None else None,
+                strict=member.spec.scheduler.config.get("strict", True) if member.spec.scheduler else True,
+            )
+            for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True)
+        ]
+        for record in records:
+            _report_split(record.optimizer)
+        self._configure_clipping(spec, driver, trainer, records)
+        self._keep(driver, records)
         sized_by_run = [
             f"optim_config.{member.where}.scheduler"
             for member in spec.members
@@ -251,37 +276,34 @@ class OptimMixin(_LightningModule):
         message = max_steps_counts_every_optimizer(trainer, len(spec.members), sized_by_run)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
-        return configured
+        return [
+            {"optimizer": r.optimizer, **({"lr_scheduler": r.scheduler.lightning_config} if r.scheduler else {})}
+            for r in records
+        ]
 
     def _configure_clipping(
-        self, spec: OptimSpec | OptimizerSetSpec, optimizers: list[tuple[str | None, torch.optim.Optimizer]]
+        self,
+        spec: OptimSpec | OptimizerSetSpec,
+        driver: FitDriver,
+        trainer: L.Trainer | None,
+        records: list[OptimizerRecord],
     ) -> None:
         """Each optimizer's adaptive threshold (``clipping``), fresh for each fit; refused beside gradient_clip_val."""
         specs = clipping_specs(spec)
-        trainer = attached_trainer(self)
         refuse_trainer_threshold(trainer, clipped_sections(specs))
-        thresholds = self._adaptive_thresholds()
-        thresholds.configure(specs, optimizers, resuming=trainer is not None and bool(trainer.ckpt_path))
-        self.clip_state.adaptive = bool(thresholds)
+        driver.configure_clipping(trainer, specs, records)
+        self.clip_state.adaptive = driver.thresholds is not None
 
-    def _adaptive_thresholds(self) -> AdaptiveThresholds:
-        return self.__dict__.setdefault("_adaptive", AdaptiveThresholds())
-
-    def _keep_built(
-        self, built: BuiltScheduler, where: str, config: dict[str, Any], optimizer: str | None = None
-    ) -> None:
-        """Keep a built scheduler with its key path, its section and the name of its optimizer (several only)."""
-        self.__dict__["_built_schedulers"].append(built)
-        self.__dict__["_scheduler_sections"].append((where, config, optimizer))
-        if not self.automatic_optimization and (message := unapplied_frequency([(where, built)])):
-            warnings.warn(message, UserWarning, stacklevel=3)
-
-    def _built_for(self, scheduler: Any) -> BuiltScheduler | None:
-        return next((b for b in self.__dict__.get("_built_schedulers", []) if b.scheduler is scheduler), None)
+    def _keep(self, driver: FitDriver, records: list[OptimizerRecord]) -> None:
+        driver.records = records
+        scheduled = [(record.where, record.scheduler) for record in records if record.scheduler is not None]
+        if not self.automatic_optimization and (message := unapplied_frequency(scheduled)):
+            warnings.warn(message, UserWarning, stacklevel=4)
 
     @override
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        built = self._built_for(scheduler)
+        driver = driver_of(self)
+        built = driver.built_for(scheduler) if driver is not None else None
         if built is None:
             super().lr_scheduler_step(scheduler, metric)
         elif built.interval == "epoch" or self.trainer.global_step % built.frequency == 0:
@@ -312,13 +334,17 @@ class OptimMixin(_LightningModule):
         """
         self.clip_state.last = self._clip_for_step(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def _adaptive_threshold(self, optimizer: Any) -> Any:
+        driver = driver_of(self)
+        return driver.threshold_of(torch_optimizer(optimizer)) if driver is not None else None
+
     def _clip_for_step(self, optimizer: Any, threshold: float | None, algorithm: Any) -> ClipResult | None:
         trainer = attached_trainer(self)
         state = self.clip_state
         return clip_for_step(
             optimizer,
             named_parameters(self),
-            threshold or self._adaptive_thresholds().of(torch_optimizer(optimizer)),
+            threshold or self._adaptive_threshold(optimizer),
             algorithm,
             sharded=fsdp_model(trainer),
             scaler=grad_scaler(trainer),
@@ -347,8 +373,7 @@ class OptimMixin(_LightningModule):
         """
         trainer = attached_trainer(self)
         scaler = grad_scaler(trainer)
-        adaptive = self._adaptive_thresholds().of(torch_optimizer(optimizer))
-        if adaptive is not None:
+        if self._adaptive_threshold(optimizer) is not None:
             refuse_explicit_threshold(gradient_clip_val, scaler)
         if trainer is None or self.fabric is not None or (scaler is not None and scaler.is_enabled()):
             if scaler is not None and scaler.is_enabled() and not self.automatic_optimization:
@@ -365,185 +390,22 @@ class OptimMixin(_LightningModule):
         if not self.automatic_optimization and result is not None:
             self.clip_state.unstepped[id(torch_optimizer(optimizer))] = result
 
-    @override
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        refuse_replaced_configure_optimizers(self)
-        # Callbacks' on_fit_start ran first: a LearningRateFinder that set model.lr also set every group to its lr.
-        restore_moved_lrs(self)
-
-    @override
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too. Not
-        # during an lr finder's search, whose own schedule is the registered one.
-        registered = [config.scheduler for config in self.trainer.lr_scheduler_configs]
-        for built in self.__dict__.get("_built_schedulers", []):
-            if isinstance(built.scheduler, ClosedFormLR) and any(built.scheduler is s for s in registered):
-                built.scheduler.apply_schedule()
-        warn_on_lr_logging(self.trainer)
-        # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
-        for built in self.__dict__.get("_built_schedulers", []):
-            built.follow_run_length(self.trainer)
-        if not self.automatic_optimization:
-            built = self.__dict__.get("_built_schedulers", [])
-            sections = self.__dict__.get("_scheduler_sections", [])
-            schedulers = [(where, one.scheduler) for (where, _, _), one in zip(sections, built, strict=True)]
-            self.__dict__["_step_check"] = SchedulerStepCheck(schedulers, self.trainer.global_step)
-            self._adaptive_thresholds().start_use_check(self.trainer.global_step)
-
-    @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        to_train_mode(attached_trainer(self))
-        return super().on_train_batch_start(batch, batch_idx)
-
-    @override
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        # After every callback's hook: GradientAccumulationScheduler's factor, a reloaded train dataloader.
-        for built in self.__dict__.get("_built_schedulers", []):
-            built.follow_run_length(self.trainer, at_epoch_start=True)
-        restore_moved_lrs(self)
-        self._check_schedulers_stepped()
-
-    @override
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self._schedule_free_eval()
-        self._check_schedulers_stepped()
-
-    def _check_schedulers_stepped(self) -> None:
-        """Under manual optimization, after the first epoch (the user's ``on_train_epoch_end`` included)."""
-        check = self.__dict__.get("_step_check")
-        if check is not None:
-            check.check(self.trainer.global_step)
-        self._adaptive_thresholds().check_used(self.trainer.global_step)
-
     def schedule_free_forward(self, batch: Any) -> Any:
         """The forward that recomputes BatchNorm statistics for a schedule-free optimizer (``bn_recompute_batches``):
         ``self(batch[0])`` for a tuple or list batch, ``self(batch)`` otherwise. Override it for another layout."""
         return forward_inputs(self, batch)
 
-    def _schedule_free_eval(self) -> None:
-        batches = recompute_batches(self._spec())
-        to_eval_mode(self, attached_trainer(self), batches, self.schedule_free_forward)
-
-    @override
-    def on_validation_start(self) -> None:
-        super().on_validation_start()
-        self._schedule_free_eval()
-
-    @override
-    def on_test_start(self) -> None:
-        super().on_test_start()
-        self._schedule_free_eval()
-
-    @override
-    def on_predict_start(self) -> None:
-        super().on_predict_start()
-        self._schedule_free_eval()
-
-    @override
-    def on_validation_end(self) -> None:
-        super().on_validation_end()
-        trainer = self.trainer
-        if trainer.state.fn != "fit":
-            return
-        sections = self.__dict__.get("_scheduler_sections", [])
-        for built, (_, section, _) in zip(self.__dict__.get("_built_schedulers", []), sections, strict=True):
-            if built.steps_on_validation:
-                strict = built.lightning_config.get("strict", section.get("strict", True))
-                step_plateau(built.scheduler, trainer.callback_metrics, strict, sanity_check=trainer.sanity_checking)
-
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``): Lightning calls no callback's
+        ``on_save_checkpoint`` there, so the driver wrote nothing; the config and plain hyperparameters go in here."""
         super().on_save_checkpoint(checkpoint)
-        batches = recompute_batches(self._spec())
-        save_evaluation_weights(self, attached_trainer(self), checkpoint, batches, self.schedule_free_forward)
-        for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
-            checkpoint[key] = plain(checkpoint[key])
-        # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.
-        for key in [
-            key for key, value in checkpoint.items() if key.endswith("hparams_type") and isinstance(value, type)
-        ]:
-            del checkpoint[key]
-        # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
-        checkpoint[CHECKPOINT_KEY] = copy.deepcopy(self.optim_config)
-        built = self.__dict__.get("_built_schedulers", [])
-        sections = self.__dict__.get("_scheduler_sections", [])
-        if clipping := self._adaptive_thresholds().state_dict():
-            checkpoint[CLIPPING_KEY] = clipping
-        if built:
-            # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
-            checkpoint[RUN_LENGTHS_KEY] = [
-                {**one.run_length.saved(), **({"optimizer": optimizer} if optimizer else {})}
-                for one, (_, _, optimizer) in zip(built, sections, strict=True)
-                if one.run_length is not None
-            ]
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if CLIPPING_KEY in checkpoint:
-            self._adaptive_thresholds().load_state_dict(checkpoint[CLIPPING_KEY])
-        trainer = attached_trainer(self)
-        if trainer is not None and trainer.state.fn == "fit":
-            # Lightning restores the module before configure_optimizers (Trainer._run), which reads this.
-            saved = checkpoint.get(RUN_LENGTHS_KEY)
-            if trainer.strategy.restore_checkpoint_after_setup:
-                # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
-                built = self.__dict__.get("_built_schedulers", [])
-                sections = self.__dict__.get("_scheduler_sections", [])
-                for index, (one, (_, _, optimizer)) in enumerate(zip(built, sections, strict=True)):
-                    if one.run_length is not None:
-                        one.run_length.resume(_run_length_record(saved, optimizer, index))
-            else:
-                self.__dict__["_saved_run_lengths"] = saved
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None or saved == self.optim_config:
-            return
-        changed = changed_keys(saved, self.optim_config)
-        if _optimizers_of(saved) != _optimizers_of(self.optim_config):
-            raise OptimConfigError(
-                f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
-                f"{_describe(self.optim_config)}; its state does not carry over. Resume with the same optimizer, or "
-                "start a new run (load weights with load_from_checkpoint instead)."
-            )
-        details = ", ".join(
-            f"{key} ({_lookup(saved, key)!r} -> {_lookup(self.optim_config, key)!r})" for key in changed
-        )
-        warnings.warn(
-            f"Resuming with a changed optim_config: {details}. The checkpoint's optimizer state (each group's lr, "
-            "momentum and other options) and the scheduler's step count are restored over the new values; the "
-            "shape of a closed-form schedule comes from the new config.",
-            ResumeConfigWarning,
-            stacklevel=2,
-        )
+        if CHECKPOINT_KEY not in checkpoint:
+            write_config(checkpoint, self.optim_config)
 
 
-def _run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
-    """A checkpoint's run-length record of one scheduler: by its optimizer's name, or by position (single form)."""
-    if optimizer is not None:
-        return next((record for record in saved or [] if record.get("optimizer") == optimizer), None)
-    return saved[index] if saved and index < len(saved) else None
-
-
-def _optimizers_of(config: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
-    """Each optimizer's name under ``optimizers`` (None in the single form) and class name, in order."""
-    sections = config[OPTIMIZERS_KEY].items() if OPTIMIZERS_KEY in config else [(None, config)]
-    return [
-        (name, section["optimizer"].get("_target_") or section["optimizer"].get("name")) for name, section in sections
-    ]
-
-
-def _describe(config: Mapping[str, Any]) -> str:
-    optimizers = _optimizers_of(config)
-    if optimizers[0][0] is None:
-        return repr(optimizers[0][1])
-    return ", ".join(f"{name}: {optimizer!r}" for name, optimizer in optimizers)
-
-
-def _lookup(config: Any, dotted: str) -> Any:
-    for key in dotted.split("."):
-        config = config.get(key) if isinstance(config, dict) else None
-    return config
+def _report_split(optimizer: torch.optim.Optimizer) -> None:
+    """Print which parameters Muon and its auxiliary optimizer take (``MuonWithAux.split_summary``), once per build."""
+    split_summary = getattr(optimizer, "split_summary", None)
+    if split_summary is not None:
+        rank_zero_info(split_summary())

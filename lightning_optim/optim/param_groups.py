@@ -76,7 +76,8 @@ def group_parameters(
     ``torch.compile`` (``_orig_mod.``), ``checkpoint_wrapper`` and FSDP1 insert, so one rule fits the wrapped and the
     plain model.
     Each rule's options (any optimizer argument) go into its group; ``lr_scale`` multiplies the base ``lr``
-    from ``defaults``. Every group carries ``name``, which Lightning's LR logging shows. Parameter names are
+    from ``defaults`` (which must then hold it: ``OptimizerSpec.lr`` gives the class's default). Every group carries
+    ``name``, which Lightning's LR logging shows. Parameter names are
     not stored in the groups: torch refuses to mix named and unnamed groups, and Lightning's finetuning
     callbacks add unnamed ones.
     A rule that matches nothing is reported with :class:`UnmatchedRuleWarning`. ``patterns`` are the rules'
@@ -104,7 +105,7 @@ def group_parameters(
             continue
         options = {key: value for key, value in rule.items() if key not in RULE_KEYS[1:]}
         if "lr_scale" in rule:
-            options["lr"] = options.get("lr", defaults.get("lr", 1e-3)) * rule["lr_scale"]
+            options["lr"] = options.get("lr", defaults["lr"]) * rule["lr_scale"]
         groups.append({"params": members[index], **options})
     if members[-1]:
         groups.append({"params": members[-1], "name": DEFAULT_GROUP})

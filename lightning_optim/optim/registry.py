@@ -10,7 +10,9 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import inspect
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,11 +22,14 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.names import named_modules, named_parameters
+from lightning_optim.names import named_modules, named_parameters, plain_name
 from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
 from lightning_optim.optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform, conform_section, constructor_types, expected
+
+if hasattr(torch.optim, "Muon"):  # torch 2.9 or later
+    from lightning_optim.optim.muon import MUON_KEY, MuonWithAux, muon_groups
 
 __all__ = [
     "EXTRA_OPTIMIZER_INFOS",
@@ -33,6 +38,7 @@ __all__ = [
     "ExtraOptimizerInfo",
     "OptimizerInfo",
     "OptimizerSpec",
+    "default_lr",
     "optimizer_class",
     "resolve_optimizer",
 ]
@@ -53,6 +59,8 @@ class OptimizerInfo:
         aliases: other spellings of ``name``.
         settings: keys the section takes that are not constructor arguments, each a count >= 0 with its default
             (``bn_recompute_batches`` of the schedule-free optimizers); they stay out of the constructor call.
+        aux: the name of the default auxiliary optimizer where the section takes one (``muon``'s ``aux``: an
+            optimizer section for the parameters Muon does not take).
 
     Examples:
         >>> OPTIMIZER_INFOS["lbfgs"].check_groups(torch.nn.Linear(2, 1), [{"name": "a"}, {"name": "b"}])
@@ -68,6 +76,7 @@ parameter-group rules with LBFGS: it supports a single parameter group.
     sparse_only: bool = False
     aliases: tuple[str, ...] = ()
     settings: tuple[tuple[str, int], ...] = ()
+    aux: str | None = None
 
     @property
     def conf_file(self) -> str:
@@ -90,8 +99,17 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             checked[key] = value
         return checked
 
-    def check_groups(self, module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam."""
+    def check_groups(
+        self,
+        module: nn.Module,
+        groups: Sequence[Mapping[str, Any]],
+        selection: Iterable[tuple[str, nn.Parameter]] | None = None,
+    ) -> None:
+        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam.
+
+        ``selection`` is the optimizer's own share of ``module``'s parameters (one of several named optimizers);
+        None means all of them.
+        """
         if self.single_group and len(groups) > 1:
             names = [group["name"] for group in groups]
             raise config_error(
@@ -99,7 +117,8 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
-            dense = [name for name, p in named_parameters(module) if p.requires_grad and name not in sparse]
+            selected = named_parameters(module) if selection is None else selection
+            dense = [plain_name(name) for name, p in selected if p.requires_grad and plain_name(name) not in sparse]
             if dense:
                 raise config_error(
                     "optimizer.name",
@@ -130,10 +149,11 @@ OPTIMIZER_INFOS: dict[str, OptimizerInfo] = _registered(
         OptimizerInfo("sparse_adam", torch.optim.SparseAdam, sparse_only=True, aliases=("sparseadam",)),
         OptimizerInfo("adafactor", torch.optim.Adafactor),
         # Muon arrived in torch 2.9, above the package's torch floor.
-        *([OptimizerInfo("muon", torch.optim.Muon)] if hasattr(torch.optim, "Muon") else []),
+        *([OptimizerInfo("muon", MuonWithAux, aux="adamw")] if hasattr(torch.optim, "Muon") else []),
     ]
 )
-"""Every ``torch.optim`` optimizer by its config name (Muon where the installed torch has it: torch 2.9 or later)."""
+"""Every ``torch.optim`` optimizer by its config name (``muon``, torch's Muon with its auxiliary optimizer as one
+:class:`~lightning_optim.optim.muon.MuonWithAux`, where the installed torch has it: torch 2.9 or later)."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +313,22 @@ def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping
     ]
 
 
+def default_lr(cls: type[torch.optim.Optimizer]) -> float:
+    """The default of ``cls``'s ``lr`` argument: the lr of an optimizer section without one.
+
+    Raises:
+        OptimConfigError: ``cls`` has no default lr.
+
+    Examples:
+        >>> default_lr(torch.optim.Adadelta), default_lr(torch.optim.RMSprop), default_lr(torch.optim.Adam)
+        (1.0, 0.01, 0.001)
+    """
+    parameter = inspect.signature(cls).parameters.get("lr")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
+    return float(parameter.default)
+
+
 def optimizer_options(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor keyword arguments in an ``optimizer`` section (everything but ``name``/``_target_``)."""
     return {key: value for key, value in spec.items() if key not in _SPEC_KEYS}
@@ -318,6 +354,7 @@ class OptimizerSpec:
         rules: the parameter-group rules, their options as the constructor takes them.
         patterns: each rule's compiled ``params`` regex.
         settings: the section's keys that are not constructor arguments (:attr:`OptimizerInfo.settings`), checked.
+        aux: the auxiliary optimizer's section, checked (``muon``'s ``aux``; ``None`` for every other optimizer).
 
     Examples:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
@@ -330,6 +367,23 @@ class OptimizerSpec:
     rules: tuple[dict[str, Any], ...] = ()
     patterns: tuple[re.Pattern[str], ...] = ()
     settings: dict[str, int] = dataclasses.field(default_factory=dict)
+    aux: OptimizerSpec | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's keyword arguments: :attr:`options`, the auxiliary optimizer as a factory of its groups."""
+        if self.aux is None:
+            return self.options
+        return {**self.options, "aux": functools.partial(self.aux.info.cls, **self.aux.options)}
+
+    @property
+    def lr(self) -> float:
+        """The base lr: the section's ``lr``, else the optimizer class's default (:func:`default_lr`).
+
+        Examples:
+            >>> resolve_optimizer({"name": "adagrad"}).lr, resolve_optimizer({"name": "sgd", "lr": 0.1}).lr
+            (0.01, 0.1)
+        """
+        return self.options["lr"] if "lr" in self.options else default_lr(self.info.cls)
 
     def groups(
         self, module: nn.Module, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None
@@ -341,10 +395,21 @@ class OptimizerSpec:
         Raises:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
-        if named_parameters is None:
-            named_parameters = module.named_parameters()
-        groups = group_parameters(named_parameters, self.rules, self.options, self.patterns)
-        self.info.check_groups(module, groups)
+        selection = None if named_parameters is None else list(named_parameters)
+        if self.aux is not None:
+            lr = self.lr
+            matched = self.options.get("adjust_lr_fn") == "match_rms_adamw"
+            aux_lr = self.aux.options.get("lr", lr if matched else default_lr(self.aux.info.cls))
+            groups = muon_groups(module, selection, self.rules, self.patterns, lr=lr, aux_lr=aux_lr)
+            if not groups:
+                raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
+            return groups
+        scaled = any("lr_scale" in rule for rule in self.rules)
+        defaults = {**self.options, "lr": self.lr} if scaled else self.options
+        groups = group_parameters(
+            module.named_parameters() if selection is None else selection, self.rules, defaults, self.patterns
+        )
+        self.info.check_groups(module, groups, selection)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
         return groups
@@ -359,7 +424,58 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
     info = optimizer_info(section)
     settings = info.check_settings(section, "optimizer")
     arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
+    aux = aux_section = None
+    if info.aux is not None:
+        aux_section = arguments.pop("aux", {"name": info.aux})
+        aux = _resolve_aux(aux_section)
     options = check_options(info.cls, arguments, "optimizer")
     check_required_arguments(info.cls, options, "optimizer")
     patterns = compile_rules(rules)
-    return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns), settings)
+    if aux is None:
+        checked_rules = check_rule_options(info.cls, rules)
+    else:
+        named = {key: value for key, value in aux_section.items() if key in _SPEC_KEYS}
+        options["aux"] = {**named, **aux.options}
+        checked_rules = _check_muon_rules(aux.info.cls, rules)
+    return OptimizerSpec(info, options, tuple(checked_rules), tuple(patterns), settings, aux)
+
+
+def _resolve_aux(section: Any) -> OptimizerSpec:
+    """Check Muon's ``aux`` section: a torch optimizer that steps without a closure over dense gradients."""
+    where = "optimizer.aux"
+    if not isinstance(section, Mapping):
+        raise config_error(where, section, "an optimizer section, e.g. {name: adamw, lr: 3e-4}")
+    if "_target_" in section:
+        info = OptimizerInfo(
+            section["_target_"], import_class(section["_target_"], torch.optim.Optimizer, f"{where}._target_")
+        )
+    else:
+        names = [name for name, known in OPTIMIZER_INFOS.items() if _steps_as_aux(known)]
+        info = _BY_SPELLING.get(str(section.get("name")).lower())
+        if info is None or not _steps_as_aux(info):
+            raise config_error(f"{where}.name", section.get("name"), f"one of: {', '.join(names)}", names)
+    options = check_options(info.cls, optimizer_options(section), where)
+    check_required_arguments(info.cls, options, where)
+    return OptimizerSpec(info, options)
+
+
+def _steps_as_aux(info: OptimizerInfo) -> bool:
+    return info.aux is None and not info.single_group and not info.sparse_only
+
+
+def _check_muon_rules(
+    aux_class: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Check each rule's ``muon`` side and its options against the optimizer(s) its parameters can reach."""
+    checked = []
+    for index, rule in enumerate(rules):
+        side = rule.get(MUON_KEY)
+        if side is not None and not isinstance(side, bool):
+            raise config_error(
+                f"param_groups[{index}].{MUON_KEY}", side, "true (Muon) or false (the auxiliary optimizer)"
+            )
+        options = {key: value for key, value in rule.items() if key not in (*RULE_KEYS, MUON_KEY)}
+        for cls in [torch.optim.Muon] * (side is not False) + [aux_class] * (side is not True):
+            options = check_options(cls, options, f"param_groups[{index}]")
+        checked.append({**rule, **options})
+    return checked

@@ -23,10 +23,7 @@ from lightning_optim.schedule.lr_schedulers import PlateauLR
 from lightning_optim.schedule.registry import SchedulerSpec, own_options, resolve_scheduler
 
 if TYPE_CHECKING:
-    import lightning as L
     from lightning.pytorch.utilities.types import LRSchedulerConfigType
-
-    from lightning_optim.fit.run_length import RunLength
 
 __all__ = ["BuiltScheduler", "build_scheduler"]
 
@@ -39,8 +36,6 @@ class BuiltScheduler:
     lightning_config: LRSchedulerConfigType
     frequency: int
     interval: str
-    run_length: RunLength | None = None
-    """The run length its schedule follows (the mixin and ``LRSchedule`` set it); None: a length given once."""
 
     def advance(self) -> None:
         """Move the schedule ``frequency`` steps on, at the moment Lightning steps it.
@@ -50,11 +45,6 @@ class BuiltScheduler:
         """
         for _ in range(self.frequency):
             self.scheduler.step()
-
-    def follow_run_length(self, trainer: L.Trainer, at_epoch_start: bool = False) -> None:
-        """Keep a schedule sized by the run on the run's length now (:meth:`RunLength.follow`)."""
-        if self.run_length is not None:
-            self.run_length.follow(trainer, self.scheduler, at_epoch_start)
 
     @property
     def steps_on_validation(self) -> bool:

@@ -14,7 +14,7 @@ Examples:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from typing_extensions import override
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.schedule.closed_form import Schedule
 
-__all__ = ["ClosedFormLR", "PlateauLR", "step_plateau"]
+__all__ = ["ClosedFormLR", "PlateauLR", "step_plateau", "write_lrs"]
 
 
 class ClosedFormLR(LRScheduler):
@@ -77,12 +77,23 @@ class ClosedFormLR(LRScheduler):
         first step follow the new one too.
         """
         values = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+        write_lrs(self.optimizer.param_groups, values)
         self._last_lr = values
+
+
+def write_lrs(groups: Sequence[dict[str, Any]], values: Sequence[float]) -> None:
+    """Set each group's lr, in place where it is a tensor (a fused or capturable optimizer's ``lr`` can be one).
+
+    Examples:
+        >>> groups = [{"lr": 0.1}, {"lr": torch.tensor(0.1)}]
+        >>> write_lrs(groups, [0.5, 0.25]); groups[0]["lr"], float(groups[1]["lr"])
+        (0.5, 0.25)
+    """
+    for group, value in zip(groups, values, strict=True):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 class PlateauLR(LRScheduler):

@@ -5,11 +5,19 @@ top-level leaves (``internals``, ``names``), never ``optim``, ``schedule``, ``cl
 """
 
 from lightning_optim.stats.batchnorm import BatchStatistics, RunningStatsSnapshot, batch_statistics, rank_divergence
-from lightning_optim.stats.gradients import GradientNorms, dense_gradient, gradient_norms, module_path, total_norm
+from lightning_optim.stats.gradients import (
+    GradientNorms,
+    GroupOf,
+    dense_gradient,
+    gradient_norms,
+    module_path,
+    total_norm,
+)
 
 __all__ = [
     "BatchStatistics",
     "GradientNorms",
+    "GroupOf",
     "RunningStatsSnapshot",
     "batch_statistics",
     "dense_gradient",

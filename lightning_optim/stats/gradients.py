@@ -25,7 +25,10 @@ import torch.distributed as dist
 
 from lightning_optim.stats.distributed import is_distributed, local_tensor, reduce_norms, replica_weight
 
-__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+__all__ = ["GradientNorms", "GroupOf", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+
+GroupOf = Callable[[str], str | tuple[str, ...]]
+"""Maps a parameter's qualified name to the group its norm counts in, or to several (a layer and a parameter group)."""
 
 
 def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
@@ -63,14 +66,22 @@ class GradientNorms:
 
 def gradient_norms(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
-    group_of: Callable[[str], str] | None,
+    group_of: GroupOf | None,
     norm_type: float = 2.0,
 ) -> GradientNorms:
     """Per-group and total gradient norms from a single fused pass over the gradients.
 
     ``group_of`` maps a parameter's qualified name to its group (a module path at some depth, or a
-    parameter-group name). Each gradient's norm is taken once (``torch._foreach_norm``); the group and total
-    norms are norms of those norms. Without ``group_of`` only the total is taken (:func:`total_norm`).
+    parameter-group name), or to a tuple of groups it counts in (both). Each gradient's norm is taken once
+    (``torch._foreach_norm``); the group and total norms are norms of those norms. Without ``group_of`` only the
+    total is taken (:func:`total_norm`).
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 1)
+        >>> layer(torch.ones(2, 3)).sum().backward()
+        >>> norms = gradient_norms(layer.named_parameters(), lambda name: (name, "all"))
+        >>> {group: round(float(norm), 4) for group, norm in sorted(norms.groups.items())}
+        {'all': 4.0, 'bias': 2.0, 'weight': 3.4641}
 
     When a gradient is a ``DTensor``, each local part's norm is taken, and the total and all the group norms are
     reduced across the ranks in one ``all_reduce`` (:func:`~lightning_optim.stats.distributed.reduce_norms`): the
@@ -91,9 +102,15 @@ def gradient_norms(
     per_tensor = _local_norms(grads, norm_type)
     members: dict[str, list[torch.Tensor]] = defaultdict(list)
     for name, norm in zip(names, per_tensor, strict=True):
-        members[group_of(name)].append(norm)
+        for group in _groups(group_of, name):
+            members[group].append(norm)
     groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
     return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
+
+
+def _groups(group_of: GroupOf, name: str) -> tuple[str, ...]:
+    groups = group_of(name)
+    return (groups,) if isinstance(groups, str) else groups
 
 
 def _local_norms(grads: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
@@ -111,7 +128,7 @@ def _local_norms(grads: list[torch.Tensor], norm_type: float) -> list[torch.Tens
 
 
 def _sharded_norms(
-    names: list[str], grads: list[torch.Tensor], group_of: Callable[[str], str] | None, norm_type: float
+    names: list[str], grads: list[torch.Tensor], group_of: GroupOf | None, norm_type: float
 ) -> GradientNorms:
     """Global group and total norms of gradients some of which are ``DTensor``s: the total and every group in one
     vector, one ``all_reduce``."""
@@ -123,7 +140,7 @@ def _sharded_norms(
     entries = [(index, 0) for index in range(len(grads))]
     if group_of is not None:
         for index, name in enumerate(names):
-            entries.append((index, slots.setdefault(group_of(name), len(slots) + 1)))
+            entries.extend((index, slots.setdefault(group, len(slots) + 1)) for group in _groups(group_of, name))
     reduced = reduce_norms(
         [local[index] for index, _ in entries],
         [weights[index] for index, _ in entries],

@@ -184,6 +184,18 @@ def test_histograms_leave_out_non_finite_values(tmp_path):
     assert events.Histograms("grad_hist/head.weight")[0].histogram_value.num == 7  # 8 values, one inf
 
 
+def test_histograms_of_huge_finite_gradients_are_written_whole(tmp_path):
+    class Huge(L.Callback):
+        def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+            pl_module.head.weight.grad.copy_(torch.tensor([[-3e38, -1e21, 2e21, 5e30, 1e35, 3e38, 4e25, -7e22]]))
+
+    model = MixinModel({"optimizer": {"name": "sgd", "lr": 0.01}})
+    fit(tmp_path, [Huge(), TensorBoardDashboard(histogram_every_n_steps=4)], model, max_steps=1)
+    histogram = tb.accumulator(tmp_path).Histograms("grad_hist/head.weight")[0].histogram_value
+    assert (histogram.num, sum(histogram.bucket)) == (8, 8)
+    assert (histogram.min, histogram.max) == (tb.float32(-3e38), tb.float32(3e38))
+
+
 def test_bad_histogram_interval():
     with pytest.raises(ValueError, match="histogram_every_n_steps must be a positive int or None, got 0"):
         TensorBoardDashboard(histogram_every_n_steps=0)

@@ -134,6 +134,26 @@ def test_per_parameter_group_norms(tmp_path):
     )
 
 
+@pytest.mark.parametrize("model_class", [SpikyMixinModel, SpikyModel], ids=["mixin", "lightning_clipping"])
+def test_per_layer_and_per_group_norms_together(model_class, tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.05}, "param_groups": [{"name": "bias", "params": r"\.bias$"}]}
+    model = model_class(config) if model_class is SpikyMixinModel else model_class()
+    monitor = GradNormMonitor(per_layer_depth=1, per_param_group=True)
+    logged = fit(model, tmp_path, monitor=monitor, gradient_clip_val=1.0)
+    groups = ["group/bias", "group/default"] if model_class is SpikyMixinModel else ["group/0"]
+    assert {tag for tag in logged if tag.startswith("grad_norm/")} == {
+        *(f"grad_norm/{key}" for key in ("total", "clipped", "threshold", "clip_fraction", "nonfinite")),
+        "grad_norm/encoder",
+        "grad_norm/head",
+        *(f"grad_norm/{group}" for group in groups),
+    }
+    for layer in ("encoder", "head"):
+        assert [v for _, v in logged[f"grad_norm/{layer}"]] == pytest.approx([r[layer] for r in model.layers], rel=1e-5)
+    per_group = [[v for _, v in logged[f"grad_norm/{group}"]] for group in groups]
+    from_groups = [math.hypot(*values) for values in zip(*per_group, strict=True)]
+    assert from_groups == pytest.approx(model.before, rel=1e-5)
+
+
 class LBFGSModel(SpikyMixinModel):
     def __init__(self) -> None:
         super().__init__({"optimizer": {"name": "lbfgs", "lr": 0.1, "max_iter": 4}})
