@@ -58,5 +58,5 @@ def test_sharded_run_logs_what_one_process_logs(case: str, tmp_path: Path) -> No
         assert max(map(relative, measured, expected)) < TOLERANCE
     # Norm clipping: one all_reduce per optimizer step, which on logging steps carries every per-layer/per-group norm
     # too. Value clipping needs no norm: the monitor's norms before and after it, on logging steps only.
-    expected_calls = [(logging, (2 if logging else 0) if by_value else 1) for logging, _ in ranks[0]["all_reduce"]]
+    expected_calls = [[logging, (2 if logging else 0) if by_value else 1] for logging, _ in ranks[0]["all_reduce"]]
     assert ranks[0]["all_reduce"] == expected_calls
