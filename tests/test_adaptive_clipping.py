@@ -42,31 +42,44 @@ def autoclip_reference(norms: list[float], percentile: float, history: int) -> l
     return thresholds
 
 
-def zclip_reference(norms: list[float], z_threshold: float, alpha: float, warmup_steps: int) -> list[float]:
+def zclip_reference(
+    norms: list[float], z_threshold: float, alpha: float, warmup_steps: int, max_grad_norm: float | None = None
+) -> list[float]:
     """ZClip as the paper's reference implementation does it, per step: the threshold clipped at (a spike), the
-    detection boundary ``mean + z * (std + eps)`` (no spike), or inf (warm-up)."""
-    thresholds: list[float] = []
+    detection boundary ``mean + z * (std + eps)`` (no spike), or inf (warm-up); capped at ``max_grad_norm``."""
+    return [threshold for threshold, _, _ in zclip_steps(norms, z_threshold, alpha, warmup_steps, max_grad_norm)]
+
+
+def zclip_steps(
+    norms: list[float], z_threshold: float, alpha: float, warmup_steps: int, max_grad_norm: float | None = None
+) -> list[tuple[float, float, float]]:
+    """The reference's threshold and its statistics (mean, variance) after each step, in Python's float64 (``nan``
+    during the warm-up): the authors' code keeps them as Python floats and caps with ``min(adaptive, max_grad_norm)``,
+    updating the statistics from the adaptive value."""
+    steps: list[tuple[float, float, float]] = []
     warmup: list[float] = []
-    mean = var = 0.0
+    cap = math.inf if max_grad_norm is None else max_grad_norm
+    mean = var = math.nan
     for norm in norms:
         if len(warmup) < warmup_steps:
             warmup.append(norm)
             if len(warmup) == warmup_steps:
                 mean = sum(warmup) / len(warmup)
                 var = sum((x - mean) ** 2 for x in warmup) / len(warmup)
-            thresholds.append(math.inf)
+            steps.append((cap, mean, var))
             continue
         std = var**0.5
         z = (norm - mean) / (std + 1e-6)
         if z > z_threshold:
             effective = mean + (z_threshold * std) / (z / z_threshold)
-            thresholds.append(effective)
+            threshold = effective
         else:
             effective = norm
-            thresholds.append(mean + z_threshold * (std + 1e-6))
+            threshold = mean + z_threshold * (std + 1e-6)
         mean = alpha * mean + (1 - alpha) * effective
         var = alpha * var + (1 - alpha) * (effective - mean) ** 2
-    return thresholds
+        steps.append((min(threshold, cap), mean, var))
+    return steps
 
 
 def reference(section: dict[str, Any], norms: list[float]) -> list[float]:
@@ -81,8 +94,9 @@ def reference(section: dict[str, Any], norms: list[float]) -> list[float]:
         {"name": "autoclip", "percentile": 100, "history": 1000},
         {"name": "autoclip", "percentile": 10, "history": 1},
         ZCLIP,
+        {**ZCLIP, "max_grad_norm": 2.0},
     ],
-    ids=["autoclip", "autoclip_max", "autoclip_history_1", "zclip"],
+    ids=["autoclip", "autoclip_max", "autoclip_history_1", "zclip", "zclip_max_grad_norm"],
 )
 def test_thresholds_equal_the_reference_step_by_step(section):
     threshold = validate_and_build(section)
@@ -106,6 +120,36 @@ def test_a_nonfinite_norm_leaves_the_history_as_it_was():
     )
     # ZClip: the statistics are those of the finite norms alone.
     assert [zclip_thresholds[i] for i in finite] == pytest.approx(zclip_reference(NORMS, 1.5, 0.8, 3), rel=1e-6)
+
+
+def test_zclip_s_max_grad_norm_caps_every_threshold_the_warm_up_s_included():
+    zclip = validate_and_build({**ZCLIP, "max_grad_norm": 2.0})
+    mine = [float(zclip(torch.tensor(norm))) for norm in NORMS]
+    # Warm-up at the cap; then min(adaptive, 2.0): the boundary (1.22 at step 3) and the spike at step 4 (1.05).
+    assert mine[:3] == [2.0, 2.0, 2.0]
+    assert mine == pytest.approx(zclip_reference(NORMS, 1.5, 0.8, 3, 2.0), rel=1e-6)
+    assert max(mine) == 2.0 and mine[4] == pytest.approx(1.0516, abs=1e-4)
+
+
+def test_zclip_s_statistics_stay_within_1e_12_of_a_float64_reference_over_a_long_run():
+    generator = torch.Generator().manual_seed(0)
+    norms = (torch.rand(5000, generator=generator, dtype=torch.float64) * 0.3 + 1.0).tolist()
+    norms[1000::700] = [20.0] * len(norms[1000::700])
+    options = {"z_threshold": 2.5, "alpha": 0.97, "warmup_steps": 25, "max_grad_norm": 1.25}
+    zclip = ZClip(**options)
+    mine = []
+    for norm in norms:
+        threshold = zclip(torch.tensor(norm, dtype=torch.float32))
+        state = zclip.state_dict()
+        mine.append((threshold, state["mean"], state["var"]))
+    # The reference takes the norms as the clipping code hands them over: float32 tensors.
+    expected = zclip_steps([float(torch.tensor(n, dtype=torch.float32)) for n in norms], **options)
+    assert all(mean.dtype == torch.float64 and var.dtype == torch.float64 for _, mean, var in mine[25:])
+    mean_error = max(abs(float(m) - e) for (_, m, _), (_, e, _) in zip(mine[25:], expected[25:], strict=True))
+    var_error = max(abs(float(v) - e) for (_, _, v), (_, _, e) in zip(mine[25:], expected[25:], strict=True))
+    assert mean_error < 1e-12 and var_error < 1e-12
+    # The threshold is handed out in float32: the float64 value rounded once.
+    assert [float(t) for t, _, _ in mine] == [float(torch.tensor(t, dtype=torch.float32)) for t, _, _ in expected]
 
 
 class Recorder(L.Callback):
@@ -216,13 +260,32 @@ def test_the_logged_threshold_is_the_reference_threshold(section, tmp_path):
         ({"name": "autoclp"}, r"clipping\.name = 'autoclp' is not valid\. Did you mean 'autoclip'\?"),
         ({"name": "autoclip", "percentile": 0}, r"clipping\.percentile = 0 is not valid\. Expected a number in \(0,"),
         ({"name": "autoclip", "percentile": 100.5}, r"clipping\.percentile = 100\.5 is not valid"),
-        ({"name": "autoclip", "history": 0}, r"clipping\.history = 0 is not valid\. Expected an integer >= 1"),
+        (
+            {"name": "autoclip", "history": 0},
+            r"clipping\.history = 0 is not valid\. Expected an integer in \[1, 100000\]",
+        ),
         ({"name": "autoclip", "history": 2.5}, r"clipping\.history = 2\.5 is not valid"),
+        (
+            {"name": "autoclip", "history": 1e8},
+            r"clipping\.history = 100000000 is not valid\. Expected an integer in \[1, 100000\], e\.g\. 1000",
+        ),
+        (
+            {"name": "zclip", "warmup_steps": 100001},
+            r"clipping\.warmup_steps = 100001 is not valid\. Expected an integer in \[1, 100000\], e\.g\. 25",
+        ),
+        (
+            {"name": "zclip", "max_grad_norm": 0},
+            r"clipping\.max_grad_norm = 0 is not valid\. Expected a finite norm > 0, e\.g\. 1\.0 .*or null",
+        ),
+        ({"name": "zclip", "max_grad_norm": -1.0}, r"clipping\.max_grad_norm = -1\.0 is not valid"),
         ({"name": "autoclip", "percentil": 5}, r"clipping\.percentil = 5 is not valid\. Did you mean 'percentile'\?"),
         ({"name": "zclip", "alpha": 1}, r"clipping\.alpha = 1 is not valid\. Expected a number in \(0, 1\)"),
         ({"name": "zclip", "alpha": 0.0}, r"clipping\.alpha = 0\.0 is not valid"),
         ({"name": "zclip", "z_threshold": 0}, r"clipping\.z_threshold = 0 is not valid\. Expected a number > 0"),
-        ({"name": "zclip", "warmup_steps": 0}, r"clipping\.warmup_steps = 0 is not valid\. Expected an integer >= 1"),
+        (
+            {"name": "zclip", "warmup_steps": 0},
+            r"clipping\.warmup_steps = 0 is not valid\. Expected an integer in \[1, 100000\]",
+        ),
         ({"name": "zclip", "percentile": 5}, r"clipping\.percentile = 5 is not valid\. Expected a key of zclip"),
         ({"percentile": 5}, r"optim_config\.clipping = \{'percentile': 5\} is not valid\. Expected a mapping with"),
         ("autoclip", r"optim_config\.clipping = 'autoclip' is not valid\. Expected a mapping"),
@@ -252,6 +315,18 @@ def test_a_trainer_threshold_as_well_is_refused_naming_both():
     model = SpikyMixinModel(clipping_config(AUTOCLIP))
     with pytest.raises(OptimConfigError, match=r"Trainer\(gradient_clip_val=0\.5\) and optim_config\.clipping both"):
         trainer(max_steps=1, gradient_clip_val=0.5).fit(model, loader())
+
+
+def test_value_clipping_as_well_is_refused_before_the_first_step():
+    model = SpikyMixinModel(clipping_config(ZCLIP))
+    fit = trainer(max_steps=2, gradient_clip_algorithm="value")
+    with pytest.raises(
+        OptimConfigError,
+        match=r"^Trainer\(gradient_clip_algorithm='value'\) with optim_config\.clipping: an adaptive threshold clips "
+        r"by norm\. Unset gradient_clip_algorithm \(trainer\.gradient_clip_algorithm=null\) or set it to 'norm'",
+    ):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
 
 
 class TwoOptimizers(OptimMixin, L.LightningModule):

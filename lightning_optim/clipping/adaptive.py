@@ -5,17 +5,22 @@
 * ``{name: autoclip, percentile: 10, history: 1000}``: AutoClip (Seetharaman et al. 2020) clips to the
   ``percentile``-th percentile (linear interpolation, numpy's default) of the total norms seen so far, this step's
   included, over the last ``history`` steps (a ring buffer on the device; the paper keeps every norm).
-* ``{name: zclip, z_threshold: 2.5, alpha: 0.97, warmup_steps: 25}``: ZClip (Kumar et al. 2025, arXiv 2504.02507)
-  keeps an EMA of the norm's mean and variance. The first ``warmup_steps`` norms are collected without clipping and
-  give the initial mean and (population) variance. Then a norm whose z-score ``(g - mean) / (std + 1e-6)`` exceeds
-  ``z_threshold`` is clipped to ``mean + z_threshold**2 / z * std`` (the paper's reciprocal rule, the reference
-  implementation's default ``adaptive_scaling``), and the EMA is updated with the norm after clipping:
-  ``mean = alpha * mean + (1 - alpha) * g``, ``var = alpha * var + (1 - alpha) * (g - mean)**2`` (the new mean).
-  On steps without a spike the threshold reported is the detection boundary ``mean + z_threshold * (std + 1e-6)``.
+* ``{name: zclip, z_threshold: 2.5, alpha: 0.97, warmup_steps: 25, max_grad_norm: null}``: ZClip (Kumar et al.
+  2025, arXiv 2504.02507) keeps an EMA of the norm's mean and variance. The first ``warmup_steps`` norms are collected
+  without clipping and give the initial mean and (population) variance. Then a norm whose z-score
+  ``(g - mean) / (std + 1e-6)`` exceeds ``z_threshold`` is clipped to ``mean + z_threshold**2 / z * std`` (the
+  paper's reciprocal rule, the reference implementation's default ``adaptive_scaling``), and the EMA is updated with
+  the norm after clipping: ``mean = alpha * mean + (1 - alpha) * g``, ``var = alpha * var + (1 - alpha) *
+  (g - mean)**2`` (the new mean). On steps without a spike the threshold reported is the detection boundary
+  ``mean + z_threshold * (std + 1e-6)``. ``max_grad_norm`` caps the threshold of every step, the warm-up's included
+  (the authors' code: ``min(adaptive, max_grad_norm)``; it defaults to 1.0 there, to no cap here); the statistics go
+  on from the adaptive value, as there. The statistics are kept in float64 (float32 on MPS, which has no float64),
+  as the authors' Python floats are; the threshold is returned in float32.
 
 Each threshold is a 0-d tensor on the gradients' device: nothing is synced to the host. A NaN/Inf norm leaves the
-history and the statistics as they were. The gradients are scaled with ``clip_grad_norm_``'s coefficient
-``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
+history and the statistics as they were. ``history`` and ``warmup_steps`` are at most :data:`MAX_WINDOW`: each step
+of the window is kept on the device and in every checkpoint. The gradients are scaled with ``clip_grad_norm_``'s
+coefficient ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
 
 Examples:
     >>> import torch
@@ -40,6 +45,7 @@ from lightning_optim.value_types import conform_section, dataclass_types
 
 __all__ = [
     "CLIPPING_KEY",
+    "MAX_WINDOW",
     "AdaptiveThresholds",
     "AutoClip",
     "ClippingSpec",
@@ -55,6 +61,10 @@ CLIPPING_KEY = "clipping"
 
 _EPS = 1e-6
 """The epsilon of ZClip's z-score denominator (the reference implementation's ``eps``)."""
+
+MAX_WINDOW = 100_000
+"""The largest ``history`` (AutoClip) and ``warmup_steps`` (ZClip): the norms of the window live on the device and in
+every checkpoint, and AutoClip sorts them at every step."""
 
 
 @dataclass(eq=False)
@@ -112,18 +122,23 @@ class AutoClip:
 class ZClip:
     """ZClip: clip norms whose z-score on an EMA of the norm's mean and variance exceeds ``z_threshold``.
 
-    Calling it with this step's total norm returns the threshold (a device tensor; +inf during the warm-up, when
-    nothing is clipped) and updates the statistics with the norm after clipping.
+    Calling it with this step's total norm returns the threshold (a float32 device tensor; during the warm-up, when
+    nothing is clipped adaptively, ``max_grad_norm`` or +inf) and updates the statistics with the norm after
+    adaptive clipping.
 
     Examples:
         >>> zclip = ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=2)
         >>> [round(float(zclip(torch.tensor(norm))), 4) for norm in (1.0, 3.0, 2.5, 9.0)]
         [inf, inf, 4.5, 2.8892]
+        >>> capped = ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=2, max_grad_norm=3.0)
+        >>> [round(float(capped(torch.tensor(norm))), 4) for norm in (1.0, 3.0, 2.5, 9.0)]
+        [3.0, 3.0, 3.0, 2.8892]
     """
 
     z_threshold: float = 2.5
     alpha: float = 0.97
     warmup_steps: int = 25
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         self._warmup: torch.Tensor | None = None
@@ -137,20 +152,21 @@ class ZClip:
         return self._count
 
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
-        norm = total.detach().float()
+        norm = total.detach().to(_statistics_dtype(total.device))
         finite = torch.isfinite(norm)
+        cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
         if self._count < self.warmup_steps:
             if self._warmup is None:
-                self._warmup = torch.full((self.warmup_steps,), math.nan, device=norm.device)
-            self._warmup = self._warmup.to(norm.device)
+                self._warmup = torch.full((self.warmup_steps,), math.nan, dtype=norm.dtype, device=norm.device)
+            self._warmup = self._warmup.to(norm.device, norm.dtype)
             self._warmup[self._count] = torch.where(finite, norm, math.nan)
             self._count += 1
             if self._count == self.warmup_steps:
                 self._mean = torch.nanmean(self._warmup)
                 self._var = torch.nanmean((self._warmup - self._mean) ** 2)
-            return torch.full_like(norm, math.inf)
+            return torch.full_like(norm, cap, dtype=torch.float32)
         assert self._mean is not None and self._var is not None  # set when the warm-up ended
-        mean, var = self._mean.to(norm.device), self._var.to(norm.device)
+        mean, var = self._mean.to(norm.device, norm.dtype), self._var.to(norm.device, norm.dtype)
         std = var.sqrt()
         z = (norm - mean) / (std + _EPS)
         spike = z > self.z_threshold
@@ -164,7 +180,7 @@ class ZClip:
         self._mean = torch.where(finite, new_mean, mean)
         self._var = torch.where(finite, new_var, var)
         self._count += 1
-        return torch.where(torch.isnan(threshold), math.inf, threshold)
+        return torch.where(torch.isnan(threshold), math.inf, threshold).clamp(max=cap).float()
 
     def state_dict(self) -> dict[str, Any]:
         """The warm-up norms, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
@@ -223,6 +239,11 @@ def _restored_norms(
     return value
 
 
+def _statistics_dtype(device: torch.device) -> torch.dtype:
+    # MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
     # The history is written in place: a checkpoint's tensors stay as they were loaded.
     return tensor.clone() if tensor is not None else None
@@ -238,7 +259,7 @@ class ClippingSpec:
     Examples:
         >>> spec = resolve_clipping({"name": "zclip", "warmup_steps": 1e1})
         >>> spec.config, spec.build()
-        ({'name': 'zclip', 'warmup_steps': 10}, ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=10))
+        ({'name': 'zclip', 'warmup_steps': 10}, ZClip(z_threshold=2.5, alpha=0.97, warmup_steps=10, max_grad_norm=None))
     """
 
     config: dict[str, Any]
@@ -279,10 +300,22 @@ number in (0, 100], e.g. 10 (clip to the 10th percentile of past norms).
 
 _RANGES = {
     "percentile": (lambda v: 0 < v <= 100, "a number in (0, 100], e.g. 10 (clip to the 10th percentile of past norms)"),
-    "history": (lambda v: v >= 1, "an integer >= 1, e.g. 1000 (the number of past norms kept)"),
+    "history": (
+        lambda v: 1 <= v <= MAX_WINDOW,
+        f"an integer in [1, {MAX_WINDOW}], e.g. 1000 (the number of past norms kept, on the device and in every "
+        "checkpoint)",
+    ),
     "z_threshold": (lambda v: v > 0, "a number > 0, e.g. 2.5 (the z-score above which a norm is clipped)"),
     "alpha": (lambda v: 0 < v < 1, "a number in (0, 1), e.g. 0.97 (the EMA's weight of the past)"),
-    "warmup_steps": (lambda v: v >= 1, "an integer >= 1, e.g. 25 (the steps whose norms start the statistics)"),
+    "warmup_steps": (
+        lambda v: 1 <= v <= MAX_WINDOW,
+        f"an integer in [1, {MAX_WINDOW}], e.g. 25 (the steps whose norms start the statistics, kept on the device "
+        "and in every checkpoint until then)",
+    ),
+    "max_grad_norm": (
+        lambda v: v is None or (math.isfinite(v) and v > 0),
+        "a finite norm > 0, e.g. 1.0 (the authors' default: no step's threshold exceeds it), or null for no cap",
+    ),
 }
 
 
@@ -293,9 +326,11 @@ def _check_ranges(config: Mapping[str, Any], where: str) -> None:
 
 
 def refuse_trainer_threshold(trainer: Any, clipped: list[str]) -> None:
-    """Refuse ``Trainer(gradient_clip_val=...)`` (or ``gradient_clip_algorithm``) beside a ``clipping`` section.
+    """Refuse ``Trainer(gradient_clip_val=...)`` or ``Trainer(gradient_clip_algorithm="value")`` beside a ``clipping``
+    section.
 
-    ``clipped`` names the ``clipping`` sections in use (``optim_config.clipping``). Both would set the threshold.
+    ``clipped`` names the ``clipping`` sections in use (``optim_config.clipping``). A value as well would set the
+    threshold twice; an adaptive threshold clips by norm only.
 
     Examples:
         >>> from types import SimpleNamespace
@@ -305,15 +340,31 @@ def refuse_trainer_threshold(trainer: Any, clipped: list[str]) -> None:
         lightning_optim.errors.OptimConfigError: Trainer(gradient_clip_val=1.0) and optim_config.clipping both set \
 the clipping threshold. Keep one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive \
 threshold, or remove optim_config.clipping for a fixed one.
+        >>> refuse_trainer_threshold(SimpleNamespace(gradient_clip_algorithm="value"), ["optim_config.clipping"])
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: Trainer(gradient_clip_algorithm='value') with \
+optim_config.clipping: an adaptive threshold clips by norm. Unset gradient_clip_algorithm \
+(trainer.gradient_clip_algorithm=null) or set it to 'norm', or remove optim_config.clipping and clip by value at a \
+fixed gradient_clip_val.
     """
-    threshold = getattr(trainer, "gradient_clip_val", None)
-    if not clipped or threshold is None:
+    if not clipped:
         return
-    raise OptimConfigError(
-        f"Trainer(gradient_clip_val={threshold!r}) and {', '.join(clipped)} both set the clipping threshold. Keep "
-        "one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive threshold, or remove "
-        f"{clipped[0]} for a fixed one."
-    )
+    threshold = getattr(trainer, "gradient_clip_val", None)
+    if threshold is not None:
+        raise OptimConfigError(
+            f"Trainer(gradient_clip_val={threshold!r}) and {', '.join(clipped)} both set the clipping threshold. Keep "
+            "one: unset gradient_clip_val (trainer.gradient_clip_val=null) for the adaptive threshold, or remove "
+            f"{clipped[0]} for a fixed one."
+        )
+    algorithm = getattr(trainer, "gradient_clip_algorithm", None)
+    # Lightning's Trainer keeps a GradClipAlgorithmType enum, whose value is the string.
+    if getattr(algorithm, "value", algorithm) == "value":
+        raise OptimConfigError(
+            f"Trainer(gradient_clip_algorithm='value') with {', '.join(clipped)}: an adaptive threshold clips by "
+            "norm. Unset gradient_clip_algorithm (trainer.gradient_clip_algorithm=null) or set it to 'norm', or "
+            f"remove {clipped[0]} and clip by value at a fixed gradient_clip_val."
+        )
 
 
 def refuse_explicit_threshold(gradient_clip_val: float | None, scaler: Any) -> None:

@@ -41,10 +41,11 @@ from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
+from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
-from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
@@ -221,6 +222,7 @@ class FitDriver(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.spec is not None:
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
+            refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
         # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
         self._restore_moved_lrs(trainer)
 
@@ -314,6 +316,7 @@ class FitDriver(L.Callback):
                         record.run_length.resume(run_length_record(saved, record.name, index))
             else:
                 self._saved_run_lengths = saved
+        checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.spec.config))
         check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
 
     # ------------------------------------------------------------------------------------------ parts

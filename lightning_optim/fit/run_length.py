@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_optim.errors import checkpoint_error
-from lightning_optim.internals import resumed_epoch, stepping_batches_done
+from lightning_optim.internals import resumed_epoch, stepping_batches_done, swa_batchnorm_epochs
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
 
@@ -87,7 +87,7 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     if math.isinf(estimate):
         return None
     batches = trainer.num_training_batches
-    max_epochs = trainer.max_epochs
+    max_epochs = _max_epochs(trainer)
     if max_epochs is None or max_epochs == -1 or math.isinf(batches):
         return int(estimate)
     batches = int(batches)
@@ -99,6 +99,18 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     if epoch < max_epochs:  # a run resumed from its very last step has no epoch under way
         steps += math.ceil(batches / accumulation) - done // accumulation
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
+def _max_epochs(trainer: L.Trainer) -> int | None:
+    """``trainer.max_epochs`` without the epoch ``StochasticWeightAveraging`` adds to update BatchNorm statistics.
+
+    That epoch steps no schedule (SWA's own scheduler has taken over by then) and trains nothing, so a schedule sized
+    by the run ends with the last epoch the user asked for, as it would be sized before SWA's ``on_fit_start``.
+    """
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs == -1:
+        return max_epochs
+    return max_epochs - swa_batchnorm_epochs(trainer)
 
 
 def _accumulation_schedule(trainer: L.Trainer) -> Any:
@@ -132,7 +144,8 @@ def run_length(trainer: Any, scheduler: Mapping[str, Any], at_epoch_start: bool 
     if trainer is None:
         return None
     if scheduler.get("interval", "step") == "epoch":
-        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        max_epochs = _max_epochs(trainer)
+        return max_epochs if max_epochs not in (None, -1) else None
     return optimizer_steps(trainer, at_epoch_start)
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lightning_optim.config.preview import preview_learning_rates
 from lightning_optim.demos import DigitsCNN
@@ -143,6 +144,22 @@ def test_a_users_optimizer_trains_once_its_module_is_allowed_on_the_command_line
     run_dir = tmp_path / "b"
     run_app(TRAIN, *TINY, *target, "allowed_target_modules=[tests.models]", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert "lr-OwnSGD/default" in scalars(run_dir / "tensorboard")
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch 2.9")
+def test_muon_trains_the_default_model_and_prints_its_split(tmp_path):
+    run_dir = tmp_path / "run"
+    stdout = run_app(TRAIN, *TINY, "optimizer=muon", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    split = "Muon takes 3 tensors (37,520 parameters), AdamW takes 7 tensors (810 parameters)"
+    assert stdout.splitlines().count(split) == 1
+    logged = scalars(run_dir / "tensorboard")
+    assert {key for key in logged if key.startswith("lr-") and "-m" not in key[3:]} >= {
+        "lr-MuonWithAux/muon",
+        "lr-MuonWithAux/aux",
+    }
+    # warmup_cosine over the 3 steps, each side from its own base lr (Muon's 0.02, AdamW's default 1e-3)
+    assert [logged["lr-MuonWithAux/muon"][step] for step in range(3)] == pytest.approx([0.02, 0.015, 0.005])
+    assert [logged["lr-MuonWithAux/aux"][step] for step in range(3)] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
 
 
 def test_multirun_sweeps_optimizers(tmp_path):
