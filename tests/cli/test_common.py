@@ -115,6 +115,7 @@ def test_a_partial_in_the_model_config_is_the_users_and_still_instantiated():
     assert built.optim_config["optimizer"] == {"name": "sgd", "lr": 0.1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spelling,value",
     [("no", "no"), ("off", "off"), ("'false'", "false"), ("${oc.env:TRUST_CKPT,false}", "False"), ("0", 0)],
@@ -133,6 +134,7 @@ def test_trust_checkpoint_that_is_no_boolean_is_refused_naming_the_key_the_value
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spelling,environment,expected",
     [
@@ -151,6 +153,7 @@ def test_trust_checkpoint_as_a_boolean_is_read_as_it_says(spelling, environment,
     assert app_flag(cfg, "trust_checkpoint") is expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override,message",
     [
