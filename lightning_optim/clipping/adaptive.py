@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, checkpoint_error, config_error
 from lightning_optim.value_types import conform_section, dataclass_types
 
 __all__ = [
@@ -106,9 +106,16 @@ class AutoClip:
         """The norms recorded (a tensor, NaN where unfilled) and how many steps were seen."""
         return {"norms": self._norms, "count": self._count}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s history; the tensor moves to the norms' device at the next call."""
-        self._norms, self._count = _copy(state["norms"]), state["count"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state") -> None:
+        """Continue from :meth:`state_dict`'s history; the tensor moves to the norms' device at the next call.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative or infinite norm, a tensor of another
+                shape, a count that is no whole number), naming its key path ``where.<key>``.
+        """
+        count = _restored_count(state, "count", where)
+        norms = _restored_norms(state, "norms", where, (self.history,), count, f"the last history={self.history} norms")
+        self._norms, self._count = _copy(norms), count
 
 
 @dataclass(eq=False)
@@ -179,10 +186,57 @@ class ZClip:
         """The warm-up norms, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
         return {"warmup": self._warmup, "mean": self._mean, "var": self._var, "count": self._count}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call."""
-        self._warmup, self._mean, self._var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
-        self._count = state["count"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state") -> None:
+        """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative mean or variance, an infinite value, a
+                tensor of another shape, statistics missing after the warm-up), naming its key path ``where.<key>``.
+        """
+        count = _restored_count(state, "count", where)
+        warmup = _restored_norms(
+            state, "warmup", where, (self.warmup_steps,), count, f"the warm-up's warmup_steps={self.warmup_steps} norms"
+        )
+        started = count >= self.warmup_steps
+        mean = _restored_norms(state, "mean", where, (), int(started), "the EMA of the norm (0-d)")
+        var = _restored_norms(state, "var", where, (), int(started), "the EMA of the norm's variance (0-d)")
+        self._warmup, self._mean, self._var, self._count = _copy(warmup), _copy(mean), _copy(var), count
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+def _restored_count(state: Any, key: str, where: str) -> int:
+    """A restored step count: a whole number >= 0 (a float or a bool is no count)."""
+    if not isinstance(state, Mapping):
+        raise checkpoint_error(where, state, "a mapping of the threshold's history, as its state_dict() writes")
+    count = state.get(key, _Missing())
+    if type(count) is not int or count < 0:
+        raise checkpoint_error(f"{where}.{key}", count, "an int >= 0 (the steps whose norms were seen)")
+    return count
+
+
+def _restored_norms(
+    state: Mapping[str, Any], key: str, where: str, shape: tuple[int, ...], count: int, what: str
+) -> torch.Tensor | None:
+    """A restored tensor of norms (or of their mean or variance) of ``shape``: None only before any of them was
+    recorded (``count`` 0), and each of the first ``count`` values NaN (a non-finite step, which the rules leave out)
+    or finite and >= 0."""
+    value = state.get(key, _Missing())
+    expected = (
+        f"a floating-point tensor of shape {tuple(shape)} ({what}), each value NaN or finite and >= 0"
+        f"{', or None before the first step' if count == 0 else ''}"
+    )
+    if value is None and count == 0:
+        return None
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == tuple(shape)):
+        raise checkpoint_error(f"{where}.{key}", value, expected)
+    recorded = value.reshape(-1)[:count].detach()
+    if not bool((torch.isnan(recorded) | (torch.isfinite(recorded) & (recorded >= 0))).all()):
+        raise checkpoint_error(f"{where}.{key}", value, expected)
+    return value
 
 
 def _statistics_dtype(device: torch.device) -> torch.dtype:
@@ -360,7 +414,7 @@ class AdaptiveThresholds:
     def __init__(self) -> None:
         self._built: dict[str | None, tuple[ClippingSpec, AutoClip | ZClip]] = {}
         self._by_optimizer: dict[int, AutoClip | ZClip] = {}
-        self._pending: dict[str | None, Mapping[str, Any]] = {}
+        self._pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
         self._use_check: tuple[int, dict[str | None, int]] | None = None
 
     def configure(
@@ -411,17 +465,36 @@ class AdaptiveThresholds:
             for name, (spec, threshold) in self._built.items()
         ]
 
-    def load_state_dict(self, records: list[Mapping[str, Any]]) -> None:
+    def load_state_dict(self, records: Any, key: str = "optim_clipping") -> None:
         """Restore each record whose optimizer has the same section now (at once, or at the next :meth:`configure`
-        when none is built yet); a changed section starts with an empty history."""
-        self._pending = {record["optimizer"]: record for record in records}
+        when none is built yet); a changed section starts with an empty history.
+
+        Args:
+            records: What :meth:`state_dict` returned, as a checkpoint gives it back.
+            key: The checkpoint entry holding ``records``, named in errors.
+
+        Raises:
+            CheckpointError: a record of another shape or with values no run could have written (see the rules'
+                ``load_state_dict``), naming its key path, e.g. ``optim_clipping[0].state.norms``.
+        """
+        if not isinstance(records, list):
+            raise checkpoint_error(key, records, "a list of {optimizer, config, state} records")
+        pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
+        for index, record in enumerate(records):
+            where = f"{key}[{index}]"
+            if not isinstance(record, Mapping) or not {"optimizer", "config", "state"} <= set(record):
+                raise checkpoint_error(where, record, "a mapping with the keys optimizer, config and state")
+            if record["optimizer"] is not None and not isinstance(record["optimizer"], str):
+                raise checkpoint_error(f"{where}.optimizer", record["optimizer"], "an optimizer's name, or None")
+            pending[record["optimizer"]] = (f"{where}.state", record)
+        self._pending = pending
         self._restore()
 
     def _restore(self) -> None:
         for name, (spec, threshold) in self._built.items():
-            record = self._pending.get(name)
+            where, record = self._pending.get(name, ("", None))
             if record is not None and record["config"] == spec.config:
-                threshold.load_state_dict(record["state"])
+                threshold.load_state_dict(record["state"], where)
 
 
 def clipped_sections(specs: Mapping[str | None, Any]) -> list[str]:
