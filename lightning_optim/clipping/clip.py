@@ -37,6 +37,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
 from lightning_optim.stats import GradientNorms, GroupOf, RunningStatsSnapshot, gradient_norms
+from lightning_optim.stats.distributed import local_tensor
 
 __all__ = [
     "ClipResult",
@@ -178,12 +179,17 @@ def threshold_for(max_norm: float | ThresholdOfNorm, total: torch.Tensor) -> flo
 def scale_to_norm(
     parameters: Sequence[torch.Tensor], max_norm: float | torch.Tensor, norms: GradientNorms
 ) -> ClipResult:
-    """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does."""
+    """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does.
+
+    A ``DTensor`` gradient is scaled through its local part: every rank has the same global total, so the same
+    coefficient, and a foreach kernel may then take sharded and plain gradients together.
+    """
     coefficient = clip_coefficient(norms.total, max_norm)
     by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
     for parameter in parameters:
         grad = parameter.grad
         assert grad is not None  # the callers pass the parameters that have gradients
+        grad = local_tensor(grad)
         by_device[grad.device].append(grad)
     for device, grads in by_device.items():
         factor = coefficient.to(device)

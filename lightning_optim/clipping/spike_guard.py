@@ -84,7 +84,7 @@ class SpikeGuard:
         return self._skipped if self._skipped is not None else torch.tensor(0)
 
     def __call__(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        value = value.detach().float()
+        value = self._statistics.cast(value)
         if self._statistics.warming:
             self._statistics.warm(value)
             z = torch.full_like(value, math.nan)

@@ -49,10 +49,10 @@ from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
-from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
-from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
 from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
 from lightning_optim.schedule.build import BuiltScheduler
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
@@ -216,7 +216,7 @@ class FitDriver(L.Callback):
         self.thresholds = AdaptiveThresholds()
         self.thresholds.configure(specs, [(record.name, record.optimizer) for record in records])
         if saved is not None and trainer is not None and trainer.ckpt_path:
-            self.thresholds.load_state_dict(saved)
+            self.thresholds.load_state_dict(saved, CLIPPING_KEY)
         for record in records:
             record.threshold = self.thresholds.of(record.optimizer)
 
@@ -323,6 +323,7 @@ class FitDriver(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.spec is not None:
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
+            refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
         # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
         self._restore_moved_lrs(trainer)
 
@@ -433,7 +434,7 @@ class FitDriver(L.Callback):
             return
         if CLIPPING_KEY in checkpoint:
             if self.thresholds is not None:
-                self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY])
+                self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
             else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
                 self._saved_clipping = checkpoint[CLIPPING_KEY]
         if SPIKE_GUARD_KEY in checkpoint:
@@ -443,7 +444,7 @@ class FitDriver(L.Callback):
                 self._saved_guards = checkpoint[SPIKE_GUARD_KEY]
         if trainer.state.fn == "fit":
             # Lightning restores the callbacks before configure_optimizers (Trainer._run), which reads this.
-            saved = checkpoint.get(RUN_LENGTHS_KEY)
+            saved = check_saved_run_lengths(checkpoint.get(RUN_LENGTHS_KEY), RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
                 # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
                 for index, record in enumerate(self._schedulers()):
