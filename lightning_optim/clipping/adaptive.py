@@ -134,7 +134,7 @@ class EmaStatistics:
         >>> round(float(statistics.z(torch.tensor(4.0))), 4)
         2.0
         >>> statistics.update(torch.tensor(4.0), torch.tensor(True))
-        >>> float(statistics.state_dict()["mean"]), float(statistics.state_dict()["var"]), statistics.steps
+        >>> float(statistics.state_dict()["mean"]), float(statistics.state_dict()["var"]), statistics.count
         (3.0, 1.0, 3)
     """
 
