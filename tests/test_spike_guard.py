@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,45 @@ def test_a_gradscaler_is_refused():
     fit.precision_plugin.scaler = torch.amp.GradScaler("cpu")
     with pytest.raises(OptimConfigError, match=r"optim_config\.spike_guard with precision='16-mixed'"):
         fit.fit(model, batches())
+
+
+def restored_guards(on: str, state: Any) -> Any:
+    """A loss or grad-norm guard of one optimizer, configured, then given ``state`` as a checkpoint would."""
+    from lightning_optim.clipping.spike_guard import SpikeGuards, resolve_spike_guard
+
+    guards = SpikeGuards()
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    spec = resolve_spike_guard({"on": on, "warmup_steps": 2})
+    guards.configure({None: spec}, [(None, optimizer)])
+    guards.load_state_dict([{"optimizer": None, "config": spec.config, "state": state}])
+    return guards
+
+
+def statistics(mean: float, var: float, skipped: Any = None) -> dict[str, Any]:
+    warmup = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    values = {"mean": torch.tensor(mean, dtype=torch.float64), "var": torch.tensor(var, dtype=torch.float64)}
+    return {"statistics": {"warmup": warmup, **values, "count": 5}, "skipped": skipped}
+
+
+@pytest.mark.parametrize(
+    ("on", "state", "key"),
+    [
+        ("grad_norm", statistics(-50.0, 1.0), "optim_spike_guard[0].state.statistics.mean"),
+        ("loss", statistics(1.0, -1.0), "optim_spike_guard[0].state.statistics.var"),
+        ("loss", statistics(float("inf"), 1.0), "optim_spike_guard[0].state.statistics.mean"),
+        ("loss", statistics(1.0, 1.0, torch.tensor(2.5)), "optim_spike_guard[0].state.skipped"),
+        ("loss", statistics(1.0, 1.0, torch.tensor(-1)), "optim_spike_guard[0].state.skipped"),
+        ("loss", {"skipped": None}, "optim_spike_guard[0].state"),
+    ],
+)
+def test_a_restored_guard_no_run_could_write_is_refused_naming_its_key(on, state, key):
+    from lightning_optim.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=rf"^Checkpoint entry {re.escape(key)} = "):
+        restored_guards(on, state)
+
+
+def test_a_loss_guard_takes_a_negative_mean_back():
+    guards = restored_guards("loss", statistics(-3.0, 0.25, torch.tensor(4)))
+    assert guards.state_dict()[0]["state"]["statistics"]["mean"].item() == -3.0
+    assert guards.state_dict()[0]["state"]["skipped"].item() == 4

@@ -55,6 +55,7 @@ __all__ = [
     "refuse_explicit_threshold",
     "refuse_trainer_threshold",
     "resolve_clipping",
+    "restored_records",
 ]
 
 CLIPPING_KEY = "clipping"
@@ -195,10 +196,31 @@ class EmaStatistics:
         """The warm-up values, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
         return {"warmup": self.warmup, "mean": self.mean, "var": self.var, "count": self.count}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (checked by the caller); the tensors move at the next call."""
-        self.warmup, self.mean, self.var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
-        self.count = state["count"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state", what: str = "norm") -> None:
+        """Continue from :meth:`state_dict`; the tensors move at the next call.
+
+        Args:
+            state: What :meth:`state_dict` returned, as a checkpoint gives it back.
+            where: Its key path in the checkpoint, named in errors.
+            what: The scalar the statistics follow, in errors: a ``"norm"`` is >= 0; any other value (a loss) may
+                have either sign, its variance not.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative variance, or a negative norm, an
+                infinite value, a tensor of another shape, statistics missing after the warm-up), naming its key path
+                ``where.<key>``.
+        """
+        count = _restored_count(state, "count", where)
+        signed = what != "norm"
+        shape = (self.warmup_steps,)
+        values = "norms" if what == "norm" else f"{what} values"
+        warmup = _restored_norms(
+            state, "warmup", where, shape, count, f"the warm-up's warmup_steps={self.warmup_steps} {values}", signed
+        )
+        started = int(count >= self.warmup_steps)
+        mean = _restored_norms(state, "mean", where, (), started, f"the EMA of the {what} (0-d)", signed)
+        var = _restored_norms(state, "var", where, (), started, f"the EMA of the {what}'s variance (0-d)")
+        self.warmup, self.mean, self.var, self.count = _copy(warmup), _copy(mean), _copy(var), count
 
 
 @dataclass(eq=False)
@@ -257,14 +279,7 @@ class ZClip:
             CheckpointError: a record no run could have written (a negative mean or variance, an infinite value, a
                 tensor of another shape, statistics missing after the warm-up), naming its key path ``where.<key>``.
         """
-        count = _restored_count(state, "count", where)
-        warmup = _restored_norms(
-            state, "warmup", where, (self.warmup_steps,), count, f"the warm-up's warmup_steps={self.warmup_steps} norms"
-        )
-        started = count >= self.warmup_steps
-        mean = _restored_norms(state, "mean", where, (), int(started), "the EMA of the norm (0-d)")
-        var = _restored_norms(state, "var", where, (), int(started), "the EMA of the norm's variance (0-d)")
-        self._statistics.load_state_dict({"warmup": warmup, "mean": mean, "var": var, "count": count})
+        self._statistics.load_state_dict(state, where)
 
 
 class _Missing:
@@ -283,24 +298,55 @@ def _restored_count(state: Any, key: str, where: str) -> int:
 
 
 def _restored_norms(
-    state: Mapping[str, Any], key: str, where: str, shape: tuple[int, ...], count: int, what: str
+    state: Mapping[str, Any],
+    key: str,
+    where: str,
+    shape: tuple[int, ...],
+    count: int,
+    what: str,
+    signed: bool = False,
 ) -> torch.Tensor | None:
     """A restored tensor of norms (or of their mean or variance) of ``shape``: None only before any of them was
     recorded (``count`` 0), and each of the first ``count`` values NaN (a non-finite step, which the rules leave out)
-    or finite and >= 0."""
+    or finite and, unless ``signed`` (a loss), >= 0."""
     value = state.get(key, _Missing())
     expected = (
-        f"a floating-point tensor of shape {tuple(shape)} ({what}), each value NaN or finite and >= 0"
-        f"{', or None before the first step' if count == 0 else ''}"
+        f"a floating-point tensor of shape {tuple(shape)} ({what}), each value NaN or finite"
+        f"{'' if signed else ' and >= 0'}{', or None before the first step' if count == 0 else ''}"
     )
     if value is None and count == 0:
         return None
     if not (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == tuple(shape)):
         raise checkpoint_error(f"{where}.{key}", value, expected)
     recorded = value.reshape(-1)[:count].detach()
-    if not bool((torch.isnan(recorded) | (torch.isfinite(recorded) & (recorded >= 0))).all()):
+    allowed = torch.isfinite(recorded) if signed else torch.isfinite(recorded) & (recorded >= 0)
+    if not bool((torch.isnan(recorded) | allowed).all()):
         raise checkpoint_error(f"{where}.{key}", value, expected)
     return value
+
+
+def restored_records(records: Any, key: str) -> dict[str | None, tuple[str, Mapping[str, Any]]]:
+    """A checkpoint's per-optimizer records (``[{optimizer, config, state}, ...]``) by optimizer name, each with the
+    key path of its ``state``.
+
+    Raises:
+        CheckpointError: not a list of such records, naming the key path.
+
+    Examples:
+        >>> restored_records([{"optimizer": None, "config": {}, "state": {}}], "optim_clipping")
+        {None: ('optim_clipping[0].state', {'optimizer': None, 'config': {}, 'state': {}})}
+    """
+    if not isinstance(records, list):
+        raise checkpoint_error(key, records, "a list of {optimizer, config, state} records")
+    pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        if not isinstance(record, Mapping) or not {"optimizer", "config", "state"} <= set(record):
+            raise checkpoint_error(where, record, "a mapping with the keys optimizer, config and state")
+        if record["optimizer"] is not None and not isinstance(record["optimizer"], str):
+            raise checkpoint_error(f"{where}.optimizer", record["optimizer"], "an optimizer's name, or None")
+        pending[record["optimizer"]] = (f"{where}.state", record)
+    return pending
 
 
 def _statistics_dtype(device: torch.device) -> torch.dtype:
@@ -541,17 +587,7 @@ class AdaptiveThresholds:
             CheckpointError: a record of another shape or with values no run could have written (see the rules'
                 ``load_state_dict``), naming its key path, e.g. ``optim_clipping[0].state.norms``.
         """
-        if not isinstance(records, list):
-            raise checkpoint_error(key, records, "a list of {optimizer, config, state} records")
-        pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
-        for index, record in enumerate(records):
-            where = f"{key}[{index}]"
-            if not isinstance(record, Mapping) or not {"optimizer", "config", "state"} <= set(record):
-                raise checkpoint_error(where, record, "a mapping with the keys optimizer, config and state")
-            if record["optimizer"] is not None and not isinstance(record["optimizer"], str):
-                raise checkpoint_error(f"{where}.optimizer", record["optimizer"], "an optimizer's name, or None")
-            pending[record["optimizer"]] = (f"{where}.state", record)
-        self._pending = pending
+        self._pending = restored_records(records, key)
         self._restore()
 
     def _restore(self) -> None:

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from lightning_optim.clipping.adaptive import EmaStatistics
+from lightning_optim.clipping.adaptive import EmaStatistics, restored_records
 from lightning_optim.clipping.clip import skip_in_step
-from lightning_optim.errors import config_error
+from lightning_optim.errors import checkpoint_error, config_error
 from lightning_optim.stats import RunningStatsSnapshot
 from lightning_optim.value_types import conform_section, dataclass_types
 
@@ -100,10 +100,26 @@ class SpikeGuard:
         """The statistics (:meth:`EmaStatistics.state_dict`) and the count of skipped steps."""
         return {"statistics": self._statistics.state_dict(), "skipped": self._skipped}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        self._statistics.load_state_dict(state["statistics"])
-        skipped = state["skipped"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state") -> None:
+        """Continue from :meth:`state_dict`.
+
+        Raises:
+            CheckpointError: a record no run could have written (statistics as :class:`EmaStatistics` refuses them,
+                a skip count that is no 0-d integer tensor >= 0), naming its key path ``where.<key>``.
+        """
+        if not isinstance(state, Mapping) or "statistics" not in state:
+            raise checkpoint_error(where, state, "a mapping with the guard's statistics and skip count")
+        what = "norm" if self.on == "grad_norm" else self.on
+        self._statistics.load_state_dict(state["statistics"], f"{where}.statistics", what)
+        skipped = state.get("skipped")
+        if skipped is not None and not (
+            isinstance(skipped, torch.Tensor)
+            and skipped.dim() == 0
+            and not skipped.is_floating_point()
+            and int(skipped) >= 0
+        ):
+            expected = "a 0-d integer tensor >= 0 (the steps skipped), or None"
+            raise checkpoint_error(f"{where}.skipped", skipped, expected)
         self._skipped = skipped.clone() if skipped is not None else None
 
 
@@ -190,7 +206,7 @@ class SpikeGuards:
     def __init__(self) -> None:
         self.built: dict[str | None, tuple[SpikeGuardSpec, SpikeGuard]] = {}
         self._by_optimizer: dict[int, tuple[str | None, SpikeGuard]] = {}
-        self._pending: dict[str | None, Mapping[str, Any]] = {}
+        self._pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
 
     def configure(
         self, specs: Mapping[str | None, SpikeGuardSpec], optimizers: list[tuple[str | None, torch.optim.Optimizer]]
@@ -225,17 +241,22 @@ class SpikeGuards:
             for name, (spec, guard) in self.built.items()
         ]
 
-    def load_state_dict(self, records: list[Mapping[str, Any]]) -> None:
+    def load_state_dict(self, records: Any, key: str = "optim_spike_guard") -> None:
         """Restore each record whose optimizer has the same section now (at once, or at the next :meth:`configure`);
-        a changed section starts afresh."""
-        self._pending = {record["optimizer"]: record for record in records}
+        a changed section starts afresh.
+
+        Raises:
+            CheckpointError: a record of another shape or with values no run could have written, naming its key
+                path, e.g. ``optim_spike_guard[0].state.statistics.var``.
+        """
+        self._pending = restored_records(records, key)
         self._restore()
 
     def _restore(self) -> None:
         for name, (spec, guard) in self.built.items():
-            record = self._pending.get(name)
+            where, record = self._pending.get(name, ("", None))
             if record is not None and record["config"] == spec.config:
-                guard.load_state_dict(record["state"])
+                guard.load_state_dict(record["state"], where)
 
 
 def skip_step(
