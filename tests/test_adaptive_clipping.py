@@ -17,7 +17,7 @@ from lightning_optim import CheckpointError, OptimConfigError, OptimMixin, valid
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip, resolve_clipping
-from lightning_optim.clipping.clip import clip_for_step
+from lightning_optim.clipping.step import clip_for_step
 from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
 from tests.cli.apps import TINY, run_app

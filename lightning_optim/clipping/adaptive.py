@@ -20,7 +20,7 @@
 Each threshold is a 0-d tensor on the gradients' device: nothing is synced to the host. A NaN/Inf norm leaves the
 history and the statistics as they were. ``history`` and ``warmup_steps`` are at most :data:`MAX_WINDOW`: each step
 of the window is kept on the device and in every checkpoint. The gradients are scaled with ``clip_grad_norm_``'s
-coefficient ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
+coefficient ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.arithmetic`).
 
 Examples:
     >>> import torch

@@ -8,8 +8,9 @@ spike, its step is skipped and the value stays out of the statistics (so a run o
 next ones). NaN values never enter the statistics and are no spike (that is the non-finite policy's business); +Inf
 is a spike.
 
-:func:`skip_step` carries the decision out: a fused optimizer skips itself through ``found_inf``
-(:func:`~lightning_optim.clipping.clip.skip_in_step`) and the BatchNorm running statistics are put back with
+:func:`~lightning_optim.clipping.skip.skip_step` carries the decision out: a fused optimizer skips itself through
+``found_inf``
+(:func:`~lightning_optim.clipping.fused_step.skip_in_step`) and the BatchNorm running statistics are put back with
 ``torch.where``, all on the device; any other optimizer needs the decision on the host (one read per step): its
 gradients are dropped and the running statistics put back.
 
@@ -25,16 +26,14 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lightning_optim.clipping.adaptive import EmaStatistics, restored_records
-from lightning_optim.clipping.clip import skip_in_step
 from lightning_optim.errors import checkpoint_error, config_error
-from lightning_optim.stats import RunningStatsSnapshot
 from lightning_optim.value_types import conform_section, dataclass_types
 
 __all__ = [
@@ -44,7 +43,6 @@ __all__ = [
     "SpikeGuards",
     "guarded_sections",
     "resolve_spike_guard",
-    "skip_step",
 ]
 
 SPIKE_GUARD_KEY = "spike_guard"
@@ -65,8 +63,8 @@ class SpikeGuard:
         >>> guard = SpikeGuard(z_threshold=2.0, alpha=0.5, warmup_steps=2)
         >>> [(bool(spike), round(float(z), 3)) for spike, z in map(guard, torch.tensor([1.0, 3.0, 2.5, 9.0]))]
         [(False, nan), (False, nan), (False, 0.5), (True, 9.261)]
-        >>> int(guard.skipped), guard.state_dict()["statistics"]["mean"]
-        (1, tensor(2.2500))
+        >>> int(guard.skipped), float(guard.state_dict()["statistics"]["mean"])
+        (1, 2.25)
     """
 
     on: str = "grad_norm"
@@ -257,35 +255,3 @@ class SpikeGuards:
             where, record = self._pending.get(name, ("", None))
             if record is not None and record["config"] == spec.config:
                 guard.load_state_dict(record["state"], where)
-
-
-def skip_step(
-    optimizer: torch.optim.Optimizer,
-    parameters: Sequence[torch.Tensor],
-    spike: torch.Tensor,
-    snapshot: RunningStatsSnapshot,
-) -> bool:
-    """Skip the coming ``optimizer.step`` where the 0-d bool ``spike`` holds, undoing what the batch did to the
-    BatchNorm running statistics (``snapshot``, taken at the step's first batch).
-
-    A fused optimizer skips itself (``found_inf``) and the statistics are put back with ``torch.where``: no host
-    sync, returns True. Otherwise the decision is read on the host (one sync), a spike's gradients are dropped (every
-    torch optimizer leaves a parameter without gradient, and its state, as it was) and the statistics put back;
-    returns False.
-
-    Examples:
-        >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.ones(2)
-        >>> adam = torch.optim.Adam([p], lr=0.1)
-        >>> skip_step(adam, [p], torch.tensor(True), RunningStatsSnapshot(torch.nn.Linear(1, 1)))
-        False
-        >>> adam.step(); p.tolist(), adam.state
-        ([1.0, 1.0], defaultdict(<class 'dict'>, {}))
-    """
-    if skip_in_step(optimizer, parameters, spike):
-        snapshot.restore_where(spike)
-        return True
-    if bool(spike):
-        for parameter in parameters:
-            parameter.grad = None
-        snapshot.restore()
-    return False

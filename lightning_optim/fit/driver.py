@@ -42,8 +42,10 @@ import torch
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
-from lightning_optim.clipping.clip import ClipResult, fsdp_model
-from lightning_optim.clipping.spike_guard import SpikeGuards, SpikeGuardSpec, guarded_sections, skip_step
+from lightning_optim.clipping.arithmetic import ClipResult
+from lightning_optim.clipping.skip import skip_step
+from lightning_optim.clipping.spike_guard import SpikeGuards, SpikeGuardSpec, guarded_sections
+from lightning_optim.clipping.step import fsdp_model
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
 from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec

@@ -31,7 +31,8 @@ from omegaconf import DictConfig
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import clipped_sections, refuse_explicit_threshold, refuse_trainer_threshold
-from lightning_optim.clipping.clip import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
+from lightning_optim.clipping.arithmetic import ClipResult, check_clip_threshold
+from lightning_optim.clipping.step import ClipState, clip_for_step, fsdp_model
 from lightning_optim.config.optim_config import OptimConfig
 from lightning_optim.config.optimizer_sets import build_optimizer_set
 from lightning_optim.config.validation import (
@@ -327,8 +328,9 @@ class OptimMixin(_LightningModule):
         """Clip as Lightning's ``gradient_clip_val``/``gradient_clip_algorithm`` ask, keeping what clipping measured.
 
         The total norm before clipping, the norm after it and whether it fired stay on the device in
-        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.clip.ClipResult`), for the monitors: no second
-        pass over the gradients, no host sync. :func:`~lightning_optim.clipping.clip.clip_for_step` decides how: a fused
+        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.arithmetic.ClipResult`), for the monitors: no
+        second
+        pass over the gradients, no host sync. :func:`~lightning_optim.clipping.step.clip_for_step` decides how: a fused
         optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its own step
         (set ``fold_clipping = False`` on the class to always scale the gradients here); FSDP clips through the
         wrapper's ``clip_grad_norm_``; under AMP's ``GradScaler`` the still-scaled gradients of a fused optimizer are
