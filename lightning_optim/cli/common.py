@@ -188,6 +188,16 @@ def hydra_value(text: str) -> str:
     return "'" + text.replace("'", "\\'") + "'"
 
 
+def fresh_command(overrides: Iterable[str]) -> str:
+    """The shell command that runs the run's ``overrides`` again from the start, without its ``ckpt_path``.
+
+    Example:
+        >>> fresh_command(["optimizer=adamw", "ckpt_path=/old.ckpt"])
+        'lightning-optim-train optimizer=adamw'
+    """
+    return shlex.join(["lightning-optim-train", *_without_ckpt_path(overrides)])
+
+
 def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
     """The shell command that resumes a run from ``checkpoint`` with the run's own ``overrides``.
 
@@ -195,5 +205,10 @@ def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
         >>> resume_command(Path("/runs/a b/interrupted.ckpt"), ["optimizer=adamw", "ckpt_path=/old.ckpt"])
         "lightning-optim-train optimizer=adamw 'ckpt_path=/runs/a b/interrupted.ckpt'"
     """
-    kept = [override for override in overrides if not override.lstrip("+~").startswith("ckpt_path=")]
-    return shlex.join(["lightning-optim-train", *kept, f"ckpt_path={hydra_value(str(checkpoint))}"])
+    return shlex.join(
+        ["lightning-optim-train", *_without_ckpt_path(overrides), f"ckpt_path={hydra_value(str(checkpoint))}"]
+    )
+
+
+def _without_ckpt_path(overrides: Iterable[str]) -> list[str]:
+    return [override for override in overrides if not override.lstrip("+~").startswith("ckpt_path=")]

@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -31,6 +32,7 @@ from omegaconf import DictConfig
 from lightning_optim.cli.common import (
     CONFIG_PATH,
     compose_optim_config,
+    fresh_command,
     instantiate_model,
     refuse_used_run_dir,
     resume_command,
@@ -47,15 +49,51 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def _exit_interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer) -> SystemExit:
-    """Say where the interrupted run can be resumed from; the exit status is ``128 + signum``, as a shell's."""
+    """Say what survived and how to go on (rank zero); the exit status is ``128 + signum``, as a shell's."""
     signum = signal.Signals(interrupt.signum or signal.SIGTERM)
-    if trainer.is_global_zero and trainer.state.fn == TrainerFn.VALIDATING:
-        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
-    elif trainer.is_global_zero:
-        checkpoint = interrupt.ckpt_path.resolve()
-        log.info(f"{signum.name} stopped training after step {trainer.global_step}; checkpoint {checkpoint}")
-        log.info(f"resume with: {resume_command(checkpoint, HydraConfig.get().overrides.task)}")
+    if trainer.is_global_zero:
+        _report_interruption(signum, interrupt, trainer, HydraConfig.get().overrides.task)
     return SystemExit(128 + signum)
+
+
+def _report_interruption(
+    signum: signal.Signals, interrupt: InterruptCheckpoint, trainer: L.Trainer, overrides: list[str]
+) -> None:
+    """Log where the stopped run can be resumed from: ``interrupted.ckpt``, or the newest checkpoint if that save
+    failed, or a fresh start if there is none."""
+    stopped = f"{signum.name} stopped training after step {trainer.global_step}"
+    if trainer.state.fn == TrainerFn.VALIDATING:
+        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
+        return
+    if interrupt.save_error is None:
+        checkpoint = interrupt.ckpt_path.resolve()
+        log.info(f"{stopped}; checkpoint {checkpoint}")
+        log.info(f"resume with: {resume_command(checkpoint, overrides)}")
+        return
+    log.error(f"{stopped}, but {interrupt.ckpt_path.resolve()} was not saved: {interrupt.save_error}")
+    newest = _newest_checkpoint(trainer)
+    if newest is None:
+        log.info(f"No checkpoint was saved before it; start again in a new directory: {fresh_command(overrides)}")
+        return
+    log.info(f"The newest checkpoint saved is {newest} (step {_saved_step(newest)}); the steps after it are lost")
+    log.info(f"resume with: {resume_command(newest, overrides)}")
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint a checkpoint callback saved (each save is whole: atomic): its ``last.ckpt`` when it
+    keeps one, else its best; across several callbacks, the newest file."""
+    saved = []
+    for callback in trainer.checkpoint_callbacks:
+        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")):
+            if path and Path(path).is_file():
+                saved.append(Path(path).resolve())
+                break
+    return max(saved, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def _saved_step(checkpoint: Path) -> int:
+    """The global step a checkpoint was saved at; memory-mapped, so its tensors are not read."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
 def _has_validation(model: L.LightningModule, datamodule: L.LightningDataModule) -> bool:
