@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
+    claimed_run_dir,
     compose_optim_config,
     fresh_command,
     instantiate_model,
@@ -105,8 +106,9 @@ def train(cfg: DictConfig) -> float:
     """Fit, validate and report the model the config describes; returns the metric ``cfg.metric``.
 
     The metric comes from a final validation run; a model without ``validation_step`` (or data without
-    ``val_dataloader``) skips it and reports the last value training logged. A fresh run (``ckpt_path`` null)
-    refuses a run directory that holds an earlier run's outputs. SIGTERM or SIGINT during training saves
+    ``val_dataloader``) skips it and reports the last value training logged. The run directory is claimed for the
+    run: a second run there is refused while this one runs, and a fresh run (``ckpt_path`` null) also refuses a
+    directory that holds an earlier run's outputs. SIGTERM or SIGINT during training saves
     ``checkpoints/interrupted.ckpt`` and exits with ``128 + signum``.
 
     Args:
@@ -116,9 +118,17 @@ def train(cfg: DictConfig) -> float:
         The value of ``cfg.metric`` (default ``val/acc``).
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
-    if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
-        refuse_used_run_dir(run_dir)
+    # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has claimed and checked.
+    if rank_zero_only.rank != 0:
+        return _fit_and_report(cfg, run_dir)
+    with claimed_run_dir(run_dir):
+        if cfg.get("ckpt_path") is None:
+            refuse_used_run_dir(run_dir)
+        return _fit_and_report(cfg, run_dir)
+
+
+def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
+    """:func:`train` in its claimed, checked run directory."""
     logging.captureWarnings(True)  # warnings reach train.log too, as log records
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
