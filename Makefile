@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOGDIR ?= outputs
 TEST_WORKERS ?= 2
 
-.PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot gpu-wheels gpu-check clean
+.PHONY: train test test-fast lint tensorboard schedule dashboard-screenshot docs docs-build docs-screenshot gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ schedule: $(STAMP)
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir $(LOGDIR) --host localhost --port 6006
 
+# The documentation site (mkdocs.yml): `make docs` serves it on http://localhost:8000 and rebuilds on edits;
+# `make docs-build` builds it into site/ with --strict (a broken link or docstring reference fails; the test suite runs
+# it too); `make docs-screenshot` checks the built site in headless Chromium and saves docs/images/site.png.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr localhost:8000
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-screenshot: docs-build
+	scripts/docs_screenshot.sh
+
 dashboard-screenshot: $(STAMP)
 	scripts/dashboard_screenshot.sh $(ARGS)
 
@@ -53,4 +65,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) outputs multirun lightning_logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) outputs multirun lightning_logs site .pytest_cache .ruff_cache

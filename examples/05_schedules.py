@@ -8,7 +8,7 @@ the same function the command draws with (``lightning_optim.cli.schedule.step_le
 ``--quick`` the script also runs the command itself once (``scheduler=sequential``) and keeps its picture.
 
 * **plateau** acts on validation results, so it is driven by a recorded ``val/loss`` sequence (one value per
-  epoch, written below) through ``lightning_optim.lr_schedulers.step_plateau``, as the mixin does after each
+  epoch, written below) through ``lightning_optim.schedule.lr_schedulers.step_plateau``, as the mixin does after each
   validation run: patience 2, factor 0.5.
 * **per group, one rule**: ``param_groups=[{name: head, params: ^head, lr_scale: 0.1}]`` with warmup+cosine: every
   group follows the same shape from its own base lr.
@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 from lightning_optim import build_optimizer, build_scheduler
 from lightning_optim.cli.schedule import step_learning_rates
 from lightning_optim.demos import DigitsCNN
-from lightning_optim.lr_schedulers import step_plateau
+from lightning_optim.schedule.lr_schedulers import step_plateau
 
 SCHEDULES: dict[str, list[str]] = {
     "step": ["scheduler=step"],

@@ -1,6 +1,6 @@
 """Errors that name the key, the bad value and what would work; nothing here imports torch, Lightning or OmegaConf.
 
-Example:
+Examples:
     >>> str(config_error("optimizer.name", "adamm", "one of: adam, sgd", ["adam", "sgd"]))
     "optim_config.optimizer.name = 'adamm' is not valid. Did you mean 'adam'? Expected one of: adam, sgd."
     >>> str(argument_error("GradNormMonitor", "nonfinite", "wran", "'warn', 'skip' or 'raise'", ["warn", "skip"]))
@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["OptimConfigError", "argument_error", "config_error", "did_you_mean"]
+__all__ = ["CheckpointError", "OptimConfigError", "argument_error", "checkpoint_error", "config_error", "did_you_mean"]
 
 
 class OptimConfigError(ValueError):
@@ -22,10 +22,22 @@ class OptimConfigError(ValueError):
     """
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that is not loaded (missing, damaged, holding objects whose unpickling could run code, or records
+    whose values no run could have written) or not saved.
+
+    Examples:
+        >>> raise CheckpointError("Checkpoint missing.ckpt does not exist or is not a file.")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.CheckpointError: Checkpoint missing.ckpt does not exist or is not a file.
+    """
+
+
 def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """Return `` Did you mean 'x'?`` for the closest choice, or an empty string.
 
-    Example:
+    Examples:
         >>> did_you_mean("adamm", ["adam", "sgd"])
         " Did you mean 'adam'?"
     """
@@ -40,7 +52,7 @@ def config_error(
 
     Close matches among ``choices`` are suggested for the value, or for the key's own name if ``unknown_key``.
 
-    Example:
+    Examples:
         >>> str(config_error("scheduler.step_size", 0, "an integer >= 1"))
         'optim_config.scheduler.step_size = 0 is not valid. Expected an integer >= 1.'
     """
@@ -53,8 +65,32 @@ def config_error(
 def argument_error(owner: str, argument: str, value: object, expected: str, choices: Iterable[str] = ()) -> ValueError:
     """Build the error for the constructor argument ``argument`` of ``owner``, phrased as :func:`config_error` does.
 
-    Example:
+    Examples:
         >>> str(argument_error("BatchNormMonitor", "histogram_every_n", 0, "a positive int or None"))
         'BatchNormMonitor(histogram_every_n=0) is not valid. Expected a positive int or None.'
     """
     return ValueError(f"{owner}({argument}={value!r}) is not valid.{did_you_mean(value, choices)} Expected {expected}.")
+
+
+def checkpoint_error(key: str, value: object, expected: str) -> CheckpointError:
+    """Build the error for a record restored from a checkpoint: ``key`` (its path in the checkpoint) holds ``value``.
+
+    Examples:
+        >>> print(checkpoint_error("optim_clipping[0].state.count", -3, "an integer >= 0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Checkpoint entry optim_clipping[0].state.count = -3 is not valid: expected an integer >= 0. Nothing was
+        restored from it; the checkpoint was edited or damaged after it was saved. Resume from another checkpoint, or
+        delete the top-level entry optim_clipping to start that state afresh.
+    """
+    shown = _short_repr(value)
+    entry = key.split(".", 1)[0].split("[", 1)[0]
+    return CheckpointError(
+        f"Checkpoint entry {key} = {shown} is not valid: expected {expected}. Nothing was restored from it; the "
+        "checkpoint was edited or damaged after it was saved. Resume from another checkpoint, or delete the top-level "
+        f"entry {entry} to start that state afresh."
+    )
+
+
+def _short_repr(value: object, limit: int = 120) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 5]} ...)"

@@ -11,7 +11,7 @@ calls its ``_find_names_from_schedulers``, ``_find_names_from_optimizers``, ``_r
 ``_get_optimizer_stats`` (to name its keys without a logger, and to fill ``callback_metrics`` without a host
 sync); a subclass's overrides cannot live elsewhere (tests/callbacks/test_lr_monitor.py covers them).
 
-Example:
+Examples:
     >>> import torch
     >>> is_batchnorm(torch.nn.LazyBatchNorm2d()), is_batchnorm(torch.nn.InstanceNorm2d(3))
     (True, False)
@@ -46,6 +46,7 @@ __all__ = [
     "should_log",
     "stepping_batches_done",
     "stop_as_on_sigterm",
+    "swa_batchnorm_epochs",
     "torch_optimizer",
     "unscales_in_step",
 ]
@@ -121,6 +122,26 @@ def stepping_batches_done(trainer: L.Trainer) -> int:
     if module is None or module.automatic_optimization:
         return trainer.global_step
     return trainer.fit_loop.epoch_loop.batch_progress.total.ready
+
+
+def swa_batchnorm_epochs(trainer: L.Trainer) -> int:
+    """The epochs Lightning's ``StochasticWeightAveraging`` added to ``trainer.max_epochs`` for its BatchNorm update.
+
+    For a model with BatchNorm, the callback's ``on_fit_start`` adds one epoch (``fit_loop.max_epochs += 1``) in which
+    it only recomputes the BatchNorm statistics of the averaged weights, and its ``on_train_end`` takes it away again;
+    ``trainer.max_epochs`` (and ``estimated_stepping_batches``) count it in between, and nothing public says so.
+    Reads the callback's ``_model_contains_batch_norm`` and ``_max_epochs`` (the ``max_epochs`` it found, set in
+    ``on_fit_start``): 1 while ``trainer.max_epochs`` is one more than that, else 0. Lightning is imported here, at
+    the call, as the callback's class is needed only when a trainer exists.
+    """
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, StochasticWeightAveraging) and callback._model_contains_batch_norm:
+            found = getattr(callback, "_max_epochs", None)
+            if found is not None and found != -1 and trainer.max_epochs == found + 1:
+                return 1
+    return 0
 
 
 def attached_trainer(module: L.LightningModule) -> L.Trainer | None:

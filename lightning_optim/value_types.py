@@ -5,7 +5,7 @@ bool default takes true/false, a number default any number, a tuple default a li
 anything. Values are checked and conformed before anything is built: an integer key takes an integral float
 (``1e9`` from a command line) and gets it as an int; a bool is never a number.
 
-Example:
+Examples:
     >>> import torch
     >>> types = constructor_types(torch.optim.Adam)
     >>> conform([0.9, 0.98], types["betas"], "optimizer.betas")
@@ -52,7 +52,7 @@ class _Mismatch(Exception):
 def expected(hint: Any = _EMPTY, default: Any = _EMPTY) -> Expected:
     """The :class:`Expected` for a key annotated ``hint`` (or, without one, typed by its ``default``).
 
-    Example:
+    Examples:
         >>> expected(default=(0.5, 1.2))
         Expected(hint=tuple[float, float], example=[0.5, 1.2])
     """
@@ -70,7 +70,7 @@ def expected(hint: Any = _EMPTY, default: Any = _EMPTY) -> Expected:
 def constructor_types(cls: type[Any]) -> dict[str, Expected]:
     """The keyword arguments of ``cls.__init__`` after its first one (the parameters or the optimizer), typed.
 
-    Example:
+    Examples:
         >>> import torch
         >>> constructor_types(torch.optim.SGD)["nesterov"]
         Expected(hint=<class 'bool'>, example=False)
@@ -87,8 +87,8 @@ def constructor_types(cls: type[Any]) -> dict[str, Expected]:
 def dataclass_types(cls: type) -> dict[str, Expected]:
     """The fields of dataclass ``cls``, typed by their annotations.
 
-    Example:
-        >>> from lightning_optim.schedules import StepDecay
+    Examples:
+        >>> from lightning_optim.schedule.closed_form import StepDecay
         >>> dataclass_types(StepDecay)["step_size"]
         Expected(hint=<class 'int'>, example=100)
     """
@@ -122,7 +122,7 @@ def conform_section(section: Mapping[str, Any], types: Mapping[str, Expected], w
 def describe(hint: Any) -> str:
     """What a value of type ``hint`` is, in words.
 
-    Example:
+    Examples:
         >>> describe(tuple[float, float]), describe(int | None), describe(Literal["cos", "linear"])
         ('a pair of numbers', 'an integer or null', "one of 'cos', 'linear'")
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_optim.schedules import Schedule
+from lightning_optim.schedule.closed_form import Schedule
 
 
 class EvaluatedTooOften(AssertionError):

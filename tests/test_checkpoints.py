@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_optim import OptimConfig, OptimConfigError, OptimMixin, ResumeConfigWarning, preview_learning_rates
+from lightning_optim.callbacks import LRSchedule
 from tests.models import (
     CrashAt,
     Interrupted,
@@ -218,6 +220,7 @@ def interrupted_and_resumed(
     *,
     val_metric: list[float] | None = None,
     after_validation: bool = False,
+    driver: Callable[[], list[L.Callback]] = list,
     **trainer_kwargs: Any,
 ) -> list[float]:
     """Per-batch lrs of a run that dies after optimizer step ``crash_at`` and resumes from its checkpoint.
@@ -232,7 +235,8 @@ def interrupted_and_resumed(
 
     val_loader = loader(8) if val_metric else None
     first = make_model(val_metric)
-    run = trainer(enable_checkpointing=True, callbacks=[checkpointing("first"), CrashAt(crash_at)], **trainer_kwargs)
+    callbacks = [*driver(), checkpointing("first"), CrashAt(crash_at)]
+    run = trainer(enable_checkpointing=True, callbacks=callbacks, **trainer_kwargs)
     with pytest.raises(Interrupted):
         run.fit(first, loader(), val_dataloaders=val_loader)
     path = tmp_path / "first" / f"step={crash_at}.ckpt"
@@ -241,15 +245,23 @@ def interrupted_and_resumed(
 
     # A new process: a fresh model told only what the data will say from here on.
     second = make_model(val_metric[first.validation_runs :] if val_metric else None)
-    resumed = trainer(enable_checkpointing=True, callbacks=[checkpointing("resumed")], **trainer_kwargs)
+    resumed = trainer(enable_checkpointing=True, callbacks=[*driver(), checkpointing("resumed")], **trainer_kwargs)
     resumed.fit(second, loader(), val_dataloaders=val_loader, ckpt_path=path)
     assert resumed.global_step == run_steps(trainer_kwargs)
     return [lrs[0] for lrs in first.lrs + second.lrs]
 
 
-def uninterrupted(make_model, *, val_metric: list[float] | None = None, **trainer_kwargs: Any) -> list[float]:
+def uninterrupted(
+    make_model,
+    *,
+    val_metric: list[float] | None = None,
+    driver: Callable[[], list[L.Callback]] = list,
+    **trainer_kwargs: Any,
+) -> list[float]:
     model = make_model(val_metric)
-    trainer(**trainer_kwargs).fit(model, loader(), val_dataloaders=loader(8) if val_metric else None)
+    trainer(callbacks=driver(), **trainer_kwargs).fit(
+        model, loader(), val_dataloaders=loader(8) if val_metric else None
+    )
     return [lrs[0] for lrs in model.lrs]
 
 
@@ -261,34 +273,52 @@ def mixin(scheduler: dict[str, Any]):
     return lambda val_metric: MixinModel({"optimizer": SGD, "scheduler": scheduler}, val_metric)
 
 
+ENTRY_POINTS = ["mixin", "LRSchedule"]
+"""The two ways to the same driver: OptimMixin, or LRSchedule over the model's own SGD(lr=0.5)."""
+
+
+def entry_point(entry: str, scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`uninterrupted` and :func:`interrupted_and_resumed` for ``entry``."""
+    if entry == "mixin":
+        return {"make_model": mixin(scheduler)}
+    return {"make_model": RecordingModel, "driver": lambda: [LRSchedule(scheduler)]}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("crash_at", [5, 8, 11])
-def test_resume_continues_warmup_cosine_per_step(tmp_path, crash_at):
-    make = mixin({"name": "warmup_cosine", "warmup_steps": 3, "min_lr_ratio": 0.1})
-    straight = uninterrupted(make, max_epochs=3)
+def test_resume_continues_warmup_cosine_per_step(tmp_path, crash_at, entry):
+    run = entry_point(entry, {"name": "warmup_cosine", "warmup_steps": 3, "min_lr_ratio": 0.1})
+    straight = uninterrupted(**run, max_epochs=3)
     assert straight == pytest.approx([warmup_cosine(k, 0.5, 3, 24, 0.1) for k in range(24)], abs=1e-12)
-    assert interrupted_and_resumed(make, tmp_path, crash_at, max_epochs=3) == pytest.approx(straight, abs=1e-12)
+    assert interrupted_and_resumed(**run, tmp_path=tmp_path, crash_at=crash_at, max_epochs=3) == pytest.approx(
+        straight, abs=1e-12
+    )
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("crash_at", [12, 16], ids=["mid-epoch", "end-of-epoch"])
-def test_resume_continues_step_decay_per_epoch(tmp_path, crash_at):
-    make = mixin({"name": "step", "step_size": 1, "gamma": 0.5, "interval": "epoch"})
-    straight = uninterrupted(make, max_epochs=4)
+def test_resume_continues_step_decay_per_epoch(tmp_path, crash_at, entry):
+    run = entry_point(entry, {"name": "step", "step_size": 1, "gamma": 0.5, "interval": "epoch"})
+    straight = uninterrupted(**run, max_epochs=4)
     assert straight == pytest.approx([0.5 * 0.5 ** (k // BATCHES) for k in range(32)], abs=1e-12)
-    assert interrupted_and_resumed(make, tmp_path, crash_at, max_epochs=4) == pytest.approx(straight, abs=1e-12)
+    assert interrupted_and_resumed(**run, tmp_path=tmp_path, crash_at=crash_at, max_epochs=4) == pytest.approx(
+        straight, abs=1e-12
+    )
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize(
     ("crash_at", "after_validation"), [(20, False), (24, True)], ids=["mid-epoch", "after-validation"]
 )
-def test_resume_continues_plateau(tmp_path, crash_at, after_validation):
-    make = mixin({"name": "plateau", "monitor": "val/metric", "patience": 1, "factor": 0.5})
+def test_resume_continues_plateau(tmp_path, crash_at, after_validation, entry):
+    run = entry_point(entry, {"name": "plateau", "monitor": "val/metric", "patience": 1, "factor": 0.5})
     metric = [1.0, 0.9, 0.95, 0.97, 0.8, 0.85, 0.86]  # no gain at validation runs 2, 3 and 5, 6
-    straight = uninterrupted(make, val_metric=metric, max_epochs=7)
+    straight = uninterrupted(**run, val_metric=metric, max_epochs=7)
     # patience 1: the second run in a row without a gain halves the lr, for the epochs after it.
     per_epoch = [0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
     assert straight == pytest.approx([lr for lr in per_epoch for _ in range(BATCHES)], abs=1e-12)
     resumed = interrupted_and_resumed(
-        make, tmp_path, crash_at, val_metric=metric, after_validation=after_validation, max_epochs=7
+        **run, tmp_path=tmp_path, crash_at=crash_at, val_metric=metric, after_validation=after_validation, max_epochs=7
     )
     assert resumed == pytest.approx(straight, abs=1e-12)
 
@@ -333,15 +363,18 @@ def test_resume_continues_wsd_and_cosine_restarts(tmp_path, name, crash_at):
     assert interrupted_and_resumed(make, tmp_path, crash_at, max_epochs=3) == pytest.approx(straight, abs=1e-12)
 
 
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
 @pytest.mark.parametrize("crash_at", [3, 4, 5])
-def test_resume_with_frequency_under_gradient_accumulation(tmp_path, crash_at):
-    make = mixin({"name": "warmup_cosine", "warmup_steps": 2, "frequency": 2})
-    straight = uninterrupted(make, max_epochs=3, accumulate_grad_batches=2)
+def test_resume_with_frequency_under_gradient_accumulation(tmp_path, crash_at, entry):
+    run = entry_point(entry, {"name": "warmup_cosine", "warmup_steps": 2, "frequency": 2})
+    straight = uninterrupted(**run, max_epochs=3, accumulate_grad_batches=2)
     # 12 optimizer steps; the lr changes every 2 optimizer steps, to the schedule's value at that step.
     per_step = [warmup_cosine(k - k % 2, 0.5, 2, 12, 0.0) for k in range(12)]
     assert straight[::2] == pytest.approx(per_step, abs=1e-12)
     assert straight[1::2] == straight[::2]
-    resumed = interrupted_and_resumed(make, tmp_path, crash_at, max_epochs=3, accumulate_grad_batches=2)
+    resumed = interrupted_and_resumed(
+        **run, tmp_path=tmp_path, crash_at=crash_at, max_epochs=3, accumulate_grad_batches=2
+    )
     assert resumed == pytest.approx(straight, abs=1e-12)
 
 

@@ -19,9 +19,9 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OPTIMIZERS, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
-from lightning_optim.clipping import folds_into_step
-from lightning_optim.external_optimizers import INSTALL_LINE, WELL_KNOWN, external_optimizer_class
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
+from lightning_optim.clipping.clip import folds_into_step
+from lightning_optim.optim.external import INSTALL_LINE, WELL_KNOWN, external_optimizer_class
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS
 from tests import references, tb
 from tests.cli.apps import TINY, run_app
 from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer

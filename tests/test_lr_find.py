@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.parsing import lightning_setattr
 from torch.utils.data import DataLoader
 
 from lightning_optim import OptimConfigError, OptimMixin, ResumeConfigWarning
-from lightning_optim.lr_finder import config_with_lr, configured_lr
+from lightning_optim.fit.lr_finder import config_with_lr, configured_lr
 from tests.models import MixinModel, loader, trainer
 from tests.references import COSINE_TO_RUN_END, warmup_cosine
 

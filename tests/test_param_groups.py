@@ -1,10 +1,13 @@
 """Parameter-group rules: first match wins, unmatched parameters form ``default``, options and lr_scale apply."""
 
+import inspect
+
 import pytest
 import torch
 
 from lightning_optim import OptimConfigError, build_optimizer
-from lightning_optim.param_groups import UnmatchedRuleWarning, group_parameters
+from lightning_optim.optim.param_groups import UnmatchedRuleWarning, group_parameters
+from lightning_optim.optim.registry import OPTIMIZERS, default_lr
 
 
 class Net(torch.nn.Module):
@@ -68,3 +71,32 @@ def test_rule_matching_nothing_is_reported_by_name():
 def test_bad_rules_name_the_rule(rules, message):
     with pytest.raises(OptimConfigError, match=message):
         build_optimizer(Net(), {"name": "sgd", "lr": 0.1}, rules)
+
+
+DEFAULT_LR_NOT_1E3 = sorted(
+    name for name, cls in OPTIMIZERS.items() if name != "sparse_adam" and default_lr(cls) != pytest.approx(1e-3)
+)
+
+
+def test_the_optimizers_whose_default_lr_is_not_1e_3():
+    assert DEFAULT_LR_NOT_1E3 == [
+        "adadelta",
+        "adafactor",
+        "adagrad",
+        "adamax",
+        "asgd",
+        "lbfgs",
+        "nadam",
+        "rmsprop",
+        "rprop",
+    ]
+
+
+@pytest.mark.parametrize("name", DEFAULT_LR_NOT_1E3)
+def test_lr_scale_scales_the_optimizer_s_own_default_lr(name):
+    # One rule taking every parameter: LBFGS allows a single group.
+    optimizer = build_optimizer(
+        torch.nn.Linear(2, 1), {"name": name}, [{"name": "scaled", "params": ".", "lr_scale": 0.5}]
+    )
+    expected = inspect.signature(OPTIMIZERS[name]).parameters["lr"].default * 0.5
+    assert [group["lr"] for group in optimizer.param_groups] == [pytest.approx(expected, abs=0)]

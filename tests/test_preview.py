@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from lightning_optim import OptimConfigError
-from lightning_optim import preview as preview_module
-from lightning_optim.preview import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
-from lightning_optim.schedules import MOST_STAIRS
+from lightning_optim.config import preview as preview_module
+from lightning_optim.config.preview import PREVIEW_POINTS, preview_learning_rates, sample_learning_rates
+from lightning_optim.schedule.closed_form import MOST_STAIRS
 from tests.models import RecordingModel
 from tests.previews import count_schedule_calls
 from tests.references import sgdr, warmup_cosine

@@ -1,4 +1,5 @@
-"""The optimizer and scheduler registries against what lists their names elsewhere: README and the config tree."""
+"""The optimizer and scheduler registries against what lists their names elsewhere: the config guide and the config
+tree."""
 
 from __future__ import annotations
 
@@ -7,21 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS, OPTIMIZERS, optimizer_class
-from lightning_optim.scheduler_specs import SCHEDULERS
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS, OPTIMIZER_INFOS, OPTIMIZERS, optimizer_class
+from lightning_optim.schedule.registry import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "lightning_optim" / "conf"
 REGISTRIES = {"optimizer": {**OPTIMIZER_INFOS, **EXTRA_OPTIMIZER_INFOS}, "scheduler": SCHEDULERS}
-README = (ROOT / "README.md").read_text()
+CONFIG_GUIDE = (ROOT / "docs" / "guides" / "config.md").read_text()
 SCHEDULER_KEYS = {key for info in SCHEDULERS.values() for key in info.key_types()}
 
 
-def supported_names(row: str) -> set[str]:
-    """The backticked names in a row of README's "What is supported" table, config keys (``warmup_steps``) left out."""
-    table = README.split("## What is supported", 1)[1]
-    line = next(line for line in table.splitlines() if line.startswith(f"| {row}"))
-    return set(re.findall(r"`([a-z][a-z0-9_]*)`", line)) - SCHEDULER_KEYS
+def supported_names(section: str) -> set[str]:
+    """The backticked names in a section of the config guide, config keys (``warmup_steps``) left out."""
+    text = CONFIG_GUIDE.split(f"\n### {section}", 1)[1].split("\n#", 1)[0]
+    return set(re.findall(r"`([a-z][a-z0-9_]*)`", text)) - SCHEDULER_KEYS
 
 
 def from_pytorch_optimizer(name: str) -> bool:
@@ -29,12 +29,12 @@ def from_pytorch_optimizer(name: str) -> bool:
     return name not in OPTIMIZERS and optimizer_class({"name": name}).__module__.startswith("pytorch_optimizer.")
 
 
-def test_readme_lists_exactly_the_registered_optimizers():
+def test_the_config_guide_lists_exactly_the_registered_optimizers():
     names = supported_names("Optimizers")
     assert {name for name in names if not from_pytorch_optimizer(name)} == {*OPTIMIZER_INFOS, *EXTRA_OPTIMIZER_INFOS}
 
 
-def test_readme_lists_exactly_the_registered_schedulers():
+def test_the_config_guide_lists_exactly_the_registered_schedulers():
     assert supported_names("Schedules") == set(SCHEDULERS)
 
 

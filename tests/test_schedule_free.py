@@ -20,9 +20,10 @@ from torch import nn
 
 from lightning_optim import OptimConfigError, OptimMixin
 from lightning_optim.callbacks import LRMonitor
-from lightning_optim.clipping import folds_into_step
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS
-from lightning_optim.schedule_free import in_train_mode
+from lightning_optim.clipping.clip import folds_into_step
+from lightning_optim.fit.driver import FitDriver
+from lightning_optim.fit.schedule_free import in_train_mode
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS
 from tests.models import GAN, loader, trainer
 
 schedulefree = pytest.importorskip("schedulefree")
@@ -154,11 +155,11 @@ def test_predict_after_training_moved_the_weights_runs_at_the_evaluation_weights
     assert torch.equal(torch.cat(predictions), torch.cat(expected))
 
 
-def test_without_the_mixins_switching_validation_is_at_the_training_weights():
+def test_without_the_mixins_switching_validation_is_at_the_training_weights(monkeypatch):
     """What the mixin prevents: the same run with the optimizer never switched validates elsewhere."""
     model = BatchNormNet(config("adamw_schedulefree"))
-    model.on_validation_start = lambda: None  # type: ignore[method-assign]
-    model.on_train_end = lambda: None  # type: ignore[method-assign]
+    monkeypatch.setattr(FitDriver, "on_validation_start", lambda *args: None)
+    monkeypatch.setattr(FitDriver, "on_train_end", lambda *args: None)
     trainer(max_epochs=1).fit(model, loader(), loader(samples=16, seed=1))
     expected = reference("adamw_schedulefree", epochs=1)
     assert not torch.equal(torch.stack(model.val_losses), torch.stack(expected["val_losses"]))

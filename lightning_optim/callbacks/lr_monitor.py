@@ -1,6 +1,6 @@
 """``LRMonitor``: Lightning's ``LearningRateMonitor`` for every torch optimizer, one point per logged step.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
     >>> trainer = L.Trainer(callbacks=[monitor], max_steps=10, logger=False)
@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_optim.callbacks.collector import MetricCollector
+from lightning_optim.callbacks.collector import MetricCollector, to_device
 from lightning_optim.internals import callback_metrics_store, logging_step, should_log
-from lightning_optim.optimizer_sets import NamesOptimizers
+from lightning_optim.names import NamesOptimizers
 
 __all__ = ["LRMonitor"]
 
@@ -72,7 +72,7 @@ class LRMonitor(LearningRateMonitor):
         log_momentum: also log ``momentum``, or ``betas[0]`` for Adam-like optimizers.
         log_weight_decay: also log ``weight_decay``.
 
-    Example:
+    Examples:
         >>> import lightning as L
         >>> trainer = L.Trainer(callbacks=[LRMonitor(log_momentum=True)], max_steps=10, logger=False)
     """
@@ -234,7 +234,7 @@ class LRMonitor(LearningRateMonitor):
         for optimizer, keys in zip(unscheduled, unscheduled_names, strict=True):
             stats.update(self._get_optimizer_stats(optimizer, keys))
         if stats:
-            on_device = _to_device(list(stats.values()), trainer.strategy.root_device)
+            on_device = to_device(list(stats.values()), trainer.strategy.root_device)
             callback_metrics_store(trainer).update(zip(stats, on_device, strict=True))
         return stats
 
@@ -274,15 +274,6 @@ def _warn_if_shorter_than_a_logging_step(trainer: L.Trainer) -> None:
             f" optimizer steps is shorter than log_every_n_steps={every}: no learning rate is logged. Lower"
             " Trainer(log_every_n_steps=...), or pass logging_interval=None (LearningRateMonitor's default)."
         )
-
-
-def _to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:
-    """0-dim float tensors of ``values`` on ``device``, copied in one non-blocking copy (from pinned memory to a GPU,
-    so that the host does not wait)."""
-    host = torch.tensor(values)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    return list(host.to(device, non_blocking=True).unbind())
 
 
 def _number(value: Any) -> float:

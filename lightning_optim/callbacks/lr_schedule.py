@@ -1,6 +1,6 @@
 """``LRSchedule``: the package's schedules for a model that keeps its own ``configure_optimizers``.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> callback = LRSchedule({"name": "warmup_cosine", "warmup_steps": 100, "min_lr_ratio": 0.1})
     >>> trainer = L.Trainer(callbacks=[callback], max_steps=1000, logger=False)
@@ -15,29 +15,34 @@ import lightning as L
 from omegaconf import DictConfig
 from typing_extensions import override
 
-from lightning_optim.config import plain
+from lightning_optim.config.optim_config import plain
 from lightning_optim.errors import OptimConfigError
+from lightning_optim.fit.driver import FitDriver, OptimizerRecord
+from lightning_optim.fit.run_length import RunLength
 from lightning_optim.internals import ends_epoch
-from lightning_optim.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
-from lightning_optim.run_length import RunLength
-from lightning_optim.scheduler_builder import BuiltScheduler, build_scheduler
-from lightning_optim.scheduler_specs import SchedulerSpec, resolve_scheduler
+from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
+from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
 
 __all__ = ["LRSchedule"]
 
 
-class LRSchedule(L.Callback):
+class LRSchedule(FitDriver):
     """Drive the lr of the model's optimizer step by step with a ``scheduler`` config.
 
-    Same schedules and semantics as :class:`~lightning_optim.OptimMixin`: counts in optimizer steps (also under
-    gradient accumulation and with ``frequency``), ``total_steps: null`` over the run's actual length (also when
+    Same schedules and semantics as :class:`~lightning_optim.OptimMixin`, through the same driver
+    (:class:`~lightning_optim.fit.driver.FitDriver`): counts in optimizer steps (also under gradient accumulation
+    and with ``frequency``), ``total_steps: null`` over the run's actual length (also when
     ``GradientAccumulationScheduler``, ``BatchSizeFinder`` or a reloaded train dataloader change it after the
-    optimizers were built: :mod:`lightning_optim.run_length`), each parameter group
-    with its own base lr (groups added during training included), ``plateau`` stepped once after each
-    validation run that logged ``monitor``. Its state goes into checkpoints, so a resumed run continues the
-    same lr sequence, also with another ``max_epochs``: the schedule keeps the run length it was built with
-    (with a ``ResumeConfigWarning``) unless the config sets ``total_steps``. It refuses to run beside a scheduler
-    the model already returns.
+    optimizers were built:
+    :mod:`lightning_optim.fit.run_length`), each parameter group with its own base lr (groups added during training
+    included), ``plateau`` stepped once after each validation run that logged ``monitor``. Its state goes into
+    checkpoints, so a resumed run continues the same lr sequence, also with another ``max_epochs``: the schedule keeps
+    the run length it was built with (with a ``ResumeConfigWarning``) unless the config sets ``total_steps``. It
+    refuses to run beside a scheduler the model already returns.
+
+    What it adds to the driver: it builds the scheduler when the fit starts (over the optimizer the model built), steps
+    it itself after each optimizer step (Lightning does not know it), and keeps its state in the callback's own
+    checkpoint entry.
 
     Args:
         scheduler: the ``scheduler`` section of ``optim_config`` (dict or ``DictConfig``), e.g.
@@ -46,9 +51,9 @@ class LRSchedule(L.Callback):
     """
 
     def __init__(self, scheduler: Mapping[str, Any] | DictConfig, optimizer_index: int = 0) -> None:
-        self.spec: SchedulerSpec = resolve_scheduler(plain(scheduler))
+        super().__init__()
+        self.scheduler_spec: SchedulerSpec = resolve_scheduler(plain(scheduler))
         self.optimizer_index = optimizer_index
-        self.built: BuiltScheduler | None = None
         self._restored_state: dict[str, Any] | None = None
         self._restored_run_length: dict[str, Any] | None = None
         self._build_on_load: L.Trainer | None = None
@@ -57,7 +62,12 @@ class LRSchedule(L.Callback):
     @property
     def config(self) -> dict[str, Any]:
         """The checked ``scheduler`` section as plain containers."""
-        return self.spec.config
+        return self.scheduler_spec.config
+
+    @property
+    def built(self) -> BuiltScheduler | None:
+        """The scheduler it built for this fit, or None before the fit starts."""
+        return self.records[0].scheduler if self.records else None
 
     @property
     @override
@@ -76,66 +86,45 @@ class LRSchedule(L.Callback):
         self._build(trainer)
 
     def _build(self, trainer: L.Trainer) -> None:
-        optimizer = trainer.optimizers[self.optimizer_index]
-        length = RunLength(self.spec, "LRSchedule scheduler")
-        self.built = build_scheduler(optimizer, self.spec, length.at_build(trainer, self._restored_run_length))
-        self.built.run_length = length
+        record = OptimizerRecord(trainer.optimizers[self.optimizer_index], where="LRSchedule scheduler")
+        record.run_length = RunLength(self.scheduler_spec, record.where)
+        length = record.run_length.at_build(trainer, self._restored_run_length)
+        record.scheduler = build_scheduler(record.optimizer, self.scheduler_spec, length)
+        record.strict = self.config.get("strict", True)
         if self._restored_state is not None:
-            self.built.scheduler.load_state_dict(self._restored_state)
+            record.scheduler.scheduler.load_state_dict(self._restored_state)
+        self.records = [record]
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
-        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
-        if self.built is not None and isinstance(self.built.scheduler, ClosedFormLR):
-            self.built.scheduler.apply_schedule()
-        # After BatchSizeFinder and the restored step count: the run's length as it will be.
-        if self.built is not None:
-            self.built.follow_run_length(trainer)
-
-    @override
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The epoch's accumulation comes from GradientAccumulationScheduler itself, whichever callback runs first.
-        if self.built is not None:
-            self.built.follow_run_length(trainer, at_epoch_start=True)
+        super().on_train_start(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self.built is not None and self.built.interval == "epoch":
+        built = self.built
+        if built is not None and built.interval == "epoch":
             # At the epoch's last batch, where Lightning steps its own epoch schedulers, not in on_train_epoch_end:
             # a checkpoint written at that batch (every_n_train_steps) must hold the stepped schedule, because a
             # run resumed from it starts the next epoch without ending this one again.
-            if ends_epoch(trainer) and (trainer.current_epoch + 1) % self.built.frequency == 0:
-                self.built.advance()
+            if ends_epoch(trainer) and (trainer.current_epoch + 1) % built.frequency == 0:
+                built.advance()
             return
         # global_step counts optimizer steps, so batches that only accumulate gradients leave it unchanged.
-        if self.built is None or trainer.global_step == self._stepped_at:
+        if built is None or trainer.global_step == self._stepped_at:
             return
         self._stepped_at = trainer.global_step
-        if trainer.global_step % self.built.frequency == 0:
-            self.built.advance()
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.built is None or not self.built.steps_on_validation or trainer.state.fn != "fit":
-            return
-        scheduler = self.built.scheduler
-        assert isinstance(scheduler, PlateauLR)  # the one scheduler that steps on validation
-        step_plateau(
-            scheduler,
-            trainer.callback_metrics,
-            self.config.get("strict", True),
-            sanity_check=trainer.sanity_checking,
-            key="LRSchedule monitor",
-        )
+        if trainer.global_step % built.frequency == 0:
+            built.advance()
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        if self.built is None:
+        if not self.records:
             restored = {"scheduler": self._restored_state, "run_length": self._restored_run_length}
             return {key: value for key, value in restored.items() if value}
-        run_length = self.built.run_length.saved() if self.built.run_length is not None else None
-        return {"scheduler": self.built.scheduler.state_dict(), "run_length": run_length}
+        record = self.records[0]
+        assert record.scheduler is not None  # _build gives its record a scheduler
+        return {"scheduler": record.scheduler.scheduler.state_dict(), "run_length": record.saved_run_length()}
 
     @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -148,5 +137,5 @@ class LRSchedule(L.Callback):
         self._restored_state = state_dict.get("scheduler")
         self._restored_run_length = state_dict.get("run_length")
         trainer, self._build_on_load = self._build_on_load, None
-        if trainer is not None and self.built is not None:
+        if trainer is not None and self.records:
             self._build(trainer)

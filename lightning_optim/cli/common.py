@@ -1,7 +1,7 @@
 """Helpers the command-line apps share: the model (with its ``optim_config``) and the run's length, from the Hydra
 config, and the run directory's checks.
 
-Example:
+Examples:
     >>> from omegaconf import OmegaConf
     >>> cfg = OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.1}, "param_groups": [], "scheduler": None})
     >>> compose_optim_config(cfg)
@@ -12,19 +12,24 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import shlex
 import sys
+import types
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lightning_optim.targets import allow_target_modules
 
 CONFIG_PATH = "pkg://lightning_optim.conf"
 """Where the apps find their configs: the package, so an installed wheel needs no checkout."""
@@ -65,7 +70,7 @@ def plain_sections(sections: Mapping[str, Any]) -> dict[str, Any]:
 def whole_number(key: str, value: Any) -> int:
     """``value`` as an int: a count written as ``1e9`` on the command line arrives as a float.
 
-    Example:
+    Examples:
         >>> whole_number("trainer.max_steps", 1e9)
         1000000000
     """
@@ -81,10 +86,10 @@ def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.
 
     ``model`` is the user's own code path: Hydra instantiates it and every ``_target_`` inside it. ``optim_config``
     is not: a ``_target_`` in it reaches the model untouched, where the project's own check
-    (:func:`lightning_optim.optimizers.import_class`) accepts only optimizer and scheduler classes, so nothing a
+    (:func:`lightning_optim.optim.build.import_class`) accepts only optimizer and scheduler classes, so nothing a
     command line puts into ``optimizer``, ``param_groups`` or ``scheduler`` is ever called by Hydra.
 
-    Example:
+    Examples:
         >>> from omegaconf import OmegaConf
         >>> model_cfg = OmegaConf.create({"_target_": "lightning_optim.demos.QuadraticMLP", "hidden": 4})
         >>> opened = {"_target_": "builtins.open", "file": "x.txt", "mode": "w"}
@@ -100,6 +105,115 @@ def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.
     # _partial_ stops Hydra at the model's own arguments; optim_config then goes in through a plain call.
     build = instantiate(model_cfg, _partial_=True, _convert_="all")
     return build(optim_config=optim_config)
+
+
+def apply_app_settings(cfg: DictConfig) -> None:
+    """Check the settings every app reads before anything runs, and apply ``allowed_target_modules``.
+
+    ``trust_checkpoint`` and the ``Trainer``'s boolean arguments must be real booleans (:func:`app_flag`,
+    :func:`check_trainer_flags`); ``allowed_target_modules`` (a list of module names) extends the modules a
+    ``_target_`` in ``optimizer``/``scheduler`` may name (:func:`lightning_optim.targets.allow_target_modules`).
+
+    Raises:
+        ValueError: naming the key, its value and what works.
+    """
+    if "trust_checkpoint" in cfg:
+        app_flag(cfg, "trust_checkpoint")
+    check_trainer_flags(cfg.get("trainer") or {})
+    modules = cfg.get("allowed_target_modules")
+    if modules is None:
+        return
+    if not isinstance(modules, ListConfig) or not all(isinstance(module, str) for module in modules):
+        raise ValueError(
+            f"allowed_target_modules = {_plain(modules)!r} is not valid. Expected a list of module names, e.g. "
+            "allowed_target_modules=[mypkg.optim]."
+        )
+    try:
+        allow_target_modules(*modules)
+    except ValueError as error:
+        raise ValueError(f"allowed_target_modules: {error}") from None
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def app_flag(cfg: DictConfig, key: str) -> bool:
+    """The boolean at ``key`` (resolved), refused unless it is a real ``true``/``false``.
+
+    A command line makes strings easily (``trust_checkpoint=no``, ``'false'``, an ``oc.env`` default), and any
+    non-empty string is true in Python: ``weights_only=not "no"`` would unpickle a checkpoint.
+
+    Raises:
+        ValueError: naming the key, the value and the spellings that work.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> app_flag(OmegaConf.create({"trust_checkpoint": False}), "trust_checkpoint")
+        False
+        >>> app_flag(OmegaConf.create({"trust_checkpoint": "no"}), "trust_checkpoint")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: trust_checkpoint = 'no' is not valid. Expected true or false, unquoted ...
+    """
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if isinstance(value, bool):
+        return value
+    raise ValueError(_flag_message(key, value, "true or false"))
+
+
+def _flag_message(key: str, value: Any, expected: str) -> str:
+    return (
+        f"{key} = {value!r} is not valid. Expected {expected}, unquoted (e.g. {key}=false): a string such as 'no' or "
+        "'false' is not read as a boolean. From an environment variable, decode it: "
+        f"{key}='${{oc.decode:${{oc.env:NAME,false}}}}'."
+    )
+
+
+def check_trainer_flags(trainer_cfg: Mapping[str, Any]) -> None:
+    """Refuse a string for any ``Trainer`` argument that takes a boolean (``enable_checkpointing=no``), unless the
+    argument's annotation names that string (``deterministic: warn``).
+
+    Raises:
+        ValueError: naming ``trainer.<key>``, the value and what works.
+
+    Examples:
+        >>> check_trainer_flags({"deterministic": "warn", "inference_mode": False, "max_epochs": 3})
+        >>> check_trainer_flags({"enable_checkpointing": "off"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: trainer.enable_checkpointing = 'off' is not valid. Expected true or false, unquoted ...
+    """
+    for key in trainer_cfg:
+        words = _trainer_flags().get(str(key))
+        if words is None:
+            continue
+        value = trainer_cfg[key]  # only the flags: other values may interpolate what exists only inside the app
+        if not isinstance(value, str) or value in words:
+            continue
+        expected = " or ".join(["true", "false", *(repr(word) for word in sorted(words))])
+        raise ValueError(_flag_message(f"trainer.{key}", value, expected))
+
+
+@functools.cache
+def _trainer_flags() -> dict[str, frozenset[str]]:
+    """``Trainer`` arguments whose annotation admits a bool, each with the strings it also admits (``Literal``)."""
+    flags = {}
+    for name, annotation in typing.get_type_hints(L.Trainer.__init__).items():
+        members = _annotation_members(annotation)
+        if bool in members:
+            flags[name] = frozenset(str(member) for member in members if isinstance(member, str))
+    return flags
+
+
+def _annotation_members(annotation: Any) -> set[Any]:
+    """The types and ``Literal`` values a (union) annotation is made of."""
+    if typing.get_origin(annotation) is Literal:
+        return set(typing.get_args(annotation))
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and arguments:
+        return set().union(*(_annotation_members(argument) for argument in arguments))
+    return {annotation}
 
 
 def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int) -> tuple[int, int]:
@@ -188,7 +302,7 @@ def previous_outputs(run_dir: Path) -> list[str]:
     ``<job name>_ddp_process_<rank>.log``), and :func:`claimed_run_dir` its ``.run.lock``; anything else
     (checkpoints, event files, metrics) is an earlier run's.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> run_dir = Path(tempfile.mkdtemp())
         >>> (run_dir / ".hydra").mkdir(); (run_dir / "train.log").touch()
@@ -224,7 +338,7 @@ def refuse_used_run_dir(run_dir: Path) -> None:
 def hydra_value(text: str) -> str:
     """``text`` as the value of a Hydra override: as it is unless Hydra's grammar would parse some of it.
 
-    Example:
+    Examples:
         >>> hydra_value("/runs/a b/last.ckpt"), hydra_value("/runs/epoch=0-step=4.ckpt")
         ('/runs/a b/last.ckpt', "'/runs/epoch=0-step=4.ckpt'")
     """
@@ -236,7 +350,7 @@ def hydra_value(text: str) -> str:
 def fresh_command(overrides: Iterable[str]) -> str:
     """The shell command that runs the run's ``overrides`` again from the start, without its ``ckpt_path``.
 
-    Example:
+    Examples:
         >>> fresh_command(["optimizer=adamw", "ckpt_path=/old.ckpt"])
         'lightning-optim-train optimizer=adamw'
     """
@@ -246,7 +360,7 @@ def fresh_command(overrides: Iterable[str]) -> str:
 def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
     """The shell command that resumes a run from ``checkpoint`` with the run's own ``overrides``.
 
-    Example:
+    Examples:
         >>> resume_command(Path("/runs/a b/interrupted.ckpt"), ["optimizer=adamw", "ckpt_path=/old.ckpt"])
         "lightning-optim-train optimizer=adamw 'ckpt_path=/runs/a b/interrupted.ckpt'"
     """

@@ -48,7 +48,7 @@ class InterruptCheckpoint(L.Callback):
     Args:
         dirpath: The directory of the checkpoint.
 
-    Example:
+    Examples:
         >>> callback = InterruptCheckpoint("checkpoints")
         >>> str(callback.ckpt_path), callback.signum, callback.save_error
         ('checkpoints/interrupted.ckpt', None, None)

@@ -27,8 +27,14 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
-from lightning_optim.preview import LearningRatePreview, sample_learning_rates
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    apply_app_settings,
+    compose_optim_config,
+    count_optimizer_steps,
+    instantiate_model,
+)
+from lightning_optim.config.preview import LearningRatePreview, sample_learning_rates
 
 __all__ = ["group_table", "main", "plot", "step_learning_rates"]
 
@@ -52,7 +58,7 @@ def step_learning_rates(
     """Every group's lr at the optimizer steps drawn of the run ``cfg`` describes, and the ``optim_config`` used.
 
     The first ``first_steps`` steps, the peak and the last step are always among them
-    (:func:`~lightning_optim.preview.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
+    (:func:`~lightning_optim.config.preview.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
     epoch, and each epoch drawn by its first and last step. With several optimizers (``optimizers=gan``)
     ``optimizer`` names the one previewed; the run is counted in training batches, each scheduler stepped once per
     batch as manual optimization's ``training_step`` does.
@@ -75,7 +81,7 @@ def step_learning_rates(
 def optimizer_names(optim_config: dict[str, Any]) -> list[str | None]:
     """The optimizers to preview: each name under ``optimizers``, or None for the single optimizer.
 
-    Example:
+    Examples:
         >>> optimizer_names({"optimizer": {"name": "sgd"}}), optimizer_names({"optimizers": {"g": {}, "d": {}}})
         ([None], ['g', 'd'])
     """
@@ -91,7 +97,7 @@ def epochs_as_steps(
 ) -> LearningRatePreview:
     """A per-epoch preview as steps: each epoch previewed becomes its first and last step, and those in ``include``.
 
-    Example:
+    Examples:
         >>> per_epoch = LearningRatePreview(3, [0, 2], {"default": [0.1, 0.01]})
         >>> epochs_as_steps(per_epoch, 4, 10, include=[1])
         LearningRatePreview(total_steps=10, steps=[0, 1, 3, 8, 9], lrs={'default': [0.1, 0.1, 0.1, 0.01, 0.01]})
@@ -147,6 +153,7 @@ def main(cfg: DictConfig) -> None:
     base = Path(cfg.out)
     if not base.is_absolute():
         base = Path(HydraConfig.get().runtime.output_dir) / base
+    apply_app_settings(cfg)
     console = Console()
     for optimizer in optimizer_names(compose_optim_config(cfg)):
         preview, optim_config = step_learning_rates(cfg, cfg.first_steps, optimizer)

@@ -31,6 +31,8 @@ from omegaconf import DictConfig
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
+    app_flag,
+    apply_app_settings,
     claimed_run_dir,
     compose_optim_config,
     fresh_command,
@@ -117,6 +119,7 @@ def train(cfg: DictConfig) -> float:
     Returns:
         The value of ``cfg.metric`` (default ``val/acc``).
     """
+    apply_app_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has claimed and checked.
     if rank_zero_only.rank != 0:
@@ -140,7 +143,10 @@ def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
     with sweep_job():
         try:
             trainer.fit(
-                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
+                model,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=not app_flag(cfg, "trust_checkpoint"),
             )
             validates = _has_validation(model, datamodule)
             metrics: dict[str, Any] = (

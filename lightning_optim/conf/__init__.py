@@ -2,7 +2,7 @@
 
 A package so that Hydra finds it as ``pkg://lightning_optim.conf`` from an installed wheel.
 
-Example:
+Examples:
     >>> from hydra import compose, initialize_config_module
     >>> with initialize_config_module(version_base="1.3", config_module="lightning_optim.conf"):
     ...     cfg = compose(config_name="train", overrides=["optimizer=adamw"])

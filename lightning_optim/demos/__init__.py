@@ -1,6 +1,6 @@
 """Small models and data modules for the main job and the examples; each trains in seconds on a CPU.
 
-Example:
+Examples:
     >>> from lightning_optim.demos import DigitsCNN, DigitsDataModule
     >>> DigitsCNN(width=4).hparams["optim_config"]["optimizer"]["name"]
     'sgd'

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from lightning_optim.mixin import OptimMixin
+from lightning_optim.fit.mixin import OptimMixin
 
 DEFAULT_OPTIM_CONFIG: dict[str, Any] = {
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},

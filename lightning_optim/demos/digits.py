@@ -1,6 +1,6 @@
 """scikit-learn's 8x8 handwritten digits as a LightningDataModule, and a small BatchNorm CNN for them.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> data = DigitsDataModule(batch_size=64)
     >>> model = DigitsCNN(width=8, optim_config={"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
+from lightning_optim.demos._sharding import shard_under_model_parallel
 
 __all__ = ["DEMOS_EXTRA", "DigitsCNN", "DigitsDataModule"]
 
@@ -39,7 +40,7 @@ class DigitsDataModule(SplitDataModule):
         split_seed: Seed of the train/validation split.
         num_workers: DataLoader workers; 0 keeps the tiny dataset in the main process.
 
-    Example:
+    Examples:
         >>> data = DigitsDataModule(batch_size=32)
         >>> data.setup("fit")
         >>> len(data.train_set), len(data.val_set), next(iter(data.train_dataloader()))[0].shape
@@ -75,7 +76,7 @@ class DigitsCNN(Classifier):
         hidden: Units of the hidden linear layer before the classifier.
         optim_config: The ``optim_config``; ``None`` uses Nesterov momentum SGD at lr 0.1.
 
-    Example:
+    Examples:
         >>> DigitsCNN(width=4)(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """
@@ -95,6 +96,10 @@ class DigitsCNN(Classifier):
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(), nn.Linear(hidden, DigitsDataModule.num_classes)
         )
+
+    @override
+    def configure_model(self) -> None:
+        shard_under_model_parallel(self, self.features, self.head)
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Regression of y = 0.3 x² + noise with a small MLP: the setting of batch vs stochastic vs mini-batch descent.
 
-Example:
+Examples:
     >>> import lightning as L
     >>> data = QuadraticDataModule(num_samples=64, batch_size=None)
     >>> model = QuadraticMLP(hidden=8, optim_config={"optimizer": {"name": "sgd", "lr": 0.05}})
@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import override
 
 from lightning_optim.demos._data import SplitDataModule
-from lightning_optim.mixin import OptimMixin
+from lightning_optim.demos._sharding import shard_under_model_parallel
+from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["QuadraticDataModule", "QuadraticMLP", "make_quadratic"]
 
@@ -34,7 +35,7 @@ def make_quadratic(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_samples`` points ``x ~ U(-x_range, x_range)``, ``y = 0.3 x² + N(0, noise²)``, as ``(N, 1)`` tensors.
 
-    Example:
+    Examples:
         >>> x, y = make_quadratic(4, seed=0, noise=0.0)
         >>> x.shape, bool(torch.allclose(y, 0.3 * x**2))
         (torch.Size([4, 1]), True)
@@ -56,7 +57,7 @@ class QuadraticDataModule(SplitDataModule):
         seed: Seed of the generated data; the global seed plays no part.
         num_workers: DataLoader workers.
 
-    Example:
+    Examples:
         >>> data = QuadraticDataModule(num_samples=100, batch_size=None)
         >>> data.setup("fit")
         >>> len(data.train_dataloader()), next(iter(data.train_dataloader()))[0].shape
@@ -99,7 +100,7 @@ class QuadraticMLP(OptimMixin, L.LightningModule):
         hidden: Hidden units.
         optim_config: The ``optim_config``; ``None`` uses plain SGD at lr 0.05.
 
-    Example:
+    Examples:
         >>> QuadraticMLP(hidden=4)(torch.zeros(3, 1)).shape
         torch.Size([3, 1])
     """
@@ -109,6 +110,10 @@ class QuadraticMLP(OptimMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["optim_config"])
         self.optim_config = optim_config or {"optimizer": {"name": "sgd", "lr": 0.05}}
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    @override
+    def configure_model(self) -> None:
+        shard_under_model_parallel(self, self.net)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ exactly two steps, one in the first half and one in the second half. The label i
 sum to more than 1. The answer depends on steps far apart, so recurrent models see rare, large gradient spikes
 (the classic setting for gradient clipping; Hochreiter & Schmidhuber, 1997).
 
-Example:
+Examples:
     >>> import lightning as L
     >>> data = SequenceDataModule(num_samples=256, seq_len=16, batch_size=32)
     >>> model = SequenceLSTM(hidden_size=16, optim_config={"optimizer": {"name": "adam", "lr": 1e-2}})
@@ -47,7 +47,7 @@ def make_adding_problem(num_samples: int, seq_len: int, seed: int) -> tuple[torc
         Inputs of shape ``(num_samples, seq_len, 2)`` (value, marker) and labels of shape ``(num_samples,)``:
         1 where the two marked values sum to more than 1.
 
-    Example:
+    Examples:
         >>> inputs, labels = make_adding_problem(4, 10, seed=0)
         >>> inputs.shape, inputs[..., 1].sum(dim=1).tolist()
         (torch.Size([4, 10, 2]), [2.0, 2.0, 2.0, 2.0])
@@ -78,7 +78,7 @@ class SequenceDataModule(SplitDataModule):
         seed: Seed of the generated data.
         num_workers: DataLoader workers.
 
-    Example:
+    Examples:
         >>> data = SequenceDataModule(num_samples=64, num_val_samples=16, seq_len=8, batch_size=16)
         >>> data.setup("fit")
         >>> next(iter(data.train_dataloader()))[0].shape
@@ -116,7 +116,7 @@ class SequenceLSTM(Classifier):
         num_layers: Stacked LSTM layers.
         optim_config: The ``optim_config``; ``None`` uses Nesterov momentum SGD at lr 0.1.
 
-    Example:
+    Examples:
         >>> SequenceLSTM(hidden_size=8)(torch.zeros(3, 10, 2)).shape
         torch.Size([3, 2])
     """
@@ -147,7 +147,7 @@ class SequenceTransformer(Classifier):
         dropout: Dropout inside the encoder.
         optim_config: The ``optim_config``; ``None`` uses Nesterov momentum SGD at lr 0.1.
 
-    Example:
+    Examples:
         >>> SequenceTransformer(d_model=16, nhead=2, max_len=10)(torch.zeros(3, 10, 2)).shape
         torch.Size([3, 2])
     """

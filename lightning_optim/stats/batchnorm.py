@@ -4,7 +4,7 @@ Every function takes tensors (a layer's input, its ``running_mean`` / ``running_
 returns tensors on the same device; nothing here calls ``.item()`` or imports Lightning. Channels are on
 ``channel_dim`` (1 for every ``torch.nn.BatchNorm*`` layer); all other dimensions are reduced.
 
-Example:
+Examples:
     >>> import torch
     >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 1.0]])  # two samples, two channels; channel 1 is constant
     >>> stats = batch_statistics(inputs, running_mean=torch.zeros(2), running_var=torch.ones(2), eps=0.0)
@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from lightning_optim.internals import BatchNormLayer, is_batchnorm, own_buffers
+from lightning_optim.stats.distributed import full_tensor
 
 __all__ = [
     "DEAD_VARIANCE",
@@ -58,7 +59,7 @@ def channel_moments(inputs: torch.Tensor, channel_dim: int = 1) -> tuple[torch.T
     Returns:
         ``(mean, var)``, each of shape ``(C,)``.
 
-    Example:
+    Examples:
         >>> channel_moments(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
         (tensor([2., 5.]), tensor([2., 0.]))
     """
@@ -85,7 +86,7 @@ def mean_drift(
     How far, in the running standard deviations the layer divides by in eval mode, the batch's means sit from
     the running means: 0 when the running statistics describe this batch.
 
-    Example:
+    Examples:
         >>> mean_drift(torch.tensor([1.0, 0.0]), torch.zeros(2), torch.tensor([4.0, 1.0]), eps=0.0)
         tensor(0.2500)
     """
@@ -99,7 +100,7 @@ def var_ratio(batch_var: torch.Tensor, running_var: torch.Tensor, eps: float) ->
     whose running variance reached zero finite): the ratio is then the variance this batch would have after
     eval-mode normalization, 1 when the running variance fits.
 
-    Example:
+    Examples:
         >>> var_ratio(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0]), eps=0.0)
         tensor(1.5000)
     """
@@ -111,7 +112,7 @@ def dead_fraction(batch_var: torch.Tensor, threshold: float = DEAD_VARIANCE) -> 
 
     NaN when a channel's variance is NaN or Inf: such a channel can be called neither dead nor alive.
 
-    Example:
+    Examples:
         >>> dead_fraction(torch.tensor([0.0, 1.0, 2.0, 0.0])), dead_fraction(torch.tensor([0.0, float("nan")]))
         (tensor(0.5000), tensor(nan))
     """
@@ -122,7 +123,7 @@ def dead_fraction(batch_var: torch.Tensor, threshold: float = DEAD_VARIANCE) -> 
 def summary(values: torch.Tensor) -> dict[str, torch.Tensor]:
     """``mean``, ``min`` and ``max`` over the channels of a per-channel tensor (a buffer or an affine parameter).
 
-    Example:
+    Examples:
         >>> {key: float(value) for key, value in summary(torch.tensor([1.0, 2.0, 6.0])).items()}
         {'mean': 3.0, 'min': 1.0, 'max': 6.0}
     """
@@ -161,7 +162,7 @@ def batch_statistics(
         channel_dim: The channel dimension of ``inputs``.
         dead_threshold: Batch variance below which a channel counts as dead.
 
-    Example:
+    Examples:
         >>> stats = batch_statistics(torch.ones(8, 3), torch.ones(3), torch.ones(3), eps=0.0)
         >>> stats.mean_drift, stats.var_ratio, stats.dead_fraction
         (tensor(0.), tensor(0.), tensor(1.))
@@ -187,7 +188,7 @@ def moments_from_update(
     ``momentum`` too: the result is exact to about ``1e-6 * |old| / (10 * momentum)`` in float32. It is undefined
     for ``momentum`` 0 or None (a cumulative average, whose batch share ``1 / num_batches_tracked`` shrinks).
 
-    Example:
+    Examples:
         >>> moments_from_update(torch.zeros(2), torch.ones(2), torch.tensor([0.5, 0.0]), torch.tensor([1.0, 0.5]), 0.5)
         (tensor([1., 0.]), tensor([1., 0.]))
     """
@@ -212,7 +213,7 @@ def statistics_from_update(
     :func:`moments_from_update`, the comparison is with the running statistics before the update (``old_*``), as
     :func:`batch_statistics` makes it from a forward pre-hook.
 
-    Example:
+    Examples:
         >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
         >>> old_mean, old_var = torch.zeros(2), torch.ones(2)
         >>> layer = torch.nn.BatchNorm1d(2, momentum=0.1)
@@ -235,12 +236,14 @@ def layer_summaries(
     """:func:`summary` of the given running statistics and of the layer's affine parameters (those it has), keyed
     ``running_mean_mean``, ..., ``bias_max``.
 
-    Example:
+    Examples:
         >>> layer = torch.nn.BatchNorm1d(2, affine=False)
         >>> sorted(layer_summaries(layer, layer.running_mean, layer.running_var))[:3]
         ['running_mean_max', 'running_mean_mean', 'running_mean_min']
     """
     tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
+    # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
+    tensors = {name: full_tensor(tensor.detach()) if tensor is not None else None for name, tensor in tensors.items()}
     return {
         f"{name}_{key}": value
         for name, tensor in tensors.items()
@@ -253,7 +256,7 @@ def unrecoverable(layer: BatchNormLayer) -> str | None:
     """Why a batch's statistics cannot be recovered from this layer's running statistics
     (:func:`moments_from_update`), or None when they can.
 
-    Example:
+    Examples:
         >>> unrecoverable(torch.nn.BatchNorm1d(2)), unrecoverable(torch.nn.BatchNorm1d(2, momentum=None))[:14]
         (None, 'momentum=None:')
     """
@@ -282,7 +285,7 @@ class LayerUpdates:
     sync). The batch statistics describe the batch only when that count is 1. Lazy layers not yet materialized are
     left out.
 
-    Example:
+    Examples:
         >>> layer = torch.nn.BatchNorm1d(2)
         >>> before = LayerUpdates({"bn": layer})
         >>> _ = layer(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
@@ -349,7 +352,7 @@ def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps
     ``var_avg`` the averages over ranks: how many (average) standard deviations the rank furthest from the
     average shifts its validation activations by. 0 when all ranks hold the same statistics.
 
-    Example:
+    Examples:
         >>> rank_divergence(torch.tensor([[0.0, 0.0], [2.0, 1.0]]), torch.ones(2, 2), eps=0.0)
         tensor(0.7500)
     """
@@ -396,7 +399,7 @@ class RunningStatsSnapshot:
     Args:
         model: The module whose BatchNorm layers (see :func:`~lightning_optim.internals.is_batchnorm`) are kept.
 
-    Example:
+    Examples:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
         >>> snapshot = RunningStatsSnapshot(model)
         >>> snapshot.take()

@@ -206,61 +206,7 @@ def test_checks_types_at_construction_and_takes_integral_floats():
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-def resumed_lrs(
-    scheduler: dict[str, Any], tmp_path, crash_at: int, val_metric: list[float] | None = None, **trainer_kwargs: Any
-) -> list[float]:
-    """First-group lrs per batch of a run that dies after optimizer step ``crash_at`` and resumes from there."""
-    val_loader = loader(8) if val_metric else None
-    every = {} if val_metric else {"every_n_train_steps": crash_at}  # with validation: after each validation run
-
-    def callbacks(folder: str) -> list[L.Callback]:
-        saving = ModelCheckpoint(dirpath=tmp_path / folder, filename="{step}", save_top_k=-1, **every)
-        return [LRSchedule(scheduler), saving]
-
-    first = RecordingModel(val_metric)
-    run = trainer(enable_checkpointing=True, callbacks=[*callbacks("first"), CrashAt(crash_at)], **trainer_kwargs)
-    with pytest.raises(Interrupted):
-        run.fit(first, loader(), val_dataloaders=val_loader)
-    path = tmp_path / "first" / f"step={crash_at}.ckpt"
-    saved = torch.load(path, weights_only=True)
-    assert saved["callbacks"][LRSchedule(scheduler).state_key]["scheduler"]["last_epoch"] > 0
-
-    second = RecordingModel(val_metric[first.validation_runs :] if val_metric else None)
-    resumed = trainer(enable_checkpointing=True, callbacks=callbacks("resumed"), **trainer_kwargs)
-    resumed.fit(second, loader(), val_dataloaders=val_loader, ckpt_path=path)
-    return [lrs[0] for lrs in first.lrs + second.lrs]
-
-
-@pytest.mark.parametrize("crash_at", [5, 8, 11])
-def test_resume_continues_warmup_cosine(tmp_path, crash_at):
-    scheduler = {"name": "warmup_cosine", "warmup_steps": 3, "min_lr_ratio": 0.1}
-    straight = first_group(fit_with(scheduler, max_epochs=3))
-    assert straight == pytest.approx([warmup_cosine(k, LR, 3, 24, 0.1) for k in range(24)], abs=1e-12)
-    assert resumed_lrs(scheduler, tmp_path, crash_at, max_epochs=3) == pytest.approx(straight, abs=1e-12)
-
-
-@pytest.mark.parametrize("crash_at", [3, 4, 5])
-def test_resume_continues_frequency_under_accumulation(tmp_path, crash_at):
-    scheduler = {"name": "warmup_cosine", "warmup_steps": 2, "frequency": 2}
-    straight = [lrs[0] for lrs in fit_with(scheduler, max_epochs=3, accumulate_grad_batches=2).lrs]
-    resumed = resumed_lrs(scheduler, tmp_path, crash_at, max_epochs=3, accumulate_grad_batches=2)
-    assert resumed == pytest.approx(straight, abs=1e-12)
-
-
-@pytest.mark.parametrize("crash_at", [12, 16], ids=["mid-epoch", "end-of-epoch"])
-def test_resume_continues_step_decay_per_epoch(tmp_path, crash_at):
-    scheduler = {"name": "step", "step_size": 1, "gamma": 0.5, "interval": "epoch"}
-    straight = first_group(fit_with(scheduler, max_epochs=4))
-    assert straight == pytest.approx([LR * 0.5 ** (k // BATCHES) for k in range(32)], abs=1e-12)
-    assert resumed_lrs(scheduler, tmp_path, crash_at, max_epochs=4) == pytest.approx(straight, abs=1e-12)
-
-
-def test_resume_continues_plateau(tmp_path):
-    scheduler = {"name": "plateau", "monitor": "val/metric", "patience": 1, "factor": 0.5}
-    metric = [1.0, 0.9, 0.95, 0.97, 0.8, 0.85, 0.86]
-    straight = first_group(fit_with(scheduler, RecordingModel(metric), max_epochs=7))
-    assert straight == pytest.approx([LR] * 32 + [LR / 2] * 24, abs=1e-12)
-    assert resumed_lrs(scheduler, tmp_path, 24, metric, max_epochs=7) == pytest.approx(straight, abs=1e-12)
+# The resume tests of both entry points (the mixin, LRSchedule) are in tests/test_checkpoints.py.
 
 
 # ------------------------------------------------------------------------------------------------ new param groups

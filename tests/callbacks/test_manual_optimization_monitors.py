@@ -13,7 +13,7 @@ import torch
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
-from lightning_optim.manual_optimization import UnsteppedSchedulerWarning
+from lightning_optim.fit.manual_optimization import UnsteppedSchedulerWarning
 from tests import tb
 from tests.models import GAN, GAN_CONFIG, RecordingModel, fit_logged, loader, trainer
 from tests.references import warmup_cosine

@@ -21,7 +21,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from torch import nn
 
 from lightning_optim import OptimMixin
-from lightning_optim.preview import preview_learning_rates
+from lightning_optim.config.preview import preview_learning_rates
 from tests import tb
 from tests.cli.apps import TINY, run_app, run_app_expecting_failure
 

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from lightning_optim import OptimConfigError
 from lightning_optim.cli.schedule import group_table, step_learning_rates
+from lightning_optim.config.preview import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
 from lightning_optim.demos import DigitsCNN
-from lightning_optim.preview import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
 from tests.cli.apps import run_app
 from tests.previews import count_schedule_calls
 from tests.references import sgdr, wsd

@@ -12,13 +12,17 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OPTIMIZERS, SCHEDULER_NAMES, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.cli.common import compose_optim_config
-from lightning_optim.optimizer_specs import EXTRA_OPTIMIZER_INFOS, optimizer_class
+from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS, optimizer_class
 
 PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
 TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"
 
-DELIBERATE_CHANGES = {"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True}}
-"""Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD)."""
+DELIBERATE_CHANGES = {
+    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+    "muon": {"lr": 0.02, "aux": {"name": "adamw"}},
+}
+"""Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD; Keller Jordan's
+Muon lr, and Muon's auxiliary optimizer written out)."""
 
 GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "logger", "experiment", "debug"]
 

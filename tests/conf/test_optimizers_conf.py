@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_module
 from lightning_optim import OptimConfigError
 from lightning_optim.cli.common import compose_optim_config, instantiate_model
 from lightning_optim.cli.schedule import step_learning_rates
-from lightning_optim.preview import preview_learning_rates
+from lightning_optim.config.preview import preview_learning_rates
 from tests.cli.apps import run_app
 from tests.cli.test_schedule import PNG_MAGIC, printed_rows
 

@@ -1,0 +1,242 @@
+"""Check a whole ``optim_config`` before any model or trainer is touched.
+
+Examples:
+    >>> validate_optim_config({"optimizer": {"name": "adamw", "lr": 1e-3, "betas": [0.9, 0.98]}})["optimizer"]
+    {'name': 'adamw', 'lr': 0.001, 'betas': [0.9, 0.98]}
+    >>> validate_optim_config({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decy": 0.1}})
+    Traceback (most recent call last):
+    ...
+    lightning_optim.errors.OptimConfigError: optim_config.optimizer.weight_decy = 0.1 is not valid. Did you mean \
+'weight_decay'? Expected an argument of Adam: lr, betas, eps, weight_decay, amsgrad, foreach, maximize, capturable, \
+differentiable, fused, decoupled_weight_decay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
+from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
+from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
+from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
+
+__all__ = [
+    "NamedOptimSpec",
+    "OptimSpec",
+    "OptimizerSetSpec",
+    "clipping_specs",
+    "resolve_optim_config",
+    "section_keys",
+    "validate_optim_config",
+    "warn_on_zero_lr",
+]
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """A checked ``optim_config``: the plain config and the resolved sections the builders take as they are.
+
+    Attributes:
+        config: the config as plain containers, values as the constructors take them (what ``hparams`` and
+            checkpoints store).
+        optimizer: the optimizer with its parameter-group rules.
+        scheduler: the scheduler, or None for a constant lr.
+        clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
+        >>> spec.optimizer.info.cls.__name__, type(spec.scheduler.info).__name__
+        ('AdamW', 'ClosedForm')
+    """
+
+    config: dict[str, Any]
+    optimizer: OptimizerSpec
+    scheduler: SchedulerSpec | None
+    clipping: ClippingSpec | None = None
+
+
+@dataclass(frozen=True)
+class NamedOptimSpec:
+    """One named optimizer of the several-optimizer form: its parameters' regex and its checked sections.
+
+    Attributes:
+        name: the optimizer's key under ``optimizers``.
+        params: the compiled ``params`` regex, searched in each parameter's name.
+        spec: its ``optimizer``, ``param_groups`` and ``scheduler``, checked as a single-optimizer config.
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizers": {"critic": {"params": "^critic", "optimizer": {"name": "sgd"}}}})
+        >>> spec.members[0].where, spec.members[0].params.pattern
+        ('optimizers.critic', '^critic')
+    """
+
+    name: str
+    params: re.Pattern[str]
+    spec: OptimSpec
+
+    @property
+    def where(self) -> str:
+        """Its key path in ``optim_config``."""
+        return f"{OPTIMIZERS_KEY}.{self.name}"
+
+
+@dataclass(frozen=True)
+class OptimizerSetSpec:
+    """A checked ``optim_config`` of the form ``{"optimizers": {name: section}}``, in the config's order.
+
+    Attributes:
+        config: the config as plain containers (what ``hparams`` and checkpoints store).
+        members: each named optimizer, in the order ``configure_optimizers`` returns them.
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizers": {
+        ...     "generator": {"params": "^generator[.]", "optimizer": {"name": "adam", "lr": 2e-4}},
+        ...     "discriminator": {"params": "^discriminator[.]", "optimizer": {"name": "sgd", "lr": 0.1}},
+        ... }})
+        >>> [(m.name, m.spec.optimizer.info.cls.__name__) for m in spec.members]
+        [('generator', 'Adam'), ('discriminator', 'SGD')]
+    """
+
+    config: dict[str, Any]
+    members: tuple[NamedOptimSpec, ...]
+
+
+def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> OptimSpec | OptimizerSetSpec:
+    """Check every name, key and value of ``config`` that needs no model, once, for every later build.
+
+    The several-optimizer form checks each section as a single-optimizer config; its errors name the section's
+    keys from the root (``optim_config.optimizers.generator.optimizer.lr``).
+
+    Raises:
+        OptimConfigError: naming the key, the bad value and what would work.
+    """
+    plain = to_plain_config(config)
+    _refuse_nonfinite(plain, "")
+    if OPTIMIZERS_KEY not in plain:
+        return _resolve_section(plain)
+    members = []
+    for name, section in plain[OPTIMIZERS_KEY].items():
+        with section_keys(f"{OPTIMIZERS_KEY}.{name}"):
+            spec = _resolve_section({key: value for key, value in section.items() if key != "params"})
+        members.append(NamedOptimSpec(name, re.compile(section["params"]), spec))
+    validated = {
+        OPTIMIZERS_KEY: {member.name: {"params": member.params.pattern, **member.spec.config} for member in members}
+    }
+    return OptimizerSetSpec(validated, tuple(members))
+
+
+def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
+    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
+    scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
+    clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
+    validated = {
+        "optimizer": {**plain["optimizer"], **optimizer.options},
+        "param_groups": list(optimizer.rules),
+        "scheduler": scheduler.config if scheduler is not None else None,
+        **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
+    }
+    return OptimSpec(validated, optimizer, scheduler, clipping)
+
+
+def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:
+    """The ``clipping`` sections in use, by optimizer name (None: the single form).
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "clipping": {"name": "zclip"}})
+        >>> clipping_specs(spec)
+        {None: ClippingSpec(config={'name': 'zclip'})}
+    """
+    if isinstance(spec, OptimSpec):
+        return {None: spec.clipping} if spec.clipping is not None else {}
+    return {member.name: member.spec.clipping for member in spec.members if member.spec.clipping is not None}
+
+
+@contextlib.contextmanager
+def section_keys(where: str) -> Iterator[None]:
+    """Name the keys of one named optimizer's section from the root in the errors and warnings raised inside.
+
+    The single-optimizer path names keys from its own root (``optim_config.optimizer.lr``); inside this context they
+    become ``optim_config.<where>.optimizer.lr``.
+
+    Examples:
+        >>> with section_keys("optimizers.generator"):
+        ...     resolve_optim_config({"optimizer": {"name": "adam", "lr": -1}})
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.optimizers.generator.optimizer.lr = -1 is not valid. \
+Expected a learning rate >= 0, e.g. 1e-3.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except OptimConfigError as error:
+            raise OptimConfigError(_under(str(error), where)) from None
+    for warning in caught:
+        warnings.warn(_under(str(warning.message), where), warning.category, stacklevel=3)
+
+
+def _under(message: str, where: str) -> str:
+    return message.replace("optim_config.", f"optim_config.{where}.")
+
+
+def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
+    """Return ``config`` as plain containers after checking every name, key and value that needs no model.
+
+    Values are returned as the constructors take them: an integral float for an integer key (``1e9`` from a
+    command line) becomes an int. An lr (or ``lr_scale``) of 0 warns: those parameters would never change.
+
+    Raises:
+        OptimConfigError: naming the key, the bad value and what would work.
+    """
+    spec = resolve_optim_config(config)
+    warn_on_zero_lr(spec, stacklevel=3)
+    return spec.config
+
+
+def _refuse_nonfinite(value: Any, key: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise config_error(key, value, "a finite number")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_nonfinite(item, f"{key}.{name}" if key else name)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nonfinite(item, f"{key}[{index}]")
+
+
+def warn_on_zero_lr(spec: OptimSpec | OptimizerSetSpec, stacklevel: int) -> None:
+    """Warn for an lr (or ``lr_scale``) of 0 in a checked config: those parameters would never change."""
+    if isinstance(spec, OptimizerSetSpec):
+        for member in spec.members:
+            _warn_on_zero_lr(member.spec, f"{member.where}.", stacklevel + 1)
+    else:
+        _warn_on_zero_lr(spec, "", stacklevel + 1)
+
+
+def _warn_on_zero_lr(spec: OptimSpec, where: str, stacklevel: int) -> None:
+    # cyclic and onecycle (and a _target_ scheduler may) set the lr from their own arguments, not the groups' lr.
+    if spec.scheduler is not None and spec.scheduler.info.sets_own_lr:
+        return
+    config = spec.config
+    zeros = [(f"{where}optimizer.lr", config["optimizer"].get("lr"), "the parameters")]
+    for index, rule in enumerate(config["param_groups"]):
+        group = f"the parameters of group {rule['name']!r}"
+        zeros += [(f"{where}param_groups[{index}].{key}", rule.get(key), group) for key in ("lr", "lr_scale")]
+    for key, value, whose in zeros:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            warnings.warn(
+                f"optim_config.{key} = {value!r}: {whose} will not change (every update is scaled by the lr). "
+                "Use a value > 0, or freeze those parameters with requires_grad=False instead.",
+                UserWarning,
+                stacklevel=stacklevel,
+            )

@@ -1,0 +1,426 @@
+"""``FitDriver``: what lives across one ``Trainer.fit`` of an ``OptimMixin`` model, as one Lightning ``Callback``.
+
+The mixin builds the optimizers and schedulers in ``configure_optimizers`` and hands this driver a record per
+optimizer (:class:`OptimizerRecord`: its name, its scheduler with the section's key path, the run length the schedule
+follows, its adaptive clipping threshold). The driver's hooks then keep them right for the rest of the fit: the run's
+length at train and epoch start, plateau stepping after each validation run, the checkpoint entries
+(``optim_config``, ``optim_run_lengths``, ``optim_clipping``), the lr finder's moved lrs, the manual-optimization
+checks and, only where the config has one, the schedule-free optimizer's train/eval switching. Parts that are not
+configured are never attached: without a ``clipping`` section no :class:`AdaptiveThresholds` exists, without a
+schedule-free optimizer no switch runs.
+
+The mixin returns the driver from ``LightningModule.configure_callbacks``, which Lightning merges into
+``trainer.callbacks`` at every ``fit``/``validate``/``test``/``predict``, after any tuner callback and before
+``ModelCheckpoint``. A callback's hooks run before the module's, so a model's own hooks need not call ``super()``.
+:class:`~lightning_optim.callbacks.LRSchedule` is the same driver over a model's own optimizer.
+
+Examples:
+    >>> import lightning as L
+    >>> from lightning_optim import OptimMixin
+    >>> class Model(OptimMixin, L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.layer = torch.nn.Linear(2, 1)
+    ...         self.optim_config = {"optimizer": {"name": "sgd", "lr": 0.1}}
+    >>> [type(callback).__name__ for callback in Model().configure_callbacks()]
+    ['FitDriver']
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+from typing_extensions import override
+
+from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
+from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
+from lightning_optim.config.optimizer_sets import states_in_config_order
+from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
+from lightning_optim.errors import OptimConfigError
+from lightning_optim.fit import schedule_free
+from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
+from lightning_optim.fit.lr_finder import MovedLrs
+from lightning_optim.fit.manual_optimization import SchedulerStepCheck
+from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
+from lightning_optim.internals import attached_trainer
+from lightning_optim.schedule.build import BuiltScheduler
+from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "CLIPPING_KEY",
+    "RUN_LENGTHS_KEY",
+    "FitDriver",
+    "OptimizerRecord",
+    "check_resumed_config",
+    "driver_of",
+    "run_length_record",
+    "write_config",
+]
+
+CHECKPOINT_KEY = "optim_config"
+"""The checkpoint entry holding the ``optim_config`` a run was trained with (plain containers)."""
+
+RUN_LENGTHS_KEY = "optim_run_lengths"
+"""The checkpoint entry holding, per scheduler, the run length it was built with (``{"interval", "length"}``)."""
+
+CLIPPING_KEY = "optim_clipping"
+"""The checkpoint entry holding the adaptive clipping history, per optimizer (``{"optimizer", "config", "state"}``)."""
+
+_DRIVERS: weakref.WeakKeyDictionary[torch.nn.Module, FitDriver] = weakref.WeakKeyDictionary()
+"""Each mixin model's driver of its current run; weak, so that the driver is no slot in the user's ``__dict__``."""
+
+
+def driver_of(module: torch.nn.Module) -> FitDriver | None:
+    """The driver that ``module``'s ``configure_callbacks`` made last, or None."""
+    return _DRIVERS.get(module)
+
+
+@dataclass
+class OptimizerRecord:
+    """One optimizer of the fit and what the driver keeps for it.
+
+    Attributes:
+        optimizer: the torch optimizer.
+        name: its name under ``optim_config.optimizers``; None in the single form.
+        where: the key path of its ``scheduler`` section, in messages.
+        scheduler: its built scheduler, or None.
+        run_length: the run length its schedule follows, or None (a length given once, or no scheduler).
+        threshold: its adaptive clipping threshold, or None without a ``clipping`` section.
+
+    Examples:
+        >>> optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        >>> OptimizerRecord(optimizer).saved_run_length() is None
+        True
+    """
+
+    optimizer: torch.optim.Optimizer
+    name: str | None = None
+    where: str = "optim_config.scheduler"
+    scheduler: BuiltScheduler | None = None
+    run_length: RunLength | None = None
+    threshold: AutoClip | ZClip | None = None
+    strict: bool = True
+    """The section's ``strict``: a plateau whose ``monitor`` is missing raises (else warns)."""
+
+    def follow_run_length(self, trainer: L.Trainer, at_epoch_start: bool = False) -> None:
+        """Keep a schedule sized by the run on the run's length now (:meth:`RunLength.follow`)."""
+        if self.run_length is not None and self.scheduler is not None:
+            self.run_length.follow(trainer, self.scheduler.scheduler, at_epoch_start)
+
+    def step_on_validation(self, trainer: L.Trainer) -> None:
+        """Step a plateau scheduler on the metric of the validation run that just ended (``fit`` only)."""
+        if self.scheduler is None or not isinstance(self.scheduler.scheduler, PlateauLR):
+            return
+        step_plateau(
+            self.scheduler.scheduler,
+            trainer.callback_metrics,
+            self.strict,
+            sanity_check=trainer.sanity_checking,
+            key=f"{self.where}.monitor",
+        )
+
+    def saved_run_length(self) -> dict[str, Any] | None:
+        """The checkpoint's record of the run length (with the optimizer's name among several), or None."""
+        if self.run_length is None:
+            return None
+        return {**self.run_length.saved(), **({"optimizer": self.name} if self.name else {})}
+
+
+class FitDriver(L.Callback):
+    """The per-fit state and hooks of :class:`~lightning_optim.OptimMixin`; the mixin's ``configure_callbacks``
+    returns it (a model overriding ``configure_callbacks`` returns ``[*super().configure_callbacks(), ...]``).
+
+    Args:
+        spec: the model's resolved ``optim_config``; None for a driver over a model's own optimizer (``LRSchedule``).
+
+    Examples:
+        >>> from lightning_optim.config.validation import resolve_optim_config
+        >>> driver = FitDriver(resolve_optim_config({"optimizer": {"name": "sgd", "lr": 0.1}}))
+        >>> driver.records, driver.thresholds, driver.schedule_free_batches
+        ([], None, None)
+    """
+
+    def __init__(self, spec: OptimSpec | OptimizerSetSpec | None = None) -> None:
+        self.spec = spec
+        self.records: list[OptimizerRecord] = []
+        self.thresholds: AdaptiveThresholds | None = None
+        """Built by :meth:`configure_clipping` only when a section asks for adaptive clipping."""
+        self.moved_lrs: MovedLrs | None = None
+        """The lrs ``model.lr = x`` gave a built optimizer's groups during the fit (Lightning's lr finder)."""
+        self._saved_run_lengths: list[dict[str, Any]] | None = None
+        self._saved_clipping: list[Mapping[str, Any]] | None = None
+        self._step_check: SchedulerStepCheck | None = None
+        self._batchnorm_warned = False
+
+    @property
+    def schedule_free_batches(self) -> int | None:
+        """``bn_recompute_batches`` when the config has a schedule-free optimizer, None otherwise (nothing switched)."""
+        if self.spec is None:
+            return None
+        specs = (
+            [member.spec for member in self.spec.members] if isinstance(self.spec, OptimizerSetSpec) else [self.spec]
+        )
+        if not any(schedule_free.is_schedule_free_class(one.optimizer.info.cls) for one in specs):
+            return None
+        return schedule_free.recompute_batches(self.spec)
+
+    def attach(self, module: torch.nn.Module) -> FitDriver:
+        """Make this the driver the mixin ``module`` builds into; returns itself."""
+        _DRIVERS[module] = self
+        return self
+
+    def start(self, trainer: L.Trainer | None) -> list[dict[str, Any]] | None:
+        """Forget the records of an earlier ``configure_optimizers``; return the checkpoint's run lengths on a resume.
+
+        A tuner restoring its own checkpoint (``BatchSizeFinder``) leaves a record behind too: a fit without
+        ``ckpt_path`` drops it.
+        """
+        self.records = []
+        saved, self._saved_run_lengths = self._saved_run_lengths, None
+        return saved if trainer is not None and trainer.ckpt_path else None
+
+    def configure_clipping(
+        self, trainer: L.Trainer | None, specs: Mapping[str | None, Any], records: list[OptimizerRecord]
+    ) -> None:
+        """Give each optimizer with a ``clipping`` section its adaptive threshold, fresh for each fit."""
+        if not specs:
+            self.thresholds = self._saved_clipping = None
+            return
+        saved, self._saved_clipping = self._saved_clipping, None
+        self.thresholds = AdaptiveThresholds()
+        self.thresholds.configure(specs, [(record.name, record.optimizer) for record in records])
+        if saved is not None and trainer is not None and trainer.ckpt_path:
+            self.thresholds.load_state_dict(saved, CLIPPING_KEY)
+        for record in records:
+            record.threshold = self.thresholds.of(record.optimizer)
+
+    def threshold_of(self, optimizer: torch.optim.Optimizer) -> AutoClip | ZClip | None:
+        """The adaptive threshold of ``optimizer`` (a torch optimizer), or None."""
+        return self.thresholds.of(optimizer) if self.thresholds is not None else None
+
+    def built_for(self, scheduler: LRScheduler) -> BuiltScheduler | None:
+        """The built scheduler whose torch scheduler is ``scheduler``, or None (one the driver did not build)."""
+        return next((r.scheduler for r in self.records if r.scheduler and r.scheduler.scheduler is scheduler), None)
+
+    def _schedulers(self) -> list[OptimizerRecord]:
+        return [record for record in self.records if record.scheduler is not None]
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.spec is not None:
+            refuse_replaced_configure_optimizers(pl_module, self.spec.config)
+            refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
+        # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
+        self._restore_moved_lrs(trainer)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
+        for record in self._schedulers():
+            assert record.scheduler is not None  # _schedulers keeps records with one
+            if isinstance(record.scheduler.scheduler, ClosedFormLR):
+                record.scheduler.scheduler.apply_schedule()
+        if self.schedule_free_batches is not None:
+            schedule_free.warn_on_lr_logging(trainer)
+        # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
+        for record in self.records:
+            record.follow_run_length(trainer)
+        if self.spec is not None and not pl_module.automatic_optimization:
+            schedulers = [(r.where, r.scheduler.scheduler) for r in self.records if r.scheduler is not None]
+            self._step_check = SchedulerStepCheck(schedulers, trainer.global_step)
+            if self.thresholds is not None:
+                self.thresholds.start_use_check(trainer.global_step)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.schedule_free_batches is not None:
+            schedule_free.to_train_mode(trainer)
+
+    @override
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The epoch's accumulation comes from GradientAccumulationScheduler itself, whichever callback runs first.
+        for record in self.records:
+            record.follow_run_length(trainer, at_epoch_start=True)
+        self._restore_moved_lrs(trainer)
+        self._check_stepped(trainer)
+
+    @override
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._to_eval_mode(trainer, pl_module)
+        self._check_stepped(trainer)
+
+    @override
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._to_eval_mode(trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._to_eval_mode(trainer, pl_module)
+
+    @override
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._to_eval_mode(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            return
+        for record in self.records:
+            record.step_on_validation(trainer)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.spec is None:
+            return
+        if (batches := self.schedule_free_batches) is not None:
+            schedule_free.save_evaluation_weights(pl_module, trainer, checkpoint, batches, self._forward(pl_module))
+        write_config(checkpoint, self.spec.config)
+        if self.thresholds is not None and (clipping := self.thresholds.state_dict()):
+            checkpoint[CLIPPING_KEY] = clipping
+        if self._schedulers():
+            # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
+            saved = [record.saved_run_length() for record in self._schedulers()]
+            checkpoint[RUN_LENGTHS_KEY] = [record for record in saved if record is not None]
+
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.spec is None:
+            return
+        if CLIPPING_KEY in checkpoint:
+            if self.thresholds is not None:
+                self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
+            else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
+                self._saved_clipping = checkpoint[CLIPPING_KEY]
+        if trainer.state.fn == "fit":
+            # Lightning restores the callbacks before configure_optimizers (Trainer._run), which reads this.
+            saved = check_saved_run_lengths(checkpoint.get(RUN_LENGTHS_KEY), RUN_LENGTHS_KEY)
+            if trainer.strategy.restore_checkpoint_after_setup:
+                # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
+                for index, record in enumerate(self._schedulers()):
+                    if record.run_length is not None:
+                        record.run_length.resume(run_length_record(saved, record.name, index))
+            else:
+                self._saved_run_lengths = saved
+        checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.spec.config))
+        check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
+
+    # ------------------------------------------------------------------------------------------ parts
+
+    def _restore_moved_lrs(self, trainer: L.Trainer) -> None:
+        moved, self.moved_lrs = self.moved_lrs, None
+        if moved is not None:
+            moved.restore(trainer)
+
+    def _check_stepped(self, trainer: L.Trainer) -> None:
+        """Under manual optimization, after the first epoch (the user's ``on_train_epoch_end`` included)."""
+        if self._step_check is not None:
+            self._step_check.check(trainer.global_step)
+        if self.thresholds is not None:
+            self.thresholds.check_used(trainer.global_step)
+
+    def _to_eval_mode(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (batches := self.schedule_free_batches) is not None:
+            schedule_free.to_eval_mode(pl_module, attached_trainer(pl_module), batches, self._forward(pl_module))
+
+    @staticmethod
+    def _forward(pl_module: L.LightningModule) -> schedule_free.Forward:
+        forward = getattr(pl_module, "schedule_free_forward", None)
+        return forward if callable(forward) else lambda batch: schedule_free.forward_inputs(pl_module, batch)
+
+
+def write_config(checkpoint: dict[str, Any], config: Mapping[str, Any]) -> None:
+    """Put ``config`` (the plain ``optim_config``) in ``checkpoint`` and make its hyperparameters plain containers.
+
+    Examples:
+        >>> checkpoint = {"hyper_parameters": {"n": 1}, "hparams_type": dict}
+        >>> write_config(checkpoint, {"optimizer": {"name": "sgd"}}); checkpoint
+        {'hyper_parameters': {'n': 1}, 'optim_config': {'optimizer': {'name': 'sgd'}}}
+    """
+    for key in [key for key in checkpoint if key.endswith("hyper_parameters")]:
+        checkpoint[key] = plain(checkpoint[key])
+    # Lightning stores the hparams' class (e.g. DictConfig) here, which weights_only loading refuses.
+    for key in [k for k, value in checkpoint.items() if k.endswith("hparams_type") and isinstance(value, type)]:
+        del checkpoint[key]
+    # Beside the hyperparameters, not inside them: a user's own config must load back without an extra key.
+    checkpoint[CHECKPOINT_KEY] = copy.deepcopy(dict(config))
+
+
+def run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None, index: int) -> dict[str, Any] | None:
+    """A checkpoint's run-length record of one scheduler: by its optimizer's name, or by position (single form).
+
+    Examples:
+        >>> run_length_record([{"optimizer": "g", "length": 4}], "g", 0), run_length_record(None, None, 0)
+        ({'optimizer': 'g', 'length': 4}, None)
+    """
+    if optimizer is not None:
+        return next((record for record in saved or [] if record.get("optimizer") == optimizer), None)
+    return saved[index] if saved and index < len(saved) else None
+
+
+def check_resumed_config(saved: Mapping[str, Any] | None, config: Mapping[str, Any]) -> None:
+    """Warn for each key a resumed run's ``optim_config`` changed; refuse another optimizer class.
+
+    Raises:
+        OptimConfigError: the checkpoint's optimizer (or one of several) is another class than the config's.
+
+    Examples:
+        >>> check_resumed_config({"optimizer": {"name": "sgd"}}, {"optimizer": {"name": "adam"}})
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: Cannot resume: the checkpoint's optimizer is 'sgd' and optim_config \
+now asks for 'adam'; its state does not carry over. Resume with the same optimizer, or start a new run (load weights \
+with load_from_checkpoint instead).
+    """
+    if saved is None or saved == config:
+        return
+    changed = changed_keys(saved, config)
+    if _optimizers_of(saved) != _optimizers_of(config):
+        raise OptimConfigError(
+            f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
+            f"{_describe(config)}; its state does not carry over. Resume with the same optimizer, or "
+            "start a new run (load weights with load_from_checkpoint instead)."
+        )
+    details = ", ".join(f"{key} ({_lookup(saved, key)!r} -> {_lookup(config, key)!r})" for key in changed)
+    warnings.warn(
+        f"Resuming with a changed optim_config: {details}. The checkpoint's optimizer state (each group's lr, "
+        "momentum and other options) and the scheduler's step count are restored over the new values; the "
+        "shape of a closed-form schedule comes from the new config.",
+        ResumeConfigWarning,
+        stacklevel=2,
+    )
+
+
+def _optimizers_of(config: Mapping[str, Any]) -> list[tuple[str | None, Any]]:
+    """Each optimizer's name under ``optimizers`` (None in the single form) and class name, in order."""
+    sections = config[OPTIMIZERS_KEY].items() if OPTIMIZERS_KEY in config else [(None, config)]
+    return [
+        (name, section["optimizer"].get("_target_") or section["optimizer"].get("name")) for name, section in sections
+    ]
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    optimizers = _optimizers_of(config)
+    if optimizers[0][0] is None:
+        return repr(optimizers[0][1])
+    return ", ".join(f"{name}: {optimizer!r}" for name, optimizer in optimizers)
+
+
+def _lookup(config: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
