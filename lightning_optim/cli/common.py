@@ -17,9 +17,11 @@ import math
 import os
 import re
 import shlex
+import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -253,11 +255,52 @@ def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int
     return (min(total, max_steps) if max_steps != -1 else total), steps_per_epoch
 
 
+RUN_CLAIM = ".run.lock"
+"""The file in a run directory whose lock says a run is using it (see :func:`claimed_run_dir`)."""
+
+
+@contextmanager
+def claimed_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this run: a second run there, even one started in the same instant, is refused.
+
+    The claim is an exclusive ``flock`` on ``<run_dir>/.run.lock``, which also holds the process id for the message.
+    The operating system drops the lock when the process ends, however it ends (``kill -9`` too), so a later run in
+    the directory (a resume) is never refused by a stale claim. Not taken on Windows, which has no ``flock``.
+
+    Raises:
+        FileExistsError: naming the directory, the process that holds it, and the ways on.
+    """
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = os.open(run_dir / RUN_CLAIM, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(claim, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise FileExistsError(
+                f"The run directory {run_dir} is in use by another run (process {holder}); two runs there would write "
+                "into each other's checkpoints and curves. Start this run in another directory (leave hydra.run.dir "
+                "at its default, or name an unused one), or wait for that run to end and then resume it with "
+                f"ckpt_path=<{run_dir}/checkpoints/last.ckpt>."
+            ) from None
+        os.ftruncate(claim, 0)
+        os.pwrite(claim, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(claim)  # releases the lock
+
+
 def previous_outputs(run_dir: Path) -> list[str]:
     """What an earlier run left in ``run_dir``: its entries, less what Hydra writes before the app starts.
 
     Hydra creates ``.hydra/`` and the job's ``<job name>.log`` in every run directory (a DDP rank adds
-    ``<job name>_ddp_process_<rank>.log``); anything else (checkpoints, event files, metrics) is an earlier run's.
+    ``<job name>_ddp_process_<rank>.log``), and :func:`claimed_run_dir` its ``.run.lock``; anything else
+    (checkpoints, event files, metrics) is an earlier run's.
 
     Examples:
         >>> import tempfile
@@ -271,7 +314,9 @@ def previous_outputs(run_dir: Path) -> list[str]:
     """
     if not run_dir.is_dir():
         return []
-    return sorted(entry.name for entry in run_dir.iterdir() if entry.name != ".hydra" and entry.suffix != ".log")
+    return sorted(
+        entry.name for entry in run_dir.iterdir() if entry.name not in (".hydra", RUN_CLAIM) and entry.suffix != ".log"
+    )
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
@@ -302,6 +347,16 @@ def hydra_value(text: str) -> str:
     return "'" + text.replace("'", "\\'") + "'"
 
 
+def fresh_command(overrides: Iterable[str]) -> str:
+    """The shell command that runs the run's ``overrides`` again from the start, without its ``ckpt_path``.
+
+    Examples:
+        >>> fresh_command(["optimizer=adamw", "ckpt_path=/old.ckpt"])
+        'lightning-optim-train optimizer=adamw'
+    """
+    return shlex.join(["lightning-optim-train", *_without_ckpt_path(overrides)])
+
+
 def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
     """The shell command that resumes a run from ``checkpoint`` with the run's own ``overrides``.
 
@@ -309,5 +364,10 @@ def resume_command(checkpoint: Path, overrides: Iterable[str]) -> str:
         >>> resume_command(Path("/runs/a b/interrupted.ckpt"), ["optimizer=adamw", "ckpt_path=/old.ckpt"])
         "lightning-optim-train optimizer=adamw 'ckpt_path=/runs/a b/interrupted.ckpt'"
     """
-    kept = [override for override in overrides if not override.lstrip("+~").startswith("ckpt_path=")]
-    return shlex.join(["lightning-optim-train", *kept, f"ckpt_path={hydra_value(str(checkpoint))}"])
+    return shlex.join(
+        ["lightning-optim-train", *_without_ckpt_path(overrides), f"ckpt_path={hydra_value(str(checkpoint))}"]
+    )
+
+
+def _without_ckpt_path(overrides: Iterable[str]) -> list[str]:
+    return [override for override in overrides if not override.lstrip("+~").startswith("ckpt_path=")]

@@ -1,6 +1,9 @@
-"""Counting a run's optimizer steps as Lightning does; the model built with its ``optim_config`` as plain data."""
+"""Counting a run's optimizer steps as Lightning does; the model built with its ``optim_config`` as plain data; the
+run directory claimed by one run at a time."""
 
 from __future__ import annotations
+
+import os
 
 import lightning as L
 import pytest
@@ -13,9 +16,11 @@ from lightning_optim import OptimConfigError, targets
 from lightning_optim.cli.common import (
     app_flag,
     apply_app_settings,
+    claimed_run_dir,
     compose_optim_config,
     count_optimizer_steps,
     instantiate_model,
+    previous_outputs,
 )
 
 
@@ -193,3 +198,23 @@ def test_allowed_target_modules_must_be_module_names(override, message, monkeypa
         apply_app_settings(compose_train(override))
     assert str(raised.value) == message
     assert targets.allowed_target_modules() == targets.DEFAULT_TARGET_MODULES
+
+
+def test_a_claimed_run_dir_is_refused_to_a_second_claim_naming_the_dir_and_the_holder(tmp_path):
+    run_dir = tmp_path / "run"
+    with claimed_run_dir(run_dir), pytest.raises(FileExistsError) as refused, claimed_run_dir(run_dir):
+        pass
+    assert str(refused.value) == (
+        f"The run directory {run_dir} is in use by another run (process {os.getpid()}); two runs there would write "
+        "into each other's checkpoints and curves. Start this run in another directory (leave hydra.run.dir at its "
+        "default, or name an unused one), or wait for that run to end and then resume it with "
+        f"ckpt_path=<{run_dir}/checkpoints/last.ckpt>."
+    )
+
+
+def test_a_run_dir_is_free_again_once_its_run_ended_and_the_claim_is_no_output(tmp_path):
+    run_dir = tmp_path / "run"
+    with claimed_run_dir(run_dir):
+        pass
+    with claimed_run_dir(run_dir):  # a resume into the same directory, as after any run
+        assert previous_outputs(run_dir) == []

@@ -3,19 +3,22 @@ the lr it used, and keeps its run directory to itself."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from lightning_optim.config.preview import preview_learning_rates
-from lightning_optim.demos import DigitsCNN
+from lightning_optim.demos import DigitsCNN, DigitsDataModule
 from tests import tb
-from tests.cli.apps import TINY, run_app, run_app_expecting_failure
+from tests.cli.apps import REPO, TINY, run_app, run_app_expecting_failure
 
 TRAIN = "lightning_optim.cli.train"
 
@@ -82,6 +85,7 @@ def test_a_fresh_run_in_a_used_run_dir_is_refused_and_leaves_the_first_runs_file
     ) in result.stderr
     after = file_contents(run_dir)
     log_before, log_after = before.pop("train.log"), after.pop("train.log")
+    before.pop(".run.lock"), after.pop(".run.lock")  # the claim: the refused run held the directory to check it
     assert after == before
     assert log_after.startswith(log_before)  # Hydra appends to the job's log before the app starts
 
@@ -97,6 +101,45 @@ def test_runs_started_together_get_their_own_run_dirs(tmp_path):
     # <hour>-<minute>-<second>.<microsecond>-<pid>
     pids = {re.fullmatch(r"\d\d-\d\d-\d\d\.\d{6}-(\d+)", name).group(1) for name in run_dirs}
     assert pids == {str(run.pid) for run in runs}
+
+
+class DigitsOnceReleased(DigitsDataModule):
+    """The digits data, built only once the file ``release`` exists: a run held after its run-directory check and
+    before its first output, the moment in which a second run started in the same directory used to pass the check."""
+
+    def __init__(self, release: str, **kwargs: Any) -> None:
+        while not Path(release).exists():
+            time.sleep(0.1)
+        super().__init__(**kwargs)
+
+
+def test_a_second_run_started_in_a_run_dir_whose_run_has_not_written_yet_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+    def start(*overrides: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", TRAIN, *TINY, f"hydra.run.dir={run_dir}", *overrides]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        return subprocess.Popen(command, cwd=tmp_path, text=True, env=environment, **pipes)
+
+    release = tmp_path / "release"
+    first = start("data._target_=tests.cli.test_train.DigitsOnceReleased", f"+data.release={release}")
+    deadline = time.monotonic() + 120
+    while "Seed set to" not in ((run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""):
+        assert time.monotonic() < deadline and first.poll() is None, "the first run never got past its checks"
+        time.sleep(0.2)
+    second = start()
+    _, refusal = second.communicate(timeout=300)
+    release.touch()
+    first.communicate(timeout=300)
+    assert (first.returncode, second.returncode) == (0, 1)
+    assert (
+        f"FileExistsError: The run directory {run_dir} is in use by another run (process {first.pid}); two runs "
+        "there would write into each other's checkpoints and curves."
+    ) in refusal
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["epoch=0-step=3.ckpt", "last.ckpt"]
+    writers = {path.name.split(".")[-2] for path in (run_dir / "tensorboard").rglob("events.out.tfevents.*")}
+    assert writers == {str(first.pid)}
 
 
 def test_an_optimizer_target_given_on_the_command_line_trains(tmp_path):
