@@ -4,10 +4,11 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 ``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
-Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping``), or several
-named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
-holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.clipping.adaptive`) appears only when set.
+Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping`` and
+``layer_decay``), or several named ones under ``optimizers``, each selecting its parameters by a regex over parameter
+names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm clipping,
+:mod:`lightning_optim.clipping.adaptive`) and ``layer_decay`` (layer-wise lr decay,
+:class:`~lightning_optim.optim.param_groups.LayerDecay`) appear only when set.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -31,7 +32,7 @@ from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "layer_decay")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
 SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
@@ -53,6 +54,7 @@ class OptimConfig:
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
     clipping: dict[str, Any] | None = None
+    layer_decay: dict[str, Any] | None = None
 
 
 def plain(value: Any) -> Any:
@@ -95,8 +97,8 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
 
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` when set;
-    ``where`` prefixes the keys."""
+    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` and
+    ``layer_decay`` when set; ``where`` prefixes the keys."""
     if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError(
             f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
@@ -115,7 +117,8 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
         )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    return {**section, "clipping": clipping} if clipping is not None else section
+    optional = {key: values.get(key) for key in ("clipping", "layer_decay")}
+    return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 
 def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
