@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error, did_you_mean
 from lightning_optim.names import named_modules, plain_name
 
 __all__ = [
@@ -322,11 +322,10 @@ def _check_module_names(module: nn.Module, selectors: Sequence[Selector], rules:
             if name in known or (isinstance(torch_class, type) and issubclass(torch_class, nn.Module)):
                 continue
             value = rules[index]["module"] if index < len(rules) else name
-            raise config_error(
-                f"param_groups[{index}].module",
-                value,
-                f"a class in torch.nn or among the model's modules; {name!r} is neither",
-                sorted(known - {"Module", "object"}),
+            raise OptimConfigError(
+                f"optim_config.param_groups[{index}].module = {value!r} is not valid."
+                f"{did_you_mean(name.lower(), sorted(known - {'Module', 'object'}))} Expected a class in torch.nn or "
+                f"among the model's modules; {name!r} is neither."
             )
 
 
