@@ -230,7 +230,7 @@ class OptimMixin(_LightningModule):
             return self._configure_optimizer_set(spec, driver, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
         _report_split(optimizer)
-        record = OptimizerRecord(optimizer)
+        record = OptimizerRecord(optimizer, lr_scaling=spec.optimizer.lr_scaling)
         self._configure_clipping(spec, driver, trainer, [record])
         if spec.scheduler is not None:
             record.run_length = RunLength(spec.scheduler, record.where)
@@ -261,6 +261,7 @@ class OptimMixin(_LightningModule):
                 built,
                 lengths.get(member.name) if built is not None else None,
                 strict=member.spec.scheduler.config.get("strict", True) if member.spec.scheduler else True,
+                lr_scaling=member.spec.optimizer.lr_scaling,
             )
             for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True)
         ]
