@@ -98,6 +98,9 @@ class OptimMixin(_LightningModule):
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * ``optimizer.lr_scaling: {rule: linear | sqrt, base_batch_size: 256}`` scales every group's lr to the run's
+      effective batch size (train loader's batch size x world size x accumulation), following a ``BatchSizeFinder``,
+      each ``GradientAccumulationScheduler`` stage and resumes; the schedule follows the scaled base lrs.
     * ``model.lr`` is ``optim_config.optimizer.lr``, which Lightning's lr finder (``Tuner.lr_find``,
       ``LearningRateFinder``) reads and sets; the run after it warms up from the found lr.
     * A ``configure_optimizers`` assigned on the instance over the mixin's (LightningCLI's ``--optimizer``) is refused
