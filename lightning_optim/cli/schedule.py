@@ -50,7 +50,16 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
 def assumed_batch_size(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     """The effective batch size ``optimizer.lr_scaling`` is previewed at: ``cfg.batch_size`` when given, else the train
     loader's batch size x the DDP world size x ``trainer.accumulate_grad_batches`` (a ``BatchSizeFinder`` or
-    ``GradientAccumulationScheduler`` in the run would change it; the preview cannot know that)."""
+    ``GradientAccumulationScheduler`` in the run would change it; the preview cannot know that).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> from omegaconf import OmegaConf
+        >>> data = SimpleNamespace(train_dataloader=lambda: DataLoader(range(8), batch_size=4))
+        >>> cfg = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2, "accumulate_grad_batches": 3}})
+        >>> assumed_batch_size(cfg, data), assumed_batch_size(OmegaConf.merge(cfg, {"batch_size": 64}), data)
+        (24, 64)
+    """
     if cfg.get("batch_size") is not None:
         return int(cfg.batch_size)
     devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)

@@ -413,6 +413,14 @@ def effective_batch_size(trainer: L.Trainer, key: str = "optim_config.optimizer.
     Raises:
         OptimConfigError: the train loader's batch size is unknown (several loaders, or a loader that batches
             itself), naming ``key``.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> loader = torch.utils.data.DataLoader(range(8), batch_size=4)
+        >>> trainer = SimpleNamespace(train_dataloader=loader, callbacks=[], accumulate_grad_batches=2, current_epoch=0,
+        ...     world_size=2)
+        >>> effective_batch_size(trainer)
+        (16, '4 per device x 2 devices x accumulation 2')
     """
     loader = trainer.train_dataloader
     per_device = getattr(loader, "batch_size", None)

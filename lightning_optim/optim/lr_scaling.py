@@ -34,6 +34,10 @@ class LrScaling:
     Attributes:
         rule: ``linear`` (``B / base_batch_size``) or ``sqrt`` (its square root).
         base_batch_size: the effective batch size at which the configured lr holds.
+
+    Examples:
+        >>> LrScaling("sqrt", 256).config
+        {'rule': 'sqrt', 'base_batch_size': 256}
     """
 
     rule: str

@@ -293,6 +293,12 @@ def place_parameters(
 
     Raises:
         OptimConfigError: a ``module`` rule names a class that is neither in ``torch.nn`` nor in the model.
+
+    Examples:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+        >>> selectors = compile_rules([{"name": "norms", "module": "LayerNorm"}])
+        >>> [(p.name, p.rule) for p in place_parameters(model.named_parameters(), selectors, model)]
+        [('0.weight', 1), ('0.bias', 1), ('1.weight', 0), ('1.bias', 0)]
     """
     owners: dict[int, list[type]] = {}
     if module is not None:
@@ -340,7 +346,15 @@ def group_name(base: str, depth: int | None) -> str:
 
 
 def warn_unmatched(index: int, rule: Mapping[str, Any]) -> None:
-    """Report a rule that matched no trainable parameter (:class:`UnmatchedRuleWarning`), naming its selector."""
+    """Report a rule that matched no trainable parameter (:class:`UnmatchedRuleWarning`), naming its selector.
+
+    Examples:
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_unmatched(0, {"name": "cubes", "ndim": 3})
+        >>> str(caught[0].message).split(" matched")[0]
+        "optim_config.param_groups[0] ('cubes', ndim=3)"
+    """
     shown = ", ".join(f"{key}={rule[key]!r}" for key in SELECTOR_KEYS if key in rule)
     warnings.warn(
         f"optim_config.param_groups[{index}] ({rule['name']!r}, {shown}) matched no trainable parameter; check it "
