@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_optim import OptimConfigError, OptimMixin
+from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
 from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.fit.run_length import ResumeConfigWarning
 from tests.models import GAN, GAN_CONFIG, CrashAt, Interrupted, loader, trainer
@@ -86,7 +86,7 @@ def test_the_optimizers_follow_the_config_order_and_select_their_parameters() ->
         ({"optimizers": {}}, "optim_config.optimizers = {} is not valid. Expected a non-empty mapping"),
         (
             {"optimizers": {"gen/erator": GAN_CONFIG["optimizers"]["generator"]}},
-            "optim_config.optimizers.gen/erator = ",
+            "optim_config.optimizers: the optimizer name 'gen/erator' is not valid. Expected letters, digits",
         ),
     ],
 )
@@ -256,6 +256,23 @@ def test_model_lr_names_the_optimizers_it_cannot_choose_between() -> None:
     with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
         model.lr = 0.1
     assert model.optim_config["optimizers"]["generator"]["optimizer"]["lr"] == 0.02
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_an_optimizer_name_that_is_no_name_is_refused(name: str) -> None:
+    config = {"optimizers": {name: {"params": "^", "optimizer": {"name": "sgd"}}}}
+    with pytest.raises(
+        OptimConfigError,
+        match=rf"^optim_config\.optimizers: the optimizer name {re.escape(repr(name))} is not valid\. Expected "
+        r"letters, digits, '_', '-' and '\.', other than '\.' and '\.\.' \(the name is part of metric keys and log "
+        r"folders\), e\.g\. 'generator'\.$",
+    ):
+        validate_optim_config(config)
+
+
+def test_names_with_dots_inside_are_kept() -> None:
+    config = {"optimizers": {"gen.v2": {"params": "^", "optimizer": {"name": "sgd"}}}}
+    assert list(validate_optim_config(config)["optimizers"]) == ["gen.v2"]
 
 
 TWO_SGDS: dict[str, Any] = {

@@ -126,6 +126,8 @@ class GradNormMonitor(L.Callback):
       and for the non-finite count without norm clipping, only logging steps are measured.
     * With the mixin's adaptive clipping (``optim_config.clipping``), ``grad_norm/threshold`` is each logged step's
       adaptive threshold (none during ZClip's warm-up, which does not clip).
+    * Every key is also put into ``trainer.callback_metrics`` on logging steps (the last logged value), so
+      ``EarlyStopping(monitor="grad_norm/total")`` and ``ModelCheckpoint`` can use it; no extra host sync.
     * A negative or non-finite ``gradient_clip_val`` is refused in ``setup``, before the first step: torch's norm
       clipping would flip the gradients' sign (Lightning's own clipping ignores it silently).
     * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
@@ -192,11 +194,8 @@ class GradNormMonitor(L.Callback):
         optional_optimizer = "(?:[^/]+/)?"
         own = "|".join(_OWN_KEYS)
         return {
-            "Norm before vs after clipping, and threshold": [
-                f"grad_norm/{optional_optimizer}total$",
-                f"grad_norm/{optional_optimizer}clipped$",
-                f"grad_norm/{optional_optimizer}threshold$",
-            ],
+            # TensorBoardDashboard writes these three series to runs of their own (TensorBoard colours by run).
+            "Norm before vs after clipping, and threshold": [f"clipping/{optional_optimizer}norm$"],
             "Clip fraction": [f"grad_norm/{optional_optimizer}clip_fraction$"],
             "Non-finite steps": [f"grad_norm/{optional_optimizer}nonfinite$"],
             "Per layer": [f"grad_norm/(?!{optional_optimizer}(?:{own})$).*"],
@@ -404,7 +403,7 @@ class GradNormMonitor(L.Callback):
         if isinstance(result.threshold, torch.Tensor) or result.threshold:
             values["threshold"] = result.threshold
         finish = partial(self._metrics, trainer, prefix)
-        MetricCollector.of(trainer).add(logging_step(trainer), values, finish)
+        MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True)
 
     def _metrics(self, trainer: L.Trainer, prefix: str, numbers: dict[str, float]) -> dict[str, float]:
         """The metrics of one logging step from :meth:`_log`'s values made Python numbers; the window's counts

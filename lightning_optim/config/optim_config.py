@@ -5,10 +5,11 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
 Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping`` and
-``layer_decay``), or several named ones under ``optimizers``, each selecting its parameters by a regex over parameter
-names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.clipping.adaptive`) and ``layer_decay`` (layer-wise lr decay,
-:class:`~lightning_optim.optim.param_groups.LayerDecay`) appear only when set.
+``layer_decay``, ``spike_guard``), or several named ones under ``optimizers``, each selecting its parameters by a
+regex over parameter names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm
+clipping, :mod:`lightning_optim.clipping.adaptive`), ``layer_decay`` (layer-wise lr decay,
+:class:`~lightning_optim.optim.param_groups.LayerDecay`) and ``spike_guard``
+(:mod:`lightning_optim.clipping.spike_guard`) appear only when set.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -32,12 +33,14 @@ from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "layer_decay")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "layer_decay")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
 SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
 """The keys of one named optimizer's section in the several-optimizer form."""
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]+")
+"""An optimizer's name under ``optimizers``: part of metric keys and of TensorBoard's folders, so never ``.`` or
+``..``."""
 
 
 @dataclass
@@ -54,6 +57,7 @@ class OptimConfig:
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
     clipping: dict[str, Any] | None = None
+    spike_guard: dict[str, Any] | None = None
     layer_decay: dict[str, Any] | None = None
 
 
@@ -116,8 +120,13 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
         raise config_error(
             f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
         )
+    spike_guard = values.get("spike_guard")
+    if spike_guard is not None and not isinstance(spike_guard, dict):
+        raise config_error(
+            f"{where}spike_guard", spike_guard, "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none"
+        )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    optional = {key: values.get(key) for key in ("clipping", "layer_decay")}
+    optional = {"clipping": clipping, "spike_guard": spike_guard, "layer_decay": values.get("layer_decay")}
     return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 
@@ -151,9 +160,11 @@ def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
     sections = {}
     for name, section in optimizers.items():
         where = f"{OPTIMIZERS_KEY}.{name}"
-        if not _NAME.fullmatch(name):
-            raise config_error(
-                where, section, "an optimizer name of letters, digits, '_', '-' and '.' (it is part of metric keys)"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise OptimConfigError(
+                f"optim_config.{OPTIMIZERS_KEY}: the optimizer name {name!r} is not valid. Expected letters, digits, "
+                "'_', '-' and '.', other than '.' and '..' (the name is part of metric keys and log folders), e.g. "
+                "'generator'."
             )
         if not isinstance(section, dict):
             raise config_error(where, section, "a mapping with params (a regex on parameter names) and optimizer")

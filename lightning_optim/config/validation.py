@@ -21,10 +21,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
+from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.optim.lr_scaling import LR_SCALING_KEY
@@ -39,6 +41,7 @@ __all__ = [
     "clipping_specs",
     "resolve_optim_config",
     "section_keys",
+    "spike_guard_specs",
     "validate_optim_config",
     "warn_on_zero_lr",
 ]
@@ -54,6 +57,7 @@ class OptimSpec:
         optimizer: the optimizer with its parameter-group rules.
         scheduler: the scheduler, or None for a constant lr.
         clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
+        spike_guard: the spike guard, or None.
 
     Examples:
         >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
@@ -65,6 +69,7 @@ class OptimSpec:
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
     clipping: ClippingSpec | None = None
+    spike_guard: SpikeGuardSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -149,14 +154,39 @@ def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
             "which sets every group's lr from its own arguments: scale those (base_lr, max_lr) instead",
         )
     scaling = {LR_SCALING_KEY: optimizer.lr_scaling.config} if optimizer.lr_scaling is not None else {}
+    guard = _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer) if plain.get(SPIKE_GUARD_KEY) is not None else None
     validated = {
         "optimizer": {**plain["optimizer"], **optimizer.options, **scaling},
         "param_groups": list(optimizer.rules),
         "scheduler": scheduler.config if scheduler is not None else None,
         **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
+        **({SPIKE_GUARD_KEY: guard.config} if guard is not None else {}),
         **({LAYER_DECAY_KEY: optimizer.layer_decay.config} if optimizer.layer_decay is not None else {}),
     }
-    return OptimSpec(validated, optimizer, scheduler, clipping)
+    return OptimSpec(validated, optimizer, scheduler, clipping, guard)
+
+
+def _resolve_guard(section: Any, optimizer: OptimizerSpec) -> SpikeGuardSpec:
+    guard = resolve_spike_guard(section)
+    if issubclass(optimizer.info.cls, torch.optim.LBFGS):
+        raise OptimConfigError(
+            "optim_config.spike_guard with LBFGS is not supported: LBFGS evaluates the loss and gradients several "
+            "times per step, so there is no one value per step to guard. Remove spike_guard, or use another optimizer."
+        )
+    return guard
+
+
+def spike_guard_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, SpikeGuardSpec]:
+    """The ``spike_guard`` sections in use, by optimizer name (None: the single form).
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "spike_guard": {"on": "loss"}})
+        >>> spike_guard_specs(spec)
+        {None: SpikeGuardSpec(config={'on': 'loss'})}
+    """
+    if isinstance(spec, OptimSpec):
+        return {None: spec.spike_guard} if spec.spike_guard is not None else {}
+    return {member.name: member.spec.spike_guard for member in spec.members if member.spec.spike_guard is not None}
 
 
 def _cycles_own_lr(scheduler: SchedulerSpec) -> bool:

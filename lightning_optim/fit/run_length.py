@@ -39,6 +39,7 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lightning_optim.errors import checkpoint_error
 from lightning_optim.internals import resumed_epoch, stepping_batches_done, swa_batchnorm_epochs
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
@@ -51,6 +52,7 @@ __all__ = [
     "ResumeConfigWarning",
     "RunLength",
     "RunLengthWarning",
+    "check_saved_run_lengths",
     "epoch_accumulation",
     "optimizer_steps",
     "resumed_run_length",
@@ -160,6 +162,53 @@ def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, A
         {'interval': 'epoch', 'length': 8}
     """
     return {"interval": spec.get("interval", "step"), "length": length}
+
+
+MAX_RUN_LENGTH = 2**53
+"""The longest run length a checkpoint may hold: every count up to it is exact as a float, as schedules compute."""
+
+
+def check_saved_run_lengths(records: Any, key: str = "optim_run_lengths") -> list[dict[str, Any]] | None:
+    """Check the run-length records a checkpoint holds (a list of :func:`saved_run_length`, each with its optimizer's
+    name when there are several) before a resumed schedule is built from them.
+
+    Args:
+        records: The checkpoint's entry, or None when it has none.
+        key: The entry's key, named in errors.
+
+    Returns:
+        ``records`` as they are.
+
+    Raises:
+        CheckpointError: a record of another shape or a length no run could have had, naming its key path
+            (``optim_run_lengths[0].length``).
+
+    Examples:
+        >>> check_saved_run_lengths([{"interval": "step", "length": 100}])
+        [{'interval': 'step', 'length': 100}]
+        >>> check_saved_run_lengths([{"interval": "step", "length": -5}])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.CheckpointError: Checkpoint entry optim_run_lengths[0].length = -5 is not valid: ...
+    """
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        raise checkpoint_error(key, records, "a list of {interval, length} records, one per scheduler")
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        if not isinstance(record, Mapping) or not {"interval", "length"} <= set(record):
+            raise checkpoint_error(where, record, "a mapping with the keys interval and length (and optimizer)")
+        if record["interval"] not in ("step", "epoch"):
+            raise checkpoint_error(f"{where}.interval", record["interval"], "'step' or 'epoch'")
+        length = record["length"]
+        if length is not None and (type(length) is not int or not 1 <= length <= MAX_RUN_LENGTH):
+            expected = f"an int in [1, {MAX_RUN_LENGTH}] (the run's length in {record['interval']}s), or None"
+            raise checkpoint_error(f"{where}.length", length, expected)
+        if "optimizer" in record and not isinstance(record["optimizer"], str):
+            expected = "the name of one of optim_config.optimizers"
+            raise checkpoint_error(f"{where}.optimizer", record["optimizer"], expected)
+    return records
 
 
 def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:

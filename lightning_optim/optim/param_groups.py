@@ -358,7 +358,8 @@ def warn_unmatched(index: int, rule: Mapping[str, Any]) -> None:
     shown = ", ".join(f"{key}={rule[key]!r}" for key in SELECTOR_KEYS if key in rule)
     warnings.warn(
         f"optim_config.param_groups[{index}] ({rule['name']!r}, {shown}) matched no trainable parameter; check it "
-        "against model.named_parameters() (names are matched without torch.compile's '_orig_mod.').",
+        "against model.named_parameters() (names are matched without the levels torch.compile, checkpoint_wrapper "
+        "and FSDP1 insert).",
         UnmatchedRuleWarning,
         stacklevel=3,
     )
@@ -374,8 +375,9 @@ def group_parameters(
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into named groups for ``torch.optim``.
 
-    Rules match the names as :func:`~lightning_optim.names.plain_name` gives them: without the ``_orig_mod.`` level
-    of a ``torch.compile``d submodule, so one rule fits the compiled and the eager model.
+    Rules match the names as :func:`~lightning_optim.names.plain_name` gives them: without the levels that
+    ``torch.compile`` (``_orig_mod.``), ``checkpoint_wrapper`` and FSDP1 insert, so one rule fits the wrapped and the
+    plain model.
     Each rule's options (any optimizer argument) go into its group; ``lr_scale`` multiplies the base ``lr``
     from ``defaults`` (which must then hold it: ``OptimizerSpec.lr`` gives the class's default), and so does
     ``layer_decay``'s factor, which splits each group by depth (``<name>/layer_<depth>``). Every group carries

@@ -51,6 +51,10 @@ __all__ = [
 ]
 
 _SPEC_KEYS = ("name", "_target_")
+
+MAX_LR = float(torch.finfo(torch.float32).max)
+"""The largest learning rate taken: float32's largest number. A larger lr is infinite in a float32 kernel (fused
+steps, an lr tensor), and every real lr is many orders of magnitude below it."""
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 
@@ -303,9 +307,42 @@ true or false, e.g. false.
             )
     options = conform_section(options, types, where)
     lr = options.get("lr")
-    if isinstance(lr, (int, float)) and lr < 0:
-        raise config_error(f"{where}.lr", lr, "a learning rate >= 0, e.g. 1e-3")
+    if isinstance(lr, (int, float)) and not 0 <= lr <= MAX_LR:
+        raise config_error(
+            f"{where}.lr", lr, f"a learning rate >= 0 and at most {MAX_LR:.4g} (float32's largest), e.g. 1e-3"
+        )
     return options
+
+
+def check_effective_lrs(
+    cls: type[torch.optim.Optimizer], options: Mapping[str, Any], rules: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse an ``lr_scale`` that makes its group's lr (the rule's ``lr``, else the base lr, times it) overflow.
+
+    Raises:
+        OptimConfigError: naming the rule's ``lr_scale``, its value and the lr it would give.
+
+    Example:
+        >>> check_effective_lrs(torch.optim.SGD, {"lr": 0.1}, [{"name": "head", "params": "^head", "lr_scale": 1e308}])
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.param_groups[0].lr_scale = 1e+308 is not valid. \
+Expected a number >= 0 that keeps the group's lr (0.1 x lr_scale = 1e+307) at most 3.403e+38 (float32's largest), \
+e.g. 10.
+    """
+    for index, rule in enumerate(rules):
+        scale = rule.get("lr_scale")
+        if scale is None:
+            continue
+        # The base lr group_parameters scales: the rule's, the section's, else the class's default.
+        lr = rule.get("lr", options["lr"] if "lr" in options else default_lr(cls))
+        if isinstance(lr, (int, float)) and not lr * scale <= MAX_LR:
+            raise config_error(
+                f"param_groups[{index}].lr_scale",
+                scale,
+                f"a number >= 0 that keeps the group's lr ({lr!r} x lr_scale = {lr * scale:.4g}) at most "
+                f"{MAX_LR:.4g} (float32's largest), e.g. 10",
+            )
 
 
 def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -455,6 +492,7 @@ def resolve_optimizer(
     selectors = compile_rules(rules)
     if aux is None:
         checked_rules = check_rule_options(info.cls, rules)
+        check_effective_lrs(info.cls, options, checked_rules)
     else:
         named = {key: value for key, value in aux_section.items() if key in _SPEC_KEYS}
         options["aux"] = {**named, **aux.options}

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDashboard
-from lightning_optim.callbacks.dashboard import dashboard_layout
+from lightning_optim.callbacks.dashboard import CLIP_SERIES_RUNS, dashboard_layout
 from tests import tb
 from tests.callbacks.test_lr_monitor import SparseEmbedding
 from tests.models import MixinModel, fit_logged, loader, trainer
@@ -36,11 +36,7 @@ LR_CHARTS = {
 
 
 GRAD_NORM_CHARTS = {
-    "Norm before vs after clipping, and threshold": [
-        "grad_norm/(?:[^/]+/)?total$",
-        "grad_norm/(?:[^/]+/)?clipped$",
-        "grad_norm/(?:[^/]+/)?threshold$",
-    ],
+    "Norm before vs after clipping, and threshold": ["clipping/(?:[^/]+/)?norm$"],
     "Clip fraction": ["grad_norm/(?:[^/]+/)?clip_fraction$"],
     "Non-finite steps": ["grad_norm/(?:[^/]+/)?nonfinite$"],
     "Per layer": ["grad_norm/(?!(?:[^/]+/)?(?:total|clipped|threshold|clip_fraction|nonfinite)$).*"],
@@ -82,25 +78,39 @@ def test_layout_in_the_event_file_and_what_each_regex_draws(tmp_path):
         "Gradient norm": GRAD_NORM_CHARTS,
         "BatchNorm": {"Running mean": ["batchnorm/.*/running_mean$"], "Running var": ["batchnorm/.*/running_var$"]},
     }
-    logged = set(tb.scalars(tmp_path))
+    main = tb.scalars(tmp_path)
+    series = tb.nested_runs(tmp_path)
+    tags = {(".", tag) for tag in main} | {(run, tag) for run, scalars in series.items() for tag in scalars}
     drawn = {
-        chart: sorted(tag for tag in logged if any(re.match(regex, tag) for regex in regexes))
+        chart: sorted(f"{tag} ({run})" for run, tag in tags if any(re.match(regex, tag) for regex in regexes))
         for charts in layout.values()
         for chart, regexes in charts.items()
     }
     assert drawn == {
-        "Learning rate": ["lr-AdamW/default", "lr-AdamW/no_decay"],
-        "Momentum": ["lr-AdamW/default-momentum", "lr-AdamW/no_decay-momentum"],
-        "Weight decay": ["lr-AdamW/default-weight_decay", "lr-AdamW/no_decay-weight_decay"],
-        "Norm before vs after clipping, and threshold": ["grad_norm/clipped", "grad_norm/threshold", "grad_norm/total"],
-        "Clip fraction": ["grad_norm/clip_fraction"],
-        "Non-finite steps": ["grad_norm/nonfinite"],
-        "Per layer": ["grad_norm/encoder", "grad_norm/head"],
-        "Running mean": ["batchnorm/bn1/running_mean"],
-        "Running var": ["batchnorm/bn1/running_var"],
+        "Learning rate": ["lr-AdamW/default (.)", "lr-AdamW/no_decay (.)"],
+        "Momentum": ["lr-AdamW/default-momentum (.)", "lr-AdamW/no_decay-momentum (.)"],
+        "Weight decay": ["lr-AdamW/default-weight_decay (.)", "lr-AdamW/no_decay-weight_decay (.)"],
+        "Norm before vs after clipping, and threshold": [
+            "clipping/norm (clip_threshold)",
+            "clipping/norm (norm_after_clipping)",
+            "clipping/norm (norm_before_clipping)",
+        ],
+        "Clip fraction": ["grad_norm/clip_fraction (.)"],
+        "Non-finite steps": ["grad_norm/nonfinite (.)"],
+        "Per layer": ["grad_norm/encoder (.)", "grad_norm/head (.)"],
+        "Running mean": ["batchnorm/bn1/running_mean (.)"],
+        "Running var": ["batchnorm/bn1/running_var (.)"],
+    }
+    # Each series run holds exactly what the run itself logged under the series' own key.
+    assert series == {
+        "clip_threshold": {"clipping/norm": main["grad_norm/threshold"]},
+        "norm_after_clipping": {"clipping/norm": main["grad_norm/clipped"]},
+        "norm_before_clipping": {"clipping/norm": main["grad_norm/total"]},
     }
     # Nothing the monitors logged is left off the page ("epoch" is Lightning's own, logged beside self.log).
-    assert logged - {"epoch"} == {tag for tags in drawn.values() for tag in tags}
+    on_page = {tag for tags in drawn.values() for tag in tags if tag.endswith(" (.)")}
+    in_series = {f"grad_norm/{key} (.)" for key in ("total", "clipped", "threshold")}
+    assert {f"{tag} (.)" for tag in main} - {"epoch (.)"} == on_page | in_series
 
 
 def test_lr_charts_follow_the_monitor_and_a_scheduler_log_name(tmp_path):
@@ -236,12 +246,15 @@ def test_every_tag_the_monitors_log_is_on_the_page(tmp_path):
     layout = tb.layout_dict(tb.layout(tmp_path))
     assert list(layout)[:2] == ["Learning rate", "Gradient norm"] and len(layout) == 3
     logged = set(tb.scalars(tmp_path)) - {"epoch"}
+    # The clipping chart's series are drawn from runs of their own, one tag each.
+    series = {tag for scalars in tb.nested_runs(tmp_path).values() for tag in scalars}
     drawn = {
-        (category, chart): {tag for tag in logged if any(re.match(regex, tag) for regex in regexes)}
+        (category, chart): {tag for tag in logged | series if any(re.match(regex, tag) for regex in regexes)}
         for category, charts in layout.items()
         for chart, regexes in charts.items()
     }
-    assert logged == set().union(*drawn.values())
+    assert series == {"clipping/norm"}
+    assert logged | series == set().union(*drawn.values()) | {f"grad_norm/{key}" for key in CLIP_SERIES_RUNS}
     # Only the DDP-only chart (BatchNorm rank divergence) stays empty in a single process.
     empty = [layout[category][chart] for (category, chart), tags in drawn.items() if not tags]
     assert [[regex for regex in regexes if "rank_divergence" not in regex] for regexes in empty] == [[]]

@@ -8,10 +8,12 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor
+from tests import tb
 from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer
 
 SGD = {"optimizer": {"name": "sgd", "lr": 0.05}}
@@ -246,3 +248,19 @@ def test_monitoring_adds_no_host_sync_on_non_logging_steps(tmp_path):
     torch.manual_seed(0)
     with_monitor = count_host_syncs(SpikyMixinModel(), [GradNormMonitor(per_layer_depth=1)], 6, tmp_path / "with")
     assert with_monitor == without
+
+
+def test_early_stopping_monitors_grad_norm_total(tmp_path):
+    # Without validation EarlyStopping checks at each training epoch's end, on trainer.callback_metrics: the value
+    # logged at the epoch's last logging step. A missing key would raise (strict); every norm is above -1, so
+    # mode="max" with that threshold stops at the first check.
+    model = SpikyMixinModel()
+    stop = EarlyStopping(monitor="grad_norm/total", mode="max", stopping_threshold=-1.0, check_finite=True)
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    run = trainer(callbacks=[GradNormMonitor(), stop], logger=logger, log_every_n_steps=3, max_epochs=5)
+    run.fit(model, loader())
+
+    logged = tb.scalars(tmp_path)["grad_norm/total"]
+    assert [step for step, _ in logged] == [2, 5]  # the logging steps of epoch 0
+    assert float(run.callback_metrics["grad_norm/total"]) == logged[-1][1]
+    assert run.current_epoch == 1 and stop.stopped_epoch == 0
