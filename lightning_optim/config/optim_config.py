@@ -5,11 +5,11 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
 Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping`` and
-``spike_guard``), or several
-named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
-holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.clipping.adaptive`) and ``spike_guard`` (:mod:`lightning_optim.clipping.spike_guard`) appear
-only when set.
+``layer_decay``, ``spike_guard``), or several named ones under ``optimizers``, each selecting its parameters by a
+regex over parameter names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm
+clipping, :mod:`lightning_optim.clipping.adaptive`), ``layer_decay`` (layer-wise lr decay,
+:class:`~lightning_optim.optim.param_groups.LayerDecay`) and ``spike_guard``
+(:mod:`lightning_optim.clipping.spike_guard`) appear only when set.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -33,7 +33,7 @@ from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "layer_decay")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
 SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
@@ -58,6 +58,7 @@ class OptimConfig:
     scheduler: dict[str, Any] | None = None
     clipping: dict[str, Any] | None = None
     spike_guard: dict[str, Any] | None = None
+    layer_decay: dict[str, Any] | None = None
 
 
 def plain(value: Any) -> Any:
@@ -100,8 +101,8 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
 
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` when set;
-    ``where`` prefixes the keys."""
+    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` and
+    ``layer_decay`` when set; ``where`` prefixes the keys."""
     if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError(
             f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
@@ -125,7 +126,7 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}spike_guard", spike_guard, "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none"
         )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    optional = {"clipping": clipping, "spike_guard": spike_guard}
+    optional = {"clipping": clipping, "spike_guard": spike_guard, "layer_decay": values.get("layer_decay")}
     return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 

@@ -23,13 +23,16 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
 from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.optim.lr_scaling import LR_SCALING_KEY
+from lightning_optim.optim.param_groups import LAYER_DECAY_KEY
 from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
-from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
+from lightning_optim.schedule.registry import SchedulerSpec, TorchScheduler, resolve_scheduler
 
 __all__ = [
     "NamedOptimSpec",
@@ -140,16 +143,25 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
 
 
 def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
-    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
+    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"], plain.get(LAYER_DECAY_KEY))
     scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
     clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
+    if optimizer.lr_scaling is not None and scheduler is not None and _cycles_own_lr(scheduler):
+        raise config_error(
+            f"optimizer.{LR_SCALING_KEY}",
+            plain["optimizer"][LR_SCALING_KEY],
+            f"no lr_scaling with scheduler {plain['scheduler'].get('name') or plain['scheduler'].get('_target_')!r}, "
+            "which sets every group's lr from its own arguments: scale those (base_lr, max_lr) instead",
+        )
+    scaling = {LR_SCALING_KEY: optimizer.lr_scaling.config} if optimizer.lr_scaling is not None else {}
     guard = _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer) if plain.get(SPIKE_GUARD_KEY) is not None else None
     validated = {
-        "optimizer": {**plain["optimizer"], **optimizer.options},
+        "optimizer": {**plain["optimizer"], **optimizer.options, **scaling},
         "param_groups": list(optimizer.rules),
         "scheduler": scheduler.config if scheduler is not None else None,
         **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
         **({SPIKE_GUARD_KEY: guard.config} if guard is not None else {}),
+        **({LAYER_DECAY_KEY: optimizer.layer_decay.config} if optimizer.layer_decay is not None else {}),
     }
     return OptimSpec(validated, optimizer, scheduler, clipping, guard)
 
@@ -175,6 +187,12 @@ def spike_guard_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, Sp
     if isinstance(spec, OptimSpec):
         return {None: spec.spike_guard} if spec.spike_guard is not None else {}
     return {member.name: member.spec.spike_guard for member in spec.members if member.spec.spike_guard is not None}
+
+
+def _cycles_own_lr(scheduler: SchedulerSpec) -> bool:
+    """cyclic and onecycle recompute every lr from their own ``base_lr``/``max_lr`` at each step."""
+    info = scheduler.info
+    return isinstance(info, TorchScheduler) and issubclass(info.scheduler_class, (CyclicLR, OneCycleLR))
 
 
 def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:

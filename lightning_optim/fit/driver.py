@@ -5,7 +5,9 @@ optimizer (:class:`OptimizerRecord`: its name, its scheduler with the section's 
 follows, its adaptive clipping threshold). The driver's hooks then keep them right for the rest of the fit: the run's
 length at train and epoch start, plateau stepping after each validation run, the checkpoint entries
 (``optim_config``, ``optim_run_lengths``, ``optim_clipping``), the lr finder's moved lrs, the manual-optimization
-checks and, only where the config has one, the schedule-free optimizer's train/eval switching. Parts that are not
+checks, the lrs ``optimizer.lr_scaling`` sets from the run's effective batch size (at train start and at each epoch
+start: a ``BatchSizeFinder``'s result, a ``GradientAccumulationScheduler`` stage, the world size) and, only where the
+config has one, the schedule-free optimizer's train/eval switching. Parts that are not
 configured are never attached: without a ``clipping`` section no :class:`AdaptiveThresholds` exists, without a
 schedule-free optimizer no switch runs.
 
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
@@ -52,10 +55,11 @@ from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
 from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
-from lightning_optim.fit.lr_finder import MovedLrs
+from lightning_optim.fit.lr_finder import MovedLrs, move_base_lrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
-from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
+from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths, epoch_accumulation
 from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
+from lightning_optim.optim.lr_scaling import LrScaling
 from lightning_optim.schedule.build import BuiltScheduler
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
 from lightning_optim.stats import RunningStatsSnapshot, gradient_norms
@@ -66,12 +70,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT_KEY",
     "CLIPPING_KEY",
+    "LR_SCALING_KEY",
     "RUN_LENGTHS_KEY",
     "SPIKE_GUARD_KEY",
     "FitDriver",
     "OptimizerRecord",
     "check_resumed_config",
     "driver_of",
+    "effective_batch_size",
     "run_length_record",
     "write_config",
 ]
@@ -84,6 +90,10 @@ RUN_LENGTHS_KEY = "optim_run_lengths"
 
 CLIPPING_KEY = "optim_clipping"
 """The checkpoint entry holding the adaptive clipping history, per optimizer (``{"optimizer", "config", "state"}``)."""
+
+LR_SCALING_KEY = "optim_lr_scaling"
+"""The checkpoint entry holding, per optimizer with ``lr_scaling``, the factor its saved lrs hold
+(``{"factor", "batch_size"}``, with ``"optimizer"`` among several)."""
 
 SPIKE_GUARD_KEY = "optim_spike_guard"
 """The checkpoint entry holding each spike guard's statistics and skip count (``{"optimizer", "config", "state"}``)."""
@@ -125,6 +135,39 @@ class OptimizerRecord:
     threshold: AutoClip | ZClip | None = None
     strict: bool = True
     """The section's ``strict``: a plateau whose ``monitor`` is missing raises (else warns)."""
+    lr_scaling: LrScaling | None = None
+    """The section's ``optimizer.lr_scaling``, or None."""
+    lr_factor: float = 1.0
+    """The ``lr_scaling`` factor the optimizer's base lrs hold now (1 as built: the config's lrs)."""
+    batch_size: int | None = None
+    """The effective batch size ``lr_factor`` was set for."""
+
+    def follow_batch_size(self, trainer: L.Trainer) -> None:
+        """Scale the base lrs (and the lrs the schedule gives at its step) to the run's effective batch size now.
+
+        Each group's base lr (``initial_lr``, the scheduler's ``base_lrs``) is multiplied by the ratio of the new
+        factor to the one it holds, as the lr finder moves them (:func:`~lightning_optim.fit.lr_finder.move_base_lrs`),
+        so the schedule goes on from the scaled lrs at its step. The factor and the batch size are printed (rank zero)
+        when they change.
+        """
+        if self.lr_scaling is None:
+            return
+        where = f"optim_config.{OPTIMIZERS_KEY}.{self.name}.optimizer" if self.name else "optim_config.optimizer"
+        batch_size, parts = effective_batch_size(trainer, f"{where}.lr_scaling")
+        factor = self.lr_scaling.factor(batch_size)
+        if batch_size == self.batch_size and factor == self.lr_factor:
+            return
+        scheduler = self.scheduler.scheduler if self.scheduler is not None else None
+        move_base_lrs(self.optimizer, scheduler, {}, factor / self.lr_factor)
+        self.lr_factor, self.batch_size = factor, batch_size
+        rank_zero_info(f"{where}.{self.lr_scaling.describe(batch_size, parts)}")
+
+    def saved_lr_scaling(self) -> dict[str, Any] | None:
+        """The checkpoint's record of the factor the lrs hold, or None without ``lr_scaling``."""
+        if self.lr_scaling is None:
+            return None
+        optimizer = {"optimizer": self.name} if self.name else {}
+        return {**optimizer, "factor": self.lr_factor, "batch_size": self.batch_size}
 
     def follow_run_length(self, trainer: L.Trainer, at_epoch_start: bool = False) -> None:
         """Keep a schedule sized by the run on the run's length now (:meth:`RunLength.follow`)."""
@@ -173,6 +216,7 @@ class FitDriver(L.Callback):
         """The lrs ``model.lr = x`` gave a built optimizer's groups during the fit (Lightning's lr finder)."""
         self._saved_run_lengths: list[dict[str, Any]] | None = None
         self._saved_clipping: list[Mapping[str, Any]] | None = None
+        self._saved_lr_scaling: list[dict[str, Any]] | None = None
         self._step_check: SchedulerStepCheck | None = None
         self._batchnorm_warned = False
         self.guards: SpikeGuards | None = None
@@ -341,6 +385,9 @@ class FitDriver(L.Callback):
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for record in self.records:
             record.follow_run_length(trainer)
+        self._restore_lr_factors()
+        for record in self.records:
+            record.follow_batch_size(trainer)
         if self.guards is not None:
             self._guard_run.start(pl_module)
         if self.spec is not None and not pl_module.automatic_optimization:
@@ -385,6 +432,8 @@ class FitDriver(L.Callback):
         for record in self.records:
             record.follow_run_length(trainer, at_epoch_start=True)
         self._restore_moved_lrs(trainer)
+        for record in self.records:
+            record.follow_batch_size(trainer)
         self._check_stepped(trainer)
 
     @override
@@ -423,6 +472,8 @@ class FitDriver(L.Callback):
         write_config(checkpoint, self.spec.config)
         if self.thresholds is not None and (clipping := self.thresholds.state_dict()):
             checkpoint[CLIPPING_KEY] = clipping
+        if scaled := [saved for record in self.records if (saved := record.saved_lr_scaling()) is not None]:
+            checkpoint[LR_SCALING_KEY] = scaled
         if self.guards is not None:
             checkpoint[SPIKE_GUARD_KEY] = self.guards.state_dict()
         if self._schedulers():
@@ -439,6 +490,8 @@ class FitDriver(L.Callback):
                 self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
             else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
                 self._saved_clipping = checkpoint[CLIPPING_KEY]
+        # The optimizer states restored with it hold these factors; on_train_start scales from them.
+        self._saved_lr_scaling = checkpoint.get(LR_SCALING_KEY)
         if SPIKE_GUARD_KEY in checkpoint:
             if self.guards is not None:
                 self.guards.load_state_dict(checkpoint[SPIKE_GUARD_KEY])
@@ -458,6 +511,15 @@ class FitDriver(L.Callback):
         check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
 
     # ------------------------------------------------------------------------------------------ parts
+
+    def _restore_lr_factors(self) -> None:
+        """Give each record the ``lr_scaling`` factor that a checkpoint's optimizer state (loaded into it) holds."""
+        saved, self._saved_lr_scaling = self._saved_lr_scaling, None
+        scaled = [record for record in self.records if record.lr_scaling is not None]
+        for index, record in enumerate(scaled):
+            entry = run_length_record(saved, record.name, index)
+            if entry is not None:
+                record.lr_factor, record.batch_size = float(entry["factor"]), entry.get("batch_size")
 
     def _restore_moved_lrs(self, trainer: L.Trainer) -> None:
         moved, self.moved_lrs = self.moved_lrs, None
@@ -479,6 +541,43 @@ class FitDriver(L.Callback):
     def _forward(pl_module: L.LightningModule) -> schedule_free.Forward:
         forward = getattr(pl_module, "schedule_free_forward", None)
         return forward if callable(forward) else lambda batch: schedule_free.forward_inputs(pl_module, batch)
+
+
+def effective_batch_size(trainer: L.Trainer, key: str = "optim_config.optimizer.lr_scaling") -> tuple[int, str]:
+    """The run's effective batch size now: the train loader's batch size x world size x this epoch's accumulation.
+
+    Returns:
+        The batch size and how it is made up (``"32 per device x 2 devices x accumulation 2"``).
+
+    Raises:
+        OptimConfigError: the train loader's batch size is unknown (several loaders, or a loader that batches
+            itself), naming ``key``.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> loader = torch.utils.data.DataLoader(range(8), batch_size=4)
+        >>> trainer = SimpleNamespace(train_dataloader=loader, callbacks=[], accumulate_grad_batches=2, current_epoch=0,
+        ...     world_size=2)
+        >>> effective_batch_size(trainer)
+        (16, '4 per device x 2 devices x accumulation 2')
+    """
+    loader = trainer.train_dataloader
+    per_device = getattr(loader, "batch_size", None)
+    if per_device is None:
+        per_device = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    if not isinstance(per_device, int):
+        raise OptimConfigError(
+            f"{key} needs the train dataloader's batch size, and {type(loader).__name__} gives none (one "
+            "torch DataLoader with batch_size or a batch_sampler with a batch_size attribute is read). Remove "
+            "lr_scaling and set the lr for the run's batch size."
+        )
+    accumulation = epoch_accumulation(trainer, trainer.current_epoch)
+    world = trainer.world_size
+    devices = "device" if world == 1 else "devices"
+    return (
+        per_device * world * accumulation,
+        f"{per_device} per device x {world} {devices} x accumulation {accumulation}",
+    )
 
 
 class _GuardRun:

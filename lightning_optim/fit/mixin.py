@@ -100,6 +100,9 @@ class OptimMixin(_LightningModule):
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * ``optimizer.lr_scaling: {rule: linear | sqrt, base_batch_size: 256}`` scales every group's lr to the run's
+      effective batch size (train loader's batch size x world size x accumulation), following a ``BatchSizeFinder``,
+      each ``GradientAccumulationScheduler`` stage and resumes; the schedule follows the scaled base lrs.
     * ``model.lr`` is ``optim_config.optimizer.lr``, which Lightning's lr finder (``Tuner.lr_find``,
       ``LearningRateFinder``) reads and sets; the run after it warms up from the found lr.
     * A ``configure_optimizers`` assigned on the instance over the mixin's (LightningCLI's ``--optimizer``) is refused
@@ -232,7 +235,7 @@ class OptimMixin(_LightningModule):
             return self._configure_optimizer_set(spec, driver, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
         _report_split(optimizer)
-        record = OptimizerRecord(optimizer)
+        record = OptimizerRecord(optimizer, lr_scaling=spec.optimizer.lr_scaling)
         self._configure_clipping(spec, driver, trainer, [record])
         if spec.scheduler is not None:
             record.run_length = RunLength(spec.scheduler, record.where)
@@ -263,6 +266,7 @@ class OptimMixin(_LightningModule):
                 built,
                 lengths.get(member.name) if built is not None else None,
                 strict=member.spec.scheduler.config.get("strict", True) if member.spec.scheduler else True,
+                lr_scaling=member.spec.optimizer.lr_scaling,
             )
             for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True)
         ]

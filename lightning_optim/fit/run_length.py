@@ -53,6 +53,7 @@ __all__ = [
     "RunLength",
     "RunLengthWarning",
     "check_saved_run_lengths",
+    "epoch_accumulation",
     "optimizer_steps",
     "resumed_run_length",
     "run_length",
@@ -94,7 +95,7 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     epoch = trainer.current_epoch
     done, accumulation = (0, None) if at_epoch_start else resumed_epoch(trainer)
     if accumulation is None:
-        accumulation = _accumulation(trainer, epoch)
+        accumulation = epoch_accumulation(trainer, epoch)
     steps = stepping_batches_done(trainer) + _steps_in_epochs(trainer, epoch + 1, max_epochs, batches)
     if epoch < max_epochs:  # a run resumed from its very last step has no epoch under way
         steps += math.ceil(batches / accumulation) - done // accumulation
@@ -119,7 +120,11 @@ def _accumulation_schedule(trainer: L.Trainer) -> Any:
     return next((cb for cb in _callbacks(trainer) if isinstance(cb, GradientAccumulationScheduler)), None)
 
 
-def _accumulation(trainer: L.Trainer, epoch: int) -> int:
+def epoch_accumulation(trainer: L.Trainer, epoch: int) -> int:
+    """The gradient accumulation of ``epoch``: a ``GradientAccumulationScheduler``'s factor for it, else the Trainer's.
+
+    Read from the schedule itself, so it holds in any hook of that epoch, whichever callback runs first.
+    """
     schedule = _accumulation_schedule(trainer)
     return schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
 
@@ -130,7 +135,7 @@ def _steps_in_epochs(trainer: L.Trainer, start: int, stop: int, batches: int) ->
     changes = [epoch for epoch in (schedule.epochs if schedule is not None else []) if start < epoch < stop]
     bounds = [start, *changes, stop]
     return sum(
-        max(end - begin, 0) * math.ceil(batches / _accumulation(trainer, begin))
+        max(end - begin, 0) * math.ceil(batches / epoch_accumulation(trainer, begin))
         for begin, end in itertools.pairwise(bounds)
     )
 
