@@ -5,9 +5,10 @@ optimizer (:class:`OptimizerRecord`: its name, its scheduler with the section's 
 follows, its adaptive clipping threshold). The driver's hooks then keep them right for the rest of the fit: the run's
 length at train and epoch start, plateau stepping after each validation run, the checkpoint entries
 (``optim_config``, ``optim_run_lengths``, ``optim_clipping``), the lr finder's moved lrs, the manual-optimization
-checks and, only where the config has one, the schedule-free optimizer's train/eval switching. Parts that are not
-configured are never attached: without a ``clipping`` section no :class:`AdaptiveThresholds` exists, without a
-schedule-free optimizer no switch runs.
+checks, the resume policy of a fit started from a checkpoint (``optim_config.resume``,
+:mod:`lightning_optim.fit.resume`) and, only where the config has one, the schedule-free optimizer's train/eval
+switching. Parts that are not configured are never attached: without a ``clipping`` section no
+:class:`AdaptiveThresholds` exists, without a schedule-free optimizer no switch runs.
 
 The mixin returns the driver from ``LightningModule.configure_callbacks``, which Lightning merges into
 ``trainer.callbacks`` at every ``fit``/``validate``/``test``/``predict``, after any tuner callback and before
@@ -37,16 +38,19 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
+from lightning_optim.config.resume import RESUME_KEY
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
 from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
+from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength
 from lightning_optim.internals import attached_trainer
 from lightning_optim.schedule.build import BuiltScheduler
@@ -161,6 +165,9 @@ class FitDriver(L.Callback):
         self._saved_clipping: list[Mapping[str, Any]] | None = None
         self._step_check: SchedulerStepCheck | None = None
         self._batchnorm_warned = False
+        self._resume: ResumePlan | None = None
+        """What this fit, resumed from a checkpoint, takes from it (``optim_config.resume``); None for a fresh fit."""
+        self._reset_pending: dict[str, Any] | None = None
 
     @property
     def schedule_free_batches(self) -> int | None:
@@ -223,9 +230,13 @@ class FitDriver(L.Callback):
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
         # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
         self._restore_moved_lrs(trainer)
+        # After configure_optimizers, before Lightning restores the optimizers from the same checkpoint dict.
+        if self._reset_pending is not None:
+            self._reset_optimizer_states(self._reset_pending)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedules = self._resume_schedules() if self._resume is not None else None
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         for record in self._schedulers():
             assert record.scheduler is not None  # _schedulers keeps records with one
@@ -236,6 +247,9 @@ class FitDriver(L.Callback):
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for record in self.records:
             record.follow_run_length(trainer)
+        if self._resume is not None and schedules is not None:
+            optimizers = [type(record.optimizer).__name__ for record in self.records]
+            rank_zero_info(policy_line(self._resume, trainer.global_step, optimizers, schedules))
         if self.spec is not None and not pl_module.automatic_optimization:
             schedulers = [(r.where, r.scheduler.scheduler) for r in self.records if r.scheduler is not None]
             self._step_check = SchedulerStepCheck(schedulers, trainer.global_step)
@@ -294,6 +308,13 @@ class FitDriver(L.Callback):
             # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
             saved = [record.saved_run_length() for record in self._schedulers()]
             checkpoint[RUN_LENGTHS_KEY] = [record for record in saved if record is not None]
+        resumed = [
+            (record.name, record.run_length.resumed)
+            for record in self._schedulers()
+            if record.run_length is not None and record.run_length.resumed is not None
+        ]
+        if resumed or RESUME_KEY in self.spec.config:
+            checkpoint[RESUME_CHECKPOINT_KEY] = saved_record(self.spec.resume, resumed)
 
     @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -304,7 +325,14 @@ class FitDriver(L.Callback):
                 self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY])
             else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
                 self._saved_clipping = checkpoint[CLIPPING_KEY]
+        plan = None
         if trainer.state.fn == "fit":
+            plan = self._resume = resume_plan(self.spec.resume, checkpoint.get(RESUME_CHECKPOINT_KEY))
+            if plan.resets_optimizer:
+                if self.records:  # FSDP, DeepSpeed: configure_optimizers already ran
+                    self._reset_optimizer_states(checkpoint)
+                else:
+                    self._reset_pending = checkpoint
             # Lightning restores the callbacks before configure_optimizers (Trainer._run), which reads this.
             saved = checkpoint.get(RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
@@ -314,9 +342,38 @@ class FitDriver(L.Callback):
                         record.run_length.resume(run_length_record(saved, record.name, index))
             else:
                 self._saved_run_lengths = saved
-        check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
+        check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config, plan)
 
     # ------------------------------------------------------------------------------------------ parts
+
+    def _reset_optimizer_states(self, checkpoint: dict[str, Any]) -> None:
+        """``optimizer_state: reset``: what Lightning restores becomes the state of the optimizers just built.
+
+        Lightning loads ``checkpoint["optimizer_states"]`` into the optimizers and ``checkpoint["lr_schedulers"]``
+        into the schedulers after this; a closed-form scheduler's ``base_lrs`` are the configured optimizer's too,
+        while its step count (the schedule's position) stays the checkpoint's.
+        """
+        self._reset_pending = None
+        checkpoint["optimizer_states"] = [copy.deepcopy(record.optimizer.state_dict()) for record in self.records]
+        for state, record in zip(checkpoint.get("lr_schedulers", []), self._schedulers(), strict=False):
+            assert record.scheduler is not None  # _schedulers keeps records with one
+            if isinstance(record.scheduler.scheduler, ClosedFormLR):
+                state["base_lrs"] = list(record.scheduler.scheduler.base_lrs)
+
+    def _resume_schedules(self) -> list[tuple[str | None, Any, int | None]]:
+        """Give each closed-form schedule its resumed form at the restored step; return what the policy line shows."""
+        assert self._resume is not None  # called only on a resumed fit
+        shown = []
+        for record in self._schedulers():
+            assert record.scheduler is not None  # _schedulers keeps records with one
+            scheduler = record.scheduler.scheduler
+            if not isinstance(scheduler, ClosedFormLR) or record.run_length is None:
+                shown.append((record.name, None, None))
+                continue
+            resumed = self._resume.schedule_at(record.name, scheduler.last_epoch)
+            record.run_length.resume_with(resumed, follows_run=self._resume.rebases_schedule)
+            shown.append((record.name, resumed, scheduler.last_epoch))
+        return shown
 
     def _restore_moved_lrs(self, trainer: L.Trainer) -> None:
         moved, self.moved_lrs = self.moved_lrs, None
@@ -369,8 +426,14 @@ def run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None,
     return saved[index] if saved and index < len(saved) else None
 
 
-def check_resumed_config(saved: Mapping[str, Any] | None, config: Mapping[str, Any]) -> None:
+def check_resumed_config(
+    saved: Mapping[str, Any] | None, config: Mapping[str, Any], plan: ResumePlan | None = None
+) -> None:
     """Warn for each key a resumed run's ``optim_config`` changed; refuse another optimizer class.
+
+    The ``resume`` section itself, and the keys the fit's resume ``plan`` asked to change (the optimizer's under
+    ``optimizer_state: reset``, the scheduler's when the schedule is re-based), are not warned about; under reset
+    another optimizer class is fine too (its state is not loaded).
 
     Raises:
         OptimConfigError: the checkpoint's optimizer (or one of several) is another class than the config's.
@@ -385,13 +448,22 @@ with load_from_checkpoint instead).
     """
     if saved is None or saved == config:
         return
-    changed = changed_keys(saved, config)
-    if _optimizers_of(saved) != _optimizers_of(config):
+    changed = [
+        key
+        for key in changed_keys(saved, config)
+        if key.split(".")[0] != RESUME_KEY and (plan is None or not plan.ignored(key))
+    ]
+    resets = plan is not None and plan.resets_optimizer
+    if [(name, None if resets else cls) for name, cls in _optimizers_of(saved)] != [
+        (name, None if resets else cls) for name, cls in _optimizers_of(config)
+    ]:
         raise OptimConfigError(
             f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
             f"{_describe(config)}; its state does not carry over. Resume with the same optimizer, or "
             "start a new run (load weights with load_from_checkpoint instead)."
         )
+    if not changed:
+        return
     details = ", ".join(f"{key} ({_lookup(saved, key)!r} -> {_lookup(config, key)!r})" for key in changed)
     warnings.warn(
         f"Resuming with a changed optim_config: {details}. The checkpoint's optimizer state (each group's lr, "
