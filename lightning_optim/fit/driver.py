@@ -371,7 +371,7 @@ class FitDriver(L.Callback):
                 shown.append((record.name, None, None))
                 continue
             resumed = self._resume.schedule_at(record.name, scheduler.last_epoch)
-            record.run_length.resume_with(resumed, follows_run=self._resume.rebases_schedule)
+            record.run_length.resume_with(resumed, follows_run=self._resume.follows_new_run)
             shown.append((record.name, resumed, scheduler.last_epoch))
         return shown
 

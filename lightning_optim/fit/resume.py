@@ -139,6 +139,12 @@ class ResumePlan:
         """Whether each schedule is re-based at the resumed step (restart, rewarm or a state warmup)."""
         return self.policy.rebases_schedule and not self.continuing
 
+    @property
+    def follows_new_run(self) -> bool:
+        """Whether each schedule runs over the new run's length (``restart``, ``rewarm``); ``keep`` keeps the
+        checkpoint's length, a state warmup included, as a resume without the section does."""
+        return self.policy.schedule != "keep" and not self.continuing
+
     def saved_schedule(self, optimizer: str | None) -> ResumedSchedule | None:
         """The checkpoint's re-based schedule of ``optimizer`` (None: the single form), which keeps going."""
         record = next((record for record in self.saved if record.get("optimizer") == optimizer), None)
@@ -164,7 +170,7 @@ class ResumePlan:
             return True
         if self.resets_optimizer and section in ("optimizer", "param_groups"):
             return True
-        return self.rebases_schedule and section == "scheduler"
+        return self.follows_new_run and section == "scheduler"
 
 
 def resume_plan(policy: ResumeSpec, saved: Mapping[str, Any] | None) -> ResumePlan:
