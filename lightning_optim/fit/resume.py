@@ -219,9 +219,9 @@ def policy_line(
         >>> print(policy_line(plan, 8, ["Adam"], [(None, plan.schedule_at(None, 8), 8)]))
         ... # doctest: +NORMALIZE_WHITESPACE
         Resuming at step 8 with optim_config.resume: optimizer_state=reset, schedule=rewarm (rewarm_steps=4),
-        state_warmup_steps=0. Loaded: the weights, the loops' position, the schedule's step (8). Not loaded: the optimizer state (Adam as
-        optim_config builds it: empty state, the config's options). Schedule: a warmup from lr 0 at step 8 to the
-        schedule's lr at step 8, over 4 steps, then the schedule.
+        state_warmup_steps=0. Loaded: the weights, the loops' position, the schedule's step (8). Not loaded: the
+        optimizer state (Adam as optim_config builds it: empty state, the config's options). Schedule: a warmup from
+        lr 0 at step 8 to the schedule's lr at step 8, over 4 steps, then the schedule.
     """
     policy = plan.policy
     choices = (
