@@ -165,7 +165,7 @@ def test_cooldown_branches_from_one_checkpoint_reach_the_floor_in_their_own_run_
         saved = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
         assert saved["global_step"] == 3 + decay_steps
         assert saved["lr_schedulers"][0]["_last_lr"] == [0.0]  # the floor, after exactly D steps
-        lrs = scalars(sweep_dir / job)["lr-SGD/default"]
+        lrs = scalars(sweep_dir / job)["lr-SGD/default"]  # float32 in the event files
         assert [lr for _, lr in sorted(lrs.items())] == pytest.approx(
-            [0.1 * (1 - (j / decay_steps) ** 0.5) for j in range(decay_steps)], abs=1e-9
+            [0.1 * (1 - (j / decay_steps) ** 0.5) for j in range(decay_steps)], rel=1e-6
         )
