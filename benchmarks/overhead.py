@@ -17,7 +17,8 @@ Three measurements, all in one run (``python benchmarks/overhead.py [--quick] [-
    * ``mixin``: the same network with ``OptimMixin`` (same optimizer and schedule from ``optim_config``), no
      monitor: the mixin's clipping alone;
    * ``mixin_monitors``: ``mixin`` + ``GradNormMonitor(per_layer_depth=1)``, ``LRMonitor``,
-     ``TensorBoardDashboard`` and ``BatchNormMonitor``.
+     ``TensorBoardDashboard`` and ``BatchNormMonitor``;
+   * ``mixin_update``: ``mixin_monitors`` + ``UpdateMonitor(per_layer_depth=1)``.
 
    Models: the digits CNN of ``lightning_optim.demos`` and a deep residual MLP with ~390 parameter tensors; each at
    ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory. ``--models resnet`` (ResNet-18's
@@ -66,7 +67,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from lightning_optim import OptimMixin
-from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard
+from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard, UpdateMonitor
 from lightning_optim.clipping.clip import clip_gradients
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
 from lightning_optim.internals import should_log
@@ -79,13 +80,14 @@ LR = 0.05
 MOMENTUM = 0.9
 WARMUP_STEPS = 20
 CLIP = 1.0
-VARIANTS = ("plain", "plain_aa", "recipe", "mixin", "mixin_monitors")
+VARIANTS = ("plain", "plain_aa", "recipe", "mixin", "mixin_monitors", "mixin_update")
 VARIANT_HELP = {
     "plain": "plain Lightning: own configure_optimizers, Trainer gradient_clip_val",
     "plain_aa": "plain again (A/A control: noise floor)",
     "recipe": "plain + LearningRateMonitor + log_dict(grad_norm) (Lightning's recipe)",
     "mixin": "OptimMixin, no monitor (the mixin's clipping alone)",
     "mixin_monitors": "OptimMixin + all monitors",
+    "mixin_update": "OptimMixin + all monitors + UpdateMonitor(per_layer_depth=1)",
 }
 
 
@@ -305,6 +307,8 @@ def make_trainer(
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     elif variant == "mixin_monitors":
         callbacks += make_monitors()
+    elif variant == "mixin_update":
+        callbacks += [*make_monitors(), UpdateMonitor(per_layer_depth=1)]
     arguments: dict[str, Any] = {
         "max_steps": steps,
         "max_epochs": 1,

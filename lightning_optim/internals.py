@@ -45,6 +45,7 @@ __all__ = [
     "scale_tensor",
     "should_log",
     "stepping_batches_done",
+    "swa_batchnorm_epochs",
     "torch_optimizer",
     "unscales_in_step",
 ]
@@ -120,6 +121,26 @@ def stepping_batches_done(trainer: L.Trainer) -> int:
     if module is None or module.automatic_optimization:
         return trainer.global_step
     return trainer.fit_loop.epoch_loop.batch_progress.total.ready
+
+
+def swa_batchnorm_epochs(trainer: L.Trainer) -> int:
+    """The epochs Lightning's ``StochasticWeightAveraging`` added to ``trainer.max_epochs`` for its BatchNorm update.
+
+    For a model with BatchNorm, the callback's ``on_fit_start`` adds one epoch (``fit_loop.max_epochs += 1``) in which
+    it only recomputes the BatchNorm statistics of the averaged weights, and its ``on_train_end`` takes it away again;
+    ``trainer.max_epochs`` (and ``estimated_stepping_batches``) count it in between, and nothing public says so.
+    Reads the callback's ``_model_contains_batch_norm`` and ``_max_epochs`` (the ``max_epochs`` it found, set in
+    ``on_fit_start``): 1 while ``trainer.max_epochs`` is one more than that, else 0. Lightning is imported here, at
+    the call, as the callback's class is needed only when a trainer exists.
+    """
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    for callback in getattr(trainer, "callbacks", []):
+        if isinstance(callback, StochasticWeightAveraging) and callback._model_contains_batch_norm:
+            found = getattr(callback, "_max_epochs", None)
+            if found is not None and found != -1 and trainer.max_epochs == found + 1:
+                return 1
+    return 0
 
 
 def attached_trainer(module: L.LightningModule) -> L.Trainer | None:

@@ -1,9 +1,12 @@
-"""Parameter and module names as the model's code spells them, with ``torch.compile``'s ``_orig_mod`` level left out.
+"""Parameter and module names as the model's code spells them, with the levels that wrappers insert left out.
 
 ``torch.compile(module)`` returns an ``OptimizedModule`` that holds the original module as its submodule
 ``_orig_mod``, so a model that compiles a submodule (``self.net = torch.compile(self.net)``) names its parameters
-``net._orig_mod.0.weight`` where the eager model says ``net.0.weight``. Every name the package shows (metric keys) or
-matches (``param_groups`` regexes) is taken through this module, so compiled and eager runs share tags and rules.
+``net._orig_mod.0.weight`` where the eager model says ``net.0.weight``. Activation checkpointing's
+``checkpoint_wrapper`` inserts ``_checkpoint_wrapped_module`` the same way, FSDP1's ``FullyShardedDataParallel``
+``_fsdp_wrapped_module`` (FSDP2's ``fully_shard`` and tensor parallelism's ``parallelize_module`` keep the names).
+Every name the package shows (metric keys) or matches (``param_groups`` regexes) is taken through this module, so
+wrapped and plain runs share tags and rules.
 
 The naming protocol of several optimizers lives here too (:class:`NamesOptimizers`, :func:`optimizer_labels`): the
 monitors name each optimizer's metric keys by it without importing any config builder.
@@ -26,6 +29,7 @@ from torch import nn
 
 __all__ = [
     "COMPILED_LEVEL",
+    "WRAPPER_LEVELS",
     "NamesOptimizers",
     "named_modules",
     "named_parameters",
@@ -36,17 +40,22 @@ __all__ = [
 COMPILED_LEVEL = "_orig_mod"
 """The attribute under which ``torch.compile``'s ``OptimizedModule`` keeps the module it compiled."""
 
+WRAPPER_LEVELS = frozenset({COMPILED_LEVEL, "_checkpoint_wrapped_module", "_fsdp_wrapped_module"})
+"""The attributes under which wrappers keep the module they wrap: ``torch.compile``, ``checkpoint_wrapper``, FSDP1."""
+
 
 def plain_name(name: str) -> str:
-    """A qualified name without the ``_orig_mod`` levels that ``torch.compile`` inserts.
+    """A qualified name without the levels that ``torch.compile``, ``checkpoint_wrapper`` and FSDP1 insert.
 
     Examples:
         >>> plain_name("net._orig_mod.0.weight"), plain_name("_orig_mod.head.bias"), plain_name("head.bias")
         ('net.0.weight', 'head.bias', 'head.bias')
+        >>> plain_name("_fsdp_wrapped_module.blocks.0._checkpoint_wrapped_module.attn.weight")
+        'blocks.0.attn.weight'
     """
-    if COMPILED_LEVEL not in name:
+    if not any(level in name for level in WRAPPER_LEVELS):
         return name
-    return ".".join(part for part in name.split(".") if part != COMPILED_LEVEL)
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_LEVELS)
 
 
 def named_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -58,7 +67,7 @@ def named_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
 def named_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``module.named_modules()``, each name through :func:`plain_name`.
 
-    A compiled submodule appears twice under one name: the ``OptimizedModule`` and the module it compiled.
+    A wrapped submodule appears twice under one name: the wrapper and the module it wraps.
     """
     for name, submodule in module.named_modules():
         yield plain_name(name), submodule

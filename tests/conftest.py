@@ -4,8 +4,8 @@
 
 - ``subprocess`` when it, a fixture it uses or a test-suite function they call names ``run_app``,
   ``run_app_expecting_failure`` or the ``subprocess`` module;
-- ``ddp`` when it runs several Trainer processes: an app started with ``trainer=ddp``, or a Trainer given a ``ddp*``
-  strategy;
+- ``ddp`` when it runs several Trainer processes: an app started with ``trainer=ddp`` or ``trainer=fsdp2``, a Trainer
+  given a ``ddp*`` strategy, or any test under ``tests/sharded/`` (``ModelParallelStrategy`` runs, 2 processes);
 - ``slow`` when it lives under ``tests/examples/`` (each example trains several models), or, marked by hand, when it
   takes over ``SLOW_SECONDS``, its parametrized cases together. Every run lists the tests in no tier that took
   longer, so a new slow test is noticed.
@@ -27,6 +27,12 @@ SLOW_SECONDS = 3.0
 
 SLOW_DIRECTORIES = ("examples",)
 """Directories under ``tests/`` whose every test is slow."""
+
+MULTIPROCESS_DIRECTORIES = ("sharded",)
+"""Directories under ``tests/`` whose every test runs several Trainer processes."""
+
+MULTIPROCESS_APPS = ("trainer=ddp", "trainer=fsdp2")
+"""App overrides that run several Trainer processes."""
 
 SUBPROCESS_CALLS = {"run_app", "run_app_expecting_failure", "subprocess"}
 """Names whose use starts another Python process."""
@@ -72,11 +78,12 @@ def _tiers(item: pytest.Function) -> set[str]:
         starts_processes |= not SUBPROCESS_CALLS.isdisjoint(code.co_names)
         strings = set(_strings(code, namespace))
         ddp_strategy |= "strategy" in strings and any(string.startswith("ddp") for string in strings)
-        ddp_app |= "trainer=ddp" in strings
+        ddp_app |= not strings.isdisjoint(MULTIPROCESS_APPS)
     tiers = {"subprocess"} if starts_processes else set()
-    if ddp_strategy or (starts_processes and ddp_app):
+    directory = item.path.relative_to(TESTS).parts[0]
+    if ddp_strategy or (starts_processes and ddp_app) or directory in MULTIPROCESS_DIRECTORIES:
         tiers.add("ddp")
-    if item.path.relative_to(TESTS).parts[0] in SLOW_DIRECTORIES:
+    if directory in SLOW_DIRECTORIES:
         tiers.add("slow")
     return tiers
 

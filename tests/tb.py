@@ -13,14 +13,16 @@ LAYOUT_TAG = "custom_scalars__config__"
 
 
 def run_dir(logdir: str | Path) -> Path:
-    """The one directory under ``logdir`` (itself included) holding event files; fails if there are several."""
+    """The one run under ``logdir`` (itself included): the directory holding event files that every other such
+    directory is inside (``TensorBoardDashboard``'s series runs sit in the logger's own); fails if there are several."""
     dirs = sorted({path.parent for path in Path(logdir).rglob("events.out.tfevents.*")})
-    assert len(dirs) == 1, f"expected event files in exactly one directory under {logdir}, found {dirs}"
-    return dirs[0]
+    top = [path for path in dirs if not any(other in path.parents for other in dirs)]
+    assert len(top) == 1, f"expected event files in exactly one run under {logdir}, found {dirs}"
+    return top[0]
 
 
 def accumulator(logdir: str | Path) -> EventAccumulator:
-    """All events (no sampling) of the run under ``logdir``."""
+    """All events (no sampling) of the run in exactly ``logdir``, or of the one run under it (:func:`run_dir`)."""
     guidance = {"scalars": 0, "tensors": 0, "histograms": 0}
     return EventAccumulator(str(run_dir(logdir)), size_guidance=guidance).Reload()
 
@@ -28,6 +30,20 @@ def accumulator(logdir: str | Path) -> EventAccumulator:
 def scalars(logdir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series of the run under ``logdir``: tag -> [(step, value), ...] in the order written."""
     events = accumulator(logdir)
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def nested_runs(logdir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The scalars of each run inside the run under ``logdir``, by its path relative to that run."""
+    top = run_dir(logdir)
+    dirs = sorted({path.parent for path in top.rglob("events.out.tfevents.*")} - {top})
+    return {path.relative_to(top).as_posix(): scalars_of(path) for path in dirs}
+
+
+def scalars_of(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """The scalar series of the event files in exactly ``directory``."""
+    guidance = {"scalars": 0, "tensors": 0, "histograms": 0}
+    events = EventAccumulator(str(directory), size_guidance=guidance).Reload()
     return {tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import lightning as L
@@ -12,10 +13,10 @@ import torch
 from hydra import compose, initialize_config_module
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
+from lightning_optim import CheckpointError, OptimConfigError, OptimMixin, validate_optim_config
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
-from lightning_optim.clipping.adaptive import AutoClip, ZClip, resolve_clipping
+from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip, resolve_clipping
 from lightning_optim.clipping.clip import clip_for_step
 from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
@@ -41,31 +42,44 @@ def autoclip_reference(norms: list[float], percentile: float, history: int) -> l
     return thresholds
 
 
-def zclip_reference(norms: list[float], z_threshold: float, alpha: float, warmup_steps: int) -> list[float]:
+def zclip_reference(
+    norms: list[float], z_threshold: float, alpha: float, warmup_steps: int, max_grad_norm: float | None = None
+) -> list[float]:
     """ZClip as the paper's reference implementation does it, per step: the threshold clipped at (a spike), the
-    detection boundary ``mean + z * (std + eps)`` (no spike), or inf (warm-up)."""
-    thresholds: list[float] = []
+    detection boundary ``mean + z * (std + eps)`` (no spike), or inf (warm-up); capped at ``max_grad_norm``."""
+    return [threshold for threshold, _, _ in zclip_steps(norms, z_threshold, alpha, warmup_steps, max_grad_norm)]
+
+
+def zclip_steps(
+    norms: list[float], z_threshold: float, alpha: float, warmup_steps: int, max_grad_norm: float | None = None
+) -> list[tuple[float, float, float]]:
+    """The reference's threshold and its statistics (mean, variance) after each step, in Python's float64 (``nan``
+    during the warm-up): the authors' code keeps them as Python floats and caps with ``min(adaptive, max_grad_norm)``,
+    updating the statistics from the adaptive value."""
+    steps: list[tuple[float, float, float]] = []
     warmup: list[float] = []
-    mean = var = 0.0
+    cap = math.inf if max_grad_norm is None else max_grad_norm
+    mean = var = math.nan
     for norm in norms:
         if len(warmup) < warmup_steps:
             warmup.append(norm)
             if len(warmup) == warmup_steps:
                 mean = sum(warmup) / len(warmup)
                 var = sum((x - mean) ** 2 for x in warmup) / len(warmup)
-            thresholds.append(math.inf)
+            steps.append((cap, mean, var))
             continue
         std = var**0.5
         z = (norm - mean) / (std + 1e-6)
         if z > z_threshold:
             effective = mean + (z_threshold * std) / (z / z_threshold)
-            thresholds.append(effective)
+            threshold = effective
         else:
             effective = norm
-            thresholds.append(mean + z_threshold * (std + 1e-6))
+            threshold = mean + z_threshold * (std + 1e-6)
         mean = alpha * mean + (1 - alpha) * effective
         var = alpha * var + (1 - alpha) * (effective - mean) ** 2
-    return thresholds
+        steps.append((min(threshold, cap), mean, var))
+    return steps
 
 
 def reference(section: dict[str, Any], norms: list[float]) -> list[float]:
@@ -80,8 +94,9 @@ def reference(section: dict[str, Any], norms: list[float]) -> list[float]:
         {"name": "autoclip", "percentile": 100, "history": 1000},
         {"name": "autoclip", "percentile": 10, "history": 1},
         ZCLIP,
+        {**ZCLIP, "max_grad_norm": 2.0},
     ],
-    ids=["autoclip", "autoclip_max", "autoclip_history_1", "zclip"],
+    ids=["autoclip", "autoclip_max", "autoclip_history_1", "zclip", "zclip_max_grad_norm"],
 )
 def test_thresholds_equal_the_reference_step_by_step(section):
     threshold = validate_and_build(section)
@@ -105,6 +120,36 @@ def test_a_nonfinite_norm_leaves_the_history_as_it_was():
     )
     # ZClip: the statistics are those of the finite norms alone.
     assert [zclip_thresholds[i] for i in finite] == pytest.approx(zclip_reference(NORMS, 1.5, 0.8, 3), rel=1e-6)
+
+
+def test_zclip_s_max_grad_norm_caps_every_threshold_the_warm_up_s_included():
+    zclip = validate_and_build({**ZCLIP, "max_grad_norm": 2.0})
+    mine = [float(zclip(torch.tensor(norm))) for norm in NORMS]
+    # Warm-up at the cap; then min(adaptive, 2.0): the boundary (1.22 at step 3) and the spike at step 4 (1.05).
+    assert mine[:3] == [2.0, 2.0, 2.0]
+    assert mine == pytest.approx(zclip_reference(NORMS, 1.5, 0.8, 3, 2.0), rel=1e-6)
+    assert max(mine) == 2.0 and mine[4] == pytest.approx(1.0516, abs=1e-4)
+
+
+def test_zclip_s_statistics_stay_within_1e_12_of_a_float64_reference_over_a_long_run():
+    generator = torch.Generator().manual_seed(0)
+    norms = (torch.rand(5000, generator=generator, dtype=torch.float64) * 0.3 + 1.0).tolist()
+    norms[1000::700] = [20.0] * len(norms[1000::700])
+    options = {"z_threshold": 2.5, "alpha": 0.97, "warmup_steps": 25, "max_grad_norm": 1.25}
+    zclip = ZClip(**options)
+    mine = []
+    for norm in norms:
+        threshold = zclip(torch.tensor(norm, dtype=torch.float32))
+        state = zclip.state_dict()
+        mine.append((threshold, state["mean"], state["var"]))
+    # The reference takes the norms as the clipping code hands them over: float32 tensors.
+    expected = zclip_steps([float(torch.tensor(n, dtype=torch.float32)) for n in norms], **options)
+    assert all(mean.dtype == torch.float64 and var.dtype == torch.float64 for _, mean, var in mine[25:])
+    mean_error = max(abs(float(m) - e) for (_, m, _), (_, e, _) in zip(mine[25:], expected[25:], strict=True))
+    var_error = max(abs(float(v) - e) for (_, _, v), (_, _, e) in zip(mine[25:], expected[25:], strict=True))
+    assert mean_error < 1e-12 and var_error < 1e-12
+    # The threshold is handed out in float32: the float64 value rounded once.
+    assert [float(t) for t, _, _ in mine] == [float(torch.tensor(t, dtype=torch.float32)) for t, _, _ in expected]
 
 
 class Recorder(L.Callback):
@@ -215,13 +260,32 @@ def test_the_logged_threshold_is_the_reference_threshold(section, tmp_path):
         ({"name": "autoclp"}, r"clipping\.name = 'autoclp' is not valid\. Did you mean 'autoclip'\?"),
         ({"name": "autoclip", "percentile": 0}, r"clipping\.percentile = 0 is not valid\. Expected a number in \(0,"),
         ({"name": "autoclip", "percentile": 100.5}, r"clipping\.percentile = 100\.5 is not valid"),
-        ({"name": "autoclip", "history": 0}, r"clipping\.history = 0 is not valid\. Expected an integer >= 1"),
+        (
+            {"name": "autoclip", "history": 0},
+            r"clipping\.history = 0 is not valid\. Expected an integer in \[1, 100000\]",
+        ),
         ({"name": "autoclip", "history": 2.5}, r"clipping\.history = 2\.5 is not valid"),
+        (
+            {"name": "autoclip", "history": 1e8},
+            r"clipping\.history = 100000000 is not valid\. Expected an integer in \[1, 100000\], e\.g\. 1000",
+        ),
+        (
+            {"name": "zclip", "warmup_steps": 100001},
+            r"clipping\.warmup_steps = 100001 is not valid\. Expected an integer in \[1, 100000\], e\.g\. 25",
+        ),
+        (
+            {"name": "zclip", "max_grad_norm": 0},
+            r"clipping\.max_grad_norm = 0 is not valid\. Expected a finite norm > 0, e\.g\. 1\.0 .*or null",
+        ),
+        ({"name": "zclip", "max_grad_norm": -1.0}, r"clipping\.max_grad_norm = -1\.0 is not valid"),
         ({"name": "autoclip", "percentil": 5}, r"clipping\.percentil = 5 is not valid\. Did you mean 'percentile'\?"),
         ({"name": "zclip", "alpha": 1}, r"clipping\.alpha = 1 is not valid\. Expected a number in \(0, 1\)"),
         ({"name": "zclip", "alpha": 0.0}, r"clipping\.alpha = 0\.0 is not valid"),
         ({"name": "zclip", "z_threshold": 0}, r"clipping\.z_threshold = 0 is not valid\. Expected a number > 0"),
-        ({"name": "zclip", "warmup_steps": 0}, r"clipping\.warmup_steps = 0 is not valid\. Expected an integer >= 1"),
+        (
+            {"name": "zclip", "warmup_steps": 0},
+            r"clipping\.warmup_steps = 0 is not valid\. Expected an integer in \[1, 100000\]",
+        ),
         ({"name": "zclip", "percentile": 5}, r"clipping\.percentile = 5 is not valid\. Expected a key of zclip"),
         ({"percentile": 5}, r"optim_config\.clipping = \{'percentile': 5\} is not valid\. Expected a mapping with"),
         ("autoclip", r"optim_config\.clipping = 'autoclip' is not valid\. Expected a mapping"),
@@ -251,6 +315,18 @@ def test_a_trainer_threshold_as_well_is_refused_naming_both():
     model = SpikyMixinModel(clipping_config(AUTOCLIP))
     with pytest.raises(OptimConfigError, match=r"Trainer\(gradient_clip_val=0\.5\) and optim_config\.clipping both"):
         trainer(max_steps=1, gradient_clip_val=0.5).fit(model, loader())
+
+
+def test_value_clipping_as_well_is_refused_before_the_first_step():
+    model = SpikyMixinModel(clipping_config(ZCLIP))
+    fit = trainer(max_steps=2, gradient_clip_algorithm="value")
+    with pytest.raises(
+        OptimConfigError,
+        match=r"^Trainer\(gradient_clip_algorithm='value'\) with optim_config\.clipping: an adaptive threshold clips "
+        r"by norm\. Unset gradient_clip_algorithm \(trainer\.gradient_clip_algorithm=null\) or set it to 'norm'",
+    ):
+        fit.fit(model, loader())
+    assert fit.global_step == 0
 
 
 class TwoOptimizers(OptimMixin, L.LightningModule):
@@ -354,3 +430,82 @@ def test_an_adaptive_threshold_clips_by_norm_only():
     named = parameters()
     with pytest.raises(ValueError, match=r"An adaptive threshold clips by norm; gradient_clip_algorithm='value'"):
         clip_for_step(torch.optim.SGD([p for _, p in named]), named, quarter_of_the_norm, "value")
+
+
+def thresholds_after(section: dict[str, Any], steps: int) -> AdaptiveThresholds:
+    """The thresholds of one optimizer configured with ``section``, after ``steps`` norms of the recorded series."""
+    thresholds = AdaptiveThresholds()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    thresholds.configure({None: resolve_clipping(section)}, [(None, optimizer)])
+    for norm in NORMS[:steps]:
+        thresholds.of(optimizer)(torch.tensor(norm))
+    return thresholds
+
+
+def edited(records: list[dict[str, Any]], key: str, value: Any) -> list[dict[str, Any]]:
+    return [{**records[0], "state": {**records[0]["state"], key: value}}]
+
+
+@pytest.mark.parametrize(
+    "section,key,value,expected",
+    [
+        (
+            AUTOCLIP,
+            "norms",
+            torch.full((5,), -100.0),
+            "tensor of shape (5,) (the last history=5 norms)",
+        ),
+        (AUTOCLIP, "norms", torch.tensor([1.0, math.inf, 1.0, 1.0, 1.0]), "each value NaN or finite and >= 0"),
+        (AUTOCLIP, "norms", torch.ones(3), "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "norms", torch.ones(5, dtype=torch.int64), "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "norms", None, "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "count", 6.0, "an int >= 0 (the steps whose norms were seen)"),
+        (AUTOCLIP, "count", -1, "an int >= 0"),
+        (AUTOCLIP, "count", True, "an int >= 0"),
+        (ZCLIP, "mean", torch.tensor(-50.0), "a floating-point tensor of shape () (the EMA of the norm (0-d))"),
+        (ZCLIP, "var", torch.tensor(-1.0), "a floating-point tensor of shape () (the EMA of the norm's variance"),
+        (ZCLIP, "var", torch.tensor(math.inf), "each value NaN or finite and >= 0"),
+        (ZCLIP, "mean", None, "a floating-point tensor of shape ()"),
+        (ZCLIP, "mean", torch.ones(2), "a floating-point tensor of shape ()"),
+        (ZCLIP, "warmup", torch.ones(2), "a floating-point tensor of shape (3,) (the warm-up's warmup_steps=3 norms)"),
+        (ZCLIP, "count", 6.5, "an int >= 0"),
+    ],
+)
+def test_a_restored_history_no_run_could_write_is_refused_naming_its_key(section, key, value, expected):
+    records = thresholds_after(section, 6).state_dict()
+    fresh = thresholds_after(section, 0)
+    with pytest.raises(CheckpointError) as raised:
+        fresh.load_state_dict(edited(records, key, value), "optim_clipping")
+    assert str(raised.value).startswith(f"Checkpoint entry optim_clipping[0].state.{key} = ")
+    assert " is not valid: expected a" in str(raised.value)
+    assert expected in str(raised.value)
+    assert "Resume from another checkpoint, or delete the top-level entry optim_clipping" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "records,key",
+    [
+        ({"optimizer": None}, "optim_clipping"),
+        (["autoclip"], "optim_clipping[0]"),
+        ([{"optimizer": 3, "config": {}, "state": {}}], "optim_clipping[0].optimizer"),
+        ([{"optimizer": None, "config": AUTOCLIP, "state": [1.0]}], "optim_clipping[0].state"),
+    ],
+)
+def test_restored_records_of_another_shape_are_refused_naming_their_key(records, key):
+    with pytest.raises(CheckpointError, match=rf"^Checkpoint entry {re.escape(key)} = .* is not valid: expected "):
+        thresholds_after(AUTOCLIP, 0).load_state_dict(records, "optim_clipping")
+
+
+def test_a_resume_from_negative_autoclip_norms_is_refused_before_any_step(tmp_path):
+    first = trainer(max_epochs=1)
+    first.fit(SpikyMixinModel(clipping_config(AUTOCLIP)), loader())
+    first.save_checkpoint(tmp_path / "saved.ckpt")
+    checkpoint = torch.load(tmp_path / "saved.ckpt", weights_only=True)
+    checkpoint["optim_clipping"][0]["state"]["norms"] = -checkpoint["optim_clipping"][0]["state"]["norms"].abs()
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    resumed = Recorder()
+    with pytest.raises(CheckpointError, match=r"^Checkpoint entry optim_clipping\[0\]\.state\.norms = tensor\(\[-"):
+        trainer(max_epochs=2, callbacks=[resumed]).fit(
+            SpikyMixinModel(clipping_config(AUTOCLIP)), loader(), ckpt_path=tmp_path / "edited.ckpt"
+        )
+    assert resumed.thresholds == []

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint
+from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelCheckpoint, StochasticWeightAveraging
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
@@ -31,6 +31,7 @@ from lightning_optim.internals import (
     scale_tensor,
     should_log,
     stepping_batches_done,
+    swa_batchnorm_epochs,
     torch_optimizer,
     unscales_in_step,
 )
@@ -152,6 +153,20 @@ def test_stepping_batches_done_counts_as_lightning_s_estimate_does(model, per_ba
     assert fitted.estimated_stepping_batches == len(reads.rows) == 16
     assert [row["done"] for row in reads.rows] == list(range(1, 17))
     assert [row["step"] for row in reads.rows] == [per_batch * k for k in range(1, 17)]
+
+
+@pytest.mark.parametrize(("batchnorm", "added"), [(True, 1), (False, 0)])
+def test_swa_batchnorm_epochs_is_the_epoch_swa_runs_beyond_max_epochs(batchnorm, added):
+    model = RecordingModel()
+    if batchnorm:
+        model.encoder = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    reads = Reads("on_train_epoch_start", lambda t, m: {"added": swa_batchnorm_epochs(t), "max_epochs": t.max_epochs})
+    fitted = trainer(max_epochs=2, callbacks=[StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=2), reads])
+    assert swa_batchnorm_epochs(fitted) == 0
+    fitted.fit(model, loader())
+    assert len(reads.rows) == 2 + added
+    assert [(row["added"], row["max_epochs"]) for row in reads.rows] == [(added, 2 + added)] * (2 + added)
+    assert (swa_batchnorm_epochs(fitted), fitted.max_epochs) == (0, 2)
 
 
 def test_attached_trainer_is_the_public_trainer_or_none():

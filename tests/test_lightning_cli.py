@@ -114,6 +114,20 @@ def test_lightning_clis_lr_scheduler_argument_is_named_too(config_file):
         run.trainer.fit(run.model, run.datamodule)
 
 
+def test_lightning_clis_lr_scheduler_alone_is_refused_before_training(config_file):
+    steps = StepLrs()
+    run = cli(["--config", str(config_file), "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "2"])
+    run.trainer.callbacks.append(steps)
+    with pytest.raises(
+        OptimConfigError,
+        match=r"^LightningCLI's --lr_scheduler StepLR without --optimizer: LightningCLI drops it without a word, and "
+        r"CliBoring would train with optim_config's scheduler \('warmup_cosine'\)\. Set the schedule with "
+        r"--model\.optim_config\.scheduler\.\* instead",
+    ):
+        run.trainer.fit(run.model, run.datamodule)
+    assert steps.lrs == [] and run.trainer.global_step == 0
+
+
 def test_without_auto_configure_optimizers_the_optimizer_argument_is_a_usage_error(config_file, capsys):
     with pytest.raises(SystemExit):
         cli(["--config", str(config_file), "--optimizer", "Adam"], auto_configure_optimizers=False)

@@ -6,11 +6,13 @@ import copy
 import re
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_optim import OptimConfigError
+from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
+from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.fit.run_length import ResumeConfigWarning
 from tests.models import GAN, GAN_CONFIG, CrashAt, Interrupted, loader, trainer
 from tests.references import warmup_cosine
@@ -84,7 +86,7 @@ def test_the_optimizers_follow_the_config_order_and_select_their_parameters() ->
         ({"optimizers": {}}, "optim_config.optimizers = {} is not valid. Expected a non-empty mapping"),
         (
             {"optimizers": {"gen/erator": GAN_CONFIG["optimizers"]["generator"]}},
-            "optim_config.optimizers.gen/erator = ",
+            "optim_config.optimizers: the optimizer name 'gen/erator' is not valid. Expected letters, digits",
         ),
     ],
 )
@@ -254,3 +256,173 @@ def test_model_lr_names_the_optimizers_it_cannot_choose_between() -> None:
     with pytest.raises(OptimConfigError, match=re.escape("several optimizers (discriminator, generator)")):
         model.lr = 0.1
     assert model.optim_config["optimizers"]["generator"]["optimizer"]["lr"] == 0.02
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_an_optimizer_name_that_is_no_name_is_refused(name: str) -> None:
+    config = {"optimizers": {name: {"params": "^", "optimizer": {"name": "sgd"}}}}
+    with pytest.raises(
+        OptimConfigError,
+        match=rf"^optim_config\.optimizers: the optimizer name {re.escape(repr(name))} is not valid\. Expected "
+        r"letters, digits, '_', '-' and '\.', other than '\.' and '\.\.' \(the name is part of metric keys and log "
+        r"folders\), e\.g\. 'generator'\.$",
+    ):
+        validate_optim_config(config)
+
+
+def test_names_with_dots_inside_are_kept() -> None:
+    config = {"optimizers": {"gen.v2": {"params": "^", "optimizer": {"name": "sgd"}}}}
+    assert list(validate_optim_config(config)["optimizers"]) == ["gen.v2"]
+
+
+TWO_SGDS: dict[str, Any] = {
+    "optimizers": {
+        "a": {
+            "params": r"^first\.",
+            "optimizer": {"name": "sgd", "lr": 1e-4, "momentum": 0.9},
+            "scheduler": {"name": "step", "step_size": 3, "gamma": 0.5},
+        },
+        "b": {
+            "params": r"^second\.",
+            "optimizer": {"name": "sgd", "lr": 0.5, "momentum": 0.5},
+            "scheduler": {"name": "warmup_constant", "warmup_steps": 4},
+        },
+    }
+}
+"""Two SGDs of the same shape whose states, swapped, would load without an error."""
+
+
+def reversed_optimizers(config: dict[str, Any]) -> dict[str, Any]:
+    return {"optimizers": dict(reversed(copy.deepcopy(config)["optimizers"].items()))}
+
+
+class ByName(OptimMixin, L.LightningModule):
+    """Two linear heads, each stepped by the optimizer its name picks (so the code does not depend on the order)."""
+
+    def __init__(self, optim_config: dict[str, Any]) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.first = torch.nn.Linear(4, 1)
+        self.second = torch.nn.Linear(4, 1)
+        self.optim_config = optim_config
+        self.lrs: list[dict[str, float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        inputs, targets = batch
+        optimizers = dict(zip(self.optimizer_names, self.optimizers(), strict=True))  # type: ignore[arg-type]
+        schedulers = dict(zip(self.optimizer_names, self.lr_schedulers(), strict=True))  # type: ignore[arg-type]
+        self.lrs.append({name: optimizers[name].param_groups[0]["lr"] for name in ("a", "b")})
+        for name, head in (("a", self.first), ("b", self.second)):
+            optimizers[name].zero_grad()
+            self.manual_backward(torch.nn.functional.mse_loss(head(inputs), targets))
+            optimizers[name].step()
+            schedulers[name].step()
+
+
+def test_a_resume_with_the_optimizers_in_another_order_restores_each_by_name(tmp_path) -> None:
+    uninterrupted = ByName(TWO_SGDS)
+    trainer(max_epochs=2).fit(uninterrupted, loader())
+
+    first = ByName(TWO_SGDS)
+    # At the end of the first epoch (two optimizer steps a batch), so the resumed run sees the same batches.
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=2 * BATCHES)
+    with pytest.raises(Interrupted):
+        trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saving, CrashAt(2 * BATCHES)]).fit(first, loader())
+    second = ByName(reversed_optimizers(TWO_SGDS))
+    assert second.optimizer_names == ("b", "a")
+    trainer(max_epochs=2).fit(second, loader(), ckpt_path=tmp_path / "step=16.ckpt")
+
+    assert first.lrs + second.lrs == uninterrupted.lrs
+    assert second.lrs[0] == {"a": 1e-4 * 0.5**2, "b": 0.5}
+    for mine, theirs in zip(second.parameters(), uninterrupted.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_states_in_config_order_refuses_when_the_schedulers_changed_with_the_order() -> None:
+    saved = copy.deepcopy(TWO_SGDS)
+    config = reversed_optimizers(TWO_SGDS)
+    config["optimizers"]["a"]["scheduler"] = None
+    checkpoint = {"optim_config": saved, "optimizer_states": ["a", "b"], "lr_schedulers": ["a", "b"]}
+    message = (
+        "optim_config.optimizers: cannot resume the checkpoint's optimizers (a, b) in the order optim_config now "
+        "gives them (b, a): the optimizers with a scheduler changed too (a, b in the checkpoint, b now)."
+    )
+    with pytest.raises(OptimConfigError, match=re.escape(message)):
+        states_in_config_order(checkpoint, "optim_config", config)
+
+
+def test_states_in_config_order_maps_the_states_by_name() -> None:
+    saved = copy.deepcopy(TWO_SGDS)
+    saved["optimizers"]["c"] = {"params": "^third", "optimizer": {"name": "adam"}}
+    config = {"optimizers": {name: saved["optimizers"][name] for name in ("c", "a", "b")}}
+    checkpoint = {"optim_config": saved, "optimizer_states": ["a", "b", "c"], "lr_schedulers": ["a", "b"]}
+    replaced = states_in_config_order(checkpoint, "optim_config", config)
+    assert replaced == {"optimizer_states": ["c", "a", "b"], "lr_schedulers": ["a", "b"], "optim_config": config}
+    assert list(replaced["optim_config"]["optimizers"]) == ["c", "a", "b"]
+    assert checkpoint["optimizer_states"] == ["a", "b", "c"]
+    assert states_in_config_order(checkpoint, "optim_config", saved) == {}
+
+
+class SparseAndDense(OptimMixin, L.LightningModule):
+    """A sparse ``Embedding`` under SparseAdam and a ``Linear`` under Adam, as two named optimizers."""
+
+    CONFIG: dict[str, Any] = {
+        "optimizers": {
+            "embedding": {"params": r"^embedding\.", "optimizer": {"name": "sparse_adam", "lr": 0.1}},
+            "head": {"params": r"^head\.", "optimizer": {"name": "adam", "lr": 0.01}},
+        }
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.automatic_optimization = False
+        self.embedding = torch.nn.Embedding(10, 4, sparse=True)
+        self.head = torch.nn.Linear(4, 1)
+        self.optim_config = self.CONFIG
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        tokens, targets = batch
+        return torch.nn.functional.mse_loss(self.head(self.embedding(tokens)), targets)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizers = self.optimizers()
+        for optimizer in optimizers:  # type: ignore[union-attr]
+            optimizer.zero_grad()
+        self.manual_backward(self.loss(batch))
+        for optimizer in optimizers:  # type: ignore[union-attr]
+            optimizer.step()
+
+
+def test_sparse_adam_is_one_of_several_optimizers_checking_only_its_own_parameters() -> None:
+    generator = torch.Generator().manual_seed(0)
+    tokens, targets = torch.randint(0, 10, (32,), generator=generator), torch.randn(32, 1, generator=generator)
+    batches = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens, targets), batch_size=4)
+    model = SparseAndDense()
+    trainer(max_epochs=1).fit(model, batches)
+
+    reference = SparseAndDense()
+    sparse_adam = torch.optim.SparseAdam(reference.embedding.parameters(), lr=0.1)
+    adam = torch.optim.Adam(reference.head.parameters(), lr=0.01)
+    for batch in batches:
+        sparse_adam.zero_grad()
+        adam.zero_grad()
+        reference.loss(batch).backward()
+        sparse_adam.step()
+        adam.step()
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_sparse_adam_among_several_names_its_own_dense_parameters() -> None:
+    model = SparseAndDense()
+    model.optim_config = {
+        "optimizers": {
+            "embedding": {"params": r"^(embedding|head\.bias)", "optimizer": {"name": "sparse_adam"}},
+            "head": {"params": r"^head\.weight", "optimizer": {"name": "adam"}},
+        }
+    }
+    message = "optim_config.optimizers.embedding.optimizer.name = 'sparse_adam' is not valid. Expected an optimizer "
+    with pytest.raises(OptimConfigError, match=re.escape(message) + r".*parameters \['head\.bias'\] get dense"):
+        model.configure_optimizers()

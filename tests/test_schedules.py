@@ -8,13 +8,15 @@ import torch
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
     CosineAnnealingWarmRestarts,
+    CyclicLR,
     ExponentialLR,
     MultiStepLR,
     SequentialLR,
     StepLR,
 )
 
-from lightning_optim import OptimConfigError
+from lightning_optim import OptimConfigError, validate_optim_config
+from lightning_optim.schedule.build import build_scheduler
 from lightning_optim.schedule.closed_form import (
     MOST_STAIRS,
     CosineRestarts,
@@ -55,7 +57,9 @@ def torch_factors(make_scheduler, steps: int) -> list[float]:
 @pytest.mark.parametrize(("warmup", "total"), [(0, 20), (1, 20), (5, 20), (20, 20), (3, 4)])
 def test_warmup_cosine_equals_hugging_face_up_to_total(warmup, total):
     schedule = WarmupCosine(warmup_steps=warmup, total_steps=total)
-    for step in range(total + 1):
+    # With warmup == total, Hugging Face's step T is the peak; ours is the floor every run reaches at T.
+    last = total if warmup < total else total - 1
+    for step in range(last + 1):
         assert schedule(step) == pytest.approx(hugging_face_cosine(step, warmup, total), abs=1e-12)
 
 
@@ -81,9 +85,20 @@ def test_warmup_of_one_step_starts_at_zero_then_peaks():
     assert [schedule(0), schedule(1)] == [0.0, 1.0]
 
 
-def test_warmup_equal_to_total_ends_warmup_at_peak_then_floor():
-    schedule = WarmupCosine(warmup_steps=5, total_steps=5, min_lr_ratio=0.3)
-    assert [schedule(k) for k in range(8)] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 0.3, 0.3])
+@pytest.mark.parametrize("name", ["warmup_cosine", "cosine", "warmup_linear", "polynomial"])
+def test_warmup_over_the_whole_run_ends_on_the_floor(name):
+    """``warmup_ratio: 1.0``: the warmup takes every step of the run and step ``total_steps`` is at the floor."""
+    weight, bias = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [weight]}, {"params": [bias], "lr": 0.2}], lr=0.5)
+    section = {"name": name, "warmup_ratio": 1.0, "total_steps": 5, "min_lr_ratio": 0.1}
+    scheduler = build_scheduler(optimizer, section, None).scheduler
+    lrs = []
+    for _ in range(8):
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    factors = [0 / 5, 1 / 5, 2 / 5, 3 / 5, 4 / 5, 0.1, 0.1, 0.1]
+    assert lrs == [[0.5 * factor, 0.2 * factor] for factor in factors]
 
 
 def test_cosine_without_warmup_equals_torch_cosine_annealing():
@@ -331,3 +346,48 @@ def test_cosine_restarts_needs_the_run_only_for_a_warmup_ratio():
     }
     assert resolve_scheduler(in_sequence).needs_run_length
     assert resolve_scheduler(in_sequence).schedule(30).schedules[1] == CosineRestarts(warmup_steps=10, cycle_steps=4)
+
+
+# ---------------------------------------------------------------------------------------------------------- cyclic
+
+
+def two_group_sgd() -> torch.optim.SGD:
+    first, second = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    return torch.optim.SGD([{"params": [first]}, {"params": [second]}], lr=0.1, momentum=0.9)
+
+
+def lrs_and_momenta(optimizer: torch.optim.Optimizer, scheduler, steps: int) -> list[list[tuple[float, float]]]:
+    values = []
+    for _ in range(steps):
+        values.append([(group["lr"], group["momentum"]) for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+@pytest.mark.parametrize("mode", ["triangular", "triangular2", "exp_range"])
+def test_cyclic_takes_one_lr_and_momentum_per_group_as_torch_does(mode):
+    """torch's CyclicLR takes a list per parameter group for base/max lr and momentum (annotated ``float``)."""
+    options = {
+        "base_lr": [0.01, 0.002],
+        "max_lr": [0.1, 0.05],
+        "base_momentum": [0.8, 0.7],
+        "max_momentum": [0.95, 0.9],
+        "step_size_up": 3,
+        "step_size_down": 2,
+        "mode": mode,
+        "gamma": 0.9,
+    }
+    validate_optim_config({"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": {"name": "cyclic", **options}})
+    optimizer = two_group_sgd()
+    ours = lrs_and_momenta(optimizer, build_scheduler(optimizer, {"name": "cyclic", **options}, None).scheduler, 12)
+    reference_optimizer = two_group_sgd()
+    reference = lrs_and_momenta(reference_optimizer, CyclicLR(reference_optimizer, **options), 12)
+    assert ours == reference
+    assert ours[0] == [(0.01, 0.95), (0.002, 0.9)]
+
+
+def test_cyclic_refuses_a_list_of_the_wrong_length_naming_the_key():
+    section = {"name": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "base_momentum": [0.8, 0.7, 0.6]}
+    with pytest.raises(OptimConfigError, match=r"base_momentum must have the same length as optimizer\.param_groups"):
+        build_scheduler(two_group_sgd(), section, None)

@@ -237,6 +237,50 @@ def test_nonfinite_numbers_are_refused_naming_the_key(config, message):
         validate_optim_config(config)
 
 
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            adam(lr=1e300),
+            r"optimizer\.lr = 1e\+300 is not valid\. Expected a learning rate >= 0 and at most 3\.403e\+38",
+        ),
+        (adam(lr=3.5e38), r"optimizer\.lr = 3\.5e\+38 is not valid\. Expected a learning rate >= 0 and at most"),
+        (rule(lr=1e39), r"param_groups\[0\]\.lr = 1e\+39 is not valid\. Expected a learning rate >= 0 and at most"),
+        (
+            rule(lr_scale=1e308),
+            r"param_groups\[0\]\.lr_scale = 1e\+308 is not valid\. Expected a number >= 0 that keeps the group's lr "
+            r"\(0\.1 x lr_scale = 1e\+307\) at most 3\.403e\+38 \(float32's largest\), e\.g\. 10\.$",
+        ),
+        (rule(lr=1e300, lr_scale=1e300), r"param_groups\[0\]\.lr = 1e\+300 is not valid"),
+        (
+            rule(lr=1e30, lr_scale=1e10),
+            r"param_groups\[0\]\.lr_scale = 10000000000\.0 is not valid\. .*\(1e\+30 x lr_scale = 1e\+40\)",
+        ),
+        (
+            {"optimizers": {"g": {"params": "^", "optimizer": {"name": "sgd", "lr": 1e300}}}},
+            r"optimizers\.g\.optimizer\.lr = 1e\+300 is not valid\. Expected a learning rate >= 0 and at most",
+        ),
+    ],
+)
+def test_learning_rates_beyond_float32_are_refused_naming_the_key(config, message):
+    with pytest.raises(OptimConfigError, match=r"^optim_config\." + message):
+        validate_optim_config(config)
+
+
+def test_lr_scale_is_checked_against_the_optimizers_own_default_lr():
+    config = {
+        "optimizer": {"name": "adadelta"},
+        "param_groups": [{"name": "head", "params": "^head", "lr_scale": 1e39}],
+    }
+    with pytest.raises(OptimConfigError, match=r"lr_scale = 1e\+39 is not valid\. .*\(1\.0 x lr_scale = 1e\+39\)"):
+        validate_optim_config(config)
+
+
+def test_the_largest_float32_lr_and_a_large_lr_scale_within_it_are_taken():
+    assert validate_optim_config(adam(lr=3.4e38))["optimizer"]["lr"] == 3.4e38
+    assert validate_optim_config(rule(lr_scale=1e30))["param_groups"][0]["lr_scale"] == 1e30
+
+
 def test_zero_lr_warns_that_the_parameters_will_not_change():
     config = {
         "optimizer": {"name": "sgd", "lr": 0},

@@ -8,5 +8,6 @@ from lightning_optim.callbacks.dashboard import TensorBoardDashboard
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.callbacks.lr_schedule import LRSchedule
+from lightning_optim.callbacks.update_monitor import UpdateMonitor
 
-__all__ = ["BatchNormMonitor", "GradNormMonitor", "LRMonitor", "LRSchedule", "TensorBoardDashboard"]
+__all__ = ["BatchNormMonitor", "GradNormMonitor", "LRMonitor", "LRSchedule", "TensorBoardDashboard", "UpdateMonitor"]

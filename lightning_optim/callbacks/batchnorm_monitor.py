@@ -34,6 +34,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
+from lightning_optim.callbacks.scalar_writer import histogram_bins
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import (
     BatchNormLayer,
@@ -106,7 +107,8 @@ class BatchNormMonitor(L.Callback):
     NaN/Inf (a non-finite batch, or a step that already made the model non-finite) never stops the monitor: a
     value that is not finite is not logged (and leaves ``last``; ``nonfinite`` names it until it is finite again),
     a histogram shows the finite values only (none when nothing is finite), and each of the two is warned about
-    once, naming the layers or the histogram and the step.
+    once, naming the layers or the histogram and the step. Finite values beyond TensorBoard's default bins (|x| >
+    1e20) get equal-width bins over their own range.
 
     At the end of fit, rank zero prints a table of every layer with its last measurement and writes the same
     rows to ``<trainer.log_dir>/batchnorm_report.json`` (when the trainer has a logger). A row needs attention
@@ -289,7 +291,8 @@ class BatchNormMonitor(L.Callback):
                 "finite values only, and are not written when none is finite (said once).",
             )
         if finite.numel() and self._histograms is not None:
-            self._histograms.experiment.add_histogram(tag, finite, self._step)
+            writer = self._histograms.experiment
+            writer.add_histogram(tag, finite, self._step, bins=histogram_bins(writer, finite))
 
     @override
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:

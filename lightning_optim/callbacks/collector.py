@@ -30,11 +30,15 @@ import lightning as L
 import torch
 
 from lightning_optim.callbacks.scalar_writer import write_scalars
+from lightning_optim.internals import callback_metrics_store
 
-__all__ = ["Finish", "MetricCollector", "to_numbers"]
+__all__ = ["Finish", "MetricCollector", "to_device", "to_numbers"]
 
 Finish = Callable[[dict[str, float]], Mapping[str, float]]
 """Turns a monitor's values, made Python numbers, into the metrics to log (and updates the monitor's own state)."""
+
+Listener = Callable[[L.Trainer, dict[int, dict[str, float]]], None]
+"""Gets the metrics of each flush, by step, after they were written to the loggers."""
 
 
 @dataclass
@@ -42,6 +46,7 @@ class _Entry:
     step: int
     values: Mapping[str, float | torch.Tensor]
     finish: Finish | None
+    callback_metrics: bool
 
 
 class MetricCollector:
@@ -57,6 +62,7 @@ class MetricCollector:
 
     def __init__(self) -> None:
         self._members: list[L.Callback] = []
+        self._listeners: list[Listener] = []
         self._entries: list[_Entry] = []
 
     @classmethod
@@ -74,12 +80,25 @@ class MetricCollector:
             self._members.append(monitor)
         self._entries.clear()
 
-    def add(self, step: int, values: Mapping[str, float | torch.Tensor], finish: Finish | None = None) -> None:
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener`` after each flush with the metrics written, by step (once, however often it is given)."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def add(
+        self,
+        step: int,
+        values: Mapping[str, float | torch.Tensor],
+        finish: Finish | None = None,
+        callback_metrics: bool = False,
+    ) -> None:
         """Hand over ``values`` (Python numbers or 0-dim tensors) to log at ``step``.
 
         ``finish``, if given, gets them as Python numbers at the flush and returns the metrics to log instead.
+        With ``callback_metrics``, the metrics are also put into ``trainer.callback_metrics`` at the flush (as
+        ``LearningRateMonitor`` does for its lr keys), so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
         """
-        self._entries.append(_Entry(step, values, finish))
+        self._entries.append(_Entry(step, values, finish, callback_metrics))
 
     def batch_end(self, trainer: L.Trainer, monitor: L.Callback) -> None:
         """``monitor``'s ``on_train_batch_end`` is done: flush if it is the last member in the Trainer's callbacks
@@ -102,6 +121,7 @@ class MetricCollector:
         tensors = [value for entry in entries for value in entry.values.values() if isinstance(value, torch.Tensor)]
         numbers = iter(to_numbers(tensors))
         by_step: dict[int, dict[str, float]] = {}
+        for_callbacks: dict[str, float] = {}
         for entry in entries:
             converted = {
                 key: next(numbers) if isinstance(value, torch.Tensor) else value for key, value in entry.values.items()
@@ -109,10 +129,31 @@ class MetricCollector:
             metrics = entry.finish(converted) if entry.finish is not None else converted
             if metrics:
                 by_step.setdefault(entry.step, {}).update(metrics)
+                if entry.callback_metrics:
+                    for_callbacks.update(metrics)
+        if for_callbacks:
+            on_device = to_device(list(for_callbacks.values()), trainer.strategy.root_device)
+            callback_metrics_store(trainer).update(zip(for_callbacks, on_device, strict=True))
         for step, metrics in by_step.items():
             for logger in trainer.loggers:
                 write_scalars(logger, metrics, step)
+        for listener in self._listeners:
+            listener(trainer, by_step)
         return by_step
+
+
+def to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:
+    """0-dim float tensors of ``values`` on ``device``, copied in one non-blocking copy (from pinned memory to a GPU,
+    so that the host does not wait).
+
+    Examples:
+        >>> to_device([0.5, 2.0], torch.device("cpu"))
+        [tensor(0.5000), tensor(2.)]
+    """
+    host = torch.tensor(values)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return list(host.to(device, non_blocking=True).unbind())
 
 
 def to_numbers(tensors: list[torch.Tensor]) -> list[float]:

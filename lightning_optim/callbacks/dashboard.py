@@ -12,7 +12,9 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import lightning as L
@@ -20,10 +22,13 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
+from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
+from lightning_optim.callbacks.scalar_writer import histogram_bins
 from lightning_optim.internals import logging_step
 from lightning_optim.names import named_parameters
 from lightning_optim.stats import dense_gradient
@@ -34,6 +39,33 @@ Charts = dict[str, list[str]]
 """Chart title -> regexes of the tags the chart draws (Python ``re``, matched from the tag's start)."""
 
 HISTOGRAM_PREFIX = "grad_hist/"
+
+CLIP_SERIES_RUNS = {"total": "norm_before_clipping", "clipped": "norm_after_clipping", "threshold": "clip_threshold"}
+"""``grad_norm/<series>`` -> the run (a directory inside the logger's) that carries it on the clipping chart."""
+
+_CLIP_SERIES_KEY = re.compile(r"grad_norm/(?:(?P<optimizer>[^/]+)/)?(?P<series>total|clipped|threshold)$")
+
+
+def clip_series(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """The clipping chart's series in one step's metrics: run -> {tag: value}.
+
+    TensorBoard colours a chart's lines by run, so the norm before clipping, after it and the threshold, logged in one
+    run, would be drawn in one colour. Each goes to a run of its own (:data:`CLIP_SERIES_RUNS`) under one tag,
+    ``clipping/norm`` (``clipping/<optimizer>/norm`` with several optimizers), which the chart draws.
+
+    Examples:
+        >>> clip_series({"grad_norm/total": 3.0, "grad_norm/clipped": 1.0, "grad_norm/fc": 2.0})
+        {'norm_before_clipping': {'clipping/norm': 3.0}, 'norm_after_clipping': {'clipping/norm': 1.0}}
+        >>> clip_series({"grad_norm/generator/threshold": 0.5})
+        {'clip_threshold': {'clipping/generator/norm': 0.5}}
+    """
+    series: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        match = _CLIP_SERIES_KEY.match(key)
+        if match is not None:
+            optimizer = f"{match['optimizer']}/" if match["optimizer"] else ""
+            series.setdefault(CLIP_SERIES_RUNS[match["series"]], {})[f"clipping/{optimizer}norm"] = value
+    return series
 
 
 def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]]:
@@ -76,8 +108,12 @@ class TensorBoardDashboard(L.Callback):
     "Learning rate" category (lr of every parameter group, momentum and weight decay when logged), "Gradient
     norm" (``grad_norm/total``, ``grad_norm/clipped`` and ``grad_norm/threshold`` on one chart, the clip fraction,
     non-finite steps, per-layer norms), and one category per other callback that has ``dashboard_charts()`` (e.g.
-    "BatchNorm"); see :func:`dashboard_layout`. The charts are regexes, so they fill as the metrics are logged.
-    Open it with ``tensorboard --logdir <dir>`` at ``http://localhost:6006/#custom_scalars``.
+    "BatchNorm", "Updates"); see :func:`dashboard_layout`. The charts are regexes, so they fill as the metrics are
+    logged. Open it with ``tensorboard --logdir <dir>`` at ``http://localhost:6006/#custom_scalars``.
+
+    The clipping chart's three series are also written to runs of their own inside each logger's directory
+    (``norm_before_clipping``, ``norm_after_clipping``, ``clip_threshold``; :func:`clip_series`), because TensorBoard
+    draws a chart's lines in the colour of their run: so each series gets its own colour, and the legend names it.
 
     Without a ``TensorBoardLogger`` it warns once and does nothing.
 
@@ -99,6 +135,7 @@ class TensorBoardDashboard(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
+        self._series_writers: dict[str, SummaryWriter] = {}
 
     @staticmethod
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -118,6 +155,28 @@ class TensorBoardDashboard(L.Callback):
         layout = dashboard_layout(trainer.callbacks)  # type: ignore[attr-defined]  # set by Lightning's connector
         for logger in loggers:
             logger.experiment.add_custom_scalars(layout)
+        MetricCollector.of(trainer).listen(self._write_clip_series)
+
+    def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
+        if not trainer.is_global_zero:
+            return
+        for step, metrics in by_step.items():
+            for run, values in clip_series(metrics).items():
+                for logger in self._tensorboards(trainer):
+                    writer = self._series_writer(os.path.join(logger.log_dir, run))
+                    for tag, value in values.items():
+                        writer.add_scalar(tag, value, global_step=step)
+
+    def _series_writer(self, log_dir: str) -> SummaryWriter:
+        if log_dir not in self._series_writers:
+            self._series_writers[log_dir] = SummaryWriter(log_dir)
+        return self._series_writers[log_dir]
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for writer in self._series_writers.values():
+            writer.close()
+        self._series_writers.clear()
 
     @override
     def on_before_optimizer_step(
@@ -143,4 +202,7 @@ class TensorBoardDashboard(L.Callback):
             if values.numel() == 0:
                 continue
             for logger in loggers:
-                logger.experiment.add_histogram(HISTOGRAM_PREFIX + name, values, global_step=step)
+                writer = logger.experiment
+                writer.add_histogram(
+                    HISTOGRAM_PREFIX + name, values, global_step=step, bins=histogram_bins(writer, values)
+                )

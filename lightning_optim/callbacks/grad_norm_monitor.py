@@ -9,7 +9,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from lightning_optim.internals import logging_step, should_log
 from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     GradientNorms,
+    GroupOf,
     RunningStatsSnapshot,
     dense_gradient,
     gradient_norms,
@@ -125,6 +126,8 @@ class GradNormMonitor(L.Callback):
       and for the non-finite count without norm clipping, only logging steps are measured.
     * With the mixin's adaptive clipping (``optim_config.clipping``), ``grad_norm/threshold`` is each logged step's
       adaptive threshold (none during ZClip's warm-up, which does not clip).
+    * Every key is also put into ``trainer.callback_metrics`` on logging steps (the last logged value), so
+      ``EarlyStopping(monitor="grad_norm/total")`` and ``ModelCheckpoint`` can use it; no extra host sync.
     * A negative or non-finite ``gradient_clip_val`` is refused in ``setup``, before the first step: torch's norm
       clipping would flip the gradients' sign (Lightning's own clipping ignores it silently).
     * LBFGS evaluates its closure, and so clipping, several times per optimizer step: the monitor logs once per
@@ -142,7 +145,8 @@ class GradNormMonitor(L.Callback):
 
     Args:
         per_layer_depth: also log the norm of each module path cut at this depth (``1``: ``encoder``, ``head``).
-        per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>``.
+        per_param_group: also log the norm of each optimizer parameter group, ``grad_norm/group/<name>`` (with
+            ``per_layer_depth`` too, both sets of keys).
         norm_type: the p of the p-norm.
         nonfinite: what to do when the total norm is NaN/Inf: ``"warn"`` (at the next logging step),
             ``"skip"`` (drop the gradients so the optimizer step changes nothing, and put back the BatchNorm running
@@ -190,31 +194,27 @@ class GradNormMonitor(L.Callback):
         optional_optimizer = "(?:[^/]+/)?"
         own = "|".join(_OWN_KEYS)
         return {
-            "Norm before vs after clipping, and threshold": [
-                f"grad_norm/{optional_optimizer}total$",
-                f"grad_norm/{optional_optimizer}clipped$",
-                f"grad_norm/{optional_optimizer}threshold$",
-            ],
+            # TensorBoardDashboard writes these three series to runs of their own (TensorBoard colours by run).
+            "Norm before vs after clipping, and threshold": [f"clipping/{optional_optimizer}norm$"],
             "Clip fraction": [f"grad_norm/{optional_optimizer}clip_fraction$"],
             "Non-finite steps": [f"grad_norm/{optional_optimizer}nonfinite$"],
             "Per layer": [f"grad_norm/(?!{optional_optimizer}(?:{own})$).*"],
         }
 
-    def _group_of(
-        self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]
-    ) -> Callable[[str], str] | None:
-        if self.per_param_group:
-            names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
-            group_names = {
-                names[id(parameter)]: f"group/{group.get('name', index)}"
-                for optimizer in optimizers
-                for index, group in enumerate(optimizer.param_groups)
-                for parameter in group["params"]
-            }
+    def _group_of(self, pl_module: L.LightningModule, optimizers: Sequence[torch.optim.Optimizer]) -> GroupOf | None:
+        layer_of = module_path(self.per_layer_depth) if self.per_layer_depth is not None else None
+        if not self.per_param_group:
+            return layer_of
+        names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
+        group_names = {
+            names[id(parameter)]: f"group/{group.get('name', index)}"
+            for optimizer in optimizers
+            for index, group in enumerate(optimizer.param_groups)
+            for parameter in group["params"]
+        }
+        if layer_of is None:
             return group_names.__getitem__
-        if self.per_layer_depth is not None:
-            return module_path(self.per_layer_depth)
-        return None
+        return lambda name: (layer_of(name), group_names[name])
 
     def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
         """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""
@@ -403,7 +403,7 @@ class GradNormMonitor(L.Callback):
         if isinstance(result.threshold, torch.Tensor) or result.threshold:
             values["threshold"] = result.threshold
         finish = partial(self._metrics, trainer, prefix)
-        MetricCollector.of(trainer).add(logging_step(trainer), values, finish)
+        MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True)
 
     def _metrics(self, trainer: L.Trainer, prefix: str, numbers: dict[str, float]) -> dict[str, float]:
         """The metrics of one logging step from :meth:`_log`'s values made Python numbers; the window's counts

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_optim.callbacks.collector import MetricCollector
+from lightning_optim.callbacks.collector import MetricCollector, to_device
 from lightning_optim.internals import callback_metrics_store, logging_step, should_log
 from lightning_optim.names import NamesOptimizers
 
@@ -234,7 +234,7 @@ class LRMonitor(LearningRateMonitor):
         for optimizer, keys in zip(unscheduled, unscheduled_names, strict=True):
             stats.update(self._get_optimizer_stats(optimizer, keys))
         if stats:
-            on_device = _to_device(list(stats.values()), trainer.strategy.root_device)
+            on_device = to_device(list(stats.values()), trainer.strategy.root_device)
             callback_metrics_store(trainer).update(zip(stats, on_device, strict=True))
         return stats
 
@@ -274,15 +274,6 @@ def _warn_if_shorter_than_a_logging_step(trainer: L.Trainer) -> None:
             f" optimizer steps is shorter than log_every_n_steps={every}: no learning rate is logged. Lower"
             " Trainer(log_every_n_steps=...), or pass logging_interval=None (LearningRateMonitor's default)."
         )
-
-
-def _to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:
-    """0-dim float tensors of ``values`` on ``device``, copied in one non-blocking copy (from pinned memory to a GPU,
-    so that the host does not wait)."""
-    host = torch.tensor(values)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    return list(host.to(device, non_blocking=True).unbind())
 
 
 def _number(value: Any) -> float:

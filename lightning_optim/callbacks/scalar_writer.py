@@ -15,8 +15,9 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
@@ -26,7 +27,10 @@ from lightning_optim.internals import logger_prefix
 if TYPE_CHECKING:
     from torch.utils.tensorboard.writer import FileWriter
 
-__all__ = ["write_scalars"]
+__all__ = ["HUGE_VALUES_BINS", "histogram_bins", "write_scalars"]
+
+HUGE_VALUES_BINS = 64
+"""Equal-width bins of a histogram whose values reach beyond TensorBoard's default bins (|x| > 1e20)."""
 
 
 @rank_zero_only
@@ -64,3 +68,23 @@ def _summary_writer(logger: Logger) -> FileWriter | None:
     if not isinstance(experiment, SummaryWriter):
         return None
     return experiment.file_writer  # None once closed: log_metrics opens it again
+
+
+def histogram_bins(writer: Any, finite: torch.Tensor) -> str | int:
+    """The ``bins`` for ``writer.add_histogram`` of the finite values ``finite``: TensorBoard's own when they fit.
+
+    TensorBoard's default bins end at 1e20 either way, and values beyond them are dropped (all of them: "The histogram
+    is empty"). Beyond, :data:`HUGE_VALUES_BINS` equal-width bins over the values' own range: ``np.histogram`` takes it
+    in float64, which holds every finite float32.
+
+    Example:
+        >>> from torch.utils.tensorboard import SummaryWriter
+        >>> import tempfile
+        >>> writer = SummaryWriter(tempfile.mkdtemp())
+        >>> histogram_bins(writer, torch.tensor([1.0, -2.0])), histogram_bins(writer, torch.tensor([1e21]))
+        ('tensorflow', 64)
+    """
+    default_bins = getattr(writer, "default_bins", None)
+    if default_bins is None or float(finite.abs().max()) <= default_bins[-1]:
+        return "tensorflow"
+    return HUGE_VALUES_BINS

@@ -12,17 +12,22 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import shlex
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lightning_optim.targets import allow_target_modules
 
 CONFIG_PATH = "pkg://lightning_optim.conf"
 """Where the apps find their configs: the package, so an installed wheel needs no checkout."""
@@ -100,6 +105,115 @@ def instantiate_model(model_cfg: DictConfig, optim_config: dict[str, Any]) -> L.
     # _partial_ stops Hydra at the model's own arguments; optim_config then goes in through a plain call.
     build = instantiate(model_cfg, _partial_=True, _convert_="all")
     return build(optim_config=optim_config)
+
+
+def apply_app_settings(cfg: DictConfig) -> None:
+    """Check the settings every app reads before anything runs, and apply ``allowed_target_modules``.
+
+    ``trust_checkpoint`` and the ``Trainer``'s boolean arguments must be real booleans (:func:`app_flag`,
+    :func:`check_trainer_flags`); ``allowed_target_modules`` (a list of module names) extends the modules a
+    ``_target_`` in ``optimizer``/``scheduler`` may name (:func:`lightning_optim.targets.allow_target_modules`).
+
+    Raises:
+        ValueError: naming the key, its value and what works.
+    """
+    if "trust_checkpoint" in cfg:
+        app_flag(cfg, "trust_checkpoint")
+    check_trainer_flags(cfg.get("trainer") or {})
+    modules = cfg.get("allowed_target_modules")
+    if modules is None:
+        return
+    if not isinstance(modules, ListConfig) or not all(isinstance(module, str) for module in modules):
+        raise ValueError(
+            f"allowed_target_modules = {_plain(modules)!r} is not valid. Expected a list of module names, e.g. "
+            "allowed_target_modules=[mypkg.optim]."
+        )
+    try:
+        allow_target_modules(*modules)
+    except ValueError as error:
+        raise ValueError(f"allowed_target_modules: {error}") from None
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def app_flag(cfg: DictConfig, key: str) -> bool:
+    """The boolean at ``key`` (resolved), refused unless it is a real ``true``/``false``.
+
+    A command line makes strings easily (``trust_checkpoint=no``, ``'false'``, an ``oc.env`` default), and any
+    non-empty string is true in Python: ``weights_only=not "no"`` would unpickle a checkpoint.
+
+    Raises:
+        ValueError: naming the key, the value and the spellings that work.
+
+    Examples:
+        >>> from omegaconf import OmegaConf
+        >>> app_flag(OmegaConf.create({"trust_checkpoint": False}), "trust_checkpoint")
+        False
+        >>> app_flag(OmegaConf.create({"trust_checkpoint": "no"}), "trust_checkpoint")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: trust_checkpoint = 'no' is not valid. Expected true or false, unquoted ...
+    """
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if isinstance(value, bool):
+        return value
+    raise ValueError(_flag_message(key, value, "true or false"))
+
+
+def _flag_message(key: str, value: Any, expected: str) -> str:
+    return (
+        f"{key} = {value!r} is not valid. Expected {expected}, unquoted (e.g. {key}=false): a string such as 'no' or "
+        "'false' is not read as a boolean. From an environment variable, decode it: "
+        f"{key}='${{oc.decode:${{oc.env:NAME,false}}}}'."
+    )
+
+
+def check_trainer_flags(trainer_cfg: Mapping[str, Any]) -> None:
+    """Refuse a string for any ``Trainer`` argument that takes a boolean (``enable_checkpointing=no``), unless the
+    argument's annotation names that string (``deterministic: warn``).
+
+    Raises:
+        ValueError: naming ``trainer.<key>``, the value and what works.
+
+    Examples:
+        >>> check_trainer_flags({"deterministic": "warn", "inference_mode": False, "max_epochs": 3})
+        >>> check_trainer_flags({"enable_checkpointing": "off"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: trainer.enable_checkpointing = 'off' is not valid. Expected true or false, unquoted ...
+    """
+    for key in trainer_cfg:
+        words = _trainer_flags().get(str(key))
+        if words is None:
+            continue
+        value = trainer_cfg[key]  # only the flags: other values may interpolate what exists only inside the app
+        if not isinstance(value, str) or value in words:
+            continue
+        expected = " or ".join(["true", "false", *(repr(word) for word in sorted(words))])
+        raise ValueError(_flag_message(f"trainer.{key}", value, expected))
+
+
+@functools.cache
+def _trainer_flags() -> dict[str, frozenset[str]]:
+    """``Trainer`` arguments whose annotation admits a bool, each with the strings it also admits (``Literal``)."""
+    flags = {}
+    for name, annotation in typing.get_type_hints(L.Trainer.__init__).items():
+        members = _annotation_members(annotation)
+        if bool in members:
+            flags[name] = frozenset(str(member) for member in members if isinstance(member, str))
+    return flags
+
+
+def _annotation_members(annotation: Any) -> set[Any]:
+    """The types and ``Literal`` values a (union) annotation is made of."""
+    if typing.get_origin(annotation) is Literal:
+        return set(typing.get_args(annotation))
+    arguments = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and arguments:
+        return set().union(*(_annotation_members(argument) for argument in arguments))
+    return {annotation}
 
 
 def count_optimizer_steps(trainer_cfg: Mapping[str, Any], num_train_batches: int) -> tuple[int, int]:

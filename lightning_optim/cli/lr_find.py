@@ -3,8 +3,10 @@
 Takes the same config and overrides as ``lightning-optim-train``, plus the finder's options under ``lr_find.`` and
 ``out=`` (the PNG's path). Lightning's finder (``Tuner.lr_find``) trains from ``lr_find.min_lr`` to
 ``lr_find.max_lr`` over ``lr_find.num_training`` optimizer steps with the configured optimizer, then restores the
-model; the app draws the smoothed loss against the lr with the suggestion marked, and prints the override to use as
-its last line.
+model. The suggestion is where the smoothed loss falls fastest against log(lr)
+(:func:`lightning_optim.stats.lr_suggestion.suggest_lr`); Lightning's own ``suggestion()`` takes the slope against
+the lr itself and lands about ten times lower (Lightning #21141), so it is printed beside it, not used. The app draws
+the smoothed loss against the lr with both marked, and prints the override to use as its last line.
 
 Examples (shell)::
 
@@ -16,6 +18,7 @@ Examples (shell)::
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +33,19 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instantiate_model, whole_number
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    apply_app_settings,
+    compose_optim_config,
+    instantiate_model,
+    whole_number,
+)
 from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.fit.lr_finder import config_with_lr
 from lightning_optim.fit.mixin import OptimMixin
+from lightning_optim.optim.registry import MAX_LR
+from lightning_optim.stats.lr_suggestion import RULE, suggest_lr
 
 __all__ = ["LrRangeTest", "check_options", "find_lr", "lr_override", "main", "plot"]
 
@@ -44,17 +55,22 @@ SKIP_BEGIN, SKIP_END = 10, 1
 MIN_NUM_TRAINING = SKIP_BEGIN + SKIP_END + 2
 """The fewest steps that can give a suggestion: it takes the loss's gradient, which needs two points left."""
 
+MAX_NUM_TRAINING = 10_000
+"""The longest search taken: a range test needs a hundred to a few thousand steps; each step is a training step."""
+
 MODES = ("exponential", "linear")
 
 
 @dataclass(frozen=True)
 class LrRangeTest:
-    """What a search found: each step's lr and smoothed loss, and the suggestion (``None``: too few finite losses)."""
+    """What a search found: each step's lr and smoothed loss, the suggestion (:func:`suggest_lr`), and Lightning's
+    own ``suggestion()`` (``None``: too few finite losses)."""
 
     lrs: list[float]
     losses: list[float]
     suggestion: float | None
     mode: str
+    lightning_suggestion: float | None = None
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,23 +90,33 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     checked = dict(options)
     min_lr, max_lr = checked.get("min_lr"), checked.get("max_lr")
-    if not _is_number(min_lr) or min_lr <= 0:
-        raise _option_error("min_lr", min_lr, "a learning rate > 0, e.g. 1e-8")
-    if not _is_number(max_lr) or max_lr <= min_lr:
-        raise _option_error("max_lr", max_lr, f"a learning rate above lr_find.min_lr = {min_lr!r}, e.g. 1.0")
+    if not _is_number(min_lr) or not 0 < min_lr < MAX_LR:
+        raise _option_error("min_lr", min_lr, "a finite learning rate > 0, e.g. 1e-8")
+    if not _is_number(max_lr) or not min_lr < max_lr <= MAX_LR:
+        raise _option_error(
+            "max_lr",
+            max_lr,
+            f"a finite learning rate above lr_find.min_lr = {min_lr!r} and at most {MAX_LR:.4g}, e.g. 1.0",
+        )
     num_training = checked.get("num_training")
-    if not _is_number(num_training) or not float(num_training).is_integer() or num_training < MIN_NUM_TRAINING:
+    if (
+        not _is_number(num_training)
+        or not MIN_NUM_TRAINING <= num_training <= MAX_NUM_TRAINING
+        or not float(num_training).is_integer()
+    ):
         expected = (
-            f"a whole number of steps >= {MIN_NUM_TRAINING} (the suggestion leaves out the first {SKIP_BEGIN} and "
-            f"the last {SKIP_END} points and needs two more), e.g. 100"
+            f"a whole number of steps in [{MIN_NUM_TRAINING}, {MAX_NUM_TRAINING}] (the suggestion leaves out the "
+            f"first {SKIP_BEGIN} and the last {SKIP_END} points and needs two more; each step trains), e.g. 100"
         )
         raise _option_error("num_training", num_training, expected)
     checked["num_training"] = whole_number("lr_find.num_training", num_training)
     if checked.get("mode") not in MODES:
         raise _option_error("mode", checked.get("mode"), "'exponential' or 'linear'", MODES)
     threshold = checked.get("early_stop_threshold")
-    if threshold is not None and (not _is_number(threshold) or threshold <= 1):
-        raise _option_error("early_stop_threshold", threshold, "a factor > 1 (e.g. 4.0), or null to never stop early")
+    if threshold is not None and (not _is_number(threshold) or not 1 < threshold < math.inf):
+        raise _option_error(
+            "early_stop_threshold", threshold, "a finite factor > 1 (e.g. 4.0), or null to never stop early"
+        )
     return checked
 
 
@@ -128,6 +154,7 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
         ValueError: a bad ``lr_find`` option. OptimConfigError: a bad ``optim_config``, or one the override could
             not set (:func:`refuse_untunable`). All before any training.
     """
+    apply_app_settings(cfg)
     options = check_options(OmegaConf.to_container(cfg.lr_find, resolve=True))  # type: ignore[arg-type]
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -142,7 +169,14 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
     if finder is None:
         raise RuntimeError("Lightning's lr finder did not run: it skips the search when trainer.fast_dev_run is set.")
     lrs, losses = list(finder.results["lr"]), list(finder.results["loss"])
-    return LrRangeTest(lrs, losses, finder.suggestion(SKIP_BEGIN, SKIP_END), options["mode"])
+    suggestion = suggest_lr(lrs, losses, SKIP_BEGIN, SKIP_END)
+    return LrRangeTest(
+        lrs,
+        losses,
+        suggestion.lr if suggestion is not None else None,
+        options["mode"],
+        finder.suggestion(SKIP_BEGIN, SKIP_END),
+    )
 
 
 def lr_override(lr: float) -> str:
@@ -156,7 +190,8 @@ def lr_override(lr: float) -> str:
 
 
 def plot(search: LrRangeTest, title: str) -> Figure:
-    """The smoothed loss against the lr (a log axis for an exponential search), the suggestion marked."""
+    """The smoothed loss against the lr (a log axis for an exponential search), the suggestion and Lightning's own
+    marked."""
     # A bare Figure renders with Agg and needs no pyplot state or display.
     figure = Figure(figsize=(8, 4.5))
     axes = figure.add_subplot()
@@ -167,19 +202,27 @@ def plot(search: LrRangeTest, title: str) -> Figure:
         loss = search.losses[search.lrs.index(search.suggestion)]
         axes.axvline(search.suggestion, color="C3", linestyle=":", linewidth=1)
         axes.plot([search.suggestion], [loss], "o", color="C3", markersize=8, label=lr_override(search.suggestion))
+    if search.lightning_suggestion is not None:
+        loss = search.losses[search.lrs.index(search.lightning_suggestion)]
+        label = f"Lightning's suggestion() {search.lightning_suggestion:.3g} (slope against lr)"
+        axes.plot([search.lightning_suggestion], [loss], "x", color="C7", markersize=8, label=label)
     axes.set(xlabel="learning rate", ylabel="training loss (smoothed)", title=title)
     axes.grid(alpha=0.3)
-    axes.legend(title="suggestion: steepest descent" if search.suggestion is not None else None)
+    axes.legend(title=f"suggestion: {RULE}" if search.suggestion is not None else None)
     figure.tight_layout()
     return figure
 
 
 def describe(search: LrRangeTest) -> str:
-    """One line on the search: how many lrs over which range, and the suggestion at full precision."""
+    """One line on the search: how many lrs over which range, the suggestion at full precision and the rule that
+    picked it, and Lightning's own suggestion."""
     line = f"searched {len(search.lrs)} learning rates from {search.lrs[0]:.3g} to {search.lrs[-1]:.3g} ({search.mode})"
     if search.suggestion is None:
         return line
-    return f"{line}; the smoothed loss falls fastest at lr {search.suggestion!r}"
+    return (
+        f"{line}; suggestion {search.suggestion!r} ({RULE}); Lightning's suggestion() "
+        f"{search.lightning_suggestion!r} (steepest descent against lr itself, Lightning #21141)"
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="lr_find")

@@ -27,7 +27,13 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    apply_app_settings,
+    compose_optim_config,
+    count_optimizer_steps,
+    instantiate_model,
+)
 from lightning_optim.config.preview import LearningRatePreview, sample_learning_rates
 
 __all__ = ["group_table", "main", "plot", "step_learning_rates"]
@@ -147,6 +153,7 @@ def main(cfg: DictConfig) -> None:
     base = Path(cfg.out)
     if not base.is_absolute():
         base = Path(HydraConfig.get().runtime.output_dir) / base
+    apply_app_settings(cfg)
     console = Console()
     for optimizer in optimizer_names(compose_optim_config(cfg)):
         preview, optim_config = step_learning_rates(cfg, cfg.first_steps, optimizer)

@@ -30,6 +30,8 @@ from omegaconf import DictConfig
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
+    app_flag,
+    apply_app_settings,
     compose_optim_config,
     instantiate_model,
     refuse_used_run_dir,
@@ -77,6 +79,7 @@ def train(cfg: DictConfig) -> float:
     Returns:
         The value of ``cfg.metric`` (default ``val/acc``).
     """
+    apply_app_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
     if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
@@ -92,7 +95,10 @@ def train(cfg: DictConfig) -> float:
     with sweep_job():
         try:
             trainer.fit(
-                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
+                model,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=not app_flag(cfg, "trust_checkpoint"),
             )
             validates = _has_validation(model, datamodule)
             metrics: dict[str, Any] = (

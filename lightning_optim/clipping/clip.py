@@ -36,7 +36,8 @@ import torch
 from torch.distributed.fsdp import FullyShardedDataParallel
 
 from lightning_optim.internals import scale_tensor, torch_optimizer, unscales_in_step
-from lightning_optim.stats import GradientNorms, RunningStatsSnapshot, gradient_norms
+from lightning_optim.stats import GradientNorms, GroupOf, RunningStatsSnapshot, gradient_norms
+from lightning_optim.stats.distributed import local_tensor
 
 __all__ = [
     "ClipResult",
@@ -114,7 +115,7 @@ class ClipState:
 
     last: ClipResult | None = None
     """The last clipping call's result (None: the last step was not clipped)."""
-    group_of: Callable[[str], str] | None = None
+    group_of: GroupOf | None = None
     """Maps a parameter name to its group: per-group norms are wanted from this step's clipping."""
     skip_nonfinite: RunningStatsSnapshot | None = None
     """Skip steps whose total norm is NaN/Inf, and put back these BatchNorm running statistics (taken at the
@@ -148,7 +149,7 @@ def clip_gradients(
     max_norm: float | ThresholdOfNorm,
     algorithm: str = "norm",
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
 ) -> ClipResult:
     """Clip gradients by total norm (or by value) and return what was measured, without any host sync.
 
@@ -177,12 +178,17 @@ def threshold_for(max_norm: float | ThresholdOfNorm, total: torch.Tensor) -> flo
 def scale_to_norm(
     parameters: Sequence[torch.Tensor], max_norm: float | torch.Tensor, norms: GradientNorms
 ) -> ClipResult:
-    """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does."""
+    """Scale the gradients by ``min(1, max_norm / (total + 1e-6))`` exactly as ``clip_grad_norm_`` does.
+
+    A ``DTensor`` gradient is scaled through its local part: every rank has the same global total, so the same
+    coefficient, and a foreach kernel may then take sharded and plain gradients together.
+    """
     coefficient = clip_coefficient(norms.total, max_norm)
     by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
     for parameter in parameters:
         grad = parameter.grad
         assert grad is not None  # the callers pass the parameters that have gradients
+        grad = local_tensor(grad)
         by_device[grad.device].append(grad)
     for device, grads in by_device.items():
         factor = coefficient.to(device)
@@ -281,7 +287,7 @@ def clip_in_step(
     optimizer: torch.optim.Optimizer,
     max_norm: float | ThresholdOfNorm,
     norm_type: float = 2.0,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: bool = False,
     scaled_by: torch.Tensor | None = None,
 ) -> ClipResult:
@@ -421,7 +427,7 @@ def clip_for_step(
     sharded: ClipsShardedGradients | None = None,
     scaler: torch.amp.GradScaler | None = None,
     fold: bool = True,
-    group_of: Callable[[str], str] | None = None,
+    group_of: GroupOf | None = None,
     skip_nonfinite: RunningStatsSnapshot | None = None,
 ) -> ClipResult | None:
     """Clip one optimizer step's gradients the way that fits the optimizer, keeping what was measured.

@@ -38,7 +38,9 @@ OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
 SECTION_KEYS = ("params", "optimizer", "param_groups", "scheduler", "clipping")
 """The keys of one named optimizer's section in the several-optimizer form."""
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]+")
+"""An optimizer's name under ``optimizers``: part of metric keys and of TensorBoard's folders, so never ``.`` or
+``..``."""
 
 
 @dataclass
@@ -153,9 +155,11 @@ def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
     sections = {}
     for name, section in optimizers.items():
         where = f"{OPTIMIZERS_KEY}.{name}"
-        if not _NAME.fullmatch(name):
-            raise config_error(
-                where, section, "an optimizer name of letters, digits, '_', '-' and '.' (it is part of metric keys)"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise OptimConfigError(
+                f"optim_config.{OPTIMIZERS_KEY}: the optimizer name {name!r} is not valid. Expected letters, digits, "
+                "'_', '-' and '.', other than '.' and '..' (the name is part of metric keys and log folders), e.g. "
+                "'generator'."
             )
         if not isinstance(section, dict):
             raise config_error(where, section, "a mapping with params (a regex on parameter names) and optimizer")

@@ -17,18 +17,20 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from lightning_optim.config.optim_config import OPTIMIZERS_KEY
 from lightning_optim.config.validation import NamedOptimSpec, OptimizerSetSpec, section_keys
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.names import named_parameters
 from lightning_optim.optim.build import build_optimizer
 from lightning_optim.schedule.build import BuiltScheduler, build_scheduler
 
-__all__ = ["build_optimizer_set", "select_parameters"]
+__all__ = ["build_optimizer_set", "select_parameters", "states_in_config_order"]
 
 _MOST_NAMED = 5
 """How many parameter names an error lists before it counts the rest."""
@@ -120,3 +122,55 @@ def build_optimizer_set(
                 scheduler.lightning_config.setdefault("name", f"lr-{member.name}")
         built.append((optimizer, scheduler))
     return built
+
+
+def states_in_config_order(
+    checkpoint: Mapping[str, Any], config_key: str, optim_config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint's entries to replace so that its optimizer and scheduler states follow ``optim_config``'s order.
+
+    Lightning restores ``optimizer_states`` and ``lr_schedulers`` by position; named optimizers listed in another
+    order would silently take each other's states. The saved ``optim_config`` (under ``config_key``) says whose each
+    state is: the names in its ``optimizers`` order, and which of them had a scheduler. Nothing is mutated; the
+    returned entries (none when the order is the same, or there is nothing to map by name: one optimizer, other
+    names, whose refusal is the resume check's) also hold the saved config in the new order, so that later
+    comparisons with it see the same order.
+
+    Raises:
+        OptimConfigError: the order changed together with which optimizers have a scheduler, naming both orders.
+
+    Example:
+        >>> saved = {"optimizers": {"a": {"scheduler": None}, "b": {"scheduler": {"name": "step"}}}}
+        >>> checkpoint = {"optim_config": saved, "optimizer_states": ["state a", "state b"], "lr_schedulers": ["b"]}
+        >>> now = {"optimizers": {"b": {"scheduler": {"name": "step"}}, "a": {"scheduler": None}}}
+        >>> replaced = states_in_config_order(checkpoint, "optim_config", now)
+        >>> replaced["optimizer_states"], replaced["lr_schedulers"], list(replaced["optim_config"]["optimizers"])
+        (['state b', 'state a'], ['b'], ['b', 'a'])
+    """
+    saved = checkpoint.get(config_key)
+    if not isinstance(saved, Mapping) or OPTIMIZERS_KEY not in saved or OPTIMIZERS_KEY not in optim_config:
+        return {}
+    saved_sections, sections = saved[OPTIMIZERS_KEY], optim_config[OPTIMIZERS_KEY]
+    saved_names, names = list(saved_sections), list(sections)
+    states = checkpoint.get("optimizer_states") or []
+    if saved_names == names or sorted(saved_names) != sorted(names) or len(states) != len(names):
+        return {}
+    saved_scheduled = [name for name in saved_names if saved_sections[name].get("scheduler") is not None]
+    scheduled = [name for name in names if sections[name].get("scheduler") is not None]
+    if sorted(saved_scheduled) != sorted(scheduled):
+        raise OptimConfigError(
+            f"optim_config.{OPTIMIZERS_KEY}: cannot resume the checkpoint's optimizers ({', '.join(saved_names)}) in "
+            f"the order optim_config now gives them ({', '.join(names)}): the optimizers with a scheduler changed too "
+            f"({', '.join(saved_scheduled) or 'none'} in the checkpoint, {', '.join(scheduled) or 'none'} now). "
+            "Resume with the checkpoint's order, or start a new run (load weights with load_from_checkpoint)."
+        )
+    saved_states = dict(zip(saved_names, states, strict=True))
+    replaced: dict[str, Any] = {
+        "optimizer_states": [saved_states[name] for name in names],
+        config_key: {**saved, OPTIMIZERS_KEY: {name: saved_sections[name] for name in names}},
+    }
+    schedulers = checkpoint.get("lr_schedulers")
+    if schedulers is not None and len(schedulers) == len(saved_scheduled):
+        saved_schedulers = dict(zip(saved_scheduled, schedulers, strict=True))
+        replaced["lr_schedulers"] = [saved_schedulers[name] for name in scheduled]
+    return replaced

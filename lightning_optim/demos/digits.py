@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_optim.demos._classifier import Classifier
 from lightning_optim.demos._data import SplitDataModule
+from lightning_optim.demos._sharding import shard_under_model_parallel
 
 __all__ = ["DEMOS_EXTRA", "DigitsCNN", "DigitsDataModule"]
 
@@ -95,6 +96,10 @@ class DigitsCNN(Classifier):
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(), nn.Linear(hidden, DigitsDataModule.num_classes)
         )
+
+    @override
+    def configure_model(self) -> None:
+        shard_under_model_parallel(self, self.features, self.head)
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from typing_extensions import override
 
 from lightning_optim.demos._data import SplitDataModule
+from lightning_optim.demos._sharding import shard_under_model_parallel
 from lightning_optim.fit.mixin import OptimMixin
 
 __all__ = ["QuadraticDataModule", "QuadraticMLP", "make_quadratic"]
@@ -109,6 +110,10 @@ class QuadraticMLP(OptimMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["optim_config"])
         self.optim_config = optim_config or {"optimizer": {"name": "sgd", "lr": 0.05}}
         self.net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    @override
+    def configure_model(self) -> None:
+        shard_under_model_parallel(self, self.net)
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,15 +43,16 @@ from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
+from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.resume import RESUME_KEY
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
-from lightning_optim.fit.lightning_cli import refuse_replaced_configure_optimizers
+from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
 from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
-from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength
+from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
 from lightning_optim.internals import attached_trainer
 from lightning_optim.schedule.build import BuiltScheduler
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
@@ -207,7 +208,7 @@ class FitDriver(L.Callback):
         self.thresholds = AdaptiveThresholds()
         self.thresholds.configure(specs, [(record.name, record.optimizer) for record in records])
         if saved is not None and trainer is not None and trainer.ckpt_path:
-            self.thresholds.load_state_dict(saved)
+            self.thresholds.load_state_dict(saved, CLIPPING_KEY)
         for record in records:
             record.threshold = self.thresholds.of(record.optimizer)
 
@@ -228,6 +229,7 @@ class FitDriver(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.spec is not None:
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
+            refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
         # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
         self._restore_moved_lrs(trainer)
         # After configure_optimizers, before Lightning restores the optimizers from the same checkpoint dict.
@@ -322,19 +324,14 @@ class FitDriver(L.Callback):
             return
         if CLIPPING_KEY in checkpoint:
             if self.thresholds is not None:
-                self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY])
+                self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
             else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
                 self._saved_clipping = checkpoint[CLIPPING_KEY]
         plan = None
         if trainer.state.fn == "fit":
             plan = self._resume = resume_plan(self.spec.resume, checkpoint.get(RESUME_CHECKPOINT_KEY))
-            if plan.resets_optimizer:
-                if self.records:  # FSDP, DeepSpeed: configure_optimizers already ran
-                    self._reset_optimizer_states(checkpoint)
-                else:
-                    self._reset_pending = checkpoint
             # Lightning restores the callbacks before configure_optimizers (Trainer._run), which reads this.
-            saved = checkpoint.get(RUN_LENGTHS_KEY)
+            saved = check_saved_run_lengths(checkpoint.get(RUN_LENGTHS_KEY), RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
                 # FSDP, DeepSpeed: configure_optimizers already ran; on_train_start resizes the schedule.
                 for index, record in enumerate(self._schedulers()):
@@ -342,7 +339,14 @@ class FitDriver(L.Callback):
                         record.run_length.resume(run_length_record(saved, record.name, index))
             else:
                 self._saved_run_lengths = saved
+        checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.spec.config))
         check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config, plan)
+        if plan is not None and plan.resets_optimizer:
+            # After the reorder by name: the states become the fresh optimizers', in the config's order.
+            if self.records:  # FSDP, DeepSpeed: configure_optimizers already ran
+                self._reset_optimizer_states(checkpoint)
+            else:
+                self._reset_pending = checkpoint
 
     # ------------------------------------------------------------------------------------------ parts
 

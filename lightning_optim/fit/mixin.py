@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig
 from typing_extensions import override
 
@@ -229,6 +229,7 @@ class OptimMixin(_LightningModule):
         if isinstance(spec, OptimizerSetSpec):
             return self._configure_optimizer_set(spec, driver, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
+        _report_split(optimizer)
         record = OptimizerRecord(optimizer)
         self._configure_clipping(spec, driver, trainer, [record])
         if spec.scheduler is not None:
@@ -263,6 +264,8 @@ class OptimMixin(_LightningModule):
             )
             for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True)
         ]
+        for record in records:
+            _report_split(record.optimizer)
         self._configure_clipping(spec, driver, trainer, records)
         self._keep(driver, records)
         sized_by_run = [
@@ -399,3 +402,10 @@ class OptimMixin(_LightningModule):
         super().on_save_checkpoint(checkpoint)
         if CHECKPOINT_KEY not in checkpoint:
             write_config(checkpoint, self.optim_config)
+
+
+def _report_split(optimizer: torch.optim.Optimizer) -> None:
+    """Print which parameters Muon and its auxiliary optimizer take (``MuonWithAux.split_summary``), once per build."""
+    split_summary = getattr(optimizer, "split_summary", None)
+    if split_summary is not None:
+        rank_zero_info(split_summary())

@@ -39,8 +39,9 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lightning_optim.errors import checkpoint_error
 from lightning_optim.fit.resume import ResumedSchedule
-from lightning_optim.internals import resumed_epoch, stepping_batches_done
+from lightning_optim.internals import resumed_epoch, stepping_batches_done, swa_batchnorm_epochs
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
 
@@ -54,6 +55,7 @@ __all__ = [
     "ResumeConfigWarning",
     "RunLength",
     "RunLengthWarning",
+    "check_saved_run_lengths",
     "optimizer_steps",
     "resumed_run_length",
     "run_length",
@@ -88,7 +90,7 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     if math.isinf(estimate):
         return None
     batches = trainer.num_training_batches
-    max_epochs = trainer.max_epochs
+    max_epochs = _max_epochs(trainer)
     if max_epochs is None or max_epochs == -1 or math.isinf(batches):
         return int(estimate)
     batches = int(batches)
@@ -100,6 +102,18 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     if epoch < max_epochs:  # a run resumed from its very last step has no epoch under way
         steps += math.ceil(batches / accumulation) - done // accumulation
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
+def _max_epochs(trainer: L.Trainer) -> int | None:
+    """``trainer.max_epochs`` without the epoch ``StochasticWeightAveraging`` adds to update BatchNorm statistics.
+
+    That epoch steps no schedule (SWA's own scheduler has taken over by then) and trains nothing, so a schedule sized
+    by the run ends with the last epoch the user asked for, as it would be sized before SWA's ``on_fit_start``.
+    """
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs == -1:
+        return max_epochs
+    return max_epochs - swa_batchnorm_epochs(trainer)
 
 
 def _accumulation_schedule(trainer: L.Trainer) -> Any:
@@ -133,7 +147,8 @@ def run_length(trainer: Any, scheduler: Mapping[str, Any], at_epoch_start: bool 
     if trainer is None:
         return None
     if scheduler.get("interval", "step") == "epoch":
-        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+        max_epochs = _max_epochs(trainer)
+        return max_epochs if max_epochs not in (None, -1) else None
     return optimizer_steps(trainer, at_epoch_start)
 
 
@@ -145,6 +160,53 @@ def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, A
         {'interval': 'epoch', 'length': 8}
     """
     return {"interval": spec.get("interval", "step"), "length": length}
+
+
+MAX_RUN_LENGTH = 2**53
+"""The longest run length a checkpoint may hold: every count up to it is exact as a float, as schedules compute."""
+
+
+def check_saved_run_lengths(records: Any, key: str = "optim_run_lengths") -> list[dict[str, Any]] | None:
+    """Check the run-length records a checkpoint holds (a list of :func:`saved_run_length`, each with its optimizer's
+    name when there are several) before a resumed schedule is built from them.
+
+    Args:
+        records: The checkpoint's entry, or None when it has none.
+        key: The entry's key, named in errors.
+
+    Returns:
+        ``records`` as they are.
+
+    Raises:
+        CheckpointError: a record of another shape or a length no run could have had, naming its key path
+            (``optim_run_lengths[0].length``).
+
+    Examples:
+        >>> check_saved_run_lengths([{"interval": "step", "length": 100}])
+        [{'interval': 'step', 'length': 100}]
+        >>> check_saved_run_lengths([{"interval": "step", "length": -5}])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.CheckpointError: Checkpoint entry optim_run_lengths[0].length = -5 is not valid: ...
+    """
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        raise checkpoint_error(key, records, "a list of {interval, length} records, one per scheduler")
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        if not isinstance(record, Mapping) or not {"interval", "length"} <= set(record):
+            raise checkpoint_error(where, record, "a mapping with the keys interval and length (and optimizer)")
+        if record["interval"] not in ("step", "epoch"):
+            raise checkpoint_error(f"{where}.interval", record["interval"], "'step' or 'epoch'")
+        length = record["length"]
+        if length is not None and (type(length) is not int or not 1 <= length <= MAX_RUN_LENGTH):
+            expected = f"an int in [1, {MAX_RUN_LENGTH}] (the run's length in {record['interval']}s), or None"
+            raise checkpoint_error(f"{where}.length", length, expected)
+        if "optimizer" in record and not isinstance(record["optimizer"], str):
+            expected = "the name of one of optim_config.optimizers"
+            raise checkpoint_error(f"{where}.optimizer", record["optimizer"], expected)
+    return records
 
 
 def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:

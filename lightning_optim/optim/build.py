@@ -42,6 +42,6 @@ def build_optimizer(
     """
     if not isinstance(spec, OptimizerSpec):
         spec = resolve_optimizer(spec, param_group_rules)
-    optimizer = spec.info.cls(spec.groups(module, named_parameters), **spec.options)
+    optimizer = spec.info.cls(spec.groups(module, named_parameters), **spec.arguments())
     zero_momentum_before_first_step(optimizer)
     return optimizer

@@ -72,8 +72,9 @@ def group_parameters(
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into named groups for ``torch.optim``.
 
-    Rules match the names as :func:`~lightning_optim.names.plain_name` gives them: without the ``_orig_mod.`` level
-    of a ``torch.compile``d submodule, so one rule fits the compiled and the eager model.
+    Rules match the names as :func:`~lightning_optim.names.plain_name` gives them: without the levels that
+    ``torch.compile`` (``_orig_mod.``), ``checkpoint_wrapper`` and FSDP1 insert, so one rule fits the wrapped and the
+    plain model.
     Each rule's options (any optimizer argument) go into its group; ``lr_scale`` multiplies the base ``lr``
     from ``defaults`` (which must then hold it: ``OptimizerSpec.lr`` gives the class's default). Every group carries
     ``name``, which Lightning's LR logging shows. Parameter names are
@@ -97,7 +98,7 @@ def group_parameters(
             warnings.warn(
                 f"optim_config.param_groups[{index}] ({rule['name']!r}, params={rule['params']!r}) matched no "
                 "trainable parameter; check the regex against model.named_parameters() (names are matched without "
-                "torch.compile's '_orig_mod.').",
+                "the levels torch.compile, checkpoint_wrapper and FSDP1 insert).",
                 UnmatchedRuleWarning,
                 stacklevel=2,
             )

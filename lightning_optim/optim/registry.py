@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
@@ -21,11 +22,14 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error
-from lightning_optim.names import named_modules, named_parameters
+from lightning_optim.names import named_modules, named_parameters, plain_name
 from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
 from lightning_optim.optim.param_groups import RULE_KEYS, compile_rules, group_parameters
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform, conform_section, constructor_types, expected
+
+if hasattr(torch.optim, "Muon"):  # torch 2.9 or later
+    from lightning_optim.optim.muon import MUON_KEY, MuonWithAux, muon_groups
 
 __all__ = [
     "EXTRA_OPTIMIZER_INFOS",
@@ -40,6 +44,10 @@ __all__ = [
 ]
 
 _SPEC_KEYS = ("name", "_target_")
+
+MAX_LR = float(torch.finfo(torch.float32).max)
+"""The largest learning rate taken: float32's largest number. A larger lr is infinite in a float32 kernel (fused
+steps, an lr tensor), and every real lr is many orders of magnitude below it."""
 _SPARSE_MODULES = (nn.Embedding, nn.EmbeddingBag)
 
 
@@ -55,6 +63,8 @@ class OptimizerInfo:
         aliases: other spellings of ``name``.
         settings: keys the section takes that are not constructor arguments, each a count >= 0 with its default
             (``bn_recompute_batches`` of the schedule-free optimizers); they stay out of the constructor call.
+        aux: the name of the default auxiliary optimizer where the section takes one (``muon``'s ``aux``: an
+            optimizer section for the parameters Muon does not take).
 
     Examples:
         >>> OPTIMIZER_INFOS["lbfgs"].check_groups(torch.nn.Linear(2, 1), [{"name": "a"}, {"name": "b"}])
@@ -70,6 +80,7 @@ parameter-group rules with LBFGS: it supports a single parameter group.
     sparse_only: bool = False
     aliases: tuple[str, ...] = ()
     settings: tuple[tuple[str, int], ...] = ()
+    aux: str | None = None
 
     @property
     def conf_file(self) -> str:
@@ -92,8 +103,17 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             checked[key] = value
         return checked
 
-    def check_groups(self, module: nn.Module, groups: Sequence[Mapping[str, Any]]) -> None:
-        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam."""
+    def check_groups(
+        self,
+        module: nn.Module,
+        groups: Sequence[Mapping[str, Any]],
+        selection: Iterable[tuple[str, nn.Parameter]] | None = None,
+    ) -> None:
+        """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam.
+
+        ``selection`` is the optimizer's own share of ``module``'s parameters (one of several named optimizers);
+        None means all of them.
+        """
         if self.single_group and len(groups) > 1:
             names = [group["name"] for group in groups]
             raise config_error(
@@ -101,7 +121,8 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
-            dense = [name for name, p in named_parameters(module) if p.requires_grad and name not in sparse]
+            selected = named_parameters(module) if selection is None else selection
+            dense = [plain_name(name) for name, p in selected if p.requires_grad and plain_name(name) not in sparse]
             if dense:
                 raise config_error(
                     "optimizer.name",
@@ -132,10 +153,11 @@ OPTIMIZER_INFOS: dict[str, OptimizerInfo] = _registered(
         OptimizerInfo("sparse_adam", torch.optim.SparseAdam, sparse_only=True, aliases=("sparseadam",)),
         OptimizerInfo("adafactor", torch.optim.Adafactor),
         # Muon arrived in torch 2.9, above the package's torch floor.
-        *([OptimizerInfo("muon", torch.optim.Muon)] if hasattr(torch.optim, "Muon") else []),
+        *([OptimizerInfo("muon", MuonWithAux, aux="adamw")] if hasattr(torch.optim, "Muon") else []),
     ]
 )
-"""Every ``torch.optim`` optimizer by its config name (Muon where the installed torch has it: torch 2.9 or later)."""
+"""Every ``torch.optim`` optimizer by its config name (``muon``, torch's Muon with its auxiliary optimizer as one
+:class:`~lightning_optim.optim.muon.MuonWithAux`, where the installed torch has it: torch 2.9 or later)."""
 
 
 @dataclass(frozen=True)
@@ -278,9 +300,42 @@ true or false, e.g. false.
             )
     options = conform_section(options, types, where)
     lr = options.get("lr")
-    if isinstance(lr, (int, float)) and lr < 0:
-        raise config_error(f"{where}.lr", lr, "a learning rate >= 0, e.g. 1e-3")
+    if isinstance(lr, (int, float)) and not 0 <= lr <= MAX_LR:
+        raise config_error(
+            f"{where}.lr", lr, f"a learning rate >= 0 and at most {MAX_LR:.4g} (float32's largest), e.g. 1e-3"
+        )
     return options
+
+
+def check_effective_lrs(
+    cls: type[torch.optim.Optimizer], options: Mapping[str, Any], rules: Sequence[Mapping[str, Any]]
+) -> None:
+    """Refuse an ``lr_scale`` that makes its group's lr (the rule's ``lr``, else the base lr, times it) overflow.
+
+    Raises:
+        OptimConfigError: naming the rule's ``lr_scale``, its value and the lr it would give.
+
+    Example:
+        >>> check_effective_lrs(torch.optim.SGD, {"lr": 0.1}, [{"name": "head", "params": "^head", "lr_scale": 1e308}])
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.param_groups[0].lr_scale = 1e+308 is not valid. \
+Expected a number >= 0 that keeps the group's lr (0.1 x lr_scale = 1e+307) at most 3.403e+38 (float32's largest), \
+e.g. 10.
+    """
+    for index, rule in enumerate(rules):
+        scale = rule.get("lr_scale")
+        if scale is None:
+            continue
+        # The base lr group_parameters scales: the rule's, the section's, else the class's default.
+        lr = rule.get("lr", options["lr"] if "lr" in options else default_lr(cls))
+        if isinstance(lr, (int, float)) and not lr * scale <= MAX_LR:
+            raise config_error(
+                f"param_groups[{index}].lr_scale",
+                scale,
+                f"a number >= 0 that keeps the group's lr ({lr!r} x lr_scale = {lr * scale:.4g}) at most "
+                f"{MAX_LR:.4g} (float32's largest), e.g. 10",
+            )
 
 
 def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -336,6 +391,7 @@ class OptimizerSpec:
         rules: the parameter-group rules, their options as the constructor takes them.
         patterns: each rule's compiled ``params`` regex.
         settings: the section's keys that are not constructor arguments (:attr:`OptimizerInfo.settings`), checked.
+        aux: the auxiliary optimizer's section, checked (``muon``'s ``aux``; ``None`` for every other optimizer).
 
     Examples:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
@@ -348,6 +404,13 @@ class OptimizerSpec:
     rules: tuple[dict[str, Any], ...] = ()
     patterns: tuple[re.Pattern[str], ...] = ()
     settings: dict[str, int] = dataclasses.field(default_factory=dict)
+    aux: OptimizerSpec | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's keyword arguments: :attr:`options`, the auxiliary optimizer as a factory of its groups."""
+        if self.aux is None:
+            return self.options
+        return {**self.options, "aux": functools.partial(self.aux.info.cls, **self.aux.options)}
 
     @property
     def lr(self) -> float:
@@ -369,12 +432,21 @@ class OptimizerSpec:
         Raises:
             OptimConfigError: LBFGS with several groups, SparseAdam on dense gradients, no trainable parameter.
         """
-        if named_parameters is None:
-            named_parameters = module.named_parameters()
+        selection = None if named_parameters is None else list(named_parameters)
+        if self.aux is not None:
+            lr = self.lr
+            matched = self.options.get("adjust_lr_fn") == "match_rms_adamw"
+            aux_lr = self.aux.options.get("lr", lr if matched else default_lr(self.aux.info.cls))
+            groups = muon_groups(module, selection, self.rules, self.patterns, lr=lr, aux_lr=aux_lr)
+            if not groups:
+                raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
+            return groups
         scaled = any("lr_scale" in rule for rule in self.rules)
         defaults = {**self.options, "lr": self.lr} if scaled else self.options
-        groups = group_parameters(named_parameters, self.rules, defaults, self.patterns)
-        self.info.check_groups(module, groups)
+        groups = group_parameters(
+            module.named_parameters() if selection is None else selection, self.rules, defaults, self.patterns
+        )
+        self.info.check_groups(module, groups, selection)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
         return groups
@@ -389,7 +461,59 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
     info = optimizer_info(section)
     settings = info.check_settings(section, "optimizer")
     arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
+    aux = aux_section = None
+    if info.aux is not None:
+        aux_section = arguments.pop("aux", {"name": info.aux})
+        aux = _resolve_aux(aux_section)
     options = check_options(info.cls, arguments, "optimizer")
     check_required_arguments(info.cls, options, "optimizer")
     patterns = compile_rules(rules)
-    return OptimizerSpec(info, options, tuple(check_rule_options(info.cls, rules)), tuple(patterns), settings)
+    if aux is None:
+        checked_rules = check_rule_options(info.cls, rules)
+        check_effective_lrs(info.cls, options, checked_rules)
+    else:
+        named = {key: value for key, value in aux_section.items() if key in _SPEC_KEYS}
+        options["aux"] = {**named, **aux.options}
+        checked_rules = _check_muon_rules(aux.info.cls, rules)
+    return OptimizerSpec(info, options, tuple(checked_rules), tuple(patterns), settings, aux)
+
+
+def _resolve_aux(section: Any) -> OptimizerSpec:
+    """Check Muon's ``aux`` section: a torch optimizer that steps without a closure over dense gradients."""
+    where = "optimizer.aux"
+    if not isinstance(section, Mapping):
+        raise config_error(where, section, "an optimizer section, e.g. {name: adamw, lr: 3e-4}")
+    if "_target_" in section:
+        info = OptimizerInfo(
+            section["_target_"], import_class(section["_target_"], torch.optim.Optimizer, f"{where}._target_")
+        )
+    else:
+        names = [name for name, known in OPTIMIZER_INFOS.items() if _steps_as_aux(known)]
+        info = _BY_SPELLING.get(str(section.get("name")).lower())
+        if info is None or not _steps_as_aux(info):
+            raise config_error(f"{where}.name", section.get("name"), f"one of: {', '.join(names)}", names)
+    options = check_options(info.cls, optimizer_options(section), where)
+    check_required_arguments(info.cls, options, where)
+    return OptimizerSpec(info, options)
+
+
+def _steps_as_aux(info: OptimizerInfo) -> bool:
+    return info.aux is None and not info.single_group and not info.sparse_only
+
+
+def _check_muon_rules(
+    aux_class: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """Check each rule's ``muon`` side and its options against the optimizer(s) its parameters can reach."""
+    checked = []
+    for index, rule in enumerate(rules):
+        side = rule.get(MUON_KEY)
+        if side is not None and not isinstance(side, bool):
+            raise config_error(
+                f"param_groups[{index}].{MUON_KEY}", side, "true (Muon) or false (the auxiliary optimizer)"
+            )
+        options = {key: value for key, value in rule.items() if key not in (*RULE_KEYS, MUON_KEY)}
+        for cls in [torch.optim.Muon] * (side is not False) + [aux_class] * (side is not True):
+            options = check_options(cls, options, f"param_groups[{index}]")
+        checked.append({**rule, **options})
+    return checked

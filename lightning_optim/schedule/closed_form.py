@@ -128,8 +128,14 @@ class _DecayToFloor(Schedule):
         return {self.total_steps}
 
     def progress(self, step: int) -> float:
-        """Fraction of the decay done at ``step``: 0 at the end of warmup, 1 at ``total_steps``."""
-        return min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        """Fraction of the decay done at ``step``: 0 at the end of warmup, 1 from ``total_steps`` on.
+
+        With ``warmup_steps == total_steps`` the warmup takes the whole run and the decay has no steps: step
+        ``total_steps`` is already at the floor, as it is for any shorter warmup.
+        """
+        if step >= self.total_steps:
+            return 1.0
+        return (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)
 
     @override
     def decay(self, step: int) -> float:
@@ -145,7 +151,8 @@ class WarmupCosine(_DecayToFloor):
     """Warmup, then half a cosine from 1 to ``min_lr_ratio`` at ``total_steps``; the floor afterwards.
 
     For ``W <= k <= T``: ``m + (1 - m) * (1 + cos(pi * (k - W) / (T - W))) / 2``. With ``min_lr_ratio=0`` this is
-    Hugging Face's ``get_cosine_schedule_with_warmup`` up to ``T``; unlike it, the factor never climbs back after T.
+    Hugging Face's ``get_cosine_schedule_with_warmup`` up to ``T`` (up to ``T - 1`` when ``W = T``: its step T is
+    the peak, ours the floor); unlike it, the factor never climbs back after T.
     With ``warmup_steps=0`` it equals torch's ``CosineAnnealingLR(T_max=T, eta_min=m * lr)`` up to ``T``.
 
     Examples:

@@ -258,15 +258,22 @@ class SequentialSchedules(RunsClosedForm):
 
 @dataclass(frozen=True)
 class TorchScheduler(SchedulerInfo):
-    """One of torch's own schedulers, built with the section's keys; ``run_length_key`` null means the run's length."""
+    """One of torch's own schedulers, built with the section's keys; ``run_length_key`` null means the run's length.
+
+    ``per_group`` names keys that take one number or a list of one per parameter group, as torch's constructor reads
+    them (``_format_param``), where its annotation says only ``float``.
+    """
 
     scheduler_class: type[LRScheduler] = LRScheduler
     run_length_key: str | None = None
+    per_group: tuple[str, ...] = ()
     sets_own_lr: ClassVar[bool] = True
 
     @override
     def own_types(self) -> dict[str, Expected]:
         types = constructor_types(self.scheduler_class)
+        for key in self.per_group:
+            types[key] = expected(float | list[float], types[key].example)
         return {key: wanted for key, wanted in types.items() if key not in ("last_epoch", "verbose")}
 
     @override
@@ -338,7 +345,7 @@ SCHEDULERS: dict[str, SchedulerInfo] = {
         ClosedForm("exponential", ExponentialDecay),
         ClosedForm("wsd", WarmupStableDecay),
         OpenEndedClosedForm("cosine_restarts", CosineRestarts),
-        TorchScheduler("cyclic", CyclicLR),
+        TorchScheduler("cyclic", CyclicLR, per_group=("base_momentum", "max_momentum")),
         TorchScheduler("onecycle", OneCycleLR, run_length_key="total_steps"),
         Plateau("plateau"),
         SequentialSchedules("sequential"),

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from lightning_optim.internals import BatchNormLayer, is_batchnorm, own_buffers
+from lightning_optim.stats.distributed import full_tensor
 
 __all__ = [
     "DEAD_VARIANCE",
@@ -241,6 +242,8 @@ def layer_summaries(
         ['running_mean_max', 'running_mean_mean', 'running_mean_min']
     """
     tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
+    # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
+    tensors = {name: full_tensor(tensor.detach()) if tensor is not None else None for name, tensor in tensors.items()}
     return {
         f"{name}_{key}": value
         for name, tensor in tensors.items()

@@ -2,7 +2,8 @@
 
 Nothing here calls ``.item()``: the results are tensors, turned into Python numbers by the callbacks only on
 logging steps. Sparse gradients (``Embedding(sparse=True)``) are measured through their coalesced values, since
-torch's norm kernels have no sparse implementation.
+torch's norm kernels have no sparse implementation. ``DTensor`` gradients (FSDP2, tensor parallelism) are measured
+through their local parts and reduced across the ranks in one collective (:mod:`lightning_optim.stats.distributed`).
 
 Examples:
     >>> import torch
@@ -20,8 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
-__all__ = ["GradientNorms", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+from lightning_optim.stats.distributed import is_distributed, local_tensor, reduce_norms, replica_weight
+
+__all__ = ["GradientNorms", "GroupOf", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
+
+GroupOf = Callable[[str], str | tuple[str, ...]]
+"""Maps a parameter's qualified name to the group its norm counts in, or to several (a layer and a parameter group)."""
 
 
 def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
@@ -33,7 +40,8 @@ def dense_gradient(parameter: torch.Tensor) -> torch.Tensor | None:
 
 
 def total_norm(parameters: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The norm of all gradients together, in one fused pass (``torch.nn.utils.get_total_norm``).
+    """The norm of all gradients together, in one fused pass (``torch.nn.utils.get_total_norm``); of ``DTensor``
+    gradients, the global norm, the same on every rank (one ``all_reduce``).
 
     Examples:
         >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
@@ -43,6 +51,8 @@ def total_norm(parameters: Iterable[torch.Tensor], norm_type: float = 2.0) -> to
     grads = [grad for grad in map(dense_gradient, parameters) if grad is not None]
     if not grads:
         return torch.zeros(())
+    if any(map(is_distributed, grads)):
+        return _sharded_norms([""] * len(grads), grads, None, norm_type).total
     return torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
 
 
@@ -56,14 +66,26 @@ class GradientNorms:
 
 def gradient_norms(
     named_parameters: Iterable[tuple[str, torch.Tensor]],
-    group_of: Callable[[str], str] | None,
+    group_of: GroupOf | None,
     norm_type: float = 2.0,
 ) -> GradientNorms:
     """Per-group and total gradient norms from a single fused pass over the gradients.
 
     ``group_of`` maps a parameter's qualified name to its group (a module path at some depth, or a
-    parameter-group name). Each gradient's norm is taken once (``torch._foreach_norm``); the group and total
-    norms are norms of those norms. Without ``group_of`` only the total is taken (:func:`total_norm`).
+    parameter-group name), or to a tuple of groups it counts in (both). Each gradient's norm is taken once
+    (``torch._foreach_norm``); the group and total norms are norms of those norms. Without ``group_of`` only the
+    total is taken (:func:`total_norm`).
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 1)
+        >>> layer(torch.ones(2, 3)).sum().backward()
+        >>> norms = gradient_norms(layer.named_parameters(), lambda name: (name, "all"))
+        >>> {group: round(float(norm), 4) for group, norm in sorted(norms.groups.items())}
+        {'all': 4.0, 'bias': 2.0, 'weight': 3.4641}
+
+    When a gradient is a ``DTensor``, each local part's norm is taken, and the total and all the group norms are
+    reduced across the ranks in one ``all_reduce`` (:func:`~lightning_optim.stats.distributed.reduce_norms`): the
+    global norms, equal on every rank.
     """
     if group_of is None:
         return GradientNorms(total_norm([parameter for _, parameter in named_parameters], norm_type))
@@ -75,6 +97,24 @@ def gradient_norms(
             grads.append(grad)
     if not grads:
         return GradientNorms(torch.zeros(()))
+    if any(map(is_distributed, grads)):
+        return _sharded_norms(names, grads, group_of, norm_type)
+    per_tensor = _local_norms(grads, norm_type)
+    members: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for name, norm in zip(names, per_tensor, strict=True):
+        for group in _groups(group_of, name):
+            members[group].append(norm)
+    groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
+    return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
+
+
+def _groups(group_of: GroupOf, name: str) -> tuple[str, ...]:
+    groups = group_of(name)
+    return (groups,) if isinstance(groups, str) else groups
+
+
+def _local_norms(grads: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
+    """Each tensor's norm (float32, on the first tensor's device), one ``torch._foreach_norm`` per device and dtype."""
     by_device_dtype: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for index, grad in enumerate(grads):
         by_device_dtype[(grad.device, grad.dtype)].append(index)
@@ -84,11 +124,31 @@ def gradient_norms(
         norms = torch._foreach_norm([grads[i] for i in indices], norm_type)
         for index, norm in zip(indices, norms, strict=True):
             per_tensor[index] = norm.to(device=device, dtype=torch.float32)
-    members: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for name, norm in zip(names, per_tensor, strict=True):
-        members[group_of(name)].append(norm)
-    groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
-    return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
+    return per_tensor
+
+
+def _sharded_norms(
+    names: list[str], grads: list[torch.Tensor], group_of: GroupOf | None, norm_type: float
+) -> GradientNorms:
+    """Global group and total norms of gradients some of which are ``DTensor``s: the total and every group in one
+    vector, one ``all_reduce``."""
+    world_size = dist.get_world_size()
+    weights = [replica_weight(grad, world_size) for grad in grads]
+    local = _local_norms([local_tensor(grad) for grad in grads], norm_type)
+    # Slot 0 is the total; every rank lists the same names in the same order, so the slots agree across ranks.
+    slots: dict[str, int] = {}
+    entries = [(index, 0) for index in range(len(grads))]
+    if group_of is not None:
+        for index, name in enumerate(names):
+            entries.extend((index, slots.setdefault(group, len(slots) + 1)) for group in _groups(group_of, name))
+    reduced = reduce_norms(
+        [local[index] for index, _ in entries],
+        [weights[index] for index, _ in entries],
+        [slot for _, slot in entries],
+        1 + len(slots),
+        norm_type,
+    )
+    return GradientNorms(reduced[0], {group: reduced[slot] for group, slot in slots.items()})
 
 
 def module_path(depth: int) -> Callable[[str], str]:

@@ -236,6 +236,40 @@ def test_histograms_before_and_after_every_n_logging_steps(tmp_path):
     assert "batchnorm/features.2/mean_drift" in events.Tags()["scalars"]
 
 
+def huge(inputs: torch.Tensor) -> torch.Tensor:
+    """Finite float32 values, each beyond TensorBoard's default histogram bins (which end at 1e20 either way)."""
+    return torch.where(inputs < 0, inputs - 1, inputs + 1) * 1e21
+
+
+class HugeInputs(BatchNormNet):
+    """``BatchNormNet`` whose first BatchNorm layer sees :func:`huge` inputs."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(huge(inputs))
+
+
+def test_histograms_of_huge_finite_values_are_written_whole(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    monitor = BatchNormMonitor(histogram_every_n=2, report=False)
+    model = HugeInputs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer(logger=logger, log_every_n_steps=1, callbacks=[monitor]).fit(model, images(32, 8))
+    assert not [str(w.message) for w in caught if "histogram" in str(w.message)]
+    logger.experiment.flush()
+    events = tb.accumulator(tmp_path)
+    assert set(events.Tags()["histograms"]) == {
+        f"batchnorm/{layer}/{side}" for layer in ("features.0", "features.2") for side in ("input", "output")
+    }
+    assert [event.step for event in events.Histograms("batchnorm/features.0/input")] == [0, 2]
+    for event, batch in zip(events.Histograms("batchnorm/features.0/input"), (0, 2), strict=True):
+        values = huge(model.before[batch][0]).double()
+        histogram = event.histogram_value
+        assert (histogram.num, sum(histogram.bucket)) == (values.numel(), values.numel())
+        assert (histogram.min, histogram.max) == (values.min().item(), values.max().item())
+        assert histogram.bucket_limit[-1] >= values.max().item()
+
+
 class EveryKind(L.LightningModule):
     """A lazy BatchNorm1d, a BatchNorm3d without affine, a SyncBatchNorm and one without running statistics."""
 

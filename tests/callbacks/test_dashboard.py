@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDashboard
-from lightning_optim.callbacks.dashboard import dashboard_layout
+from lightning_optim.callbacks.dashboard import CLIP_SERIES_RUNS, dashboard_layout
 from tests import tb
 from tests.callbacks.test_lr_monitor import SparseEmbedding
 from tests.models import MixinModel, fit_logged, loader, trainer
@@ -36,11 +36,7 @@ LR_CHARTS = {
 
 
 GRAD_NORM_CHARTS = {
-    "Norm before vs after clipping, and threshold": [
-        "grad_norm/(?:[^/]+/)?total$",
-        "grad_norm/(?:[^/]+/)?clipped$",
-        "grad_norm/(?:[^/]+/)?threshold$",
-    ],
+    "Norm before vs after clipping, and threshold": ["clipping/(?:[^/]+/)?norm$"],
     "Clip fraction": ["grad_norm/(?:[^/]+/)?clip_fraction$"],
     "Non-finite steps": ["grad_norm/(?:[^/]+/)?nonfinite$"],
     "Per layer": ["grad_norm/(?!(?:[^/]+/)?(?:total|clipped|threshold|clip_fraction|nonfinite)$).*"],
@@ -82,25 +78,39 @@ def test_layout_in_the_event_file_and_what_each_regex_draws(tmp_path):
         "Gradient norm": GRAD_NORM_CHARTS,
         "BatchNorm": {"Running mean": ["batchnorm/.*/running_mean$"], "Running var": ["batchnorm/.*/running_var$"]},
     }
-    logged = set(tb.scalars(tmp_path))
+    main = tb.scalars(tmp_path)
+    series = tb.nested_runs(tmp_path)
+    tags = {(".", tag) for tag in main} | {(run, tag) for run, scalars in series.items() for tag in scalars}
     drawn = {
-        chart: sorted(tag for tag in logged if any(re.match(regex, tag) for regex in regexes))
+        chart: sorted(f"{tag} ({run})" for run, tag in tags if any(re.match(regex, tag) for regex in regexes))
         for charts in layout.values()
         for chart, regexes in charts.items()
     }
     assert drawn == {
-        "Learning rate": ["lr-AdamW/default", "lr-AdamW/no_decay"],
-        "Momentum": ["lr-AdamW/default-momentum", "lr-AdamW/no_decay-momentum"],
-        "Weight decay": ["lr-AdamW/default-weight_decay", "lr-AdamW/no_decay-weight_decay"],
-        "Norm before vs after clipping, and threshold": ["grad_norm/clipped", "grad_norm/threshold", "grad_norm/total"],
-        "Clip fraction": ["grad_norm/clip_fraction"],
-        "Non-finite steps": ["grad_norm/nonfinite"],
-        "Per layer": ["grad_norm/encoder", "grad_norm/head"],
-        "Running mean": ["batchnorm/bn1/running_mean"],
-        "Running var": ["batchnorm/bn1/running_var"],
+        "Learning rate": ["lr-AdamW/default (.)", "lr-AdamW/no_decay (.)"],
+        "Momentum": ["lr-AdamW/default-momentum (.)", "lr-AdamW/no_decay-momentum (.)"],
+        "Weight decay": ["lr-AdamW/default-weight_decay (.)", "lr-AdamW/no_decay-weight_decay (.)"],
+        "Norm before vs after clipping, and threshold": [
+            "clipping/norm (clip_threshold)",
+            "clipping/norm (norm_after_clipping)",
+            "clipping/norm (norm_before_clipping)",
+        ],
+        "Clip fraction": ["grad_norm/clip_fraction (.)"],
+        "Non-finite steps": ["grad_norm/nonfinite (.)"],
+        "Per layer": ["grad_norm/encoder (.)", "grad_norm/head (.)"],
+        "Running mean": ["batchnorm/bn1/running_mean (.)"],
+        "Running var": ["batchnorm/bn1/running_var (.)"],
+    }
+    # Each series run holds exactly what the run itself logged under the series' own key.
+    assert series == {
+        "clip_threshold": {"clipping/norm": main["grad_norm/threshold"]},
+        "norm_after_clipping": {"clipping/norm": main["grad_norm/clipped"]},
+        "norm_before_clipping": {"clipping/norm": main["grad_norm/total"]},
     }
     # Nothing the monitors logged is left off the page ("epoch" is Lightning's own, logged beside self.log).
-    assert logged - {"epoch"} == {tag for tags in drawn.values() for tag in tags}
+    on_page = {tag for tags in drawn.values() for tag in tags if tag.endswith(" (.)")}
+    in_series = {f"grad_norm/{key} (.)" for key in ("total", "clipped", "threshold")}
+    assert {f"{tag} (.)" for tag in main} - {"epoch (.)"} == on_page | in_series
 
 
 def test_lr_charts_follow_the_monitor_and_a_scheduler_log_name(tmp_path):
@@ -184,6 +194,18 @@ def test_histograms_leave_out_non_finite_values(tmp_path):
     assert events.Histograms("grad_hist/head.weight")[0].histogram_value.num == 7  # 8 values, one inf
 
 
+def test_histograms_of_huge_finite_gradients_are_written_whole(tmp_path):
+    class Huge(L.Callback):
+        def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
+            pl_module.head.weight.grad.copy_(torch.tensor([[-3e38, -1e21, 2e21, 5e30, 1e35, 3e38, 4e25, -7e22]]))
+
+    model = MixinModel({"optimizer": {"name": "sgd", "lr": 0.01}})
+    fit(tmp_path, [Huge(), TensorBoardDashboard(histogram_every_n_steps=4)], model, max_steps=1)
+    histogram = tb.accumulator(tmp_path).Histograms("grad_hist/head.weight")[0].histogram_value
+    assert (histogram.num, sum(histogram.bucket)) == (8, 8)
+    assert (histogram.min, histogram.max) == (tb.float32(-3e38), tb.float32(3e38))
+
+
 def test_bad_histogram_interval():
     with pytest.raises(ValueError, match="histogram_every_n_steps must be a positive int or None, got 0"):
         TensorBoardDashboard(histogram_every_n_steps=0)
@@ -224,12 +246,15 @@ def test_every_tag_the_monitors_log_is_on_the_page(tmp_path):
     layout = tb.layout_dict(tb.layout(tmp_path))
     assert list(layout)[:2] == ["Learning rate", "Gradient norm"] and len(layout) == 3
     logged = set(tb.scalars(tmp_path)) - {"epoch"}
+    # The clipping chart's series are drawn from runs of their own, one tag each.
+    series = {tag for scalars in tb.nested_runs(tmp_path).values() for tag in scalars}
     drawn = {
-        (category, chart): {tag for tag in logged if any(re.match(regex, tag) for regex in regexes)}
+        (category, chart): {tag for tag in logged | series if any(re.match(regex, tag) for regex in regexes)}
         for category, charts in layout.items()
         for chart, regexes in charts.items()
     }
-    assert logged == set().union(*drawn.values())
+    assert series == {"clipping/norm"}
+    assert logged | series == set().union(*drawn.values()) | {f"grad_norm/{key}" for key in CLIP_SERIES_RUNS}
     # Only the DDP-only chart (BatchNorm rank divergence) stays empty in a single process.
     empty = [layout[category][chart] for (category, chart), tags in drawn.items() if not tags]
     assert [[regex for regex in regexes if "rank_divergence" not in regex] for regexes in empty] == [[]]

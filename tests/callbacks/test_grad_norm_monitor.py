@@ -8,10 +8,12 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor
+from tests import tb
 from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer
 
 SGD = {"optimizer": {"name": "sgd", "lr": 0.05}}
@@ -134,6 +136,26 @@ def test_per_parameter_group_norms(tmp_path):
     )
 
 
+@pytest.mark.parametrize("model_class", [SpikyMixinModel, SpikyModel], ids=["mixin", "lightning_clipping"])
+def test_per_layer_and_per_group_norms_together(model_class, tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.05}, "param_groups": [{"name": "bias", "params": r"\.bias$"}]}
+    model = model_class(config) if model_class is SpikyMixinModel else model_class()
+    monitor = GradNormMonitor(per_layer_depth=1, per_param_group=True)
+    logged = fit(model, tmp_path, monitor=monitor, gradient_clip_val=1.0)
+    groups = ["group/bias", "group/default"] if model_class is SpikyMixinModel else ["group/0"]
+    assert {tag for tag in logged if tag.startswith("grad_norm/")} == {
+        *(f"grad_norm/{key}" for key in ("total", "clipped", "threshold", "clip_fraction", "nonfinite")),
+        "grad_norm/encoder",
+        "grad_norm/head",
+        *(f"grad_norm/{group}" for group in groups),
+    }
+    for layer in ("encoder", "head"):
+        assert [v for _, v in logged[f"grad_norm/{layer}"]] == pytest.approx([r[layer] for r in model.layers], rel=1e-5)
+    per_group = [[v for _, v in logged[f"grad_norm/{group}"]] for group in groups]
+    from_groups = [math.hypot(*values) for values in zip(*per_group, strict=True)]
+    assert from_groups == pytest.approx(model.before, rel=1e-5)
+
+
 class LBFGSModel(SpikyMixinModel):
     def __init__(self) -> None:
         super().__init__({"optimizer": {"name": "lbfgs", "lr": 0.1, "max_iter": 4}})
@@ -226,3 +248,19 @@ def test_monitoring_adds_no_host_sync_on_non_logging_steps(tmp_path):
     torch.manual_seed(0)
     with_monitor = count_host_syncs(SpikyMixinModel(), [GradNormMonitor(per_layer_depth=1)], 6, tmp_path / "with")
     assert with_monitor == without
+
+
+def test_early_stopping_monitors_grad_norm_total(tmp_path):
+    # Without validation EarlyStopping checks at each training epoch's end, on trainer.callback_metrics: the value
+    # logged at the epoch's last logging step. A missing key would raise (strict); every norm is above -1, so
+    # mode="max" with that threshold stops at the first check.
+    model = SpikyMixinModel()
+    stop = EarlyStopping(monitor="grad_norm/total", mode="max", stopping_threshold=-1.0, check_finite=True)
+    logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
+    run = trainer(callbacks=[GradNormMonitor(), stop], logger=logger, log_every_n_steps=3, max_epochs=5)
+    run.fit(model, loader())
+
+    logged = tb.scalars(tmp_path)["grad_norm/total"]
+    assert [step for step, _ in logged] == [2, 5]  # the logging steps of epoch 0
+    assert float(run.callback_metrics["grad_norm/total"]) == logged[-1][1]
+    assert run.current_epoch == 1 and stop.stopped_epoch == 0

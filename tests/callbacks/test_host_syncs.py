@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_optim
-from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard
+from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard, UpdateMonitor
 from lightning_optim.demos import DigitsCNN
 from lightning_optim.internals import should_log
 from tests import tb
@@ -104,6 +104,7 @@ def test_all_monitors_together_read_the_host_once_per_logging_step_and_never_oth
         LRMonitor(log_momentum=True, log_weight_decay=True),
         TensorBoardDashboard(),
         BatchNormMonitor(report=False),
+        UpdateMonitor(per_layer_depth=1, per_param_group=True),
     ]
     if order == "reversed":
         monitors.reverse()
@@ -125,5 +126,8 @@ def test_all_monitors_together_read_the_host_once_per_logging_step_and_never_oth
         "lr-SGD/default-weight_decay",
         "batchnorm/features.1/mean_drift",
         "batchnorm/features.4/running_var_max",
+        "update/ratio/features",
+        "update/cos_grad/group/default",
+        "optimizer_state/momentum_buffer_norm/head",
     ):
         assert [step for step, _ in logged[key]] == [2, 5, 8], key

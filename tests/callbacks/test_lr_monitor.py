@@ -192,11 +192,14 @@ def test_the_table_covers_every_optimizer():
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_optimizer_logs_without_error_and_skips_what_it_lacks(tmp_path, name):
-    config = {"optimizer": {"name": name, "lr": 0.01}}
+    # Muon's single Linear is the output head: the auxiliary side, at Muon's lr under match_rms_adamw.
+    config = {
+        "optimizer": {"name": name, "lr": 0.01, **({"adjust_lr_fn": "match_rms_adamw"} if name == "muon" else {})}
+    }
     model = {"muon": BiasFree, "sparse_adam": SparseEmbedding}.get(name, MixinModel)(config)
     monitor = LRMonitor(log_momentum=True, log_weight_decay=True)
     _, logged = fit(config, tmp_path, monitor, model, max_epochs=None, max_steps=2)
-    key = f"lr-{OPTIMIZERS[name].__name__}/default"
+    key = f"lr-{OPTIMIZERS[name].__name__}/{'aux' if name == 'muon' else 'default'}"
     assert logged.keys() == {key} | {key + suffix for suffix in SUFFIXES[name]}
     # LBFGS runs its closure several times per step; still one point per step.
     assert logged[key] == [(0, tb.float32(0.01)), (1, tb.float32(0.01))]

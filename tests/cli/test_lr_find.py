@@ -3,20 +3,25 @@ same seed, model and data; the PNG marks it; what the override could not set is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from lightning.pytorch.tuner.tuning import Tuner
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig
+from torch import nn
 
-from lightning_optim import OptimConfigError, SafeCheckpointIO
+from lightning_optim import OptimConfigError, OptimMixin, SafeCheckpointIO
 from lightning_optim.cli.lr_find import LrRangeTest, check_options, find_lr, lr_override, plot
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
+from lightning_optim.stats.lr_suggestion import suggest_lr
 from tests.cli.apps import TINY, run_app, run_app_expecting_failure
 
 LR_FIND = "lightning_optim.cli.lr_find"
@@ -76,16 +81,19 @@ def reference_search(root: Path) -> tuple[list[float], list[float], float | None
     return list(finder.results["lr"]), list(finder.results["loss"]), finder.suggestion()
 
 
-def test_the_printed_override_is_tuner_lr_finds_suggestion_and_the_png_marks_it(tmp_path):
+def test_the_printed_override_is_the_log_lr_suggestion_on_tuner_lr_finds_curve_and_the_png_marks_it(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["optimizer=adamw", *TINY, *SMALL_CNN, f"lr_find.num_training={STEPS}", f"hydra.run.dir={run_dir}"]
     stdout = run_app(LR_FIND, *overrides, cwd=tmp_path)
-    lrs, losses, suggestion = reference_search(tmp_path / "reference")
-    assert suggestion is not None
+    lrs, losses, lightnings = reference_search(tmp_path / "reference")
+    found = suggest_lr(lrs, losses, skip_begin=10, skip_end=1)
+    assert found is not None and lightnings is not None
+    suggestion = found.lr
     lines = stdout.strip().splitlines()
     assert lines[-3] == (
-        f"searched {STEPS} learning rates from 1e-08 to {lrs[-1]:.3g} (exponential); "
-        f"the smoothed loss falls fastest at lr {suggestion!r}"
+        f"searched {STEPS} learning rates from 1e-08 to {lrs[-1]:.3g} (exponential); suggestion {suggestion!r} "
+        f"(steepest descent of the smoothed loss against log(lr)); Lightning's suggestion() {lightnings!r} "
+        "(steepest descent against lr itself, Lightning #21141)"
     )
     png = run_dir / "lr_find.png"
     assert lines[-2] == f"lr range test drawn to {png.resolve()}"
@@ -95,7 +103,7 @@ def test_the_printed_override_is_tuner_lr_finds_suggestion_and_the_png_marks_it(
     assert png.read_bytes().startswith(PNG_MAGIC) and imread(png).shape == (450, 800, 4)
     reference_png = tmp_path / "reference.png"
     title = f"lr range test: adamw on DigitsCNN, {STEPS} steps"
-    plot(LrRangeTest(lrs, losses, suggestion, "exponential"), title).savefig(reference_png, dpi=100)
+    plot(LrRangeTest(lrs, losses, suggestion, "exponential", lightnings), title).savefig(reference_png, dpi=100)
     assert png.read_bytes() == reference_png.read_bytes()
 
 
@@ -125,16 +133,34 @@ def test_the_plot_marks_the_suggestion_on_a_log_axis():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("min_lr", 0, "lr_find.min_lr = 0 is not valid. Expected a learning rate > 0, e.g. 1e-8."),
-        ("max_lr", 0.0, "lr_find.max_lr = 0.0 is not valid. Expected a learning rate above lr_find.min_lr = 1e-08"),
-        ("num_training", 12, "lr_find.num_training = 12 is not valid. Expected a whole number of steps >= 13"),
+        ("min_lr", 0, "lr_find.min_lr = 0 is not valid. Expected a finite learning rate > 0, e.g. 1e-8."),
+        ("min_lr", float("nan"), "lr_find.min_lr = nan is not valid. Expected a finite learning rate > 0, e.g. 1e-8."),
+        ("min_lr", float("inf"), "lr_find.min_lr = inf is not valid. Expected a finite learning rate > 0"),
+        (
+            "max_lr",
+            0.0,
+            "lr_find.max_lr = 0.0 is not valid. Expected a finite learning rate above lr_find.min_lr = 1e-08 and at "
+            "most 3.403e+38, e.g. 1.0.",
+        ),
+        ("max_lr", float("inf"), "lr_find.max_lr = inf is not valid. Expected a finite learning rate above"),
+        ("max_lr", float("nan"), "lr_find.max_lr = nan is not valid. Expected a finite learning rate above"),
+        ("max_lr", 1e300, "lr_find.max_lr = 1e+300 is not valid. Expected a finite learning rate above"),
+        ("num_training", 12, "lr_find.num_training = 12 is not valid. Expected a whole number of steps in [13, 10000]"),
         ("num_training", 20.5, "lr_find.num_training = 20.5 is not valid."),
+        (
+            "num_training",
+            1e12,
+            "lr_find.num_training = 1000000000000.0 is not valid. Expected a whole number of steps in [13, 10000] (the "
+            "suggestion leaves out the first 10 and the last 1 points and needs two more; each step trains), e.g. 100.",
+        ),
+        ("num_training", float("nan"), "lr_find.num_training = nan is not valid. Expected a whole number of steps"),
+        ("early_stop_threshold", float("inf"), "lr_find.early_stop_threshold = inf is not valid. Expected a finite"),
         (
             "mode",
             "lin",
             "lr_find.mode = 'lin' is not valid. Did you mean 'linear'? Expected 'exponential' or 'linear'.",
         ),
-        ("early_stop_threshold", 1.0, "lr_find.early_stop_threshold = 1.0 is not valid. Expected a factor > 1"),
+        ("early_stop_threshold", 1.0, "lr_find.early_stop_threshold = 1.0 is not valid. Expected a finite factor > 1"),
     ],
 )
 def test_bad_finder_options_are_refused_with_the_key_and_value(key, value, message):
@@ -196,3 +222,35 @@ def test_fast_dev_run_which_skips_the_search_is_an_error(tmp_path):
     skipped = pytest.warns(UserWarning, match="Skipping learning rate finder since `fast_dev_run` is enabled")
     with skipped, pytest.raises(RuntimeError, match=r"^Lightning's lr finder did not run: it skips the search when"):
         find_lr(cfg)
+
+
+class TemplateDigitsModule(OptimMixin, L.LightningModule):
+    """lightning-hydra-template's module on the digits: Hydra builds ``model.net``, and ``save_hyperparameters()``
+    without ``ignore=["net"]`` puts the ``nn.Module`` into ``hparams``, which ``weights_only`` loading refuses."""
+
+    def __init__(self, net: nn.Module, optim_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = net
+        self.optim_config = optim_config
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(images.flatten(1)), labels)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_the_search_restores_a_model_whose_hparams_hold_a_module_and_leaves_no_checkpoint(tmp_path):
+    net = ["+model.net._target_=torch.nn.Linear", "+model.net.in_features=64", "+model.net.out_features=10"]
+    cfg = composed(
+        *TINY,
+        "~model",
+        f"+model._target_={__name__}.TemplateDigitsModule",
+        *net,
+        f"lr_find.num_training={STEPS}",
+        f"trainer.default_root_dir={tmp_path}",
+    )
+    search = find_lr(cfg)
+    assert len(search.lrs) == STEPS and search.suggestion is not None
+    assert os.listdir(tmp_path) == []

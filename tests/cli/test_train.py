@@ -118,6 +118,50 @@ def test_an_optimizer_target_given_on_the_command_line_trains(tmp_path):
     assert [logged["lr-SGD/default"][step] for step in range(3)] == pytest.approx([0.1, 0.075, 0.025])
 
 
+def test_a_target_whose_module_runs_code_at_import_is_refused_by_the_app_before_it_is_imported(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_app_expecting_failure(
+        TRAIN,
+        *TINY,
+        "++optimizer._target_=venv.__main__.EnvBuilder",
+        "~optimizer.name",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert (
+        "optim_config.optimizer._target_ = 'venv.__main__.EnvBuilder' is not valid. Expected a dotted path to a "
+        "torch.optim.optimizer.Optimizer subclass, e.g. 'torch.optim.AdamW'; module 'venv.__main__' was not imported: "
+        "'__main__' is never imported from a config (importing it runs code), whatever the allow-list holds."
+    ) in result.stderr
+    # Imported, venv's __main__ builds a virtualenv in each of its command-line arguments: the app's overrides.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_users_optimizer_trains_once_its_module_is_allowed_on_the_command_line(tmp_path):
+    target = ["++optimizer._target_=tests.models.OwnSGD", "~optimizer.name"]
+    refused = run_app_expecting_failure(TRAIN, *TINY, *target, f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert "allowed_target_modules=[tests.models] on the command line" in refused.stderr
+    run_dir = tmp_path / "b"
+    run_app(TRAIN, *TINY, *target, "allowed_target_modules=[tests.models]", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert "lr-OwnSGD/default" in scalars(run_dir / "tensorboard")
+
+
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon needs torch 2.9")
+def test_muon_trains_the_default_model_and_prints_its_split(tmp_path):
+    run_dir = tmp_path / "run"
+    stdout = run_app(TRAIN, *TINY, "optimizer=muon", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    split = "Muon takes 3 tensors (37,520 parameters), AdamW takes 7 tensors (810 parameters)"
+    assert stdout.splitlines().count(split) == 1
+    logged = scalars(run_dir / "tensorboard")
+    assert {key for key in logged if key.startswith("lr-") and "-m" not in key[3:]} >= {
+        "lr-MuonWithAux/muon",
+        "lr-MuonWithAux/aux",
+    }
+    # warmup_cosine over the 3 steps, each side from its own base lr (Muon's 0.02, AdamW's default 1e-3)
+    assert [logged["lr-MuonWithAux/muon"][step] for step in range(3)] == pytest.approx([0.02, 0.015, 0.005])
+    assert [logged["lr-MuonWithAux/aux"][step] for step in range(3)] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+
+
 def test_multirun_sweeps_optimizers(tmp_path):
     sweep_dir = tmp_path / "sweep"
     stdout = run_app(TRAIN, "-m", "optimizer=sgd,adamw", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)

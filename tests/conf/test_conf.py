@@ -17,8 +17,12 @@ from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS, optimizer_clas
 PACKAGE_CONF = Path(__file__).resolve().parents[2] / "lightning_optim" / "conf"
 TOP_LEVEL_CONF = Path(__file__).resolve().parents[2] / "conf"
 
-DELIBERATE_CHANGES = {"sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True}}
-"""Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD)."""
+DELIBERATE_CHANGES = {
+    "sgd": {"lr": 0.1, "momentum": 0.9, "nesterov": True},
+    "muon": {"lr": 0.02, "aux": {"name": "adamw"}},
+}
+"""Optimizer keys whose yaml value is not torch's default, on purpose (the main job's Nesterov SGD; Keller Jordan's
+Muon lr, and Muon's auxiliary optimizer written out)."""
 
 GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "logger", "experiment", "debug"]
 

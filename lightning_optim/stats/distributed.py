@@ -1,0 +1,121 @@
+"""Gradient norms of ``DTensor`` parameters (FSDP2's ``fully_shard``, tensor parallelism): global, in one reduction.
+
+A sharded gradient's local tensor holds one part of the gradient, so its norm is a shard's norm: reported as the
+global one it is low by about the square root of the number of shards. :func:`reduce_norms` turns per-tensor local
+norms into global group norms with a single ``all_reduce`` of one vector (every group and the total together), and
+the result is the same on every rank, so that every rank clips, skips and adapts its threshold alike.
+
+Each rank adds ``weight * local_norm**p`` per group, where a tensor's ``weight`` (:func:`replica_weight`) is the
+share of the world that holds one copy of it: a ``Shard`` mesh dimension splits the tensor (every rank's part
+counts), a ``Replicate`` dimension, a mesh smaller than the world, and a plain tensor in a sharded model repeat it
+(each copy counts once in total). The infinity norm reduces with ``MAX`` and needs no weights. The reduction runs
+over the default process group; pipeline parallelism (stages holding different parameters) is not covered.
+
+Examples:
+    >>> import torch
+    >>> is_distributed(torch.ones(2)), local_tensor(torch.ones(2)).shape
+    (False, torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Replicate
+
+__all__ = ["full_tensor", "is_distributed", "local_tensor", "reduce_norms", "replica_weight"]
+
+
+def is_distributed(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (its data spread over a device mesh).
+
+    Examples:
+        >>> is_distributed(torch.zeros(1))
+        False
+    """
+    return isinstance(tensor, DTensor)
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The part of ``tensor`` this rank holds, as a plain tensor sharing its storage (``tensor`` itself if plain).
+
+    A ``Partial`` placement (unreduced values, never a gradient FSDP2 or tensor parallelism leaves) is reduced
+    first, as every later step assumes local parts that add up to the tensor.
+
+    Examples:
+        >>> local_tensor(torch.ones(3)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+    if not isinstance(tensor, DTensor):
+        return tensor
+    if any(placement.is_partial() for placement in tensor.placements):
+        placements = [Replicate() if placement.is_partial() else placement for placement in tensor.placements]
+        tensor = tensor.redistribute(tensor.device_mesh, placements)
+    return tensor.to_local()
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of ``tensor`` on every rank (one all-gather for a sharded ``DTensor``; ``tensor`` itself if plain).
+
+    Examples:
+        >>> full_tensor(torch.arange(3.0)).tolist()
+        [0.0, 1.0, 2.0]
+    """
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
+    """The share of the world's ranks that hold one whole copy of ``tensor``: ``shards / world_size``.
+
+    Summing ``weight * local**p`` over all ranks counts every part of the tensor exactly once: the ``Shard`` mesh
+    dimensions give ``shards`` distinct parts, and every other rank holds a copy of one of them. A plain tensor is one
+    part held by every rank.
+
+    Examples:
+        >>> replica_weight(torch.zeros(4), world_size=2)
+        0.5
+    """
+    if not isinstance(tensor, DTensor):
+        return 1.0 / world_size
+    mesh = tensor.device_mesh
+    shards = math.prod(mesh.size(dim) for dim, placement in enumerate(tensor.placements) if placement.is_shard())
+    return shards / world_size
+
+
+def reduce_norms(
+    local_norms: Sequence[torch.Tensor], weights: Sequence[float], groups: Sequence[int], count: int, norm_type: float
+) -> torch.Tensor:
+    """Global p-norms of ``count`` groups of tensors from each tensor's local norm, in one ``all_reduce``.
+
+    Args:
+        local_norms: each tensor's local norm (0-d float32 tensors on one device).
+        weights: each tensor's :func:`replica_weight`.
+        groups: each tensor's group index in ``range(count)``.
+        count: the number of groups.
+        norm_type: the p of the p-norm (``inf`` reduces with ``MAX``).
+
+    Returns:
+        A float32 vector of ``count`` global norms, equal on every rank (a process group must be initialised).
+
+    Examples:
+        >>> import torch.distributed as dist, tempfile
+        >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+        >>> reduce_norms([torch.tensor(3.0), torch.tensor(4.0)], [1.0, 1.0], [0, 0], 1, 2.0)
+        tensor([5.])
+        >>> dist.destroy_process_group()
+    """
+    norms = torch.stack(list(local_norms))
+    index = torch.tensor(list(groups), device=norms.device)
+    if math.isinf(norm_type):
+        reduced = torch.zeros(count, device=norms.device).index_reduce_(0, index, norms, "amax", include_self=False)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+        return reduced
+    weight = torch.tensor(list(weights), device=norms.device, dtype=torch.float32)
+    # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one process's norm.
+    powers = (weight.double() * norms.double().pow(norm_type)).to(norms.device)
+    summed = torch.zeros(count, device=norms.device, dtype=torch.float64).index_add_(0, index, powers)
+    dist.all_reduce(summed)
+    return summed.pow(1.0 / norm_type).float()

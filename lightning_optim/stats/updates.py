@@ -1,0 +1,232 @@
+"""Pure statistics of one optimizer step: how far it moved the parameters, relative to their size and to the
+gradient, and the norms of the optimizer's per-parameter state.
+
+Everything stays on the device as 0-dim float32 tensors (fused ``torch._foreach_*`` kernels, no ``.item()``); the
+callbacks turn them into Python numbers on logging steps only. The update is ``after - before`` of a copy taken
+just before the step (:func:`copy_parameters`), so it is exact for any optimizer, whatever its step does.
+
+Examples:
+    >>> import torch
+    >>> weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    >>> weight.grad = torch.tensor([1.0, 0.0])
+    >>> before = copy_parameters([weight])
+    >>> torch.optim.SGD([weight], lr=0.5).step()
+    >>> total = measure_updates(before, [weight], [weight.grad]).total()
+    >>> [round(float(value), 4) for value in (total.norm, total.param_norm, total.ratio, total.cos_grad)]
+    [0.5, 5.0, 0.1, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "TensorNorms",
+    "TensorUpdates",
+    "UpdateSummary",
+    "copy_parameters",
+    "measure_updates",
+    "members",
+    "state_norms",
+]
+
+
+def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``).
+
+    Examples:
+        >>> weight = torch.nn.Parameter(torch.ones(2))
+        >>> copied = copy_parameters([weight])
+        >>> with torch.no_grad():
+        ...     _ = weight.add_(1.0)
+        >>> copied
+        [tensor([1., 1.])]
+    """
+    with torch.no_grad():
+        copies = [torch.empty_like(parameter, requires_grad=False) for parameter in parameters]
+        if copies:
+            torch._foreach_copy_(copies, [parameter.detach() for parameter in parameters])
+    return copies
+
+
+def _norms(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The 2-norm of each tensor (one fused pass), as 0-dim float32 tensors on ``device``."""
+    if not tensors:
+        return []
+    return [norm.to(device=device, dtype=torch.float32) for norm in torch._foreach_norm(list(tensors))]
+
+
+def _dense(gradient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``gradient`` as a dense tensor of ``like``'s dtype (sparse gradients of embeddings are scattered)."""
+    dense = gradient.to_dense() if gradient.is_sparse else gradient
+    return dense if dense.dtype == like.dtype else dense.to(like.dtype)
+
+
+@dataclass(frozen=True)
+class UpdateSummary:
+    """One step's update over a set of parameters, each a 0-dim float32 tensor on the device.
+
+    Attributes:
+        norm: the 2-norm of the update (parameters after the step minus before).
+        param_norm: the 2-norm of the parameters before the step.
+        ratio: ``norm / param_norm`` (inf when the parameters were all zero).
+        cos_grad: the cosine between the update and the negative gradient the step used (0 when either is zero).
+    """
+
+    norm: torch.Tensor
+    param_norm: torch.Tensor
+    ratio: torch.Tensor
+    cos_grad: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TensorUpdates:
+    """Per parameter tensor of one step, 0-dim float32 tensors on the device, in the order the parameters came.
+
+    Attributes:
+        update: the 2-norm of each tensor's update.
+        parameter: the 2-norm of each tensor before the step.
+        gradient: the 2-norm of each tensor's gradient (0 without one).
+        alignment: each tensor's inner product of the update with the negative gradient (0 without a gradient).
+    """
+
+    update: list[torch.Tensor]
+    parameter: list[torch.Tensor]
+    gradient: list[torch.Tensor]
+    alignment: list[torch.Tensor]
+
+    def total(self) -> UpdateSummary:
+        """The summary over every tensor."""
+        return self.summaries({"": range(len(self.update))})[""]
+
+    def by_label(self, labels: Sequence[str]) -> dict[str, UpdateSummary]:
+        """The summary of each label's tensors (``labels[i]`` names tensor ``i``: a layer, a parameter group).
+
+        Examples:
+            >>> one = torch.ones(())
+            >>> updates = TensorUpdates([one, 2 * one], [10 * one, 10 * one], [one, one], [one, one])
+            >>> {label: round(float(s.ratio), 2) for label, s in updates.by_label(["a", "b"]).items()}
+            {'a': 0.1, 'b': 0.2}
+        """
+        return self.summaries(members(labels))
+
+    def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, UpdateSummary]:
+        """The summary of each selection of tensors (by their indices), all in a few kernels: one table of the
+        per-tensor squares, one sum per selection, then the norms, ratios and cosines of every selection at once."""
+        if not selections or not self.update:
+            return {}
+        squares = torch.stack([torch.stack(self.update), torch.stack(self.parameter), torch.stack(self.gradient)]) ** 2
+        rows = torch.cat([squares, torch.stack(self.alignment)[None]]).T.unbind()
+        sums = torch.stack([torch.stack([rows[i] for i in indices]).sum(0) for indices in selections.values()])
+        norm, param_norm, gradient = sums[:, :3].sqrt().unbind(1)
+        scale = norm * gradient
+        cos_grad = torch.where(scale > 0, sums[:, 3] / scale, torch.zeros_like(scale))
+        columns = zip(norm.unbind(), param_norm.unbind(), (norm / param_norm).unbind(), cos_grad.unbind(), strict=True)
+        return {label: UpdateSummary(*values) for label, values in zip(selections, columns, strict=True)}
+
+
+def members(labels: Sequence[str]) -> dict[str, list[int]]:
+    """The indices of each label in ``labels``, in order of first appearance.
+
+    Examples:
+        >>> members(["head", "body", "head"])
+        {'head': [0, 2], 'body': [1]}
+    """
+    found: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        found[label].append(index)
+    return dict(found)
+
+
+def measure_updates(
+    before: list[torch.Tensor], parameters: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor | None]
+) -> TensorUpdates:
+    """Per-tensor norms of the update ``parameters - before``, of ``before``, of ``gradients``, and the update's inner
+    product with the negative gradient.
+
+    ``before`` is :func:`copy_parameters` of ``parameters`` taken before the step; it is overwritten (it becomes
+    ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Four fused passes.
+    """
+    if not parameters:
+        return TensorUpdates([], [], [], [])
+    device = parameters[0].device
+    with torch.no_grad():
+        parameter = _norms(before, device)
+        torch._foreach_sub_(before, [p.detach() for p in parameters])
+        update = _norms(before, device)
+        with_gradient = [i for i, gradient in enumerate(gradients) if gradient is not None]
+        dense = [_dense(gradients[i], before[i]) for i in with_gradient]  # type: ignore[arg-type]  # not None above
+        zero = torch.zeros((), device=device)
+        gradient = [zero] * len(parameters)
+        alignment = [zero] * len(parameters)
+        for index, norm in zip(with_gradient, _norms(dense, device), strict=True):
+            gradient[index] = norm
+        if with_gradient:
+            products = [before[i] for i in with_gradient]
+            # before holds -update now: sum(-update * gradient) is the update's inner product with -gradient.
+            torch._foreach_mul_(products, dense)
+            for index, product in zip(with_gradient, products, strict=True):
+                alignment[index] = product.sum(dtype=torch.float32).to(device)
+    return TensorUpdates(update, parameter, gradient, alignment)
+
+
+@dataclass(frozen=True)
+class TensorNorms:
+    """The 2-norms of some tensors of a list: ``norms[k]`` belongs to tensor ``indices[k]``, on the device."""
+
+    indices: list[int]
+    norms: list[torch.Tensor]
+
+    def total(self) -> torch.Tensor:
+        """The norm of all those tensors together."""
+        return self.summaries({"": self.indices})[""]
+
+    def by_label(self, labels: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The norm of each label's tensors (``labels[i]`` names tensor ``i`` of the whole list)."""
+        return self.summaries(members(labels))
+
+    def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+        """The norm of each selection's tensors (indices into the whole list; those without a norm here are left
+        out, and a selection with none is not in the result)."""
+        position = {index: k for k, index in enumerate(self.indices)}
+        chosen = {label: [position[i] for i in indices if i in position] for label, indices in selections.items()}
+        chosen = {label: ks for label, ks in chosen.items() if ks}
+        if not chosen:
+            return {}
+        rows = (torch.stack(self.norms) ** 2).unbind()
+        norms = torch.stack([torch.stack([rows[k] for k in ks]).sum() for ks in chosen.values()]).sqrt()
+        return dict(zip(chosen, norms.unbind(), strict=True))
+
+
+def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[torch.Tensor]) -> dict[str, TensorNorms]:
+    """The norms of the optimizer's per-parameter state tensors, by state key (``exp_avg``, ``momentum_buffer``, ...).
+
+    ``state`` is ``optimizer.state``; a key counts where its value is a floating-point tensor with at least one
+    dimension (a step count, a scalar tensor, is not per-parameter state). Entries are read with ``get``, so a
+    ``defaultdict`` gains none.
+
+    Examples:
+        >>> weight = torch.nn.Parameter(torch.zeros(2))
+        >>> weight.grad = torch.tensor([3.0, 4.0])
+        >>> optimizer = torch.optim.SGD([weight], lr=0.1, momentum=0.9)
+        >>> optimizer.step()
+        >>> {key: float(norms.total()) for key, norms in state_norms(optimizer.state, [weight]).items()}
+        {'momentum_buffer': 5.0}
+    """
+    by_key: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
+    for index, parameter in enumerate(parameters):
+        for key, value in state.get(parameter, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.is_floating_point():
+                indices, tensors = by_key.setdefault(str(key), ([], []))
+                indices.append(index)
+                tensors.append(value)
+    if not parameters:
+        return {}
+    device = parameters[0].device
+    with torch.no_grad():
+        return {key: TensorNorms(indices, _norms(tensors, device)) for key, (indices, tensors) in by_key.items()}
