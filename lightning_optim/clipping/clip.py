@@ -54,6 +54,7 @@ __all__ = [
     "folds_into_step",
     "forget_step_attributes",
     "fsdp_model",
+    "skip_in_step",
 ]
 
 _EPS = 1e-6
@@ -357,8 +358,31 @@ def _skip_corrupts_state(optimizer: torch.optim.Optimizer, parameters: Sequence[
     )
 
 
+def skip_in_step(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor], skip: torch.Tensor) -> bool:
+    """Make the next fused step skip itself where the 0-d ``skip`` is nonzero, with no host sync: ``found_inf``,
+    or-ed with the one :func:`clip_in_step` set (its ``grad_scale`` kept).
+
+    Returns False, setting nothing, where the step cannot skip itself (:func:`folds_into_step` does not hold, or
+    the one exception of :func:`clip_in_step`: fused SGD with momentum before its first step); the caller skips then.
+
+    Examples:
+        >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+        >>> sgd = torch.optim.SGD([p], lr=1.0, fused=True)
+        >>> skip_in_step(sgd, [p], torch.tensor(True)), skip_in_step(torch.optim.SGD([p]), [p], torch.tensor(True))
+        (True, False)
+        >>> sgd.step(); p.tolist(), hasattr(sgd, "found_inf")
+        ([0.0, 0.0], False)
+    """
+    if not folds_into_step(optimizer) or _skip_corrupts_state(optimizer, parameters):
+        return False
+    grad_scale, found_inf = torch_optimizer(optimizer).__dict__.get(_FOLDED, (None, None))
+    flag = skip.to(torch.float32)
+    _set_step_attributes(optimizer, grad_scale, flag if found_inf is None else torch.maximum(found_inf, flag))
+    return True
+
+
 def _set_step_attributes(
-    optimizer: torch.optim.Optimizer, grad_scale: torch.Tensor, found_inf: torch.Tensor | None
+    optimizer: torch.optim.Optimizer, grad_scale: torch.Tensor | None, found_inf: torch.Tensor | None
 ) -> None:
     optimizer = torch_optimizer(optimizer)
     if _HOOK not in optimizer.__dict__:

@@ -4,11 +4,13 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 ``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
-Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping``), or several
+Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping`` and
+``spike_guard``), or several
 named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
 holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.clipping.adaptive`) appears only when set; so does ``resume`` (how a fit started from a checkpoint
-goes on, :mod:`lightning_optim.config.resume`), a top-level key in both forms.
+:mod:`lightning_optim.clipping.adaptive`) and ``spike_guard`` (:mod:`lightning_optim.clipping.spike_guard`) appear
+only when set; so does ``resume`` (how a fit started from a checkpoint goes on, :mod:`lightning_optim.config.resume`),
+a top-level key in both forms.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -33,10 +35,10 @@ from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "resume")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "resume")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
-SECTION_KEYS = ("params", "optimizer", "param_groups", "scheduler", "clipping")
+SECTION_KEYS = ("params", *(key for key in TOP_LEVEL_KEYS if key != "resume"))
 """The keys of one named optimizer's section in the several-optimizer form."""
 _NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]+")
 """An optimizer's name under ``optimizers``: part of metric keys and of TensorBoard's folders, so never ``.`` or
@@ -57,6 +59,7 @@ class OptimConfig:
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
     clipping: dict[str, Any] | None = None
+    spike_guard: dict[str, Any] | None = None
     resume: dict[str, Any] | None = None
 
 
@@ -121,8 +124,14 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
         raise config_error(
             f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
         )
+    spike_guard = values.get("spike_guard")
+    if spike_guard is not None and not isinstance(spike_guard, dict):
+        raise config_error(
+            f"{where}spike_guard", spike_guard, "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none"
+        )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    return {**section, "clipping": clipping} if clipping is not None else section
+    optional = {"clipping": clipping, "spike_guard": spike_guard}
+    return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 
 def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:

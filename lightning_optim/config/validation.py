@@ -14,6 +14,7 @@ differentiable, fused, decoupled_weight_decay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import warnings
@@ -21,9 +22,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
+from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.config.resume import RESUME_KEY, ResumeSpec, resolve_resume
 from lightning_optim.errors import OptimConfigError, config_error
@@ -37,6 +40,7 @@ __all__ = [
     "clipping_specs",
     "resolve_optim_config",
     "section_keys",
+    "spike_guard_specs",
     "validate_optim_config",
     "warn_on_zero_lr",
 ]
@@ -52,6 +56,7 @@ class OptimSpec:
         optimizer: the optimizer with its parameter-group rules.
         scheduler: the scheduler, or None for a constant lr.
         clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
+        spike_guard: the spike guard, or None.
         resume: how a fit started from a checkpoint goes on (the defaults when the config has no ``resume``).
 
     Examples:
@@ -64,6 +69,7 @@ class OptimSpec:
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
     clipping: ClippingSpec | None = None
+    spike_guard: SpikeGuardSpec | None = None
     resume: ResumeSpec = field(default_factory=ResumeSpec)
 
 
@@ -131,9 +137,7 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
     if OPTIMIZERS_KEY not in plain:
         single = _resolve_section(plain)
         _check_resume(resume, [(single.scheduler, "scheduler")])
-        return OptimSpec(
-            {**single.config, **kept}, single.optimizer, single.scheduler, single.clipping, resume or ResumeSpec()
-        )
+        return dataclasses.replace(single, config={**single.config, **kept}, resume=resume or ResumeSpec())
     members = []
     for name, section in plain[OPTIMIZERS_KEY].items():
         with section_keys(f"{OPTIMIZERS_KEY}.{name}"):
@@ -174,13 +178,38 @@ def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
     optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
     scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
     clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
+    guard = _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer) if plain.get(SPIKE_GUARD_KEY) is not None else None
     validated = {
         "optimizer": {**plain["optimizer"], **optimizer.options},
         "param_groups": list(optimizer.rules),
         "scheduler": scheduler.config if scheduler is not None else None,
         **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
+        **({SPIKE_GUARD_KEY: guard.config} if guard is not None else {}),
     }
-    return OptimSpec(validated, optimizer, scheduler, clipping)
+    return OptimSpec(validated, optimizer, scheduler, clipping, guard)
+
+
+def _resolve_guard(section: Any, optimizer: OptimizerSpec) -> SpikeGuardSpec:
+    guard = resolve_spike_guard(section)
+    if issubclass(optimizer.info.cls, torch.optim.LBFGS):
+        raise OptimConfigError(
+            "optim_config.spike_guard with LBFGS is not supported: LBFGS evaluates the loss and gradients several "
+            "times per step, so there is no one value per step to guard. Remove spike_guard, or use another optimizer."
+        )
+    return guard
+
+
+def spike_guard_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, SpikeGuardSpec]:
+    """The ``spike_guard`` sections in use, by optimizer name (None: the single form).
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "spike_guard": {"on": "loss"}})
+        >>> spike_guard_specs(spec)
+        {None: SpikeGuardSpec(config={'on': 'loss'})}
+    """
+    if isinstance(spec, OptimSpec):
+        return {None: spec.spike_guard} if spec.spike_guard is not None else {}
+    return {member.name: member.spec.spike_guard for member in spec.members if member.spec.spike_guard is not None}
 
 
 def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:

@@ -30,6 +30,8 @@ Examples:
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import warnings
 import weakref
 from collections.abc import Mapping
@@ -42,6 +44,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip
+from lightning_optim.clipping.clip import ClipResult, fsdp_model
+from lightning_optim.clipping.spike_guard import SpikeGuards, SpikeGuardSpec, guarded_sections, skip_step
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
 from lightning_optim.config.optimizer_sets import states_in_config_order
 from lightning_optim.config.resume import RESUME_KEY
@@ -53,9 +57,10 @@ from lightning_optim.fit.lr_finder import MovedLrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
 from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths
-from lightning_optim.internals import attached_trainer
+from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
 from lightning_optim.schedule.build import BuiltScheduler
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR, PlateauLR, step_plateau
+from lightning_optim.stats import RunningStatsSnapshot, gradient_norms
 
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
@@ -64,6 +69,7 @@ __all__ = [
     "CHECKPOINT_KEY",
     "CLIPPING_KEY",
     "RUN_LENGTHS_KEY",
+    "SPIKE_GUARD_KEY",
     "FitDriver",
     "OptimizerRecord",
     "check_resumed_config",
@@ -80,6 +86,11 @@ RUN_LENGTHS_KEY = "optim_run_lengths"
 
 CLIPPING_KEY = "optim_clipping"
 """The checkpoint entry holding the adaptive clipping history, per optimizer (``{"optimizer", "config", "state"}``)."""
+
+SPIKE_GUARD_KEY = "optim_spike_guard"
+"""The checkpoint entry holding each spike guard's statistics and skip count (``{"optimizer", "config", "state"}``)."""
+
+log = logging.getLogger(__name__)
 
 _DRIVERS: weakref.WeakKeyDictionary[torch.nn.Module, FitDriver] = weakref.WeakKeyDictionary()
 """Each mixin model's driver of its current run; weak, so that the driver is no slot in the user's ``__dict__``."""
@@ -166,6 +177,10 @@ class FitDriver(L.Callback):
         self._saved_clipping: list[Mapping[str, Any]] | None = None
         self._step_check: SchedulerStepCheck | None = None
         self._batchnorm_warned = False
+        self.guards: SpikeGuards | None = None
+        """Built by :meth:`configure_spike_guard` only when a section asks for a spike guard."""
+        self._saved_guards: list[Mapping[str, Any]] | None = None
+        self._guard_run = _GuardRun()
         self._resume: ResumePlan | None = None
         """What this fit, resumed from a checkpoint, takes from it (``optim_config.resume``); None for a fresh fit."""
         self._reset_pending: dict[str, Any] | None = None
@@ -216,6 +231,92 @@ class FitDriver(L.Callback):
         """The adaptive threshold of ``optimizer`` (a torch optimizer), or None."""
         return self.thresholds.of(optimizer) if self.thresholds is not None else None
 
+    def configure_spike_guard(
+        self, trainer: L.Trainer | None, specs: Mapping[str | None, SpikeGuardSpec], records: list[OptimizerRecord]
+    ) -> None:
+        """Give each optimizer with a ``spike_guard`` section its guard, fresh for each fit (continued on a resume).
+
+        Raises:
+            OptimConfigError: under a ``GradScaler`` (``16-mixed``), whose own ``found_inf`` replaces the guard's.
+        """
+        saved, self._saved_guards = self._saved_guards, None
+        if not specs:
+            self.guards = None
+            return
+        scaler = grad_scaler(trainer)
+        if scaler is not None and scaler.is_enabled():
+            raise OptimConfigError(
+                f"{guarded_sections(specs)[0]} with precision='16-mixed' is not supported: AMP's GradScaler sets the "
+                "step's found_inf itself, which replaces the guard's decision. Use bf16-mixed or 32-bit precision."
+            )
+        self.guards = SpikeGuards()
+        if saved is not None and trainer is not None and trainer.ckpt_path:
+            self.guards.load_state_dict(saved)
+        self.guards.configure(specs, [(record.name, record.optimizer) for record in records])
+
+    def spike_guard_loss(self, loss: torch.Tensor) -> None:
+        """Add ``loss`` (this batch's, detached) to the loss of the coming optimizer step, for ``on: loss``."""
+        if self.guards is not None and self.guards.watch_loss:
+            self._guard_run.add_loss(loss)
+
+    def guard_step(
+        self, trainer: L.Trainer | None, optimizer: Any, clipped: ClipResult | None, module: torch.nn.Module
+    ) -> None:
+        """Decide on the device whether ``optimizer``'s coming step is a spike, and make it skip itself if so.
+
+        ``clipped`` is what clipping measured for this step (its total norm before clipping is the guard's
+        ``grad_norm``), or None when nothing clipped: the norm is measured here.
+        """
+        optimizer = torch_optimizer(optimizer)
+        guard = self.guards.of(optimizer) if self.guards is not None else None
+        if guard is None or trainer is None:
+            return
+        parameters = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if guard.on == "loss":
+            value = self._guard_run.take_loss(trainer)
+            if value is None:
+                return  # training_step returned None: Lightning skips the step itself
+        elif clipped is not None and clipped.total is not None:
+            value = clipped.total
+        elif (sharded := fsdp_model(trainer)) is not None:
+            value = sharded.clip_grad_norm_(math.inf)
+        else:
+            value = gradient_norms([("", p) for p in parameters], None).total
+        spike, z = guard(value)
+        assert self._guard_run.snapshot is not None  # on_train_start made it
+        skip_step(optimizer, parameters, spike, self._guard_run.snapshot)
+        assert self.guards is not None  # a guard was found above
+        self._guard_run.pending.append((trainer.global_step, self.guards.name_of(optimizer), spike, z))
+
+    def spike_guard_report(self, trainer: L.Trainer) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """The guard's values since the last report, for the monitors' collector (one host sync for all): the keys
+        ``spike_guard/skipped`` and ``spike_guard/z`` (``spike_guard/<optimizer>/...`` among several), and a function
+        that turns them, made numbers, into the metrics and writes the log line of the skipped steps (rank zero)."""
+        if self.guards is None or not self._guard_run.pending:
+            return None
+        return self._guard_run.report(self.guards, trainer.is_global_zero)
+
+    def _report_spike_guard(self, trainer: L.Trainer) -> None:
+        """Report on the driver's own (one host read) what no collector took."""
+        report = self.spike_guard_report(trainer)
+        if report is None:
+            return
+        values, finish = report
+        with torch.no_grad():
+            numbers = torch.stack([value.double() for value in values.values()]).tolist()
+        metrics = finish(dict(zip(values, numbers, strict=True)))
+        if metrics and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, logging_step(trainer))
+
+    dashboard_category = "Spike guard"
+
+    def dashboard_charts(self) -> dict[str, list[str]]:
+        """The dashboard's charts of the spike guard (none without one): skipped steps and the z-score."""
+        if self.guards is None:
+            return {}
+        return {"Skipped steps": ["spike_guard/(?:[^/]+/)?skipped$"], "z-score": ["spike_guard/(?:[^/]+/)?z$"]}
+
     def built_for(self, scheduler: LRScheduler) -> BuiltScheduler | None:
         """The built scheduler whose torch scheduler is ``scheduler``, or None (one the driver did not build)."""
         return next((r.scheduler for r in self.records if r.scheduler and r.scheduler.scheduler is scheduler), None)
@@ -249,6 +350,8 @@ class FitDriver(L.Callback):
         # After BatchSizeFinder (on_fit_start) and the restored step count: the run's length as it will be.
         for record in self.records:
             record.follow_run_length(trainer)
+        if self.guards is not None:
+            self._guard_run.start(pl_module)
         if self._resume is not None and schedules is not None:
             optimizers = [type(record.optimizer).__name__ for record in self.records]
             rank_zero_info(policy_line(self._resume, trainer.global_step, optimizers, schedules))
@@ -264,6 +367,29 @@ class FitDriver(L.Callback):
     ) -> None:
         if self.schedule_free_batches is not None:
             schedule_free.to_train_mode(trainer)
+        if self.guards is not None:
+            # Under manual optimization every batch is a step of its own (global_step counts every optimizer).
+            self._guard_run.step_starts(None if not pl_module.automatic_optimization else trainer.global_step)
+
+    @override
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        # The closure's loss, already divided by accumulate_grad_batches: the step's loss is the sum of its batches'.
+        if pl_module.automatic_optimization:
+            self.spike_guard_loss(loss)
+
+    @override
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # Automatic optimization decides in the mixin's configure_gradient_clipping (after this hook), on its norm.
+        if self.guards is not None and not pl_module.automatic_optimization:
+            self.guard_step(trainer, optimizer, None, pl_module)
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        # The monitors' collector, if any, took the report at its flush (their hooks run before this one).
+        if self.guards is not None and should_log(trainer):
+            self._report_spike_guard(trainer)
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -277,6 +403,9 @@ class FitDriver(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._to_eval_mode(trainer, pl_module)
         self._check_stepped(trainer)
+        if self.guards is not None:
+            self._report_spike_guard(trainer)
+            self._guard_run.snapshot = None
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -306,6 +435,8 @@ class FitDriver(L.Callback):
         write_config(checkpoint, self.spec.config)
         if self.thresholds is not None and (clipping := self.thresholds.state_dict()):
             checkpoint[CLIPPING_KEY] = clipping
+        if self.guards is not None:
+            checkpoint[SPIKE_GUARD_KEY] = self.guards.state_dict()
         if self._schedulers():
             # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
             saved = [record.saved_run_length() for record in self._schedulers()]
@@ -327,6 +458,11 @@ class FitDriver(L.Callback):
                 self.thresholds.load_state_dict(checkpoint[CLIPPING_KEY], CLIPPING_KEY)
             else:  # configure_optimizers has not run yet: it restores the history into the thresholds it builds
                 self._saved_clipping = checkpoint[CLIPPING_KEY]
+        if SPIKE_GUARD_KEY in checkpoint:
+            if self.guards is not None:
+                self.guards.load_state_dict(checkpoint[SPIKE_GUARD_KEY])
+            else:
+                self._saved_guards = checkpoint[SPIKE_GUARD_KEY]
         plan = None
         if trainer.state.fn == "fit":
             plan = self._resume = resume_plan(self.spec.resume, checkpoint.get(RESUME_CHECKPOINT_KEY))
@@ -399,6 +535,76 @@ class FitDriver(L.Callback):
     def _forward(pl_module: L.LightningModule) -> schedule_free.Forward:
         forward = getattr(pl_module, "schedule_free_forward", None)
         return forward if callable(forward) else lambda batch: schedule_free.forward_inputs(pl_module, batch)
+
+
+class _GuardRun:
+    """What the spike guards need across the steps of one fit: the BatchNorm snapshot, the loss of the step under
+    way, and each step's decision (device tensors) until the next report."""
+
+    def __init__(self) -> None:
+        self.snapshot: RunningStatsSnapshot | None = None
+        self.pending: list[tuple[int, str | None, torch.Tensor, torch.Tensor]] = []
+        self._step_at: int | None = None
+        self._loss: torch.Tensor | None = None
+
+    def start(self, module: torch.nn.Module) -> None:
+        self.snapshot, self._step_at, self._loss, self.pending = RunningStatsSnapshot(module), None, None, []
+
+    def step_starts(self, step: int | None) -> None:
+        """At each training batch: the first batch of an optimizer step (``step`` changed, or None: always) takes the
+        BatchNorm snapshot and starts the step's loss."""
+        if step is None or step != self._step_at:
+            if self.snapshot is not None:
+                self.snapshot.take()
+            self._step_at, self._loss = step, None
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        loss = loss.detach()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def take_loss(self, trainer: L.Trainer) -> torch.Tensor | None:
+        """The step's loss, the same on every rank (averaged over the data-parallel ranks: one all-reduce)."""
+        loss, self._loss = self._loss, None
+        if loss is not None and trainer.world_size > 1:
+            loss = trainer.strategy.reduce(loss, reduce_op="mean")
+        return loss
+
+    def report(self, guards: SpikeGuards, rank_zero: bool) -> tuple[dict[str, torch.Tensor], Any]:
+        pending, self.pending = self.pending, []
+        values: dict[str, torch.Tensor] = {}
+        for name, (_, guard) in guards.built.items():
+            prefix = _guard_prefix(name)
+            values[f"{prefix}skipped"] = guard.skipped
+            last_z = [z for _, of, _, z in pending if of == name]
+            if last_z:
+                values[f"{prefix}z"] = last_z[-1]
+        flags = {f"\0spike{i}": spike for i, (_, _, spike, _) in enumerate(pending)}
+        zs = {f"\0z{i}": z for i, (_, _, _, z) in enumerate(pending)}
+
+        def finish(numbers: dict[str, float]) -> dict[str, float]:
+            skipped = [
+                (step, name, numbers[f"\0z{i}"])
+                for i, (step, name, _, _) in enumerate(pending)
+                if numbers[f"\0spike{i}"]
+            ]
+            if skipped and rank_zero:
+                log.warning("spike_guard skipped %s", _describe_skips(skipped, guards))
+            return {key: value for key, value in numbers.items() if not key.startswith("\0") and math.isfinite(value)}
+
+        return {**values, **flags, **zs}, finish
+
+
+def _guard_prefix(name: str | None) -> str:
+    return f"spike_guard/{name}/" if name else "spike_guard/"
+
+
+def _describe_skips(skipped: list[tuple[int, str | None, float]], guards: SpikeGuards) -> str:
+    """``step 12 (z = 9.26 > 6.0), step 17 (...)``, naming the optimizer among several."""
+    parts = []
+    for step, name, z in skipped:
+        threshold = guards.built[name][1].z_threshold
+        parts.append(f"{f'{name} ' if name else ''}step {step} (z = {z:.3g} > {threshold:g})")
+    return ", ".join(parts)
 
 
 def write_config(checkpoint: dict[str, Any], config: Mapping[str, Any]) -> None:

@@ -40,6 +40,7 @@ from lightning_optim.config.validation import (
     OptimSpec,
     clipping_specs,
     resolve_optim_config,
+    spike_guard_specs,
     warn_on_zero_lr,
 )
 from lightning_optim.errors import OptimConfigError
@@ -288,11 +289,13 @@ class OptimMixin(_LightningModule):
         trainer: L.Trainer | None,
         records: list[OptimizerRecord],
     ) -> None:
-        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit; refused beside gradient_clip_val."""
+        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit, refused beside gradient_clip_val;
+        and its spike guard (``spike_guard``)."""
         specs = clipping_specs(spec)
         refuse_trainer_threshold(trainer, clipped_sections(specs))
         driver.configure_clipping(trainer, specs, records)
         self.clip_state.adaptive = driver.thresholds is not None
+        driver.configure_spike_guard(trainer, spike_guard_specs(spec), records)
 
     def _keep(self, driver: FitDriver, records: list[OptimizerRecord]) -> None:
         driver.records = records
@@ -330,9 +333,21 @@ class OptimMixin(_LightningModule):
         (set ``fold_clipping = False`` on the class to always scale the gradients here); FSDP clips through the
         wrapper's ``clip_grad_norm_``; under AMP's ``GradScaler`` the still-scaled gradients of a fused optimizer are
         measured and reported unscaled; ``GradNormMonitor(nonfinite="skip")`` (``clip_state.skip_nonfinite``) skips
-        steps whose total norm is NaN/Inf, BatchNorm running statistics included.
+        steps whose total norm is NaN/Inf, BatchNorm running statistics included. Then an optimizer with a
+        ``spike_guard`` decides, on the device, whether to skip this step
+        (:meth:`~lightning_optim.fit.driver.FitDriver.guard_step`).
         """
         self.clip_state.last = self._clip_for_step(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if (driver := driver_of(self)) is not None and driver.guards is not None:
+            driver.guard_step(attached_trainer(self), optimizer, self.clip_state.last, self)
+
+    def spike_guard_loss(self, loss: torch.Tensor) -> None:
+        """Under manual optimization, give the spike guard (``spike_guard: {on: loss}``) the loss of the coming
+        ``opt.step()``: call it in ``training_step`` before the step (several calls in one step add up). Under
+        automatic optimization the loss ``training_step`` returns is taken by itself.
+        """
+        if (driver := driver_of(self)) is not None:
+            driver.spike_guard_loss(loss)
 
     def _adaptive_threshold(self, optimizer: Any) -> Any:
         driver = driver_of(self)
