@@ -44,13 +44,14 @@ LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 
 
 def compose_optim_config(cfg: DictConfig) -> dict[str, Any]:
-    """The model's ``optim_config``: the config's ``optimizer``, ``param_groups``, ``scheduler`` and ``clipping``
-    (when set) as plain, resolved containers (a ``DictConfig`` in hparams would break ``weights_only`` checkpoint
-    loading); with several optimizers (``optimizers=gan``), ``optimizers``, and any single-optimizer section left
-    set, which validation refuses."""
+    """The model's ``optim_config``: the config's ``optimizer``, ``param_groups``, ``scheduler``, ``clipping`` and
+    ``resume`` (the last two when set) as plain, resolved containers (a ``DictConfig`` in hparams would break
+    ``weights_only`` checkpoint loading); with several optimizers (``optimizers=gan``), ``optimizers`` and ``resume``,
+    and any single-optimizer section left set, which validation refuses."""
+    resume = plain_sections({"resume": cfg.resume}) if cfg.get("resume") is not None else {}
     if cfg.get("optimizers") is not None:
         single = {key: cfg.get(key) for key in ("optimizer", "scheduler", "clipping") if cfg.get(key) is not None}
-        return {"optimizers": OmegaConf.to_container(cfg.optimizers, resolve=True), **plain_sections(single)}
+        return {"optimizers": OmegaConf.to_container(cfg.optimizers, resolve=True), **plain_sections(single), **resume}
     scheduler = cfg.get("scheduler")
     param_groups = cfg.get("param_groups")
     clipping = cfg.get("clipping")
@@ -59,6 +60,7 @@ def compose_optim_config(cfg: DictConfig) -> dict[str, Any]:
         "param_groups": OmegaConf.to_container(param_groups, resolve=True) if param_groups is not None else [],
         "scheduler": OmegaConf.to_container(scheduler, resolve=True) if scheduler is not None else None,
         **({"clipping": OmegaConf.to_container(clipping, resolve=True)} if clipping is not None else {}),
+        **resume,
     }
 
 

@@ -9,7 +9,8 @@ Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and op
 regex over parameter names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm
 clipping, :mod:`lightning_optim.clipping.adaptive`), ``layer_decay`` (layer-wise lr decay,
 :class:`~lightning_optim.optim.param_groups.LayerDecay`) and ``spike_guard``
-(:mod:`lightning_optim.clipping.spike_guard`) appear only when set.
+(:mod:`lightning_optim.clipping.spike_guard`) appear only when set; so does ``resume`` (how a fit started from a
+checkpoint goes on, :mod:`lightning_optim.config.resume`), a top-level key in both forms.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -29,14 +30,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_optim.config.resume import RESUME_KEY
 from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "layer_decay")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "layer_decay", "resume")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
-SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
+SECTION_KEYS = ("params", *(key for key in TOP_LEVEL_KEYS if key != "resume"))
 """The keys of one named optimizer's section in the several-optimizer form."""
 _NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]+")
 """An optimizer's name under ``optimizers``: part of metric keys and of TensorBoard's folders, so never ``.`` or
@@ -59,6 +61,7 @@ class OptimConfig:
     clipping: dict[str, Any] | None = None
     spike_guard: dict[str, Any] | None = None
     layer_decay: dict[str, Any] | None = None
+    resume: dict[str, Any] | None = None
 
 
 def plain(value: Any) -> Any:
@@ -91,13 +94,15 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
             f"optim_config must be a dict, a DictConfig or an OptimConfig, got {type(config).__name__}."
         )
     values: dict[str, Any] = plain(config)
+    resume = values.pop(RESUME_KEY, None)
+    kept = {RESUME_KEY: resume} if resume is not None else {}
     if OPTIMIZERS_KEY in values:
-        return {OPTIMIZERS_KEY: _plain_optimizers(values)}
+        return {OPTIMIZERS_KEY: _plain_optimizers(values), **kept}
     for key in values:
         if key not in TOP_LEVEL_KEYS:
             choices = (*TOP_LEVEL_KEYS, OPTIMIZERS_KEY)
             raise config_error(key, values[key], f"only the keys {', '.join(choices)}", choices, unknown_key=True)
-    return _plain_section(values, "")
+    return {**_plain_section(values, ""), **kept}
 
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:

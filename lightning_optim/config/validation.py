@@ -14,11 +14,12 @@ differentiable, fused, decoupled_weight_decay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,11 +29,18 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
 from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
+from lightning_optim.config.resume import RESUME_KEY, ResumeSpec, resolve_resume
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.optim.lr_scaling import LR_SCALING_KEY
 from lightning_optim.optim.param_groups import LAYER_DECAY_KEY
 from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
-from lightning_optim.schedule.registry import SchedulerSpec, TorchScheduler, resolve_scheduler
+from lightning_optim.schedule.registry import (
+    CLOSED_FORM_NAMES,
+    RunsClosedForm,
+    SchedulerSpec,
+    TorchScheduler,
+    resolve_scheduler,
+)
 
 __all__ = [
     "NamedOptimSpec",
@@ -58,6 +66,7 @@ class OptimSpec:
         scheduler: the scheduler, or None for a constant lr.
         clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
         spike_guard: the spike guard, or None.
+        resume: how a fit started from a checkpoint goes on (the defaults when the config has no ``resume``).
 
     Examples:
         >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
@@ -70,6 +79,7 @@ class OptimSpec:
     scheduler: SchedulerSpec | None
     clipping: ClippingSpec | None = None
     spike_guard: SpikeGuardSpec | None = None
+    resume: ResumeSpec = field(default_factory=ResumeSpec)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,7 @@ class OptimizerSetSpec:
     Attributes:
         config: the config as plain containers (what ``hparams`` and checkpoints store).
         members: each named optimizer, in the order ``configure_optimizers`` returns them.
+        resume: how a fit started from a checkpoint goes on, for every optimizer.
 
     Examples:
         >>> spec = resolve_optim_config({"optimizers": {
@@ -116,6 +127,7 @@ class OptimizerSetSpec:
 
     config: dict[str, Any]
     members: tuple[NamedOptimSpec, ...]
+    resume: ResumeSpec = field(default_factory=ResumeSpec)
 
 
 def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> OptimSpec | OptimizerSetSpec:
@@ -129,17 +141,46 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
     """
     plain = to_plain_config(config)
     _refuse_nonfinite(plain, "")
+    resume = resolve_resume(plain.pop(RESUME_KEY)) if RESUME_KEY in plain else None
+    kept = {RESUME_KEY: resume.config} if resume is not None else {}
     if OPTIMIZERS_KEY not in plain:
-        return _resolve_section(plain)
+        single = _resolve_section(plain)
+        _check_resume(resume, [(single.scheduler, "scheduler")])
+        return dataclasses.replace(single, config={**single.config, **kept}, resume=resume or ResumeSpec())
     members = []
     for name, section in plain[OPTIMIZERS_KEY].items():
         with section_keys(f"{OPTIMIZERS_KEY}.{name}"):
             spec = _resolve_section({key: value for key, value in section.items() if key != "params"})
         members.append(NamedOptimSpec(name, re.compile(section["params"]), spec))
+    _check_resume(resume, [(member.spec.scheduler, f"{member.where}.scheduler") for member in members])
     validated = {
-        OPTIMIZERS_KEY: {member.name: {"params": member.params.pattern, **member.spec.config} for member in members}
+        OPTIMIZERS_KEY: {member.name: {"params": member.params.pattern, **member.spec.config} for member in members},
+        **kept,
     }
-    return OptimizerSetSpec(validated, tuple(members))
+    return OptimizerSetSpec(validated, tuple(members), resume or ResumeSpec())
+
+
+def _check_resume(resume: ResumeSpec | None, schedulers: list[tuple[SchedulerSpec | None, str]]) -> None:
+    """Refuse a policy that re-bases the schedule (restart, rewarm, a state warmup) of a schedule without a closed
+    form: plateau and torch's schedulers keep their position in their own state."""
+    if resume is None or not resume.rebases_schedule:
+        return
+    key, value = (
+        ("schedule", resume.schedule)
+        if resume.schedule != "keep"
+        else ("state_warmup_steps", resume.state_warmup_steps)
+    )
+    for scheduler, where in schedulers:
+        if scheduler is None or not isinstance(scheduler.info, RunsClosedForm):
+            name = None if scheduler is None else scheduler.config.get("name", scheduler.config.get("_target_"))
+            raise config_error(
+                f"{RESUME_KEY}.{key}",
+                value,
+                f"{'keep' if key == 'schedule' else 0} (the schedule as the checkpoint has it): optim_config.{where} "
+                f"is {name!r}, and restart, rewarm and state_warmup_steps re-base closed-form schedules only ("
+                + ", ".join(CLOSED_FORM_NAMES)
+                + ", sequential; for a constant lr, scheduler: {name: warmup_constant})",
+            )
 
 
 def _resolve_section(plain: dict[str, Any]) -> OptimSpec:

@@ -6,10 +6,11 @@ follows, its adaptive clipping threshold). The driver's hooks then keep them rig
 length at train and epoch start, plateau stepping after each validation run, the checkpoint entries
 (``optim_config``, ``optim_run_lengths``, ``optim_clipping``), the lr finder's moved lrs, the manual-optimization
 checks, the lrs ``optimizer.lr_scaling`` sets from the run's effective batch size (at train start and at each epoch
-start: a ``BatchSizeFinder``'s result, a ``GradientAccumulationScheduler`` stage, the world size) and, only where the
-config has one, the schedule-free optimizer's train/eval switching. Parts that are not
-configured are never attached: without a ``clipping`` section no :class:`AdaptiveThresholds` exists, without a
-schedule-free optimizer no switch runs.
+start: a ``BatchSizeFinder``'s result, a ``GradientAccumulationScheduler`` stage, the world size), the resume policy
+of a fit started from a checkpoint (``optim_config.resume``, :mod:`lightning_optim.fit.resume`) and, only where the
+config has one, the schedule-free optimizer's train/eval switching. Parts that are not configured are never
+attached: without a ``clipping`` section no :class:`AdaptiveThresholds` exists, without a schedule-free optimizer no
+switch runs.
 
 The mixin returns the driver from ``LightningModule.configure_callbacks``, which Lightning merges into
 ``trainer.callbacks`` at every ``fit``/``validate``/``test``/``predict``, after any tuner callback and before
@@ -51,12 +52,14 @@ from lightning_optim.clipping.spike_guard import SpikeGuards, SpikeGuardSpec, gu
 from lightning_optim.clipping.step import fsdp_model
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, changed_keys, plain
 from lightning_optim.config.optimizer_sets import states_in_config_order
+from lightning_optim.config.resume import RESUME_KEY
 from lightning_optim.config.validation import OptimizerSetSpec, OptimSpec
 from lightning_optim.errors import OptimConfigError
 from lightning_optim.fit import schedule_free
 from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs, move_base_lrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
+from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths, epoch_accumulation
 from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
 from lightning_optim.optim.lr_scaling import LrScaling
@@ -223,6 +226,9 @@ class FitDriver(L.Callback):
         """Built by :meth:`configure_spike_guard` only when a section asks for a spike guard."""
         self._saved_guards: list[Mapping[str, Any]] | None = None
         self._guard_run = _GuardRun()
+        self._resume: ResumePlan | None = None
+        """What this fit, resumed from a checkpoint, takes from it (``optim_config.resume``); None for a fresh fit."""
+        self._reset_pending: dict[str, Any] | None = None
 
     @property
     def schedule_free_batches(self) -> int | None:
@@ -372,9 +378,13 @@ class FitDriver(L.Callback):
             refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
         # Tuner callbacks run first: a LearningRateFinder that set model.lr also set every group to its lr.
         self._restore_moved_lrs(trainer)
+        # After configure_optimizers, before Lightning restores the optimizers from the same checkpoint dict.
+        if self._reset_pending is not None:
+            self._reset_optimizer_states(self._reset_pending)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        schedules = self._resume_schedules() if self._resume is not None else None
         # After Lightning restored a checkpoint's lrs: the first resumed step follows a changed schedule too.
         for record in self._schedulers():
             assert record.scheduler is not None  # _schedulers keeps records with one
@@ -390,6 +400,9 @@ class FitDriver(L.Callback):
             record.follow_batch_size(trainer)
         if self.guards is not None:
             self._guard_run.start(pl_module)
+        if self._resume is not None and schedules is not None:
+            optimizers = [type(record.optimizer).__name__ for record in self.records]
+            rank_zero_info(policy_line(self._resume, trainer.global_step, optimizers, schedules))
         if self.spec is not None and not pl_module.automatic_optimization:
             schedulers = [(r.where, r.scheduler.scheduler) for r in self.records if r.scheduler is not None]
             self._step_check = SchedulerStepCheck(schedulers, trainer.global_step)
@@ -480,6 +493,13 @@ class FitDriver(L.Callback):
             # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
             saved = [record.saved_run_length() for record in self._schedulers()]
             checkpoint[RUN_LENGTHS_KEY] = [record for record in saved if record is not None]
+        resumed = [
+            (record.name, record.run_length.resumed)
+            for record in self._schedulers()
+            if record.run_length is not None and record.run_length.resumed is not None
+        ]
+        if resumed or RESUME_KEY in self.spec.config:
+            checkpoint[RESUME_CHECKPOINT_KEY] = saved_record(self.spec.resume, resumed)
 
     @override
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -497,7 +517,9 @@ class FitDriver(L.Callback):
                 self.guards.load_state_dict(checkpoint[SPIKE_GUARD_KEY])
             else:
                 self._saved_guards = checkpoint[SPIKE_GUARD_KEY]
+        plan = None
         if trainer.state.fn == "fit":
+            plan = self._resume = resume_plan(self.spec.resume, checkpoint.get(RESUME_CHECKPOINT_KEY))
             # Lightning restores the callbacks before configure_optimizers (Trainer._run), which reads this.
             saved = check_saved_run_lengths(checkpoint.get(RUN_LENGTHS_KEY), RUN_LENGTHS_KEY)
             if trainer.strategy.restore_checkpoint_after_setup:
@@ -508,7 +530,13 @@ class FitDriver(L.Callback):
             else:
                 self._saved_run_lengths = saved
         checkpoint.update(states_in_config_order(checkpoint, CHECKPOINT_KEY, self.spec.config))
-        check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config)
+        check_resumed_config(checkpoint.get(CHECKPOINT_KEY), self.spec.config, plan)
+        if plan is not None and plan.resets_optimizer:
+            # After the reorder by name: the states become the fresh optimizers', in the config's order.
+            if self.records:  # FSDP, DeepSpeed: configure_optimizers already ran
+                self._reset_optimizer_states(checkpoint)
+            else:
+                self._reset_pending = checkpoint
 
     # ------------------------------------------------------------------------------------------ parts
 
@@ -520,6 +548,35 @@ class FitDriver(L.Callback):
             entry = run_length_record(saved, record.name, index)
             if entry is not None:
                 record.lr_factor, record.batch_size = float(entry["factor"]), entry.get("batch_size")
+
+    def _reset_optimizer_states(self, checkpoint: dict[str, Any]) -> None:
+        """``optimizer_state: reset``: what Lightning restores becomes the state of the optimizers just built.
+
+        Lightning loads ``checkpoint["optimizer_states"]`` into the optimizers and ``checkpoint["lr_schedulers"]``
+        into the schedulers after this; a closed-form scheduler's ``base_lrs`` are the configured optimizer's too,
+        while its step count (the schedule's position) stays the checkpoint's.
+        """
+        self._reset_pending = None
+        checkpoint["optimizer_states"] = [copy.deepcopy(record.optimizer.state_dict()) for record in self.records]
+        for state, record in zip(checkpoint.get("lr_schedulers", []), self._schedulers(), strict=False):
+            assert record.scheduler is not None  # _schedulers keeps records with one
+            if isinstance(record.scheduler.scheduler, ClosedFormLR):
+                state["base_lrs"] = list(record.scheduler.scheduler.base_lrs)
+
+    def _resume_schedules(self) -> list[tuple[str | None, Any, int | None]]:
+        """Give each closed-form schedule its resumed form at the restored step; return what the policy line shows."""
+        assert self._resume is not None  # called only on a resumed fit
+        shown = []
+        for record in self._schedulers():
+            assert record.scheduler is not None  # _schedulers keeps records with one
+            scheduler = record.scheduler.scheduler
+            if not isinstance(scheduler, ClosedFormLR) or record.run_length is None:
+                shown.append((record.name, None, None))
+                continue
+            resumed = self._resume.schedule_at(record.name, scheduler.last_epoch)
+            record.run_length.resume_with(resumed, follows_run=self._resume.follows_new_run)
+            shown.append((record.name, resumed, scheduler.last_epoch))
+        return shown
 
     def _restore_moved_lrs(self, trainer: L.Trainer) -> None:
         moved, self.moved_lrs = self.moved_lrs, None
@@ -679,8 +736,14 @@ def run_length_record(saved: list[dict[str, Any]] | None, optimizer: str | None,
     return saved[index] if saved and index < len(saved) else None
 
 
-def check_resumed_config(saved: Mapping[str, Any] | None, config: Mapping[str, Any]) -> None:
+def check_resumed_config(
+    saved: Mapping[str, Any] | None, config: Mapping[str, Any], plan: ResumePlan | None = None
+) -> None:
     """Warn for each key a resumed run's ``optim_config`` changed; refuse another optimizer class.
+
+    The ``resume`` section itself, and the keys the fit's resume ``plan`` asked to change (the optimizer's under
+    ``optimizer_state: reset``, the scheduler's when the schedule is re-based), are not warned about; under reset
+    another optimizer class is fine too (its state is not loaded).
 
     Raises:
         OptimConfigError: the checkpoint's optimizer (or one of several) is another class than the config's.
@@ -695,13 +758,22 @@ with load_from_checkpoint instead).
     """
     if saved is None or saved == config:
         return
-    changed = changed_keys(saved, config)
-    if _optimizers_of(saved) != _optimizers_of(config):
+    changed = [
+        key
+        for key in changed_keys(saved, config)
+        if key.split(".")[0] != RESUME_KEY and (plan is None or not plan.ignored(key))
+    ]
+    resets = plan is not None and plan.resets_optimizer
+    if [(name, None if resets else cls) for name, cls in _optimizers_of(saved)] != [
+        (name, None if resets else cls) for name, cls in _optimizers_of(config)
+    ]:
         raise OptimConfigError(
             f"Cannot resume: the checkpoint's optimizer is {_describe(saved)} and optim_config now asks for "
             f"{_describe(config)}; its state does not carry over. Resume with the same optimizer, or "
             "start a new run (load weights with load_from_checkpoint instead)."
         )
+    if not changed:
+        return
     details = ", ".join(f"{key} ({_lookup(saved, key)!r} -> {_lookup(config, key)!r})" for key in changed)
     warnings.warn(
         f"Resuming with a changed optim_config: {details}. The checkpoint's optimizer state (each group's lr, "

@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from lightning_optim.errors import checkpoint_error
+from lightning_optim.fit.resume import ResumedSchedule
 from lightning_optim.internals import resumed_epoch, stepping_batches_done, swa_batchnorm_epochs
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
@@ -47,6 +48,8 @@ from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_r
 if TYPE_CHECKING:
     import lightning as L
     from torch.optim.lr_scheduler import LRScheduler
+
+    from lightning_optim.schedule.closed_form import Schedule
 
 __all__ = [
     "ResumeConfigWarning",
@@ -335,6 +338,9 @@ class RunLength:
         self._pinned = False
         self._warned = False
         self._tuners: tuple[Any, ...] = ()
+        self.resumed: ResumedSchedule | None = None
+        """How a resumed schedule goes on (``optim_config.resume``), or None: the configured schedule as it is."""
+        self._rebuild = False
 
     def at_build(self, trainer: L.Trainer | None, saved: Mapping[str, Any] | None = None) -> int | None:
         """The length to build the scheduler with: the trainer's, or a resumed checkpoint's ``saved`` record."""
@@ -355,6 +361,24 @@ class RunLength:
             self.length, self._resumed = kept, True
         return self.length
 
+    def resume_with(self, resumed: ResumedSchedule | None, follows_run: bool) -> None:
+        """Run the schedule as ``resumed`` says from the next :meth:`follow` on (None: the configured schedule).
+
+        ``follows_run``: the resume policy re-bases the schedule at this resume, so it runs over the new run's length
+        and a length other than the checkpoint's is what was asked for (no :class:`ResumeConfigWarning`).
+        """
+        self.resumed = resumed
+        self._rebuild = resumed is not None
+        if follows_run:
+            self._resumed = self._pinned = False
+
+    def schedule(self, length: int | None) -> Schedule:
+        """The schedule over a run of ``length``: the configured one, or its resumed form (:attr:`resumed`)."""
+        if self.resumed is not None:
+            return self.resumed.build(self.spec, length)
+        assert length is not None  # follow builds the configured schedule only over a known length
+        return self.spec.schedule(length)
+
     def saved(self) -> dict[str, Any]:
         """The record a checkpoint keeps (:func:`saved_run_length`)."""
         return saved_run_length(self.spec.config, self.length)
@@ -366,21 +390,23 @@ class RunLength:
         during a tuner's trial runs (``BatchSizeFinder``, ``LearningRateFinder``: Lightning swaps the trainer's
         callbacks out while they run) change nothing.
         """
-        if not self.spec.needs_run_length or self._in_tuner_trial(trainer):
+        if self._in_tuner_trial(trainer) or not (self.spec.needs_run_length or self._rebuild):
             return
-        now = run_length(trainer, self.spec.config, at_epoch_start)
-        if self._resumed:
-            self._resumed = False
-            self._pinned = now != self.length
-            if self._pinned:
-                message = run_length_changed(self.spec.config, self.length, now, self.where)
-                warnings.warn(message, ResumeConfigWarning, stacklevel=3)
-        target = self.length if self._pinned else now
+        target = self._built_with
+        if self.spec.needs_run_length:
+            now = run_length(trainer, self.spec.config, at_epoch_start)
+            if self._resumed:
+                self._resumed = False
+                self._pinned = now != self.length
+                if self._pinned:
+                    message = run_length_changed(self.spec.config, self.length, now, self.where)
+                    warnings.warn(message, ResumeConfigWarning, stacklevel=3)
+            target = self.length if self._pinned else now
         if isinstance(scheduler, ClosedFormLR):
-            if target is not None and target != self._built_with:
-                scheduler.schedule = self.spec.schedule(target)
+            if (target is not None and target != self._built_with) or self._rebuild:
+                scheduler.schedule = self.schedule(target)
                 scheduler.apply_schedule()
-                self._built_with = target
+                self._built_with, self._rebuild = target, False
             self.length = self._built_with
             return
         # torch's OneCycleLR keeps the length it was built with (or restored) in its own state.

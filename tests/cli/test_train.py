@@ -224,3 +224,35 @@ def test_lr_schedule_callback_drives_the_lr_instead_of_the_mixin(tmp_path):
     run_app(TRAIN, *overrides, cwd=tmp_path)
     logged = scalars(run_dir / "tensorboard")
     assert [logged["lr-SGD/default"][step] for step in range(3)] == pytest.approx([0.1, 0.075, 0.025])
+
+
+def test_cooldown_branches_from_one_checkpoint_reach_the_floor_in_their_own_run_dirs(tmp_path):
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "branches"
+    wsd = ["scheduler=wsd", "scheduler.warmup_ratio=0.0", "optimizer.lr=0.1"]
+    run_app(TRAIN, *TINY, *wsd, "scheduler.total_steps=100", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    branches = [
+        "scheduler.decay_start_step=3",
+        "scheduler.total_steps=5,6",
+        "+trainer.max_steps=${scheduler.total_steps}",
+    ]
+    stdout = run_app(
+        TRAIN,
+        "-m",
+        *TINY,
+        *wsd,
+        *branches,
+        "trainer.max_epochs=3",
+        f"ckpt_path={checkpoint}",
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert stdout.count("Resuming at step 3 with optim_config.resume: optimizer_state=keep, schedule=keep") == 2
+    for job, decay_steps in (("0", 2), ("1", 3)):
+        saved = torch.load(sweep_dir / job / "checkpoints" / "last.ckpt", weights_only=True)
+        assert saved["global_step"] == 3 + decay_steps
+        assert saved["lr_schedulers"][0]["_last_lr"] == [0.0]  # the floor, after exactly D steps
+        lrs = scalars(sweep_dir / job)["lr-SGD/default"]  # float32 in the event files
+        assert [lr for _, lr in sorted(lrs.items())] == pytest.approx(
+            [0.1 * (1 - (j / decay_steps) ** 0.5) for j in range(decay_steps)], rel=1e-6
+        )
