@@ -262,7 +262,7 @@ def section_keys(where: str) -> Iterator[None]:
         Traceback (most recent call last):
         ...
         lightning_optim.errors.OptimConfigError: optim_config.optimizers.generator.optimizer.lr = -1 is not valid. \
-Expected a learning rate >= 0, e.g. 1e-3.
+Expected a learning rate >= 0 and at most 3.403e+38 (float32's largest), e.g. 1e-3.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -322,7 +322,7 @@ def check_effective_lrs(
     Raises:
         OptimConfigError: naming the rule's ``lr_scale``, its value and the lr it would give.
 
-    Example:
+    Examples:
         >>> check_effective_lrs(torch.optim.SGD, {"lr": 0.1}, [{"name": "head", "params": "^head", "lr_scale": 1e308}])
         Traceback (most recent call last):
         ...
