@@ -86,7 +86,7 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         >>> check_options({"min_lr": 0, "max_lr": 1, "num_training": 100, "mode": "exponential"})
         Traceback (most recent call last):
         ...
-        ValueError: lr_find.min_lr = 0 is not valid. Expected a learning rate > 0, e.g. 1e-8.
+        ValueError: lr_find.min_lr = 0 is not valid. Expected a finite learning rate > 0, e.g. 1e-8.
     """
     checked = dict(options)
     min_lr, max_lr = checked.get("min_lr"), checked.get("max_lr")

@@ -168,7 +168,8 @@ def test_wsd_composes_and_previews_the_main_job():
     assert optim_config["scheduler"] == {
         "name": "wsd",
         "warmup_ratio": 0.1,
-        "decay_ratio": 0.2,
+        "decay_ratio": None,
+        "decay_start_step": None,
         "decay_shape": "sqrt",
         "total_steps": None,
         "min_lr_ratio": 0.1,

@@ -27,7 +27,7 @@ def composed(*overrides: str) -> dict:
 
 def test_the_gan_group_gives_two_named_adams_with_warmup() -> None:
     config = composed("optimizers=gan")
-    assert list(config) == ["optimizers"]
+    assert list(config) == ["optimizers", "resume"]
     assert list(config["optimizers"]) == ["generator", "discriminator"]
     generator = config["optimizers"]["generator"]
     assert generator["params"] == r"^generator\."
