@@ -7,7 +7,8 @@ interleaved in a fresh random order every repetition on the same parameters, gra
 
 * ``step``: ``optimizer.step()`` alone (no clipping);
 * ``torch``: ``clip_grad_norm_(foreach=True)`` then the step, what Lightning's ``gradient_clip_val`` does;
-* ``folded``: :func:`~lightning_optim.clipping.clip.clip_in_step` (the total norm, the divisor set on the optimizer)
+* ``folded``: :func:`~lightning_optim.clipping.fused_step.clip_in_step` (the total norm, the divisor set on the
+optimizer)
   then the step, which divides the gradients in its own kernel;
 * ``read``: one read of every gradient byte (the faster of a per-tensor ``sum`` and ``torch._foreach_max``).
 
@@ -40,7 +41,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lightning_optim.clipping.clip import clip_in_step, forget_step_attributes
+from lightning_optim.clipping.fused_step import clip_in_step, forget_step_attributes
 from lightning_optim.stats import total_norm
 
 console = Console(width=150)

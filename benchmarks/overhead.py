@@ -68,7 +68,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorData
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard, UpdateMonitor
-from lightning_optim.clipping.clip import clip_gradients
+from lightning_optim.clipping.arithmetic import clip_gradients
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
 from lightning_optim.internals import should_log
 from lightning_optim.stats import gradient_norms, module_path, total_norm

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from lightning_optim.optim.registry import OPTIMIZERS
     from lightning_optim.schedule.build import build_scheduler
     from lightning_optim.schedule.registry import SCHEDULER_NAMES
+    from lightning_optim.targets import allow_target_modules
 
 _HOMES = {
     "CheckpointError": "fit.checkpoints",
@@ -42,6 +43,7 @@ _HOMES = {
     "build_scheduler": "schedule.build",
     "preview_learning_rates": "config.preview",
     "validate_optim_config": "config.validation",
+    "allow_target_modules": "targets",
 }
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "ResumeConfigWarning",
     "RunLengthWarning",
     "SafeCheckpointIO",
+    "allow_target_modules",
     "build_optimizer",
     "build_scheduler",
     "preview_learning_rates",

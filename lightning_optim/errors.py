@@ -12,13 +12,25 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["OptimConfigError", "argument_error", "config_error", "did_you_mean"]
+__all__ = ["CheckpointError", "OptimConfigError", "argument_error", "checkpoint_error", "config_error", "did_you_mean"]
 
 
 class OptimConfigError(ValueError):
     """A bad value in ``optim_config``, raised before training starts.
 
     The message names the key, the bad value and what would work.
+    """
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is not loaded (missing, damaged, holding objects whose unpickling could run code, or records
+    whose values no run could have written) or not saved.
+
+    Examples:
+        >>> raise CheckpointError("Checkpoint missing.ckpt does not exist or is not a file.")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.CheckpointError: Checkpoint missing.ckpt does not exist or is not a file.
     """
 
 
@@ -58,3 +70,27 @@ def argument_error(owner: str, argument: str, value: object, expected: str, choi
         'BatchNormMonitor(histogram_every_n=0) is not valid. Expected a positive int or None.'
     """
     return ValueError(f"{owner}({argument}={value!r}) is not valid.{did_you_mean(value, choices)} Expected {expected}.")
+
+
+def checkpoint_error(key: str, value: object, expected: str) -> CheckpointError:
+    """Build the error for a record restored from a checkpoint: ``key`` (its path in the checkpoint) holds ``value``.
+
+    Examples:
+        >>> print(checkpoint_error("optim_clipping[0].state.count", -3, "an integer >= 0"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Checkpoint entry optim_clipping[0].state.count = -3 is not valid: expected an integer >= 0. Nothing was
+        restored from it; the checkpoint was edited or damaged after it was saved. Resume from another checkpoint, or
+        delete the top-level entry optim_clipping to start that state afresh.
+    """
+    shown = _short_repr(value)
+    entry = key.split(".", 1)[0].split("[", 1)[0]
+    return CheckpointError(
+        f"Checkpoint entry {key} = {shown} is not valid: expected {expected}. Nothing was restored from it; the "
+        "checkpoint was edited or damaged after it was saved. Resume from another checkpoint, or delete the top-level "
+        f"entry {entry} to start that state afresh."
+    )
+
+
+def _short_repr(value: object, limit: int = 120) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[: limit - 5]} ...)"

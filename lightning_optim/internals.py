@@ -45,6 +45,7 @@ __all__ = [
     "scale_tensor",
     "should_log",
     "stepping_batches_done",
+    "stop_as_on_sigterm",
     "swa_batchnorm_epochs",
     "torch_optimizer",
     "unscales_in_step",
@@ -246,3 +247,15 @@ def callback_metrics_store(trainer: L.Trainer) -> dict[str, torch.Tensor]:
     what the property returns next (refreshed with the model's metrics, as after any update through it).
     """
     return trainer._logger_connector._callback_metrics
+
+
+def stop_as_on_sigterm(trainer: L.Trainer) -> None:
+    """Make the Trainer stop where Lightning's own SIGTERM handling stops it, as if its handler had run.
+
+    Sets ``trainer._signal_connector.received_sigterm``, which the public ``trainer.received_sigterm`` returns and
+    Lightning's loops check: ``fit`` raises ``SIGTERMException`` at the end of the batch under way (scheduler stepped,
+    validation run, logs written; at the end of the epoch if that was training's last batch), and evaluation after
+    the batch under way. Lightning's handler sets it too, but also broadcasts from inside the signal handler, which
+    deadlocks ranks under DDP.
+    """
+    trainer._signal_connector.received_sigterm = True

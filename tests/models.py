@@ -72,6 +72,30 @@ class MixinModel(OptimMixin, RecordingModel):
         self.optim_config = optim_config
 
 
+class NetInHparams(OptimMixin, L.LightningModule):
+    """lightning-hydra-template's module: the network comes in built, and ``save_hyperparameters()`` is called without
+    ``ignore=["net"]``, so ``hparams`` (and every checkpoint) hold an ``nn.Module``, which ``weights_only`` refuses.
+    ``batch_size`` is what Lightning's batch-size finder scales."""
+
+    def __init__(self, net: torch.nn.Module, optim_config: Any, batch_size: int = 2) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = net
+        self.batch_size = batch_size
+        self.optim_config = optim_config
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.net(inputs), targets)
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(samples=32, batch_size=self.batch_size)
+
+
+class OwnSGD(torch.optim.SGD):
+    """A user's own optimizer class, outside the modules a ``_target_`` may name until they are allowed."""
+
+
 def trainer(**kwargs: Any) -> L.Trainer:
     """A quiet CPU trainer; ``kwargs`` override the defaults."""
     defaults: dict[str, Any] = {

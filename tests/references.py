@@ -68,3 +68,56 @@ def sgdr(k: int, lr: float, warmup: int, t0: int, mult: int, decay: float = 1.0,
         t_cur, t_i, cycle = t_cur - t_i, t_i * mult, cycle + 1
     peak = max(decay**cycle, floor)
     return lr * floor + (lr * peak - lr * floor) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+
+TIMM_MATCH_PREV_GROUP = (99999,)
+"""timm's marker for "same group as the one before" (``timm.models._manipulate.MATCH_PREV_GROUP``)."""
+
+
+def timm_layer_map(names: list[str], stem: str, blocks: list[tuple[str, tuple[int, ...] | None]]) -> dict[str, int]:
+    r"""timm's ``group_with_matcher(..., reverse=True)`` for a ``group_matcher`` dict ``{stem, blocks}``, transcribed.
+
+    Each name gets an ordinal: ``(0,)`` for the stem regex, ``(1, *captures, *suffix)`` for a blocks regex, ``(inf,)``
+    for no match (neck, head); ordinals are sorted and numbered, an ordinal ending in ``MATCH_PREV_GROUP`` joining the
+    group before it (timm/models/_manipulate.py, huggingface/pytorch-image-models).
+
+    >>> timm_layer_map(["cls", "blocks.0.w", "blocks.1.w", "norm.w", "head.w"], r"^cls",
+    ...     [(r"^blocks\.(\d+)", None), (r"^norm", TIMM_MATCH_PREV_GROUP)])
+    {'cls': 0, 'blocks.0.w': 1, 'blocks.1.w': 2, 'norm.w': 2, 'head.w': 3}
+    """
+    import re
+    from collections import defaultdict
+
+    compiled = [(re.compile(stem), (0,), None)] + [(re.compile(regex), (1,), suffix) for regex, suffix in blocks]
+
+    def ordinal(name: str) -> tuple[float, ...]:
+        for pattern, prefix, suffix in compiled:
+            match = pattern.match(name)
+            if match:
+                parts = [prefix, match.groups(), suffix]
+                return tuple(float(x) for part in parts if part for x in part)
+        return (float("inf"),)
+
+    grouping: dict[tuple[float, ...], list[str]] = defaultdict(list)
+    for name in names:
+        grouping[ordinal(name)].append(name)
+    layer_map = {}
+    lid = -1
+    for key in sorted(grouping):
+        if lid < 0 or key[-1] != TIMM_MATCH_PREV_GROUP[0]:
+            lid += 1
+        layer_map.update({name: lid for name in grouping[key]})
+    return layer_map
+
+
+def timm_layer_decay_scales(layer_map: dict[str, int], layer_decay: float) -> dict[str, float]:
+    """timm's ``param_groups_layer_decay``: each parameter's ``lr_scale``, ``layer_decay ** (layer_max - layer_id)``
+    (timm/optim/_param_groups.py, ``min_scale=0``).
+
+    >>> timm_layer_decay_scales({"embed": 0, "block": 1, "head": 2}, 0.5)
+    {'embed': 0.25, 'block': 0.5, 'head': 1.0}
+    """
+    num_layers = max(layer_map.values()) + 1
+    layer_max = num_layers - 1
+    layer_scales = [max(0.0, layer_decay ** (layer_max - i)) for i in range(num_layers)]
+    return {name: layer_scales[layer_map.get(name, layer_max)] for name in layer_map}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import lightning as L
@@ -12,11 +13,11 @@ import torch
 from hydra import compose, initialize_config_module
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_optim import OptimConfigError, OptimMixin, validate_optim_config
+from lightning_optim import CheckpointError, OptimConfigError, OptimMixin, validate_optim_config
 from lightning_optim.callbacks import GradNormMonitor
 from lightning_optim.cli.common import compose_optim_config
-from lightning_optim.clipping.adaptive import AutoClip, ZClip, resolve_clipping
-from lightning_optim.clipping.clip import clip_for_step
+from lightning_optim.clipping.adaptive import AdaptiveThresholds, AutoClip, ZClip, resolve_clipping
+from lightning_optim.clipping.step import clip_for_step
 from tests import tb
 from tests.callbacks.test_grad_norm_monitor import SpikyMixinModel
 from tests.cli.apps import TINY, run_app
@@ -429,3 +430,82 @@ def test_an_adaptive_threshold_clips_by_norm_only():
     named = parameters()
     with pytest.raises(ValueError, match=r"An adaptive threshold clips by norm; gradient_clip_algorithm='value'"):
         clip_for_step(torch.optim.SGD([p for _, p in named]), named, quarter_of_the_norm, "value")
+
+
+def thresholds_after(section: dict[str, Any], steps: int) -> AdaptiveThresholds:
+    """The thresholds of one optimizer configured with ``section``, after ``steps`` norms of the recorded series."""
+    thresholds = AdaptiveThresholds()
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    thresholds.configure({None: resolve_clipping(section)}, [(None, optimizer)])
+    for norm in NORMS[:steps]:
+        thresholds.of(optimizer)(torch.tensor(norm))
+    return thresholds
+
+
+def edited(records: list[dict[str, Any]], key: str, value: Any) -> list[dict[str, Any]]:
+    return [{**records[0], "state": {**records[0]["state"], key: value}}]
+
+
+@pytest.mark.parametrize(
+    "section,key,value,expected",
+    [
+        (
+            AUTOCLIP,
+            "norms",
+            torch.full((5,), -100.0),
+            "tensor of shape (5,) (the last history=5 norms)",
+        ),
+        (AUTOCLIP, "norms", torch.tensor([1.0, math.inf, 1.0, 1.0, 1.0]), "each value NaN or finite and >= 0"),
+        (AUTOCLIP, "norms", torch.ones(3), "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "norms", torch.ones(5, dtype=torch.int64), "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "norms", None, "a floating-point tensor of shape (5,)"),
+        (AUTOCLIP, "count", 6.0, "an int >= 0 (the steps whose norms were seen)"),
+        (AUTOCLIP, "count", -1, "an int >= 0"),
+        (AUTOCLIP, "count", True, "an int >= 0"),
+        (ZCLIP, "mean", torch.tensor(-50.0), "a floating-point tensor of shape () (the EMA of the norm (0-d))"),
+        (ZCLIP, "var", torch.tensor(-1.0), "a floating-point tensor of shape () (the EMA of the norm's variance"),
+        (ZCLIP, "var", torch.tensor(math.inf), "each value NaN or finite and >= 0"),
+        (ZCLIP, "mean", None, "a floating-point tensor of shape ()"),
+        (ZCLIP, "mean", torch.ones(2), "a floating-point tensor of shape ()"),
+        (ZCLIP, "warmup", torch.ones(2), "a floating-point tensor of shape (3,) (the warm-up's warmup_steps=3 norms)"),
+        (ZCLIP, "count", 6.5, "an int >= 0"),
+    ],
+)
+def test_a_restored_history_no_run_could_write_is_refused_naming_its_key(section, key, value, expected):
+    records = thresholds_after(section, 6).state_dict()
+    fresh = thresholds_after(section, 0)
+    with pytest.raises(CheckpointError) as raised:
+        fresh.load_state_dict(edited(records, key, value), "optim_clipping")
+    assert str(raised.value).startswith(f"Checkpoint entry optim_clipping[0].state.{key} = ")
+    assert " is not valid: expected a" in str(raised.value)
+    assert expected in str(raised.value)
+    assert "Resume from another checkpoint, or delete the top-level entry optim_clipping" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "records,key",
+    [
+        ({"optimizer": None}, "optim_clipping"),
+        (["autoclip"], "optim_clipping[0]"),
+        ([{"optimizer": 3, "config": {}, "state": {}}], "optim_clipping[0].optimizer"),
+        ([{"optimizer": None, "config": AUTOCLIP, "state": [1.0]}], "optim_clipping[0].state"),
+    ],
+)
+def test_restored_records_of_another_shape_are_refused_naming_their_key(records, key):
+    with pytest.raises(CheckpointError, match=rf"^Checkpoint entry {re.escape(key)} = .* is not valid: expected "):
+        thresholds_after(AUTOCLIP, 0).load_state_dict(records, "optim_clipping")
+
+
+def test_a_resume_from_negative_autoclip_norms_is_refused_before_any_step(tmp_path):
+    first = trainer(max_epochs=1)
+    first.fit(SpikyMixinModel(clipping_config(AUTOCLIP)), loader())
+    first.save_checkpoint(tmp_path / "saved.ckpt")
+    checkpoint = torch.load(tmp_path / "saved.ckpt", weights_only=True)
+    checkpoint["optim_clipping"][0]["state"]["norms"] = -checkpoint["optim_clipping"][0]["state"]["norms"].abs()
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    resumed = Recorder()
+    with pytest.raises(CheckpointError, match=r"^Checkpoint entry optim_clipping\[0\]\.state\.norms = tensor\(\[-"):
+        trainer(max_epochs=2, callbacks=[resumed]).fit(
+            SpikyMixinModel(clipping_config(AUTOCLIP)), loader(), ckpt_path=tmp_path / "edited.ckpt"
+        )
+    assert resumed.thresholds == []

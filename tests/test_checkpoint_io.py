@@ -8,7 +8,12 @@ import functools
 import http.server
 import os
 import random
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,10 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.tuner.tuning import Tuner
 
 from lightning_optim import CheckpointError, SafeCheckpointIO
-from tests.models import RecordingModel, loader, trainer
+from tests.models import NetInHparams, RecordingModel, loader, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 
@@ -112,6 +118,44 @@ def test_save_on_a_full_disk_leaves_the_previous_checkpoint(last_checkpoint, mon
     assert len(resume(last_checkpoint).lrs) == STEPS_PER_EPOCH
 
 
+KILLED_MID_SAVE = """
+import os, sys, time, torch
+from lightning_optim.fit.checkpoints import _save_atomically
+
+class Stalls:
+    def __reduce__(self):
+        open(sys.argv[2], "w").close()  # the temporary file is being written: the parent may kill now
+        time.sleep(60)
+        return int, (0,)
+
+_save_atomically({"state_dict": {"weight": torch.ones(256)}, "stalls": Stalls()}, sys.argv[1])
+"""
+
+
+def test_a_save_removes_the_temporary_files_that_saves_killed_mid_write_left(last_checkpoint, tmp_path):
+    directory = last_checkpoint.parent
+    started = tmp_path / "writing"
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_SAVE, str(directory / "epoch=0-step=6.ckpt"), str(started)],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = sorted(name for name in os.listdir(directory) if name.endswith(".tmp"))
+    assert len(left) == 1 and left[0].startswith(".epoch=0-step=6.ckpt."), left
+    # Not this code's temporary files: another name, or written after the save began (a save under way).
+    others = [".notes.tmp", ".last.ckpt.tmp", ".last.ckpt.0123ABCD.tmp", "last.ckpt.0123abcd.tmp", ".x.0123abcd.tmp"]
+    for name in others:
+        (directory / name).write_bytes(b"kept")
+    os.utime(directory / ".x.0123abcd.tmp", (time.time() + 3600, time.time() + 3600))
+    SafeCheckpointIO().save_checkpoint({"global_step": 9}, directory / "last.ckpt")
+    assert sorted(name for name in os.listdir(directory) if name.endswith(".tmp")) == sorted(others)
+    assert SafeCheckpointIO().load_checkpoint(directory / "last.ckpt") == {"global_step": 9}
+
+
 # ------------------------------------------------------------------------------------------------ damaged files
 
 
@@ -152,6 +196,47 @@ def test_damaged_checkpoint_is_refused_before_training(last_checkpoint, damage):
         trainer(max_epochs=2, plugins=[SafeCheckpointIO()]).fit(model, loader(), ckpt_path=last_checkpoint)
     assert str(raised.value) == expected
     assert model.lrs == [], "no training step ran"
+
+
+def same(a: Any, b: Any) -> bool:
+    """``a == b`` through nested containers, tensors compared by dtype, shape and every value."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.slow
+def test_any_single_byte_flip_is_refused_naming_the_file_or_changes_nothing_loaded(tmp_path):
+    model = RecordingModel()
+    run = trainer(max_steps=2, plugins=[SafeCheckpointIO()])
+    run.fit(model, loader(samples=8))
+    original = tmp_path / "small.ckpt"
+    run.save_checkpoint(original)
+    data = original.read_bytes()
+    expected = SafeCheckpointIO().load_checkpoint(original)
+    flipped = tmp_path / "flipped.ckpt"
+    generator = random.Random(0)
+    wrong: list[str] = []
+    for position in generator.sample(range(len(data)), 300):
+        for mask in (0x01, 0x80, 0xFF):
+            damaged = bytearray(data)
+            damaged[position] ^= mask
+            flipped.write_bytes(damaged)
+            try:
+                loaded = SafeCheckpointIO().load_checkpoint(flipped)
+            except CheckpointError as error:
+                if not str(error).startswith(f"Checkpoint {flipped} "):
+                    wrong.append(f"{position}^{mask:#x}: {error}")
+            except Exception as error:
+                wrong.append(f"{position}^{mask:#x}: {type(error).__name__}: {error}")
+            else:
+                if not same(loaded, expected):
+                    wrong.append(f"{position}^{mask:#x}: loaded other values")
+    assert wrong == []
 
 
 # ------------------------------------------------------------------------------------------------ hostile files
@@ -252,6 +337,60 @@ def test_trusted_checkpoint_loads_with_the_explicit_opt_out(last_checkpoint):
     loaded = SafeCheckpointIO().load_checkpoint(last_checkpoint, weights_only=False)
     assert loaded["callbacks"]["Custom"]["cfg"] == TrustedConfig()
     assert len(resume(last_checkpoint, weights_only=False).lrs) == STEPS_PER_EPOCH
+
+
+# ------------------------------------------------------------------------------------------------ tuners
+
+
+def net_in_hparams() -> NetInHparams:
+    torch.manual_seed(0)
+    return NetInHparams(torch.nn.Linear(4, 1), {"optimizer": {"name": "sgd", "lr": 0.01}})
+
+
+def tuner_files(directory: Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if name.startswith((".lr_find_", ".scale_batch_size_")))
+
+
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_lightnings_tuners_restore_a_model_whose_hparams_hold_a_module_and_leave_no_checkpoint(tmp_path):
+    model = net_in_hparams()
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    tuner = Tuner(trainer(max_epochs=1, plugins=[SafeCheckpointIO()], default_root_dir=tmp_path))
+    finder = tuner.lr_find(model, num_training=10, early_stop_threshold=None, update_attr=False)
+    assert len(finder.results["lr"]) == 10
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    assert tuner.scale_batch_size(model, mode="power", steps_per_trial=1, max_trials=3) == 8
+    assert tuner_files(tmp_path) == []
+
+
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_only_an_unchanged_tuner_checkpoint_this_io_saved_is_trusted(tmp_path):
+    run = trainer(max_steps=1, plugins=[SafeCheckpointIO()], default_root_dir=tmp_path)
+    run.fit(net_in_hparams())
+    io = run.strategy.checkpoint_io
+    refused = "`hyper_parameters.net` needs torch.nn.modules.linear.Linear"
+    # The user's own checkpoint, and one named as a tuner's that this object did not save, load as data.
+    run.save_checkpoint(tmp_path / "user.ckpt")
+    copied = tmp_path / ".lr_find_00000000-0000-4000-8000-000000000000.ckpt"
+    copied.write_bytes((tmp_path / "user.ckpt").read_bytes())
+    for path in (tmp_path / "user.ckpt", copied):
+        with pytest.raises(CheckpointError, match=re.escape(refused)):
+            io.load_checkpoint(path)
+    # A tuner checkpoint this object saved, then changed by someone else, loads as data too.
+    changed = tmp_path / ".lr_find_11111111-1111-4111-8111-111111111111.ckpt"
+    run.save_checkpoint(changed)
+    checkpoint = torch.load(changed, weights_only=False)
+    checkpoint["global_step"] = 7
+    torch.save(checkpoint, changed)
+    with pytest.raises(CheckpointError, match=re.escape(refused)):
+        io.load_checkpoint(changed)
+    # Unchanged: loaded with its module, once, and deleted; asked for again it is refused as missing.
+    own = tmp_path / ".scale_batch_size_22222222-2222-4222-8222-222222222222.ckpt"
+    run.save_checkpoint(own)
+    assert type(io.load_checkpoint(own)["hyper_parameters"]["net"]) is torch.nn.Linear
+    assert not own.exists()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        io.load_checkpoint(own)
 
 
 # ------------------------------------------------------------------------------------------------ the app

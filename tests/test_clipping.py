@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities.enums import GradClipAlgorithmType
 from torch import nn
 
-from lightning_optim.clipping.clip import ClipState, ReportsClipping, clip_for_step
+from lightning_optim.clipping.step import ClipState, ReportsClipping, clip_for_step
 from lightning_optim.stats import RunningStatsSnapshot
 from tests.models import MixinModel, RecordingModel
 

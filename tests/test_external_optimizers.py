@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from lightning_optim import OPTIMIZERS, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
-from lightning_optim.clipping.clip import folds_into_step
+from lightning_optim.clipping.fused_step import folds_into_step
 from lightning_optim.optim.external import INSTALL_LINE, WELL_KNOWN, external_optimizer_class
 from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS
 from tests import references, tb

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.plugins import MixedPrecision
 
 from lightning_optim.callbacks import GradNormMonitor
-from lightning_optim.clipping.clip import clip_in_step, folds_into_step
+from lightning_optim.clipping.fused_step import clip_in_step, folds_into_step
 from tests.callbacks.test_grad_norm_monitor import (
     LBFGSModel,
     SparseModel,

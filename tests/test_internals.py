@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import GradientAccumulationScheduler, ModelChec
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_optim.internals import (
@@ -31,6 +32,7 @@ from lightning_optim.internals import (
     scale_tensor,
     should_log,
     stepping_batches_done,
+    stop_as_on_sigterm,
     swa_batchnorm_epochs,
     torch_optimizer,
     unscales_in_step,
@@ -315,3 +317,17 @@ def test_callback_metrics_store_is_the_dict_callback_metrics_returns():
     for row in reads.rows:
         assert row["public"] is row["store"]
         assert row["public"]["key put in"] == 1.0 and "train/loss" in row["public"]
+
+
+def test_stop_as_on_sigterm_is_what_trainer_received_sigterm_reports_and_stops_fit_after_the_batch():
+    def read(trainer: L.Trainer, _: L.LightningModule) -> dict[str, Any]:
+        if trainer.global_step == 2:
+            stop_as_on_sigterm(trainer)
+        return {"received": trainer.received_sigterm, "step": trainer.global_step}
+
+    reads = Reads("on_train_batch_end", read)
+    fitting = trainer(max_steps=5, callbacks=[reads])
+    with pytest.raises(SIGTERMException):
+        fitting.fit(RecordingModel(), loader())
+    assert [(row["step"], row["received"]) for row in reads.rows] == [(1, False), (2, True)]
+    assert fitting.global_step == 2

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimConfigError, OptimMixin, build_optimizer
 from lightning_optim.callbacks import LRMonitor
-from lightning_optim.clipping.clip import clip_gradients
+from lightning_optim.clipping.arithmetic import clip_gradients
 from lightning_optim.names import named_parameters
 from tests.models import MemoryLogger, trainer
 

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_optim import OptimMixin
 from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, TensorBoardDashboard
-from lightning_optim.clipping.clip import ClipResult, ReportsClipping
+from lightning_optim.clipping.arithmetic import ClipResult
+from lightning_optim.clipping.step import ReportsClipping
 from lightning_optim.stats import RunningStatsSnapshot
 from tests.models import trainer
 from tests.tb import histogram_steps, scalars

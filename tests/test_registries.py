@@ -16,12 +16,14 @@ CONF = ROOT / "lightning_optim" / "conf"
 REGISTRIES = {"optimizer": {**OPTIMIZER_INFOS, **EXTRA_OPTIMIZER_INFOS}, "scheduler": SCHEDULERS}
 CONFIG_GUIDE = (ROOT / "docs" / "guides" / "config.md").read_text()
 SCHEDULER_KEYS = {key for info in SCHEDULERS.values() for key in info.key_types()}
+OPTIMIZER_KEYS = {"lr_scale"}
+"""Config keys the optimizers paragraph names beside the optimizers."""
 
 
 def supported_names(section: str) -> set[str]:
     """The backticked names in a section of the config guide, config keys (``warmup_steps``) left out."""
     text = CONFIG_GUIDE.split(f"\n### {section}", 1)[1].split("\n#", 1)[0]
-    return set(re.findall(r"`([a-z][a-z0-9_]*)`", text)) - SCHEDULER_KEYS
+    return set(re.findall(r"`([a-z][a-z0-9_]*)`", text)) - SCHEDULER_KEYS - OPTIMIZER_KEYS
 
 
 def from_pytorch_optimizer(name: str) -> bool:

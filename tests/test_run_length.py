@@ -19,9 +19,9 @@ from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 from lightning.pytorch.tuner import Tuner
 from torch.utils.data import DataLoader
 
-from lightning_optim import OptimMixin, ResumeConfigWarning
+from lightning_optim import CheckpointError, OptimMixin, ResumeConfigWarning
 from lightning_optim.callbacks import LRSchedule
-from lightning_optim.fit.run_length import RunLengthWarning
+from lightning_optim.fit.run_length import RunLengthWarning, check_saved_run_lengths
 from tests.models import CrashAt, Interrupted, trainer
 from tests.references import sgdr, warmup_cosine, wsd
 
@@ -311,3 +311,40 @@ def test_a_resume_that_lightning_runs_longer_keeps_the_checkpoint_s_length_and_s
     lrs = first.lrs + second.lrs
     assert lrs == pytest.approx([warmup_cosine(k, LR, WARMUP, 8, FLOOR) for k in range(9)], abs=1e-15)
     assert second.final(run) == LR * FLOOR
+
+
+@pytest.mark.parametrize(
+    "records,key,expected",
+    [
+        ([{"interval": "step", "length": -5}], "optim_run_lengths[0].length", "an int in [1, 9007199254740992]"),
+        ([{"interval": "step", "length": 0}], "optim_run_lengths[0].length", "an int in [1, 9007199254740992]"),
+        ([{"interval": "step", "length": 20.5}], "optim_run_lengths[0].length", "the run's length in steps"),
+        ([{"interval": "step", "length": 10**400}], "optim_run_lengths[0].length", "an int in [1, "),
+        ([{"interval": "step", "length": "20"}], "optim_run_lengths[0].length", "or None"),
+        ([{"interval": "batch", "length": 20}], "optim_run_lengths[0].interval", "'step' or 'epoch'"),
+        ([{"interval": "step"}], "optim_run_lengths[0]", "a mapping with the keys interval and length"),
+        ([{"interval": "step", "length": 20, "optimizer": 1}], "optim_run_lengths[0].optimizer", "the name of one"),
+        ({"interval": "step", "length": 20}, "optim_run_lengths", "a list of {interval, length} records"),
+    ],
+)
+def test_a_restored_run_length_no_run_could_have_is_refused_naming_its_key(records, key, expected):
+    with pytest.raises(CheckpointError) as raised:
+        check_saved_run_lengths(records)
+    assert str(raised.value).startswith(f"Checkpoint entry {key} = ")
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize("length", [-5, 2.5, 10**30])
+def test_a_resume_from_an_edited_run_length_is_refused_before_any_step(length, tmp_path):
+    first = trainer(limit_val_batches=0, max_epochs=1, max_steps=4)
+    first.fit(Boring(), DataLoader(RandomDataset(32, 32), batch_size=4))
+    first.save_checkpoint(tmp_path / "step=4.ckpt")
+    checkpoint = torch.load(tmp_path / "step=4.ckpt", weights_only=True)
+    checkpoint["optim_run_lengths"][0]["length"] = length
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    lrs = StepLrs()
+    with pytest.raises(CheckpointError, match=rf"^Checkpoint entry optim_run_lengths\[0\]\.length = {length!r} is not"):
+        trainer(callbacks=[lrs], limit_val_batches=0, max_epochs=2).fit(
+            Boring(), DataLoader(RandomDataset(32, 32), batch_size=4), ckpt_path=tmp_path / "edited.ckpt"
+        )
+    assert lrs.lrs == []

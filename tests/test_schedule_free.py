@@ -20,7 +20,7 @@ from torch import nn
 
 from lightning_optim import OptimConfigError, OptimMixin
 from lightning_optim.callbacks import LRMonitor
-from lightning_optim.clipping.clip import folds_into_step
+from lightning_optim.clipping.fused_step import folds_into_step
 from lightning_optim.fit.driver import FitDriver
 from lightning_optim.fit.schedule_free import in_train_mode
 from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS

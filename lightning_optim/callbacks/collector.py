@@ -30,7 +30,8 @@ import lightning as L
 import torch
 
 from lightning_optim.callbacks.scalar_writer import write_scalars
-from lightning_optim.internals import callback_metrics_store
+from lightning_optim.fit.driver import driver_of
+from lightning_optim.internals import callback_metrics_store, logging_step
 
 __all__ = ["Finish", "MetricCollector", "to_device", "to_numbers"]
 
@@ -117,6 +118,7 @@ class MetricCollector:
         """
         if not self._entries:
             return {}
+        self._take_spike_guard(trainer)
         entries, self._entries = self._entries, []
         tensors = [value for entry in entries for value in entry.values.values() if isinstance(value, torch.Tensor)]
         numbers = iter(to_numbers(tensors))
@@ -140,6 +142,14 @@ class MetricCollector:
         for listener in self._listeners:
             listener(trainer, by_step)
         return by_step
+
+    def _take_spike_guard(self, trainer: L.Trainer) -> None:
+        # The spike guard's report (the mixin's driver, which cannot import this layer) rides on the same sync.
+        module = trainer.lightning_module
+        driver = driver_of(module) if module is not None else None
+        report = driver.spike_guard_report(trainer) if driver is not None else None
+        if report is not None:
+            self.add(logging_step(trainer), *report)
 
 
 def to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:

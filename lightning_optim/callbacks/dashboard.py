@@ -92,6 +92,8 @@ def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]
         if not callable(getattr(callback, "dashboard_charts", None)):
             continue
         charts = callback.dashboard_charts()
+        if not charts:
+            continue  # a callback with nothing to draw in this run (the driver without a spike guard)
         category = getattr(callback, "dashboard_category", type(callback).__name__)
         provided.setdefault(category, {}).update(charts)
     categories = {**builtin, **provided}

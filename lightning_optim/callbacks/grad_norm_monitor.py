@@ -20,14 +20,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector, to_numbers
-from lightning_optim.clipping.clip import (
+from lightning_optim.clipping.arithmetic import (
     ClipResult,
-    ClipState,
-    ReportsClipping,
     algorithm_name,
     check_clip_threshold,
     expected_after_clipping,
 )
+from lightning_optim.clipping.step import ClipState, ReportsClipping
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
 from lightning_optim.names import named_parameters, optimizer_labels
@@ -116,7 +115,7 @@ class GradNormMonitor(L.Callback):
     clipping, syncs the host once per parameter, and so always shows pre-clip norms at a cost.
 
     * With :class:`~lightning_optim.OptimMixin` (any model that is
-      :class:`~lightning_optim.clipping.clip.ReportsClipping`) and norm clipping, the norms are the ones clipping
+      :class:`~lightning_optim.clipping.step.ReportsClipping`) and norm clipping, the norms are the ones clipping
       computed
       (``pl_module.clip_state.last``): no extra pass. Without the mixin, the monitor takes the norm itself in one fused
       pass before clipping and derives the post-clip norm from the Trainer's threshold; with value clipping it

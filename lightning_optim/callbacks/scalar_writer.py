@@ -77,7 +77,7 @@ def histogram_bins(writer: Any, finite: torch.Tensor) -> str | int:
     is empty"). Beyond, :data:`HUGE_VALUES_BINS` equal-width bins over the values' own range: ``np.histogram`` takes it
     in float64, which holds every finite float32.
 
-    Example:
+    Examples:
         >>> from torch.utils.tensorboard import SummaryWriter
         >>> import tempfile
         >>> writer = SummaryWriter(tempfile.mkdtemp())

@@ -33,7 +33,13 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, instantiate_model, whole_number
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    apply_app_settings,
+    compose_optim_config,
+    instantiate_model,
+    whole_number,
+)
 from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
 from lightning_optim.fit.lr_finder import config_with_lr
@@ -148,6 +154,7 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
         ValueError: a bad ``lr_find`` option. OptimConfigError: a bad ``optim_config``, or one the override could
             not set (:func:`refuse_untunable`). All before any training.
     """
+    apply_app_settings(cfg)
     options = check_options(OmegaConf.to_container(cfg.lr_find, resolve=True))  # type: ignore[arg-type]
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)

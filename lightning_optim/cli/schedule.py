@@ -27,10 +27,17 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_optim.cli.common import CONFIG_PATH, compose_optim_config, count_optimizer_steps, instantiate_model
+from lightning_optim.cli.common import (
+    CONFIG_PATH,
+    apply_app_settings,
+    compose_optim_config,
+    count_optimizer_steps,
+    instantiate_model,
+)
 from lightning_optim.config.preview import LearningRatePreview, sample_learning_rates
+from lightning_optim.optim.lr_scaling import LrScaling
 
-__all__ = ["group_table", "main", "plot", "step_learning_rates"]
+__all__ = ["assumed_batch_size", "group_table", "main", "plot", "step_learning_rates"]
 
 
 def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
@@ -46,6 +53,27 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
+def assumed_batch_size(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
+    """The effective batch size ``optimizer.lr_scaling`` is previewed at: ``cfg.batch_size`` when given, else the train
+    loader's batch size x the DDP world size x ``trainer.accumulate_grad_batches`` (a ``BatchSizeFinder`` or
+    ``GradientAccumulationScheduler`` in the run would change it; the preview cannot know that).
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> from omegaconf import OmegaConf
+        >>> data = SimpleNamespace(train_dataloader=lambda: DataLoader(range(8), batch_size=4))
+        >>> cfg = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2, "accumulate_grad_batches": 3}})
+        >>> assumed_batch_size(cfg, data), assumed_batch_size(OmegaConf.merge(cfg, {"batch_size": 64}), data)
+        (24, 64)
+    """
+    if cfg.get("batch_size") is not None:
+        return int(cfg.batch_size)
+    devices, num_nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    world_size = devices * num_nodes if isinstance(devices, int) and "ddp" in str(cfg.trainer.get("strategy")) else 1
+    batch_size = datamodule.train_dataloader().batch_size or 1
+    return batch_size * world_size * (cfg.trainer.get("accumulate_grad_batches") or 1)
+
+
 def step_learning_rates(
     cfg: DictConfig, first_steps: int = 0, optimizer: str | None = None
 ) -> tuple[LearningRatePreview, dict]:
@@ -55,7 +83,8 @@ def step_learning_rates(
     (:func:`~lightning_optim.config.preview.sample_learning_rates`). An ``interval: epoch`` scheduler is previewed per
     epoch, and each epoch drawn by its first and last step. With several optimizers (``optimizers=gan``)
     ``optimizer`` names the one previewed; the run is counted in training batches, each scheduler stepped once per
-    batch as manual optimization's ``training_step`` does.
+    batch as manual optimization's ``training_step`` does. ``optimizer.lr_scaling`` is shown at
+    :func:`assumed_batch_size`.
     """
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -63,12 +92,17 @@ def step_learning_rates(
     optim_config = compose_optim_config(cfg)
     model = instantiate_model(cfg.model, optim_config)
     scheduler = _section(optim_config, optimizer).get("scheduler")
+    batch_size = assumed_batch_size(cfg, datamodule)
     if scheduler is None or scheduler.get("interval", "step") == "step":
-        preview = sample_learning_rates(model, optim_config, total_steps, range(first_steps), optimizer=optimizer)
+        preview = sample_learning_rates(
+            model, optim_config, total_steps, range(first_steps), optimizer=optimizer, batch_size=batch_size
+        )
         return preview, optim_config
     epochs = -(-total_steps // steps_per_epoch)
     first_epochs = range(-(-min(first_steps, total_steps) // steps_per_epoch))
-    per_epoch = sample_learning_rates(model, optim_config, epochs, first_epochs, optimizer=optimizer)
+    per_epoch = sample_learning_rates(
+        model, optim_config, epochs, first_epochs, optimizer=optimizer, batch_size=batch_size
+    )
     return epochs_as_steps(per_epoch, steps_per_epoch, total_steps, range(first_steps)), optim_config
 
 
@@ -147,6 +181,7 @@ def main(cfg: DictConfig) -> None:
     base = Path(cfg.out)
     if not base.is_absolute():
         base = Path(HydraConfig.get().runtime.output_dir) / base
+    apply_app_settings(cfg)
     console = Console()
     for optimizer in optimizer_names(compose_optim_config(cfg)):
         preview, optim_config = step_learning_rates(cfg, cfg.first_steps, optimizer)
@@ -156,6 +191,10 @@ def main(cfg: DictConfig) -> None:
         out = base
         if optimizer is not None:
             title, out = f"{optimizer}: {title}", base.with_name(f"{base.stem}-{optimizer}{base.suffix}")
+        if scaling := section["optimizer"].get("lr_scaling"):
+            batch_size = assumed_batch_size(cfg, instantiate(cfg.data))
+            line = LrScaling(**scaling).describe(batch_size, "assumed; batch_size=<B> sets it")
+            console.print(f"{line} (a BatchSizeFinder in the run would change it)", markup=False, highlight=False)
         plot(preview, title, out)
         for name, values in preview.lrs.items():
             shown = f"{optimizer}/{name}" if optimizer is not None else name

@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -30,7 +31,11 @@ from omegaconf import DictConfig
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
+    app_flag,
+    apply_app_settings,
+    claimed_run_dir,
     compose_optim_config,
+    fresh_command,
     instantiate_model,
     refuse_used_run_dir,
     resume_command,
@@ -47,15 +52,51 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def _exit_interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer) -> SystemExit:
-    """Say where the interrupted run can be resumed from; the exit status is ``128 + signum``, as a shell's."""
+    """Say what survived and how to go on (rank zero); the exit status is ``128 + signum``, as a shell's."""
     signum = signal.Signals(interrupt.signum or signal.SIGTERM)
-    if trainer.is_global_zero and trainer.state.fn == TrainerFn.VALIDATING:
-        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
-    elif trainer.is_global_zero:
-        checkpoint = interrupt.ckpt_path.resolve()
-        log.info(f"{signum.name} stopped training after step {trainer.global_step}; checkpoint {checkpoint}")
-        log.info(f"resume with: {resume_command(checkpoint, HydraConfig.get().overrides.task)}")
+    if trainer.is_global_zero:
+        _report_interruption(signum, interrupt, trainer, HydraConfig.get().overrides.task)
     return SystemExit(128 + signum)
+
+
+def _report_interruption(
+    signum: signal.Signals, interrupt: InterruptCheckpoint, trainer: L.Trainer, overrides: list[str]
+) -> None:
+    """Log where the stopped run can be resumed from: ``interrupted.ckpt``, or the newest checkpoint if that save
+    failed, or a fresh start if there is none."""
+    stopped = f"{signum.name} stopped training after step {trainer.global_step}"
+    if trainer.state.fn == TrainerFn.VALIDATING:
+        log.info(f"{signum.name} stopped the final validation; training had finished ({trainer.global_step} steps)")
+        return
+    if interrupt.save_error is None:
+        checkpoint = interrupt.ckpt_path.resolve()
+        log.info(f"{stopped}; checkpoint {checkpoint}")
+        log.info(f"resume with: {resume_command(checkpoint, overrides)}")
+        return
+    log.error(f"{stopped}, but {interrupt.ckpt_path.resolve()} was not saved: {interrupt.save_error}")
+    newest = _newest_checkpoint(trainer)
+    if newest is None:
+        log.info(f"No checkpoint was saved before it; start again in a new directory: {fresh_command(overrides)}")
+        return
+    log.info(f"The newest checkpoint saved is {newest} (step {_saved_step(newest)}); the steps after it are lost")
+    log.info(f"resume with: {resume_command(newest, overrides)}")
+
+
+def _newest_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint a checkpoint callback saved (each save is whole: atomic): its ``last.ckpt`` when it
+    keeps one, else its best; across several callbacks, the newest file."""
+    saved = []
+    for callback in trainer.checkpoint_callbacks:
+        for path in (getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")):
+            if path and Path(path).is_file():
+                saved.append(Path(path).resolve())
+                break
+    return max(saved, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def _saved_step(checkpoint: Path) -> int:
+    """The global step a checkpoint was saved at; memory-mapped, so its tensors are not read."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
 def _has_validation(model: L.LightningModule, datamodule: L.LightningDataModule) -> bool:
@@ -67,8 +108,9 @@ def train(cfg: DictConfig) -> float:
     """Fit, validate and report the model the config describes; returns the metric ``cfg.metric``.
 
     The metric comes from a final validation run; a model without ``validation_step`` (or data without
-    ``val_dataloader``) skips it and reports the last value training logged. A fresh run (``ckpt_path`` null)
-    refuses a run directory that holds an earlier run's outputs. SIGTERM or SIGINT during training saves
+    ``val_dataloader``) skips it and reports the last value training logged. The run directory is claimed for the
+    run: a second run there is refused while this one runs, and a fresh run (``ckpt_path`` null) also refuses a
+    directory that holds an earlier run's outputs. SIGTERM or SIGINT during training saves
     ``checkpoints/interrupted.ckpt`` and exits with ``128 + signum``.
 
     Args:
@@ -77,10 +119,19 @@ def train(cfg: DictConfig) -> float:
     Returns:
         The value of ``cfg.metric`` (default ``val/acc``).
     """
+    apply_app_settings(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has already checked.
-    if cfg.get("ckpt_path") is None and rank_zero_only.rank == 0:
-        refuse_used_run_dir(run_dir)
+    # Ranks > 0 are started by Lightning in rank zero's directory, which rank zero has claimed and checked.
+    if rank_zero_only.rank != 0:
+        return _fit_and_report(cfg, run_dir)
+    with claimed_run_dir(run_dir):
+        if cfg.get("ckpt_path") is None:
+            refuse_used_run_dir(run_dir)
+        return _fit_and_report(cfg, run_dir)
+
+
+def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
+    """:func:`train` in its claimed, checked run directory."""
     logging.captureWarnings(True)  # warnings reach train.log too, as log records
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -92,7 +143,10 @@ def train(cfg: DictConfig) -> float:
     with sweep_job():
         try:
             trainer.fit(
-                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=not cfg.trust_checkpoint
+                model,
+                datamodule=datamodule,
+                ckpt_path=cfg.get("ckpt_path"),
+                weights_only=not app_flag(cfg, "trust_checkpoint"),
             )
             validates = _has_validation(model, datamodule)
             metrics: dict[str, Any] = (

@@ -20,7 +20,7 @@
 Each threshold is a 0-d tensor on the gradients' device: nothing is synced to the host. A NaN/Inf norm leaves the
 history and the statistics as they were. ``history`` and ``warmup_steps`` are at most :data:`MAX_WINDOW`: each step
 of the window is kept on the device and in every checkpoint. The gradients are scaled with ``clip_grad_norm_``'s
-coefficient ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.clip`).
+coefficient ``min(1, threshold / (total + 1e-6))`` (:mod:`lightning_optim.clipping.arithmetic`).
 
 Examples:
     >>> import torch
@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, checkpoint_error, config_error
 from lightning_optim.value_types import conform_section, dataclass_types
 
 __all__ = [
@@ -49,11 +49,13 @@ __all__ = [
     "AdaptiveThresholds",
     "AutoClip",
     "ClippingSpec",
+    "EmaStatistics",
     "ZClip",
     "clipped_sections",
     "refuse_explicit_threshold",
     "refuse_trainer_threshold",
     "resolve_clipping",
+    "restored_records",
 ]
 
 CLIPPING_KEY = "clipping"
@@ -106,9 +108,119 @@ class AutoClip:
         """The norms recorded (a tensor, NaN where unfilled) and how many steps were seen."""
         return {"norms": self._norms, "count": self._count}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s history; the tensor moves to the norms' device at the next call."""
-        self._norms, self._count = _copy(state["norms"]), state["count"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state") -> None:
+        """Continue from :meth:`state_dict`'s history; the tensor moves to the norms' device at the next call.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative or infinite norm, a tensor of another
+                shape, a count that is no whole number), naming its key path ``where.<key>``.
+        """
+        count = _restored_count(state, "count", where)
+        norms = _restored_norms(state, "norms", where, (self.history,), count, f"the last history={self.history} norms")
+        self._norms, self._count = _copy(norms), count
+
+
+class EmaStatistics:
+    """An EMA of a scalar's mean and (population) variance on the device, in float64 (float32 on MPS), started from
+    its first ``warmup_steps`` values: ZClip's statistics, also those of the spike guard
+    (:mod:`lightning_optim.clipping.spike_guard`).
+
+    :meth:`warm` takes the warm-up's values (NaN/Inf left out of the start); then :meth:`z` gives a value's z-score
+    ``(x - mean) / (std + 1e-6)`` and :meth:`update` moves the EMA where asked: ``mean = alpha * mean + (1 - alpha) *
+    x``, ``var = alpha * var + (1 - alpha) * (x - mean)**2`` (the new mean). Nothing is synced to the host.
+
+    Examples:
+        >>> statistics = EmaStatistics(alpha=0.5, warmup_steps=2)
+        >>> statistics.warm(torch.tensor(1.0)); statistics.warm(torch.tensor(3.0))
+        >>> round(float(statistics.z(torch.tensor(4.0))), 4)
+        2.0
+        >>> statistics.update(torch.tensor(4.0), torch.tensor(True))
+        >>> float(statistics.state_dict()["mean"]), float(statistics.state_dict()["var"]), statistics.count
+        (3.0, 1.0, 3)
+    """
+
+    def __init__(self, alpha: float, warmup_steps: int) -> None:
+        self.alpha = alpha
+        self.warmup_steps = warmup_steps
+        self.warmup: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+        self.count = 0
+
+    @property
+    def warming(self) -> bool:
+        """Whether the next value still belongs to the warm-up."""
+        return self.count < self.warmup_steps
+
+    def cast(self, value: torch.Tensor) -> torch.Tensor:
+        """``value``, detached, in the statistics' dtype."""
+        return value.detach().to(_statistics_dtype(value.device))
+
+    def warm(self, value: torch.Tensor) -> None:
+        """Record a warm-up value; the last one sets the mean and variance of the finite ones."""
+        value = self.cast(value)
+        if self.warmup is None:
+            self.warmup = torch.full((self.warmup_steps,), math.nan, dtype=value.dtype, device=value.device)
+        self.warmup = self.warmup.to(value.device, value.dtype)
+        self.warmup[self.count] = torch.where(torch.isfinite(value), value, math.nan)
+        self.count += 1
+        if self.count == self.warmup_steps:
+            self.mean = torch.nanmean(self.warmup)
+            self.var = torch.nanmean((self.warmup - self.mean) ** 2)
+
+    def moments(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and variance after the warm-up, on ``value``'s device and in its dtype."""
+        assert self.mean is not None and self.var is not None  # set when the warm-up ended
+        return self.mean.to(value.device, value.dtype), self.var.to(value.device, value.dtype)
+
+    def z(self, value: torch.Tensor) -> torch.Tensor:
+        """The z-score of ``value`` (after the warm-up), in the statistics' dtype."""
+        value = self.cast(value)
+        mean, var = self.moments(value)
+        return (value - mean) / (var.sqrt() + _EPS)
+
+    def update(self, value: torch.Tensor, accept: torch.Tensor) -> None:
+        """Move the EMA with ``value`` where the 0-d bool ``accept`` holds; count the step either way."""
+        value = self.cast(value)
+        mean, var = self.moments(value)
+        new_mean = self.alpha * mean + (1 - self.alpha) * value
+        new_var = self.alpha * var + (1 - self.alpha) * (value - new_mean) ** 2
+        # A warm-up of NaN/Inf values only leaves NaN statistics: the first finite value starts them.
+        new_mean = torch.where(torch.isnan(mean), value, new_mean)
+        new_var = torch.where(torch.isnan(var), 0.0, new_var)
+        self.mean = torch.where(accept, new_mean, mean)
+        self.var = torch.where(accept, new_var, var)
+        self.count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-up values, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
+        return {"warmup": self.warmup, "mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state", what: str = "norm") -> None:
+        """Continue from :meth:`state_dict`; the tensors move at the next call.
+
+        Args:
+            state: What :meth:`state_dict` returned, as a checkpoint gives it back.
+            where: Its key path in the checkpoint, named in errors.
+            what: The scalar the statistics follow, in errors: a ``"norm"`` is >= 0; any other value (a loss) may
+                have either sign, its variance not.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative variance, or a negative norm, an
+                infinite value, a tensor of another shape, statistics missing after the warm-up), naming its key path
+                ``where.<key>``.
+        """
+        count = _restored_count(state, "count", where)
+        signed = what != "norm"
+        shape = (self.warmup_steps,)
+        values = "norms" if what == "norm" else f"{what} values"
+        warmup = _restored_norms(
+            state, "warmup", where, shape, count, f"the warm-up's warmup_steps={self.warmup_steps} {values}", signed
+        )
+        started = int(count >= self.warmup_steps)
+        mean = _restored_norms(state, "mean", where, (), started, f"the EMA of the {what} (0-d)", signed)
+        var = _restored_norms(state, "var", where, (), started, f"the EMA of the {what}'s variance (0-d)")
+        self.warmup, self.mean, self.var, self.count = _copy(warmup), _copy(mean), _copy(var), count
 
 
 @dataclass(eq=False)
@@ -134,55 +246,107 @@ class ZClip:
     max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
-        self._warmup: torch.Tensor | None = None
-        self._mean: torch.Tensor | None = None
-        self._var: torch.Tensor | None = None
-        self._count = 0
+        self._statistics = EmaStatistics(self.alpha, self.warmup_steps)
 
     @property
     def steps(self) -> int:
         """How many norms it was given."""
-        return self._count
+        return self._statistics.count
 
     def __call__(self, total: torch.Tensor) -> torch.Tensor:
-        norm = total.detach().to(_statistics_dtype(total.device))
-        finite = torch.isfinite(norm)
+        statistics = self._statistics
+        norm = statistics.cast(total)
         cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
-        if self._count < self.warmup_steps:
-            if self._warmup is None:
-                self._warmup = torch.full((self.warmup_steps,), math.nan, dtype=norm.dtype, device=norm.device)
-            self._warmup = self._warmup.to(norm.device, norm.dtype)
-            self._warmup[self._count] = torch.where(finite, norm, math.nan)
-            self._count += 1
-            if self._count == self.warmup_steps:
-                self._mean = torch.nanmean(self._warmup)
-                self._var = torch.nanmean((self._warmup - self._mean) ** 2)
+        if statistics.warming:
+            statistics.warm(norm)
             return torch.full_like(norm, cap, dtype=torch.float32)
-        assert self._mean is not None and self._var is not None  # set when the warm-up ended
-        mean, var = self._mean.to(norm.device, norm.dtype), self._var.to(norm.device, norm.dtype)
+        mean, var = statistics.moments(norm)
         std = var.sqrt()
-        z = (norm - mean) / (std + _EPS)
+        z = statistics.z(norm)
         spike = z > self.z_threshold
         threshold = torch.where(spike, mean + self.z_threshold**2 / z * std, mean + self.z_threshold * (std + _EPS))
-        after = torch.where(spike, threshold, norm)
-        new_mean = self.alpha * mean + (1 - self.alpha) * after
-        new_var = self.alpha * var + (1 - self.alpha) * (after - new_mean) ** 2
-        # A warm-up of NaN/Inf norms only leaves NaN statistics: the first finite norm starts them.
-        new_mean = torch.where(torch.isnan(mean), after, new_mean)
-        new_var = torch.where(torch.isnan(var), 0.0, new_var)
-        self._mean = torch.where(finite, new_mean, mean)
-        self._var = torch.where(finite, new_var, var)
-        self._count += 1
+        statistics.update(torch.where(spike, threshold, norm), torch.isfinite(norm))
         return torch.where(torch.isnan(threshold), math.inf, threshold).clamp(max=cap).float()
 
     def state_dict(self) -> dict[str, Any]:
         """The warm-up norms, the EMA mean and variance (tensors, None before they exist) and the steps seen."""
-        return {"warmup": self._warmup, "mean": self._mean, "var": self._var, "count": self._count}
+        return self._statistics.state_dict()
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call."""
-        self._warmup, self._mean, self._var = _copy(state["warmup"]), _copy(state["mean"]), _copy(state["var"])
-        self._count = state["count"]
+    def load_state_dict(self, state: Mapping[str, Any], where: str = "state") -> None:
+        """Continue from :meth:`state_dict`; the tensors move to the norms' device at the next call.
+
+        Raises:
+            CheckpointError: a record no run could have written (a negative mean or variance, an infinite value, a
+                tensor of another shape, statistics missing after the warm-up), naming its key path ``where.<key>``.
+        """
+        self._statistics.load_state_dict(state, where)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+def _restored_count(state: Any, key: str, where: str) -> int:
+    """A restored step count: a whole number >= 0 (a float or a bool is no count)."""
+    if not isinstance(state, Mapping):
+        raise checkpoint_error(where, state, "a mapping of the threshold's history, as its state_dict() writes")
+    count = state.get(key, _Missing())
+    if type(count) is not int or count < 0:
+        raise checkpoint_error(f"{where}.{key}", count, "an int >= 0 (the steps whose norms were seen)")
+    return count
+
+
+def _restored_norms(
+    state: Mapping[str, Any],
+    key: str,
+    where: str,
+    shape: tuple[int, ...],
+    count: int,
+    what: str,
+    signed: bool = False,
+) -> torch.Tensor | None:
+    """A restored tensor of norms (or of their mean or variance) of ``shape``: None only before any of them was
+    recorded (``count`` 0), and each of the first ``count`` values NaN (a non-finite step, which the rules leave out)
+    or finite and, unless ``signed`` (a loss), >= 0."""
+    value = state.get(key, _Missing())
+    expected = (
+        f"a floating-point tensor of shape {tuple(shape)} ({what}), each value NaN or finite"
+        f"{'' if signed else ' and >= 0'}{', or None before the first step' if count == 0 else ''}"
+    )
+    if value is None and count == 0:
+        return None
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point() and tuple(value.shape) == tuple(shape)):
+        raise checkpoint_error(f"{where}.{key}", value, expected)
+    recorded = value.reshape(-1)[:count].detach()
+    allowed = torch.isfinite(recorded) if signed else torch.isfinite(recorded) & (recorded >= 0)
+    if not bool((torch.isnan(recorded) | allowed).all()):
+        raise checkpoint_error(f"{where}.{key}", value, expected)
+    return value
+
+
+def restored_records(records: Any, key: str) -> dict[str | None, tuple[str, Mapping[str, Any]]]:
+    """A checkpoint's per-optimizer records (``[{optimizer, config, state}, ...]``) by optimizer name, each with the
+    key path of its ``state``.
+
+    Raises:
+        CheckpointError: not a list of such records, naming the key path.
+
+    Examples:
+        >>> restored_records([{"optimizer": None, "config": {}, "state": {}}], "optim_clipping")
+        {None: ('optim_clipping[0].state', {'optimizer': None, 'config': {}, 'state': {}})}
+    """
+    if not isinstance(records, list):
+        raise checkpoint_error(key, records, "a list of {optimizer, config, state} records")
+    pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        if not isinstance(record, Mapping) or not {"optimizer", "config", "state"} <= set(record):
+            raise checkpoint_error(where, record, "a mapping with the keys optimizer, config and state")
+        if record["optimizer"] is not None and not isinstance(record["optimizer"], str):
+            raise checkpoint_error(f"{where}.optimizer", record["optimizer"], "an optimizer's name, or None")
+        pending[record["optimizer"]] = (f"{where}.state", record)
+    return pending
 
 
 def _statistics_dtype(device: torch.device) -> torch.dtype:
@@ -360,7 +524,7 @@ class AdaptiveThresholds:
     def __init__(self) -> None:
         self._built: dict[str | None, tuple[ClippingSpec, AutoClip | ZClip]] = {}
         self._by_optimizer: dict[int, AutoClip | ZClip] = {}
-        self._pending: dict[str | None, Mapping[str, Any]] = {}
+        self._pending: dict[str | None, tuple[str, Mapping[str, Any]]] = {}
         self._use_check: tuple[int, dict[str | None, int]] | None = None
 
     def configure(
@@ -411,17 +575,26 @@ class AdaptiveThresholds:
             for name, (spec, threshold) in self._built.items()
         ]
 
-    def load_state_dict(self, records: list[Mapping[str, Any]]) -> None:
+    def load_state_dict(self, records: Any, key: str = "optim_clipping") -> None:
         """Restore each record whose optimizer has the same section now (at once, or at the next :meth:`configure`
-        when none is built yet); a changed section starts with an empty history."""
-        self._pending = {record["optimizer"]: record for record in records}
+        when none is built yet); a changed section starts with an empty history.
+
+        Args:
+            records: What :meth:`state_dict` returned, as a checkpoint gives it back.
+            key: The checkpoint entry holding ``records``, named in errors.
+
+        Raises:
+            CheckpointError: a record of another shape or with values no run could have written (see the rules'
+                ``load_state_dict``), naming its key path, e.g. ``optim_clipping[0].state.norms``.
+        """
+        self._pending = restored_records(records, key)
         self._restore()
 
     def _restore(self) -> None:
         for name, (spec, threshold) in self._built.items():
-            record = self._pending.get(name)
+            where, record = self._pending.get(name, ("", None))
             if record is not None and record["config"] == spec.config:
-                threshold.load_state_dict(record["state"])
+                threshold.load_state_dict(record["state"], where)
 
 
 def clipped_sections(specs: Mapping[str | None, Any]) -> list[str]:

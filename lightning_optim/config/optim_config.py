@@ -4,10 +4,13 @@ A model hands its optimisation settings to :class:`~lightning_optim.OptimMixin` 
 ``DictConfig`` or an :class:`OptimConfig`. Everything is turned into plain ``dict``/``list``/scalars here, so the
 config can be stored in ``hparams`` and checkpoints load under torch's default ``weights_only=True``.
 
-Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping``), or several
-named ones under ``optimizers``, each selecting its parameters by a regex over parameter names (``params``) and
-holding the sections of the first form. ``clipping`` (adaptive norm clipping,
-:mod:`lightning_optim.clipping.adaptive`) appears only when set.
+Two forms: one optimizer (``optimizer``, ``param_groups``, ``scheduler``, and optionally ``clipping`` and
+``layer_decay``, ``spike_guard``), or several named ones under ``optimizers``, each selecting its parameters by a
+regex over parameter names (``params``) and holding the sections of the first form. ``clipping`` (adaptive norm
+clipping, :mod:`lightning_optim.clipping.adaptive`), ``layer_decay`` (layer-wise lr decay,
+:class:`~lightning_optim.optim.param_groups.LayerDecay`) and ``spike_guard``
+(:mod:`lightning_optim.clipping.spike_guard`) appear only when set; so does ``resume`` (how a fit started from a
+checkpoint goes on, :mod:`lightning_optim.config.resume`), a top-level key in both forms.
 
 Examples:
     >>> to_plain_config({"optimizer": {"name": "adamw", "lr": 3e-4}})
@@ -27,14 +30,15 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lightning_optim.config.resume import RESUME_KEY
 from lightning_optim.errors import OptimConfigError, config_error
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
-TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping")
+TOP_LEVEL_KEYS = ("optimizer", "param_groups", "scheduler", "clipping", "spike_guard", "layer_decay", "resume")
 OPTIMIZERS_KEY = "optimizers"
 """The top-level key of the several-optimizer form: optimizer name -> its section."""
-SECTION_KEYS = ("params", *TOP_LEVEL_KEYS)
+SECTION_KEYS = ("params", *(key for key in TOP_LEVEL_KEYS if key != "resume"))
 """The keys of one named optimizer's section in the several-optimizer form."""
 _NAME = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]+")
 """An optimizer's name under ``optimizers``: part of metric keys and of TensorBoard's folders, so never ``.`` or
@@ -55,6 +59,9 @@ class OptimConfig:
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     scheduler: dict[str, Any] | None = None
     clipping: dict[str, Any] | None = None
+    spike_guard: dict[str, Any] | None = None
+    layer_decay: dict[str, Any] | None = None
+    resume: dict[str, Any] | None = None
 
 
 def plain(value: Any) -> Any:
@@ -87,18 +94,20 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
             f"optim_config must be a dict, a DictConfig or an OptimConfig, got {type(config).__name__}."
         )
     values: dict[str, Any] = plain(config)
+    resume = values.pop(RESUME_KEY, None)
+    kept = {RESUME_KEY: resume} if resume is not None else {}
     if OPTIMIZERS_KEY in values:
-        return {OPTIMIZERS_KEY: _plain_optimizers(values)}
+        return {OPTIMIZERS_KEY: _plain_optimizers(values), **kept}
     for key in values:
         if key not in TOP_LEVEL_KEYS:
             choices = (*TOP_LEVEL_KEYS, OPTIMIZERS_KEY)
             raise config_error(key, values[key], f"only the keys {', '.join(choices)}", choices, unknown_key=True)
-    return _plain_section(values, "")
+    return {**_plain_section(values, ""), **kept}
 
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` when set;
-    ``where`` prefixes the keys."""
+    """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` and
+    ``layer_decay`` when set; ``where`` prefixes the keys."""
     if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError(
             f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
@@ -116,8 +125,14 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
         raise config_error(
             f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
         )
+    spike_guard = values.get("spike_guard")
+    if spike_guard is not None and not isinstance(spike_guard, dict):
+        raise config_error(
+            f"{where}spike_guard", spike_guard, "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none"
+        )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    return {**section, "clipping": clipping} if clipping is not None else section
+    optional = {"clipping": clipping, "spike_guard": spike_guard, "layer_decay": values.get("layer_decay")}
+    return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 
 def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:

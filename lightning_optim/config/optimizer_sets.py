@@ -139,7 +139,7 @@ def states_in_config_order(
     Raises:
         OptimConfigError: the order changed together with which optimizers have a scheduler, naming both orders.
 
-    Example:
+    Examples:
         >>> saved = {"optimizers": {"a": {"scheduler": None}, "b": {"scheduler": {"name": "step"}}}}
         >>> checkpoint = {"optim_config": saved, "optimizer_states": ["state a", "state b"], "lr_schedulers": ["b"]}
         >>> now = {"optimizers": {"b": {"scheduler": {"name": "step"}}, "a": {"scheduler": None}}}

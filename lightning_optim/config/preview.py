@@ -60,12 +60,14 @@ def preview_learning_rates(
     optim_config: Mapping[str, Any] | OptimSpec | OptimizerSetSpec,
     total_steps: int,
     optimizer: str | None = None,
+    batch_size: int | None = None,
 ) -> dict[str, list[float]]:
     """The lr of every parameter group for each step ``0 .. total_steps - 1``, without training.
 
     Holds a value per step; :func:`sample_learning_rates` previews a long run at a bounded cost. A plateau
     schedule has no metric here, so it shows its warmup and then a constant lr. With several optimizers
-    (``optim_config.optimizers``) ``optimizer`` names the one to preview.
+    (``optim_config.optimizers``) ``optimizer`` names the one to preview. ``batch_size`` is the effective batch size
+    assumed for ``optimizer.lr_scaling`` (without it, a warning says the lrs shown are those at ``base_batch_size``).
 
     Examples:
         >>> lrs = preview_learning_rates(torch.nn.Linear(2, 1), {"optimizer": {"name": "sgd", "lr": 1.0},
@@ -73,7 +75,7 @@ def preview_learning_rates(
         >>> [round(lr, 3) for lr in lrs["default"]]
         [0.0, 0.5, 1.0, 0.5]
     """
-    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer)
+    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer, batch_size)
     names = _group_names(stand_in)
     lrs: dict[str, list[float]] = {name: [] for name in names}
     for group_lrs in _stepped_learning_rates(stand_in, built, total_steps):
@@ -89,6 +91,7 @@ def sample_learning_rates(
     include: Iterable[int] = (),
     points: int = PREVIEW_POINTS,
     optimizer: str | None = None,
+    batch_size: int | None = None,
 ) -> LearningRatePreview:
     """Every group's lr at ``points`` evenly spaced steps of a run, plus the steps it must show exactly.
 
@@ -97,7 +100,8 @@ def sample_learning_rates(
     and the step before it. A closed-form schedule (or a constant lr) is evaluated at these steps only, so a run of 10⁹
     steps costs what one of a thousand does. A stateful scheduler (``cyclic``, ``onecycle``, ``plateau``, a
     ``_target_``) is stepped through the whole run, up to :data:`PREVIEW_STEP_LIMIT` steps. With several optimizers
-    (``optim_config.optimizers``) ``optimizer`` names the one to preview.
+    (``optim_config.optimizers``) ``optimizer`` names the one to preview. ``batch_size``: as in
+    :func:`preview_learning_rates`.
 
     Raises:
         OptimConfigError: a stateful scheduler over more than :data:`PREVIEW_STEP_LIMIT` steps; several optimizers
@@ -111,7 +115,7 @@ def sample_learning_rates(
         >>> [round(lr, 3) for lr in preview.lrs["default"]]
         [0.0, 0.999, 1.0, 0.5, 0.0]
     """
-    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer)
+    stand_in, built = _preview_scheduler(module, optim_config, total_steps, optimizer, batch_size)
     names = _group_names(stand_in)
     wanted = {round(index * (total_steps - 1) / max(points - 1, 1)) for index in range(points)}
     wanted |= {step for step in include if 0 <= step < total_steps} | {0, total_steps - 1}
@@ -133,6 +137,7 @@ def _preview_scheduler(
     optim_config: Mapping[str, Any] | OptimSpec | OptimizerSetSpec,
     total_steps: int,
     optimizer: str | None,
+    batch_size: int | None,
 ) -> tuple[torch.optim.Optimizer, BuiltScheduler | None]:
     if isinstance(optim_config, (OptimSpec, OptimizerSetSpec)):
         spec = optim_config
@@ -154,13 +159,31 @@ def _preview_scheduler(
         index = names.index(optimizer)
         named = select_parameters(named_parameters(module), spec.members)[index]
         spec = spec.members[index].spec
+    factor = _lr_scaling_factor(spec.optimizer, batch_size)
     # Torch's schedulers need an optimizer; only the groups' names and lrs matter, so a plain SGD over stand-ins.
     groups = [
-        {"params": [torch.zeros(1)], "name": name, "lr": lr} for name, lr in _group_lrs(module, spec.optimizer, named)
+        {"params": [torch.zeros(1)], "name": name, "lr": lr * factor}
+        for name, lr in _group_lrs(module, spec.optimizer, named)
     ]
     stand_in = torch.optim.SGD(groups)
     built = build_scheduler(stand_in, spec.scheduler, total_steps) if spec.scheduler is not None else None
     return stand_in, built
+
+
+def _lr_scaling_factor(spec: OptimizerSpec, batch_size: int | None) -> float:
+    """``optimizer.lr_scaling``'s factor at the assumed effective batch size; 1 (and a warning) without one."""
+    if spec.lr_scaling is None:
+        return 1.0
+    if batch_size is None:
+        warnings.warn(
+            f"optim_config.optimizer.lr_scaling: the preview cannot know the effective batch size of the run (the "
+            f"train loader's batch size x world size x accumulation), so it shows the lrs at base_batch_size "
+            f"{spec.lr_scaling.base_batch_size}; give an assumed one as batch_size=.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return 1.0
+    return spec.lr_scaling.factor(batch_size)
 
 
 def _group_lrs(

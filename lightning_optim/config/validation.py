@@ -14,20 +14,33 @@ differentiable, fused, decoupled_weight_decay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 
 from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolve_clipping
+from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
+from lightning_optim.config.resume import RESUME_KEY, ResumeSpec, resolve_resume
 from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.optim.lr_scaling import LR_SCALING_KEY
+from lightning_optim.optim.param_groups import LAYER_DECAY_KEY
 from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
-from lightning_optim.schedule.registry import SchedulerSpec, resolve_scheduler
+from lightning_optim.schedule.registry import (
+    CLOSED_FORM_NAMES,
+    RunsClosedForm,
+    SchedulerSpec,
+    TorchScheduler,
+    resolve_scheduler,
+)
 
 __all__ = [
     "NamedOptimSpec",
@@ -36,6 +49,7 @@ __all__ = [
     "clipping_specs",
     "resolve_optim_config",
     "section_keys",
+    "spike_guard_specs",
     "validate_optim_config",
     "warn_on_zero_lr",
 ]
@@ -51,6 +65,8 @@ class OptimSpec:
         optimizer: the optimizer with its parameter-group rules.
         scheduler: the scheduler, or None for a constant lr.
         clipping: the adaptive clipping, or None (the Trainer's ``gradient_clip_val``, if any, clips).
+        spike_guard: the spike guard, or None.
+        resume: how a fit started from a checkpoint goes on (the defaults when the config has no ``resume``).
 
     Examples:
         >>> spec = resolve_optim_config({"optimizer": {"name": "adamw"}, "scheduler": {"name": "step", "step_size": 2}})
@@ -62,6 +78,8 @@ class OptimSpec:
     optimizer: OptimizerSpec
     scheduler: SchedulerSpec | None
     clipping: ClippingSpec | None = None
+    spike_guard: SpikeGuardSpec | None = None
+    resume: ResumeSpec = field(default_factory=ResumeSpec)
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ class OptimizerSetSpec:
     Attributes:
         config: the config as plain containers (what ``hparams`` and checkpoints store).
         members: each named optimizer, in the order ``configure_optimizers`` returns them.
+        resume: how a fit started from a checkpoint goes on, for every optimizer.
 
     Examples:
         >>> spec = resolve_optim_config({"optimizers": {
@@ -108,6 +127,7 @@ class OptimizerSetSpec:
 
     config: dict[str, Any]
     members: tuple[NamedOptimSpec, ...]
+    resume: ResumeSpec = field(default_factory=ResumeSpec)
 
 
 def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> OptimSpec | OptimizerSetSpec:
@@ -121,30 +141,99 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
     """
     plain = to_plain_config(config)
     _refuse_nonfinite(plain, "")
+    resume = resolve_resume(plain.pop(RESUME_KEY)) if RESUME_KEY in plain else None
+    kept = {RESUME_KEY: resume.config} if resume is not None else {}
     if OPTIMIZERS_KEY not in plain:
-        return _resolve_section(plain)
+        single = _resolve_section(plain)
+        _check_resume(resume, [(single.scheduler, "scheduler")])
+        return dataclasses.replace(single, config={**single.config, **kept}, resume=resume or ResumeSpec())
     members = []
     for name, section in plain[OPTIMIZERS_KEY].items():
         with section_keys(f"{OPTIMIZERS_KEY}.{name}"):
             spec = _resolve_section({key: value for key, value in section.items() if key != "params"})
         members.append(NamedOptimSpec(name, re.compile(section["params"]), spec))
+    _check_resume(resume, [(member.spec.scheduler, f"{member.where}.scheduler") for member in members])
     validated = {
-        OPTIMIZERS_KEY: {member.name: {"params": member.params.pattern, **member.spec.config} for member in members}
+        OPTIMIZERS_KEY: {member.name: {"params": member.params.pattern, **member.spec.config} for member in members},
+        **kept,
     }
-    return OptimizerSetSpec(validated, tuple(members))
+    return OptimizerSetSpec(validated, tuple(members), resume or ResumeSpec())
+
+
+def _check_resume(resume: ResumeSpec | None, schedulers: list[tuple[SchedulerSpec | None, str]]) -> None:
+    """Refuse a policy that re-bases the schedule (restart, rewarm, a state warmup) of a schedule without a closed
+    form: plateau and torch's schedulers keep their position in their own state."""
+    if resume is None or not resume.rebases_schedule:
+        return
+    key, value = (
+        ("schedule", resume.schedule)
+        if resume.schedule != "keep"
+        else ("state_warmup_steps", resume.state_warmup_steps)
+    )
+    for scheduler, where in schedulers:
+        if scheduler is None or not isinstance(scheduler.info, RunsClosedForm):
+            name = None if scheduler is None else scheduler.config.get("name", scheduler.config.get("_target_"))
+            raise config_error(
+                f"{RESUME_KEY}.{key}",
+                value,
+                f"{'keep' if key == 'schedule' else 0} (the schedule as the checkpoint has it): optim_config.{where} "
+                f"is {name!r}, and restart, rewarm and state_warmup_steps re-base closed-form schedules only ("
+                + ", ".join(CLOSED_FORM_NAMES)
+                + ", sequential; for a constant lr, scheduler: {name: warmup_constant})",
+            )
 
 
 def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
-    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"])
+    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"], plain.get(LAYER_DECAY_KEY))
     scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
     clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
+    if optimizer.lr_scaling is not None and scheduler is not None and _cycles_own_lr(scheduler):
+        raise config_error(
+            f"optimizer.{LR_SCALING_KEY}",
+            plain["optimizer"][LR_SCALING_KEY],
+            f"no lr_scaling with scheduler {plain['scheduler'].get('name') or plain['scheduler'].get('_target_')!r}, "
+            "which sets every group's lr from its own arguments: scale those (base_lr, max_lr) instead",
+        )
+    scaling = {LR_SCALING_KEY: optimizer.lr_scaling.config} if optimizer.lr_scaling is not None else {}
+    guard = _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer) if plain.get(SPIKE_GUARD_KEY) is not None else None
     validated = {
-        "optimizer": {**plain["optimizer"], **optimizer.options},
+        "optimizer": {**plain["optimizer"], **optimizer.options, **scaling},
         "param_groups": list(optimizer.rules),
         "scheduler": scheduler.config if scheduler is not None else None,
         **({CLIPPING_KEY: clipping.config} if clipping is not None else {}),
+        **({SPIKE_GUARD_KEY: guard.config} if guard is not None else {}),
+        **({LAYER_DECAY_KEY: optimizer.layer_decay.config} if optimizer.layer_decay is not None else {}),
     }
-    return OptimSpec(validated, optimizer, scheduler, clipping)
+    return OptimSpec(validated, optimizer, scheduler, clipping, guard)
+
+
+def _resolve_guard(section: Any, optimizer: OptimizerSpec) -> SpikeGuardSpec:
+    guard = resolve_spike_guard(section)
+    if issubclass(optimizer.info.cls, torch.optim.LBFGS):
+        raise OptimConfigError(
+            "optim_config.spike_guard with LBFGS is not supported: LBFGS evaluates the loss and gradients several "
+            "times per step, so there is no one value per step to guard. Remove spike_guard, or use another optimizer."
+        )
+    return guard
+
+
+def spike_guard_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, SpikeGuardSpec]:
+    """The ``spike_guard`` sections in use, by optimizer name (None: the single form).
+
+    Examples:
+        >>> spec = resolve_optim_config({"optimizer": {"name": "sgd"}, "spike_guard": {"on": "loss"}})
+        >>> spike_guard_specs(spec)
+        {None: SpikeGuardSpec(config={'on': 'loss'})}
+    """
+    if isinstance(spec, OptimSpec):
+        return {None: spec.spike_guard} if spec.spike_guard is not None else {}
+    return {member.name: member.spec.spike_guard for member in spec.members if member.spec.spike_guard is not None}
+
+
+def _cycles_own_lr(scheduler: SchedulerSpec) -> bool:
+    """cyclic and onecycle recompute every lr from their own ``base_lr``/``max_lr`` at each step."""
+    info = scheduler.info
+    return isinstance(info, TorchScheduler) and issubclass(info.scheduler_class, (CyclicLR, OneCycleLR))
 
 
 def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, ClippingSpec]:
@@ -173,7 +262,7 @@ def section_keys(where: str) -> Iterator[None]:
         Traceback (most recent call last):
         ...
         lightning_optim.errors.OptimConfigError: optim_config.optimizers.generator.optimizer.lr = -1 is not valid. \
-Expected a learning rate >= 0, e.g. 1e-3.
+Expected a learning rate >= 0 and at most 3.403e+38 (float32's largest), e.g. 1e-3.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -7,7 +7,13 @@
   ``weights_only=False`` for a checkpoint it trusts; a URL is fetched to a temporary local file first;
 - a missing, empty, truncated or corrupted file is refused before anything is unpickled (``verify_checkpoint``);
 - a save writes a temporary file beside the target and renames it over the target, so a failed save (a full disk)
-  leaves the previous checkpoint as it was.
+  leaves the previous checkpoint as it was; a successful save removes the temporary files that earlier saves into
+  that directory left behind (a process killed mid-save);
+- Lightning's tuners (``Tuner.lr_find``, ``Tuner.scale_batch_size`` and their callbacks) save the model to a hidden
+  ``.lr_find_<uuid>.ckpt`` / ``.scale_batch_size_<uuid>.ckpt`` and load it back after their search: such a file that
+  this object saved in this process, unchanged since (SHA-256), is loaded with full trust (it may hold what
+  ``weights_only=True`` refuses, e.g. an ``nn.Module`` in ``hparams``) and deleted once read. Every other file,
+  also one with a tuner's name, is loaded as data.
 
 Examples:
     >>> import lightning as L
@@ -20,9 +26,12 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
+import hashlib
 import os
 import pickle
+import re
 import tempfile
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,6 +43,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from typing_extensions import override
 
+from lightning_optim.errors import CheckpointError
+
 __all__ = ["CheckpointError", "SafeCheckpointIO", "verify_checkpoint"]
 
 OPT_OUT = (
@@ -41,18 +52,6 @@ OPT_OUT = (
     "(lightning-optim-train: `trust_checkpoint=true`); a class of your own that is safe to rebuild can be allowed "
     "alone with `torch.serialization.add_safe_globals([YourClass])`."
 )
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is not loaded (missing, damaged, or holding objects whose unpickling could run code) or saved.
-
-    Examples:
-        >>> try:
-        ...     verify_checkpoint("missing.ckpt")
-        ... except CheckpointError as error:
-        ...     print(error)
-        Checkpoint missing.ckpt does not exist or is not a file.
-    """
 
 
 def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
@@ -78,7 +77,7 @@ def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
         >>> verify_checkpoint(path, name="last.ckpt")
         Traceback (most recent call last):
         ...
-        lightning_optim.fit.checkpoints.CheckpointError: Checkpoint last.ckpt (100 bytes) is not a zip archive ...
+        lightning_optim.errors.CheckpointError: Checkpoint last.ckpt (100 bytes) is not a zip archive ...
     """
     name = name or os.fspath(path)
     if not os.path.isfile(path):
@@ -86,21 +85,44 @@ def verify_checkpoint(path: _PATH, name: str | None = None) -> None:
     size = os.path.getsize(path)
     if size == 0:
         raise CheckpointError(f"Checkpoint {name} is empty (0 bytes): the save that wrote it did not finish.")
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+        damage = _first_damaged_entry(path) if is_zip else None
+    # A flipped byte in the archive's headers surfaces as whatever zipfile trips over: a bad name encoding
+    # (UnicodeDecodeError), an unknown version or compression (NotImplementedError), an "encrypted" flag
+    # (RuntimeError), a bad offset (OSError, EOFError), a bad number (ValueError).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, ValueError, OSError, EOFError) as error:
+        raise CheckpointError(
+            f"Checkpoint {name} is a damaged zip archive ({type(error).__name__}: {error}): its bytes changed after "
+            "they were written, or it is not a checkpoint. Resume from another checkpoint."
+        ) from None
+    if not is_zip:
         raise CheckpointError(
             f"Checkpoint {name} ({size} bytes) is not a zip archive (the format torch.save writes): it is truncated, "
             "corrupted or not a checkpoint."
         )
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged_entry = archive.testzip()
-    except zipfile.BadZipFile as error:
-        raise CheckpointError(f"Checkpoint {name} is a damaged zip archive: {error}.") from None
-    if damaged_entry is not None:
+    if damage is not None:
+        entry, problem = damage
         raise CheckpointError(
-            f"Checkpoint {name} is corrupted: entry {damaged_entry!r} fails its CRC check (its bytes changed after "
-            "they were written). Resume from another checkpoint."
+            f"Checkpoint {name} is corrupted: entry {entry!r} {problem} (its bytes changed after they were written). "
+            "Resume from another checkpoint."
         )
+
+
+_DOS_DIRECTORY = 0x10
+"""The MS-DOS directory bit of a zip entry's external attributes."""
+
+
+def _first_damaged_entry(path: _PATH) -> tuple[str, str] | None:
+    """The first entry that fails its CRC check or is flagged as a directory, and what is wrong with it."""
+    with zipfile.ZipFile(path) as archive:
+        # miniz, which torch.load reads with, takes an entry with the directory bit for a directory and hands back
+        # other bytes for its tensor; zipfile's CRC check ignores the bit.
+        flagged = next((info for info in archive.infolist() if info.external_attr & _DOS_DIRECTORY), None)
+        if flagged is not None:
+            return flagged.filename, "is flagged as a directory in the archive's index"
+        failed = archive.testzip()
+        return (failed, "fails its CRC check") if failed is not None else None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -117,11 +139,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
         ['last.ckpt']
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._tuner_checkpoints: dict[str, str] = {}
+        """The tuner checkpoints this object saved and has not loaded yet: absolute path -> SHA-256 of the file."""
+
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        """Write ``checkpoint`` to a temporary file beside ``path``, fsync it, then rename it over ``path``.
+        """Write ``checkpoint`` to a temporary file beside ``path``, fsync it, then rename it over ``path``; then
+        remove the temporary files that earlier saves into that directory left behind.
 
-        A remote path (an fsspec URL) is saved the way Lightning saves it.
+        A remote path (an fsspec URL) is saved the way Lightning saves it. A tuner's checkpoint is remembered (see
+        the module's docstring).
 
         Args:
             checkpoint: The checkpoint dictionary.
@@ -133,6 +162,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         _save_atomically(checkpoint, local_path)
+        if _TUNER_CHECKPOINT.fullmatch(os.path.basename(local_path)):
+            self._tuner_checkpoints[os.path.abspath(local_path)] = _sha256(local_path)
 
     @override
     def load_checkpoint(
@@ -157,6 +188,15 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 unpickling could run code; the message names the key that holds it and the global it needs.
         """
         name = os.fspath(path)
+        own_tuner_checkpoint = self._own_tuner_checkpoint(path)
+        if own_tuner_checkpoint is not None and weights_only is not True:
+            try:
+                verify_checkpoint(own_tuner_checkpoint, name=name)
+                return torch.load(own_tuner_checkpoint, map_location=map_location, weights_only=False)
+            finally:
+                # Read once, after the search: removed even when restoring from it fails.
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(own_tuner_checkpoint)
         with _local_copy(path) as local_file:
             verify_checkpoint(local_file, name=name)
             if weights_only is False:
@@ -165,6 +205,40 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 return torch.load(local_file, map_location=map_location, weights_only=True)
             except pickle.UnpicklingError as error:
                 raise CheckpointError(_unsafe_checkpoint_message(local_file, name, error)) from None
+            except Exception as error:  # weights_only loading calls no code of the file's: any other error is damage
+                reason = str(error).splitlines()[0] if str(error) else ""
+                raise CheckpointError(
+                    f"Checkpoint {name} could not be read ({type(error).__name__}: {reason}): its zip entries pass "
+                    "their CRC checks, but its headers are damaged or it is not a checkpoint torch can read. Resume "
+                    "from another checkpoint."
+                ) from error
+
+    def _own_tuner_checkpoint(self, path: _PATH) -> str | None:
+        """The local path of ``path`` if it is a tuner checkpoint this object saved and nobody changed since."""
+        local_path = _local_path(path)
+        if local_path is None:
+            return None
+        digest = self._tuner_checkpoints.pop(os.path.abspath(local_path), None)
+        if digest is None or not os.path.isfile(local_path) or _sha256(local_path) != digest:
+            return None
+        return local_path
+
+
+_TUNER_CHECKPOINT = re.compile(
+    r"\.(lr_find|scale_batch_size)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.ckpt"
+)
+"""The names Lightning's lr finder and batch-size finder give the checkpoint they restore the model from."""
+
+_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+"""The names of :func:`_save_atomically`'s temporary files: ``.<target name>.<8 hex digits>.tmp``."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _local_path(path: _PATH) -> str | None:
@@ -195,6 +269,7 @@ def _save_atomically(checkpoint: dict[str, Any], path: str) -> None:
     os.makedirs(directory, exist_ok=True)
     # Not ".ckpt": ModelCheckpoint's search for last*.ckpt must never pick up a half-written file.
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    started = time.time()
     try:
         with open(temporary, "xb") as file:
             torch.save(checkpoint, file)
@@ -210,6 +285,20 @@ def _save_atomically(checkpoint: dict[str, Any], path: str) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(temporary)
+    _remove_stale_temporaries(directory, started)
+
+
+def _remove_stale_temporaries(directory: str, before: float) -> None:
+    """Remove the temporary files of saves into ``directory`` that never finished (a process killed mid-save):
+    names :func:`_save_atomically` gives, last written before ``before`` (a save under way writes on)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not _TEMPORARY.fullmatch(entry.name):
+                continue
+            # Gone already (another save swept it) or not removable: the checkpoint itself was saved all the same.
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
+                    os.remove(entry.path)
 
 
 def _unsafe_checkpoint_message(local_file: str, name: str, error: pickle.UnpicklingError) -> str:

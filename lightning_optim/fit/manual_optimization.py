@@ -20,7 +20,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import LRScheduler
 
-from lightning_optim.clipping.clip import algorithm_name, check_threshold
+from lightning_optim.clipping.arithmetic import algorithm_name, check_threshold
 
 __all__ = [
     "SchedulerStepCheck",

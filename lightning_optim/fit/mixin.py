@@ -31,7 +31,8 @@ from omegaconf import DictConfig
 from typing_extensions import override
 
 from lightning_optim.clipping.adaptive import clipped_sections, refuse_explicit_threshold, refuse_trainer_threshold
-from lightning_optim.clipping.clip import ClipResult, ClipState, check_clip_threshold, clip_for_step, fsdp_model
+from lightning_optim.clipping.arithmetic import ClipResult, check_clip_threshold
+from lightning_optim.clipping.step import ClipState, clip_for_step, fsdp_model
 from lightning_optim.config.optim_config import OptimConfig
 from lightning_optim.config.optimizer_sets import build_optimizer_set
 from lightning_optim.config.validation import (
@@ -40,6 +41,7 @@ from lightning_optim.config.validation import (
     OptimSpec,
     clipping_specs,
     resolve_optim_config,
+    spike_guard_specs,
     warn_on_zero_lr,
 )
 from lightning_optim.errors import OptimConfigError
@@ -98,6 +100,9 @@ class OptimMixin(_LightningModule):
     * ``plateau`` steps once after each validation run of ``fit`` that logged ``monitor``, never on a stale
       value; a ``monitor`` the validation run did not log is an error listing the metrics that exist (raised
       already in Lightning's sanity check when a logged metric's name is close to it, i.e. a likely typo).
+    * ``optimizer.lr_scaling: {rule: linear | sqrt, base_batch_size: 256}`` scales every group's lr to the run's
+      effective batch size (train loader's batch size x world size x accumulation), following a ``BatchSizeFinder``,
+      each ``GradientAccumulationScheduler`` stage and resumes; the schedule follows the scaled base lrs.
     * ``model.lr`` is ``optim_config.optimizer.lr``, which Lightning's lr finder (``Tuner.lr_find``,
       ``LearningRateFinder``) reads and sets; the run after it warms up from the found lr.
     * A ``configure_optimizers`` assigned on the instance over the mixin's (LightningCLI's ``--optimizer``) is refused
@@ -230,7 +235,7 @@ class OptimMixin(_LightningModule):
             return self._configure_optimizer_set(spec, driver, trainer, saved)
         optimizer = build_optimizer(self, spec.optimizer)
         _report_split(optimizer)
-        record = OptimizerRecord(optimizer)
+        record = OptimizerRecord(optimizer, lr_scaling=spec.optimizer.lr_scaling)
         self._configure_clipping(spec, driver, trainer, [record])
         if spec.scheduler is not None:
             record.run_length = RunLength(spec.scheduler, record.where)
@@ -261,6 +266,7 @@ class OptimMixin(_LightningModule):
                 built,
                 lengths.get(member.name) if built is not None else None,
                 strict=member.spec.scheduler.config.get("strict", True) if member.spec.scheduler else True,
+                lr_scaling=member.spec.optimizer.lr_scaling,
             )
             for member, (optimizer, built) in zip(spec.members, build_optimizer_set(self, spec, length), strict=True)
         ]
@@ -288,11 +294,13 @@ class OptimMixin(_LightningModule):
         trainer: L.Trainer | None,
         records: list[OptimizerRecord],
     ) -> None:
-        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit; refused beside gradient_clip_val."""
+        """Each optimizer's adaptive threshold (``clipping``), fresh for each fit, refused beside gradient_clip_val;
+        and its spike guard (``spike_guard``)."""
         specs = clipping_specs(spec)
         refuse_trainer_threshold(trainer, clipped_sections(specs))
         driver.configure_clipping(trainer, specs, records)
         self.clip_state.adaptive = driver.thresholds is not None
+        driver.configure_spike_guard(trainer, spike_guard_specs(spec), records)
 
     def _keep(self, driver: FitDriver, records: list[OptimizerRecord]) -> None:
         driver.records = records
@@ -324,15 +332,28 @@ class OptimMixin(_LightningModule):
         """Clip as Lightning's ``gradient_clip_val``/``gradient_clip_algorithm`` ask, keeping what clipping measured.
 
         The total norm before clipping, the norm after it and whether it fired stay on the device in
-        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.clip.ClipResult`), for the monitors: no second
-        pass over the gradients, no host sync. :func:`~lightning_optim.clipping.clip.clip_for_step` decides how: a fused
+        ``self.clip_state.last`` (a :class:`~lightning_optim.clipping.arithmetic.ClipResult`), for the monitors: no
+        second
+        pass over the gradients, no host sync. :func:`~lightning_optim.clipping.step.clip_for_step` decides how: a fused
         optimizer (torch's Adam, AdamW, SGD with ``fused=True``) clipping by norm does the scaling in its own step
         (set ``fold_clipping = False`` on the class to always scale the gradients here); FSDP clips through the
         wrapper's ``clip_grad_norm_``; under AMP's ``GradScaler`` the still-scaled gradients of a fused optimizer are
         measured and reported unscaled; ``GradNormMonitor(nonfinite="skip")`` (``clip_state.skip_nonfinite``) skips
-        steps whose total norm is NaN/Inf, BatchNorm running statistics included.
+        steps whose total norm is NaN/Inf, BatchNorm running statistics included. Then an optimizer with a
+        ``spike_guard`` decides, on the device, whether to skip this step
+        (:meth:`~lightning_optim.fit.driver.FitDriver.guard_step`).
         """
         self.clip_state.last = self._clip_for_step(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if (driver := driver_of(self)) is not None and driver.guards is not None:
+            driver.guard_step(attached_trainer(self), optimizer, self.clip_state.last, self)
+
+    def spike_guard_loss(self, loss: torch.Tensor) -> None:
+        """Under manual optimization, give the spike guard (``spike_guard: {on: loss}``) the loss of the coming
+        ``opt.step()``: call it in ``training_step`` before the step (several calls in one step add up). Under
+        automatic optimization the loss ``training_step`` returns is taken by itself.
+        """
+        if (driver := driver_of(self)) is not None:
+            driver.spike_guard_loss(loss)
 
     def _adaptive_threshold(self, optimizer: Any) -> Any:
         driver = driver_of(self)

@@ -39,6 +39,8 @@ import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lightning_optim.errors import checkpoint_error
+from lightning_optim.fit.resume import ResumedSchedule
 from lightning_optim.internals import resumed_epoch, stepping_batches_done, swa_batchnorm_epochs
 from lightning_optim.schedule.lr_schedulers import ClosedFormLR
 from lightning_optim.schedule.registry import SCHEDULERS, SchedulerSpec, needs_run_length
@@ -47,10 +49,14 @@ if TYPE_CHECKING:
     import lightning as L
     from torch.optim.lr_scheduler import LRScheduler
 
+    from lightning_optim.schedule.closed_form import Schedule
+
 __all__ = [
     "ResumeConfigWarning",
     "RunLength",
     "RunLengthWarning",
+    "check_saved_run_lengths",
+    "epoch_accumulation",
     "optimizer_steps",
     "resumed_run_length",
     "run_length",
@@ -92,7 +98,7 @@ def optimizer_steps(trainer: L.Trainer, at_epoch_start: bool = False) -> int | N
     epoch = trainer.current_epoch
     done, accumulation = (0, None) if at_epoch_start else resumed_epoch(trainer)
     if accumulation is None:
-        accumulation = _accumulation(trainer, epoch)
+        accumulation = epoch_accumulation(trainer, epoch)
     steps = stepping_batches_done(trainer) + _steps_in_epochs(trainer, epoch + 1, max_epochs, batches)
     if epoch < max_epochs:  # a run resumed from its very last step has no epoch under way
         steps += math.ceil(batches / accumulation) - done // accumulation
@@ -117,7 +123,11 @@ def _accumulation_schedule(trainer: L.Trainer) -> Any:
     return next((cb for cb in _callbacks(trainer) if isinstance(cb, GradientAccumulationScheduler)), None)
 
 
-def _accumulation(trainer: L.Trainer, epoch: int) -> int:
+def epoch_accumulation(trainer: L.Trainer, epoch: int) -> int:
+    """The gradient accumulation of ``epoch``: a ``GradientAccumulationScheduler``'s factor for it, else the Trainer's.
+
+    Read from the schedule itself, so it holds in any hook of that epoch, whichever callback runs first.
+    """
     schedule = _accumulation_schedule(trainer)
     return schedule.get_accumulate_grad_batches(epoch) if schedule is not None else trainer.accumulate_grad_batches
 
@@ -128,7 +138,7 @@ def _steps_in_epochs(trainer: L.Trainer, start: int, stop: int, batches: int) ->
     changes = [epoch for epoch in (schedule.epochs if schedule is not None else []) if start < epoch < stop]
     bounds = [start, *changes, stop]
     return sum(
-        max(end - begin, 0) * math.ceil(batches / _accumulation(trainer, begin))
+        max(end - begin, 0) * math.ceil(batches / epoch_accumulation(trainer, begin))
         for begin, end in itertools.pairwise(bounds)
     )
 
@@ -155,6 +165,53 @@ def saved_run_length(spec: Mapping[str, Any], length: int | None) -> dict[str, A
         {'interval': 'epoch', 'length': 8}
     """
     return {"interval": spec.get("interval", "step"), "length": length}
+
+
+MAX_RUN_LENGTH = 2**53
+"""The longest run length a checkpoint may hold: every count up to it is exact as a float, as schedules compute."""
+
+
+def check_saved_run_lengths(records: Any, key: str = "optim_run_lengths") -> list[dict[str, Any]] | None:
+    """Check the run-length records a checkpoint holds (a list of :func:`saved_run_length`, each with its optimizer's
+    name when there are several) before a resumed schedule is built from them.
+
+    Args:
+        records: The checkpoint's entry, or None when it has none.
+        key: The entry's key, named in errors.
+
+    Returns:
+        ``records`` as they are.
+
+    Raises:
+        CheckpointError: a record of another shape or a length no run could have had, naming its key path
+            (``optim_run_lengths[0].length``).
+
+    Examples:
+        >>> check_saved_run_lengths([{"interval": "step", "length": 100}])
+        [{'interval': 'step', 'length': 100}]
+        >>> check_saved_run_lengths([{"interval": "step", "length": -5}])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.CheckpointError: Checkpoint entry optim_run_lengths[0].length = -5 is not valid: ...
+    """
+    if records is None:
+        return None
+    if not isinstance(records, list):
+        raise checkpoint_error(key, records, "a list of {interval, length} records, one per scheduler")
+    for index, record in enumerate(records):
+        where = f"{key}[{index}]"
+        if not isinstance(record, Mapping) or not {"interval", "length"} <= set(record):
+            raise checkpoint_error(where, record, "a mapping with the keys interval and length (and optimizer)")
+        if record["interval"] not in ("step", "epoch"):
+            raise checkpoint_error(f"{where}.interval", record["interval"], "'step' or 'epoch'")
+        length = record["length"]
+        if length is not None and (type(length) is not int or not 1 <= length <= MAX_RUN_LENGTH):
+            expected = f"an int in [1, {MAX_RUN_LENGTH}] (the run's length in {record['interval']}s), or None"
+            raise checkpoint_error(f"{where}.length", length, expected)
+        if "optimizer" in record and not isinstance(record["optimizer"], str):
+            expected = "the name of one of optim_config.optimizers"
+            raise checkpoint_error(f"{where}.optimizer", record["optimizer"], expected)
+    return records
 
 
 def resumed_run_length(spec: Mapping[str, Any], saved: Mapping[str, Any] | None, length: int | None) -> int | None:
@@ -281,6 +338,9 @@ class RunLength:
         self._pinned = False
         self._warned = False
         self._tuners: tuple[Any, ...] = ()
+        self.resumed: ResumedSchedule | None = None
+        """How a resumed schedule goes on (``optim_config.resume``), or None: the configured schedule as it is."""
+        self._rebuild = False
 
     def at_build(self, trainer: L.Trainer | None, saved: Mapping[str, Any] | None = None) -> int | None:
         """The length to build the scheduler with: the trainer's, or a resumed checkpoint's ``saved`` record."""
@@ -301,6 +361,24 @@ class RunLength:
             self.length, self._resumed = kept, True
         return self.length
 
+    def resume_with(self, resumed: ResumedSchedule | None, follows_run: bool) -> None:
+        """Run the schedule as ``resumed`` says from the next :meth:`follow` on (None: the configured schedule).
+
+        ``follows_run``: the resume policy re-bases the schedule at this resume, so it runs over the new run's length
+        and a length other than the checkpoint's is what was asked for (no :class:`ResumeConfigWarning`).
+        """
+        self.resumed = resumed
+        self._rebuild = resumed is not None
+        if follows_run:
+            self._resumed = self._pinned = False
+
+    def schedule(self, length: int | None) -> Schedule:
+        """The schedule over a run of ``length``: the configured one, or its resumed form (:attr:`resumed`)."""
+        if self.resumed is not None:
+            return self.resumed.build(self.spec, length)
+        assert length is not None  # follow builds the configured schedule only over a known length
+        return self.spec.schedule(length)
+
     def saved(self) -> dict[str, Any]:
         """The record a checkpoint keeps (:func:`saved_run_length`)."""
         return saved_run_length(self.spec.config, self.length)
@@ -312,21 +390,23 @@ class RunLength:
         during a tuner's trial runs (``BatchSizeFinder``, ``LearningRateFinder``: Lightning swaps the trainer's
         callbacks out while they run) change nothing.
         """
-        if not self.spec.needs_run_length or self._in_tuner_trial(trainer):
+        if self._in_tuner_trial(trainer) or not (self.spec.needs_run_length or self._rebuild):
             return
-        now = run_length(trainer, self.spec.config, at_epoch_start)
-        if self._resumed:
-            self._resumed = False
-            self._pinned = now != self.length
-            if self._pinned:
-                message = run_length_changed(self.spec.config, self.length, now, self.where)
-                warnings.warn(message, ResumeConfigWarning, stacklevel=3)
-        target = self.length if self._pinned else now
+        target = self._built_with
+        if self.spec.needs_run_length:
+            now = run_length(trainer, self.spec.config, at_epoch_start)
+            if self._resumed:
+                self._resumed = False
+                self._pinned = now != self.length
+                if self._pinned:
+                    message = run_length_changed(self.spec.config, self.length, now, self.where)
+                    warnings.warn(message, ResumeConfigWarning, stacklevel=3)
+            target = self.length if self._pinned else now
         if isinstance(scheduler, ClosedFormLR):
-            if target is not None and target != self._built_with:
-                scheduler.schedule = self.spec.schedule(target)
+            if (target is not None and target != self._built_with) or self._rebuild:
+                scheduler.schedule = self.schedule(target)
                 scheduler.apply_schedule()
-                self._built_with = target
+                self._built_with, self._rebuild = target, False
             self.length = self._built_with
             return
         # torch's OneCycleLR keeps the length it was built with (or restored) in its own state.

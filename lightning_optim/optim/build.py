@@ -27,12 +27,14 @@ def build_optimizer(
     spec: OptimizerSpec | Mapping[str, Any],
     param_group_rules: Sequence[Mapping[str, Any]] = (),
     named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None,
+    layer_decay: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer ``spec`` describes over ``module``'s trainable parameters, grouped by the rules.
 
-    ``spec`` is an ``optimizer`` section with its ``param_group_rules``, checked here, or an :class:`OptimizerSpec`
-    (rules included) that validation already checked. Frozen parameters (``requires_grad=False``) stay out, so a
-    finetuning callback can add them later. ``named_parameters`` narrows the parameters to a selection of ``module``'s.
+    ``spec`` is an ``optimizer`` section with its ``param_group_rules`` and ``layer_decay`` section, checked here, or
+    an :class:`OptimizerSpec` (rules and layer decay included) that validation already checked. Frozen parameters
+    (``requires_grad=False``) stay out, so a finetuning callback can add them later. ``named_parameters`` narrows the
+    parameters to a selection of ``module``'s.
     A fused SGD's momentum starts from zero buffers, so a skipped first step cannot leave them uninitialised
     (:mod:`lightning_optim.optim.fused_sgd`).
 
@@ -41,7 +43,7 @@ def build_optimizer(
             with several groups, SparseAdam on dense gradients.
     """
     if not isinstance(spec, OptimizerSpec):
-        spec = resolve_optimizer(spec, param_group_rules)
+        spec = resolve_optimizer(spec, param_group_rules, layer_decay)
     optimizer = spec.info.cls(spec.groups(module, named_parameters), **spec.arguments())
     zero_momentum_before_first_step(optimizer)
     return optimizer

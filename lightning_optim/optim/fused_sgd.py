@@ -35,7 +35,7 @@ def zero_momentum_before_first_step(optimizer: torch.optim.Optimizer) -> None:
     A buffer is created for a parameter that already has its gradient when the step starts: under AMP's
     ``GradScaler`` the closure runs before ``scaler.step``, so every buffer the skipped step would leave uninitialised
     exists. When the closure runs inside the step (Lightning without AMP), the gradients are not there yet and torch's
-    own first step runs; :func:`~lightning_optim.clipping.clip.clip_for_step` then decides a skip on the host.
+    own first step runs; :func:`~lightning_optim.clipping.step.clip_for_step` then decides a skip on the host.
 
     Groups added later (``add_param_group``, finetuning callbacks) are covered too. Groups with ``dampening != 0``
     are left to torch: there a zero buffer would not equal torch's first step.

@@ -12,8 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +19,17 @@ import torch
 from torch import nn
 
 from lightning_optim.errors import config_error
-from lightning_optim.names import named_modules, plain_name
-from lightning_optim.optim.param_groups import RULE_KEYS, UnmatchedRuleWarning
+from lightning_optim.names import named_modules
+from lightning_optim.optim.param_groups import (
+    RULE_KEYS,
+    LayerDecay,
+    Placement,
+    Selector,
+    compile_rules,
+    group_name,
+    place_parameters,
+    warn_unmatched,
+)
 
 __all__ = ["MUON_KEY", "MuonWithAux", "muon_groups"]
 
@@ -236,18 +243,20 @@ def muon_groups(
     module: nn.Module,
     named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None,
     rules: Sequence[Mapping[str, Any]] = (),
-    patterns: Sequence[re.Pattern[str]] = (),
+    selectors: Sequence[Selector] | None = None,
     *,
     lr: float,
     aux_lr: float,
+    layer_decay: LayerDecay | None = None,
 ) -> list[dict[str, Any]]:
     """``module``'s trainable parameters in named groups for :class:`MuonWithAux`, each with ``use_muon`` and ``lr``.
 
     Hidden matrices (two or more dimensions, not in :func:`aux_parameter_ids`) go to Muon, the rest to the auxiliary
     optimizer; a rule's ``muon: true|false`` sends its parameters to one side. Rules match as in
-    :func:`~lightning_optim.optim.param_groups.group_parameters` (first match wins; ``lr_scale`` multiplies the lr of
-    the side a parameter lands on). Unmatched parameters form the groups ``muon`` and ``aux``; a rule's group keeps
-    its name, or becomes ``<name>/muon`` and ``<name>/aux`` when its parameters land on both sides.
+    :func:`~lightning_optim.optim.param_groups.group_parameters` (first match wins; ``lr_scale`` and ``layer_decay``
+    multiply the lr of the side a parameter lands on). Unmatched parameters form the groups ``muon`` and ``aux``; a
+    rule's group keeps its name, or becomes ``<name>/muon`` and ``<name>/aux`` when its parameters land on both sides;
+    under ``layer_decay`` each name ends in the depth (``muon/layer_2``).
 
     Raises:
         OptimConfigError: a rule sends a parameter of fewer than two dimensions to Muon.
@@ -255,19 +264,18 @@ def muon_groups(
     Examples:
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
         >>> rules = [{"name": "no_decay", "params": r"bias$|^1\\.", "weight_decay": 0.0}]
-        >>> groups = muon_groups(model, rules=rules, patterns=[re.compile(rules[0]["params"])], lr=0.02, aux_lr=3e-4)
+        >>> groups = muon_groups(model, rules=rules, lr=0.02, aux_lr=3e-4)
         >>> [(g["name"], len(g["params"]), g["lr"]) for g in groups]
         [('no_decay', 4, 0.0003), ('muon', 1, 0.02), ('aux', 1, 0.0003)]
     """
     if named_parameters is None:
         named_parameters = module.named_parameters()
+    if selectors is None:
+        selectors = compile_rules(rules)
     aux_ids = aux_parameter_ids(module)
-    members: dict[tuple[int, bool], list[nn.Parameter]] = {}
-    for name, parameter in named_parameters:
-        if not parameter.requires_grad:
-            continue
-        name = plain_name(name)
-        index = next((i for i, pattern in enumerate(patterns) if pattern.search(name)), len(rules))
+    members: dict[tuple[int, bool, int | None], list[Placement]] = {}
+    for placement in place_parameters(named_parameters, selectors, module, layer_decay, rules):
+        parameter, index = placement.parameter, placement.rule
         use_muon = rules[index].get(MUON_KEY) if index < len(rules) else None
         if use_muon is None:
             use_muon = parameter.ndim >= 2 and id(parameter) not in aux_ids
@@ -275,26 +283,26 @@ def muon_groups(
             raise config_error(
                 f"param_groups[{index}].{MUON_KEY}",
                 True,
-                f"false for a rule matching {name!r} of shape {tuple(parameter.shape)}: Muon takes matrices only",
+                f"false for a rule matching {placement.name!r} of shape {tuple(parameter.shape)}: Muon takes matrices "
+                "only",
             )
-        members.setdefault((index, use_muon), []).append(parameter)
+        members.setdefault((index, use_muon, placement.depth), []).append(placement)
     groups = []
     for index in range(len(rules) + 1):
         rule = rules[index] if index < len(rules) else {}
-        sides = [use_muon for use_muon in (True, False) if (index, use_muon) in members]
+        sides = [use_muon for use_muon in (True, False) if any(key[:2] == (index, use_muon) for key in members)]
         if index < len(rules) and not sides:
-            warnings.warn(
-                f"optim_config.param_groups[{index}] ({rule['name']!r}, params={rule['params']!r}) matched no "
-                "trainable parameter; check the regex against model.named_parameters().",
-                UnmatchedRuleWarning,
-                stacklevel=2,
-            )
+            warn_unmatched(index, rule)
         options = {key: value for key, value in rule.items() if key not in (*RULE_KEYS, MUON_KEY)}
         for use_muon in sides:
             side = _SIDE_NAMES[use_muon]
             name = side if not rule else rule["name"] if len(sides) == 1 else f"{rule['name']}/{side}"
             base = options.get("lr", lr if use_muon else aux_lr)
-            group = {**options, "params": members[(index, use_muon)], "name": name, "use_muon": use_muon}
-            group["lr"] = base * rule.get("lr_scale", 1.0)
-            groups.append(group)
+            keys = sorted((key for key in members if key[:2] == (index, use_muon)), key=lambda key: key[2] or 0)
+            for key in keys:
+                placed = members[key]
+                params = [placement.parameter for placement in placed]
+                group = {**options, "params": params, "name": group_name(name, key[2]), "use_muon": use_muon}
+                group["lr"] = base * rule.get("lr_scale", 1.0) * placed[0].decay
+                groups.append(group)
     return groups

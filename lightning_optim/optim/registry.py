@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import importlib
 import inspect
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,15 @@ from torch import nn
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.names import named_modules, named_parameters, plain_name
 from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
-from lightning_optim.optim.param_groups import RULE_KEYS, compile_rules, group_parameters
+from lightning_optim.optim.lr_scaling import LR_SCALING_KEY, LrScaling, resolve_lr_scaling
+from lightning_optim.optim.param_groups import (
+    RULE_KEYS,
+    LayerDecay,
+    Selector,
+    compile_rules,
+    group_parameters,
+    resolve_layer_decay,
+)
 from lightning_optim.targets import import_class
 from lightning_optim.value_types import conform, conform_section, constructor_types, expected
 
@@ -315,7 +322,7 @@ def check_effective_lrs(
     Raises:
         OptimConfigError: naming the rule's ``lr_scale``, its value and the lr it would give.
 
-    Example:
+    Examples:
         >>> check_effective_lrs(torch.optim.SGD, {"lr": 0.1}, [{"name": "head", "params": "^head", "lr_scale": 1e308}])
         Traceback (most recent call last):
         ...
@@ -389,9 +396,11 @@ class OptimizerSpec:
         info: the optimizer's info record.
         options: the constructor's keyword arguments, as it takes them.
         rules: the parameter-group rules, their options as the constructor takes them.
-        patterns: each rule's compiled ``params`` regex.
+        selectors: what each rule selects (``params``, ``ndim``, ``module``), checked.
         settings: the section's keys that are not constructor arguments (:attr:`OptimizerInfo.settings`), checked.
         aux: the auxiliary optimizer's section, checked (``muon``'s ``aux``; ``None`` for every other optimizer).
+        layer_decay: ``optim_config.layer_decay``, checked, or None.
+        lr_scaling: ``optimizer.lr_scaling``, checked, or None (the fit applies it: it needs the run's batch size).
 
     Examples:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
@@ -402,9 +411,11 @@ class OptimizerSpec:
     info: OptimizerInfo
     options: dict[str, Any]
     rules: tuple[dict[str, Any], ...] = ()
-    patterns: tuple[re.Pattern[str], ...] = ()
+    selectors: tuple[Selector, ...] = ()
     settings: dict[str, int] = dataclasses.field(default_factory=dict)
     aux: OptimizerSpec | None = None
+    layer_decay: LayerDecay | None = None
+    lr_scaling: LrScaling | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The constructor's keyword arguments: :attr:`options`, the auxiliary optimizer as a factory of its groups."""
@@ -437,14 +448,21 @@ class OptimizerSpec:
             lr = self.lr
             matched = self.options.get("adjust_lr_fn") == "match_rms_adamw"
             aux_lr = self.aux.options.get("lr", lr if matched else default_lr(self.aux.info.cls))
-            groups = muon_groups(module, selection, self.rules, self.patterns, lr=lr, aux_lr=aux_lr)
+            groups = muon_groups(
+                module, selection, self.rules, self.selectors, lr=lr, aux_lr=aux_lr, layer_decay=self.layer_decay
+            )
             if not groups:
                 raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
             return groups
-        scaled = any("lr_scale" in rule for rule in self.rules)
+        scaled = self.layer_decay is not None or any("lr_scale" in rule for rule in self.rules)
         defaults = {**self.options, "lr": self.lr} if scaled else self.options
         groups = group_parameters(
-            module.named_parameters() if selection is None else selection, self.rules, defaults, self.patterns
+            module.named_parameters() if selection is None else selection,
+            self.rules,
+            defaults,
+            self.selectors,
+            module,
+            self.layer_decay,
         )
         self.info.check_groups(module, groups, selection)
         if not groups:
@@ -452,8 +470,10 @@ class OptimizerSpec:
         return groups
 
 
-def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] = ()) -> OptimizerSpec:
-    """Check an ``optimizer`` section and the ``param_groups`` rules once, for every later build.
+def resolve_optimizer(
+    section: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] = (), layer_decay: Mapping[str, Any] | None = None
+) -> OptimizerSpec:
+    """Check an ``optimizer`` section, the ``param_groups`` rules and ``layer_decay`` once, for every later build.
 
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule.
@@ -461,13 +481,15 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
     info = optimizer_info(section)
     settings = info.check_settings(section, "optimizer")
     arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
+    lr_scaling = resolve_lr_scaling(arguments.pop(LR_SCALING_KEY)) if LR_SCALING_KEY in arguments else None
+    decay = resolve_layer_decay(layer_decay) if layer_decay is not None else None
     aux = aux_section = None
     if info.aux is not None:
         aux_section = arguments.pop("aux", {"name": info.aux})
         aux = _resolve_aux(aux_section)
     options = check_options(info.cls, arguments, "optimizer")
     check_required_arguments(info.cls, options, "optimizer")
-    patterns = compile_rules(rules)
+    selectors = compile_rules(rules)
     if aux is None:
         checked_rules = check_rule_options(info.cls, rules)
         check_effective_lrs(info.cls, options, checked_rules)
@@ -475,7 +497,7 @@ def resolve_optimizer(section: Mapping[str, Any], rules: Sequence[Mapping[str, A
         named = {key: value for key, value in aux_section.items() if key in _SPEC_KEYS}
         options["aux"] = {**named, **aux.options}
         checked_rules = _check_muon_rules(aux.info.cls, rules)
-    return OptimizerSpec(info, options, tuple(checked_rules), tuple(patterns), settings, aux)
+    return OptimizerSpec(info, options, tuple(checked_rules), tuple(selectors), settings, aux, decay, lr_scaling)
 
 
 def _resolve_aux(section: Any) -> OptimizerSpec:

@@ -30,9 +30,12 @@ __all__ = [
     "ExponentialDecay",
     "InverseSqrt",
     "MultiStepDecay",
+    "Offset",
     "Polynomial",
+    "Rewarm",
     "Schedule",
     "Sequential",
+    "StateWarmup",
     "StepDecay",
     "WarmupCosine",
     "WarmupStableDecay",
@@ -41,6 +44,10 @@ __all__ = [
 MOST_STAIRS = 1000
 """The most stairs of a step decay (or restarts of ``cosine_restarts``) :meth:`Schedule.boundaries` lists one by one
 (a preview draws them exactly)."""
+
+DEFAULT_DECAY_RATIO = 0.2
+"""The share of the run :class:`WarmupStableDecay` decays over when neither ``decay_ratio`` nor ``decay_start_step``
+is given."""
 
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 """The shapes of :class:`WarmupStableDecay`'s decay phase."""
@@ -183,10 +190,13 @@ class Polynomial(_DecayToFloor):
 class WarmupStableDecay(_DecayToFloor):
     """Warmup-stable-decay (WSD): warmup, the peak held, then a decay to ``min_lr_ratio`` over the run's last part.
 
-    The decay phase is the last ``decay_ratio`` of the ``total_steps`` (``T``): it starts at
-    ``D0 = T - round(decay_ratio * T)`` (Python's ``round``, half to even, as ``warmup_ratio`` rounds), but never
-    before the warmup ends: when warmup and decay together exceed the run, the decay takes the steps after the
-    warmup (``decay_ratio=1`` is a warmup, then a decay over the rest). Between the warmup and ``D0`` the factor is
+    The decay phase is the last ``decay_ratio`` of the ``total_steps`` (``T``; 0.2 when neither ``decay_ratio`` nor
+    ``decay_start_step`` is given): it starts at ``D0 = T - round(decay_ratio * T)`` (Python's ``round``, half to
+    even, as ``warmup_ratio`` rounds), but never before the warmup ends: when warmup and decay together exceed the
+    run, the decay takes the steps after the warmup (``decay_ratio=1`` is a warmup, then a decay over the rest).
+    ``decay_start_step`` instead names ``D0`` itself (between the warmup's end and ``T``): a cooldown branched from a
+    stable-phase checkpoint at step ``s`` with ``decay_start_step=s, total_steps=s + D`` decays from the peak to the
+    floor in exactly ``D`` steps. Give one of the two, not both. Between the warmup and ``D0`` the factor is
     1. For ``D0 <= k < T``, with ``p = (k - D0) / (T - D0)``, it is ``m + (1 - m) * shape(p)``, the shape
     ``1 - p`` (``linear``), ``(1 + cos(pi * p)) / 2`` (``cosine``) or ``1 - sqrt(p)`` (``sqrt``, the 1-sqrt
     cooldown of Hägele et al. 2024); from ``T`` on it is ``m`` (with ``decay_ratio=0`` it drops to ``m`` at ``T``).
@@ -198,16 +208,37 @@ class WarmupStableDecay(_DecayToFloor):
         [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
         >>> WarmupStableDecay(total_steps=8, decay_ratio=0.5, decay_shape="sqrt", min_lr_ratio=0.1)(5)
         0.55
+        >>> branch = WarmupStableDecay(warmup_steps=2, decay_start_step=600, total_steps=604, decay_shape="linear")
+        >>> [branch(k) for k in range(599, 606)]
+        [1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
     """
 
-    decay_ratio: float = 0.2
+    decay_ratio: float | None = None
+    decay_start_step: int | None = None
     decay_shape: Literal["linear", "cosine", "sqrt"] = "sqrt"
 
     @override
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(
-            0.0 <= self.decay_ratio <= 1.0, "decay_ratio", self.decay_ratio, "a share of the run in [0, 1], e.g. 0.2"
+            self.decay_ratio is None or self.decay_start_step is None,
+            "decay_start_step",
+            self.decay_start_step,
+            f"either decay_ratio ({self.decay_ratio}) or decay_start_step, not both (set decay_ratio to null)",
+        )
+        if self.decay_start_step is not None:
+            _require(
+                isinstance(self.decay_start_step, int)
+                and self.warmup_steps <= self.decay_start_step <= self.total_steps,
+                "decay_start_step",
+                self.decay_start_step,
+                f"an integer step from the warmup's end ({self.warmup_steps}) to total_steps ({self.total_steps})",
+            )
+        _require(
+            self.decay_ratio is None or 0.0 <= self.decay_ratio <= 1.0,
+            "decay_ratio",
+            self.decay_ratio,
+            "a share of the run in [0, 1], e.g. 0.2",
         )
         _require(
             self.decay_shape in DECAY_SHAPES,
@@ -220,7 +251,10 @@ class WarmupStableDecay(_DecayToFloor):
     @property
     def decay_start(self) -> int:
         """The first step of the decay phase, ``D0``."""
-        return max(self.warmup_steps, self.total_steps - round(self.decay_ratio * self.total_steps))
+        if self.decay_start_step is not None:
+            return self.decay_start_step
+        ratio = DEFAULT_DECAY_RATIO if self.decay_ratio is None else self.decay_ratio
+        return max(self.warmup_steps, self.total_steps - round(ratio * self.total_steps))
 
     @override
     def decay_boundaries(self, stop: int) -> set[int]:
@@ -483,3 +517,104 @@ class Sequential(Schedule):
             for schedule, start, end in zip(self.schedules, starts, ends, strict=True)
             for step in schedule.boundaries(min(end, stop) - start)
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offset(Schedule):
+    """``schedule`` started again from its own step 0 at step ``start``: ``schedule(k - start)`` from ``start`` on.
+
+    A resumed run with ``resume.schedule: restart`` runs the configured schedule over the steps it has left. Steps
+    before ``start`` (the run that came before) read the schedule's step 0.
+
+    Examples:
+        >>> [Offset(schedule=Schedule(warmup_steps=2), start=3)(k) for k in (3, 4, 5, 6)]
+        [0.0, 0.5, 1.0, 1.0]
+    """
+
+    schedule: Schedule
+    start: int
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.start, int) and self.start >= 0, "start", self.start, "an integer >= 0")
+
+    @override
+    def decay(self, step: int) -> float:
+        return self.schedule(max(step - self.start, 0))
+
+    @override
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return {self.start} | {self.start + step for step in self.schedule.boundaries(max(stop - self.start, 0))}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rewarm(Schedule):
+    """A linear warmup of ``rewarm_steps`` from 0 at ``start`` to ``schedule(start)``, then ``schedule`` itself.
+
+    For ``start <= k < start + rewarm_steps`` the factor is ``schedule(start) * (k - start) / rewarm_steps`` (the
+    first step at 0, as every warmup here); elsewhere ``schedule(k)``. The schedule is not delayed: it ends where it
+    would have, so at ``start + rewarm_steps`` it goes on with its own value there.
+
+    Examples:
+        >>> schedule = Rewarm(schedule=Polynomial(total_steps=10), start=4, rewarm_steps=3)
+        >>> [round(schedule(k), 3) for k in range(3, 9)]
+        [0.7, 0.0, 0.2, 0.4, 0.3, 0.2]
+    """
+
+    schedule: Schedule
+    start: int
+    rewarm_steps: int
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.start, int) and self.start >= 0, "start", self.start, "an integer >= 0")
+        _require(
+            isinstance(self.rewarm_steps, int) and self.rewarm_steps >= 1,
+            "rewarm_steps",
+            self.rewarm_steps,
+            "an integer >= 1",
+        )
+
+    @override
+    def decay(self, step: int) -> float:
+        if self.start <= step < self.start + self.rewarm_steps:
+            return self.schedule(self.start) * (step - self.start) / self.rewarm_steps
+        return self.schedule(step)
+
+    @override
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return {self.start, self.start + self.rewarm_steps} | self.schedule.boundaries(stop)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateWarmup(Schedule):
+    """``steps`` steps at factor 0 from ``start``, which only fill the optimizer's state; ``schedule`` elsewhere.
+
+    The schedule is not delayed: those steps are taken from it, so it still ends where it would have.
+
+    Examples:
+        >>> [StateWarmup(schedule=Schedule(), start=2, steps=2)(k) for k in range(5)]
+        [1.0, 1.0, 0.0, 0.0, 1.0]
+    """
+
+    schedule: Schedule
+    start: int
+    steps: int
+
+    @override
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(isinstance(self.start, int) and self.start >= 0, "start", self.start, "an integer >= 0")
+        _require(isinstance(self.steps, int) and self.steps >= 0, "steps", self.steps, "an integer >= 0")
+
+    @override
+    def decay(self, step: int) -> float:
+        if self.start <= step < self.start + self.steps:
+            return 0.0
+        return self.schedule(step)
+
+    @override
+    def decay_boundaries(self, stop: int) -> set[int]:
+        return {self.start, self.start + self.steps} | self.schedule.boundaries(stop)

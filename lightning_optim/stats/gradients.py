@@ -76,7 +76,7 @@ def gradient_norms(
     (``torch._foreach_norm``); the group and total norms are norms of those norms. Without ``group_of`` only the
     total is taken (:func:`total_norm`).
 
-    Example:
+    Examples:
         >>> layer = torch.nn.Linear(3, 1)
         >>> layer(torch.ones(2, 3)).sum().backward()
         >>> norms = gradient_norms(layer.named_parameters(), lambda name: (name, "all"))

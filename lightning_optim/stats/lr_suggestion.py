@@ -7,7 +7,7 @@ suggestion sits about ten times below where the loss falls fastest (Lightning #2
 slope against ``log(lr)``, the axis the search is evenly spaced on and the one the curve is drawn on, and picks its
 most negative point, leaving out the first ``skip_begin`` and last ``skip_end`` points as Lightning does.
 
-Example:
+Examples:
     >>> import math
     >>> lrs = [10 ** (k / 4) for k in range(-32, 1)]  # 1e-8 to 1, four points per decade
     >>> losses = [2.0 - math.tanh(math.log10(lr) + 3) for lr in lrs]  # falls fastest at lr 1e-3
@@ -53,7 +53,7 @@ def suggest_lr(
     Returns:
         The suggestion, or None when fewer than two finite points remain.
 
-    Example:
+    Examples:
         >>> suggest_lr([1e-3, 1e-2, 1e-1, 1.0], [1.0, 0.9, 0.5, 0.4], skip_begin=0, skip_end=0).lr
         0.1
         >>> suggest_lr([1e-3, 1e-2], [1.0, float("nan")], skip_begin=0, skip_end=0) is None

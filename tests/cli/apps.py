@@ -20,13 +20,13 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
-def _run(module: str, overrides: tuple[str, ...], cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(module: str, overrides: tuple[str, ...], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         env=_environment(),
     )
 
@@ -39,9 +39,12 @@ def run_app(module: str, *overrides: str, cwd: Path) -> str:
     return result.stdout
 
 
-def run_app_expecting_failure(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m <module> <overrides>``; fail the test if it succeeds, else return the finished process."""
-    result = _run(module, overrides, cwd)
+def run_app_expecting_failure(
+    module: str, *overrides: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m <module> <overrides>``; fail the test if it succeeds or runs past ``timeout`` seconds, else
+    return the finished process."""
+    result = _run(module, overrides, cwd, timeout)
     if result.returncode == 0:
         pytest.fail(f"{module} {' '.join(overrides)} succeeded; expected it to fail:\n{result.stdout[-4000:]}")
     return result

@@ -76,3 +76,13 @@ def test_a_checkpoint_from_a_url_runs_no_code(malicious, tmp_path):
     assert f"/{checkpoint.name}" in requested  # it was fetched
     assert_refused_naming_the_payload(result)
     assert_payload_would_have_run(checkpoint, marker)
+
+
+def test_trust_checkpoint_spelt_as_a_string_is_refused_and_the_payload_never_runs(malicious, tmp_path):
+    checkpoint, marker = malicious
+    overrides = [f"ckpt_path={checkpoint}", "trust_checkpoint=no", f"hydra.run.dir={tmp_path / 'run'}"]
+    result = run_app_expecting_failure(TRAIN, *TINY, *overrides, cwd=tmp_path)
+    assert "trust_checkpoint = 'no' is not valid. Expected true or false, unquoted (e.g. trust_checkpoint=false)" in (
+        result.stderr
+    )
+    assert_payload_would_have_run(checkpoint, marker)

@@ -3,18 +3,22 @@ same seed, model and data; the PNG marks it; what the override could not set is 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
+import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from lightning.pytorch.tuner.tuning import Tuner
 from matplotlib.image import imread
 from matplotlib.lines import Line2D
 from omegaconf import DictConfig
+from torch import nn
 
-from lightning_optim import OptimConfigError, SafeCheckpointIO
+from lightning_optim import OptimConfigError, OptimMixin, SafeCheckpointIO
 from lightning_optim.cli.lr_find import LrRangeTest, check_options, find_lr, lr_override, plot
 from lightning_optim.demos import DigitsCNN, DigitsDataModule
 from lightning_optim.stats.lr_suggestion import suggest_lr
@@ -218,3 +222,35 @@ def test_fast_dev_run_which_skips_the_search_is_an_error(tmp_path):
     skipped = pytest.warns(UserWarning, match="Skipping learning rate finder since `fast_dev_run` is enabled")
     with skipped, pytest.raises(RuntimeError, match=r"^Lightning's lr finder did not run: it skips the search when"):
         find_lr(cfg)
+
+
+class TemplateDigitsModule(OptimMixin, L.LightningModule):
+    """lightning-hydra-template's module on the digits: Hydra builds ``model.net``, and ``save_hyperparameters()``
+    without ``ignore=["net"]`` puts the ``nn.Module`` into ``hparams``, which ``weights_only`` loading refuses."""
+
+    def __init__(self, net: nn.Module, optim_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.net = net
+        self.optim_config = optim_config
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        return F.cross_entropy(self.net(images.flatten(1)), labels)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Attribute 'net' is an instance of `nn.Module`")
+def test_the_search_restores_a_model_whose_hparams_hold_a_module_and_leaves_no_checkpoint(tmp_path):
+    net = ["+model.net._target_=torch.nn.Linear", "+model.net.in_features=64", "+model.net.out_features=10"]
+    cfg = composed(
+        *TINY,
+        "~model",
+        f"+model._target_={__name__}.TemplateDigitsModule",
+        *net,
+        f"lr_find.num_training={STEPS}",
+        f"trainer.default_root_dir={tmp_path}",
+    )
+    search = find_lr(cfg)
+    assert len(search.lrs) == STEPS and search.suggestion is not None
+    assert os.listdir(tmp_path) == []

@@ -203,3 +203,15 @@ def test_cosine_restarts_composes_and_previews_the_main_job():
 def test_a_fractional_max_steps_is_refused():
     with pytest.raises(ValueError, match=r"^trainer\.max_steps = 1000\.5 is not valid\. Expected a whole number"):
         step_learning_rates(composed("+trainer.max_steps=1000.5", "trainer.max_epochs=-1"))
+
+
+@pytest.mark.slow
+def test_lr_scaling_previews_at_the_assumed_batch_size():
+    """The digits loader's 64 per batch x accumulation 2 = 128 of 32: lr x 4 (linear); batch_size=8 gives a quarter."""
+    scaling = "+optimizer.lr_scaling={rule: linear, base_batch_size: 32}"
+    accumulated = ("trainer.accumulate_grad_batches=2", "trainer.max_epochs=1")
+    plain = step_learning_rates(composed(*accumulated))[0].lrs
+    assumed = step_learning_rates(composed(scaling, *accumulated))[0].lrs
+    given = step_learning_rates(composed(scaling, "batch_size=8", *accumulated))[0].lrs
+    assert assumed == {name: [lr * 4 for lr in lrs] for name, lrs in plain.items()}
+    assert given == {name: [lr / 4 for lr in lrs] for name, lrs in plain.items()}
