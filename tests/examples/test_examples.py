@@ -129,8 +129,8 @@ def test_06_gradient_clipping(tmp_path, capsys):
     steps_clipped, _, clipped_max, _, clipped_after, _, clipped_loss = runs["clipped"]
     assert steps == steps_clipped == 32
     assert unclipped_after == unclipped_max and clipped_after <= 0.25 + 1e-3 < clipped_max
-    # lr 4 unclipped: within 32 steps the loss climbs above chance (ln 2); clipped, the same seed stays below it.
-    assert clipped_loss < math.log(2) < unclipped_loss
+    # lr 4 unclipped: within 32 steps the loss climbs well above chance (ln 2); clipped, the same seed's stays lower.
+    assert clipped_loss < unclipped_loss and unclipped_loss > 1.1 * math.log(2)
     assert re.search(rf"^mean val/acc: clipped at 0\.25 = {NUMBER}, unclipped = {NUMBER}", out, re.MULTILINE)
 
 
