@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -349,9 +351,21 @@ def corrupt(source: Path, target: Path, how: str) -> Path:
             file.truncate(damaged.stat().st_size // 2)
     else:
         data = bytearray(damaged.read_bytes())
-        data[len(data) // 2] ^= 0xFF
+        data[data_offset(damaged)] ^= 0xFF
         damaged.write_bytes(bytes(data))
     return damaged
+
+
+def data_offset(file: Path) -> int:
+    """A byte of tensor data: the middle of a shard, or of a ``torch.save`` archive's largest entry (the middle of the
+    file may be zip padding, which no check covers and no load reads)."""
+    if not zipfile.is_zipfile(file):
+        return file.stat().st_size // 2
+    with zipfile.ZipFile(file) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    header = file.read_bytes()[entry.header_offset : entry.header_offset + 30]
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
 
 
 class CountBatches(L.Callback):
