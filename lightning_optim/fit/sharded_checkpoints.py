@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 from typing_extensions import override
@@ -206,9 +207,18 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         False
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.checkpoint_io = SafeCheckpointIO()
+    @property  # type: ignore[override]  # the setter is Lightning's, redefined with the getter
+    @override
+    def checkpoint_io(self) -> CheckpointIO:
+        # Chosen only when nothing else was: a CheckpointIO given as a Trainer plugin is set here by Lightning, and
+        # one set in __init__ would make Lightning refuse the plugin ("set through both strategy class and plugins").
+        if self._checkpoint_io is None:
+            self._checkpoint_io = SafeCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        self._checkpoint_io = io
 
     @override
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
