@@ -15,7 +15,7 @@ Examples:
     (8.0, 25, 7)
     >>> stream = BatchStream(num_samples=10, batch_size=4, drop_last=False, shuffle=False, seed=0, skipped={1})
     >>> len(stream), stream.global_indices(0, 4), list(stream)
-    (3, [0, 2, 3, 5], [[0, 1, 2, 3], [8, 9]])
+    (3, [0, 2, 3, 4], [[0, 1, 2, 3], [8, 9], [0, 1, 2, 3]])
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class BatchStream(Sampler[list[int]]):
     Examples:
         >>> stream = BatchStream(num_samples=4, batch_size=2, drop_last=True, shuffle=True, seed=0)
         >>> [stream.batch(index) for index in range(4)]
-        [[2, 0], [1, 3], [0, 3], [1, 2]]
+        [[0, 1], [3, 2], [1, 3], [2, 0]]
     """
 
     def __init__(
