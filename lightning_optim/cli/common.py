@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -338,6 +339,11 @@ def refuse_used_run_dir(run_dir: Path) -> None:
             "at its default, or name an empty one), or resume that run with "
             f"ckpt_path=<{run_dir}/checkpoints/last.ckpt>."
         )
+
+
+def saved_step(checkpoint: Path) -> int:
+    """The global step a checkpoint was saved at; memory-mapped, so its tensors are not read."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
 def hydra_value(text: str) -> str:
