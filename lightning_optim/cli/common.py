@@ -42,6 +42,9 @@ OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 """What Lightning's Trainer runs when neither ``max_epochs`` nor ``max_steps`` is set."""
 
+_PLAIN_HYDRA_VALUE = re.compile(r"[\w ./+@%:~-]+")
+"""A value Hydra's override grammar reads as it is (no quoting needed)."""
+
 
 def compose_optim_config(cfg: DictConfig) -> dict[str, Any]:
     """The model's ``optim_config``: the config's ``optimizer``, ``param_groups``, ``scheduler``, ``clipping`` and
@@ -344,7 +347,7 @@ def hydra_value(text: str) -> str:
         >>> hydra_value("/runs/a b/last.ckpt"), hydra_value("/runs/epoch=0-step=4.ckpt")
         ('/runs/a b/last.ckpt', "'/runs/epoch=0-step=4.ckpt'")
     """
-    if re.fullmatch(r"[\w ./+@%:~-]+", text):
+    if _PLAIN_HYDRA_VALUE.fullmatch(text):
         return text
     return "'" + text.replace("'", "\\'") + "'"
 

@@ -60,8 +60,10 @@ WELL_KNOWN = (
 """pytorch-optimizer names recognised without the package, so that they get the ``pip install`` line."""
 
 
-def external_optimizer_class(name: str, torch_names: Collection[str]) -> type[Any]:
+def external_optimizer_class(name: str, torch_names: Collection[str], where: str = "optimizer") -> type[Any]:
     """The pytorch-optimizer class ``name`` (case-insensitive) stands for, where torch has no optimizer of that name.
+
+    ``where`` is the optimizer section's key path, named in errors.
 
     Raises:
         OptimConfigError: an unknown name (with the closest among torch's and pytorch-optimizer's names); a
@@ -74,10 +76,10 @@ def external_optimizer_class(name: str, torch_names: Collection[str]) -> type[An
     except ImportError:
         if key in WELL_KNOWN:
             raise OptimConfigError(
-                f"optim_config.optimizer.name = {name!r} is pytorch-optimizer's, which is not installed: {INSTALL_LINE}"
+                f"optim_config.{where}.name = {name!r} is pytorch-optimizer's, which is not installed: {INSTALL_LINE}"
             ) from None
         raise config_error(
-            "optimizer.name",
+            f"{where}.name",
             name,
             f"one of: {', '.join(torch_names)}; or, with pytorch-optimizer installed ({INSTALL_LINE}), "
             f"one of its own names, e.g. {', '.join(WELL_KNOWN[:4])}",
@@ -86,29 +88,29 @@ def external_optimizer_class(name: str, torch_names: Collection[str]) -> type[An
     names = [n for n in package.get_supported_optimizers() if n not in torch_names]
     if key not in names:
         raise config_error(
-            "optimizer.name",
+            f"{where}.name",
             name,
             f"one of: {', '.join(torch_names)}; or one of pytorch-optimizer's own names "
             f"({PACKAGE}.get_supported_optimizers())",
             [*torch_names, *names],
         )
     cls: type[Any] = package.load_optimizer(key)
-    _refuse_unsupported(key, cls)
+    _refuse_unsupported(key, cls, where)
     return cls
 
 
-def _refuse_unsupported(name: str, cls: type[Any]) -> None:
+def _refuse_unsupported(name: str, cls: type[Any], where: str) -> None:
     first = next(iter(list(inspect.signature(cls.__init__).parameters)[1:2]), None)
     if first != "params":
         raise config_error(
-            "optimizer.name",
+            f"{where}.name",
             name,
             f"an optimizer built from parameters: {cls.__name__} takes {first!r} first; "
             "build it in your own configure_optimizers",
         )
     if callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None)):
         raise config_error(
-            "optimizer.name",
+            f"{where}.name",
             name,
             f"an optimizer without train/eval modes: {cls.__name__} needs optimizer.eval() before every evaluation "
             "and checkpoint, which only the schedule-free optimizers get (adamw_schedulefree, sgd_schedulefree, "
