@@ -22,7 +22,7 @@ from torch import nn
 
 from lightning_optim.errors import OptimConfigError, config_error, key_path
 from lightning_optim.names import named_modules, named_parameters, plain_name
-from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
+from lightning_optim.optim.external import check_required_arguments, external_optimizer_class, kwargs_switches
 from lightning_optim.optim.lr_scaling import LR_SCALING_KEY, LrScaling, resolve_lr_scaling
 from lightning_optim.optim.param_groups import (
     RULE_KEYS,
@@ -289,6 +289,9 @@ def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
 def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Refuse an option ``cls`` does not accept, a value its signature does not take, and a negative learning rate.
 
+    ``cls`` accepts its named constructor arguments and, for a pytorch-optimizer class, the switches it reads through
+    ``**kwargs`` (:func:`~lightning_optim.optim.external.kwargs_switches`); a misspelt key is refused either way.
+
     Returns:
         ``options`` as the constructor takes them (an integral float for an integer argument as an int).
 
@@ -300,14 +303,26 @@ def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], 
         ...
         lightning_optim.errors.OptimConfigError: optim_config.optimizer.nesterov = 'yes' is not valid. Expected \
 true or false, e.g. false.
+        >>> import pytorch_optimizer
+        >>> check_options(pytorch_optimizer.Lion, {"cautious": True}, "optimizer")
+        {'cautious': True}
+        >>> check_options(pytorch_optimizer.Lion, {"cautios": True}, "optimizer")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.optimizer.cautios = True is not valid. Did you mean \
+'cautious'? Expected an argument of Lion: lr, betas, weight_decay, weight_decouple, fixed_decay, foreach, maximize; \
+or a switch it reads through **kwargs: adanorm, adanorm_r, cautious, use_gc.
     """
-    types = constructor_types(cls)
+    arguments = constructor_types(cls)
+    switches = kwargs_switches(cls)
+    types = {**arguments, **switches}
     for key, value in options.items():
         if key not in types:
+            also = f"; or a switch it reads through **kwargs: {', '.join(switches)}" if switches else ""
             raise config_error(
                 f"{where}.{key}",
                 value,
-                f"an argument of {cls.__name__}: {', '.join(types)}",
+                f"an argument of {cls.__name__}: {', '.join(arguments)}{also}",
                 types,
                 unknown_key=True,
             )
