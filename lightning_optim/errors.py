@@ -12,7 +12,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["CheckpointError", "OptimConfigError", "argument_error", "checkpoint_error", "config_error", "did_you_mean"]
+__all__ = [
+    "CheckpointError",
+    "OptimConfigError",
+    "argument_error",
+    "checkpoint_error",
+    "config_error",
+    "did_you_mean",
+    "key_path",
+]
 
 
 class OptimConfigError(ValueError):
@@ -43,6 +51,19 @@ def did_you_mean(value: object, choices: Iterable[str]) -> str:
     """
     matches = difflib.get_close_matches(str(value).lower(), list(choices), n=1, cutoff=0.6)
     return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+def key_path(where: str, key: str) -> str:
+    """``key`` inside the section at ``where``: a key path under ``optim_config``, empty for its top level.
+
+    Several named optimizers resolve each section as a single-optimizer config at ``optimizers.<name>``; the checks
+    take that ``where`` so that their messages name the key from the root when they are made.
+
+    Examples:
+        >>> key_path("", "optimizer.lr"), key_path("optimizers.critic", "optimizer.lr")
+        ('optimizer.lr', 'optimizers.critic.optimizer.lr')
+    """
+    return f"{where}.{key}" if where else key
 
 
 def config_error(

@@ -120,3 +120,14 @@ def _quiet_lightning_hints():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
         yield
+
+
+@pytest.fixture(autouse=True)
+def _lightning_records_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning stops its loggers' records at a console handler of its own when it is imported before logging has a
+    handler (which depends on what a pytest-xdist worker imported first); let them reach pytest's ``caplog`` as the
+    train app's logging config (``conf/hydra/job_logging``) lets them reach its handlers."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)

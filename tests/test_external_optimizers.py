@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from lightning_optim import OPTIMIZERS, OptimConfigError, build_optimizer, validate_optim_config
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor
 from lightning_optim.clipping.fused_step import folds_into_step
-from lightning_optim.optim.external import INSTALL_LINE, WELL_KNOWN, external_optimizer_class
+from lightning_optim.optim.external import INSTALL_LINE, WELL_KNOWN, external_optimizer_class, kwargs_switches
 from lightning_optim.optim.registry import EXTRA_OPTIMIZER_INFOS
 from tests import references, tb
 from tests.cli.apps import TINY, run_app
@@ -311,3 +311,70 @@ def test_sophiah_with_norm_clipping_takes_the_steps_of_a_plain_loop():
         optimizer.step()
     for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "switches"),
+    [
+        ("lion", pytorch_optimizer.Lion, {"cautious": True, "use_gc": True}),
+        ("adamp", pytorch_optimizer.AdamP, {"adanorm": True, "adanorm_r": 0.9, "use_gc": True}),
+        ("adabelief", pytorch_optimizer.AdaBelief, {"adanorm": True, "adam_debias": True}),
+        ("adopt", pytorch_optimizer.ADOPT, {"cautious": True, "stable_adamw": True}),
+    ],
+)
+def test_kwargs_switches_reach_the_optimizer_as_the_class_used_directly(name, cls, switches):
+    ours_model, their_model = twin_models()
+    plain_model, _ = twin_models()
+    ours = build_optimizer(ours_model, {"name": name, "lr": 0.05, **switches})
+    theirs = cls(their_model.parameters(), lr=0.05, **switches)
+    plain = cls(plain_model.parameters(), lr=0.05)
+    for optimizer, model in [(ours, ours_model), (theirs, their_model), (plain, plain_model)]:
+        take_steps(model, optimizer, steps=4)
+    assert {key: ours.param_groups[0][key] for key in switches} == switches
+    ours_params, their_params, plain_params = (list(m.parameters()) for m in (ours_model, their_model, plain_model))
+    assert all(torch.equal(mine, reference) for mine, reference in zip(ours_params, their_params, strict=True))
+    assert not all(torch.equal(mine, other) for mine, other in zip(ours_params, plain_params, strict=True))
+
+
+def test_a_parameter_group_rule_sets_a_kwargs_switch_for_its_group():
+    rules = [{"name": "bias", "params": "bias$", "cautious": True}]
+    optimizer = build_optimizer(torch.nn.Linear(3, 2), {"name": "lion"}, rules)
+    assert [group.get("cautious") for group in optimizer.param_groups] == [True, None]
+
+
+@pytest.mark.parametrize(
+    ("cls", "switches"),
+    [
+        (pytorch_optimizer.Lion, ["adanorm", "adanorm_r", "cautious", "use_gc"]),
+        (pytorch_optimizer.AdamP, ["adam_debias", "adanorm", "adanorm_r", "cautious", "use_gc"]),
+        (pytorch_optimizer.AdaBelief, ["adam_debias", "adanorm", "adanorm_r"]),
+        (pytorch_optimizer.ADOPT, ["cautious", "stable_adamw"]),
+        # MuonClip hands its **kwargs to Muon's constructor, which puts them into the defaults.
+        (pytorch_optimizer.MuonClip, ["cautious", "qk_clip"]),
+        # AdaBound reads adam_debias from its groups, but its constructor drops **kwargs: the switch would do nothing.
+        (pytorch_optimizer.AdaBound, []),
+        (pytorch_optimizer.SOAP, []),
+        (torch.optim.AdamW, []),
+    ],
+)
+def test_kwargs_switches_are_read_from_the_class_source(cls, switches):
+    assert list(kwargs_switches(cls)) == switches
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "message"),
+    [
+        (
+            {"name": "lion", "cautios": True},
+            r"optimizer\.cautios = True is not valid\. Did you mean 'cautious'\? Expected an argument of Lion: lr, "
+            r".*; or a switch it reads through \*\*kwargs: adanorm, adanorm_r, cautious, use_gc\.",
+        ),
+        ({"name": "adabelief", "adanrom": True}, r"optimizer\.adanrom = True is not valid\. Did you mean 'adanorm'\?"),
+        ({"name": "adabelief", "cautious": True}, r"optimizer\.cautious = True is not valid\. .*adanorm_r\.$"),
+        ({"name": "adabound", "adam_debias": True}, r"optimizer\.adam_debias = True is not valid\. Expected an arg"),
+        ({"name": "adamp", "adanorm": "yes"}, r"optimizer\.adanorm = 'yes' is not valid\. Expected true or false"),
+    ],
+)
+def test_a_misspelt_or_unread_kwargs_switch_is_refused(optimizer, message):
+    with pytest.raises(OptimConfigError, match=message):
+        validate_optim_config({"optimizer": optimizer})

@@ -14,25 +14,20 @@ Examples:
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import shutil
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from rich.console import Console
-from rich.table import Table
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from lightning_optim.callbacks.batchnorm_report import HealthLimits, report_health, report_row
 from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.callbacks.scalar_writer import histogram_bins
 from lightning_optim.errors import argument_error
@@ -56,7 +51,6 @@ from lightning_optim.stats.batchnorm import (
 
 __all__ = ["BatchNormMonitor"]
 
-REPORT_FILE = "batchnorm_report.json"
 SUMMARY_KEYS = tuple(
     f"{name}_{key}" for name in ("running_mean", "running_var", "weight", "bias") for key in ("mean", "min", "max")
 )
@@ -484,48 +478,30 @@ class BatchNormMonitor(L.Callback):
             logger.log_metrics(metrics, step=step)
 
     def report_rows(self) -> list[dict[str, Any]]:
-        """One row per layer: its last measurement, mode, divergence, and the reasons it needs attention."""
-        rows = []
-        for name, layer in self.layers.items():
-            last = self.last.get(name, {})
-            channels = layer.num_features if not is_lazy(layer.weight) else None
-            dead = last.get("dead_fraction")
-            training = self.modes.get(name)
-            row = {
-                "layer": name,
-                "type": type(layer).__name__,
-                "channels": channels,
-                "mode": None if training is None else ("train" if training else "eval"),
-                "mean_drift": last.get("mean_drift"),
-                "var_ratio": last.get("var_ratio"),
-                "dead_fraction": dead,
-                "dead_channels": None if dead is None or channels is None else round(dead * channels),
-                "rank_divergence": last.get("rank_divergence"),
-                "batch_size": self.batch_sizes.get(name),
-                "nonfinite": sorted(self.nonfinite.get(name, ())),
-            }
-            row["attention"] = self._attention(row, layer)
-            rows.append(row)
-        return rows
+        """One row per layer: its last measurement, mode, divergence, and the reasons it needs attention
+        (:func:`~lightning_optim.callbacks.batchnorm_report.report_row`)."""
+        limits = self._limits()
+        return [
+            report_row(
+                name,
+                layer,
+                self.last.get(name, {}),
+                self.modes.get(name),
+                self.batch_sizes.get(name),
+                self.nonfinite.get(name, set()),
+                limits,
+            )
+            for name, layer in self.layers.items()
+        ]
 
-    def _attention(self, row: dict[str, Any], layer: BatchNormLayer) -> list[str]:
-        reasons = []
-        if row["mode"] == "eval" and layer.track_running_stats:
-            reasons.append("eval mode while training")
-        if row["dead_fraction"]:
-            reasons.append("dead channels")
-        if row["mean_drift"] is not None and row["mean_drift"] > self.drift_threshold:
-            reasons.append(f"mean drift > {self.drift_threshold:g}")
-        low, high = self.var_ratio_range
-        if row["var_ratio"] is not None and not low <= row["var_ratio"] <= high:
-            reasons.append(f"var ratio outside [{low:g}, {high:g}]")
-        if row["rank_divergence"] is not None and row["rank_divergence"] > self.divergence_threshold:
-            reasons.append("ranks diverge: set sync_batchnorm=True")
-        if row["batch_size"] is not None and row["batch_size"] < self.min_batch_size:
-            reasons.append(f"batch < {self.min_batch_size} per device")
-        if row["nonfinite"]:
-            reasons.append("NaN/Inf statistics")
-        return reasons
+    def _limits(self) -> HealthLimits:
+        return HealthLimits(
+            self.dead_threshold,
+            self.drift_threshold,
+            self.var_ratio_range,
+            self.divergence_threshold,
+            self.min_batch_size,
+        )
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -533,53 +509,8 @@ class BatchNormMonitor(L.Callback):
             return
         # trainer.log_dir is a collective under DDP: every rank asks, rank zero writes.
         log_dir = trainer.log_dir if trainer.loggers else None
-        if not trainer.is_global_zero:
-            return
-        rows = self.report_rows()
-        # Through Lightning's logger, not print: the Hydra app's train.log then holds the table the console showed.
-        rendered = io.StringIO()
-        Console(file=rendered, width=shutil.get_terminal_size().columns).print(self._table(rows))
-        rank_zero_info(rendered.getvalue().rstrip())
-        if log_dir is not None:
-            thresholds = {
-                "dead_threshold": self.dead_threshold,
-                "drift_threshold": self.drift_threshold,
-                "var_ratio_range": list(self.var_ratio_range),
-                "divergence_threshold": self.divergence_threshold,
-                "min_batch_size": self.min_batch_size,
-            }
-            path = Path(log_dir, REPORT_FILE)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            report = {"step": self._step, "thresholds": thresholds, "layers": rows, "warnings": self.warnings}
-            path.write_text(json.dumps(report, indent=2) + "\n")
-
-    @staticmethod
-    def _table(rows: list[dict[str, Any]]) -> Table:
-        def number(value: float | None) -> str:
-            return "-" if value is None else f"{value:.3g}"
-
-        table = Table(title="BatchNorm health (last logging step; ! = needs attention)")
-        table.add_column("layer", no_wrap=True)
-        table.add_column("type")
-        table.add_column("mode")
-        for column in ("mean drift", "var ratio", "dead", "rank div."):
-            table.add_column(column, justify="right")
-        table.add_column("attention")
-        for row in rows:
-            dead = "-" if row["dead_channels"] is None else f"{row['dead_channels']}/{row['channels']}"
-            attention = row["attention"]
-            table.add_row(
-                f"! {row['layer']}" if attention else row["layer"],
-                row["type"],
-                row["mode"] or "-",
-                number(row["mean_drift"]),
-                number(row["var_ratio"]),
-                dead,
-                number(row["rank_divergence"]),
-                "; ".join(attention) or "ok",
-                style="yellow" if attention else None,
-            )
-        return table
+        if trainer.is_global_zero:
+            report_health(self.report_rows(), log_dir, self._step, self._limits(), self.warnings)
 
     def _stop_measuring(self) -> None:
         self._remove_hooks()

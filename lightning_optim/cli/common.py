@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -41,6 +42,9 @@ OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 """What Lightning's Trainer runs when neither ``max_epochs`` nor ``max_steps`` is set."""
+
+_PLAIN_HYDRA_VALUE = re.compile(r"[\w ./+@%:~-]+")
+"""A value Hydra's override grammar reads as it is (no quoting needed)."""
 
 
 def compose_optim_config(cfg: DictConfig) -> dict[str, Any]:
@@ -337,6 +341,11 @@ def refuse_used_run_dir(run_dir: Path) -> None:
         )
 
 
+def saved_step(checkpoint: Path) -> int:
+    """The global step a checkpoint was saved at; memory-mapped, so its tensors are not read."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+
+
 def hydra_value(text: str) -> str:
     """``text`` as the value of a Hydra override: as it is unless Hydra's grammar would parse some of it.
 
@@ -344,7 +353,7 @@ def hydra_value(text: str) -> str:
         >>> hydra_value("/runs/a b/last.ckpt"), hydra_value("/runs/epoch=0-step=4.ckpt")
         ('/runs/a b/last.ckpt', "'/runs/epoch=0-step=4.ckpt'")
     """
-    if re.fullmatch(r"[\w ./+@%:~-]+", text):
+    if _PLAIN_HYDRA_VALUE.fullmatch(text):
         return text
     return "'" + text.replace("'", "\\'") + "'"
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -39,9 +38,11 @@ from lightning_optim.cli.common import (
     instantiate_model,
     refuse_used_run_dir,
     resume_command,
+    saved_step,
 )
 from lightning_optim.cli.ddp import sweep_job
 from lightning_optim.cli.interrupt import InterruptCheckpoint
+from lightning_optim.cli.rollback import Rollbacks, RollbackWatch, resolve_rollback, rollback_loader
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def _report_interruption(
     if newest is None:
         log.info(f"No checkpoint was saved before it; start again in a new directory: {fresh_command(overrides)}")
         return
-    log.info(f"The newest checkpoint saved is {newest} (step {_saved_step(newest)}); the steps after it are lost")
+    log.info(f"The newest checkpoint saved is {newest} (step {saved_step(newest)}); the steps after it are lost")
     log.info(f"resume with: {resume_command(newest, overrides)}")
 
 
@@ -92,11 +93,6 @@ def _newest_checkpoint(trainer: L.Trainer) -> Path | None:
                 saved.append(Path(path).resolve())
                 break
     return max(saved, key=lambda path: path.stat().st_mtime, default=None)
-
-
-def _saved_step(checkpoint: Path) -> int:
-    """The global step a checkpoint was saved at; memory-mapped, so its tensors are not read."""
-    return torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["global_step"]
 
 
 def _has_validation(model: L.LightningModule, datamodule: L.LightningDataModule) -> bool:
@@ -131,31 +127,44 @@ def train(cfg: DictConfig) -> float:
 
 
 def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
-    """:func:`train` in its claimed, checked run directory."""
+    """:func:`train` in its claimed, checked run directory; with ``rollback`` set, fits again from an earlier
+    checkpoint after each loss spike (:mod:`lightning_optim.cli.rollback`)."""
     logging.captureWarnings(True)  # warnings reach train.log too, as log records
-    L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate_model(cfg.model, compose_optim_config(cfg))
+    spec = resolve_rollback(cfg.get("rollback"))
+    rollbacks = None if spec is None else Rollbacks(spec, run_dir)
     loggers = _instantiate_all(cfg.get("logger"))
-    interrupt = InterruptCheckpoint(run_dir / "checkpoints")
-    callbacks = [*_instantiate_all(cfg.get("callbacks")), interrupt]
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    with sweep_job():
-        try:
-            trainer.fit(
-                model,
-                datamodule=datamodule,
-                ckpt_path=cfg.get("ckpt_path"),
-                weights_only=not app_flag(cfg, "trust_checkpoint"),
-            )
-            validates = _has_validation(model, datamodule)
-            metrics: dict[str, Any] = (
-                trainer.validate(model, datamodule=datamodule, verbose=False)[0]
-                if validates
-                else dict(trainer.callback_metrics)
-            )
-        except SIGTERMException:  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
-            raise _exit_interrupted(interrupt, trainer) from None
+    ckpt_path = cfg.get("ckpt_path")
+    while True:
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        model = instantiate_model(cfg.model, compose_optim_config(cfg))
+        interrupt = InterruptCheckpoint(run_dir / "checkpoints")
+        callbacks = [*_instantiate_all(cfg.get("callbacks")), interrupt]
+        watch = None if rollbacks is None else _watch_rollbacks(cfg, rollbacks, datamodule, callbacks)
+        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        with sweep_job():
+            try:
+                trainer.fit(
+                    model,
+                    datamodule=datamodule,
+                    ckpt_path=ckpt_path,
+                    weights_only=not app_flag(cfg, "trust_checkpoint"),
+                )
+                spike = None if watch is None else watch.spike()
+                if spike is None:
+                    validates = _has_validation(model, datamodule)
+                    metrics: dict[str, Any] = (
+                        trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+                        if validates
+                        else dict(trainer.callback_metrics)
+                    )
+                    break
+            except (
+                SIGTERMException
+            ):  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
+                raise _exit_interrupted(interrupt, trainer) from None
+        assert rollbacks is not None and watch is not None  # a spike is only watched for with rollback set
+        ckpt_path = rollbacks.roll_back(spike, trainer.train_dataloader.batch_sampler)
     if cfg.metric not in metrics:
         source = "validation" if validates else "training (no validation_step or val_dataloader, so no validation)"
         raise KeyError(f"metric={cfg.metric!r} was not logged by {source}; logged: {sorted(metrics)}")
@@ -167,6 +176,22 @@ def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
                 logdir = Path(logger.save_dir, logger.name or "").resolve()
                 log.info(f"tensorboard --logdir {shlex.quote(str(logdir))}")
     return value
+
+
+def _watch_rollbacks(
+    cfg: DictConfig, rollbacks: Rollbacks, datamodule: L.LightningDataModule, callbacks: list[Any]
+) -> RollbackWatch:
+    """Add the spike watch and the rollback checkpoints to ``callbacks``, and serve ``datamodule``'s training data
+    as the seeded stream less the batches skipped so far."""
+    spec = rollbacks.spec
+    watch = RollbackWatch(spec, lr_scale=spec.lr_factor ** len(rollbacks.records))
+    log_every = cfg.trainer.get("log_every_n_steps") or 50
+    callbacks += [watch, spec.checkpoint_callback(rollbacks.checkpoint_dir, log_every)]
+    train_dataloader = datamodule.train_dataloader
+    datamodule.train_dataloader = lambda: rollback_loader(  # type: ignore[method-assign]
+        train_dataloader(), cfg.seed, rollbacks.skipped, watch.position
+    )
+    return watch
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

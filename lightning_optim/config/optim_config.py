@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lightning_optim.config.resume import RESUME_KEY
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error, key_path
 
 __all__ = ["OptimConfig", "changed_keys", "plain", "to_plain_config"]
 
@@ -107,28 +107,35 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
 
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
     """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` and
-    ``layer_decay`` when set; ``where`` prefixes the keys."""
+    ``layer_decay`` when set; ``where`` is the section's key path (empty: the top level)."""
     if not isinstance(values.get("optimizer"), dict):
         raise OptimConfigError(
-            f"optim_config.{where}optimizer is required: a mapping such as {{'name': 'adamw', 'lr': 3e-4}}."
+            f"optim_config.{key_path(where, 'optimizer')} is required: a mapping such as "
+            "{'name': 'adamw', 'lr': 3e-4}."
         )
     param_groups = values.get("param_groups") or []
     if not isinstance(param_groups, list):
         raise config_error(
-            f"{where}param_groups", param_groups, "a list of rules such as [{'name': ..., 'params': ...}]"
+            key_path(where, "param_groups"), param_groups, "a list of rules such as [{'name': ..., 'params': ...}]"
         )
     scheduler = values.get("scheduler")
     if scheduler is not None and not isinstance(scheduler, dict):
-        raise config_error(f"{where}scheduler", scheduler, "a mapping with a 'name', or null for a constant lr")
+        raise config_error(
+            key_path(where, "scheduler"), scheduler, "a mapping with a 'name', or null for a constant lr"
+        )
     clipping = values.get("clipping")
     if clipping is not None and not isinstance(clipping, dict):
         raise config_error(
-            f"{where}clipping", clipping, "a mapping with a name (autoclip or zclip), or null for no adaptive clipping"
+            key_path(where, "clipping"),
+            clipping,
+            "a mapping with a name (autoclip or zclip), or null for no adaptive clipping",
         )
     spike_guard = values.get("spike_guard")
     if spike_guard is not None and not isinstance(spike_guard, dict):
         raise config_error(
-            f"{where}spike_guard", spike_guard, "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none"
+            key_path(where, "spike_guard"),
+            spike_guard,
+            "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none",
         )
     section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
     optional = {"clipping": clipping, "spike_guard": spike_guard, "layer_decay": values.get("layer_decay")}
@@ -187,7 +194,7 @@ def _plain_optimizers(values: dict[str, Any]) -> dict[str, Any]:
             re.compile(params)
         except re.error as error:
             raise config_error(f"{where}.params", params, f"a valid Python regex ({error})") from None
-        sections[name] = {"params": params, **_plain_section(section, f"{where}.")}
+        sections[name] = {"params": params, **_plain_section(section, where)}
     return sections
 
 

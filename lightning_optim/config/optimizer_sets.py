@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY
-from lightning_optim.config.validation import NamedOptimSpec, OptimizerSetSpec, section_keys
+from lightning_optim.config.validation import NamedOptimSpec, OptimizerSetSpec
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.names import named_parameters
 from lightning_optim.optim.build import build_optimizer
@@ -112,14 +112,12 @@ def build_optimizer_set(
     """
     built = []
     for member, named in zip(spec.members, select_parameters(named_parameters(module), spec.members), strict=True):
-        # The run length's own warning names the member's keys already.
         length = run_length(member) if member.spec.scheduler is not None else None
-        with section_keys(member.where):
-            optimizer = build_optimizer(module, member.spec.optimizer, named_parameters=named)
-            scheduler = None
-            if member.spec.scheduler is not None:
-                scheduler = build_scheduler(optimizer, member.spec.scheduler, length)
-                scheduler.lightning_config.setdefault("name", f"lr-{member.name}")
+        optimizer = build_optimizer(module, member.spec.optimizer, named_parameters=named)
+        scheduler = None
+        if member.spec.scheduler is not None:
+            scheduler = build_scheduler(optimizer, member.spec.scheduler, length)
+            scheduler.lightning_config.setdefault("name", f"lr-{member.name}")
         built.append((optimizer, scheduler))
     return built
 

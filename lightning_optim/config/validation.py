@@ -13,12 +13,11 @@ differentiable, fused, decoupled_weight_decay.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ from lightning_optim.clipping.adaptive import CLIPPING_KEY, ClippingSpec, resolv
 from lightning_optim.clipping.spike_guard import SPIKE_GUARD_KEY, SpikeGuardSpec, resolve_spike_guard
 from lightning_optim.config.optim_config import OPTIMIZERS_KEY, OptimConfig, to_plain_config
 from lightning_optim.config.resume import RESUME_KEY, ResumeSpec, resolve_resume
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error, key_path
 from lightning_optim.optim.lr_scaling import LR_SCALING_KEY
 from lightning_optim.optim.param_groups import LAYER_DECAY_KEY
 from lightning_optim.optim.registry import OptimizerSpec, resolve_optimizer
@@ -48,7 +47,6 @@ __all__ = [
     "OptimizerSetSpec",
     "clipping_specs",
     "resolve_optim_config",
-    "section_keys",
     "spike_guard_specs",
     "validate_optim_config",
     "warn_on_zero_lr",
@@ -149,8 +147,8 @@ def resolve_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -
         return dataclasses.replace(single, config={**single.config, **kept}, resume=resume or ResumeSpec())
     members = []
     for name, section in plain[OPTIMIZERS_KEY].items():
-        with section_keys(f"{OPTIMIZERS_KEY}.{name}"):
-            spec = _resolve_section({key: value for key, value in section.items() if key != "params"})
+        where = f"{OPTIMIZERS_KEY}.{name}"
+        spec = _resolve_section({key: value for key, value in section.items() if key != "params"}, where)
         members.append(NamedOptimSpec(name, re.compile(section["params"]), spec))
     _check_resume(resume, [(member.spec.scheduler, f"{member.where}.scheduler") for member in members])
     validated = {
@@ -183,19 +181,30 @@ def _check_resume(resume: ResumeSpec | None, schedulers: list[tuple[SchedulerSpe
             )
 
 
-def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
-    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"], plain.get(LAYER_DECAY_KEY))
-    scheduler = resolve_scheduler(plain["scheduler"]) if plain["scheduler"] is not None else None
-    clipping = resolve_clipping(plain[CLIPPING_KEY]) if plain.get(CLIPPING_KEY) is not None else None
+def _resolve_section(plain: dict[str, Any], where: str = "") -> OptimSpec:
+    """Resolve one single-optimizer section, at ``where`` (a key path under ``optim_config``, empty for the top)."""
+    optimizer = resolve_optimizer(plain["optimizer"], plain["param_groups"], plain.get(LAYER_DECAY_KEY), where)
+    scheduler = (
+        resolve_scheduler(plain["scheduler"], key_path(where, "scheduler")) if plain["scheduler"] is not None else None
+    )
+    clipping = (
+        resolve_clipping(plain[CLIPPING_KEY], key_path(where, CLIPPING_KEY))
+        if plain.get(CLIPPING_KEY) is not None
+        else None
+    )
     if optimizer.lr_scaling is not None and scheduler is not None and _cycles_own_lr(scheduler):
         raise config_error(
-            f"optimizer.{LR_SCALING_KEY}",
+            key_path(where, f"optimizer.{LR_SCALING_KEY}"),
             plain["optimizer"][LR_SCALING_KEY],
             f"no lr_scaling with scheduler {plain['scheduler'].get('name') or plain['scheduler'].get('_target_')!r}, "
             "which sets every group's lr from its own arguments: scale those (base_lr, max_lr) instead",
         )
     scaling = {LR_SCALING_KEY: optimizer.lr_scaling.config} if optimizer.lr_scaling is not None else {}
-    guard = _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer) if plain.get(SPIKE_GUARD_KEY) is not None else None
+    guard = (
+        _resolve_guard(plain[SPIKE_GUARD_KEY], optimizer, key_path(where, SPIKE_GUARD_KEY))
+        if plain.get(SPIKE_GUARD_KEY) is not None
+        else None
+    )
     validated = {
         "optimizer": {**plain["optimizer"], **optimizer.options, **scaling},
         "param_groups": list(optimizer.rules),
@@ -207,11 +216,11 @@ def _resolve_section(plain: dict[str, Any]) -> OptimSpec:
     return OptimSpec(validated, optimizer, scheduler, clipping, guard)
 
 
-def _resolve_guard(section: Any, optimizer: OptimizerSpec) -> SpikeGuardSpec:
-    guard = resolve_spike_guard(section)
+def _resolve_guard(section: Any, optimizer: OptimizerSpec, where: str) -> SpikeGuardSpec:
+    guard = resolve_spike_guard(section, where)
     if issubclass(optimizer.info.cls, torch.optim.LBFGS):
         raise OptimConfigError(
-            "optim_config.spike_guard with LBFGS is not supported: LBFGS evaluates the loss and gradients several "
+            f"optim_config.{where} with LBFGS is not supported: LBFGS evaluates the loss and gradients several "
             "times per step, so there is no one value per step to guard. Remove spike_guard, or use another optimizer."
         )
     return guard
@@ -249,35 +258,6 @@ def clipping_specs(spec: OptimSpec | OptimizerSetSpec) -> dict[str | None, Clipp
     return {member.name: member.spec.clipping for member in spec.members if member.spec.clipping is not None}
 
 
-@contextlib.contextmanager
-def section_keys(where: str) -> Iterator[None]:
-    """Name the keys of one named optimizer's section from the root in the errors and warnings raised inside.
-
-    The single-optimizer path names keys from its own root (``optim_config.optimizer.lr``); inside this context they
-    become ``optim_config.<where>.optimizer.lr``.
-
-    Examples:
-        >>> with section_keys("optimizers.generator"):
-        ...     resolve_optim_config({"optimizer": {"name": "adam", "lr": -1}})
-        Traceback (most recent call last):
-        ...
-        lightning_optim.errors.OptimConfigError: optim_config.optimizers.generator.optimizer.lr = -1 is not valid. \
-Expected a learning rate >= 0 and at most 3.403e+38 (float32's largest), e.g. 1e-3.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except OptimConfigError as error:
-            raise OptimConfigError(_under(str(error), where)) from None
-    for warning in caught:
-        warnings.warn(_under(str(warning.message), where), warning.category, stacklevel=3)
-
-
-def _under(message: str, where: str) -> str:
-    return message.replace("optim_config.", f"optim_config.{where}.")
-
-
 def validate_optim_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dict[str, Any]:
     """Return ``config`` as plain containers after checking every name, key and value that needs no model.
 
@@ -307,7 +287,7 @@ def warn_on_zero_lr(spec: OptimSpec | OptimizerSetSpec, stacklevel: int) -> None
     """Warn for an lr (or ``lr_scale``) of 0 in a checked config: those parameters would never change."""
     if isinstance(spec, OptimizerSetSpec):
         for member in spec.members:
-            _warn_on_zero_lr(member.spec, f"{member.where}.", stacklevel + 1)
+            _warn_on_zero_lr(member.spec, member.where, stacklevel + 1)
     else:
         _warn_on_zero_lr(spec, "", stacklevel + 1)
 
@@ -317,10 +297,10 @@ def _warn_on_zero_lr(spec: OptimSpec, where: str, stacklevel: int) -> None:
     if spec.scheduler is not None and spec.scheduler.info.sets_own_lr:
         return
     config = spec.config
-    zeros = [(f"{where}optimizer.lr", config["optimizer"].get("lr"), "the parameters")]
+    zeros = [(key_path(where, "optimizer.lr"), config["optimizer"].get("lr"), "the parameters")]
     for index, rule in enumerate(config["param_groups"]):
         group = f"the parameters of group {rule['name']!r}"
-        zeros += [(f"{where}param_groups[{index}].{key}", rule.get(key), group) for key in ("lr", "lr_scale")]
+        zeros += [(key_path(where, f"param_groups[{index}].{key}"), rule.get(key), group) for key in ("lr", "lr_scale")]
     for key, value, whose in zeros:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
             warnings.warn(

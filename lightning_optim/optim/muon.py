@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.errors import config_error
+from lightning_optim.errors import config_error, key_path
 from lightning_optim.names import named_modules
 from lightning_optim.optim.param_groups import (
     RULE_KEYS,
@@ -248,6 +248,7 @@ def muon_groups(
     lr: float,
     aux_lr: float,
     layer_decay: LayerDecay | None = None,
+    where: str = "",
 ) -> list[dict[str, Any]]:
     """``module``'s trainable parameters in named groups for :class:`MuonWithAux`, each with ``use_muon`` and ``lr``.
 
@@ -256,7 +257,8 @@ def muon_groups(
     :func:`~lightning_optim.optim.param_groups.group_parameters` (first match wins; ``lr_scale`` and ``layer_decay``
     multiply the lr of the side a parameter lands on). Unmatched parameters form the groups ``muon`` and ``aux``; a
     rule's group keeps its name, or becomes ``<name>/muon`` and ``<name>/aux`` when its parameters land on both sides;
-    under ``layer_decay`` each name ends in the depth (``muon/layer_2``).
+    under ``layer_decay`` each name ends in the depth (``muon/layer_2``). ``where``, the key path of the section
+    holding ``param_groups``, is named in errors and warnings.
 
     Raises:
         OptimConfigError: a rule sends a parameter of fewer than two dimensions to Muon.
@@ -271,17 +273,17 @@ def muon_groups(
     if named_parameters is None:
         named_parameters = module.named_parameters()
     if selectors is None:
-        selectors = compile_rules(rules)
+        selectors = compile_rules(rules, where)
     aux_ids = aux_parameter_ids(module)
     members: dict[tuple[int, bool, int | None], list[Placement]] = {}
-    for placement in place_parameters(named_parameters, selectors, module, layer_decay, rules):
+    for placement in place_parameters(named_parameters, selectors, module, layer_decay, rules, where):
         parameter, index = placement.parameter, placement.rule
         use_muon = rules[index].get(MUON_KEY) if index < len(rules) else None
         if use_muon is None:
             use_muon = parameter.ndim >= 2 and id(parameter) not in aux_ids
         elif use_muon and parameter.ndim < 2:
             raise config_error(
-                f"param_groups[{index}].{MUON_KEY}",
+                key_path(where, f"param_groups[{index}].{MUON_KEY}"),
                 True,
                 f"false for a rule matching {placement.name!r} of shape {tuple(parameter.shape)}: Muon takes matrices "
                 "only",
@@ -292,7 +294,7 @@ def muon_groups(
         rule = rules[index] if index < len(rules) else {}
         sides = [use_muon for use_muon in (True, False) if any(key[:2] == (index, use_muon) for key in members)]
         if index < len(rules) and not sides:
-            warn_unmatched(index, rule)
+            warn_unmatched(index, rule, where)
         options = {key: value for key, value in rule.items() if key not in (*RULE_KEYS, MUON_KEY)}
         for use_muon in sides:
             side = _SIDE_NAMES[use_muon]

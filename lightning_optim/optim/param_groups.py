@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.errors import OptimConfigError, config_error, did_you_mean
+from lightning_optim.errors import OptimConfigError, config_error, did_you_mean, key_path
 from lightning_optim.names import named_modules, plain_name
 
 __all__ = [
@@ -93,8 +93,10 @@ class Selector:
         return any(cls.__name__ in self.module for owner in owners for cls in owner.__mro__)
 
 
-def compile_rules(rules: Sequence[Mapping[str, Any]]) -> list[Selector]:
+def compile_rules(rules: Sequence[Mapping[str, Any]], where: str = "") -> list[Selector]:
     """Check each rule's name and selector keys, naming the rule and key that is bad.
+
+    ``where`` is the key path of the section holding ``param_groups`` (:func:`~lightning_optim.errors.key_path`).
 
     Examples:
         >>> compile_rules([{"name": "a", "params": "bias"}])[0].params.pattern
@@ -105,51 +107,50 @@ def compile_rules(rules: Sequence[Mapping[str, Any]]) -> list[Selector]:
     selectors = []
     names = set()
     for index, rule in enumerate(rules):
+        key = key_path(where, f"param_groups[{index}]")
         name = rule.get("name")
         if not isinstance(name, str) or not name:
-            raise config_error(f"param_groups[{index}].name", name, "a non-empty group name such as 'no_decay'")
+            raise config_error(f"{key}.name", name, "a non-empty group name such as 'no_decay'")
         if name in names or name == DEFAULT_GROUP:
-            raise config_error(f"param_groups[{index}].name", name, f"a unique name other than {DEFAULT_GROUP!r}")
+            raise config_error(f"{key}.name", name, f"a unique name other than {DEFAULT_GROUP!r}")
         names.add(name)
-        if not any(key in rule for key in SELECTOR_KEYS):
+        if not any(selector in rule for selector in SELECTOR_KEYS):
             raise OptimConfigError(
-                f"optim_config.param_groups[{index}] ({name!r}) needs 'params' (a regex on parameter names), 'ndim' "
+                f"optim_config.{key} ({name!r}) needs 'params' (a regex on parameter names), 'ndim' "
                 "(a number of dimensions) or 'module' (a module class name), or several of them."
             )
         selectors.append(
             Selector(
-                _compile_params(rule, index) if "params" in rule else None,
-                _check_ndim(rule["ndim"], index) if "ndim" in rule else None,
-                _check_module(rule["module"], index) if "module" in rule else None,
+                _compile_params(rule["params"], key) if "params" in rule else None,
+                _check_ndim(rule["ndim"], key) if "ndim" in rule else None,
+                _check_module(rule["module"], key) if "module" in rule else None,
             )
         )
         scale = rule.get("lr_scale", 1.0)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
-            raise config_error(f"param_groups[{index}].lr_scale", scale, "a number >= 0 multiplying the base lr")
+            raise config_error(f"{key}.lr_scale", scale, "a number >= 0 multiplying the base lr")
     return selectors
 
 
-def _compile_params(rule: Mapping[str, Any], index: int) -> re.Pattern[str]:
+def _compile_params(value: Any, key: str) -> re.Pattern[str]:
     try:
-        return re.compile(rule["params"])
+        return re.compile(value)
     except (re.error, TypeError) as error:
-        raise config_error(f"param_groups[{index}].params", rule["params"], f"a valid Python regex ({error})") from None
+        raise config_error(f"{key}.params", value, f"a valid Python regex ({error})") from None
 
 
-def _check_ndim(value: Any, index: int) -> frozenset[int]:
+def _check_ndim(value: Any, key: str) -> frozenset[int]:
     values = value if isinstance(value, list) else [value]
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        raise config_error(
-            f"param_groups[{index}].ndim", value, "a number of dimensions >= 0 (e.g. 1) or a list of them (e.g. [0, 1])"
-        )
+        raise config_error(f"{key}.ndim", value, "a number of dimensions >= 0 (e.g. 1) or a list of them (e.g. [0, 1])")
     return frozenset(values)
 
 
-def _check_module(value: Any, index: int) -> tuple[str, ...]:
+def _check_module(value: Any, key: str) -> tuple[str, ...]:
     values = value if isinstance(value, list) else [value]
     if not values or any(not isinstance(v, str) or not v.isidentifier() for v in values):
         raise config_error(
-            f"param_groups[{index}].module",
+            f"{key}.module",
             value,
             "a module class name (e.g. LayerNorm, Embedding, or a class of the model's own) or a list of them",
         )
@@ -189,9 +190,11 @@ class LayerDecay:
         """The section as plain values."""
         return {"rate": self.rate, "layers": self.layers.pattern}
 
-    def levels(self, named_parameters: Iterable[tuple[str, torch.Tensor]]) -> dict[int, tuple[int, float]]:
+    def levels(
+        self, named_parameters: Iterable[tuple[str, torch.Tensor]], where: str = ""
+    ) -> dict[int, tuple[int, float]]:
         """Each parameter's depth and lr factor by ``id``, over all of the model's parameters (frozen ones too: they
-        are part of the model's shape).
+        are part of the model's shape). ``where`` is the key path of the section holding ``layer_decay``.
 
         Raises:
             OptimConfigError: ``layers`` matches no parameter name, or captures something that is not an integer.
@@ -208,14 +211,14 @@ class LayerDecay:
                 blocks[id(parameter)] = int(match.group(1))
             except (TypeError, ValueError):
                 raise config_error(
-                    f"{LAYER_DECAY_KEY}.layers",
+                    key_path(where, f"{LAYER_DECAY_KEY}.layers"),
                     self.layers.pattern,
                     f"a regex whose group captures a block's index; in {name!r} it captures {match.group(1)!r}",
                 ) from None
             first = len(blocks) - 1 if first is None else first
         if first is None:
             raise config_error(
-                f"{LAYER_DECAY_KEY}.layers",
+                key_path(where, f"{LAYER_DECAY_KEY}.layers"),
                 self.layers.pattern,
                 r"a regex matching the parameters of the model's blocks, e.g. '^blocks\.(\d+)\.' (it matched no name "
                 "in model.named_parameters())",
@@ -228,8 +231,10 @@ class LayerDecay:
         return {key: (depth, float(self.rate ** (last + 1 - depth))) for key, depth in depths.items()}
 
 
-def resolve_layer_decay(section: Any) -> LayerDecay:
+def resolve_layer_decay(section: Any, where: str = "") -> LayerDecay:
     """Check ``optim_config.layer_decay``: ``{rate: 0.75, layers: <regex with one group capturing the block index>}``.
+
+    ``where`` is the key path of the section holding ``layer_decay``.
 
     Examples:
         >>> resolve_layer_decay({"rate": 1.5, "layers": "x"})
@@ -238,17 +243,16 @@ def resolve_layer_decay(section: Any) -> LayerDecay:
         lightning_optim.errors.OptimConfigError: optim_config.layer_decay.rate = 1.5 is not valid. Expected a number \
 in (0, 1], e.g. 0.75 (each block's lr is rate times the next one's).
     """
+    where = key_path(where, LAYER_DECAY_KEY)
     if not isinstance(section, Mapping):
-        raise config_error(LAYER_DECAY_KEY, section, r"a mapping {rate: 0.75, layers: '^blocks\.(\d+)\.'}")
+        raise config_error(where, section, r"a mapping {rate: 0.75, layers: '^blocks\.(\d+)\.'}")
     for key in section:
         if key not in ("rate", "layers"):
-            raise config_error(
-                f"{LAYER_DECAY_KEY}.{key}", section[key], "only rate and layers", ["rate", "layers"], True
-            )
+            raise config_error(f"{where}.{key}", section[key], "only rate and layers", ["rate", "layers"], True)
     rate = section.get("rate")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1 or not math.isfinite(rate):
         raise config_error(
-            f"{LAYER_DECAY_KEY}.rate",
+            f"{where}.rate",
             rate,
             "a number in (0, 1], e.g. 0.75 (each block's lr is rate times the next one's)",
         )
@@ -256,10 +260,10 @@ in (0, 1], e.g. 0.75 (each block's lr is rate times the next one's).
     try:
         pattern = re.compile(layers)  # type: ignore[arg-type]
     except (re.error, TypeError) as error:
-        raise config_error(f"{LAYER_DECAY_KEY}.layers", layers, f"a valid Python regex ({error})") from None
+        raise config_error(f"{where}.layers", layers, f"a valid Python regex ({error})") from None
     if pattern.groups != 1:
         raise config_error(
-            f"{LAYER_DECAY_KEY}.layers",
+            f"{where}.layers",
             layers,
             rf"a regex with exactly one group, capturing the block's index (e.g. '^blocks\.(\d+)\.'); it has "
             f"{pattern.groups}",
@@ -285,11 +289,13 @@ def place_parameters(
     module: nn.Module | None = None,
     layer_decay: LayerDecay | None = None,
     rules: Sequence[Mapping[str, Any]] = (),
+    where: str = "",
 ) -> list[Placement]:
     """Each trainable parameter with the first rule whose selector holds, and its depth under ``layer_decay``.
 
     ``module`` (the whole model) tells which modules own each parameter (``module`` rules) and the model's depth
-    (``layer_decay``); ``rules`` name the rule in errors.
+    (``layer_decay``); ``rules`` name the rule in errors, under ``where``, the key path of the section holding
+    ``param_groups`` and ``layer_decay``.
 
     Raises:
         OptimConfigError: a ``module`` rule names a class that is neither in ``torch.nn`` nor in the model.
@@ -305,10 +311,12 @@ def place_parameters(
         for _, submodule in named_modules(module):
             for parameter in submodule.parameters(recurse=False):
                 owners.setdefault(id(parameter), []).append(type(submodule))
-        _check_module_names(module, selectors, rules)
+        _check_module_names(module, selectors, rules, where)
     elif any(selector.module is not None for selector in selectors) or layer_decay is not None:
         raise TypeError("place_parameters needs the model (module=) for 'module' rules and layer_decay")
-    levels = layer_decay.levels(module.named_parameters()) if layer_decay is not None and module is not None else {}
+    levels = (
+        layer_decay.levels(module.named_parameters(), where) if layer_decay is not None and module is not None else {}
+    )
     placements = []
     for name, parameter in named_parameters:
         if not parameter.requires_grad:
@@ -320,7 +328,9 @@ def place_parameters(
     return placements
 
 
-def _check_module_names(module: nn.Module, selectors: Sequence[Selector], rules: Sequence[Mapping[str, Any]]) -> None:
+def _check_module_names(
+    module: nn.Module, selectors: Sequence[Selector], rules: Sequence[Mapping[str, Any]], where: str
+) -> None:
     known = {cls.__name__ for _, submodule in named_modules(module) for cls in type(submodule).__mro__}
     for index, selector in enumerate(selectors):
         for name in selector.module or ():
@@ -329,7 +339,7 @@ def _check_module_names(module: nn.Module, selectors: Sequence[Selector], rules:
                 continue
             value = rules[index]["module"] if index < len(rules) else name
             raise OptimConfigError(
-                f"optim_config.param_groups[{index}].module = {value!r} is not valid."
+                f"optim_config.{key_path(where, f'param_groups[{index}]')}.module = {value!r} is not valid."
                 f"{did_you_mean(name.lower(), sorted(known - {'Module', 'object'}))} Expected a class in torch.nn or "
                 f"among the model's modules; {name!r} is neither."
             )
@@ -345,8 +355,9 @@ def group_name(base: str, depth: int | None) -> str:
     return base if depth is None else f"{base}/layer_{depth}"
 
 
-def warn_unmatched(index: int, rule: Mapping[str, Any]) -> None:
-    """Report a rule that matched no trainable parameter (:class:`UnmatchedRuleWarning`), naming its selector.
+def warn_unmatched(index: int, rule: Mapping[str, Any], where: str = "") -> None:
+    """Report a rule that matched no trainable parameter (:class:`UnmatchedRuleWarning`), naming its selector and its
+    key under ``where``, the key path of the section holding ``param_groups``.
 
     Examples:
         >>> with warnings.catch_warnings(record=True) as caught:
@@ -356,8 +367,9 @@ def warn_unmatched(index: int, rule: Mapping[str, Any]) -> None:
         "optim_config.param_groups[0] ('cubes', ndim=3)"
     """
     shown = ", ".join(f"{key}={rule[key]!r}" for key in SELECTOR_KEYS if key in rule)
+    key = key_path(where, f"param_groups[{index}]")
     warnings.warn(
-        f"optim_config.param_groups[{index}] ({rule['name']!r}, {shown}) matched no trainable parameter; check it "
+        f"optim_config.{key} ({rule['name']!r}, {shown}) matched no trainable parameter; check it "
         "against model.named_parameters() (names are matched without the levels torch.compile, checkpoint_wrapper "
         "and FSDP1 insert).",
         UnmatchedRuleWarning,
@@ -372,6 +384,7 @@ def group_parameters(
     selectors: Sequence[Selector] | None = None,
     module: nn.Module | None = None,
     layer_decay: LayerDecay | None = None,
+    where: str = "",
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into named groups for ``torch.optim``.
 
@@ -386,19 +399,20 @@ def group_parameters(
     callbacks add unnamed ones.
     A rule that matches nothing is reported with :class:`UnmatchedRuleWarning`. ``selectors`` are the rules'
     selectors from :func:`compile_rules`, where the caller has checked the rules already; ``module`` is the whole
-    model, needed by ``module`` rules and ``layer_decay``.
+    model, needed by ``module`` rules and ``layer_decay``; ``where``, the key path of the section holding
+    ``param_groups``, is named in errors and warnings.
     """
     if selectors is None:
-        selectors = compile_rules(rules)
+        selectors = compile_rules(rules, where)
     members: dict[tuple[int, int | None], list[Placement]] = {}
-    for placement in place_parameters(named_parameters, selectors, module, layer_decay, rules):
+    for placement in place_parameters(named_parameters, selectors, module, layer_decay, rules, where):
         members.setdefault((placement.rule, placement.depth), []).append(placement)
     groups = []
     for index in range(len(rules) + 1):
         rule = rules[index] if index < len(rules) else {"name": DEFAULT_GROUP}
         keys = sorted((key for key in members if key[0] == index), key=lambda key: key[1] or 0)
         if index < len(rules) and not keys:
-            warn_unmatched(index, rule)
+            warn_unmatched(index, rule, where)
         options = {key: value for key, value in rule.items() if key not in RULE_KEYS[1:]}
         for key in keys:
             placed = members[key]

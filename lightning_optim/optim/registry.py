@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_optim.errors import OptimConfigError, config_error
+from lightning_optim.errors import OptimConfigError, config_error, key_path
 from lightning_optim.names import named_modules, named_parameters, plain_name
-from lightning_optim.optim.external import check_required_arguments, external_optimizer_class
+from lightning_optim.optim.external import check_required_arguments, external_optimizer_class, kwargs_switches
 from lightning_optim.optim.lr_scaling import LR_SCALING_KEY, LrScaling, resolve_lr_scaling
 from lightning_optim.optim.param_groups import (
     RULE_KEYS,
@@ -115,16 +115,20 @@ parameter-group rules with LBFGS: it supports a single parameter group.
         module: nn.Module,
         groups: Sequence[Mapping[str, Any]],
         selection: Iterable[tuple[str, nn.Parameter]] | None = None,
+        where: str = "",
     ) -> None:
         """Refuse parameter groups the optimizer cannot take: several for LBFGS, dense gradients for SparseAdam.
 
         ``selection`` is the optimizer's own share of ``module``'s parameters (one of several named optimizers);
-        None means all of them.
+        None means all of them. ``where`` is the key path of the section holding ``optimizer`` and ``param_groups``
+        (:func:`~lightning_optim.errors.key_path`).
         """
         if self.single_group and len(groups) > 1:
             names = [group["name"] for group in groups]
             raise config_error(
-                "param_groups", names, "no parameter-group rules with LBFGS: it supports a single parameter group"
+                key_path(where, "param_groups"),
+                names,
+                "no parameter-group rules with LBFGS: it supports a single parameter group",
             )
         if self.sparse_only:
             sparse = sparse_parameter_names(module)
@@ -132,7 +136,7 @@ parameter-group rules with LBFGS: it supports a single parameter group.
             dense = [plain_name(name) for name, p in selected if p.requires_grad and plain_name(name) not in sparse]
             if dense:
                 raise config_error(
-                    "optimizer.name",
+                    key_path(where, "optimizer.name"),
                     self.name,
                     f"an optimizer for dense gradients (e.g. 'adam'): parameters {dense[:5]} get dense gradients, "
                     "and SparseAdam only takes those of Embedding(sparse=True)/EmbeddingBag(sparse=True)",
@@ -199,8 +203,8 @@ class ExtraOptimizerInfo:
         """The command that installs the extra."""
         return f"pip install 'lightning-optim[{self.extra}]'"
 
-    def load(self) -> OptimizerInfo:
-        """Import the class: the :class:`OptimizerInfo` it stands for.
+    def load(self, where: str = "optimizer") -> OptimizerInfo:
+        """Import the class: the :class:`OptimizerInfo` it stands for; ``where`` is the section's key path.
 
         Raises:
             OptimConfigError: the package is not installed; the message gives :attr:`install_line`.
@@ -209,7 +213,7 @@ class ExtraOptimizerInfo:
             module = importlib.import_module(self.module)
         except ImportError as error:
             raise OptimConfigError(
-                f"optim_config.optimizer.name = {self.name!r} needs the {self.module.split('.')[0]} package, which "
+                f"optim_config.{where}.name = {self.name!r} needs the {self.module.split('.')[0]} package, which "
                 f"is not installed ({error}): {self.install_line}"
             ) from error
         return OptimizerInfo(self.name, getattr(module, self.class_name), settings=self.settings)
@@ -240,8 +244,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {name: info.cls for name, i
 _BY_SPELLING = {spelling: info for info in OPTIMIZER_INFOS.values() for spelling in (info.name, *info.aliases)}
 
 
-def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
+def optimizer_info(spec: Mapping[str, Any], where: str = "optimizer") -> OptimizerInfo:
     """The info record ``optimizer.name`` (case-insensitive) names, or one for the class ``optimizer._target_`` names.
+
+    ``where`` is the section's key path, named in errors.
 
     A name torch does not have is looked up in pytorch-optimizer (:mod:`lightning_optim.optim.external`).
 
@@ -253,20 +259,20 @@ def optimizer_info(spec: Mapping[str, Any]) -> OptimizerInfo:
         True
     """
     if "_target_" in spec:
-        cls = import_class(spec["_target_"], torch.optim.Optimizer, "optimizer._target_")
+        cls = import_class(spec["_target_"], torch.optim.Optimizer, f"{where}._target_")
         limited = (info for info in OPTIMIZER_INFOS.values() if info.single_group or info.sparse_only)
         base = next((info for info in limited if issubclass(cls, info.cls)), None)
         return OptimizerInfo(spec["_target_"], cls) if base is None else dataclasses.replace(base, cls=cls)
     name = spec.get("name")
     names = [*OPTIMIZERS, *EXTRA_OPTIMIZER_INFOS]
     if name is None:
-        raise OptimConfigError("optim_config.optimizer needs 'name' (one of: " + ", ".join(names) + ") or '_target_'.")
+        raise OptimConfigError(f"optim_config.{where} needs 'name' (one of: " + ", ".join(names) + ") or '_target_'.")
     extra = EXTRA_OPTIMIZER_INFOS.get(str(name).lower())
     if extra is not None:
-        return extra.load()
+        return extra.load(where)
     info = _BY_SPELLING.get(str(name).lower())
     if info is None:
-        return OptimizerInfo(str(name).lower(), external_optimizer_class(name, names))
+        return OptimizerInfo(str(name).lower(), external_optimizer_class(name, names, where))
     return info
 
 
@@ -283,6 +289,9 @@ def optimizer_class(spec: Mapping[str, Any]) -> type[torch.optim.Optimizer]:
 def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Refuse an option ``cls`` does not accept, a value its signature does not take, and a negative learning rate.
 
+    ``cls`` accepts its named constructor arguments and, for a pytorch-optimizer class, the switches it reads through
+    ``**kwargs`` (:func:`~lightning_optim.optim.external.kwargs_switches`); a misspelt key is refused either way.
+
     Returns:
         ``options`` as the constructor takes them (an integral float for an integer argument as an int).
 
@@ -294,14 +303,26 @@ def check_options(cls: type[torch.optim.Optimizer], options: Mapping[str, Any], 
         ...
         lightning_optim.errors.OptimConfigError: optim_config.optimizer.nesterov = 'yes' is not valid. Expected \
 true or false, e.g. false.
+        >>> import pytorch_optimizer
+        >>> check_options(pytorch_optimizer.Lion, {"cautious": True}, "optimizer")
+        {'cautious': True}
+        >>> check_options(pytorch_optimizer.Lion, {"cautios": True}, "optimizer")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.optimizer.cautios = True is not valid. Did you mean \
+'cautious'? Expected an argument of Lion: lr, betas, weight_decay, weight_decouple, fixed_decay, foreach, maximize; \
+or a switch it reads through **kwargs: adanorm, adanorm_r, cautious, use_gc.
     """
-    types = constructor_types(cls)
+    arguments = constructor_types(cls)
+    switches = kwargs_switches(cls)
+    types = {**arguments, **switches}
     for key, value in options.items():
         if key not in types:
+            also = f"; or a switch it reads through **kwargs: {', '.join(switches)}" if switches else ""
             raise config_error(
                 f"{where}.{key}",
                 value,
-                f"an argument of {cls.__name__}: {', '.join(types)}",
+                f"an argument of {cls.__name__}: {', '.join(arguments)}{also}",
                 types,
                 unknown_key=True,
             )
@@ -315,9 +336,11 @@ true or false, e.g. false.
 
 
 def check_effective_lrs(
-    cls: type[torch.optim.Optimizer], options: Mapping[str, Any], rules: Sequence[Mapping[str, Any]]
+    cls: type[torch.optim.Optimizer], options: Mapping[str, Any], rules: Sequence[Mapping[str, Any]], where: str = ""
 ) -> None:
     """Refuse an ``lr_scale`` that makes its group's lr (the rule's ``lr``, else the base lr, times it) overflow.
+
+    ``where`` is the key path of the section holding ``optimizer`` and ``param_groups``.
 
     Raises:
         OptimConfigError: naming the rule's ``lr_scale``, its value and the lr it would give.
@@ -335,30 +358,39 @@ e.g. 10.
         if scale is None:
             continue
         # The base lr group_parameters scales: the rule's, the section's, else the class's default.
-        lr = rule.get("lr", options["lr"] if "lr" in options else default_lr(cls))
+        lr = rule.get("lr", options["lr"] if "lr" in options else default_lr(cls, key_path(where, "optimizer")))
         if isinstance(lr, (int, float)) and not lr * scale <= MAX_LR:
             raise config_error(
-                f"param_groups[{index}].lr_scale",
+                key_path(where, f"param_groups[{index}].lr_scale"),
                 scale,
                 f"a number >= 0 that keeps the group's lr ({lr!r} x lr_scale = {lr * scale:.4g}) at most "
                 f"{MAX_LR:.4g} (float32's largest), e.g. 10",
             )
 
 
-def check_rule_options(cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def check_rule_options(
+    cls: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]], where: str = ""
+) -> list[dict[str, Any]]:
     """Check the optimizer options each parameter-group rule sets, as :func:`check_options` does.
+
+    ``where`` is the key path of the section holding ``param_groups``.
 
     Returns:
         The rules with their options as the constructor takes them.
     """
     return [
-        {**rule, **check_options(cls, {k: v for k, v in rule.items() if k not in RULE_KEYS}, f"param_groups[{index}]")}
+        {
+            **rule,
+            **check_options(
+                cls, {k: v for k, v in rule.items() if k not in RULE_KEYS}, key_path(where, f"param_groups[{index}]")
+            ),
+        }
         for index, rule in enumerate(rules)
     ]
 
 
-def default_lr(cls: type[torch.optim.Optimizer]) -> float:
-    """The default of ``cls``'s ``lr`` argument: the lr of an optimizer section without one.
+def default_lr(cls: type[torch.optim.Optimizer], where: str = "optimizer") -> float:
+    """The default of ``cls``'s ``lr`` argument: the lr of an optimizer section without one (at ``where``).
 
     Raises:
         OptimConfigError: ``cls`` has no default lr.
@@ -369,7 +401,7 @@ def default_lr(cls: type[torch.optim.Optimizer]) -> float:
     """
     parameter = inspect.signature(cls).parameters.get("lr")
     if parameter is None or parameter.default is inspect.Parameter.empty:
-        raise config_error("optimizer.lr", None, f"a learning rate: {cls.__name__} has no default")
+        raise config_error(f"{where}.lr", None, f"a learning rate: {cls.__name__} has no default")
     return float(parameter.default)
 
 
@@ -401,6 +433,8 @@ class OptimizerSpec:
         aux: the auxiliary optimizer's section, checked (``muon``'s ``aux``; ``None`` for every other optimizer).
         layer_decay: ``optim_config.layer_decay``, checked, or None.
         lr_scaling: ``optimizer.lr_scaling``, checked, or None (the fit applies it: it needs the run's batch size).
+        where: the key path of the section holding ``optimizer``, ``param_groups`` and ``layer_decay`` (empty: the
+            top level of ``optim_config``; ``optimizers.<name>``), named in the errors of a build.
 
     Examples:
         >>> spec = resolve_optimizer({"name": "sgd", "lr": 0.1}, [{"name": "bias", "params": "bias$"}])
@@ -416,6 +450,7 @@ class OptimizerSpec:
     aux: OptimizerSpec | None = None
     layer_decay: LayerDecay | None = None
     lr_scaling: LrScaling | None = None
+    where: str = ""
 
     def arguments(self) -> dict[str, Any]:
         """The constructor's keyword arguments: :attr:`options`, the auxiliary optimizer as a factory of its groups."""
@@ -431,7 +466,7 @@ class OptimizerSpec:
             >>> resolve_optimizer({"name": "adagrad"}).lr, resolve_optimizer({"name": "sgd", "lr": 0.1}).lr
             (0.01, 0.1)
         """
-        return self.options["lr"] if "lr" in self.options else default_lr(self.info.cls)
+        return self.options["lr"] if "lr" in self.options else default_lr(self.info.cls, self._key("optimizer"))
 
     def groups(
         self, module: nn.Module, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None
@@ -447,9 +482,18 @@ class OptimizerSpec:
         if self.aux is not None:
             lr = self.lr
             matched = self.options.get("adjust_lr_fn") == "match_rms_adamw"
-            aux_lr = self.aux.options.get("lr", lr if matched else default_lr(self.aux.info.cls))
+            aux_lr = self.aux.options.get(
+                "lr", lr if matched else default_lr(self.aux.info.cls, self._key("optimizer.aux"))
+            )
             groups = muon_groups(
-                module, selection, self.rules, self.selectors, lr=lr, aux_lr=aux_lr, layer_decay=self.layer_decay
+                module,
+                selection,
+                self.rules,
+                self.selectors,
+                lr=lr,
+                aux_lr=aux_lr,
+                layer_decay=self.layer_decay,
+                where=self.where,
             )
             if not groups:
                 raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
@@ -463,46 +507,64 @@ class OptimizerSpec:
             self.selectors,
             module,
             self.layer_decay,
+            self.where,
         )
-        self.info.check_groups(module, groups, selection)
+        self.info.check_groups(module, groups, selection, self.where)
         if not groups:
             raise OptimConfigError("The model has no trainable parameters (all have requires_grad=False).")
         return groups
 
+    def _key(self, key: str) -> str:
+        return key_path(self.where, key)
+
 
 def resolve_optimizer(
-    section: Mapping[str, Any], rules: Sequence[Mapping[str, Any]] = (), layer_decay: Mapping[str, Any] | None = None
+    section: Mapping[str, Any],
+    rules: Sequence[Mapping[str, Any]] = (),
+    layer_decay: Mapping[str, Any] | None = None,
+    where: str = "",
 ) -> OptimizerSpec:
     """Check an ``optimizer`` section, the ``param_groups`` rules and ``layer_decay`` once, for every later build.
 
+    ``where`` is the key path of the section holding them (empty: the top level of ``optim_config``), named in every
+    error and warning, also those of a later build.
+
     Raises:
         OptimConfigError: unknown optimizer or option, a value of the wrong type, negative lr, bad rule.
+
+    Examples:
+        >>> resolve_optimizer({"name": "sgd", "lr": -1}, where="optimizers.critic")
+        Traceback (most recent call last):
+        ...
+        lightning_optim.errors.OptimConfigError: optim_config.optimizers.critic.optimizer.lr = -1 is not valid. \
+Expected a learning rate >= 0 and at most 3.403e+38 (float32's largest), e.g. 1e-3.
     """
-    info = optimizer_info(section)
-    settings = info.check_settings(section, "optimizer")
-    arguments = {key: value for key, value in optimizer_options(section).items() if key not in settings}
-    lr_scaling = resolve_lr_scaling(arguments.pop(LR_SCALING_KEY)) if LR_SCALING_KEY in arguments else None
-    decay = resolve_layer_decay(layer_decay) if layer_decay is not None else None
+    key = key_path(where, "optimizer")
+    info = optimizer_info(section, key)
+    settings = info.check_settings(section, key)
+    arguments = {name: value for name, value in optimizer_options(section).items() if name not in settings}
+    lr_scaling = resolve_lr_scaling(arguments.pop(LR_SCALING_KEY), key) if LR_SCALING_KEY in arguments else None
+    decay = resolve_layer_decay(layer_decay, where) if layer_decay is not None else None
     aux = aux_section = None
     if info.aux is not None:
         aux_section = arguments.pop("aux", {"name": info.aux})
-        aux = _resolve_aux(aux_section)
-    options = check_options(info.cls, arguments, "optimizer")
-    check_required_arguments(info.cls, options, "optimizer")
-    selectors = compile_rules(rules)
+        aux = _resolve_aux(aux_section, f"{key}.aux")
+    options = check_options(info.cls, arguments, key)
+    check_required_arguments(info.cls, options, key)
+    selectors = compile_rules(rules, where)
     if aux is None:
-        checked_rules = check_rule_options(info.cls, rules)
-        check_effective_lrs(info.cls, options, checked_rules)
+        checked_rules = check_rule_options(info.cls, rules, where)
+        check_effective_lrs(info.cls, options, checked_rules, where)
     else:
-        named = {key: value for key, value in aux_section.items() if key in _SPEC_KEYS}
+        named = {name: value for name, value in aux_section.items() if name in _SPEC_KEYS}
         options["aux"] = {**named, **aux.options}
-        checked_rules = _check_muon_rules(aux.info.cls, rules)
-    return OptimizerSpec(info, options, tuple(checked_rules), tuple(selectors), settings, aux, decay, lr_scaling)
+        checked_rules = _check_muon_rules(aux.info.cls, rules, where)
+    return OptimizerSpec(info, options, tuple(checked_rules), tuple(selectors), settings, aux, decay, lr_scaling, where)
 
 
-def _resolve_aux(section: Any) -> OptimizerSpec:
-    """Check Muon's ``aux`` section: a torch optimizer that steps without a closure over dense gradients."""
-    where = "optimizer.aux"
+def _resolve_aux(section: Any, where: str) -> OptimizerSpec:
+    """Check Muon's ``aux`` section (at ``where``): a torch optimizer that steps without a closure over dense
+    gradients."""
     if not isinstance(section, Mapping):
         raise config_error(where, section, "an optimizer section, e.g. {name: adamw, lr: 3e-4}")
     if "_target_" in section:
@@ -524,7 +586,7 @@ def _steps_as_aux(info: OptimizerInfo) -> bool:
 
 
 def _check_muon_rules(
-    aux_class: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]]
+    aux_class: type[torch.optim.Optimizer], rules: Sequence[Mapping[str, Any]], where: str
 ) -> list[dict[str, Any]]:
     """Check each rule's ``muon`` side and its options against the optimizer(s) its parameters can reach."""
     checked = []
@@ -532,10 +594,12 @@ def _check_muon_rules(
         side = rule.get(MUON_KEY)
         if side is not None and not isinstance(side, bool):
             raise config_error(
-                f"param_groups[{index}].{MUON_KEY}", side, "true (Muon) or false (the auxiliary optimizer)"
+                key_path(where, f"param_groups[{index}].{MUON_KEY}"),
+                side,
+                "true (Muon) or false (the auxiliary optimizer)",
             )
         options = {key: value for key, value in rule.items() if key not in (*RULE_KEYS, MUON_KEY)}
         for cls in [torch.optim.Muon] * (side is not False) + [aux_class] * (side is not True):
-            options = check_options(cls, options, f"param_groups[{index}]")
+            options = check_options(cls, options, key_path(where, f"param_groups[{index}]"))
         checked.append({**rule, **options})
     return checked

@@ -87,7 +87,8 @@ def test_the_checks_measure_what_they_say(report):
     runs = checks["overhead"]["runs"]
     assert list(runs) == ["resnet_tiny@50", "resnet_tiny@1"]
     assert all(
-        set(run["variants"]) == {"plain", "plain_aa", "recipe", "mixin", "mixin_monitors"} for run in runs.values()
+        set(run["variants"]) == {"plain", "plain_aa", "recipe", "mixin", "mixin_monitors", "mixin_update"}
+        for run in runs.values()
     )
 
 

@@ -29,6 +29,8 @@ GROUPS = ["optimizer", "scheduler", "model", "data", "trainer", "callbacks", "lo
 NEWER_TORCH = {"muon": ("Muon", "2.9")}
 """Optimizer files whose class is newer than the package's torch floor: name -> (torch.optim class, torch version)."""
 MISSING_FROM_TORCH = {name for name, (cls, _) in NEWER_TORCH.items() if not hasattr(torch.optim, cls)}
+EXPERIMENT_OPTIMIZERS = {"transformer_muon": "muon"}
+"""Experiment files whose optimizer is in :data:`NEWER_TORCH`: experiment -> optimizer."""
 
 
 def group_options(group: str) -> list[str]:
@@ -94,8 +96,9 @@ def _compose_everywhere(overrides: list[str], config_name: str = "train"):
 
 def group_file(group: str, option: str):
     """``(group, option)``, skipped where the option's optimizer is newer than the installed torch."""
-    if group == "optimizer" and option in MISSING_FROM_TORCH:
-        cls, version = NEWER_TORCH[option]
+    optimizer = EXPERIMENT_OPTIMIZERS.get(option) if group == "experiment" else option if group == "optimizer" else None
+    if optimizer in MISSING_FROM_TORCH:
+        cls, version = NEWER_TORCH[optimizer]
         return pytest.param(group, option, marks=pytest.mark.skip(reason=f"torch.optim.{cls} needs torch>={version}"))
     return (group, option)
 
@@ -147,6 +150,41 @@ def test_experiments_compose(experiment, model, optimizer, scheduler):
     if experiment == "cnn":
         assert cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.9
     validate_optim_config(compose_optim_config(cfg))
+
+
+@pytest.mark.skipif("muon" in MISSING_FROM_TORCH, reason="torch.optim.Muon needs torch>=2.9")
+def test_transformer_muon_experiment_is_the_transformer_recipe_with_muon():
+    from hydra.utils import instantiate
+
+    cfg = _compose_everywhere(["experiment=transformer_muon"])
+    transformer = _compose_everywhere(["experiment=transformer"])
+    assert cfg.model == transformer.model and cfg.data == transformer.data and cfg.trainer == transformer.trainer
+    assert cfg.scheduler == transformer.scheduler
+    optim_config = validate_optim_config(compose_optim_config(cfg))
+    optimizer = optim_config["optimizer"]
+    assert (optimizer["name"], optimizer["lr"], optimizer["adjust_lr_fn"]) == ("muon", 1e-2, "match_rms_adamw")
+    assert optimizer["weight_decay"] == 0.01
+    assert optimizer["aux"] == {"name": "adamw", "betas": [0.9, 0.98], "weight_decay": 0.01}
+    assert [(rule["name"], rule["muon"]) for rule in optim_config["param_groups"]] == [
+        ("no_decay", False),
+        ("input", False),
+    ]
+    model = instantiate(cfg.model, optim_config=optim_config, _convert_="all")
+    built = build_optimizer(model, optim_config["optimizer"], optim_config["param_groups"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {
+        g["name"]: (g["use_muon"], g["lr"], sorted(names[id(p)] for p in g["params"])) for g in built.param_groups
+    }
+    assert {name: group[:2] for name, group in groups.items()} == {
+        "no_decay": (False, 1e-2),
+        "input": (False, 1e-2),
+        "muon": (True, 1e-2),
+        "aux": (False, 1e-2),
+    }
+    assert "position" in groups["no_decay"][2] and groups["input"][2] == ["embed.weight"]
+    assert groups["aux"][2] == ["head.weight"]
+    assert all(name.startswith("encoder.layers.") and name.endswith("weight") for name in groups["muon"][2])
+    assert len(groups["muon"][2]) == 8
 
 
 @pytest.mark.parametrize("experiment", ["cnn", "transformer"])

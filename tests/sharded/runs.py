@@ -11,7 +11,10 @@ monitor logs).
 from __future__ import annotations
 
 import json
+import shutil
+import struct
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +48,44 @@ CASES: dict[str, dict[str, Any]] = {
         "nan_at": 2,
     },
     "tp": {"parallel": "tp", "clip": 0.95, "clipping": None, "fused": False},
+    "tp_attention": {"parallel": "tp_attention", "clip": 0.5, "clipping": None, "fused": False},
 }
-"""Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2), the
+"""Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
+``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2), the
 Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping``, whether AdamW is fused (folded clipping)
 and the step at which the last rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``)."""
+
+
+def mesh_shape(case: str) -> tuple[int, int]:
+    """``(data_parallel_size, tensor_parallel_size)`` of a case."""
+    parallel = CASES[case]["parallel"]
+    return (2 if parallel.startswith("fsdp2") else 1, 2 if "tp" in parallel else 1)
+
+
+class Attention(nn.Module):
+    """Self-attention with 2 heads; the head count is read from the projections' width, so that under tensor
+    parallelism (Colwise q/k/v, Rowwise output) each rank attends with the heads it holds."""
+
+    def __init__(self, width: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.head_width = width // heads
+        # No key bias: attention is invariant to it, so its gradient is rounding noise that Adam would blow up.
+        self.q, self.v, self.o = (nn.Linear(width, width) for _ in range(3))
+        self.k = nn.Linear(width, width, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = tokens.shape
+
+        def heads(projection: nn.Module) -> torch.Tensor:
+            return projection(tokens).view(batch, length, -1, self.head_width).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(heads(self.q), heads(self.k), heads(self.v))
+        return self.o(attended.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MeanTokens(nn.Module):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens.mean(dim=1)
 
 
 class Net(OptimMixin, L.LightningModule):
@@ -59,11 +96,18 @@ class Net(OptimMixin, L.LightningModule):
         super().__init__()
         spec = CASES[case]
         self.tensor_parallel = spec["parallel"] == "tp"
+        self.attention = spec["parallel"].endswith("attention")
         self.chunks = chunks
         torch.manual_seed(0)
-        norm: list[nn.Module] = [] if self.tensor_parallel else [nn.BatchNorm1d(8)]
-        # No bias before BatchNorm: its gradient is rounding noise, which Adam would blow up to lr-sized steps.
-        self.net = nn.Sequential(nn.Linear(6, 8, bias=self.tensor_parallel), *norm, nn.ReLU(), nn.Linear(8, 3))
+        if self.attention:
+            # Each item: 3 tokens of 2 features.
+            self.net = nn.Sequential(
+                nn.Unflatten(1, (3, 2)), nn.Linear(2, 8), Attention(), MeanTokens(), nn.Linear(8, 3)
+            )
+        else:
+            norm: list[nn.Module] = [] if self.tensor_parallel else [nn.BatchNorm1d(8)]
+            # No bias before BatchNorm: its gradient is rounding noise, which Adam would blow up to lr-sized steps.
+            self.net = nn.Sequential(nn.Linear(6, 8, bias=self.tensor_parallel), *norm, nn.ReLU(), nn.Linear(8, 3))
         self.nan_at = spec.get("nan_at")
         self.optim_config = {
             "optimizer": {"name": "adamw", "lr": 0.05, "weight_decay": 0.01, "fused": spec["fused"]},
@@ -78,7 +122,12 @@ class Net(OptimMixin, L.LightningModule):
         from torch.distributed.fsdp import fully_shard
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
-        if self.tensor_parallel:
+        if self.attention:
+            projections = {f"2.{name}": ColwiseParallel() for name in "qkv"}
+            parallelize_module(self.net, self.device_mesh["tensor_parallel"], {**projections, "2.o": RowwiseParallel()})
+            if self.device_mesh["data_parallel"].size() == 1:
+                return
+        elif self.tensor_parallel:
             mesh = self.device_mesh["tensor_parallel"]
             parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
             return
@@ -107,10 +156,10 @@ class Net(OptimMixin, L.LightningModule):
 
 
 class RankItems(Sampler[int]):
-    """Items ``rank, rank + ranks, ...`` of ``length``."""
+    """Items ``rank, rank + ranks, ...`` of ``length``, from the ``start``-th of them."""
 
-    def __init__(self, length: int, rank: int, ranks: int) -> None:
-        self.items = list(range(rank, length, ranks))
+    def __init__(self, length: int, rank: int, ranks: int, start: int = 0) -> None:
+        self.items = list(range(rank, length, ranks))[start:]
 
     def __iter__(self):
         return iter(self.items)
@@ -179,12 +228,15 @@ def trainer_options(case: str) -> dict[str, Any]:
 
 
 class RecordClipping(L.Callback):
-    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``)."""
+    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), and each step's
+    lr per parameter group."""
 
     def __init__(self) -> None:
         self.steps: list[list[float]] = []
+        self.lrs: list[list[float]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
         last = pl_module.clip_state.last
         if last is not None and last.total is not None:
             self.steps.append([float(last.total), float(last.threshold)])
@@ -213,13 +265,14 @@ def result(model: Net, trainer: L.Trainer, counter: CountAllReduce | None = None
         "params": params,
         "all_reduce": counter.per_step if counter is not None else [],
         "clipping": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).steps,
+        "lrs": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).lrs,
     }
 
 
 def run(case: str) -> dict[str, Any]:
     """The one-process reference: plain modules, both ranks' batches of a step in one batch."""
     data = dataset(2 * BATCH * STEPS)
-    ranks = 1 if CASES[case]["parallel"] == "tp" else 2
+    ranks = mesh_shape(case)[0]
     loader = DataLoader(data, batch_sampler=StepBatches(len(data), ranks))
     model = Net(case, chunks=ranks)
     trainer = L.Trainer(
@@ -231,27 +284,150 @@ def run(case: str) -> dict[str, Any]:
 
 def run_sharded(case: str) -> dict[str, Any]:
     """The sharded run, in this process and the one Lightning's launcher starts."""
-    tensor_parallel = CASES[case]["parallel"] == "tp"
-    strategy = ModelParallelStrategy(
-        data_parallel_size=1 if tensor_parallel else 2, tensor_parallel_size=2 if tensor_parallel else 1
-    )
+    data_parallel, tensor_parallel = mesh_shape(case)
+    strategy = ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
     model, counter = Net(case), CountAllReduce()
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=2,
+        devices=data_parallel * tensor_parallel,
         strategy=strategy,
         logger=MemoryLogger(),
         callbacks=[*callbacks(case), counter],
         **trainer_options(case),
     )
     data = dataset(2 * BATCH * STEPS)
-    ranks = 1 if tensor_parallel else 2
-    rank = 0 if tensor_parallel else trainer.global_rank
-    loader = DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, ranks))
+    # Ranks are laid out data-parallel major: the tensor-parallel ranks of one data-parallel rank see its batch.
+    rank = trainer.global_rank // tensor_parallel
+    loader = DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, data_parallel))
     trainer.fit(model, loader)
     return result(model, trainer, counter)
 
 
+RESUME_CASE = "fsdp2_autoclip_skip"
+"""The case :func:`run_resumed` stops halfway and resumes: AutoClip's history and a skipped step before the stop."""
+
+CORRUPTIONS = {
+    "directory": (
+        "truncated_shard",
+        "truncated_shard_unlisted",
+        "flipped_byte_in_shard",
+        "no_metadata",
+        "code_in_metadata",
+        "truncated_meta_pt",
+    ),
+    "file": ("truncated", "flipped_byte"),
+}
+"""What :func:`corrupt` does to a copy of each form of checkpoint (``_unlisted`` and ``code_in_metadata`` also remove
+``checksums.json``, as a checkpoint saved without ``SafeModelParallelStrategy`` lacks it)."""
+
+CODE_RAN = "code_ran"
+"""The file that the pickle :func:`corrupt` plants in ``.metadata`` would create, if anything ran it."""
+
+
+def corrupt(source: Path, target: Path, how: str) -> Path:
+    """A copy of the checkpoint ``source`` at ``target`` damaged as ``how`` says; returns the file damaged."""
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
+    shard = target / "__1_0.distcp"
+    damaged = {
+        "truncated_shard": shard,
+        "truncated_shard_unlisted": shard,
+        "flipped_byte_in_shard": shard,
+        "no_metadata": target / ".metadata",
+        "code_in_metadata": target / ".metadata",
+        "truncated_meta_pt": target / "meta.pt",
+    }.get(how, target)
+    if how.endswith("_unlisted") or how == "code_in_metadata":
+        (target / "checksums.json").unlink()
+    if how == "no_metadata":
+        damaged.unlink()
+    elif how == "code_in_metadata":
+        marker = target.parent / CODE_RAN
+        damaged.write_bytes(f"cbuiltins\nexec\n(Vopen({str(marker)!r}, 'w')\ntR.".encode())
+    elif how.startswith("truncated"):
+        with open(damaged, "r+b") as file:
+            file.truncate(damaged.stat().st_size // 2)
+    else:
+        data = bytearray(damaged.read_bytes())
+        data[data_offset(damaged)] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+    return damaged
+
+
+def data_offset(file: Path) -> int:
+    """A byte of tensor data: the middle of a shard, or of a ``torch.save`` archive's largest entry (the middle of the
+    file may be zip padding, which no check covers and no load reads)."""
+    if not zipfile.is_zipfile(file):
+        return file.stat().st_size // 2
+    with zipfile.ZipFile(file) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    header = file.read_bytes()[entry.header_offset : entry.header_offset + 30]
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return entry.header_offset + 30 + name_length + extra_length + entry.file_size // 2
+
+
+class CountBatches(L.Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self.batches += 1
+
+
+def run_resumed(form: str, out: Path) -> dict[str, Any]:
+    """Under ``SafeModelParallelStrategy`` saving a ``form`` checkpoint (``directory`` or ``file``): train half of
+    :data:`STEPS`, save, resume in a new Trainer to the end (what it recorded per step), then try to resume from each
+    of :data:`CORRUPTIONS` (the error and how many batches ran)."""
+    from lightning_optim.errors import CheckpointError
+    from lightning_optim.fit.sharded_checkpoints import SafeModelParallelStrategy
+
+    data = dataset(2 * BATCH * STEPS)
+    checkpoint = out / ("resume" if form == "directory" else "resume.ckpt")
+
+    def trainer(max_steps: int, *extra: L.Callback) -> L.Trainer:
+        strategy = SafeModelParallelStrategy(save_distributed_checkpoint=form == "directory")
+        options = {**trainer_options(RESUME_CASE), "max_steps": max_steps}
+        return L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy=strategy,
+            logger=MemoryLogger(),
+            callbacks=[*callbacks(RESUME_CASE), *extra],
+            **options,
+        )
+
+    def loader(rank: int, start: int) -> DataLoader:
+        return DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, 2, start * BATCH))
+
+    first = trainer(STEPS // 2)
+    first.fit(Net(RESUME_CASE), loader(first.global_rank, 0))
+    first.save_checkpoint(checkpoint)
+    second = trainer(STEPS)
+    second.fit(Net(RESUME_CASE), loader(second.global_rank, STEPS // 2), ckpt_path=checkpoint)
+    resumed = result(second.lightning_module, second)
+    refusals = {}
+    for how in CORRUPTIONS[form]:
+        target = out / f"{how}{checkpoint.suffix}"
+        if dist.get_rank() == 0:
+            corrupt(checkpoint, target, how)
+        dist.barrier()
+        counter = CountBatches()
+        attempt = trainer(STEPS, counter)
+        try:
+            attempt.fit(Net(RESUME_CASE), loader(attempt.global_rank, STEPS // 2), ckpt_path=target)
+            refusals[how] = {"error": None, "batches": counter.batches}
+        except CheckpointError as error:
+            refusals[how] = {"error": str(error), "batches": counter.batches}
+        dist.barrier()
+    return {"lrs": resumed["lrs"], "clipping": resumed["clipping"], "refusals": refusals}
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "resume":
+        outcome = run_resumed(sys.argv[2], Path(sys.argv[3]))
+        Path(f"{sys.argv[3]}/{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
+        sys.exit()
     outcome = run_sharded(sys.argv[1])
     Path(f"{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))

@@ -1,0 +1,100 @@
+"""Rollback after a loss spike in ``lightning-optim-train``: the checkpoint resumed from, the batches skipped, the
+data order after them, and the exit status once ``max_times`` is spent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_optim.cli.rollback import ROLLBACK_EXHAUSTED_EXIT, resolve_rollback
+from tests.cli.apps import TINY, run_app, run_app_expecting_failure
+
+BATCHES_PER_EPOCH = 32  # 512 quadratic samples in batches of 16
+SPIKE_SAMPLE = 407  # the first sample of global batch 20: randperm(512, seed 42)[320]
+SPIKY = (
+    *TINY,
+    "data=quadratic",
+    "model=quadratic_mlp",
+    "model._target_=tests.cli.spiky.SpikyQuadratic",
+    "data.batch_size=16",
+    "trainer.limit_train_batches=null",
+    "metric=val/loss",
+    "hydra.run.dir=run",
+)
+ROLLBACK = "back_steps: 4, skip_batches: 6, every_n_steps: 2, warmup_steps: 5, alpha: 0.9"
+
+
+def global_batch(samples: list[int]) -> int:
+    """The global index of a batch of the seeded stream: data epoch ``k`` is ``randperm(512)`` seeded ``42 + k``."""
+    for epoch in range(2):
+        order = torch.randperm(512, generator=torch.Generator().manual_seed(42 + epoch)).tolist()
+        for offset in range(BATCHES_PER_EPOCH):
+            if order[offset * 16 : (offset + 1) * 16] == samples:
+                return epoch * BATCHES_PER_EPOCH + offset
+    raise AssertionError(f"batch {samples} is not in the first two data epochs")
+
+
+def seen(cwd: Path) -> list[int]:
+    return [global_batch(json.loads(line)["samples"]) for line in (cwd / "seen.jsonl").read_text().splitlines()]
+
+
+def test_a_spike_rolls_back_to_the_checkpoint_before_it_skips_the_next_batches_and_finishes(tmp_path):
+    out = run_app(
+        "lightning_optim.cli.train",
+        *SPIKY,
+        f"+model.spike_sample={SPIKE_SAMPLE}",
+        f"rollback={{{ROLLBACK}, lr_factor: 0.5}}",
+        cwd=tmp_path,
+    )
+    assert "val/loss = " in out
+    run = tmp_path / "run"
+    (record,) = json.loads((run / "rollbacks.json").read_text())
+    # The spike is the 21st step (global batch 20); the newest checkpoint 4 steps before it is step 16.
+    assert record["spike_step"] == 21 and record["z"] > 8
+    assert Path(record["checkpoint"]).name == "step=16.ckpt" and record["checkpoint_step"] == 16
+    assert record["skipped_batches"] == [16, 17, 18, 19, 20, 21]
+    assert record["lr_scale"] == 0.5
+    # 21 steps, then from step 16 the stream less the six skipped batches: 16 more steps, into data epoch 1.
+    assert seen(tmp_path) == [*range(21), *range(22, 38)]
+    log = (run / "train.log").read_text()
+    assert "Rollback 1/3: loss spike at step 21" in log
+    assert "skipping 6 batches (global batch indices 16..21)" in log
+    before = torch.load(run / "checkpoints/rollback/step=16.ckpt", weights_only=True)["lr_schedulers"][0]
+    last = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 32
+    assert last["lr_schedulers"][0]["base_lrs"] == [lr * 0.5 for lr in before["base_lrs"]]
+
+
+def test_a_spike_after_max_times_rollbacks_stops_with_exit_status_3(tmp_path):
+    result = run_app_expecting_failure(
+        "lightning_optim.cli.train",
+        *SPIKY,
+        "+model.spike_step=20",
+        f"rollback={{{ROLLBACK}, max_times: 2}}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == ROLLBACK_EXHAUSTED_EXIT == 3
+    records = json.loads((tmp_path / "run/rollbacks.json").read_text())
+    assert [(r["spike_step"], r["checkpoint_step"], r["skipped_batches"]) for r in records] == [
+        (21, 16, [16, 17, 18, 19, 20, 21]),
+        (21, 16, [22, 23, 24, 25, 26, 27]),
+    ]
+    assert "after rollback.max_times = 2 rollbacks: training stops (exit status 3)" in result.stdout
+    assert seen(tmp_path) == [*range(21), *range(22, 27), *range(28, 33)]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"z_threshold": 0}, "rollback.z_threshold = 0 is not valid. Expected a number > 0, e.g. 8.0."),
+        ({"on": "grad_norm"}, "rollback.on = 'grad_norm' is not valid. Expected 'loss'"),
+        ({"max_times": 1.5}, "rollback.max_times = 1.5 is not valid. Expected an integer >= 1."),
+        ({"skip_batch": 2}, "rollback.skip_batch is not a key of rollback. Did you mean 'skip_batches'?"),
+    ],
+)
+def test_a_bad_rollback_section_is_refused_naming_the_key_the_value_and_what_works(section, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        resolve_rollback(section)
