@@ -123,11 +123,21 @@ def _quiet_lightning_hints():
 
 
 @pytest.fixture(autouse=True)
-def _lightning_records_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lightning stops its loggers' records at a console handler of its own when it is imported before logging has a
-    handler (which depends on what a pytest-xdist worker imported first); let them reach pytest's ``caplog`` as the
-    train app's logging config (``conf/hydra/job_logging``) lets them reach its handlers."""
+def _lightning_records_reach_caplog(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Lightning's INFO records reach pytest's ``caplog``, whatever ran before in this worker.
+
+    Lightning stops its loggers' records at a console handler of its own when it is imported before logging has a
+    handler (which depends on what a pytest-xdist worker imported first): they propagate here, as the train app's
+    logging config (``conf/hydra/job_logging``) lets them reach its handlers. The examples, imported in-process by
+    their tests, quiet Lightning's loggers to ERROR: each test starts from Lightning's own INFO.
+    """
     import logging
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        monkeypatch.setattr(logger, "propagate", True)
+        logger.setLevel(logging.INFO)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
