@@ -114,19 +114,39 @@ class SequenceLSTM(Classifier):
     Args:
         hidden_size: LSTM units.
         num_layers: Stacked LSTM layers.
+        recurrent_init_scale: Factor on the initial hidden-to-hidden weights (``weight_hh``) of every layer; above 1
+            the backward pass through time amplifies gradients, so they can explode (1: torch's initialization).
+        forget_bias: Added to the initial forget-gate bias (in ``bias_hh``) of every layer; positive values make the
+            cell keep its state longer at the start of training (0: torch's initialization).
         optim_config: The ``optim_config``; ``None`` uses Nesterov momentum SGD at lr 0.1.
 
     Examples:
         >>> SequenceLSTM(hidden_size=8)(torch.zeros(3, 10, 2)).shape
         torch.Size([3, 2])
+        >>> _ = torch.manual_seed(0)
+        >>> plain = SequenceLSTM(hidden_size=8).lstm.weight_hh_l0.abs().max()
+        >>> _ = torch.manual_seed(0)
+        >>> scaled = SequenceLSTM(hidden_size=8, recurrent_init_scale=3.0, forget_bias=1.0).lstm
+        >>> torch.allclose(scaled.weight_hh_l0.abs().max(), 3 * plain), scaled.bias_hh_l0[8:16].min().item() > 0.5
+        (True, True)
     """
 
     def __init__(
-        self, hidden_size: int = 32, num_layers: int = 1, optim_config: Mapping[str, Any] | None = None
+        self,
+        hidden_size: int = 32,
+        num_layers: int = 1,
+        recurrent_init_scale: float = 1.0,
+        forget_bias: float = 0.0,
+        optim_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(num_classes=NUM_CLASSES)
         self.save_config(optim_config)
         self.lstm = nn.LSTM(NUM_FEATURES, hidden_size, num_layers=num_layers, batch_first=True)
+        with torch.no_grad():
+            for layer in range(num_layers):
+                getattr(self.lstm, f"weight_hh_l{layer}").mul_(recurrent_init_scale)
+                # torch orders the gates input, forget, cell, output: the second chunk is the forget gate's.
+                getattr(self.lstm, f"bias_hh_l{layer}")[hidden_size : 2 * hidden_size].add_(forget_bias)
         self.head = nn.Linear(hidden_size, NUM_CLASSES)
 
     @override
