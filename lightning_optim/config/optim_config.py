@@ -105,6 +105,14 @@ def to_plain_config(config: Mapping[str, Any] | DictConfig | OptimConfig) -> dic
     return {**_plain_section(values, ""), **kept}
 
 
+_MAPPING_SECTIONS = {
+    "scheduler": "a mapping with a 'name', or null for a constant lr",
+    "clipping": "a mapping with a name (autoclip or zclip), or null for no adaptive clipping",
+    "spike_guard": "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none",
+}
+"""The sections that are a mapping or null, with what a wrong value is told."""
+
+
 def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
     """One optimizer's ``optimizer``, ``param_groups`` and ``scheduler``, all present, and ``clipping`` and
     ``layer_decay`` when set; ``where`` is the section's key path (empty: the top level)."""
@@ -118,27 +126,11 @@ def _plain_section(values: dict[str, Any], where: str) -> dict[str, Any]:
         raise config_error(
             key_path(where, "param_groups"), param_groups, "a list of rules such as [{'name': ..., 'params': ...}]"
         )
-    scheduler = values.get("scheduler")
-    if scheduler is not None and not isinstance(scheduler, dict):
-        raise config_error(
-            key_path(where, "scheduler"), scheduler, "a mapping with a 'name', or null for a constant lr"
-        )
-    clipping = values.get("clipping")
-    if clipping is not None and not isinstance(clipping, dict):
-        raise config_error(
-            key_path(where, "clipping"),
-            clipping,
-            "a mapping with a name (autoclip or zclip), or null for no adaptive clipping",
-        )
-    spike_guard = values.get("spike_guard")
-    if spike_guard is not None and not isinstance(spike_guard, dict):
-        raise config_error(
-            key_path(where, "spike_guard"),
-            spike_guard,
-            "a mapping such as {on: grad_norm, z_threshold: 6.0}, or null for none",
-        )
-    section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": scheduler}
-    optional = {"clipping": clipping, "spike_guard": spike_guard, "layer_decay": values.get("layer_decay")}
+    for key, expected in _MAPPING_SECTIONS.items():
+        if values.get(key) is not None and not isinstance(values[key], dict):
+            raise config_error(key_path(where, key), values[key], expected)
+    section = {"optimizer": values["optimizer"], "param_groups": param_groups, "scheduler": values.get("scheduler")}
+    optional = {key: values.get(key) for key in ("clipping", "spike_guard", "layer_decay")}
     return {**section, **{key: value for key, value in optional.items() if value is not None}}
 
 
