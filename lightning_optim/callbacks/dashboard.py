@@ -26,6 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
+from lightning_optim.callbacks.event_records import fast_records
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.callbacks.scalar_writer import histogram_bins
@@ -171,7 +172,8 @@ class TensorBoardDashboard(L.Callback):
 
     def _series_writer(self, log_dir: str) -> SummaryWriter:
         if log_dir not in self._series_writers:
-            self._series_writers[log_dir] = SummaryWriter(log_dir)
+            writer = self._series_writers[log_dir] = SummaryWriter(log_dir)
+            fast_records(writer.file_writer)
         return self._series_writers[log_dir]
 
     @override
