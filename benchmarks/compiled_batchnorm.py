@@ -7,8 +7,8 @@ variant per round, in a fresh random order every round, so drift and foreign loa
 
 * ``eager``: no statistics;
 * ``eager_hooks``: eager, with what ``BatchNormMonitor`` does on a logging step: a forward pre-hook per layer computing
-  :func:`~lightning_optim.stats.batchnorm.batch_statistics` and the summaries, the running statistics' copy, and one
-  host sync for all values;
+  :func:`~lightning_optim.stats.batchnorm.layer_values` (the batch statistics and the summaries), the running
+  statistics' copy, and one host sync for all values;
 * ``compiled``: ``torch.compile(net)`` (inductor), no statistics;
 * ``compiled_updates``: compiled, with what ``BatchNormMonitor`` does on a logging step under compile: the running
   statistics copied before the forward (:class:`~lightning_optim.stats.batchnorm.LayerUpdates`), the batch's
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_optim.stats.batchnorm import LayerUpdates, batch_statistics, layer_summaries
+from lightning_optim.stats.batchnorm import LayerUpdates, channel_moments, layer_values
 
 BATCH_NORMS = (nn.BatchNorm2d,)
 
@@ -90,10 +90,8 @@ def batchnorms(net: nn.Module) -> dict[str, nn.BatchNorm2d]:
 def hook_values(layer: nn.BatchNorm2d, inputs: torch.Tensor) -> list[torch.Tensor]:
     """What ``BatchNormMonitor``'s eager pre-hook computes for one layer."""
     with torch.no_grad():
-        stats = batch_statistics(inputs, layer.running_mean, layer.running_var, layer.eps)
-        summaries = layer_summaries(layer, layer.running_mean, layer.running_var)
-    assert stats.mean_drift is not None and stats.var_ratio is not None
-    return [stats.mean_drift, stats.var_ratio, stats.dead_fraction, *summaries.values()]
+        _, values = layer_values(layer, layer.running_mean, layer.running_var, channel_moments(inputs))
+    return list(values.unbind())
 
 
 class EagerHooks:
@@ -152,11 +150,7 @@ def from_updates(layers: dict[str, nn.BatchNorm2d], forward_backward: Callable[[
     before = LayerUpdates(layers)
     forward_backward()
     measured = before.measure()
-    order = ["mean_drift", "var_ratio", "dead_fraction"]
-    values = {
-        name: [v[key] for key in order] + [v[key] for key in v if key not in order] for name, (v, _) in measured.items()
-    }
-    return synced(values)
+    return synced({name: list(values.unbind()) for name, (_, values, _) in measured.items()})
 
 
 class Variant:

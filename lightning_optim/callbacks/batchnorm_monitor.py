@@ -43,8 +43,8 @@ from lightning_optim.names import named_modules
 from lightning_optim.stats.batchnorm import (
     DEAD_VARIANCE,
     LayerUpdates,
-    batch_statistics,
-    layer_summaries,
+    channel_moments,
+    layer_values,
     rank_divergence,
     unrecoverable,
 )
@@ -157,9 +157,9 @@ class BatchNormMonitor(L.Callback):
         """Whether the model runs under ``torch.compile`` (:func:`~lightning_optim.internals.is_compiled`)."""
         self._handles: list[RemovableHandle] = []
         self._measuring = False
-        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self._pending: dict[str, tuple[list[str], torch.Tensor]] = {}
         self._before: LayerUpdates | None = None
-        self._updates: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]] = {}
+        self._updates: dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]] = {}
         self._step = -1
         self._partial_batch = False
         self._logging_steps = 0
@@ -252,16 +252,8 @@ class BatchNormMonitor(L.Callback):
             return
         inputs = args[0]
         with torch.no_grad():
-            stats = batch_statistics(
-                inputs, layer.running_mean, layer.running_var, layer.eps, dead_threshold=self.dead_threshold
-            )
-            values = {
-                "mean_drift": stats.mean_drift,
-                "var_ratio": stats.var_ratio,
-                "dead_fraction": stats.dead_fraction,
-                **layer_summaries(layer, layer.running_mean, layer.running_var),
-            }
-        self._pending[name] = {key: value for key, value in values.items() if value is not None}
+            moments = channel_moments(inputs)
+        self._pending[name] = layer_values(layer, layer.running_mean, layer.running_var, moments, self.dead_threshold)
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
         if self._histograms is not None:
@@ -313,32 +305,30 @@ class BatchNormMonitor(L.Callback):
         self._measuring = False
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, {}
-        values = {
-            f"{name}/{key}": value for name, layer_values in pending.items() for key, value in layer_values.items()
-        }
-        values |= {
-            f"{name}/{key}": value for name, (layer_values, _) in updates.items() for key, value in layer_values.items()
-        }
-        values |= {f"forwards:{name}": forwards for name, (_, forwards) in updates.items() if forwards is not None}
-        if values:
-            collector.add(self._step, values, partial(self._metrics, pending, updates, self._step))
+        measured = {name: (keys, values) for name, (keys, values) in pending.items()}
+        measured |= {name: (keys, values) for name, (keys, values, _) in updates.items()}
+        forwards = {f"forwards:{name}": count for name, (_, _, count) in updates.items() if count is not None}
+        stacked = [([f"{name}/{key}" for key in keys], values) for name, (keys, values) in measured.items()]
+        if stacked or forwards:
+            finish = partial(self._metrics, pending, updates, self._step)
+            collector.add(self._step, forwards, finish, stacked=stacked)
 
     def _metrics(
         self,
-        pending: dict[str, dict[str, torch.Tensor]],
-        updates: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]],
+        pending: dict[str, tuple[list[str], torch.Tensor]],
+        updates: dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]],
         step: int,
         numbers: dict[str, float],
     ) -> dict[str, float]:
         """The metrics of :meth:`_hand_over`'s values made Python numbers: the hooks' measurements, and those from
         the running statistics' update that describe the batch; ``last``, ``modes`` and the warnings updated."""
-        keys = [(name, key) for name, layer_values in pending.items() for key in layer_values]
+        keys = [(name, key) for name, (layer_keys, _) in pending.items() for key in layer_keys]
         measured = [numbers[f"{name}/{key}"] for name, key in keys]
-        for name, (layer_values, _) in updates.items():
+        for name, (layer_keys, _, _) in updates.items():
             usable = self._usable_keys(name, numbers.get(f"forwards:{name}"))
             if usable:
                 self.modes[name] = self.layers[name].training
-            for key in layer_values:
+            for key in layer_keys:
                 if key in usable:
                     keys.append((name, key))
                     measured.append(numbers[f"{name}/{key}"])

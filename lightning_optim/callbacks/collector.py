@@ -7,7 +7,8 @@ numbers, to the collector of its Trainer instead of converting them itself (``fl
 device-to-host copy the host waits for). At the ``on_train_batch_end`` of the last of them in the Trainer's callbacks
 (``on_train_batch_end`` is the last hook they write at), the collector stacks every tensor of the step into one and
 converts it with one ``tolist()``, and writes all the step's keys in one call per logger
-(:func:`~lightning_optim.callbacks.scalar_writer.write_scalars`).
+(:func:`~lightning_optim.callbacks.scalar_writer.write_scalars`). A monitor that computes several values in one
+tensor hands it over as it is, with their keys (``stacked``): no 0-dim tensor per key to make and stack again.
 
 Examples:
     >>> import lightning as L
@@ -16,14 +17,16 @@ Examples:
     >>> collector = MetricCollector.of(trainer)
     >>> collector.add(3, {"a": torch.tensor(0.5), "b": 2.0})
     >>> collector.add(3, {"n": torch.tensor(4)}, lambda numbers: {"half": numbers["n"] / 2})
+    >>> collector.add(3, {}, stacked=[(["c", "d"], torch.tensor([1.5, 2.5]))])
     >>> collector.flush(trainer)
-    {3: {'a': 0.5, 'b': 2.0, 'half': 2.0}}
+    {3: {'a': 0.5, 'b': 2.0, 'half': 2.0, 'c': 1.5, 'd': 2.5}}
 """
 
 from __future__ import annotations
 
+import itertools
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -33,7 +36,7 @@ from lightning_optim.callbacks.scalar_writer import write_scalars
 from lightning_optim.fit.driver import driver_of
 from lightning_optim.internals import callback_metrics_store, logging_step
 
-__all__ = ["Finish", "MetricCollector", "to_device", "to_numbers"]
+__all__ = ["Finish", "MetricCollector", "Stacked", "to_device", "to_numbers"]
 
 Finish = Callable[[dict[str, float]], Mapping[str, float]]
 """Turns a monitor's values, made Python numbers, into the metrics to log (and updates the monitor's own state)."""
@@ -41,11 +44,15 @@ Finish = Callable[[dict[str, float]], Mapping[str, float]]
 Listener = Callable[[L.Trainer, dict[int, dict[str, float]]], None]
 """Gets the metrics of each flush, by step, after they were written to the loggers."""
 
+Stacked = tuple[Sequence[str], torch.Tensor]
+"""Several values in one tensor, with their keys: ``keys[i]`` is the tensor's ``i``-th element (flattened)."""
+
 
 @dataclass
 class _Entry:
     step: int
     values: Mapping[str, float | torch.Tensor]
+    stacked: list[Stacked]
     finish: Finish | None
     callback_metrics: bool
 
@@ -92,14 +99,16 @@ class MetricCollector:
         values: Mapping[str, float | torch.Tensor],
         finish: Finish | None = None,
         callback_metrics: bool = False,
+        stacked: Iterable[Stacked] = (),
     ) -> None:
-        """Hand over ``values`` (Python numbers or 0-dim tensors) to log at ``step``.
+        """Hand over ``values`` (Python numbers or 0-dim tensors) and the ``stacked`` ones to log at ``step``.
 
-        ``finish``, if given, gets them as Python numbers at the flush and returns the metrics to log instead.
-        With ``callback_metrics``, the metrics are also put into ``trainer.callback_metrics`` at the flush (as
-        ``LearningRateMonitor`` does for its lr keys), so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
+        ``finish``, if given, gets them all as Python numbers at the flush (``values`` first, then the stacked keys)
+        and returns the metrics to log instead. With ``callback_metrics``, the metrics are also put into
+        ``trainer.callback_metrics`` at the flush (as ``LearningRateMonitor`` does for its lr keys), so
+        ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
         """
-        self._entries.append(_Entry(step, values, finish, callback_metrics))
+        self._entries.append(_Entry(step, values, list(stacked), finish, callback_metrics))
 
     def batch_end(self, trainer: L.Trainer, monitor: L.Callback) -> None:
         """``monitor``'s ``on_train_batch_end`` is done: flush if it is the last member in the Trainer's callbacks
@@ -120,7 +129,14 @@ class MetricCollector:
             return {}
         self._take_spike_guard(trainer)
         entries, self._entries = self._entries, []
-        tensors = [value for entry in entries for value in entry.values.values() if isinstance(value, torch.Tensor)]
+        tensors = [
+            tensor
+            for entry in entries
+            for tensor in itertools.chain(
+                (value for value in entry.values.values() if isinstance(value, torch.Tensor)),
+                (tensor for _, tensor in entry.stacked),
+            )
+        ]
         numbers = iter(to_numbers(tensors))
         by_step: dict[int, dict[str, float]] = {}
         for_callbacks: dict[str, float] = {}
@@ -128,6 +144,8 @@ class MetricCollector:
             converted = {
                 key: next(numbers) if isinstance(value, torch.Tensor) else value for key, value in entry.values.items()
             }
+            for keys, _ in entry.stacked:
+                converted.update(zip(keys, itertools.islice(numbers, len(keys)), strict=True))
             metrics = entry.finish(converted) if entry.finish is not None else converted
             if metrics:
                 by_step.setdefault(entry.step, {}).update(metrics)
@@ -167,28 +185,39 @@ def to_device(values: list[float], device: torch.device) -> list[torch.Tensor]:
 
 
 def to_numbers(tensors: list[torch.Tensor]) -> list[float]:
-    """Python numbers of 0-dim tensors, with one device-to-host copy per device (one host sync).
+    """Python numbers of every element of ``tensors`` (each flattened, in order), with one device-to-host copy per
+    device (one host sync).
 
-    The tensors of each dtype are stacked, cast to float64 (exact for every float and for integers up to 2**53;
-    float32 on MPS, which has no float64) and concatenated, so a value is the same as ``float(tensor)``.
+    The tensors of each dtype are stacked (0-dim ones) or concatenated, cast to float64 (exact for every float and for
+    integers up to 2**53; float32 on MPS, which has no float64) and concatenated, so a value is the same as
+    ``float(tensor)``.
 
     Examples:
-        >>> to_numbers([torch.tensor(0.1), torch.tensor(3), torch.tensor(0.25, dtype=torch.float64)])
-        [0.10000000149011612, 3.0, 0.25]
+        >>> to_numbers([torch.tensor(0.1), torch.tensor(3), torch.tensor([0.25, 4.0], dtype=torch.float64)])
+        [0.10000000149011612, 3.0, 0.25, 4.0]
     """
-    by_device: dict[torch.device, list[int]] = {}
+    sizes = [tensor.numel() for tensor in tensors]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    numbers: list[float] = [0.0] * starts[-1]
+    by_device: dict[torch.device, dict[torch.dtype, list[int]]] = {}
     for index, tensor in enumerate(tensors):
-        by_device.setdefault(tensor.device, []).append(index)
-    numbers: list[float] = [0.0] * len(tensors)
-    for device, indices in by_device.items():
+        by_device.setdefault(tensor.device, {}).setdefault(tensor.dtype, []).append(index)
+    for device, by_dtype in by_device.items():
         wide = torch.float32 if device.type == "mps" else torch.float64
-        by_dtype: dict[torch.dtype, list[int]] = {}
-        for index in indices:
-            by_dtype.setdefault(tensors[index].dtype, []).append(index)
+        order: list[int] = []
+        parts: list[torch.Tensor] = []
         with torch.no_grad():
-            parts = [torch.stack([tensors[index] for index in group]).to(wide) for group in by_dtype.values()]
+            for group in by_dtype.values():
+                scalars = [index for index in group if tensors[index].dim() == 0]
+                others = [index for index in group if tensors[index].dim() != 0]
+                pieces = [torch.stack([tensors[index] for index in scalars])] if scalars else []
+                pieces += [tensors[index].reshape(-1) for index in others]
+                parts.append((pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(wide))
+                order += scalars + others
             flat = parts[0] if len(parts) == 1 else torch.cat(parts)
-        order = [index for group in by_dtype.values() for index in group]
-        for index, number in zip(order, flat.tolist(), strict=True):
-            numbers[index] = number
+        values = flat.tolist()
+        position = 0
+        for index in order:
+            numbers[starts[index] : starts[index + 1]] = values[position : position + sizes[index]]
+            position += sizes[index]
     return numbers

@@ -33,6 +33,7 @@ __all__ = [
     "channel_moments",
     "dead_fraction",
     "layer_summaries",
+    "layer_values",
     "mean_drift",
     "moments_from_update",
     "rank_divergence",
@@ -252,6 +253,61 @@ def layer_summaries(
     }
 
 
+BATCH_KEYS = ("mean_drift", "var_ratio", "dead_fraction")
+"""The keys of :func:`batch_statistics` in :func:`layer_values`, in its order."""
+
+
+def layer_values(
+    layer: BatchNormLayer,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dead_threshold: float = DEAD_VARIANCE,
+) -> tuple[list[str], torch.Tensor]:
+    """:func:`batch_statistics` of the batch whose per-channel ``(mean, unbiased var)`` are ``moments`` (None: no
+    batch statistics) and :func:`layer_summaries`, as their keys and one float32 vector of the values, in that order.
+
+    The same values as those functions (to float rounding) in about a third of the kernels: the per-channel terms of
+    the statistics and the tensors to summarize are the rows of one table, averaged by one ``mean`` and summarized by
+    one ``aminmax``; on a CPU every small kernel costs a few microseconds, whatever its size.
+
+    Examples:
+        >>> layer = torch.nn.BatchNorm1d(2)
+        >>> keys, values = layer_values(layer, layer.running_mean, layer.running_var, channel_moments(torch.eye(2)))
+        >>> dict(zip(keys[:5], [round(value, 4) for value in values.tolist()]))
+        {'mean_drift': 0.5, 'var_ratio': 0.5, 'dead_fraction': 0.0, 'running_mean_mean': 0.0, 'running_var_mean': 1.0}
+    """
+    keys: list[str] = []
+    rows: list[torch.Tensor] = []
+    with torch.no_grad():
+        if moments is not None:
+            batch_mean, batch_var = moments
+            # var * 0 is NaN for a NaN/Inf variance: its channel is neither dead nor alive, and the fraction NaN.
+            dead = (batch_var < dead_threshold).float().add_(batch_var * 0)
+            if running_mean is None or running_var is None:
+                keys.append("dead_fraction")
+                rows.append(dead)
+            else:
+                scale = running_var.float() + layer.eps
+                drift = (batch_mean - running_mean.float()).abs_().div_(scale.sqrt())
+                keys += BATCH_KEYS
+                rows += [drift, batch_var / scale, dead]
+        batch_rows = len(rows)
+        tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
+        # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
+        summarized = {
+            name: full_tensor(tensor.detach()).float() for name, tensor in tensors.items() if tensor is not None
+        }
+        if not rows and not summarized:
+            return [], torch.zeros(0)
+        table = torch.stack(rows + list(summarized.values()))
+        parts = [table.mean(dim=1)]
+        if summarized:
+            parts += torch.aminmax(table[batch_rows:], dim=1)
+        keys += [f"{name}_{key}" for key in ("mean", "min", "max") for name in summarized]
+    return keys, torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 def unrecoverable(layer: BatchNormLayer) -> str | None:
     """Why a batch's statistics cannot be recovered from this layer's running statistics
     (:func:`moments_from_update`), or None when they can.
@@ -279,8 +335,9 @@ class LayerUpdates:
     """BatchNorm layers' running statistics kept before a training forward, to measure that forward's batch from the
     update it makes, where the batch itself is out of reach (inside a ``torch.compile``d graph).
 
-    :meth:`measure` gives, per layer, the :func:`layer_summaries` of the statistics as they were (what a forward
-    pre-hook reads) and, for a layer :func:`unrecoverable` says nothing against, :func:`statistics_from_update`;
+    :meth:`measure` gives, per layer, the :func:`layer_values` of the statistics as they were (what a forward
+    pre-hook reads) and, for a layer :func:`unrecoverable` says nothing against, of the batch's moments
+    (:func:`moments_from_update`, as :func:`statistics_from_update` uses them);
     with them how many training forwards updated the layer since (``num_batches_tracked``, as a tensor: no host
     sync). The batch statistics describe the batch only when that count is 1. Lazy layers not yet materialized are
     left out.
@@ -289,8 +346,9 @@ class LayerUpdates:
         >>> layer = torch.nn.BatchNorm1d(2)
         >>> before = LayerUpdates({"bn": layer})
         >>> _ = layer(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
-        >>> values, forwards = before.measure()["bn"]
-        >>> round(float(values["mean_drift"]), 4), float(values["dead_fraction"]), int(forwards)
+        >>> keys, values, forwards = before.measure()["bn"]
+        >>> measured = dict(zip(keys, values.tolist()))
+        >>> round(measured["mean_drift"], 4), measured["dead_fraction"], int(forwards)
         (1.0, 0.5, 1)
     """
 
@@ -305,10 +363,10 @@ class LayerUpdates:
 
     def measure(
         self, dead_threshold: float = DEAD_VARIANCE, skip: Collection[str] = ()
-    ) -> dict[str, tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
-        """Per layer but those in ``skip``: its values by key (summaries, and the batch statistics where
-        recoverable), and the number of training forwards since the copy (None for a layer without running
-        statistics)."""
+    ) -> dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+        """Per layer but those in ``skip``: its keys and values (:func:`layer_values`: the summaries, and the batch
+        statistics where recoverable), and the number of training forwards since the copy (None for a layer without
+        running statistics)."""
         measured = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
@@ -316,8 +374,8 @@ class LayerUpdates:
                     continue
                 old_mean, old_var, old_count = self.before[name]
                 new_mean, new_var, new_count = _running_buffers(layer, clone=False)
-                values = layer_summaries(layer, old_mean, old_var)
                 forwards = None if old_count is None or new_count is None else new_count - old_count
+                moments = None
                 if (
                     unrecoverable(layer) is None
                     and layer.momentum
@@ -326,13 +384,9 @@ class LayerUpdates:
                     and new_mean is not None
                     and new_var is not None
                 ):
-                    stats = statistics_from_update(
-                        old_mean, old_var, new_mean, new_var, layer.momentum, layer.eps, dead_threshold
-                    )
-                    batch = {"mean_drift": stats.mean_drift, "var_ratio": stats.var_ratio}
-                    values.update({key: value for key, value in batch.items() if value is not None})
-                    values["dead_fraction"] = stats.dead_fraction
-                measured[name] = (values, forwards)
+                    moments = moments_from_update(old_mean, old_var, new_mean, new_var, layer.momentum)
+                keys, values = layer_values(layer, old_mean, old_var, moments, dead_threshold)
+                measured[name] = (keys, values, forwards)
         return measured
 
 
