@@ -12,6 +12,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -22,11 +23,11 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
-from lightning_optim.callbacks.event_records import fast_records
+from lightning_optim.callbacks.event_records import EventFile
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.callbacks.scalar_writer import histogram_bins
@@ -62,11 +63,22 @@ def clip_series(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """
     series: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
-        match = _CLIP_SERIES_KEY.match(key)
-        if match is not None:
-            optimizer = f"{match['optimizer']}/" if match["optimizer"] else ""
-            series.setdefault(CLIP_SERIES_RUNS[match["series"]], {})[f"clipping/{optimizer}norm"] = value
+        place = _clip_series_place(key)
+        if place is not None:
+            run, tag = place
+            series.setdefault(run, {})[tag] = value
     return series
+
+
+@functools.lru_cache(maxsize=4096)
+def _clip_series_place(key: str) -> tuple[str, str] | None:
+    """The run and tag of a metric key on the clipping chart, or None (remembered: every logging step has the same
+    keys)."""
+    match = _CLIP_SERIES_KEY.match(key)
+    if match is None:
+        return None
+    optimizer = f"{match['optimizer']}/" if match["optimizer"] else ""
+    return CLIP_SERIES_RUNS[match["series"]], f"clipping/{optimizer}norm"
 
 
 def dashboard_layout(callbacks: Iterable[Any]) -> dict[str, dict[str, list[Any]]]:
@@ -138,7 +150,7 @@ class TensorBoardDashboard(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
-        self._series_writers: dict[str, SummaryWriter] = {}
+        self._series_files: dict[str, EventFile] = {}
 
     @staticmethod
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -163,24 +175,23 @@ class TensorBoardDashboard(L.Callback):
     def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
         if not trainer.is_global_zero:
             return
-        for step, metrics in by_step.items():
-            for run, values in clip_series(metrics).items():
-                for logger in self._tensorboards(trainer):
-                    writer = self._series_writer(os.path.join(logger.log_dir, run))
-                    for tag, value in values.items():
-                        writer.add_scalar(tag, value, global_step=step)
+        for logger in self._tensorboards(trainer):
+            log_dir = logger.log_dir
+            for step, metrics in by_step.items():
+                for run, values in clip_series(metrics).items():
+                    summary = Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])
+                    self._series_file(os.path.join(log_dir, run)).add_summary(summary, step)
 
-    def _series_writer(self, log_dir: str) -> SummaryWriter:
-        if log_dir not in self._series_writers:
-            writer = self._series_writers[log_dir] = SummaryWriter(log_dir)
-            fast_records(writer.file_writer)
-        return self._series_writers[log_dir]
+    def _series_file(self, log_dir: str) -> EventFile:
+        if log_dir not in self._series_files:
+            self._series_files[log_dir] = EventFile(log_dir)
+        return self._series_files[log_dir]
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for writer in self._series_writers.values():
-            writer.close()
-        self._series_writers.clear()
+        for events in self._series_files.values():
+            events.close()
+        self._series_files.clear()
 
     @override
     def on_before_optimizer_step(

@@ -51,11 +51,11 @@ def write_scalars(logger: Logger, metrics: Mapping[str, float], step: int) -> No
     assert isinstance(logger, TensorBoardLogger)  # _summary_writer says so
     prefix = logger_prefix(logger)
     join = logger.LOGGER_JOIN_CHAR
-    values = [
-        Summary.Value(tag=f"{prefix}{join}{key}" if prefix else key, simple_value=float(value))
-        for key, value in metrics.items()
-    ]
-    writer.add_summary(Summary(value=values), step)
+    summary = Summary()
+    add = summary.value.add  # about half the time of building Summary.Value(...) objects to hand over
+    for key, value in metrics.items():
+        add(tag=f"{prefix}{join}{key}" if prefix else key, simple_value=float(value))
+    writer.add_summary(summary, step)
 
 
 def _summary_writer(logger: Logger) -> FileWriter | None:

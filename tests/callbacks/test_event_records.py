@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import random
+import re
+import socket
 
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_masked_crc32c
 from tensorboard.summary.writer.record_writer import RecordWriter
+from torch.utils.tensorboard import SummaryWriter
 
-from lightning_optim.callbacks.event_records import CHUNK, FastRecordWriter, fast_records, masked_crc32c
+from lightning_optim.callbacks.event_records import CHUNK, EventFile, FastRecordWriter, fast_records, masked_crc32c
 from lightning_optim.callbacks.scalar_writer import write_scalars
 from lightning_optim.internals import event_record_writer
 from tests import tb
@@ -66,3 +71,25 @@ def test_a_record_writer_of_another_class_is_left_as_it_is(tmp_path):
     record_writer.__class__ = OwnRecordWriter
     fast_records(logger.experiment.file_writer)
     assert type(record_writer) is OwnRecordWriter
+
+
+def test_an_event_file_reads_back_as_what_summary_writer_writes_and_is_named_alike(tmp_path):
+    own, torch_writer = EventFile(str(tmp_path / "own")), SummaryWriter(str(tmp_path / "torch"))
+    for step, value in enumerate([0.5, 2.0, float("inf")]):
+        own.add_summary(Summary(value=[Summary.Value(tag="clipping/norm", simple_value=value)]), step)
+        torch_writer.add_scalar("clipping/norm", value, global_step=step)
+    own.close()
+    own.close()
+    torch_writer.close()
+    assert tb.scalars(tmp_path / "own") == tb.scalars(tmp_path / "torch")
+    name = re.compile(rf"events\.out\.tfevents\.\d{{10}}\.{re.escape(socket.gethostname())}\.{os.getpid()}\.\d+")
+    for run in ("own", "torch"):
+        (path,) = (tmp_path / run).iterdir()
+        assert name.fullmatch(path.name), path.name
+
+
+def test_two_event_files_of_one_directory_in_one_second_get_their_own_names(tmp_path):
+    first, second = EventFile(str(tmp_path)), EventFile(str(tmp_path))
+    first.close()
+    second.close()
+    assert len(list(tmp_path.iterdir())) == 2
