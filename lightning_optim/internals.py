@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchNormLayer",
     "attached_trainer",
+    "batchnorm_saved_statistics",
     "callback_metrics_store",
     "ends_epoch",
     "event_record_writer",
@@ -201,6 +202,24 @@ def is_batchnorm(module: torch.nn.Module) -> TypeGuard[BatchNormLayer]:
     instance norm); listing the public classes would miss a lazy layer before its first forward.
     """
     return isinstance(module, _BatchNorm)
+
+
+def batchnorm_saved_statistics(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The per-channel batch mean and inverse standard deviation (``1 / sqrt(biased var + eps)``) that a BatchNorm
+    training forward saved for its backward, or None where it saved none.
+
+    Reads ``output.grad_fn._saved_result1`` and ``_saved_result2`` when ``grad_fn`` is a ``NativeBatchNormBackward0``
+    (torch's own kernel: CPU, CUDA without cuDNN) that was training: what ``native_batch_norm`` returned besides the
+    output, which torch keeps for the backward under no public name. Without a graph (no gradient), for cuDNN's or
+    ``SyncBatchNorm``'s backward, or in eval mode (empty tensors), None.
+    """
+    grad_fn = output.grad_fn
+    if type(grad_fn).__name__ != "NativeBatchNormBackward0" or not getattr(grad_fn, "_saved_training", False):
+        return None
+    mean, invstd = getattr(grad_fn, "_saved_result1", None), getattr(grad_fn, "_saved_result2", None)
+    if not isinstance(mean, torch.Tensor) or not isinstance(invstd, torch.Tensor) or not mean.numel():
+        return None
+    return mean, invstd
 
 
 def own_buffers(module: torch.nn.Module) -> Iterable[torch.Tensor | None]:

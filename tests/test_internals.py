@@ -19,6 +19,7 @@ from torch import nn
 
 from lightning_optim.internals import (
     attached_trainer,
+    batchnorm_saved_statistics,
     callback_metrics_store,
     ends_epoch,
     event_record_writer,
@@ -239,6 +240,19 @@ def test_is_batchnorm_holds_for_every_batchnorm_layer_and_no_other_norm():
     others = [nn.InstanceNorm2d(2, track_running_stats=True), nn.LayerNorm(2), nn.GroupNorm(1, 2), nn.Linear(2, 2)]
     assert all(is_batchnorm(module) for module in batchnorms)
     assert not any(is_batchnorm(module) for module in others)
+
+
+def test_batchnorm_saved_statistics_are_the_batch_mean_and_inverse_std_of_a_training_forward_only():
+    layer = nn.BatchNorm2d(3)
+    inputs = (torch.randn(8, 3, 4, 4) * 2 + 1).requires_grad_()
+    mean, invstd = batchnorm_saved_statistics(layer(inputs))
+    expected_var = inputs.detach().var(dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean, inputs.detach().mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(invstd, (expected_var + layer.eps).rsqrt())
+    assert batchnorm_saved_statistics(layer.eval()(inputs)) is None
+    with torch.no_grad():
+        assert batchnorm_saved_statistics(layer.train()(inputs)) is None
+    assert batchnorm_saved_statistics(inputs * 2) is None
 
 
 def test_own_buffers_are_the_module_s_buffers_without_its_children_s():

@@ -44,6 +44,7 @@ from lightning_optim.stats.batchnorm import (
     DEAD_VARIANCE,
     LayerUpdates,
     channel_moments,
+    forward_moments,
     layer_values,
     rank_divergence,
     unrecoverable,
@@ -62,9 +63,11 @@ class BatchNormMonitor(L.Callback):
     Watches every ``torch.nn`` BatchNorm layer of the model (``BatchNorm1d/2d/3d``, their lazy variants,
     ``SyncBatchNorm``), found by :func:`~lightning_optim.internals.is_batchnorm` and named by its
     qualified name (``features.1``). On a logging step (Lightning's own decision, the one ``self.log`` and
-    ``LearningRateMonitor`` follow) it attaches a forward pre-hook to each layer for that batch only, so the
-    statistics are taken on the training batch before the layer updates its running statistics; the hooks are
-    removed at the end of the batch, and a non-logging step costs nothing (no hook, no ``.item()``). Only
+    ``LearningRateMonitor`` follow) it copies the running statistics at the batch's start and attaches a forward hook
+    to each layer for that batch only, which compares the training batch with the statistics before the layer
+    updated them; the batch's mean and variance are those the layer's forward saved for its backward where torch's
+    own kernel ran (:func:`~lightning_optim.stats.batchnorm.forward_moments`), else computed from its input. The
+    hooks are removed at the end of the batch, and a non-logging step costs nothing (no hook, no ``.item()``). Only
     rank zero measures; the values become Python numbers once per logging step. Logged keys, at the step
     Lightning's own metrics use (``<layer>`` is the qualified name):
 
@@ -159,6 +162,7 @@ class BatchNormMonitor(L.Callback):
         self._measuring = False
         self._pending: dict[str, tuple[list[str], torch.Tensor]] = {}
         self._before: LayerUpdates | None = None
+        self._updates_read = False
         self._updates: dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]] = {}
         self._step = -1
         self._partial_batch = False
@@ -231,29 +235,35 @@ class BatchNormMonitor(L.Callback):
             self._histograms = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         self._logging_steps += 1
         self._measuring = True
-        # Taken in eager runs too: a layer whose hook sees nothing ran inside a graph compiled out of sight.
-        self._before = LayerUpdates(self.layers)
+        # The running statistics as the batch starts, which each layer's first forward in it starts from: what the
+        # hooks compare the batch with, and, for a layer no hook sees (inside a graph compiled out of sight), what its
+        # update is measured against.
+        self._before, self._updates_read = LayerUpdates(self.layers), False
         if self.compiled:
             self._histograms = None
             return
         for name, layer in self.layers.items():
-            self._handles.append(layer.register_forward_pre_hook(partial(self._measure, name)))
+            self._handles.append(layer.register_forward_hook(partial(self._measure, name)))
             if self._histograms is not None:
                 self._handles.append(layer.register_forward_hook(partial(self._output_histogram, name)))
 
-    def _measure(self, name: str, layer: BatchNormLayer, args: tuple[Any, ...]) -> None:
+    def _measure(self, name: str, layer: BatchNormLayer, args: tuple[Any, ...], output: Any) -> None:
         # Traced into a graph compiled while it was attached, the hook must be a no-op: the graph keeps it for good.
         if torch.compiler.is_compiling():
             return
         # Only the first forward of the batch: a closure evaluated again (LBFGS) sees the same data.
         if name in self._pending or not args or not isinstance(args[0], torch.Tensor):
             return
-        if layer.running_mean is not None and is_lazy(layer.running_mean):
+        # A lazy layer materialized by this forward had nothing to copy at the batch's start: measured from the next.
+        before = self._before.before.get(name) if self._before is not None else None
+        if before is None:
             return
         inputs = args[0]
-        with torch.no_grad():
-            moments = channel_moments(inputs)
-        self._pending[name] = layer_values(layer, layer.running_mean, layer.running_var, moments, self.dead_threshold)
+        running_mean, running_var, _ = before
+        moments = (
+            forward_moments(layer, inputs, output) if isinstance(output, torch.Tensor) else channel_moments(inputs)
+        )
+        self._pending[name] = layer_values(layer, running_mean, running_var, moments, self.dead_threshold)
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
         if self._histograms is not None:
@@ -287,10 +297,10 @@ class BatchNormMonitor(L.Callback):
     def _read_updates(self) -> None:
         """Measure the layers no hook measured from their running statistics' update, once per logging batch: after
         its first forward (before the first backward; at the batch's end if there is none)."""
-        if self._before is None:
+        if self._before is None or self._updates_read:
             return
-        before, self._before = self._before, None
-        self._updates = before.measure(self.dead_threshold, skip=self._pending)
+        self._updates_read = True
+        self._updates = self._before.measure(self.dead_threshold, skip=self._pending)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -302,7 +312,7 @@ class BatchNormMonitor(L.Callback):
         """Hand the logging batch's measurements to the collector as tensors (no host sync here)."""
         self._read_updates()
         self._remove_hooks()
-        self._measuring = False
+        self._measuring, self._before = False, None
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, {}
         measured = {name: (keys, values) for name, (keys, values) in pending.items()}

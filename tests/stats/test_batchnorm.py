@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from lightning_optim.stats.batchnorm import (
+    DEAD_VARIANCE,
     batch_statistics,
     channel_moments,
     dead_fraction,
+    forward_moments,
     mean_drift,
     rank_divergence,
     summary,
@@ -126,3 +128,33 @@ def test_rank_divergence_matches_numpy():
 def test_identical_ranks_do_not_diverge():
     means = torch.randn(4, generator=torch.Generator().manual_seed(5)).expand(2, 4)
     assert rank_divergence(means, torch.ones(2, 4), eps=1e-5).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "channels_last"),
+    [
+        (torch.nn.BatchNorm1d(5), (16, 5), False),
+        (torch.nn.BatchNorm1d(5), (16, 5, 7), False),
+        (torch.nn.BatchNorm2d(5), (16, 5, 6, 6), False),
+        (torch.nn.BatchNorm2d(5), (16, 5, 6, 6), True),
+        (torch.nn.BatchNorm3d(5, affine=False), (4, 5, 3, 3, 3), False),
+    ],
+)
+def test_forward_moments_are_the_input_s_moments_read_from_the_forward(layer, shape, channels_last):
+    inputs = torch.randn(shape) * 3 + 2
+    inputs[:, 1] = 0.5  # a dead channel
+    if channels_last:
+        inputs = inputs.to(memory_format=torch.channels_last)
+    inputs.requires_grad_(True)
+    mean, var = forward_moments(layer, inputs, layer(inputs))
+    expected_mean, expected_var = channel_moments(inputs)
+    torch.testing.assert_close(mean, expected_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var, expected_var, rtol=1e-5, atol=1e-6)
+    assert float(var[1]) < DEAD_VARIANCE
+
+
+def test_forward_moments_compute_them_where_the_forward_saved_none():
+    layer, inputs = torch.nn.BatchNorm1d(3).eval(), torch.randn(8, 3)
+    for output in (layer(inputs), layer.train()(inputs)):  # eval mode; no graph
+        mean, var = forward_moments(layer, inputs, output)
+        torch.testing.assert_close((mean, var), channel_moments(inputs))
