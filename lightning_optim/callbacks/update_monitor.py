@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -27,35 +27,41 @@ from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log, torch_optimizer
 from lightning_optim.names import named_parameters, optimizer_labels
-from lightning_optim.stats import (
-    TensorNorms,
-    TensorUpdates,
-    copy_parameters,
-    measure_updates,
-    members,
-    module_path,
-    state_norms,
-)
+from lightning_optim.stats import copy_parameters, measure_updates, members, module_path, state_norms
+from lightning_optim.stats.updates import QUANTITIES, Selections
 
 __all__ = ["REFERENCE_RATIO", "UpdateMonitor"]
 
 UPDATE = "update/"
 STATE = "optimizer_state/"
-QUANTITIES = ("norm", "param_norm", "ratio", "cos_grad")
 REFERENCE_RATIO = 1e-3
 """The update-to-parameter ratio of a healthy run (CS231n; Karpathy), drawn on the ratio chart."""
 REFERENCE_KEY = "update/ratio_reference"
 
 
 @dataclass
+class _Layout:
+    """One optimizer's parameters as the monitor summarizes them, made once for as long as they stay the same: the
+    selections (the total ``""``, ``/<layer>``, ``/group/<group>``) and their index tensors, the suffixes the health
+    check reads, and each state key's selections (those of its tensors)."""
+
+    key: tuple[torch.device, tuple[int, ...], tuple[str, ...]]
+    selections: dict[str, list[int]]
+    updates: Selections
+    health: list[str]
+    states: dict[tuple[str, tuple[int, ...]], Selections] = field(default_factory=dict)
+    keys: dict[tuple[str, int], list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class _Step:
-    """One optimizer's step measured on a logging step: its parameters' labels and the device tensors."""
+    """One optimizer's step measured on a logging step: its layout, the update table ``(selections, quantities)``
+    and each state key's norms by selection, all on the device."""
 
     optimizer: torch.optim.Optimizer
-    layers: list[str]
-    groups: list[str]
-    updates: TensorUpdates
-    states: dict[str, TensorNorms]
+    layout: _Layout
+    updates: torch.Tensor
+    states: list[tuple[str, Selections, torch.Tensor]]
 
 
 class UpdateMonitor(L.Callback):
@@ -126,7 +132,7 @@ class UpdateMonitor(L.Callback):
         self._trainer: L.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._copies: dict[int, list[torch.Tensor]] = {}
-        self._names: dict[int, str] = {}
+        self._layouts: dict[int, _Layout] = {}
         self._measured: list[_Step] = []
         self._epoch_ratios: dict[str, list[float]] = {}
         self._warned = False
@@ -155,6 +161,7 @@ class UpdateMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_ratios = {}
         self._warned = False
+        self._layouts = {}
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -163,7 +170,6 @@ class UpdateMonitor(L.Callback):
         if not should_log(trainer):
             self._remove_hooks()
             return
-        self._names = {id(parameter): name for name, parameter in named_parameters(pl_module)}
         if self._handles:
             return  # registered at an earlier batch: the step's first under accumulation, or the previous step
         for optimizer in trainer.optimizers:
@@ -211,15 +217,38 @@ class UpdateMonitor(L.Callback):
         if before is None:
             return
         parameters = self._parameters(optimizer)
+        layout = self._layout(optimizer, parameters)
         updates = measure_updates(before, parameters, [parameter.grad for parameter in parameters])
-        states = state_norms(optimizer.state, parameters) if self.optimizer_state else {}
+        states = []
+        if self.optimizer_state:
+            for key, norms in state_norms(optimizer.state, parameters).items():
+                chosen = layout.states.get((key, tuple(norms.indices)))
+                if chosen is None:
+                    chosen = Selections(norms.restrict(layout.selections), norms.squares.device)
+                    layout.states[key, tuple(norms.indices)] = chosen
+                states.append((key, chosen, norms.table(chosen)))
+        self._measured.append(_Step(optimizer, layout, updates.table(layout.updates), states))
+
+    def _layout(self, optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]) -> _Layout:
+        """The optimizer's layout, made again when its parameters, their device or its groups changed."""
+        groups = [str(group.get("name", index)) for index, group in enumerate(optimizer.param_groups)]
+        device = parameters[0].device if parameters else torch.device("cpu")
+        key = (device, tuple(map(id, parameters)), tuple(groups))
+        layout = self._layouts.get(id(optimizer))
+        if layout is not None and layout.key == key:
+            return layout
+        module = self._trainer.lightning_module if self._trainer is not None else None
+        names = {id(parameter): name for name, parameter in named_parameters(module)} if module is not None else {}
         layer_of = module_path(self.per_layer_depth) if self.per_layer_depth is not None else None
-        names = [self._names.get(id(parameter), "") for parameter in parameters]
-        layers = [layer_of(name) if layer_of is not None and name else "" for name in names]
-        groups = [
-            str(group.get("name", index)) for index, group in enumerate(optimizer.param_groups) for _ in group["params"]
-        ]
-        self._measured.append(_Step(optimizer, layers, groups, updates, states))
+        layers = [layer_of(names[id(p)]) if layer_of is not None and id(p) in names else "" for p in parameters]
+        by_layer = {f"/{layer}": indices for layer, indices in members(layers).items() if layer}
+        labels = [label for label, group in zip(groups, optimizer.param_groups, strict=True) for _ in group["params"]]
+        by_group = {f"/group/{label}": indices for label, indices in members(labels).items()}
+        selections = {"": list(range(len(parameters))), **by_layer, **(by_group if self.per_param_group else {})}
+        health = by_layer or (by_group if self.per_param_group else {})
+        layout = _Layout(key, selections, Selections(selections, device), list(health) or [""])
+        self._layouts[id(optimizer)] = layout
+        return layout
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -232,34 +261,30 @@ class UpdateMonitor(L.Callback):
         """Hand the steps' values to the collector, as device tensors (no host sync here)."""
         optimizers = [torch_optimizer(optimizer) for optimizer in trainer.optimizers]
         labels = optimizer_labels(pl_module, len(optimizers))
-        values: dict[str, torch.Tensor | float] = {REFERENCE_KEY: REFERENCE_RATIO}
+        stacked = []
         checked: list[str] = []
         for step in measured:
             index = next((i for i, known in enumerate(optimizers) if known is step.optimizer), 0)
             name = f"{labels[index]}/" if len(optimizers) > 1 else ""
-            values.update(self._values(step, name, checked))
+            layout = step.layout
+            stacked.append(
+                (self._keys(layout, f"{UPDATE}{name}", layout.updates, QUANTITIES), step.updates.reshape(-1))
+            )
+            for key, chosen, norms in step.states:
+                stacked.append((self._keys(layout, f"{STATE}{name}{key}_norm", chosen), norms))
+            checked += [f"{UPDATE}{name}ratio{suffix}" for suffix in step.layout.health]
         finish = partial(self._finish, checked)
-        MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True)
+        values = {REFERENCE_KEY: REFERENCE_RATIO}
+        MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True, stacked=stacked)
 
-    def _values(self, step: _Step, optimizer: str, checked: list[str]) -> dict[str, torch.Tensor]:
-        """The step's values by metric key; the ratio keys the epoch's health check reads are added to ``checked``
-        (per layer, else per group, else the total)."""
-        layers = {f"/{layer}": indices for layer, indices in members(step.layers).items() if layer}
-        groups = {f"/group/{group}": indices for group, indices in members(step.groups).items()}
-        selections = {
-            "": range(len(step.layers)),
-            **(layers if self.per_layer_depth is not None else {}),
-            **(groups if self.per_param_group else {}),
-        }
-        values: dict[str, torch.Tensor] = {}
-        for suffix, summary in step.updates.summaries(selections).items():
-            for quantity in QUANTITIES:
-                values[f"{UPDATE}{optimizer}{quantity}{suffix}"] = getattr(summary, quantity)
-        health = (layers if self.per_layer_depth is not None else {}) or (groups if self.per_param_group else {})
-        checked += [f"{UPDATE}{optimizer}ratio{suffix}" for suffix in health or {"": None}]
-        for key, norms in step.states.items():
-            values.update({f"{STATE}{optimizer}{key}_norm{s}": norm for s, norm in norms.summaries(selections).items()})
-        return values
+    @staticmethod
+    def _keys(layout: _Layout, prefix: str, selections: Selections, quantities: Sequence[str] = ("",)) -> list[str]:
+        """``<prefix><quantity><suffix>`` for each of ``selections`` and each quantity, made once per layout."""
+        keys = layout.keys.get((prefix, id(selections)))
+        if keys is None:
+            keys = [f"{prefix}{quantity}{suffix}" for suffix in selections.labels for quantity in quantities]
+            layout.keys[prefix, id(selections)] = keys
+        return keys
 
     def _finish(self, checked: Sequence[str], numbers: dict[str, float]) -> Mapping[str, float]:
         """Keep the ratios that the epoch's health check reads (the metrics are the numbers as they are)."""

@@ -1,9 +1,13 @@
 """Pure statistics of one optimizer step: how far it moved the parameters, relative to their size and to the
 gradient, and the norms of the optimizer's per-parameter state.
 
-Everything stays on the device as 0-dim float32 tensors (fused ``torch._foreach_*`` kernels, no ``.item()``); the
+Everything stays on the device as float32 tensors (fused ``torch._foreach_*`` kernels, no ``.item()``); the
 callbacks turn them into Python numbers on logging steps only. The update is ``after - before`` of a copy taken
 just before the step (:func:`copy_parameters`), so it is exact for any optimizer, whatever its step does.
+
+Per-tensor values are the columns of one table, and a :class:`Selections` sums them over every layer and group in
+three kernels, whatever their number; per tensor there remain the fused passes' own work and one sum (the inner
+product of update and gradient).
 
 Examples:
     >>> import torch
@@ -26,6 +30,8 @@ from typing import Any
 import torch
 
 __all__ = [
+    "QUANTITIES",
+    "Selections",
     "TensorNorms",
     "TensorUpdates",
     "UpdateSummary",
@@ -34,6 +40,11 @@ __all__ = [
     "members",
     "state_norms",
 ]
+
+QUANTITIES = ("norm", "param_norm", "ratio", "cos_grad")
+"""The columns of :meth:`TensorUpdates.table`, the fields of :class:`UpdateSummary`."""
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -54,17 +65,62 @@ def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return copies
 
 
-def _norms(tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """The 2-norm of each tensor (one fused pass), as 0-dim float32 tensors on ``device``."""
+def _norms(tensors: Sequence[torch.Tensor], order: float = 2.0) -> list[torch.Tensor]:
+    """The ``order``-norm of each tensor, fused; float16 and bfloat16 accumulated in float32."""
     if not tensors:
         return []
-    return [norm.to(device=device, dtype=torch.float32) for norm in torch._foreach_norm(list(tensors))]
+    low = [index for index, tensor in enumerate(tensors) if tensor.dtype in _LOW_PRECISION]
+    if not low:
+        return list(torch._foreach_norm(list(tensors), order))
+    norms = [torch.empty(0)] * len(tensors)
+    lows = set(low)
+    high = [index for index in range(len(tensors)) if index not in lows]
+    for indices, dtype in ((low, torch.float32), (high, None)):
+        if indices:
+            fused = torch._foreach_norm([tensors[index] for index in indices], order, dtype=dtype)
+            for index, norm in zip(indices, fused, strict=True):
+                norms[index] = norm
+    return norms
+
+
+def _table(rows: Sequence[Sequence[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Rows of 0-dim tensors (all rows of one length) as one float32 table on ``device``, in one ``stack``."""
+    flat = [value for row in rows for value in row]
+    if any(value.device != device for value in flat):
+        flat = [value.to(device) for value in flat]
+    return torch.stack(flat).float().view(len(rows), -1)
 
 
 def _dense(gradient: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``gradient`` as a dense tensor of ``like``'s dtype (sparse gradients of embeddings are scattered)."""
     dense = gradient.to_dense() if gradient.is_sparse else gradient
     return dense if dense.dtype == like.dtype else dense.to(like.dtype)
+
+
+class Selections:
+    """Named selections of a list's tensors (by their indices), whose values are summed in three kernels, whatever
+    the number of selections: a gather of every selection's columns, one after the other, and an ``index_add_``.
+
+    The two index tensors are made once, on ``device`` (a host-to-device copy): keep the object for the steps that
+    select the same tensors.
+
+    Examples:
+        >>> selections = Selections({"all": [0, 1, 2], "head": [2]}, torch.device("cpu"))
+        >>> selections.sums(torch.tensor([[1.0, 2.0, 4.0]]))
+        tensor([[7., 4.]])
+    """
+
+    def __init__(self, selections: Mapping[str, Sequence[int]], device: torch.device) -> None:
+        self.labels = list(selections)
+        columns = [index for indices in selections.values() for index in indices]
+        self._columns = torch.tensor(columns, dtype=torch.long, device=device)
+        owners = [position for position, indices in enumerate(selections.values()) for _ in indices]
+        self._owners = torch.tensor(owners, dtype=torch.long, device=device)
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``(rows, tensors)`` values -> ``(rows, selections)``: each row's sum over each selection's tensors."""
+        gathered = values.index_select(1, self._columns)
+        return values.new_zeros(values.shape[0], len(self.labels)).index_add_(1, self._owners, gathered)
 
 
 @dataclass(frozen=True)
@@ -86,48 +142,45 @@ class UpdateSummary:
 
 @dataclass(frozen=True)
 class TensorUpdates:
-    """Per parameter tensor of one step, 0-dim float32 tensors on the device, in the order the parameters came.
+    """Per parameter tensor of one step, in the order the parameters came: a ``(4, tensors)`` float32 table on the
+    device.
 
     Attributes:
-        update: the 2-norm of each tensor's update.
-        parameter: the 2-norm of each tensor before the step.
-        gradient: the 2-norm of each tensor's gradient (0 without one).
-        alignment: each tensor's inner product of the update with the negative gradient (0 without a gradient).
+        values: the rows are each tensor's squared 2-norm of its update, its squared 2-norm before the step, its
+            gradient's squared 2-norm (0 without one), and the inner product of its update with the negative
+            gradient (0 without a gradient): what sums over several tensors.
     """
 
-    update: list[torch.Tensor]
-    parameter: list[torch.Tensor]
-    gradient: list[torch.Tensor]
-    alignment: list[torch.Tensor]
+    values: torch.Tensor
 
     def total(self) -> UpdateSummary:
         """The summary over every tensor."""
-        return self.summaries({"": range(len(self.update))})[""]
+        return self.summaries({"": range(self.values.shape[1])})[""]
 
     def by_label(self, labels: Sequence[str]) -> dict[str, UpdateSummary]:
         """The summary of each label's tensors (``labels[i]`` names tensor ``i``: a layer, a parameter group).
 
         Examples:
-            >>> one = torch.ones(())
-            >>> updates = TensorUpdates([one, 2 * one], [10 * one, 10 * one], [one, one], [one, one])
+            >>> updates = TensorUpdates(torch.tensor([[1.0, 4.0], [100.0, 100.0], [1.0, 1.0], [1.0, 1.0]]))
             >>> {label: round(float(s.ratio), 2) for label, s in updates.by_label(["a", "b"]).items()}
             {'a': 0.1, 'b': 0.2}
         """
         return self.summaries(members(labels))
 
     def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, UpdateSummary]:
-        """The summary of each selection of tensors (by their indices), all in a few kernels: one table of the
-        per-tensor squares, one sum per selection, then the norms, ratios and cosines of every selection at once."""
-        if not selections or not self.update:
+        """The summary of each selection of tensors (by their indices)."""
+        if not selections or not self.values.shape[1]:
             return {}
-        squares = torch.stack([torch.stack(self.update), torch.stack(self.parameter), torch.stack(self.gradient)]) ** 2
-        rows = torch.cat([squares, torch.stack(self.alignment)[None]]).T.unbind()
-        sums = torch.stack([torch.stack([rows[i] for i in indices]).sum(0) for indices in selections.values()])
-        norm, param_norm, gradient = sums[:, :3].sqrt().unbind(1)
+        table = self.table(Selections(selections, self.values.device))
+        return {label: UpdateSummary(*row.unbind()) for label, row in zip(selections, table.unbind(), strict=True)}
+
+    def table(self, selections: Selections) -> torch.Tensor:
+        """``(selections, 4)``: each selection's :data:`QUANTITIES`, in a few kernels for all of them."""
+        sums = selections.sums(self.values)
+        norm, param_norm, gradient = sums[:3].sqrt().unbind()
         scale = norm * gradient
-        cos_grad = torch.where(scale > 0, sums[:, 3] / scale, torch.zeros_like(scale))
-        columns = zip(norm.unbind(), param_norm.unbind(), (norm / param_norm).unbind(), cos_grad.unbind(), strict=True)
-        return {label: UpdateSummary(*values) for label, values in zip(selections, columns, strict=True)}
+        cos_grad = torch.where(scale > 0, sums[3] / scale, torch.zeros_like(scale))
+        return torch.stack([norm, param_norm, norm / param_norm, cos_grad], dim=1)
 
 
 def members(labels: Sequence[str]) -> dict[str, list[int]]:
@@ -146,41 +199,43 @@ def members(labels: Sequence[str]) -> dict[str, list[int]]:
 def measure_updates(
     before: list[torch.Tensor], parameters: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor | None]
 ) -> TensorUpdates:
-    """Per-tensor norms of the update ``parameters - before``, of ``before``, of ``gradients``, and the update's inner
-    product with the negative gradient.
+    """Per-tensor squared norms of the update ``parameters - before``, of ``before``, of ``gradients``, and the
+    update's inner product with the negative gradient.
 
     ``before`` is :func:`copy_parameters` of ``parameters`` taken before the step; it is overwritten (it becomes
-    ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Four fused passes.
+    ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Fused kernels for the norms,
+    the difference and the products, and one sum per tensor with a gradient (no fused kernel sums signed values).
     """
     if not parameters:
-        return TensorUpdates([], [], [], [])
+        return TensorUpdates(torch.zeros(4, 0))
     device = parameters[0].device
     with torch.no_grad():
-        parameter = _norms(before, device)
-        torch._foreach_sub_(before, [p.detach() for p in parameters])
-        update = _norms(before, device)
+        parameter = _norms(before)
+        torch._foreach_sub_(before, list(parameters))
+        update = _norms(before)
         with_gradient = [i for i, gradient in enumerate(gradients) if gradient is not None]
         dense = [_dense(gradients[i], before[i]) for i in with_gradient]  # type: ignore[arg-type]  # not None above
-        zero = torch.zeros((), device=device)
-        gradient = [zero] * len(parameters)
-        alignment = [zero] * len(parameters)
-        for index, norm in zip(with_gradient, _norms(dense, device), strict=True):
-            gradient[index] = norm
+        # A tensor without a gradient keeps zeros; every other slot is overwritten below.
+        filler = torch.zeros((), device=device) if len(with_gradient) < len(parameters) else update[0]
+        gradient, alignment = [filler] * len(parameters), [filler] * len(parameters)
         if with_gradient:
             products = [before[i] for i in with_gradient]
             # before holds -update now: sum(-update * gradient) is the update's inner product with -gradient.
             torch._foreach_mul_(products, dense)
-            for index, product in zip(with_gradient, products, strict=True):
-                alignment[index] = product.sum(dtype=torch.float32).to(device)
-    return TensorUpdates(update, parameter, gradient, alignment)
+            sums = [product.sum(dtype=torch.float32) for product in products]
+            for index, norm, total in zip(with_gradient, _norms(dense), sums, strict=True):
+                gradient[index], alignment[index] = norm, total
+        table = _table([update, parameter, gradient, alignment], device)
+    return TensorUpdates(torch.cat([table[:3].square(), table[3:]]))
 
 
 @dataclass(frozen=True)
 class TensorNorms:
-    """The 2-norms of some tensors of a list: ``norms[k]`` belongs to tensor ``indices[k]``, on the device."""
+    """The 2-norms of some tensors of a list: ``squares[k]`` is the squared norm of tensor ``indices[k]``, float32 on
+    the device."""
 
     indices: list[int]
-    norms: list[torch.Tensor]
+    squares: torch.Tensor
 
     def total(self) -> torch.Tensor:
         """The norm of all those tensors together."""
@@ -190,17 +245,24 @@ class TensorNorms:
         """The norm of each label's tensors (``labels[i]`` names tensor ``i`` of the whole list)."""
         return self.summaries(members(labels))
 
+    def restrict(self, selections: Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
+        """``selections`` (indices into the whole list) as positions among these tensors; a selection with none of
+        them is left out."""
+        position = {index: k for k, index in enumerate(self.indices)}
+        chosen = {label: [position[i] for i in indices if i in position] for label, indices in selections.items()}
+        return {label: ks for label, ks in chosen.items() if ks}
+
     def summaries(self, selections: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
         """The norm of each selection's tensors (indices into the whole list; those without a norm here are left
         out, and a selection with none is not in the result)."""
-        position = {index: k for k, index in enumerate(self.indices)}
-        chosen = {label: [position[i] for i in indices if i in position] for label, indices in selections.items()}
-        chosen = {label: ks for label, ks in chosen.items() if ks}
+        chosen = self.restrict(selections)
         if not chosen:
             return {}
-        rows = (torch.stack(self.norms) ** 2).unbind()
-        norms = torch.stack([torch.stack([rows[k] for k in ks]).sum() for ks in chosen.values()]).sqrt()
-        return dict(zip(chosen, norms.unbind(), strict=True))
+        return dict(zip(chosen, self.table(Selections(chosen, self.squares.device)).unbind(), strict=True))
+
+    def table(self, selections: Selections) -> torch.Tensor:
+        """The norm of each of ``selections`` (made from :meth:`restrict`), as one vector."""
+        return selections.sums(self.squares[None])[0].sqrt()
 
 
 def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[torch.Tensor]) -> dict[str, TensorNorms]:
@@ -229,4 +291,7 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
         return {}
     device = parameters[0].device
     with torch.no_grad():
-        return {key: TensorNorms(indices, _norms(tensors, device)) for key, (indices, tensors) in by_key.items()}
+        return {
+            key: TensorNorms(indices, _table([_norms(tensors)], device)[0].square())
+            for key, (indices, tensors) in by_key.items()
+        }
