@@ -100,5 +100,6 @@ def optimizer_labels(pl_module: Any, count: int) -> list[str]:
         >>> optimizer_labels(object(), 2)
         ['optimizer_0', 'optimizer_1']
     """
-    names = pl_module.optimizer_names if isinstance(pl_module, NamesOptimizers) else ()
+    # The attribute NamesOptimizers asks for, read directly: a runtime-checkable protocol's isinstance costs ~10 us.
+    names = getattr(pl_module, "optimizer_names", ())
     return list(names) if len(names) == count else [f"optimizer_{index}" for index in range(count)]

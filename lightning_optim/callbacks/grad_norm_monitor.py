@@ -26,7 +26,7 @@ from lightning_optim.clipping.arithmetic import (
     check_clip_threshold,
     expected_after_clipping,
 )
-from lightning_optim.clipping.step import ClipState, ReportsClipping
+from lightning_optim.clipping.step import ClipState, clip_state_of
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log
 from lightning_optim.names import named_parameters, optimizer_labels
@@ -66,11 +66,13 @@ class _Window:
         :data:`_COUNTS`; those steps are forgotten, and :meth:`count` folds the counts in."""
         if not self.pending:
             return {}
-        totals = torch.stack([result.total for result in self.pending if result.total is not None])
-        counts = {"steps/nonfinite": (~torch.isfinite(totals)).sum()}
+        totals = [result.total for result in self.pending if result.total is not None]
         clipped = [result.clipped for result in self.pending if result.clipped is not None]
+        # One step (log_every_n_steps=1) needs no stack and sum: each kernel costs microseconds on a CPU.
+        nonfinite = ~torch.isfinite(totals[0] if len(totals) == 1 else torch.stack(totals))
+        counts = {"steps/nonfinite": nonfinite if len(totals) == 1 else nonfinite.sum()}
         if clipped:
-            counts["steps/clipped"] = torch.stack(clipped).sum()
+            counts["steps/clipped"] = clipped[0] if len(clipped) == 1 else torch.stack(clipped).sum()
         self.window_steps += len(self.pending)
         self.pending.clear()
         return counts
@@ -217,10 +219,9 @@ class GradNormMonitor(L.Callback):
 
     def _clip_state(self, trainer: L.Trainer, pl_module: L.LightningModule) -> ClipState | None:
         """The model's clip state when it clips by norm and keeps what it measured (``OptimMixin``), else None."""
-        if isinstance(pl_module, ReportsClipping) and (
-            clip_algorithm(trainer) == "norm" or pl_module.clip_state.adaptive
-        ):
-            return pl_module.clip_state
+        state = clip_state_of(pl_module)
+        if state is not None and (clip_algorithm(trainer) == "norm" or state.adaptive):
+            return state
         return None
 
     @override
@@ -232,7 +233,7 @@ class GradNormMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stepped_at = trainer.global_step
         self._stepped.clear()
-        if not pl_module.automatic_optimization and not isinstance(pl_module, ReportsClipping):
+        if not pl_module.automatic_optimization and clip_state_of(pl_module) is None:
             rank_zero_warn(
                 "GradNormMonitor under manual optimization sees the gradients only at optimizer.step(): if "
                 "training_step calls self.clip_gradients before it, grad_norm/total is the norm after clipping and "
@@ -242,13 +243,13 @@ class GradNormMonitor(L.Callback):
         if self.nonfinite != "skip":
             return
         self._snapshot, self._snapshot_at = RunningStatsSnapshot(pl_module), None
-        if isinstance(pl_module, ReportsClipping):
-            pl_module.clip_state.skip_nonfinite = self._snapshot
+        if (state := clip_state_of(pl_module)) is not None:
+            state.skip_nonfinite = self._snapshot
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(pl_module, ReportsClipping):
-            pl_module.clip_state.skip_nonfinite = None
+        if (state := clip_state_of(pl_module)) is not None:
+            state.skip_nonfinite = None
         self._snapshot = None
 
     @override
@@ -257,17 +258,18 @@ class GradNormMonitor(L.Callback):
         if self._snapshot is not None and self._snapshot_at != trainer.global_step:
             self._snapshot.take()
             self._snapshot_at = trainer.global_step
-        if isinstance(pl_module, ReportsClipping):
+        reported = clip_state_of(pl_module)
+        if reported is not None:
             # A clip_gradients whose optimizer never stepped (a step skipped in training_step) must not stand for a
             # later step: clipping and its step happen in the same training_step.
-            pl_module.clip_state.unstepped.clear()
+            reported.unstepped.clear()
         self._logging = should_log(trainer)
         if not self._logging:
             return
         if (state := self._clip_state(trainer, pl_module)) is not None:
             state.group_of = self._group_of(pl_module, trainer.optimizers[:1])
-        elif not pl_module.automatic_optimization and isinstance(pl_module, ReportsClipping):
-            pl_module.clip_state.group_of = self._group_of(pl_module, trainer.optimizers)
+        elif not pl_module.automatic_optimization and reported is not None:
+            reported.group_of = self._group_of(pl_module, trainer.optimizers)
 
     @override
     def on_before_optimizer_step(
@@ -296,9 +298,8 @@ class GradNormMonitor(L.Callback):
         """One ``optimizer.step()`` in ``training_step``: what the mixin's ``clip_gradients`` measured, else the
         norm of this optimizer's gradients now."""
         index = next((i for i, known in enumerate(trainer.optimizers) if known is optimizer), 0)
-        clipped = (
-            pl_module.clip_state.unstepped.pop(id(optimizer), None) if isinstance(pl_module, ReportsClipping) else None
-        )
+        reported = clip_state_of(pl_module)
+        clipped = reported.unstepped.pop(id(optimizer), None) if reported is not None else None
         if clipped is not None and clipped.total is None:
             if not self._warned_manual:
                 self._warned_manual = True
@@ -350,8 +351,8 @@ class GradNormMonitor(L.Callback):
         MetricCollector.of(trainer).batch_end(trainer, self)
 
     def _end_batch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if isinstance(pl_module, ReportsClipping):
-            pl_module.clip_state.group_of = None
+        if (reported := clip_state_of(pl_module)) is not None:
+            reported.group_of = None
         if trainer.global_step == self._stepped_at:
             return
         self._stepped_at = trainer.global_step
