@@ -241,9 +241,7 @@ class UpdateMonitor(L.Callback):
         values: dict[str, torch.Tensor | float] = {REFERENCE_KEY: REFERENCE_RATIO}
         checked: list[str] = []
         whole = combine_ranks([(step.updates, step.states) for step in measured])
-        measured = [
-            replace(step, updates=updates, states=states) for step, (updates, states) in zip(measured, whole, strict=True)
-        ]
+        measured = [replace(step, updates=u, states=s) for step, (u, s) in zip(measured, whole, strict=True)]
         for step in measured:
             index = next((i for i, known in enumerate(optimizers) if known is step.optimizer), 0)
             name = f"{labels[index]}/" if len(optimizers) > 1 else ""

@@ -282,7 +282,9 @@ class RecordClipping(L.Callback):
         thresholds = driver.thresholds.state_dict() if driver.thresholds is not None else []
         guards = driver.guards.state_dict() if driver.guards is not None else []
         states = [record["state"] for record in thresholds] + [record["state"]["statistics"] for record in guards]
-        moments = [math.nan if state.get(key) is None else float(state[key]) for state in states for key in ("mean", "var")]
+        moments = [
+            math.nan if state.get(key) is None else float(state[key]) for state in states for key in ("mean", "var")
+        ]
         self.statistics.append(moments + [float(record["state"]["skipped"] or 0) for record in guards])
 
 
