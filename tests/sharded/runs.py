@@ -18,6 +18,7 @@ import shutil
 import struct
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,8 @@ CASES: dict[str, dict[str, Any]] = {
 ``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
 over 4 ranks), the Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``,
 whether AdamW is fused (folded clipping), the step at which the last rank's batch is NaN
-(``GradNormMonitor(nonfinite="skip")``) and the step at which every input is scaled up 30-fold (a spike of the
-loss and the gradient norm)."""
+(``GradNormMonitor(nonfinite="skip")``) and the step whose loss is scaled up 30-fold (a spike of the loss and of
+the gradient norm)."""
 
 LAUNCHES = [
     ("fsdp2_norm",),
@@ -181,14 +182,13 @@ class Net(OptimMixin, L.LightningModule):
             last_rank = index == self.chunks - 1 if self.chunks > 1 else self.global_rank == 1
             if self.global_step == self.nan_at and last_rank:
                 chunk = chunk * torch.nan
-            if self.global_step == self.spike_at:
-                chunk = chunk * 30
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum if index == 0 else 0.0
             losses.append(F.cross_entropy(self.net(chunk), target))
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
-        return torch.stack(losses).mean()
+        # The loss, not the inputs, scaled: BatchNorm would normalise a scaled input away.
+        return torch.stack(losses).mean() * (30 if self.global_step == self.spike_at else 1)
 
 
 class RankItems(Sampler[int]):
@@ -321,14 +321,14 @@ def result(model: Net, trainer: L.Trainer, counter: CountAllReduce | None = None
     }
 
 
-def run(case: str) -> dict[str, Any]:
+def run(case: str, accelerator: str = "cpu") -> dict[str, Any]:
     """The one-process reference: plain modules, both ranks' batches of a step in one batch."""
     data = dataset(2 * BATCH * STEPS)
     ranks = mesh_shape(case)[0]
     loader = DataLoader(data, batch_sampler=StepBatches(len(data), ranks))
     model = Net(case, chunks=ranks)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=MemoryLogger(),
         callbacks=callbacks(case, updates=True),
@@ -338,13 +338,13 @@ def run(case: str) -> dict[str, Any]:
     return result(model, trainer)
 
 
-def run_sharded(case: str) -> dict[str, Any]:
-    """The sharded run, in this process and the one Lightning's launcher starts."""
+def run_sharded(case: str, accelerator: str = "cpu") -> dict[str, Any]:
+    """The sharded run, in this process and the ones Lightning's launcher starts (gloo on CPUs, NCCL on GPUs)."""
     data_parallel, tensor_parallel = mesh_shape(case)
     strategy = ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
     model, counter = Net(case), CountAllReduce()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=data_parallel * tensor_parallel,
         strategy=strategy,
         logger=MemoryLogger(),
@@ -357,6 +357,58 @@ def run_sharded(case: str) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, data_parallel))
     trainer.fit(model, loader)
     return result(model, trainer, counter)
+
+
+def relative(a: float, b: float) -> float:
+    """``|a - b|`` relative to the larger magnitude; 0 for equal numbers (infinities too) and for two NaNs."""
+    if a == b:
+        return 0.0
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def differences(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
+    """The largest relative difference of the sharded run (rank 0) to the one-process ``reference``, per kind: every
+    logged number, the parameters (per tensor, the largest difference over its largest magnitude), the clipping's
+    norms and thresholds and ZClip's and the spike guard's statistics; and ``ranks``: the largest of another rank's
+    clipping and statistics to rank 0's (0 when every rank decided alike)."""
+    first = ranks[0]
+
+    def worst(pairs: Iterable[tuple[list[float], list[float]]]) -> float:
+        return max((relative(a, b) for pair in pairs for a, b in zip(*pair, strict=True)), default=0.0)
+
+    logged = [
+        ([metrics.get(key, math.inf) for key in expected], list(expected.values()))
+        for (_, metrics), (_, expected) in zip(first["logged"], reference["logged"], strict=True)
+    ]
+    params = 0.0
+    for name, values in reference["params"].items():
+        expected, actual = torch.tensor(values), torch.tensor(first["params"][name])
+        params = max(params, float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)))
+    return {
+        "logged": worst(logged),
+        "params": params,
+        "clipping": worst(zip(first["clipping"], reference["clipping"], strict=True)),
+        "statistics": worst(zip(first["statistics"], reference["statistics"], strict=True)),
+        "ranks": worst(
+            (rank[kind][step], first[kind][step])
+            for rank in ranks
+            for kind in ("clipping", "statistics")
+            for step in range(len(first[kind]))
+        ),
+    }
+
+
+def expected_all_reduce(case: str, logging: list[bool]) -> list[list[Any]]:
+    """Per step, whether it logged and the ``all_reduce`` calls it should make: norm clipping one per optimizer step,
+    which on logging steps carries every per-layer/per-group norm too; value clipping needs no norm, the monitor's
+    norms before and after it, on logging steps only. ``UpdateMonitor`` adds one on logging steps (every update and
+    state norm: they exist only after the step), a spike guard on the loss one per step (the mean loss over the
+    ranks, before clipping)."""
+    by_value = CASES[case].get("algorithm") == "value"
+    on_loss = (CASES[case].get("spike_guard") or {}).get("on") == "loss"
+    return [[log, ((2 if log else 0) if by_value else 1) + log + on_loss] for log in logging]
 
 
 RESUME_CASE = "fsdp2_autoclip_skip"
@@ -481,10 +533,11 @@ def run_resumed(form: str, out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # python -m tests.sharded.runs CASE[,CASE...] OUT [ACCELERATOR]; python -m tests.sharded.runs resume FORM OUT
     if sys.argv[1] == "resume":
         outcome = run_resumed(sys.argv[2], Path(sys.argv[3]))
         Path(f"{sys.argv[3]}/{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
         sys.exit()
     for case in sys.argv[1].split(","):
-        outcome = run_sharded(case)
+        outcome = run_sharded(case, *sys.argv[3:])
         Path(f"{sys.argv[2]}/{case}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
