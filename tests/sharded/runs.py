@@ -124,7 +124,7 @@ class MeanTokens(nn.Module):
 
 class Net(OptimMixin, L.LightningModule):
     """An MLP (with BatchNorm unless tensor parallel) whose ``configure_model`` shards it under
-    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, or Colwise/Rowwise parallel."""
+    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, Colwise/Rowwise parallel, or both."""
 
     def __init__(self, case: str, chunks: int = 1) -> None:
         super().__init__()
@@ -164,7 +164,8 @@ class Net(OptimMixin, L.LightningModule):
         elif self.tensor_parallel:
             mesh = self.device_mesh["tensor_parallel"]
             parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
-        if self.device_mesh["data_parallel"].size() == 1:
+        # FSDP2 alone shards over the data-parallel mesh whatever its size: run_resumed's strategy leaves it at 1.
+        if self.tensor_parallel and self.device_mesh["data_parallel"].size() == 1:
             return
         mesh = self.device_mesh["data_parallel"]
         for layer in self.net:
