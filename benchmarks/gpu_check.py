@@ -593,9 +593,6 @@ def check_fsdp(ctx: Context, strategy: str = "fsdp") -> dict[str, Any]:
 # sharded: tests/sharded/'s cases on GPUs (NCCL)
 # --------------------------------------------------------------------------------------------------------------
 
-SHARDED_LAUNCHES = (("fsdp2_norm", "fsdp2_zclip_guard", "tp", "tp_attention"), ("fsdp2_tp",))
-"""The cases of ``tests.sharded.runs`` run on GPUs, per launch (each launch's start-up, NCCL's included, is most of
-its time): 2 processes, then 4 (FSDP2 x TP, only with 4 GPUs or more)."""
 SHARDED_TOLERANCE = 1e-4
 
 
@@ -627,7 +624,7 @@ def check_sharded(ctx: Context) -> dict[str, Any]:
 
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     cases: dict[str, Any] = {}
-    for launch in SHARDED_LAUNCHES:
+    for launch in runs.LAUNCHES:
         processes = math.prod(runs.mesh_shape(launch[0]))
         if processes > gpus:
             cases.update({case: {"skipped": f"needs {processes} GPUs: torch sees {gpus}"} for case in launch})

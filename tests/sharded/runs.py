@@ -79,11 +79,8 @@ whether AdamW is fused (folded clipping), the step at which the last rank's batc
 the gradient norm)."""
 
 LAUNCHES = [
-    ("fsdp2_norm",),
-    ("fsdp2_value",),
-    ("fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
-    ("tp",),
-    ("tp_attention",),
+    ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
+    ("tp", "tp_attention"),
     ("fsdp2_tp",),
 ]
 """The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
