@@ -18,10 +18,10 @@ needs CUDA is recorded as skipped on a CPU. The checks (see :data:`CHECKS`):
   keys of a single-device run, finite (CUDA only: ``SyncBatchNorm`` refuses CPU tensors).
 * ``fsdp``: FSDP on one device with norm clipping and ``GradNormMonitor``: ``grad_norm/total`` equals an unsharded
   copy's ``torch.nn.utils.get_total_norm`` at every step (CUDA only: Lightning's FSDP needs a GPU).
-* ``sharded``: the cases of ``tests/sharded/`` (FSDP2, tensor parallelism, FSDP2 x TP with 4 GPUs or more) under
-  ``ModelParallelStrategy`` with NCCL, against one GPU: the largest relative difference of every logged number, the
-  parameters, the clipping and the adaptive statistics, and the ``all_reduce`` calls per step (CUDA and 2 GPUs or
-  more; the CPU form, gloo, is ``tests/sharded/``).
+* ``sharded``: the cases of ``tests/sharded/`` (FSDP2, tensor parallelism, FSDP2 x TP with 4 GPUs or more under
+  ``ModelParallelStrategy``, the spike guard under ``DDPStrategy``) with NCCL, against one GPU: the largest relative
+  difference of every logged number, the parameters, the clipping and the adaptive statistics, and the
+  ``all_reduce`` calls per step (CUDA and 2 GPUs or more; the CPU form, gloo, is ``tests/sharded/``).
 * ``clip_step``: ``benchmarks/clip_step.py`` at 0.1B-1B parameters (whatever fits the free memory): folded, torch's
   way and the floor.
 * ``overhead``: step time of all monitors at ``log_every_n_steps`` 50 and 1 on a ResNet-18-like CNN, side by side

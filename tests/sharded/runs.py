@@ -1,13 +1,14 @@
-"""One tiny training run, either sharded (``python -m tests.sharded.runs CASE[,CASE...] OUT``: 2 or 4 CPU processes
-under ``ModelParallelStrategy`` run each case in turn and write ``OUT/CASE.rank<r>.json``) or in one process with plain
-modules on the same samples (:func:`run`): what each logged, the parameters after the run, the ``all_reduce`` calls
-per step and the adaptive clipping's statistics.
+"""One tiny training run, either on several processes (``python -m tests.sharded.runs CASE[,CASE...] OUT``: 2 or 4
+CPU processes under ``ModelParallelStrategy``, or 2 under ``DDPStrategy``, run each case in turn and write
+``OUT/CASE.rank<r>.json``) or in one process with plain modules on the same samples (:func:`run`): what each logged,
+the parameters after the run, the ``all_reduce`` calls per step, the adaptive clipping's statistics, the optimizer
+steps taken and the BatchNorm running statistics each step's forward started from.
 
 Rank ``d`` of the data-parallel group takes items ``d, d + D, ...`` in batches of :data:`BATCH` (every
 tensor-parallel rank of it the same); the one-process run
 takes both ranks' batches of a step together and runs them as separate forwards (``chunks``), so BatchNorm
 normalises each rank's batch alone, and only the first chunk moves the running statistics (rank 0's, which the
-monitor logs).
+monitor logs and DDP broadcasts to every rank before each forward).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -70,18 +71,37 @@ CASES: dict[str, dict[str, Any]] = {
         "fused": False,
         "spike_at": 3,
     },
+    "ddp_loss_guard": {
+        "parallel": "ddp",
+        "clip": None,
+        "clipping": None,
+        "spike_guard": {"on": "loss", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": False,
+        "spike_at": 3,
+    },
+    "ddp_norm_guard_skip": {
+        "parallel": "ddp",
+        "clip": 0.95,
+        "clipping": None,
+        "spike_guard": {"on": "grad_norm", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": True,
+        "nan_at": 2,
+        "spike_at": 4,
+    },
 }
 """Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
 ``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
-over 4 ranks), the Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``,
-whether AdamW is fused (folded clipping), the step at which the last rank's batch is NaN
-(``GradNormMonitor(nonfinite="skip")``) and the step whose loss is scaled up 30-fold (a spike of the loss and of
-the gradient norm)."""
+over 4 ranks; ``ddp``: plain modules under ``DDPStrategy``, data parallel over 2), the Trainer's
+``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``, whether AdamW is fused (folded
+clipping), the step at which the last data-parallel rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``) and
+the step at which that rank's loss is scaled up 30-fold (a spike of the mean loss and of the gradient norm that only
+one rank sees before the ranks reduce)."""
 
 LAUNCHES = [
     ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
     ("tp", "tp_attention"),
     ("fsdp2_tp",),
+    ("ddp_loss_guard", "ddp_norm_guard_skip"),
 ]
 """The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
 start-up is most of a small case's time); the cases of one launch have the same :func:`mesh_shape`."""
@@ -90,7 +110,7 @@ start-up is most of a small case's time); the cases of one launch have the same 
 def mesh_shape(case: str) -> tuple[int, int]:
     """``(data_parallel_size, tensor_parallel_size)`` of a case."""
     parallel = CASES[case]["parallel"]
-    return (2 if parallel.startswith("fsdp2") else 1, 2 if "tp" in parallel else 1)
+    return (2 if parallel.startswith("fsdp2") or parallel == "ddp" else 1, 2 if "tp" in parallel else 1)
 
 
 class Attention(nn.Module):
@@ -121,7 +141,8 @@ class MeanTokens(nn.Module):
 
 class Net(OptimMixin, L.LightningModule):
     """An MLP (with BatchNorm unless tensor parallel) whose ``configure_model`` shards it under
-    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, Colwise/Rowwise parallel, or both."""
+    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, Colwise/Rowwise parallel, or both.
+    ``running`` holds, per step, the BatchNorm buffers as the step's forward found them."""
 
     def __init__(self, case: str, chunks: int = 1) -> None:
         super().__init__()
@@ -129,6 +150,8 @@ class Net(OptimMixin, L.LightningModule):
         self.tensor_parallel = "tp" in spec["parallel"]
         self.attention = spec["parallel"].endswith("attention")
         self.chunks = chunks
+        self.mesh = mesh_shape(case)
+        self.running: list[list[float]] = []
         torch.manual_seed(0)
         if self.attention:
             # Each item: 3 tokens of 2 features.
@@ -172,20 +195,30 @@ class Net(OptimMixin, L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         norms = [module for module in self.net if isinstance(module, nn.BatchNorm1d)]
-        momenta = [norm.momentum for norm in norms]
+        # Under DDP after its broadcast of rank 0's buffers: what every rank's forward starts from.
+        self.running.append(
+            [value for norm in norms for buffer in norm.buffers() for value in buffer.flatten().tolist()]
+        )
+        data_parallel, tensor_parallel = self.mesh
         losses = []
         chunks = zip(inputs.chunk(self.chunks), targets.chunk(self.chunks), strict=True)
         for index, (chunk, target) in enumerate(chunks):
-            last_rank = index == self.chunks - 1 if self.chunks > 1 else self.global_rank == 1
+            if self.chunks > 1:
+                last_rank = index == self.chunks - 1
+            else:
+                last_rank = self.global_rank // tensor_parallel == data_parallel - 1
             if self.global_step == self.nan_at and last_rank:
                 chunk = chunk * torch.nan
-            for norm, momentum in zip(norms, momenta, strict=True):
-                norm.momentum = momentum if index == 0 else 0.0
-            losses.append(F.cross_entropy(self.net(chunk), target))
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
-        # The loss, not the inputs, scaled: BatchNorm would normalise a scaled input away.
-        return torch.stack(losses).mean() * (30 if self.global_step == self.spike_at else 1)
+            # Normalised by its own batch all the same, a later chunk leaves the running statistics (and their
+            # batch count) alone.
+            for norm in norms:
+                norm.track_running_stats = index == 0
+            # The loss, not the inputs, scaled: BatchNorm would normalise a scaled input away.
+            scale = 30 if self.global_step == self.spike_at and last_rank else 1
+            losses.append(F.cross_entropy(self.net(chunk), target) * scale)
+        for norm in norms:
+            norm.track_running_stats = True
+        return torch.stack(losses).mean()
 
 
 class RankItems(Sampler[int]):
@@ -265,15 +298,20 @@ def trainer_options(case: str) -> dict[str, Any]:
 class RecordClipping(L.Callback):
     """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), each step's lr
     per parameter group, and after each step the EMA mean and variance of ZClip and of the spike guard (NaN before
-    they start, and for AutoClip, which keeps none) and the steps the guard skipped."""
+    they start, and for AutoClip, which keeps none), the steps the guard skipped and, per parameter, the steps AdamW
+    took (a skip of any kind leaves its count as it was)."""
 
     def __init__(self) -> None:
         self.steps: list[list[float]] = []
         self.lrs: list[list[float]] = []
         self.statistics: list[list[float]] = []
+        self.taken: list[list[int]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
-        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+        optimizer = trainer.optimizers[0]
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+        states = [optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]]
+        self.taken.append([int(state["step"]) if "step" in state else 0 for state in states])
         last = pl_module.clip_state.last
         if last is not None and last.total is not None:
             self.steps.append([float(last.total), float(last.threshold)])
@@ -317,6 +355,8 @@ def result(model: Net, trainer: L.Trainer, counter: CountAllReduce | None = None
         "clipping": recorded.steps,
         "lrs": recorded.lrs,
         "statistics": recorded.statistics,
+        "taken": recorded.taken,
+        "running": model.running,
     }
 
 
@@ -338,9 +378,14 @@ def run(case: str, accelerator: str = "cpu") -> dict[str, Any]:
 
 
 def run_sharded(case: str, accelerator: str = "cpu") -> dict[str, Any]:
-    """The sharded run, in this process and the ones Lightning's launcher starts (gloo on CPUs, NCCL on GPUs)."""
+    """The sharded (or DDP) run, in this process and the ones Lightning's launcher starts (gloo on CPUs, NCCL on
+    GPUs)."""
     data_parallel, tensor_parallel = mesh_shape(case)
-    strategy = ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
+    strategy = (
+        DDPStrategy()
+        if CASES[case]["parallel"] == "ddp"
+        else ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
+    )
     model, counter = Net(case), CountAllReduce()
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -370,12 +415,19 @@ def relative(a: float, b: float) -> float:
 def differences(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
     """The largest relative difference of the sharded run (rank 0) to the one-process ``reference``, per kind: every
     logged number, the parameters (per tensor, the largest difference over its largest magnitude), the clipping's
-    norms and thresholds and ZClip's and the spike guard's statistics; and ``ranks``: the largest of another rank's
-    clipping and statistics to rank 0's (0 when every rank decided alike)."""
+    norms and thresholds, ZClip's and the spike guard's statistics and the BatchNorm buffers each step's forward
+    started from; and ``ranks``: the largest of another rank's clipping, statistics, optimizer steps taken and
+    parameters to rank 0's (0 when every rank decided alike)."""
     first = ranks[0]
 
     def worst(pairs: Iterable[tuple[list[float], list[float]]]) -> float:
         return max((relative(a, b) for pair in pairs for a, b in zip(*pair, strict=True)), default=0.0)
+
+    def alike(rank: dict[str, Any]) -> Iterable[tuple[list[float], list[float]]]:
+        for kind in ("clipping", "statistics", "taken"):
+            yield from zip(rank[kind], first[kind], strict=True)
+        for name, values in first["params"].items():
+            yield torch.tensor(rank["params"][name]).flatten().tolist(), torch.tensor(values).flatten().tolist()
 
     logged = [
         ([metrics.get(key, math.inf) for key in expected], list(expected.values()))
@@ -390,12 +442,8 @@ def differences(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> dict[
         "params": params,
         "clipping": worst(zip(first["clipping"], reference["clipping"], strict=True)),
         "statistics": worst(zip(first["statistics"], reference["statistics"], strict=True)),
-        "ranks": worst(
-            (rank[kind][step], first[kind][step])
-            for rank in ranks
-            for kind in ("clipping", "statistics")
-            for step in range(len(first[kind]))
-        ),
+        "running": worst(zip(first["running"], reference["running"], strict=True)),
+        "ranks": worst(pair for rank in ranks for pair in alike(rank)),
     }
 
 
@@ -404,9 +452,13 @@ def expected_all_reduce(case: str, logging: list[bool]) -> list[list[Any]]:
     which on logging steps carries every per-layer/per-group norm too; value clipping needs no norm, the monitor's
     norms before and after it, on logging steps only. ``UpdateMonitor`` adds one on logging steps (every update and
     state norm: they exist only after the step), a spike guard on the loss one per step (the mean loss over the
-    ranks, before clipping)."""
+    ranks, before clipping). Under DDP the gradients are whole on every rank, so only the loss is reduced; DDP's own
+    gradient all-reduces run in its C++ reducer on the process group, never through ``torch.distributed.all_reduce``,
+    so :class:`CountAllReduce` counts none of them."""
     by_value = CASES[case].get("algorithm") == "value"
     on_loss = (CASES[case].get("spike_guard") or {}).get("on") == "loss"
+    if CASES[case]["parallel"] == "ddp":
+        return [[log, int(on_loss)] for log in logging]
     return [[log, ((2 if log else 0) if by_value else 1) + log + on_loss] for log in logging]
 
 
