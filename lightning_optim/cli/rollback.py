@@ -269,6 +269,7 @@ class BatchStream(Sampler[list[int]]):
         indices = self._indices_from(position)
         return [next(indices) for _ in range(count)]
 
+    @override
     def __iter__(self) -> Iterator[list[int]]:
         left = self.position.epoch_start + self.batches_per_epoch - self.position.consumed
         for index in self.global_indices(self.position.consumed, max(left, 0)):
@@ -489,7 +490,7 @@ class Rollbacks:
                     f"checkpoint from {self.checkpoint_dir} with another config, or raise rollback.max_times."
                 )
             raise SystemExit(ROLLBACK_EXHAUSTED_EXIT)
-        record = strategy.broadcast(self._choose(spike, stream) if strategy.is_global_zero else None)
+        record = strategy.broadcast(self._choose(spike, stream) if strategy.is_global_zero else {})
         self.records.append(record)
         self.skipped = self.skipped | frozenset(record["skipped_batches"])
         checkpoint = None if record["checkpoint"] is None else Path(record["checkpoint"])

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
@@ -192,14 +193,16 @@ def _watch_rollbacks(
     log_every = cfg.trainer.get("log_every_n_steps") or 50
     callbacks += [watch, spec.checkpoint_callback(rollbacks.checkpoint_dir, log_every)]
     train_dataloader = datamodule.train_dataloader
-    datamodule.train_dataloader = lambda: rollback_loader(  # type: ignore[method-assign]
-        train_dataloader(),
-        cfg.seed,
-        rollbacks.skipped,
-        watch.position,
-        num_replicas=datamodule.trainer.world_size,
-        rank=datamodule.trainer.global_rank,
-    )
+
+    def stream() -> DataLoader:
+        trainer = datamodule.trainer
+        assert trainer is not None  # Lightning attaches itself before it asks for the training data
+        loader = train_dataloader()
+        return rollback_loader(
+            loader, cfg.seed, rollbacks.skipped, watch.position, trainer.world_size, trainer.global_rank
+        )
+
+    datamodule.train_dataloader = stream  # type: ignore[method-assign]
     return watch
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils.data.distributed import DistributedSampler
 
-from lightning_optim.cli.rollback import ROLLBACK_EXHAUSTED_EXIT, resolve_rollback
+from lightning_optim.cli.rollback import ROLLBACK_EXHAUSTED_EXIT, BatchStream, resolve_rollback
 from tests.cli.apps import TINY, run_app, run_app_expecting_failure
 from tests.tb import float32, layout, layout_dict, nested_runs, scalars
 
@@ -39,9 +40,9 @@ def global_batch(samples: list[int]) -> int:
     raise AssertionError(f"batch {samples} is not in the first two data epochs")
 
 
-def trained(cwd: Path) -> list[dict]:
-    """What rank zero trained on, a record per batch in order: ``step``, ``samples``, ``loss`` (as logged)."""
-    return [json.loads(line) for line in (cwd / "seen.rank0.jsonl").read_text().splitlines()]
+def trained(cwd: Path, rank: int = 0) -> list[dict]:
+    """What ``rank`` trained on, a record per batch in order: ``step``, ``samples``, ``loss`` (as logged)."""
+    return [json.loads(line) for line in (cwd / f"seen.rank{rank}.jsonl").read_text().splitlines()]
 
 
 def seen(cwd: Path) -> list[int]:
@@ -133,6 +134,53 @@ def test_a_spike_after_max_times_rollbacks_stops_with_exit_status_3(tmp_path):
     ]
     assert "after rollback.max_times = 2 rollbacks: training stops (exit status 3)" in result.stdout
     assert seen(tmp_path) == [*range(21), *range(22, 27), *range(28, 33)]
+
+
+@pytest.mark.parametrize(("num_samples", "drop_last"), [(512, False), (37, False), (37, True)])
+def test_each_rank_serves_the_batches_a_distributed_sampler_gives_it(num_samples, drop_last):
+    """Global batch ``i`` is batch ``i`` of every rank, as DistributedSampler (padding the epoch with its start) and a
+    DataLoader over it cut them; data epoch ``k`` is seeded ``seed + k`` as ``set_epoch(k)`` seeds it."""
+    for rank in range(3):
+        stream = BatchStream(num_samples, 4, drop_last, shuffle=True, seed=42, num_replicas=3, rank=rank)
+        for epoch in range(2):
+            sampler = DistributedSampler(range(num_samples), num_replicas=3, rank=rank, shuffle=True, seed=42)
+            sampler.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                list(range(num_samples)), batch_size=4, sampler=sampler, drop_last=drop_last
+            )
+            expected = [batch.tolist() for batch in loader]
+            assert len(stream) == len(expected)
+            assert [stream.batch(epoch * len(stream) + i) for i in range(len(stream))] == expected
+
+
+def test_a_spike_on_one_ddp_rank_rolls_both_back_to_one_checkpoint_skipping_the_same_global_batches(tmp_path):
+    """Two gloo ranks, 16 samples each per batch: global batch ``i`` is 32 samples, a step 16 per epoch. Sample 492
+    is in rank 1's half of global batch 10 only: the loss averaged over the ranks spikes on both."""
+    out = run_app(
+        "lightning_optim.cli.train",
+        *SPIKY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "+model.spike_sample=492",
+        f"rollback={{{ROLLBACK}}}",
+        cwd=tmp_path,
+    )
+    assert "val/loss = " in out
+    run = tmp_path / "run"
+    (record,) = json.loads((run / "rollbacks.json").read_text())
+    assert record["spike_step"] == 11
+    assert Path(record["checkpoint"]).name == "step=6.ckpt" and record["checkpoint_step"] == 6
+    assert record["skipped_batches"] == [6, 7, 8, 9, 10, 11]
+    for rank in (0, 1):
+        batches = trained(tmp_path, rank)
+        # Both stop after step 11 and go on from step 6 to the run's end, 16 steps.
+        assert [batch["step"] for batch in batches] == [*range(11), *range(6, 16)]
+        # Each rank's own share of global batches 0..10, then of 12..21 (6..11 skipped; 16.. in data epoch 1).
+        shares = [BatchStream(512, 16, False, True, 42, num_replicas=2, rank=rank).batch(g) for g in range(22)]
+        assert [batch["samples"] for batch in batches] == [shares[g] for g in [*range(11), *range(12, 22)]]
+    assert (492 in trained(tmp_path, 1)[10]["samples"]) and all(492 not in b["samples"] for b in trained(tmp_path, 0))
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 16
 
 
 @pytest.mark.parametrize(
