@@ -59,6 +59,7 @@ from lightning_optim.fit import schedule_free
 from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs, move_base_lrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
+from lightning_optim.fit.mesh import warn_unplaced_mesh_dims
 from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths, epoch_accumulation
 from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
@@ -373,6 +374,7 @@ class FitDriver(L.Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        warn_unplaced_mesh_dims(trainer, pl_module)
         if self.spec is not None:
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
             refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)

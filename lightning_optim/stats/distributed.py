@@ -20,13 +20,13 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate
 
-__all__ = ["full_tensor", "is_distributed", "local_tensor", "reduce_norms", "replica_weight"]
+__all__ = ["full_tensor", "is_distributed", "local_tensor", "reduce_norms", "replica_weight", "unplaced_mesh_dims"]
 
 
 def is_distributed(tensor: torch.Tensor) -> bool:
@@ -65,6 +65,30 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
         [0.0, 1.0, 2.0]
     """
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def unplaced_mesh_dims(parameters: Iterable[torch.Tensor], sizes: dict[str, int]) -> list[str]:
+    """The named mesh dimensions of more than one rank on which no parameter is a ``DTensor``.
+
+    Such a dimension's ranks each hold a whole copy of every parameter: nothing is sharded over it, and when it is a
+    data-parallel dimension, nothing averages the gradients of its ranks (``ModelParallelStrategy`` leaves both to
+    ``configure_model``).
+
+    Args:
+        parameters: the model's parameters.
+        sizes: each mesh dimension's name and size, e.g. ``{"data_parallel": 1, "tensor_parallel": 2}``.
+
+    Examples:
+        >>> unplaced_mesh_dims([torch.zeros(2)], {"data_parallel": 1, "tensor_parallel": 2})
+        ['tensor_parallel']
+    """
+    placed = {
+        name
+        for parameter in parameters
+        if isinstance(parameter, DTensor)
+        for name in parameter.device_mesh.mesh_dim_names or ()
+    }
+    return [name for name, size in sizes.items() if size > 1 and name not in placed]
 
 
 def replica_weight(tensor: torch.Tensor, world_size: int) -> float:

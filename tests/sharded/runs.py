@@ -156,13 +156,15 @@ class Net(OptimMixin, L.LightningModule):
 
 
 class RankItems(Sampler[int]):
-    """Items ``rank, rank + ranks, ...`` of ``length``, from the ``start``-th of them."""
+    """Items ``rank, rank + ranks, ...`` of ``length``, from the ``start``-th of them on; its length stays that of the
+    whole epoch, as a stateful loader restored mid-epoch would be (Lightning ends a resumed epoch by that length)."""
 
     def __init__(self, length: int, rank: int, ranks: int, start: int = 0) -> None:
-        self.items = list(range(rank, length, ranks))[start:]
+        self.items = list(range(rank, length, ranks))
+        self.start = start
 
     def __iter__(self):
-        return iter(self.items)
+        return iter(self.items[self.start :])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -387,7 +389,9 @@ def run_resumed(form: str, out: Path) -> dict[str, Any]:
     checkpoint = out / ("resume" if form == "directory" else "resume.ckpt")
 
     def trainer(max_steps: int, *extra: L.Callback) -> L.Trainer:
-        strategy = SafeModelParallelStrategy(save_distributed_checkpoint=form == "directory")
+        strategy = SafeModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=form == "directory"
+        )
         options = {**trainer_options(RESUME_CASE), "max_steps": max_steps}
         return L.Trainer(
             accelerator="cpu",
