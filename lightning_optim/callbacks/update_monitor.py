@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -30,6 +30,7 @@ from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     TensorNorms,
     TensorUpdates,
+    combine_ranks,
     copy_parameters,
     measure_updates,
     members,
@@ -89,6 +90,11 @@ class UpdateMonitor(L.Callback):
     cost nothing: no hook, no copy, no kernel. All values reach the host in the one sync that
     :class:`~lightning_optim.callbacks.collector.MetricCollector` makes for every monitor, and are also put into
     ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them.
+
+    ``DTensor`` parameters (FSDP2, tensor parallelism under ``ModelParallelStrategy``): each rank measures its local
+    parts, and every value is made whole, the same on every rank, in one ``all_reduce`` per logging step (every
+    optimizer's update and state norms together). It cannot ride in the gradient norms' reduction: that one runs
+    before the step, for clipping, and the update exists only after it.
 
     At the end of each training epoch, the median of every ratio logged in it (per layer, else per group, else the
     total) is checked against ``ratio_range``: the first epoch where one falls outside it is named once in a warning,
@@ -234,6 +240,8 @@ class UpdateMonitor(L.Callback):
         labels = optimizer_labels(pl_module, len(optimizers))
         values: dict[str, torch.Tensor | float] = {REFERENCE_KEY: REFERENCE_RATIO}
         checked: list[str] = []
+        whole = combine_ranks([(step.updates, step.states) for step in measured])
+        measured = [replace(step, updates=u, states=s) for step, (u, s) in zip(measured, whole, strict=True)]
         for step in measured:
             index = next((i for i, known in enumerate(optimizers) if known is step.optimizer), 0)
             name = f"{labels[index]}/" if len(optimizers) > 1 else ""

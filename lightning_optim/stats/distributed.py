@@ -26,7 +26,15 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate
 
-__all__ = ["full_tensor", "is_distributed", "local_tensor", "reduce_norms", "replica_weight", "unplaced_mesh_dims"]
+__all__ = [
+    "full_tensor",
+    "is_distributed",
+    "local_tensor",
+    "reduce_norms",
+    "replica_weight",
+    "sum_over_ranks",
+    "unplaced_mesh_dims",
+]
 
 
 def is_distributed(tensor: torch.Tensor) -> bool:
@@ -94,9 +102,11 @@ def unplaced_mesh_dims(parameters: Iterable[torch.Tensor], sizes: dict[str, int]
 def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     """The share of the world's ranks that hold one whole copy of ``tensor``: ``shards / world_size``.
 
-    Summing ``weight * local**p`` over all ranks counts every part of the tensor exactly once: the ``Shard`` mesh
+    Summing ``weight * local**p`` over all ranks counts every part of the tensor exactly once: the sharding mesh
     dimensions give ``shards`` distinct parts, and every other rank holds a copy of one of them. A plain tensor is one
-    part held by every rank.
+    part held by every rank. A mesh dimension shards unless it replicates (or holds partial sums, which
+    :func:`local_tensor` reduces first): FSDP2 over tensor parallelism places the data-parallel dimension as
+    ``_StridedShard``, which is no ``Shard`` and answers False to ``is_shard()``.
 
     Examples:
         >>> replica_weight(torch.zeros(4), world_size=2)
@@ -105,7 +115,11 @@ def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     if not isinstance(tensor, DTensor):
         return 1.0 / world_size
     mesh = tensor.device_mesh
-    shards = math.prod(mesh.size(dim) for dim, placement in enumerate(tensor.placements) if placement.is_shard())
+    shards = math.prod(
+        mesh.size(dim)
+        for dim, placement in enumerate(tensor.placements)
+        if not (placement.is_replicate() or placement.is_partial())
+    )
     return shards / world_size
 
 
@@ -141,5 +155,21 @@ def reduce_norms(
     # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one process's norm.
     powers = (weight.double() * norms.double().pow(norm_type)).to(norms.device)
     summed = torch.zeros(count, device=norms.device, dtype=torch.float64).index_add_(0, index, powers)
-    dist.all_reduce(summed)
-    return summed.pow(1.0 / norm_type).float()
+    return sum_over_ranks([summed])[0].pow(1.0 / norm_type).float()
+
+
+def sum_over_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over all ranks, every one of them in one ``all_reduce`` of one float64 vector (float64: the
+    sums of squares stay as exact as one process's), given back in its own shape and dtype.
+
+    Examples:
+        >>> import torch.distributed as dist, tempfile
+        >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+        >>> sum_over_ranks([torch.tensor([1.0, 2.0]), torch.tensor(3.0)])
+        [tensor([1., 2.]), tensor(3.)]
+        >>> dist.destroy_process_group()
+    """
+    flat = torch.cat([tensor.reshape(-1).double() for tensor in tensors])
+    dist.all_reduce(flat)
+    parts = flat.split([tensor.numel() for tensor in tensors])
+    return [part.view(tensor.shape).to(tensor.dtype) for part, tensor in zip(parts, tensors, strict=True)]

@@ -5,6 +5,10 @@ Everything stays on the device as 0-dim float32 tensors (fused ``torch._foreach_
 callbacks turn them into Python numbers on logging steps only. The update is ``after - before`` of a copy taken
 just before the step (:func:`copy_parameters`), so it is exact for any optimizer, whatever its step does.
 
+Of ``DTensor`` parameters (FSDP2, tensor parallelism) each rank measures its local parts, and :func:`combine_ranks`
+makes every tensor's values whole, for all the steps of a logging step in one ``all_reduce``
+(:mod:`lightning_optim.stats.distributed`).
+
 Examples:
     >>> import torch
     >>> weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
@@ -24,11 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from lightning_optim.stats.distributed import is_distributed, local_tensor, replica_weight, sum_over_ranks
 
 __all__ = [
     "TensorNorms",
     "TensorUpdates",
     "UpdateSummary",
+    "combine_ranks",
     "copy_parameters",
     "measure_updates",
     "members",
@@ -37,7 +45,8 @@ __all__ = [
 
 
 def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``).
+    """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``); of a ``DTensor``, of the
+    part this rank holds (a plain tensor).
 
     Examples:
         >>> weight = torch.nn.Parameter(torch.ones(2))
@@ -48,9 +57,10 @@ def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         [tensor([1., 1.])]
     """
     with torch.no_grad():
-        copies = [torch.empty_like(parameter, requires_grad=False) for parameter in parameters]
+        parts = [local_tensor(parameter.detach()) for parameter in parameters]
+        copies = [torch.empty_like(part, requires_grad=False) for part in parts]
         if copies:
-            torch._foreach_copy_(copies, [parameter.detach() for parameter in parameters])
+            torch._foreach_copy_(copies, parts)
     return copies
 
 
@@ -93,12 +103,16 @@ class TensorUpdates:
         parameter: the 2-norm of each tensor before the step.
         gradient: the 2-norm of each tensor's gradient (0 without one).
         alignment: each tensor's inner product of the update with the negative gradient (0 without a gradient).
+        weights: None for whole tensors; of ``DTensor`` parameters, the values above are of this rank's parts, and
+            these are each tensor's :func:`~lightning_optim.stats.distributed.replica_weight`, which
+            :func:`combine_ranks` needs to make them whole.
     """
 
     update: list[torch.Tensor]
     parameter: list[torch.Tensor]
     gradient: list[torch.Tensor]
     alignment: list[torch.Tensor]
+    weights: list[float] | None = None
 
     def total(self) -> UpdateSummary:
         """The summary over every tensor."""
@@ -150,14 +164,18 @@ def measure_updates(
     product with the negative gradient.
 
     ``before`` is :func:`copy_parameters` of ``parameters`` taken before the step; it is overwritten (it becomes
-    ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Four fused passes.
+    ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Four fused passes. Of
+    ``DTensor`` parameters the values are of this rank's parts, with their weights (:func:`combine_ranks`).
     """
     if not parameters:
         return TensorUpdates([], [], [], [])
+    weights = _replica_weights(parameters)
     device = parameters[0].device
     with torch.no_grad():
+        parameters = [local_tensor(p.detach()) for p in parameters]
+        gradients = [None if gradient is None else local_tensor(gradient) for gradient in gradients]
         parameter = _norms(before, device)
-        torch._foreach_sub_(before, [p.detach() for p in parameters])
+        torch._foreach_sub_(before, parameters)
         update = _norms(before, device)
         with_gradient = [i for i, gradient in enumerate(gradients) if gradient is not None]
         dense = [_dense(gradients[i], before[i]) for i in with_gradient]  # type: ignore[arg-type]  # not None above
@@ -172,15 +190,24 @@ def measure_updates(
             torch._foreach_mul_(products, dense)
             for index, product in zip(with_gradient, products, strict=True):
                 alignment[index] = product.sum(dtype=torch.float32).to(device)
-    return TensorUpdates(update, parameter, gradient, alignment)
+    return TensorUpdates(update, parameter, gradient, alignment, weights)
+
+
+def _replica_weights(tensors: Sequence[torch.Tensor]) -> list[float] | None:
+    """Each tensor's :func:`~lightning_optim.stats.distributed.replica_weight` when some are ``DTensor``s, else None."""
+    if not any(map(is_distributed, tensors)):
+        return None
+    return [replica_weight(tensor, dist.get_world_size()) for tensor in tensors]
 
 
 @dataclass(frozen=True)
 class TensorNorms:
-    """The 2-norms of some tensors of a list: ``norms[k]`` belongs to tensor ``indices[k]``, on the device."""
+    """The 2-norms of some tensors of a list: ``norms[k]`` belongs to tensor ``indices[k]``, on the device; of
+    ``DTensor``s, the norms of this rank's parts and their weights, as in :class:`TensorUpdates`."""
 
     indices: list[int]
     norms: list[torch.Tensor]
+    weights: list[float] | None = None
 
     def total(self) -> torch.Tensor:
         """The norm of all those tensors together."""
@@ -208,7 +235,8 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
 
     ``state`` is ``optimizer.state``; a key counts where its value is a floating-point tensor with at least one
     dimension (a step count, a scalar tensor, is not per-parameter state). Entries are read with ``get``, so a
-    ``defaultdict`` gains none.
+    ``defaultdict`` gains none. The state of a ``DTensor`` parameter is measured as the parameter is
+    (:func:`measure_updates`).
 
     Examples:
         >>> weight = torch.nn.Parameter(torch.zeros(2))
@@ -229,4 +257,40 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
         return {}
     device = parameters[0].device
     with torch.no_grad():
-        return {key: TensorNorms(indices, _norms(tensors, device)) for key, (indices, tensors) in by_key.items()}
+        return {
+            key: TensorNorms(indices, _norms([local_tensor(t) for t in tensors], device), _replica_weights(tensors))
+            for key, (indices, tensors) in by_key.items()
+        }
+
+
+def combine_ranks(
+    steps: Sequence[tuple[TensorUpdates, Mapping[str, TensorNorms]]],
+) -> list[tuple[TensorUpdates, dict[str, TensorNorms]]]:
+    """Each step's updates and state norms with every tensor's values whole and the same on every rank: the
+    weighted squares of the local norms and the weighted inner products, of all the steps together, summed over the
+    ranks in one ``all_reduce``. Without ``DTensor``s (no ``weights``) the steps come back as they are, and nothing
+    is communicated.
+    """
+    parts: list[torch.Tensor] = []
+    for updates, states in steps:
+        if updates.weights is not None:
+            weight = torch.tensor(updates.weights, device=updates.update[0].device)
+            squares = [torch.stack(values) ** 2 for values in (updates.update, updates.parameter, updates.gradient)]
+            parts += [weight * value for value in (*squares, torch.stack(updates.alignment))]
+        for norms in states.values():
+            if norms.weights is not None:
+                parts.append(torch.tensor(norms.weights, device=norms.norms[0].device) * torch.stack(norms.norms) ** 2)
+    if not parts:
+        return [(updates, dict(states)) for updates, states in steps]
+    summed = iter(sum_over_ranks(parts))
+    combined = []
+    for updates, states in steps:
+        if updates.weights is not None:
+            update, parameter, gradient = (list(next(summed).sqrt().unbind()) for _ in range(3))
+            updates = TensorUpdates(update, parameter, gradient, list(next(summed).unbind()))
+        states = {
+            key: norms if norms.weights is None else TensorNorms(norms.indices, list(next(summed).sqrt().unbind()))
+            for key, norms in states.items()
+        }
+        combined.append((updates, states))
+    return combined

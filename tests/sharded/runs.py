@@ -1,8 +1,10 @@
-"""One tiny training run, either sharded (``python -m tests.sharded.runs CASE OUT``, 2 CPU processes under
-``ModelParallelStrategy``) or in one process with plain modules on the same samples (:func:`run`): what each logged,
-the parameters after the run and the ``all_reduce`` calls per step.
+"""One tiny training run, either sharded (``python -m tests.sharded.runs CASE[,CASE...] OUT``: 2 or 4 CPU processes
+under ``ModelParallelStrategy`` run each case in turn and write ``OUT/CASE.rank<r>.json``) or in one process with plain
+modules on the same samples (:func:`run`): what each logged, the parameters after the run, the ``all_reduce`` calls
+per step and the adaptive clipping's statistics.
 
-Rank ``d`` of the data-parallel group takes items ``d, d + D, ...`` in batches of :data:`BATCH`; the one-process run
+Rank ``d`` of the data-parallel group takes items ``d, d + D, ...`` in batches of :data:`BATCH` (every
+tensor-parallel rank of it the same); the one-process run
 takes both ranks' batches of a step together and runs them as separate forwards (``chunks``), so BatchNorm
 normalises each rank's batch alone, and only the first chunk moves the running statistics (rank 0's, which the
 monitor logs).
@@ -11,10 +13,12 @@ monitor logs).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from lightning_optim import OptimMixin
-from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor
+from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, UpdateMonitor
+from lightning_optim.fit.driver import driver_of
 from lightning_optim.internals import should_log
 from lightning_optim.stats.distributed import full_tensor
 from tests.models import MemoryLogger
@@ -47,13 +52,39 @@ CASES: dict[str, dict[str, Any]] = {
         "fused": True,
         "nan_at": 2,
     },
+    "fsdp2_zclip_guard": {
+        "parallel": "fsdp2",
+        "clip": None,
+        "clipping": {"name": "zclip", "z_threshold": 2.0, "alpha": 0.8, "warmup_steps": 2},
+        "spike_guard": {"on": "grad_norm", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": True,
+        "spike_at": 4,
+    },
     "tp": {"parallel": "tp", "clip": 0.95, "clipping": None, "fused": False},
     "tp_attention": {"parallel": "tp_attention", "clip": 0.5, "clipping": None, "fused": False},
+    "fsdp2_tp": {
+        "parallel": "fsdp2_tp",
+        "clip": 0.95,
+        "clipping": None,
+        "spike_guard": {"on": "loss", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": False,
+        "spike_at": 3,
+    },
 }
 """Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
-``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2), the
-Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping``, whether AdamW is fused (folded clipping)
-and the step at which the last rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``)."""
+``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
+over 4 ranks), the Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``,
+whether AdamW is fused (folded clipping), the step at which the last rank's batch is NaN
+(``GradNormMonitor(nonfinite="skip")``) and the step whose loss is scaled up 30-fold (a spike of the loss and of
+the gradient norm)."""
+
+LAUNCHES = [
+    ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
+    ("tp", "tp_attention"),
+    ("fsdp2_tp",),
+]
+"""The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
+start-up is most of a small case's time); the cases of one launch have the same :func:`mesh_shape`."""
 
 
 def mesh_shape(case: str) -> tuple[int, int]:
@@ -90,12 +121,12 @@ class MeanTokens(nn.Module):
 
 class Net(OptimMixin, L.LightningModule):
     """An MLP (with BatchNorm unless tensor parallel) whose ``configure_model`` shards it under
-    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, or Colwise/Rowwise parallel."""
+    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, Colwise/Rowwise parallel, or both."""
 
     def __init__(self, case: str, chunks: int = 1) -> None:
         super().__init__()
         spec = CASES[case]
-        self.tensor_parallel = spec["parallel"] == "tp"
+        self.tensor_parallel = "tp" in spec["parallel"]
         self.attention = spec["parallel"].endswith("attention")
         self.chunks = chunks
         torch.manual_seed(0)
@@ -109,11 +140,13 @@ class Net(OptimMixin, L.LightningModule):
             # No bias before BatchNorm: its gradient is rounding noise, which Adam would blow up to lr-sized steps.
             self.net = nn.Sequential(nn.Linear(6, 8, bias=self.tensor_parallel), *norm, nn.ReLU(), nn.Linear(8, 3))
         self.nan_at = spec.get("nan_at")
+        self.spike_at = spec.get("spike_at")
         self.optim_config = {
             "optimizer": {"name": "adamw", "lr": 0.05, "weight_decay": 0.01, "fused": spec["fused"]},
             "param_groups": [{"name": "no_decay", "params": r"bias$", "weight_decay": 0.0}],
             "scheduler": {"name": "warmup_cosine", "warmup_steps": 2, "total_steps": STEPS},
             "clipping": spec["clipping"],
+            "spike_guard": spec.get("spike_guard"),
         }
 
     def configure_model(self) -> None:
@@ -125,11 +158,10 @@ class Net(OptimMixin, L.LightningModule):
         if self.attention:
             projections = {f"2.{name}": ColwiseParallel() for name in "qkv"}
             parallelize_module(self.net, self.device_mesh["tensor_parallel"], {**projections, "2.o": RowwiseParallel()})
-            if self.device_mesh["data_parallel"].size() == 1:
-                return
         elif self.tensor_parallel:
             mesh = self.device_mesh["tensor_parallel"]
             parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        if self.device_mesh["data_parallel"].size() == 1:
             return
         mesh = self.device_mesh["data_parallel"]
         for layer in self.net:
@@ -152,7 +184,8 @@ class Net(OptimMixin, L.LightningModule):
             losses.append(F.cross_entropy(self.net(chunk), target))
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
-        return torch.stack(losses).mean()
+        # The loss, not the inputs, scaled: BatchNorm would normalise a scaled input away.
+        return torch.stack(losses).mean() * (30 if self.global_step == self.spike_at else 1)
 
 
 class RankItems(Sampler[int]):
@@ -230,22 +263,35 @@ def trainer_options(case: str) -> dict[str, Any]:
 
 
 class RecordClipping(L.Callback):
-    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), and each step's
-    lr per parameter group."""
+    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), each step's lr
+    per parameter group, and after each step the EMA mean and variance of ZClip and of the spike guard (NaN before
+    they start, and for AutoClip, which keeps none) and the steps the guard skipped."""
 
     def __init__(self) -> None:
         self.steps: list[list[float]] = []
         self.lrs: list[list[float]] = []
+        self.statistics: list[list[float]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
         last = pl_module.clip_state.last
         if last is not None and last.total is not None:
             self.steps.append([float(last.total), float(last.threshold)])
+        driver = driver_of(pl_module)
+        thresholds = driver.thresholds.state_dict() if driver.thresholds is not None else []
+        guards = driver.guards.state_dict() if driver.guards is not None else []
+        states = [record["state"] for record in thresholds] + [record["state"]["statistics"] for record in guards]
+        moments = [
+            math.nan if state.get(key) is None else float(state[key]) for state in states for key in ("mean", "var")
+        ]
+        self.statistics.append(moments + [float(record["state"]["skipped"] or 0) for record in guards])
 
 
-def callbacks(case: str) -> list[L.Callback]:
+def callbacks(case: str, updates: bool = False) -> list[L.Callback]:
+    """The monitors of a case, grouped per layer (per parameter group with adaptive clipping); ``updates`` adds
+    :class:`UpdateMonitor`."""
     grouped = CASES[case]["clipping"] is not None
+    update_monitor = [UpdateMonitor(per_layer_depth=None if grouped else 2, per_param_group=grouped)]
     return [
         GradNormMonitor(
             per_layer_depth=None if grouped else 2,
@@ -255,6 +301,7 @@ def callbacks(case: str) -> list[L.Callback]:
         LRMonitor(),
         BatchNormMonitor(min_batch_size=2),
         RecordClipping(),
+        *(update_monitor if updates else []),
     ]
 
 
@@ -262,39 +309,45 @@ def result(model: Net, trainer: L.Trainer, counter: CountAllReduce | None = None
     params = {name: full_tensor(p.detach()).tolist() for name, p in model.net.named_parameters()}
     logger = trainer.logger
     assert isinstance(logger, MemoryLogger)
+    recorded = next(c for c in trainer.callbacks if isinstance(c, RecordClipping))
     return {
         "logged": logger.logged,
         "params": params,
         "all_reduce": counter.per_step if counter is not None else [],
-        "clipping": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).steps,
-        "lrs": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).lrs,
+        "clipping": recorded.steps,
+        "lrs": recorded.lrs,
+        "statistics": recorded.statistics,
     }
 
 
-def run(case: str) -> dict[str, Any]:
+def run(case: str, accelerator: str = "cpu") -> dict[str, Any]:
     """The one-process reference: plain modules, both ranks' batches of a step in one batch."""
     data = dataset(2 * BATCH * STEPS)
     ranks = mesh_shape(case)[0]
     loader = DataLoader(data, batch_sampler=StepBatches(len(data), ranks))
     model = Net(case, chunks=ranks)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=MemoryLogger(), callbacks=callbacks(case), **trainer_options(case)
+        accelerator=accelerator,
+        devices=1,
+        logger=MemoryLogger(),
+        callbacks=callbacks(case, updates=True),
+        **trainer_options(case),
     )
     trainer.fit(model, loader)
     return result(model, trainer)
 
 
-def run_sharded(case: str) -> dict[str, Any]:
-    """The sharded run, in this process and the one Lightning's launcher starts."""
+def run_sharded(case: str, accelerator: str = "cpu") -> dict[str, Any]:
+    """The sharded run, in this process and the ones Lightning's launcher starts (gloo on CPUs, NCCL on GPUs)."""
     data_parallel, tensor_parallel = mesh_shape(case)
     strategy = ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
     model, counter = Net(case), CountAllReduce()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=data_parallel * tensor_parallel,
         strategy=strategy,
         logger=MemoryLogger(),
-        callbacks=[*callbacks(case), counter],
+        callbacks=[*callbacks(case, updates=True), counter],
         **trainer_options(case),
     )
     data = dataset(2 * BATCH * STEPS)
@@ -303,6 +356,58 @@ def run_sharded(case: str) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, data_parallel))
     trainer.fit(model, loader)
     return result(model, trainer, counter)
+
+
+def relative(a: float, b: float) -> float:
+    """``|a - b|`` relative to the larger magnitude; 0 for equal numbers (infinities too) and for two NaNs."""
+    if a == b:
+        return 0.0
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def differences(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
+    """The largest relative difference of the sharded run (rank 0) to the one-process ``reference``, per kind: every
+    logged number, the parameters (per tensor, the largest difference over its largest magnitude), the clipping's
+    norms and thresholds and ZClip's and the spike guard's statistics; and ``ranks``: the largest of another rank's
+    clipping and statistics to rank 0's (0 when every rank decided alike)."""
+    first = ranks[0]
+
+    def worst(pairs: Iterable[tuple[list[float], list[float]]]) -> float:
+        return max((relative(a, b) for pair in pairs for a, b in zip(*pair, strict=True)), default=0.0)
+
+    logged = [
+        ([metrics.get(key, math.inf) for key in expected], list(expected.values()))
+        for (_, metrics), (_, expected) in zip(first["logged"], reference["logged"], strict=True)
+    ]
+    params = 0.0
+    for name, values in reference["params"].items():
+        expected, actual = torch.tensor(values), torch.tensor(first["params"][name])
+        params = max(params, float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)))
+    return {
+        "logged": worst(logged),
+        "params": params,
+        "clipping": worst(zip(first["clipping"], reference["clipping"], strict=True)),
+        "statistics": worst(zip(first["statistics"], reference["statistics"], strict=True)),
+        "ranks": worst(
+            (rank[kind][step], first[kind][step])
+            for rank in ranks
+            for kind in ("clipping", "statistics")
+            for step in range(len(first[kind]))
+        ),
+    }
+
+
+def expected_all_reduce(case: str, logging: list[bool]) -> list[list[Any]]:
+    """Per step, whether it logged and the ``all_reduce`` calls it should make: norm clipping one per optimizer step,
+    which on logging steps carries every per-layer/per-group norm too; value clipping needs no norm, the monitor's
+    norms before and after it, on logging steps only. ``UpdateMonitor`` adds one on logging steps (every update and
+    state norm: they exist only after the step), a spike guard on the loss one per step (the mean loss over the
+    ranks, before clipping)."""
+    by_value = CASES[case].get("algorithm") == "value"
+    on_loss = (CASES[case].get("spike_guard") or {}).get("on") == "loss"
+    return [[log, ((2 if log else 0) if by_value else 1) + log + on_loss] for log in logging]
 
 
 RESUME_CASE = "fsdp2_autoclip_skip"
@@ -429,9 +534,11 @@ def run_resumed(form: str, out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # python -m tests.sharded.runs CASE[,CASE...] OUT [ACCELERATOR]; python -m tests.sharded.runs resume FORM OUT
     if sys.argv[1] == "resume":
         outcome = run_resumed(sys.argv[2], Path(sys.argv[3]))
         Path(f"{sys.argv[3]}/{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
         sys.exit()
-    outcome = run_sharded(sys.argv[1])
-    Path(f"{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
+    for case in sys.argv[1].split(","):
+        outcome = run_sharded(case, *sys.argv[3:])
+        Path(f"{sys.argv[2]}/{case}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
