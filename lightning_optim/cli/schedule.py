@@ -67,6 +67,13 @@ def batches_per_rank(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     return len(DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last))
 
 
+def training_data(cfg: DictConfig) -> L.LightningDataModule:
+    """The run's datamodule, set up for fitting (its train loader is what the previews count and scale by)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    return datamodule
+
+
 def assumed_batch_size(cfg: DictConfig, datamodule: L.LightningDataModule) -> int:
     """The effective batch size ``optimizer.lr_scaling`` is previewed at: ``cfg.batch_size`` when given, else the train
     loader's batch size x the DDP world size x ``trainer.accumulate_grad_batches`` (a ``BatchSizeFinder`` or
@@ -100,8 +107,7 @@ def step_learning_rates(
     batch as manual optimization's ``training_step`` does. ``optimizer.lr_scaling`` is shown at
     :func:`assumed_batch_size`.
     """
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
+    datamodule = training_data(cfg)
     total_steps, steps_per_epoch = count_optimizer_steps(cfg.trainer, batches_per_rank(cfg, datamodule))
     optim_config = compose_optim_config(cfg)
     model = instantiate_model(cfg.model, optim_config)
@@ -237,8 +243,7 @@ def branch_learning_rates(cfg: DictConfig, total_steps: int) -> list[BranchPrevi
             "branches draws cooldowns of a wsd schedule stepped every optimizer step (scheduler=wsd, "
             f"scheduler.interval=step) of a single optimizer; this run has {found}."
         )
-    datamodule = instantiate(cfg.data)
-    datamodule.setup("fit")
+    datamodule = training_data(cfg)
     batch_size = assumed_batch_size(cfg, datamodule)
     return [_branch(cfg, optim_config, index, spec, total_steps, batch_size) for index, spec in enumerate(specs)]
 
@@ -337,9 +342,10 @@ def main(cfg: DictConfig) -> None:
         if optimizer is not None:
             title, out = f"{optimizer}: {title}", base.with_name(f"{base.stem}-{optimizer}{base.suffix}")
         if scaling := section["optimizer"].get("lr_scaling"):
-            batch_size = assumed_batch_size(cfg, instantiate(cfg.data))
+            batch_size = assumed_batch_size(cfg, training_data(cfg))
             line = LrScaling(**scaling).describe(batch_size, "assumed; batch_size=<B> sets it")
-            console.print(f"{line} (a BatchSizeFinder in the run would change it)", markup=False, highlight=False)
+            note = f"{line} (a BatchSizeFinder in the run would change it)"
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
         plot(preview, title, out, branches)
         for name, values in preview.lrs.items():
             shown = f"{optimizer}/{name}" if optimizer is not None else name

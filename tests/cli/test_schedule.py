@@ -65,7 +65,7 @@ def test_schedule_png_and_table_match_the_preview(tmp_path):
     assert tables["default"]["peak"][1] == pytest.approx(0.1, rel=0.01)
 
 
-def test_schedule_default_out_is_in_the_run_dir_and_epoch_interval_expands(tmp_path):
+def test_schedule_default_out_is_in_the_run_dir_epoch_interval_expands_and_lr_scaling_is_shown(tmp_path):
     run_dir = tmp_path / "run"
     stdout = run_app(
         "lightning_optim.cli.schedule",
@@ -74,13 +74,18 @@ def test_schedule_default_out_is_in_the_run_dir_and_epoch_interval_expands(tmp_p
         "scheduler.interval=epoch",
         "scheduler.step_size=1",
         "scheduler.gamma=0.5",
+        "+optimizer.lr_scaling={rule: linear, base_batch_size: 32}",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert (run_dir / "lr_schedule.png").read_bytes().startswith(PNG_MAGIC)
+    assert (
+        "lr_scaling: effective batch size 64 (assumed; batch_size=<B> sets it), 64 / 32: lr x 2 (a BatchSizeFinder "
+        "in the run would change it)"
+    ) in stdout.splitlines()
     tables = printed_rows(stdout)
-    assert tables["default"]["peak"] == (0, pytest.approx(0.1))
-    assert tables["default"]["final"] == (3 * 23 - 1, pytest.approx(0.1 * 0.5**2))
+    assert tables["default"]["peak"] == (0, pytest.approx(0.2))
+    assert tables["default"]["final"] == (3 * 23 - 1, pytest.approx(0.2 * 0.5**2))
 
 
 def test_ddp_counts_the_steps_of_one_rank():
