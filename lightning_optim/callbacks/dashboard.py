@@ -116,6 +116,9 @@ class TensorBoardDashboard(L.Callback):
     The clipping chart's three series are also written to runs of their own inside each logger's directory
     (``norm_before_clipping``, ``norm_after_clipping``, ``clip_threshold``; :func:`clip_series`), because TensorBoard
     draws a chart's lines in the colour of their run: so each series gets its own colour, and the legend names it.
+    Each fit's writers there start with TensorBoard's restart marker at the step the fit starts from
+    (``SummaryWriter(purge_step=...)``): a fit that goes on from an earlier checkpoint in the same directory (the
+    app's rollback) replaces the steps after it instead of drawing them twice.
 
     Without a ``TensorBoardLogger`` it warns once and does nothing.
 
@@ -138,6 +141,7 @@ class TensorBoardDashboard(L.Callback):
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
         self._series_writers: dict[str, SummaryWriter] = {}
+        self._start_step: int | None = None
 
     @staticmethod
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -159,6 +163,15 @@ class TensorBoardDashboard(L.Callback):
             logger.experiment.add_custom_scalars(layout)
         MetricCollector.of(trainer).listen(self._write_clip_series)
 
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Not at train start: a fit resumed mid-epoch counts the checkpoint's last step into the logging step only
+        # when its first batch starts.
+        if self._start_step is None:
+            self._start_step = logging_step(trainer)
+
     def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
         if not trainer.is_global_zero:
             return
@@ -171,7 +184,7 @@ class TensorBoardDashboard(L.Callback):
 
     def _series_writer(self, log_dir: str) -> SummaryWriter:
         if log_dir not in self._series_writers:
-            self._series_writers[log_dir] = SummaryWriter(log_dir)
+            self._series_writers[log_dir] = SummaryWriter(log_dir, purge_step=self._start_step)
         return self._series_writers[log_dir]
 
     @override
@@ -179,6 +192,7 @@ class TensorBoardDashboard(L.Callback):
         for writer in self._series_writers.values():
             writer.close()
         self._series_writers.clear()
+        self._start_step = None
 
     @override
     def on_before_optimizer_step(
