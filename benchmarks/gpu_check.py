@@ -18,6 +18,10 @@ needs CUDA is recorded as skipped on a CPU. The checks (see :data:`CHECKS`):
   keys of a single-device run, finite (CUDA only: ``SyncBatchNorm`` refuses CPU tensors).
 * ``fsdp``: FSDP on one device with norm clipping and ``GradNormMonitor``: ``grad_norm/total`` equals an unsharded
   copy's ``torch.nn.utils.get_total_norm`` at every step (CUDA only: Lightning's FSDP needs a GPU).
+* ``sharded``: the cases of ``tests/sharded/`` (FSDP2, tensor parallelism, FSDP2 x TP with 4 GPUs or more under
+  ``ModelParallelStrategy``, the spike guard under ``DDPStrategy``) with NCCL, against one GPU: the largest relative
+  difference of every logged number, the parameters, the clipping and the adaptive statistics, and the
+  ``all_reduce`` calls per step (CUDA and 2 GPUs or more; the CPU form, gloo, is ``tests/sharded/``).
 * ``clip_step``: ``benchmarks/clip_step.py`` at 0.1B-1B parameters (whatever fits the free memory): folded, torch's
   way and the floor.
 * ``overhead``: step time of all monitors at ``log_every_n_steps`` 50 and 1 on a ResNet-18-like CNN, side by side
@@ -39,6 +43,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -67,6 +72,7 @@ from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor
 from lightning_optim.internals import should_log
 
 RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).parents[1]
 TOTAL_SECONDS = 420
 """No check starts later than this, and none runs past it by more than :data:`GRACE_SECONDS`: with the start-up, the
 whole run stays under 8 minutes."""
@@ -584,6 +590,71 @@ def check_fsdp(ctx: Context, strategy: str = "fsdp") -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# sharded: tests/sharded/'s cases on GPUs (NCCL)
+# --------------------------------------------------------------------------------------------------------------
+
+SHARDED_TOLERANCE = 1e-4
+
+
+class SkipCheck(Exception):
+    """A check that cannot run here: why (recorded as ``skipped``, printed)."""
+
+
+def launched(command: list[str], environment: dict[str, str], ctx: Context) -> None:
+    """Run ``command`` in the repository to its end, within the check's time; stopped early (its time is up, or the
+    check's alarm), it is killed with every process it started (Lightning's launcher starts the other ranks)."""
+    process = subprocess.Popen(command, cwd=REPO, env=environment, start_new_session=True)
+    try:
+        code = process.wait(timeout=max(ctx.seconds_left(), 1))
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if code:
+        raise subprocess.CalledProcessError(code, command)
+
+
+def check_sharded(ctx: Context) -> dict[str, Any]:
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        raise SkipCheck(f"needs 2 or more GPUs for NCCL: torch sees {gpus}")
+    if str(REPO) not in sys.path:
+        sys.path.append(str(REPO))
+    from tests.sharded import runs
+
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    cases: dict[str, Any] = {}
+    for launch in runs.LAUNCHES:
+        processes = math.prod(runs.mesh_shape(launch[0]))
+        if processes > gpus:
+            cases.update({case: {"skipped": f"needs {processes} GPUs: torch sees {gpus}"} for case in launch})
+            continue
+        out = Path(ctx.workdir) / "sharded"
+        out.mkdir(exist_ok=True)
+        launched([sys.executable, "-m", "tests.sharded.runs", ",".join(launch), str(out), ctx.device], environment, ctx)
+        for case in launch:
+            ranks = [json.loads((out / f"{case}.rank{rank}.json").read_text()) for rank in range(processes)]
+            logging = [step[0] for step in ranks[0]["all_reduce"]]
+            cases[case] = {
+                "mesh": runs.mesh_shape(case),
+                "max_rel_difference": runs.differences(ranks, runs.run(case, ctx.device)),
+                "all_reduce_as_expected": ranks[0]["all_reduce"] == runs.expected_all_reduce(case, logging),
+            }
+    measured = [entry for entry in cases.values() if "skipped" not in entry]
+    return {
+        "gpus": gpus,
+        "tolerance": SHARDED_TOLERANCE,
+        "cases": cases,
+        "verdicts": {
+            f"every number within {SHARDED_TOLERANCE:g} relative of one GPU, every rank alike": all(
+                max(entry["max_rel_difference"].values()) <= SHARDED_TOLERANCE for entry in measured
+            ),
+            "all_reduce calls per step as on CPU": all(entry["all_reduce_as_expected"] for entry in measured),
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
 # clip_step and overhead: the benchmarks beside this file
 # --------------------------------------------------------------------------------------------------------------
 
@@ -652,13 +723,15 @@ CHECKS = {
     "host_syncs": Check(check_host_syncs, 40),
     "amp": Check(check_amp, 70),
     "clip_step": Check(check_clip_step, 80),
+    "sharded": Check(check_sharded, 90, "needs CUDA: NCCL on 2 or more GPUs (the CPU form, gloo, is tests/sharded/)"),
     "overhead": Check(check_overhead, 170),
     "sync_batchnorm": Check(
         check_sync_batchnorm, 40, "needs CUDA: SyncBatchNorm refuses CPU tensors once torch.distributed is initialized"
     ),
     "fsdp": Check(check_fsdp, 40, "needs CUDA: Lightning's FSDP strategy requires a GPU accelerator"),
 }
-"""In the order they run: the distributed ones last, as they leave a process group behind."""
+"""In the order they run: the distributed ones last, as they leave a process group behind (``sharded`` leaves none:
+its sharded runs are processes of their own); ``sharded`` before ``overhead``, which fits itself to the time left."""
 GRACE_SECONDS = 30
 """How long past its budget a check may run before it is interrupted (it was asked to stop at its budget)."""
 
@@ -698,6 +771,8 @@ def run_check(name: str, check: Check, ctx: Context, stop_at: float) -> dict[str
         with time_limit(budget + GRACE_SECONDS):
             result = check.run(ctx)
         outcome = {"status": "ok", **result}
+    except SkipCheck as reason:
+        outcome = {"status": "skipped", "reason": str(reason)}
     except Exception as error:
         outcome = {"status": "error", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     finally:
@@ -767,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[gpu_check] {name} ...", flush=True)
             report["checks"][name] = run_check(name, CHECKS[name], ctx, started + args.seconds)
             entry = report["checks"][name]
-            print(f"[gpu_check] {name}: {entry['status']} in {entry['seconds']} s", flush=True)
+            reason = f" ({entry['reason']})" if entry["status"] == "skipped" else ""
+            print(f"[gpu_check] {name}: {entry['status']}{reason} in {entry['seconds']} s", flush=True)
             report["wall_seconds"] = round(time.perf_counter() - started, 1)
             write(args.out, report)
     if torch.distributed.is_available() and torch.distributed.is_initialized():

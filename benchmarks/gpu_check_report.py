@@ -1,6 +1,6 @@
 """The markdown of a ``gpu_check.py`` report: one table per check, in the shapes of docs/performance.md.
 
-Example:
+Examples:
     >>> text = markdown({"environment": {"card": "CPU (x86_64, 2 cores)", "torch": "2.13", "lightning": "2.6.6"},
     ...                  "quick": True, "command": "gpu_check.py --quick", "wall_seconds": 1.0,
     ...                  "checks": {"fsdp": {"status": "skipped", "reason": "needs CUDA", "seconds": 0.0}}})
@@ -34,6 +34,16 @@ HEADERS = {
         "within",
     ),
     "distributed": ("check", "result", "verdict"),
+    "sharded": (
+        "case",
+        "mesh (dp, tp)",
+        "logged",
+        "parameters",
+        "clipping",
+        "ZClip / guard statistics",
+        "ranks apart",
+        "`all_reduce` per step as on CPU",
+    ),
     "clip_step": (
         "model (parameters, tensors)",
         "repetitions",
@@ -56,7 +66,7 @@ MONITOR_ROWS = ("none", "GradNormMonitor", "LRMonitor", "BatchNormMonitor", "all
 def table(headers: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     """A markdown table; the first column left-aligned, the others right-aligned.
 
-    Example:
+    Examples:
         >>> table(("a", "b"), [(1, 2)])
         ['| a | b |', '|---|---:|', '| 1 | 2 |']
     """
@@ -169,6 +179,28 @@ def distributed(checks: dict[str, Any]) -> list[str]:
     return table(HEADERS["distributed"], rows)
 
 
+def sharded(entry: dict[str, Any]) -> list[str]:
+    """The max relative difference of each sharded case to one GPU, per kind; a case or check not run, why."""
+    blank = [""] * (len(HEADERS["sharded"]) - 2)
+    if entry["status"] != "ok":
+        return table(HEADERS["sharded"], [("all", status_text(entry), *blank)])
+    rows = []
+    for case, result in entry["cases"].items():
+        if "skipped" in result:
+            rows.append((case, f"skipped: {result['skipped']}", *blank))
+            continue
+        worst = result["max_rel_difference"]
+        differences = (f"{worst[kind]:.1e}" for kind in ("logged", "params", "clipping", "statistics", "ranks"))
+        mesh = " x ".join(map(str, result["mesh"]))
+        rows.append((case, mesh, *differences, "yes" if result["all_reduce_as_expected"] else "NO"))
+    return [
+        f"`ModelParallelStrategy` on {entry['gpus']} GPUs (NCCL) against one GPU: the largest relative difference, "
+        "per kind (`tests/sharded/runs.py`'s cases and `differences`).",
+        "",
+        *table(HEADERS["sharded"], rows),
+    ]
+
+
 def clip_step(result: dict[str, Any]) -> list[str]:
     rows = []
     for r in result["results"]:
@@ -275,4 +307,6 @@ def markdown(report: dict[str, Any]) -> str:
         lines += render(entry) if entry["status"] == "ok" else [status_text(entry)]
     if "sync_batchnorm" in checks or "fsdp" in checks:
         lines += ["", "### SyncBatchNorm and FSDP", "", *distributed(checks)]
+    if "sharded" in checks:
+        lines += ["", "### FSDP2 and tensor parallelism on GPUs (NCCL)", "", *sharded(checks["sharded"])]
     return "\n".join(lines) + "\n"

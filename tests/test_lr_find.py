@@ -124,6 +124,35 @@ def test_learning_rate_finder_callback_restarts_the_schedule_from_the_found_lr(s
     assert [lr for step in recorder.lrs for lr in step] == pytest.approx(expected, rel=1e-12, abs=0)
 
 
+SCALED_SGD = {"name": "sgd", "lr": 0.01, "lr_scaling": {"rule": "linear", "base_batch_size": 2}}
+"""At the loaders' batch size 4, lr_scaling applies twice the configured lr."""
+
+
+def test_with_lr_scaling_tuner_lr_find_configures_the_found_lr_at_the_base_batch_size():
+    model = MixinModel({"optimizer": SCALED_SGD, "scheduler": None})
+    finder = Tuner(trainer(max_steps=STEPS, max_epochs=-1)).lr_find(
+        model, loader(samples=400), num_training=SEARCH_STEPS
+    )
+    assert finder is not None
+    found = finder.suggestion()
+    assert found is not None and model.optim_config["optimizer"]["lr"] == found / 2
+    model.lrs.clear()
+    trainer(max_steps=3, max_epochs=-1).fit(model, loader(samples=400))
+    # The lr the search found good is the lr the fit applies (before, lr_scaling doubled it once more).
+    assert model.lrs == [[found]] * 3
+
+
+def test_with_lr_scaling_the_learning_rate_finder_callback_fits_at_the_found_lr():
+    model = MixinModel({"optimizer": SCALED_SGD, "scheduler": None})
+    finder, recorder = LearningRateFinder(num_training_steps=SEARCH_STEPS), StepLrs()
+    fit = trainer(max_steps=3, max_epochs=-1, callbacks=[finder, recorder], limit_val_batches=0)
+    fit.fit(model, loader(samples=4 * (3 + SEARCH_STEPS)))
+    assert finder.optimal_lr is not None
+    found = finder.optimal_lr.suggestion()
+    assert found is not None and model.optim_config["optimizer"]["lr"] == found / 2
+    assert recorder.lrs == [[found]] * 3
+
+
 def test_learning_rate_finder_callback_on_a_model_not_written_here():
     model = TunedBoring({"optimizer": {"name": "adamw", "lr": 0.01}, "scheduler": COSINE})
     finder, recorder = LearningRateFinder(num_training_steps=SEARCH_STEPS), StepLrs()

@@ -311,13 +311,17 @@ class ByName(OptimMixin, L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         inputs, targets = batch
         optimizers = dict(zip(self.optimizer_names, self.optimizers(), strict=True))  # type: ignore[arg-type]
-        schedulers = dict(zip(self.optimizer_names, self.lr_schedulers(), strict=True))  # type: ignore[arg-type]
+        sections = self.optim_config["optimizers"]
+        scheduled = [name for name in self.optimizer_names if sections[name].get("scheduler") is not None]
+        found = self.lr_schedulers()
+        schedulers = dict(zip(scheduled, found if isinstance(found, list) else [found], strict=True))
         self.lrs.append({name: optimizers[name].param_groups[0]["lr"] for name in ("a", "b")})
         for name, head in (("a", self.first), ("b", self.second)):
             optimizers[name].zero_grad()
             self.manual_backward(torch.nn.functional.mse_loss(head(inputs), targets))
             optimizers[name].step()
-            schedulers[name].step()
+            if name in schedulers:
+                schedulers[name].step()
 
 
 def test_a_resume_with_the_optimizers_in_another_order_restores_each_by_name(tmp_path) -> None:
@@ -339,17 +343,75 @@ def test_a_resume_with_the_optimizers_in_another_order_restores_each_by_name(tmp
         assert torch.equal(mine, theirs)
 
 
-def test_states_in_config_order_refuses_when_the_schedulers_changed_with_the_order() -> None:
-    saved = copy.deepcopy(TWO_SGDS)
-    config = reversed_optimizers(TWO_SGDS)
-    config["optimizers"]["a"]["scheduler"] = None
-    checkpoint = {"optim_config": saved, "optimizer_states": ["a", "b"], "lr_schedulers": ["a", "b"]}
+def test_a_resume_without_one_optimizers_scheduler_gives_the_other_its_own_state(tmp_path) -> None:
+    uninterrupted = ByName(TWO_SGDS)
+    trainer(max_epochs=2).fit(uninterrupted, loader())
+
+    saving = ModelCheckpoint(dirpath=tmp_path, filename="{step}", every_n_train_steps=2 * BATCHES)
+    with pytest.raises(Interrupted):
+        trainer(max_epochs=2, enable_checkpointing=True, callbacks=[saving, CrashAt(2 * BATCHES)]).fit(
+            ByName(TWO_SGDS), loader()
+        )
+    without_a = copy.deepcopy(TWO_SGDS)
+    without_a["optimizers"]["a"]["scheduler"] = None
+    second = ByName(without_a)
+    with pytest.warns(ResumeConfigWarning, match="optimizers.a.scheduler"):
+        trainer(max_epochs=2).fit(second, loader(), ckpt_path=tmp_path / "step=16.ckpt")
+
+    # b's warmup ended before the checkpoint: it stays at its lr (with a's StepLR state it would decay by 0.5 per 3).
+    half = len(uninterrupted.lrs) // 2
+    assert [lrs["b"] for lrs in second.lrs] == [lrs["b"] for lrs in uninterrupted.lrs[half:]] == [0.5] * half
+
+
+def scheduled(names: str) -> dict[str, Any]:
+    """``TWO_SGDS``'s optimizers in the order of ``names``, only those in upper case with their scheduler."""
+    sections = copy.deepcopy(TWO_SGDS)["optimizers"]
+    return {
+        "optimizers": {
+            name.lower(): {
+                **sections[name.lower()],
+                "scheduler": sections[name.lower()]["scheduler"] if name.isupper() else None,
+            }
+            for name in names
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "optimizer_states", "lr_schedulers"),
+    [
+        ("AB", "Ab", None, ["a"]),
+        ("AB", "aB", None, ["b"]),
+        ("AB", "bA", ["b", "a"], ["a"]),
+        ("Ab", "AB", None, ["a"]),
+        ("aB", "BA", ["b", "a"], ["b"]),
+        ("ab", "BA", ["b", "a"], []),
+    ],
+)
+def test_states_in_config_order_gives_each_scheduler_state_to_its_optimizer(
+    saved: str, now: str, optimizer_states: list[str] | None, lr_schedulers: list[str]
+) -> None:
+    saved_config = scheduled(saved)
+    checkpoint = {
+        "optim_config": saved_config,
+        "optimizer_states": list(saved.lower()),
+        "lr_schedulers": [name.lower() for name in saved if name.isupper()],
+    }
+    replaced = states_in_config_order(checkpoint, "optim_config", scheduled(now))
+    assert replaced.get("optimizer_states") == optimizer_states
+    assert replaced["lr_schedulers"] == lr_schedulers
+
+
+def test_states_in_config_order_refuses_a_new_scheduler_before_a_saved_one() -> None:
+    checkpoint = {"optim_config": scheduled("aB"), "optimizer_states": ["a", "b"], "lr_schedulers": ["b"]}
     message = (
-        "optim_config.optimizers: cannot resume the checkpoint's optimizers (a, b) in the order optim_config now "
-        "gives them (b, a): the optimizers with a scheduler changed too (a, b in the checkpoint, b now)."
+        "optim_config.optimizers.a.scheduler: new since the checkpoint, it comes before b, whose saved scheduler state "
+        "Lightning would give to it (it restores scheduler states by position). List the optimizers with a new "
+        "scheduler after those that had one (those with a scheduler in the order b, a), or start a new run (load the "
+        "weights with load_from_checkpoint)."
     )
     with pytest.raises(OptimConfigError, match=re.escape(message)):
-        states_in_config_order(checkpoint, "optim_config", config)
+        states_in_config_order(checkpoint, "optim_config", scheduled("AB"))
 
 
 def test_states_in_config_order_maps_the_states_by_name() -> None:

@@ -243,7 +243,9 @@ class BatchNormMonitor(L.Callback):
             self._histograms = None
             return
         for name, layer in self.layers.items():
-            self._handles.append(layer.register_forward_hook(partial(self._measure, name)))
+            # Ahead of FSDP2's own forward hook, which reshards the layer's parameters after its forward: the
+            # summaries read them whole, as every rank has them then (rank zero alone must not all-gather).
+            self._handles.append(layer.register_forward_hook(partial(self._measure, name), prepend=True))
             if self._histograms is not None:
                 self._handles.append(layer.register_forward_hook(partial(self._output_histogram, name)))
 

@@ -129,6 +129,9 @@ class TensorBoardDashboard(L.Callback):
     The clipping chart's three series are also written to runs of their own inside each logger's directory
     (``norm_before_clipping``, ``norm_after_clipping``, ``clip_threshold``; :func:`clip_series`), because TensorBoard
     draws a chart's lines in the colour of their run: so each series gets its own colour, and the legend names it.
+    Each fit's writers there start with TensorBoard's restart marker at the step the fit starts from
+    (``SummaryWriter(purge_step=...)``'s events): a fit that goes on from an earlier checkpoint in the same directory
+    (the app's rollback) replaces the steps after it instead of drawing them twice.
 
     Without a ``TensorBoardLogger`` it warns once and does nothing.
 
@@ -151,6 +154,7 @@ class TensorBoardDashboard(L.Callback):
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
         self._series_files: dict[str, EventFile] = {}
+        self._start_step: int | None = None
 
     @staticmethod
     def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
@@ -172,6 +176,15 @@ class TensorBoardDashboard(L.Callback):
             logger.experiment.add_custom_scalars(layout)
         MetricCollector.of(trainer).listen(self._write_clip_series)
 
+    @override
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # Not at train start: a fit resumed mid-epoch counts the checkpoint's last step into the logging step only
+        # when its first batch starts.
+        if self._start_step is None:
+            self._start_step = logging_step(trainer)
+
     def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
         if not trainer.is_global_zero:
             return
@@ -184,7 +197,7 @@ class TensorBoardDashboard(L.Callback):
 
     def _series_file(self, log_dir: str) -> EventFile:
         if log_dir not in self._series_files:
-            self._series_files[log_dir] = EventFile(log_dir)
+            self._series_files[log_dir] = EventFile(log_dir, purge_step=self._start_step)
         return self._series_files[log_dir]
 
     @override
@@ -192,6 +205,7 @@ class TensorBoardDashboard(L.Callback):
         for events in self._series_files.values():
             events.close()
         self._series_files.clear()
+        self._start_step = None
 
     @override
     def on_before_optimizer_step(

@@ -130,8 +130,9 @@ class EventFile:
     thread, woken for every event, which costs more than writing a small event here.
 
     The file is what ``SummaryWriter`` makes: named ``events.out.tfevents.<time>.<host>.<pid>.<n>``, a first event with
-    the file version, then one record (:class:`FastRecordWriter`) per event. Like ``SummaryWriter`` it flushes every
-    ``flush_secs`` (on the next event after them) and on :meth:`close`.
+    the file version, with ``purge_step`` TensorBoard's restart marker at that step (``SummaryWriter(purge_step=...)``:
+    TensorBoard drops the run's earlier events from that step on), then one record (:class:`FastRecordWriter`) per
+    event. Like ``SummaryWriter`` it flushes every ``flush_secs`` (on the next event after them) and on :meth:`close`.
 
     Examples:
         >>> import tempfile
@@ -144,7 +145,7 @@ class EventFile:
         [(3, 2.5)]
     """
 
-    def __init__(self, log_dir: str, flush_secs: float = 120.0) -> None:
+    def __init__(self, log_dir: str, purge_step: int | None = None, flush_secs: float = 120.0) -> None:
         os.makedirs(log_dir, exist_ok=True)
         stem = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
         while True:
@@ -156,6 +157,10 @@ class EventFile:
         self._records = FastRecordWriter(self._file)
         self._flush_secs = flush_secs
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        if purge_step is not None:
+            restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2"))
+            self._write(event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=restart))
         self.flush()
 
     def add_summary(self, summary: Summary, step: int) -> None:

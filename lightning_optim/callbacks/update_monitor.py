@@ -27,7 +27,16 @@ from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.errors import argument_error
 from lightning_optim.internals import logging_step, should_log, torch_optimizer
 from lightning_optim.names import named_parameters, optimizer_labels
-from lightning_optim.stats import copy_parameters, measure_updates, members, module_path, state_norms
+from lightning_optim.stats import (
+    TensorNorms,
+    TensorUpdates,
+    combine_ranks,
+    copy_parameters,
+    measure_updates,
+    members,
+    module_path,
+    state_norms,
+)
 from lightning_optim.stats.updates import QUANTITIES, Selections
 
 __all__ = ["REFERENCE_RATIO", "UpdateMonitor"]
@@ -55,13 +64,12 @@ class _Layout:
 
 @dataclass
 class _Step:
-    """One optimizer's step measured on a logging step: its layout, the update table ``(selections, quantities)``
-    and each state key's norms by selection, all on the device."""
+    """One optimizer's step measured on a logging step: its layout and the per-tensor device tensors."""
 
     optimizer: torch.optim.Optimizer
     layout: _Layout
-    updates: torch.Tensor
-    states: list[tuple[str, Selections, torch.Tensor]]
+    updates: TensorUpdates
+    states: dict[str, TensorNorms]
 
 
 class UpdateMonitor(L.Callback):
@@ -95,6 +103,11 @@ class UpdateMonitor(L.Callback):
     cost nothing: no hook, no copy, no kernel. All values reach the host in the one sync that
     :class:`~lightning_optim.callbacks.collector.MetricCollector` makes for every monitor, and are also put into
     ``trainer.callback_metrics``, so ``EarlyStopping``/``ModelCheckpoint`` can monitor them.
+
+    ``DTensor`` parameters (FSDP2, tensor parallelism under ``ModelParallelStrategy``): each rank measures its local
+    parts, and every value is made whole, the same on every rank, in one ``all_reduce`` per logging step (every
+    optimizer's update and state norms together). It cannot ride in the gradient norms' reduction: that one runs
+    before the step, for clipping, and the update exists only after it.
 
     At the end of each training epoch, the median of every ratio logged in it (per layer, else per group, else the
     total) is checked against ``ratio_range``: the first epoch where one falls outside it is named once in a warning,
@@ -217,17 +230,9 @@ class UpdateMonitor(L.Callback):
         if before is None:
             return
         parameters = self._parameters(optimizer)
-        layout = self._layout(optimizer, parameters)
         updates = measure_updates(before, parameters, [parameter.grad for parameter in parameters])
-        states = []
-        if self.optimizer_state:
-            for key, norms in state_norms(optimizer.state, parameters).items():
-                chosen = layout.states.get((key, tuple(norms.indices)))
-                if chosen is None:
-                    chosen = Selections(norms.restrict(layout.selections), norms.squares.device)
-                    layout.states[key, tuple(norms.indices)] = chosen
-                states.append((key, chosen, norms.table(chosen)))
-        self._measured.append(_Step(optimizer, layout, updates.table(layout.updates), states))
+        states = state_norms(optimizer.state, parameters) if self.optimizer_state else {}
+        self._measured.append(_Step(optimizer, self._layout(optimizer, parameters), updates, states))
 
     def _layout(self, optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor]) -> _Layout:
         """The optimizer's layout, made again when its parameters, their device or its groups changed."""
@@ -261,18 +266,22 @@ class UpdateMonitor(L.Callback):
         """Hand the steps' values to the collector, as device tensors (no host sync here)."""
         optimizers = [torch_optimizer(optimizer) for optimizer in trainer.optimizers]
         labels = optimizer_labels(pl_module, len(optimizers))
+        whole = combine_ranks([(step.updates, step.states) for step in measured])
         stacked = []
         checked: list[str] = []
-        for step in measured:
+        for step, (updates, states) in zip(measured, whole, strict=True):
             index = next((i for i, known in enumerate(optimizers) if known is step.optimizer), 0)
             name = f"{labels[index]}/" if len(optimizers) > 1 else ""
             layout = step.layout
-            stacked.append(
-                (self._keys(layout, f"{UPDATE}{name}", layout.updates, QUANTITIES), step.updates.reshape(-1))
-            )
-            for key, chosen, norms in step.states:
-                stacked.append((self._keys(layout, f"{STATE}{name}{key}_norm", chosen), norms))
-            checked += [f"{UPDATE}{name}ratio{suffix}" for suffix in step.layout.health]
+            table = updates.table(layout.updates).reshape(-1)
+            stacked.append((self._keys(layout, f"{UPDATE}{name}", layout.updates, QUANTITIES), table))
+            for key, norms in states.items():
+                chosen = layout.states.get((key, tuple(norms.indices)))
+                if chosen is None:
+                    chosen = Selections(norms.restrict(layout.selections), norms.squares.device)
+                    layout.states[key, tuple(norms.indices)] = chosen
+                stacked.append((self._keys(layout, f"{STATE}{name}{key}_norm", chosen), norms.table(chosen)))
+            checked += [f"{UPDATE}{name}ratio{suffix}" for suffix in layout.health]
         finish = partial(self._finish, checked)
         values = {REFERENCE_KEY: REFERENCE_RATIO}
         MetricCollector.of(trainer).add(logging_step(trainer), values, finish, callback_metrics=True, stacked=stacked)

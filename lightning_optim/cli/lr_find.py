@@ -42,6 +42,7 @@ from lightning_optim.cli.common import (
 )
 from lightning_optim.config.validation import OptimSpec, resolve_optim_config
 from lightning_optim.errors import OptimConfigError, did_you_mean
+from lightning_optim.fit.driver import unscaled_lr
 from lightning_optim.fit.lr_finder import config_with_lr
 from lightning_optim.fit.mixin import OptimMixin
 from lightning_optim.optim.registry import MAX_LR
@@ -71,6 +72,15 @@ class LrRangeTest:
     suggestion: float | None
     mode: str
     lightning_suggestion: float | None = None
+    configured: tuple[float, str] | None = None
+    """With ``lr_scaling``: the suggestion as ``optimizer.lr`` (at ``base_batch_size``) and the line saying why."""
+
+    @property
+    def override(self) -> str | None:
+        """The ``optimizer.lr=...`` override giving the suggestion (None without one)."""
+        if self.suggestion is None:
+            return None
+        return lr_override(self.configured[0] if self.configured is not None else self.suggestion)
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,14 +179,15 @@ def find_lr(cfg: DictConfig) -> LrRangeTest:
     if finder is None:
         raise RuntimeError("Lightning's lr finder did not run: it skips the search when trainer.fast_dev_run is set.")
     lrs, losses = list(finder.results["lr"]), list(finder.results["loss"])
-    suggestion = suggest_lr(lrs, losses, SKIP_BEGIN, SKIP_END)
-    return LrRangeTest(
-        lrs,
-        losses,
-        suggestion.lr if suggestion is not None else None,
-        options["mode"],
-        finder.suggestion(SKIP_BEGIN, SKIP_END),
-    )
+    found = suggest_lr(lrs, losses, SKIP_BEGIN, SKIP_END)
+    suggestion = found.lr if found is not None else None
+    spec = resolve_optim_config(optim_config)
+    scaling = spec.optimizer.lr_scaling if isinstance(spec, OptimSpec) else None
+    configured = None
+    if suggestion is not None and scaling is not None:
+        lr, line = unscaled_lr(scaling, trainer, suggestion)
+        configured = (lr, str(line))
+    return LrRangeTest(lrs, losses, suggestion, options["mode"], finder.suggestion(SKIP_BEGIN, SKIP_END), configured)
 
 
 def lr_override(lr: float) -> str:
@@ -201,7 +212,7 @@ def plot(search: LrRangeTest, title: str) -> Figure:
     if search.suggestion is not None:
         loss = search.losses[search.lrs.index(search.suggestion)]
         axes.axvline(search.suggestion, color="C3", linestyle=":", linewidth=1)
-        axes.plot([search.suggestion], [loss], "o", color="C3", markersize=8, label=lr_override(search.suggestion))
+        axes.plot([search.suggestion], [loss], "o", color="C3", markersize=8, label=search.override)
     if search.lightning_suggestion is not None:
         loss = search.losses[search.lrs.index(search.lightning_suggestion)]
         label = f"Lightning's suggestion() {search.lightning_suggestion:.3g} (slope against lr)"
@@ -247,7 +258,9 @@ def main(cfg: DictConfig) -> None:
             "trainer's max_epochs and limit_train_batches ended it). See the curve; lower lr_find.max_lr, raise "
             "lr_find.early_stop_threshold or lr_find.num_training."
         )
-    say(lr_override(search.suggestion))
+    if search.configured is not None:
+        say(search.configured[1])
+    say(search.override)
 
 
 def _is_number(value: Any) -> TypeGuard[float]:

@@ -7,7 +7,8 @@ reads the first spike once per logging step; the app then picks the checkpoint, 
 With rollback on, the training data is one seeded stream of batches (:class:`BatchStream`): data epoch ``k`` is
 ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + k))`` cut into batches, batch ``i`` of it has the
 global index ``k * batches_per_epoch + i``, and a skipped batch is left out of the stream, so the run goes on with the
-batches a run that never saw it would take.
+batches a run that never saw it would take. Under DDP a global batch is one batch of every rank, split as
+``DistributedSampler`` splits the epoch, and every rank decides on the loss averaged over the ranks.
 
 Examples:
     >>> spec = resolve_rollback({"z_threshold": 8, "back_steps": 100})
@@ -30,7 +31,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import Strategy
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from typing_extensions import override
@@ -46,6 +50,7 @@ __all__ = [
     "RollbackSpec",
     "RollbackWatch",
     "Rollbacks",
+    "Spike",
     "StreamPosition",
     "resolve_rollback",
     "rollback_loader",
@@ -55,6 +60,12 @@ log = logging.getLogger(__name__)
 
 ROLLBACK_EXHAUSTED_EXIT = 3
 """The exit status of ``lightning-optim-train`` when a spike comes after ``rollback.max_times`` rollbacks."""
+
+SPIKE_MARKER = "rollback/spike"
+"""The TensorBoard tag of each rollback's spike: the spiking step's loss, at the step the loss was logged at."""
+
+RESUME_MARKER = "rollback/resume"
+"""The TensorBoard tag of each rollback's resume: the loss's EMA mean before the spike, at the checkpoint's step."""
 
 
 @dataclass(frozen=True)
@@ -180,19 +191,28 @@ class BatchStream(Sampler[list[int]]):
     with the batch after the checkpoint's. ``len`` is one data epoch's batches, skips not counted: a skip shifts the
     later batches forward and leaves the run's length (and its schedule) as it was.
 
+    With ``num_replicas`` ranks each rank serves its share of every global batch, as ``DistributedSampler`` (seeded
+    ``seed + k`` in data epoch ``k``) and a ``DataLoader`` over it would: the epoch's order padded with its own start
+    to a multiple of the ranks, rank ``r`` taking every ``num_replicas``-th sample from the ``r``-th, cut into batches.
+    Global batch ``i`` is batch ``i`` of every rank, so all ranks skip and replay the same ones.
+
     Args:
         num_samples: The dataset's length.
-        batch_size: Samples per batch.
+        batch_size: Samples per batch (of one rank).
         drop_last: Whether a data epoch's incomplete last batch is left out.
         shuffle: Whether each data epoch is a seeded permutation (else the dataset's order).
         seed: The seed of data epoch 0's permutation (data epoch ``k`` uses ``seed + k``).
         skipped: Global batch indices left out.
         position: The shared position (kept in checkpoints by :class:`RollbackWatch`).
+        num_replicas: The data-parallel ranks.
+        rank: This process's rank among them.
 
     Examples:
         >>> stream = BatchStream(num_samples=4, batch_size=2, drop_last=True, shuffle=True, seed=0)
         >>> [stream.batch(index) for index in range(4)]
         [[0, 1], [3, 2], [1, 3], [2, 0]]
+        >>> [BatchStream(5, 2, False, False, 0, num_replicas=2, rank=rank).batch(1) for rank in (0, 1)]
+        [[4], [0]]
     """
 
     def __init__(
@@ -204,6 +224,8 @@ class BatchStream(Sampler[list[int]]):
         seed: int,
         skipped: frozenset[int] | set[int] = frozenset(),
         position: StreamPosition | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -211,7 +233,10 @@ class BatchStream(Sampler[list[int]]):
         self.seed = seed
         self.skipped = frozenset(skipped)
         self.position = position or StreamPosition()
-        whole, rest = divmod(num_samples, batch_size)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.per_rank = -(-num_samples // num_replicas)
+        whole, rest = divmod(self.per_rank, batch_size)
         self.batches_per_epoch = whole + (1 if rest and not drop_last else 0)
 
     def __len__(self) -> int:
@@ -224,7 +249,9 @@ class BatchStream(Sampler[list[int]]):
             order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
         else:
             order = torch.arange(self.num_samples)
-        return order[offset * self.batch_size : (offset + 1) * self.batch_size].tolist()
+        padded = self.per_rank * self.num_replicas
+        mine = order.repeat(-(-padded // self.num_samples))[:padded][self.rank :: self.num_replicas]
+        return mine[offset * self.batch_size : (offset + 1) * self.batch_size].tolist()
 
     def _indices_from(self, position: int) -> Iterator[int]:
         """The global batch indices from stream position ``position`` on (an endless stream)."""
@@ -242,14 +269,18 @@ class BatchStream(Sampler[list[int]]):
         indices = self._indices_from(position)
         return [next(indices) for _ in range(count)]
 
+    @override
     def __iter__(self) -> Iterator[list[int]]:
         left = self.position.epoch_start + self.batches_per_epoch - self.position.consumed
         for index in self.global_indices(self.position.consumed, max(left, 0)):
             yield self.batch(index)
 
 
-def rollback_loader(loader: Any, seed: int, skipped: frozenset[int], position: StreamPosition) -> DataLoader:
-    """``loader`` (the data module's training loader) served as a :class:`BatchStream`.
+def rollback_loader(
+    loader: Any, seed: int, skipped: frozenset[int], position: StreamPosition, num_replicas: int = 1, rank: int = 0
+) -> DataLoader:
+    """``loader`` (the data module's training loader) served as a :class:`BatchStream`, this ``rank``'s share of it
+    among ``num_replicas`` (the Trainer's ``use_distributed_sampler`` must be off: the stream splits the data).
 
     Raises:
         ValueError: for an iterable dataset (its batches have no index to skip or replay by) or a loader whose
@@ -275,6 +306,8 @@ def rollback_loader(loader: Any, seed: int, skipped: frozenset[int], position: S
         seed=seed,
         skipped=skipped,
         position=position,
+        num_replicas=num_replicas,
+        rank=rank,
     )
     return DataLoader(
         loader.dataset,
@@ -287,12 +320,24 @@ def rollback_loader(loader: Any, seed: int, skipped: frozenset[int], position: S
     )
 
 
+@dataclass(frozen=True)
+class Spike:
+    """A loss spike: the optimizer step (``global_step`` after it), its z-score, the loss and the loss's EMA mean
+    before it (the level the run was at)."""
+
+    step: int
+    z: float
+    loss: float
+    mean: float
+
+
 class RollbackWatch(L.Callback):
     """Watch each optimizer step's training loss for a spike, and stop the fit at the step boundary after one.
 
-    The loss is the one ``training_step`` returns, summed over the step's batches; its z-score against the EMA
-    statistics is computed on the device, and a value above ``z_threshold`` (or a NaN) is kept as the first spike
-    (step and z, a device tensor) and stays out of the statistics. The spike is read on the host once per logging
+    The loss is the one ``training_step`` returns, summed over the step's batches and under DDP averaged over the
+    ranks (one ``all_reduce`` a step), so every rank decides alike; its z-score against the EMA statistics is computed
+    on the device, and a value above ``z_threshold`` (or a NaN) is kept as the first spike (a device tensor of
+    :class:`Spike`'s numbers) and stays out of the statistics. The spike is read on the host once per logging
     step; when there is one, ``trainer.should_stop`` stops the fit after that step. The statistics, the lr scale
     applied and the stream position (``position``, shared with the :class:`BatchStream`) go into checkpoints.
 
@@ -306,6 +351,9 @@ class RollbackWatch(L.Callback):
         (True, StreamPosition(consumed=0, epoch=0, epoch_start=0))
     """
 
+    dashboard_category = "Rollback"
+    """The category of :meth:`dashboard_charts` on the TensorBoard dashboard."""
+
     def __init__(self, spec: RollbackSpec, lr_scale: float) -> None:
         self.spec = spec
         self.position = StreamPosition()
@@ -316,12 +364,18 @@ class RollbackWatch(L.Callback):
         self._spike: torch.Tensor | None = None
         self._stepped = 0
 
-    def spike(self) -> tuple[int, float] | None:
-        """The first spike's optimizer step (``global_step`` after it) and z-score, or None (one host read)."""
+    def spike(self) -> Spike | None:
+        """The first spike, or None (one host read)."""
         if self._spike is None:
             return None
-        step, z = self._spike.tolist()
-        return None if step < 0 else (int(step), z)
+        step, z, loss, mean = self._spike.tolist()
+        return None if step < 0 else Spike(int(step), z, loss, mean)
+
+    @staticmethod
+    def dashboard_charts() -> dict[str, list[str]]:
+        """The dashboard's loss chart: the demo models' ``train/loss`` with the rollback markers
+        (:meth:`Rollbacks.mark`)."""
+        return {"Training loss": ["train/loss$", f"{SPIKE_MARKER}$", f"{RESUME_MARKER}$"]}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -360,6 +414,8 @@ class RollbackWatch(L.Callback):
             return
         self._stepped = trainer.global_step
         value, self._step_loss = self._step_loss, None
+        if trainer.world_size > 1:
+            value = trainer.strategy.reduce(value.clone(), reduce_op="mean")
         statistics = self._statistics
         if statistics.warming:
             statistics.warm(value)
@@ -367,8 +423,10 @@ class RollbackWatch(L.Callback):
             z = statistics.z(value)
             exceeds = ~(z <= self.spec.z_threshold)  # a NaN loss is a spike too
             if self._spike is None:
-                self._spike = torch.tensor([-1.0, math.nan], dtype=z.dtype, device=z.device)
-            spike = torch.stack([torch.tensor(float(trainer.global_step), dtype=z.dtype, device=z.device), z])
+                self._spike = torch.tensor([-1.0, math.nan, math.nan, math.nan], dtype=z.dtype, device=z.device)
+            mean, _ = statistics.moments(z)
+            step = torch.tensor(float(trainer.global_step), dtype=z.dtype, device=z.device)
+            spike = torch.stack([step, z, statistics.cast(value), mean])
             self._spike = torch.where(exceeds & (self._spike[0] < 0), spike, self._spike)
             statistics.update(value, ~exceeds)
         if should_log(trainer) and self.spike() is not None:
@@ -412,26 +470,47 @@ class Rollbacks:
         """Where the rollback checkpoints are saved."""
         return self.run_dir / "checkpoints" / "rollback"
 
-    def roll_back(self, spike: tuple[int, float], stream: BatchStream) -> Path | None:
+    def roll_back(self, spike: Spike, stream: BatchStream, strategy: Strategy) -> Path | None:
         """Record a rollback for ``spike`` and return the checkpoint to resume from (None: from the start).
 
-        Checkpoints newer than the chosen one belong to the abandoned steps and are deleted.
+        Rank zero picks the checkpoint, deletes the newer ones (they belong to the abandoned steps) and writes the
+        record; every rank goes on with the record it broadcasts, so all resume from one checkpoint and skip the
+        same batches.
 
         Raises:
-            SystemExit: with :data:`ROLLBACK_EXHAUSTED_EXIT` when ``max_times`` rollbacks were made already.
+            SystemExit: with :data:`ROLLBACK_EXHAUSTED_EXIT` (on every rank) when ``max_times`` rollbacks were made
+                already.
         """
-        step, z = spike
         if len(self.records) >= self.spec.max_times:
-            log.error(
-                f"Loss spike at step {step} (z = {z:.1f} > rollback.z_threshold = {self.spec.z_threshold}) after "
-                f"rollback.max_times = {self.spec.max_times} rollbacks: training stops (exit status "
-                f"{ROLLBACK_EXHAUSTED_EXIT}). See {self.run_dir / 'rollbacks.json'}; resume a checkpoint from "
-                f"{self.checkpoint_dir} with another config, or raise rollback.max_times."
-            )
+            if strategy.is_global_zero:
+                log.error(
+                    f"Loss spike at step {spike.step} (z = {spike.z:.1f} > rollback.z_threshold = "
+                    f"{self.spec.z_threshold}) after rollback.max_times = {self.spec.max_times} rollbacks: training "
+                    f"stops (exit status {ROLLBACK_EXHAUSTED_EXIT}). See {self.run_dir / 'rollbacks.json'}; resume a "
+                    f"checkpoint from {self.checkpoint_dir} with another config, or raise rollback.max_times."
+                )
             raise SystemExit(ROLLBACK_EXHAUSTED_EXIT)
+        record = strategy.broadcast(self._choose(spike, stream) if strategy.is_global_zero else {})
+        self.records.append(record)
+        self.skipped = self.skipped | frozenset(record["skipped_batches"])
+        checkpoint = None if record["checkpoint"] is None else Path(record["checkpoint"])
+        if strategy.is_global_zero:
+            (self.run_dir / "rollbacks.json").write_text(json.dumps(self.records, indent=1) + "\n")
+            source = "the start (no checkpoint is that old)" if checkpoint is None else str(checkpoint)
+            skipped = record["skipped_batches"]
+            log.warning(
+                f"Rollback {len(self.records)}/{self.spec.max_times}: loss spike at step {spike.step} (z = "
+                f"{spike.z:.1f} > {self.spec.z_threshold}); resuming from {source} at step "
+                f"{record['checkpoint_step']}, skipping {len(skipped)} batches ({_span(skipped)}), lr x "
+                f"{record['lr_scale']:g}."
+            )
+        return checkpoint
+
+    def _choose(self, spike: Spike, stream: BatchStream) -> dict[str, Any]:
+        """The next record: the checkpoint to resume from and the batches to skip; deletes the newer checkpoints."""
         kept = {path: saved_step(path) for path in self.checkpoint_dir.glob("*.ckpt")}
-        far_enough = [path for path, saved_at in kept.items() if saved_at <= step - self.spec.back_steps]
-        before = [path for path, saved_at in kept.items() if saved_at < step]
+        far_enough = [path for path, saved_at in kept.items() if saved_at <= spike.step - self.spec.back_steps]
+        before = [path for path, saved_at in kept.items() if saved_at < spike.step]
         if far_enough:
             checkpoint: Path | None = max(far_enough, key=kept.__getitem__)
         else:  # a spike within back_steps of the last rollback's checkpoint: the oldest kept is the furthest back
@@ -442,26 +521,46 @@ class Rollbacks:
             if path.name != "interrupted.ckpt" and saved_step(path) > checkpoint_step:
                 path.unlink()
         consumed = 0 if checkpoint is None else _consumed(checkpoint)
-        skipped = stream.global_indices(consumed, self.spec.skip_batches)
-        self.skipped = self.skipped | frozenset(skipped)
-        self.records.append(
-            {
-                "spike_step": step,
-                "z": z,
-                "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
-                "checkpoint_step": checkpoint_step,
-                "skipped_batches": skipped,
-                "lr_scale": self.spec.lr_factor ** (len(self.records) + 1),
-            }
-        )
-        (self.run_dir / "rollbacks.json").write_text(json.dumps(self.records, indent=1) + "\n")
-        source = "the start (no checkpoint is that old)" if checkpoint is None else str(checkpoint)
-        log.warning(
-            f"Rollback {len(self.records)}/{self.spec.max_times}: loss spike at step {step} (z = {z:.1f} > "
-            f"{self.spec.z_threshold}); resuming from {source} at step {checkpoint_step}, skipping "
-            f"{len(skipped)} batches ({_span(skipped)}), lr x {self.records[-1]['lr_scale']:g}."
-        )
-        return checkpoint
+        return {
+            "spike_step": spike.step,
+            "z": spike.z,
+            "loss": spike.loss,
+            "loss_mean": spike.mean,
+            "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
+            "checkpoint_step": checkpoint_step,
+            "skipped_batches": stream.global_indices(consumed, self.spec.skip_batches),
+            "lr_scale": self.spec.lr_factor ** (len(self.records) + 1),
+        }
+
+    def resumed_loggers(self, logger_group: DictConfig | None, loggers: list[Any]) -> list[Any]:
+        """The loggers of the fit from the last rollback's checkpoint at step ``N``: each ``TensorBoardLogger`` made
+        again from its config entry (``logger_group``, as ``loggers`` were) in its own version directory with
+        ``purge_step=N``, so TensorBoard hides the abandoned steps from ``N`` on and shows the re-run's; the other
+        loggers as they were. The markers the purge hid are written again (:meth:`mark`)."""
+        step = self.records[-1]["checkpoint_step"]
+        nodes = [node for node in (logger_group or {}).values() if node is not None]
+        resumed = [
+            instantiate(node, version=logger.version, purge_step=step)
+            if isinstance(logger, TensorBoardLogger)
+            else logger
+            for node, logger in zip(nodes, loggers, strict=True)
+        ]
+        self.mark(resumed, step)
+        return resumed
+
+    def mark(self, loggers: list[Any], purged_from: int) -> None:
+        """Write each rollback's markers at steps from ``purged_from`` on to the TensorBoard loggers (rank zero):
+        :data:`SPIKE_MARKER` at the spiking step's logging step (``spike_step - 1``, where its loss is logged),
+        :data:`RESUME_MARKER` at the checkpoint's step (where the re-run's first loss is logged)."""
+        for record in self.records:
+            for key, step, value in (
+                (SPIKE_MARKER, record["spike_step"] - 1, record["loss"]),
+                (RESUME_MARKER, record["checkpoint_step"], record["loss_mean"]),
+            ):
+                if step >= purged_from:
+                    for logger in loggers:
+                        if isinstance(logger, TensorBoardLogger):
+                            logger.log_metrics({key: value}, step=step)
 
 
 def _consumed(checkpoint: Path) -> int:

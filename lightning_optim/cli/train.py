@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
 from lightning_optim.cli.common import (
     CONFIG_PATH,
@@ -134,15 +135,18 @@ def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
     rollbacks = None if spec is None else Rollbacks(spec, run_dir)
     loggers = _instantiate_all(cfg.get("logger"))
     ckpt_path = cfg.get("ckpt_path")
-    while True:
-        L.seed_everything(cfg.seed, workers=True)
-        datamodule = instantiate(cfg.data)
-        model = instantiate_model(cfg.model, compose_optim_config(cfg))
-        interrupt = InterruptCheckpoint(run_dir / "checkpoints")
-        callbacks = [*_instantiate_all(cfg.get("callbacks")), interrupt]
-        watch = None if rollbacks is None else _watch_rollbacks(cfg, rollbacks, datamodule, callbacks)
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-        with sweep_job():
+    # One job for all the fits: a second Trainer finds the DDP ranks and process group of the first.
+    with sweep_job():
+        while True:
+            L.seed_everything(cfg.seed, workers=True)
+            datamodule = instantiate(cfg.data)
+            model = instantiate_model(cfg.model, compose_optim_config(cfg))
+            interrupt = InterruptCheckpoint(run_dir / "checkpoints")
+            callbacks = [*_instantiate_all(cfg.get("callbacks")), interrupt]
+            watch = None if rollbacks is None else _watch_rollbacks(cfg, rollbacks, datamodule, callbacks)
+            # The rollback stream splits the training data over the ranks itself.
+            split = {} if rollbacks is None else {"use_distributed_sampler": False}
+            trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **split)
             try:
                 trainer.fit(
                     model,
@@ -163,8 +167,9 @@ def _fit_and_report(cfg: DictConfig, run_dir: Path) -> float:
                 SIGTERMException
             ):  # Lightning raises it for SIGTERM, and for SIGINT once InterruptCheckpoint routed it
                 raise _exit_interrupted(interrupt, trainer) from None
-        assert rollbacks is not None and watch is not None  # a spike is only watched for with rollback set
-        ckpt_path = rollbacks.roll_back(spike, trainer.train_dataloader.batch_sampler)
+            assert rollbacks is not None  # a spike is only watched for with rollback set
+            ckpt_path = rollbacks.roll_back(spike, trainer.train_dataloader.batch_sampler, trainer.strategy)
+            loggers = rollbacks.resumed_loggers(cfg.get("logger"), loggers)
     if cfg.metric not in metrics:
         source = "validation" if validates else "training (no validation_step or val_dataloader, so no validation)"
         raise KeyError(f"metric={cfg.metric!r} was not logged by {source}; logged: {sorted(metrics)}")
@@ -188,9 +193,16 @@ def _watch_rollbacks(
     log_every = cfg.trainer.get("log_every_n_steps") or 50
     callbacks += [watch, spec.checkpoint_callback(rollbacks.checkpoint_dir, log_every)]
     train_dataloader = datamodule.train_dataloader
-    datamodule.train_dataloader = lambda: rollback_loader(  # type: ignore[method-assign]
-        train_dataloader(), cfg.seed, rollbacks.skipped, watch.position
-    )
+
+    def stream() -> DataLoader:
+        trainer = datamodule.trainer
+        assert trainer is not None  # Lightning attaches itself before it asks for the training data
+        loader = train_dataloader()
+        return rollback_loader(
+            loader, cfg.seed, rollbacks.skipped, watch.position, trainer.world_size, trainer.global_rank
+        )
+
+    datamodule.train_dataloader = stream  # type: ignore[method-assign]
     return watch
 
 

@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -125,17 +126,18 @@ def build_optimizer_set(
 def states_in_config_order(
     checkpoint: Mapping[str, Any], config_key: str, optim_config: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The checkpoint's entries to replace so that its optimizer and scheduler states follow ``optim_config``'s order.
+    """The checkpoint's entries to replace so that its optimizer and scheduler states follow ``optim_config``.
 
     Lightning restores ``optimizer_states`` and ``lr_schedulers`` by position; named optimizers listed in another
-    order would silently take each other's states. The saved ``optim_config`` (under ``config_key``) says whose each
-    state is: the names in its ``optimizers`` order, and which of them had a scheduler. Nothing is mutated; the
-    returned entries (none when the order is the same, or there is nothing to map by name: one optimizer, other
-    names, whose refusal is the resume check's) also hold the saved config in the new order, so that later
-    comparisons with it see the same order.
+    order, or a scheduler removed from one of them, would silently give states to the wrong owner. The saved
+    ``optim_config`` (under ``config_key``) says whose each state is: the names in its ``optimizers`` order, and which
+    of them had a scheduler. Each optimizer state goes to its name; each scheduler state to its optimizer's scheduler,
+    if it still has one; a scheduler new since the checkpoint starts fresh. Nothing is mutated; the returned entries
+    (none when nothing moves, or there is nothing to map by name: one optimizer, other names, whose refusal is the
+    resume check's) also hold the saved config in the new order, so that later comparisons with it see the same order.
 
     Raises:
-        OptimConfigError: the order changed together with which optimizers have a scheduler, naming both orders.
+        OptimConfigError: a new scheduler comes before one with a saved state (Lightning's positions cannot skip it).
 
     Examples:
         >>> saved = {"optimizers": {"a": {"scheduler": None}, "b": {"scheduler": {"name": "step"}}}}
@@ -151,24 +153,35 @@ def states_in_config_order(
     saved_sections, sections = saved[OPTIMIZERS_KEY], optim_config[OPTIMIZERS_KEY]
     saved_names, names = list(saved_sections), list(sections)
     states = checkpoint.get("optimizer_states") or []
-    if saved_names == names or sorted(saved_names) != sorted(names) or len(states) != len(names):
+    if sorted(saved_names) != sorted(names) or len(states) != len(names):
         return {}
     saved_scheduled = [name for name in saved_names if saved_sections[name].get("scheduler") is not None]
     scheduled = [name for name in names if sections[name].get("scheduler") is not None]
-    if sorted(saved_scheduled) != sorted(scheduled):
-        raise OptimConfigError(
-            f"optim_config.{OPTIMIZERS_KEY}: cannot resume the checkpoint's optimizers ({', '.join(saved_names)}) in "
-            f"the order optim_config now gives them ({', '.join(names)}): the optimizers with a scheduler changed too "
-            f"({', '.join(saved_scheduled) or 'none'} in the checkpoint, {', '.join(scheduled) or 'none'} now). "
-            "Resume with the checkpoint's order, or start a new run (load weights with load_from_checkpoint)."
-        )
-    saved_states = dict(zip(saved_names, states, strict=True))
-    replaced: dict[str, Any] = {
-        "optimizer_states": [saved_states[name] for name in names],
-        config_key: {**saved, OPTIMIZERS_KEY: {name: saved_sections[name] for name in names}},
-    }
+    if saved_names == names and saved_scheduled == scheduled:
+        return {}
+    replaced: dict[str, Any] = {}
+    if saved_names != names:
+        saved_states = dict(zip(saved_names, states, strict=True))
+        replaced["optimizer_states"] = [saved_states[name] for name in names]
+        replaced[config_key] = {**saved, OPTIMIZERS_KEY: {name: saved_sections[name] for name in names}}
     schedulers = checkpoint.get("lr_schedulers")
     if schedulers is not None and len(schedulers) == len(saved_scheduled):
-        saved_schedulers = dict(zip(saved_scheduled, schedulers, strict=True))
-        replaced["lr_schedulers"] = [saved_schedulers[name] for name in scheduled]
+        by_name = dict(zip(saved_scheduled, schedulers, strict=True))
+        replaced["lr_schedulers"] = _scheduler_states_by_name(by_name, scheduled)
     return replaced
+
+
+def _scheduler_states_by_name(saved: dict[str, Any], scheduled: list[str]) -> list[Any]:
+    """The states for ``scheduled``'s schedulers in their order: the saved ones, then none for the new ones, which
+    must come last (Lightning gives the states to the schedulers by position, the missing last ones start fresh)."""
+    restored = list(itertools.takewhile(saved.__contains__, scheduled))
+    later = [name for name in scheduled[len(restored) :] if name in saved]
+    if later:
+        fitting = ", ".join([*restored, *later, *(name for name in scheduled if name not in saved)])
+        raise OptimConfigError(
+            f"optim_config.{OPTIMIZERS_KEY}.{scheduled[len(restored)]}.scheduler: new since the checkpoint, it comes "
+            f"before {', '.join(later)}, whose saved scheduler state Lightning would give to it (it restores scheduler "
+            "states by position). List the optimizers with a new scheduler after those that had one (those with a "
+            f"scheduler in the order {fitting}), or start a new run (load the weights with load_from_checkpoint)."
+        )
+    return [saved[name] for name in restored]

@@ -59,6 +59,7 @@ from lightning_optim.fit import schedule_free
 from lightning_optim.fit.lightning_cli import refuse_dropped_lr_scheduler, refuse_replaced_configure_optimizers
 from lightning_optim.fit.lr_finder import MovedLrs, move_base_lrs
 from lightning_optim.fit.manual_optimization import SchedulerStepCheck
+from lightning_optim.fit.mesh import warn_unplaced_mesh_dims
 from lightning_optim.fit.resume import RESUME_CHECKPOINT_KEY, ResumePlan, policy_line, resume_plan, saved_record
 from lightning_optim.fit.run_length import ResumeConfigWarning, RunLength, check_saved_run_lengths, epoch_accumulation
 from lightning_optim.internals import attached_trainer, grad_scaler, logging_step, should_log, torch_optimizer
@@ -82,6 +83,7 @@ __all__ = [
     "driver_of",
     "effective_batch_size",
     "run_length_record",
+    "unscaled_lr",
     "write_config",
 ]
 
@@ -373,6 +375,7 @@ class FitDriver(L.Callback):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        warn_unplaced_mesh_dims(trainer, pl_module)
         if self.spec is not None:
             refuse_replaced_configure_optimizers(pl_module, self.spec.config)
             refuse_dropped_lr_scheduler(trainer, pl_module, self.spec.config)
@@ -634,6 +637,32 @@ def effective_batch_size(trainer: L.Trainer, key: str = "optim_config.optimizer.
     return (
         per_device * world * accumulation,
         f"{per_device} per device x {world} {devices} x accumulation {accumulation}",
+    )
+
+
+def unscaled_lr(scaling: LrScaling | None, trainer: L.Trainer, applied_lr: float) -> tuple[float, str | None]:
+    """The configured lr (the lr at ``base_batch_size``) under which ``scaling`` applies ``applied_lr`` at the run's
+    effective batch size, and a line saying so (None without ``lr_scaling``).
+
+    Lightning's lr finder sweeps the lrs the optimizer applies, so its suggestion is an applied lr: written to
+    ``optimizer.lr`` as it is, ``lr_scaling`` would scale it a second time.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> loader = torch.utils.data.DataLoader(range(8), batch_size=8)
+        >>> trainer = SimpleNamespace(train_dataloader=loader, callbacks=[], accumulate_grad_batches=1, current_epoch=0,
+        ...     world_size=1)
+        >>> unscaled_lr(LrScaling("linear", 4), trainer, 0.1)
+        (0.05, 'lr 0.1 applied at effective batch size 8 (8 per device x 1 device x accumulation 1) is optimizer.lr 0.05 at lr_scaling.base_batch_size 4 (linear: lr x 2)')
+    """  # noqa: E501
+    if scaling is None:
+        return applied_lr, None
+    batch_size, parts = effective_batch_size(trainer)
+    factor = scaling.factor(batch_size)
+    lr = applied_lr / factor
+    return lr, (
+        f"lr {applied_lr:.6g} applied at effective batch size {batch_size} ({parts}) is optimizer.lr {lr:.6g} at "
+        f"lr_scaling.base_batch_size {scaling.base_batch_size} ({scaling.rule}: lr x {factor:.6g})"
     )
 
 

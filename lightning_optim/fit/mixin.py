@@ -51,6 +51,7 @@ from lightning_optim.fit.driver import (
     OptimizerRecord,
     driver_of,
     run_length_record,
+    unscaled_lr,
     write_config,
 )
 from lightning_optim.fit.lr_finder import config_with_lr, configured_lr, moved_lrs, warn_on_lr_before_config
@@ -163,9 +164,11 @@ class OptimMixin(_LightningModule):
         """``optim_config["optimizer"]["lr"]`` (the optimizer's default if unset): the lr Lightning's lr finder tunes.
 
         Assigning it assigns ``optim_config`` again with the new lr (checked, ``hparams`` updated); during a fit the
-        built schedule goes on from the new base lr (:mod:`lightning_optim.fit.lr_finder`). With several optimizers
-        there is no single lr: reading or assigning it raises ``OptimConfigError``. Before ``optim_config`` is set,
-        a value the model assigned to ``self.lr`` itself.
+        built schedule goes on from the new base lr (:mod:`lightning_optim.fit.lr_finder`), and with ``lr_scaling``
+        the value assigned is the lr applied at the fit's effective batch size (what Lightning's finder sweeps): the
+        config gets it divided by the scaling factor. With several optimizers there is no single lr: reading or
+        assigning it raises ``OptimConfigError``. Before ``optim_config`` is set, a value the model assigned to
+        ``self.lr`` itself.
         """
         if "_optim_spec" not in self.__dict__ and LR_BEFORE_CONFIG in self.__dict__:
             return self.__dict__[LR_BEFORE_CONFIG]
@@ -179,11 +182,16 @@ class OptimMixin(_LightningModule):
         old = configured_lr(self._spec())
         spec = self._spec()
         assert isinstance(spec, OptimSpec)  # configured_lr refused several optimizers
+        trainer, driver = attached_trainer(self), driver_of(self)
+        if driver is not None and trainer is not None and trainer.state.fn == "fit":
+            value, scaled = unscaled_lr(spec.optimizer.lr_scaling, trainer, value)
+            if scaled is not None:
+                rank_zero_info(f"model.lr set during a fit (Lightning's lr finder): {scaled}")
         self.optim_config = config_with_lr(self.optim_config, value, spec)
-        if (driver := driver_of(self)) is not None:
+        if driver is not None:
             new = self._spec()
             assert isinstance(new, OptimSpec)
-            driver.moved_lrs = moved_lrs(attached_trainer(self), new, self, old, value)
+            driver.moved_lrs = moved_lrs(trainer, new, self, old, value)
 
     def _spec(self) -> OptimSpec | OptimizerSetSpec:
         """The validated config resolved for the builders (optimizer class and options, compiled rules, scheduler)."""

@@ -20,13 +20,21 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate
 
-__all__ = ["full_tensor", "is_distributed", "local_tensor", "reduce_norms", "replica_weight"]
+__all__ = [
+    "full_tensor",
+    "is_distributed",
+    "local_tensor",
+    "reduce_norms",
+    "replica_weight",
+    "sum_over_ranks",
+    "unplaced_mesh_dims",
+]
 
 
 def is_distributed(tensor: torch.Tensor) -> bool:
@@ -67,12 +75,38 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def unplaced_mesh_dims(parameters: Iterable[torch.Tensor], sizes: dict[str, int]) -> list[str]:
+    """The named mesh dimensions of more than one rank on which no parameter is a ``DTensor``.
+
+    Such a dimension's ranks each hold a whole copy of every parameter: nothing is sharded over it, and when it is a
+    data-parallel dimension, nothing averages the gradients of its ranks (``ModelParallelStrategy`` leaves both to
+    ``configure_model``).
+
+    Args:
+        parameters: the model's parameters.
+        sizes: each mesh dimension's name and size, e.g. ``{"data_parallel": 1, "tensor_parallel": 2}``.
+
+    Examples:
+        >>> unplaced_mesh_dims([torch.zeros(2)], {"data_parallel": 1, "tensor_parallel": 2})
+        ['tensor_parallel']
+    """
+    placed = {
+        name
+        for parameter in parameters
+        if isinstance(parameter, DTensor)
+        for name in parameter.device_mesh.mesh_dim_names or ()
+    }
+    return [name for name, size in sizes.items() if size > 1 and name not in placed]
+
+
 def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     """The share of the world's ranks that hold one whole copy of ``tensor``: ``shards / world_size``.
 
-    Summing ``weight * local**p`` over all ranks counts every part of the tensor exactly once: the ``Shard`` mesh
+    Summing ``weight * local**p`` over all ranks counts every part of the tensor exactly once: the sharding mesh
     dimensions give ``shards`` distinct parts, and every other rank holds a copy of one of them. A plain tensor is one
-    part held by every rank.
+    part held by every rank. A mesh dimension shards unless it replicates (or holds partial sums, which
+    :func:`local_tensor` reduces first): FSDP2 over tensor parallelism places the data-parallel dimension as
+    ``_StridedShard``, which is no ``Shard`` and answers False to ``is_shard()``.
 
     Examples:
         >>> replica_weight(torch.zeros(4), world_size=2)
@@ -81,7 +115,11 @@ def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     if not isinstance(tensor, DTensor):
         return 1.0 / world_size
     mesh = tensor.device_mesh
-    shards = math.prod(mesh.size(dim) for dim, placement in enumerate(tensor.placements) if placement.is_shard())
+    shards = math.prod(
+        mesh.size(dim)
+        for dim, placement in enumerate(tensor.placements)
+        if not (placement.is_replicate() or placement.is_partial())
+    )
     return shards / world_size
 
 
@@ -117,5 +155,21 @@ def reduce_norms(
     # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one process's norm.
     powers = (weight.double() * norms.double().pow(norm_type)).to(norms.device)
     summed = torch.zeros(count, device=norms.device, dtype=torch.float64).index_add_(0, index, powers)
-    dist.all_reduce(summed)
-    return summed.pow(1.0 / norm_type).float()
+    return sum_over_ranks([summed])[0].pow(1.0 / norm_type).float()
+
+
+def sum_over_ranks(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor summed over all ranks, every one of them in one ``all_reduce`` of one float64 vector (float64: the
+    sums of squares stay as exact as one process's), given back in its own shape and dtype.
+
+    Examples:
+        >>> import torch.distributed as dist, tempfile
+        >>> dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+        >>> sum_over_ranks([torch.tensor([1.0, 2.0]), torch.tensor(3.0)])
+        [tensor([1., 2.]), tensor(3.)]
+        >>> dist.destroy_process_group()
+    """
+    flat = torch.cat([tensor.reshape(-1).double() for tensor in tensors])
+    dist.all_reduce(flat)
+    parts = flat.split([tensor.numel() for tensor in tensors])
+    return [part.view(tensor.shape).to(tensor.dtype) for part, tensor in zip(parts, tensors, strict=True)]

@@ -9,6 +9,10 @@ Per-tensor values are the columns of one table, and a :class:`Selections` sums t
 three kernels, whatever their number; per tensor there remain the fused passes' own work and one sum (the inner
 product of update and gradient).
 
+Of ``DTensor`` parameters (FSDP2, tensor parallelism) each rank measures its local parts, and :func:`combine_ranks`
+makes every tensor's values whole, for all the steps of a logging step in one ``all_reduce``
+(:mod:`lightning_optim.stats.distributed`).
+
 Examples:
     >>> import torch
     >>> weight = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
@@ -28,6 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+from lightning_optim.stats.distributed import is_distributed, local_tensor, replica_weight, sum_over_ranks
 
 __all__ = [
     "QUANTITIES",
@@ -35,6 +42,7 @@ __all__ = [
     "TensorNorms",
     "TensorUpdates",
     "UpdateSummary",
+    "combine_ranks",
     "copy_parameters",
     "measure_updates",
     "members",
@@ -48,7 +56,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``).
+    """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``); of a ``DTensor``, of the
+    part this rank holds (a plain tensor).
 
     Examples:
         >>> weight = torch.nn.Parameter(torch.ones(2))
@@ -59,9 +68,10 @@ def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         [tensor([1., 1.])]
     """
     with torch.no_grad():
-        copies = [torch.empty_like(parameter, requires_grad=False) for parameter in parameters]
+        parts = [local_tensor(parameter.detach()) for parameter in parameters]
+        copies = [torch.empty_like(part, requires_grad=False) for part in parts]
         if copies:
-            torch._foreach_copy_(copies, [parameter.detach() for parameter in parameters])
+            torch._foreach_copy_(copies, parts)
     return copies
 
 
@@ -149,9 +159,13 @@ class TensorUpdates:
         values: the rows are each tensor's squared 2-norm of its update, its squared 2-norm before the step, its
             gradient's squared 2-norm (0 without one), and the inner product of its update with the negative
             gradient (0 without a gradient): what sums over several tensors.
+        weights: None for whole tensors; of ``DTensor`` parameters, the values are of this rank's parts, and these
+            are each tensor's :func:`~lightning_optim.stats.distributed.replica_weight`, which :func:`combine_ranks`
+            needs to make them whole.
     """
 
     values: torch.Tensor
+    weights: list[float] | None = None
 
     def total(self) -> UpdateSummary:
         """The summary over every tensor."""
@@ -205,13 +219,17 @@ def measure_updates(
     ``before`` is :func:`copy_parameters` of ``parameters`` taken before the step; it is overwritten (it becomes
     ``-update``, then ``-update * gradient``), so no other full-size tensor is allocated. Fused kernels for the norms,
     the difference and the products, and one sum per tensor with a gradient (no fused kernel sums signed values).
+    Of ``DTensor`` parameters the values are of this rank's parts, with their weights (:func:`combine_ranks`).
     """
     if not parameters:
         return TensorUpdates(torch.zeros(4, 0))
+    weights = _replica_weights(parameters)
     device = parameters[0].device
     with torch.no_grad():
+        parameters = [local_tensor(parameter.detach()) for parameter in parameters]
+        gradients = [None if gradient is None else local_tensor(gradient) for gradient in gradients]
         parameter = _norms(before)
-        torch._foreach_sub_(before, list(parameters))
+        torch._foreach_sub_(before, parameters)
         update = _norms(before)
         with_gradient = [i for i, gradient in enumerate(gradients) if gradient is not None]
         dense = [_dense(gradients[i], before[i]) for i in with_gradient]  # type: ignore[arg-type]  # not None above
@@ -226,16 +244,24 @@ def measure_updates(
             for index, norm, total in zip(with_gradient, _norms(dense), sums, strict=True):
                 gradient[index], alignment[index] = norm, total
         table = _table([update, parameter, gradient, alignment], device)
-    return TensorUpdates(torch.cat([table[:3].square(), table[3:]]))
+    return TensorUpdates(torch.cat([table[:3].square(), table[3:]]), weights)
+
+
+def _replica_weights(tensors: Sequence[torch.Tensor]) -> list[float] | None:
+    """Each tensor's :func:`~lightning_optim.stats.distributed.replica_weight` when some are ``DTensor``s, else None."""
+    if not any(map(is_distributed, tensors)):
+        return None
+    return [replica_weight(tensor, dist.get_world_size()) for tensor in tensors]
 
 
 @dataclass(frozen=True)
 class TensorNorms:
     """The 2-norms of some tensors of a list: ``squares[k]`` is the squared norm of tensor ``indices[k]``, float32 on
-    the device."""
+    the device; of ``DTensor``s, of this rank's parts, with their weights, as in :class:`TensorUpdates`."""
 
     indices: list[int]
     squares: torch.Tensor
+    weights: list[float] | None = None
 
     def total(self) -> torch.Tensor:
         """The norm of all those tensors together."""
@@ -270,7 +296,8 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
 
     ``state`` is ``optimizer.state``; a key counts where its value is a floating-point tensor with at least one
     dimension (a step count, a scalar tensor, is not per-parameter state). Entries are read with ``get``, so a
-    ``defaultdict`` gains none.
+    ``defaultdict`` gains none. The state of a ``DTensor`` parameter is measured as the parameter is
+    (:func:`measure_updates`).
 
     Examples:
         >>> weight = torch.nn.Parameter(torch.zeros(2))
@@ -292,6 +319,40 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
     device = parameters[0].device
     with torch.no_grad():
         return {
-            key: TensorNorms(indices, _table([_norms(tensors)], device)[0].square())
+            key: TensorNorms(
+                indices,
+                _table([_norms([local_tensor(tensor) for tensor in tensors])], device)[0].square(),
+                _replica_weights(tensors),
+            )
             for key, (indices, tensors) in by_key.items()
         }
+
+
+def combine_ranks(
+    steps: Sequence[tuple[TensorUpdates, Mapping[str, TensorNorms]]],
+) -> list[tuple[TensorUpdates, dict[str, TensorNorms]]]:
+    """Each step's updates and state norms with every tensor's values whole and the same on every rank: the
+    weighted squares of the local norms and the weighted inner products, of all the steps together, summed over the
+    ranks in one ``all_reduce``. Without ``DTensor``s (no ``weights``) the steps come back as they are, and nothing
+    is communicated.
+    """
+    parts: list[torch.Tensor] = []
+    for updates, states in steps:
+        if updates.weights is not None:
+            parts.append(updates.values * torch.tensor(updates.weights, device=updates.values.device))
+        for norms in states.values():
+            if norms.weights is not None:
+                parts.append(norms.squares * torch.tensor(norms.weights, device=norms.squares.device))
+    if not parts:
+        return [(updates, dict(states)) for updates, states in steps]
+    summed = iter(sum_over_ranks(parts))
+    combined = []
+    for updates, states in steps:
+        if updates.weights is not None:
+            updates = TensorUpdates(next(summed))
+        states = {
+            key: norms if norms.weights is None else TensorNorms(norms.indices, next(summed))
+            for key, norms in states.items()
+        }
+        combined.append((updates, states))
+    return combined

@@ -21,8 +21,8 @@ sys.path.insert(0, str(BENCHMARKS))
 import gpu_check  # noqa: E402  (a script directory, not a package)
 from gpu_check_report import HEADERS, MONITOR_ROWS  # noqa: E402
 
-CHECKS = ("host_syncs", "amp", "clip_step", "overhead", "sync_batchnorm", "fsdp")
-CUDA_ONLY = ("sync_batchnorm", "fsdp")
+CHECKS = ("host_syncs", "amp", "clip_step", "sharded", "overhead", "sync_batchnorm", "fsdp")
+CUDA_ONLY = ("sharded", "sync_batchnorm", "fsdp")
 AMP_CASES = (
     "16-mixed adamw",
     "16-mixed sgd",
@@ -105,6 +105,7 @@ def test_the_markdown_has_every_table_and_row(report):
     assert set(AMP_CASES) <= rows
     assert "1M (1.0M, 60)" in rows and "resnet_tiny" in rows
     assert "sync_batchnorm" in rows and "fsdp" in rows
+    assert "| all | skipped: needs CUDA: NCCL on 2 or more GPUs (the CPU form, gloo, is tests/sharded/) |" in markdown
 
 
 class SyncingCallback(L.Callback):

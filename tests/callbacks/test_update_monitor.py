@@ -84,7 +84,8 @@ def expected(step: dict[str, Any], per_layer: bool = True, per_group: bool = Fal
         values[f"update/cos_grad{suffix}"] = alignment / (update_norm * grad_norm)
         keys = {key for n in names for key in step["state"].get(n, {})}
         for key in keys:
-            values[f"optimizer_state/{key}_norm{suffix}"] = norm([step["state"][n][key] for n in names])
+            held = [step["state"][n][key] for n in names if key in step["state"].get(n, {})]
+            values[f"optimizer_state/{key}_norm{suffix}"] = norm(held)
     return values
 
 
@@ -136,6 +137,24 @@ def test_sgd_momentum_buffer_norm(tmp_path):
     buffers = [state["momentum_buffer"] for state in last["state"].values()]
     assert logged["optimizer_state/momentum_buffer_norm"][-1] == (7, pytest.approx(norm(buffers), rel=1e-6))
     assert set(logged) >= {"optimizer_state/momentum_buffer_norm/encoder", "optimizer_state/momentum_buffer_norm/head"}
+
+
+def test_muon_with_its_auxiliary_adamw(tmp_path):
+    recorder = Recorder()
+    config = {"optimizer": {"name": "muon", "lr": 0.02, "aux": {"name": "adamw", "lr": 0.01}}}
+    monitors = [recorder, UpdateMonitor(per_layer_depth=1, per_param_group=True)]
+    logged = fit_logged(MixinModel(config), tmp_path, monitors, gradient_clip_val=0.5)
+
+    assert_logged_as_expected(logged, recorder, per_group=True)
+    last = recorder.steps[-1]
+    assert last["group"] == {"encoder.weight": "muon", "encoder.bias": "aux", "head.weight": "aux", "head.bias": "aux"}
+    # Muon's step of the hidden matrix is its orthogonalized momentum: its update is not the gradient's direction.
+    assert max(v for _, v in logged["update/cos_grad/group/muon"]) < 0.99
+    assert {key for key in logged if key.startswith("optimizer_state/") and "/" not in key[16:]} == {
+        "optimizer_state/momentum_buffer_norm",
+        "optimizer_state/exp_avg_norm",
+        "optimizer_state/exp_avg_sq_norm",
+    }
 
 
 def test_schedule_free_optimizer(tmp_path):

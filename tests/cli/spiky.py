@@ -12,8 +12,9 @@ from lightning_optim.demos import QuadraticMLP
 
 class SpikyQuadratic(QuadraticMLP):
     """:class:`QuadraticMLP` whose training loss is multiplied by ``factor`` on a batch holding training sample
-    ``spike_sample``, or on every step from ``spike_step`` on; each training batch's sample indices (positions in
-    the training set) are appended to ``seen.jsonl`` in the working directory, a line per batch."""
+    ``spike_sample``, or on every step from ``spike_step`` on; each training batch's step, sample indices (positions
+    in the training set) and logged ``train/loss`` (before the factor) are appended to ``seen.rank<global rank>.jsonl``
+    in the working directory, a line per batch."""
 
     def __init__(
         self, spike_sample: int | None = None, spike_step: int | None = None, factor: float = 1e4, **kwargs
@@ -27,9 +28,10 @@ class SpikyQuadratic(QuadraticMLP):
         x = batch[0].flatten()
         train_x = self.trainer.datamodule.train_set[:][0].flatten()
         samples = [int(torch.nonzero(train_x == value)[0]) for value in x]
-        with Path("seen.jsonl").open("a") as seen:
-            seen.write(json.dumps({"step": self.trainer.global_step, "samples": samples}) + "\n")
         loss = super().training_step(batch, batch_idx)
+        with Path(f"seen.rank{self.global_rank}.jsonl").open("a") as seen:
+            record = {"step": self.trainer.global_step, "samples": samples, "loss": float(loss)}
+            seen.write(json.dumps(record) + "\n")
         spikes = (self.spike_sample is not None and self.spike_sample in samples) or (
             self.spike_step is not None and self.trainer.global_step >= self.spike_step
         )

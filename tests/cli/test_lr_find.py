@@ -254,3 +254,18 @@ def test_the_search_restores_a_model_whose_hparams_hold_a_module_and_leaves_no_c
     search = find_lr(cfg)
     assert len(search.lrs) == STEPS and search.suggestion is not None
     assert os.listdir(tmp_path) == []
+
+
+def test_with_lr_scaling_the_override_is_the_suggestion_at_the_base_batch_size(tmp_path):
+    scaling = "+optimizer.lr_scaling={rule: linear, base_batch_size: 32}"
+    cfg = composed("optimizer=sgd", scaling, *TINY, *SMALL_CNN, f"lr_find.num_training={STEPS}")
+    cfg.trainer.default_root_dir = str(tmp_path)
+    search = find_lr(cfg)
+    assert search.suggestion is not None and search.configured is not None
+    # The finder swept the lrs applied at batch 64; the config's lr is the lr at 32, which lr_scaling doubles.
+    assert search.configured == (
+        search.suggestion / 2,
+        f"lr {search.suggestion:.6g} applied at effective batch size 64 (64 per device x 1 device x accumulation 1) "
+        f"is optimizer.lr {search.suggestion / 2:.6g} at lr_scaling.base_batch_size 32 (linear: lr x 2)",
+    )
+    assert search.override == lr_override(search.suggestion / 2)

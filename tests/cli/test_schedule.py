@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from lightning_optim import OptimConfigError
-from lightning_optim.cli.schedule import group_table, step_learning_rates
+from lightning_optim.cli.schedule import branch_learning_rates, group_table, plot, step_learning_rates
 from lightning_optim.config.preview import PREVIEW_POINTS, LearningRatePreview, preview_learning_rates
 from lightning_optim.demos import DigitsCNN
 from tests.cli.apps import run_app
@@ -65,7 +65,7 @@ def test_schedule_png_and_table_match_the_preview(tmp_path):
     assert tables["default"]["peak"][1] == pytest.approx(0.1, rel=0.01)
 
 
-def test_schedule_default_out_is_in_the_run_dir_and_epoch_interval_expands(tmp_path):
+def test_schedule_default_out_is_in_the_run_dir_epoch_interval_expands_and_lr_scaling_is_shown(tmp_path):
     run_dir = tmp_path / "run"
     stdout = run_app(
         "lightning_optim.cli.schedule",
@@ -74,13 +74,18 @@ def test_schedule_default_out_is_in_the_run_dir_and_epoch_interval_expands(tmp_p
         "scheduler.interval=epoch",
         "scheduler.step_size=1",
         "scheduler.gamma=0.5",
+        "+optimizer.lr_scaling={rule: linear, base_batch_size: 32}",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
     assert (run_dir / "lr_schedule.png").read_bytes().startswith(PNG_MAGIC)
+    assert (
+        "lr_scaling: effective batch size 64 (assumed; batch_size=<B> sets it), 64 / 32: lr x 2 (a BatchSizeFinder "
+        "in the run would change it)"
+    ) in stdout.splitlines()
     tables = printed_rows(stdout)
-    assert tables["default"]["peak"] == (0, pytest.approx(0.1))
-    assert tables["default"]["final"] == (3 * 23 - 1, pytest.approx(0.1 * 0.5**2))
+    assert tables["default"]["peak"] == (0, pytest.approx(0.2))
+    assert tables["default"]["final"] == (3 * 23 - 1, pytest.approx(0.2 * 0.5**2))
 
 
 def test_ddp_counts_the_steps_of_one_rank():
@@ -216,3 +221,78 @@ def test_lr_scaling_previews_at_the_assumed_batch_size():
     given = step_learning_rates(composed(scaling, "batch_size=8", *accumulated))[0].lrs
     assert assumed == {name: [lr * 4 for lr in lrs] for name, lrs in plain.items()}
     assert given == {name: [lr / 4 for lr in lrs] for name, lrs in plain.items()}
+
+
+BRANCHES = (
+    "branches=[{decay_start_step: 40, total_steps: 60}, {decay_start_step: 70, total_steps: 80, decay_shape: linear}]"
+)
+"""Two cooldowns from the stable phase (steps 12..91) of the main job's wsd over 115 steps: 20 steps of 1-sqrt from
+step 40, 10 linear ones from step 70."""
+
+
+def test_cooldown_branches_are_drawn_from_the_checkpoints_lr_to_the_floor_at_s_plus_d(tmp_path):
+    cfg = composed("scheduler=wsd", "scheduler.min_lr_ratio=0.1", BRANCHES)
+    preview, optim_config = step_learning_rates(cfg, include=[40, 70])
+    figure = plot(preview, "wsd", tmp_path / "wsd.png", branch_learning_rates(cfg, preview.total_steps))
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figure.axes[0].get_lines()}
+    assert list(lines) == ["default", "default, branch 40-60", "default, branch 70-80"]
+    # The main run: its scheduler stepped through the 115 steps, at the steps drawn (the branch points among them).
+    run = preview_learning_rates(DigitsCNN(), optim_config, 115)["default"]
+    assert {40, 70} <= set(preview.steps)
+    assert lines["default"] == (preview.steps, [run[step] for step in preview.steps])
+    for start, end, shape in ((40, 60, "sqrt"), (70, 80, "linear")):
+        branch = {"decay_ratio": None, "decay_start_step": start, "total_steps": end, "decay_shape": shape}
+        config = {**optim_config, "scheduler": {**optim_config["scheduler"], **branch}}
+        # The branch's scheduler stepped `end` times: the lr of each step, and at [end] the one its last step leaves.
+        stepped = preview_learning_rates(DigitsCNN(), config, end + 1)["default"]
+        steps, lrs = lines[f"default, branch {start}-{end}"]
+        assert steps == list(range(start, end + 1))
+        assert lrs == stepped[start:]
+        assert lrs[0] == run[start] == 0.1  # the checkpoint's lr
+        assert lrs[-2] > lrs[-1] == 0.1 * 0.1  # the floor first at s + D
+    assert lines["default, branch 70-80"][1] == [0.1 * (0.1 + 0.9 * (1 - j / 10)) for j in range(11)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["branches=[{decay_start_step: 40}]"],
+            "branches[0] = {'decay_start_step': 40} is not valid. Expected integer decay_start_step and total_steps",
+        ),
+        (
+            ["branches=[{decay_start_step: 40, total_steps: 60}]"],
+            "branches draws cooldowns of a wsd schedule stepped every optimizer step (scheduler=wsd, "
+            "scheduler.interval=step) of a single optimizer; this run has scheduler = {'name': 'warmup_cosine'",
+        ),
+        (
+            ["scheduler=wsd", "branches=[{decay_start_step: 200, total_steps: 300}]"],
+            "branches[0].decay_start_step = 200 is after the run's end (115 optimizer steps)",
+        ),
+        (
+            [
+                "scheduler=wsd",
+                "branches=[{decay_start_step: 40, total_steps: 60}, {decay_start_step: 70, total_steps: 65}]",
+            ],
+            "branches[1]: optim_config.scheduler: decay_start_step = 70 is not valid; expected an integer step from "
+            "the warmup's end (6) to total_steps (65).",
+        ),
+    ],
+)
+def test_a_bad_branch_is_refused_naming_it(overrides, message):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        branch_learning_rates(composed(*overrides), 115)
+
+
+def test_the_schedule_app_prints_each_branch_from_its_checkpoints_lr_to_the_floor(tmp_path):
+    stdout = run_app(
+        "lightning_optim.cli.schedule",
+        "scheduler=wsd",
+        "scheduler.min_lr_ratio=0.1",
+        BRANCHES,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert (tmp_path / "run/lr_schedule.png").read_bytes().startswith(PNG_MAGIC)
+    rows = re.findall(r"│ default\s*│\s*(\d+) │\s*(\S+) │\s*(\d+) │\s*(\S+) │", stdout)
+    assert rows == [("40", "1.000000e-01", "60", "1.000000e-02"), ("70", "1.000000e-01", "80", "1.000000e-02")]

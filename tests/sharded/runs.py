@@ -1,20 +1,25 @@
-"""One tiny training run, either sharded (``python -m tests.sharded.runs CASE OUT``, 2 CPU processes under
-``ModelParallelStrategy``) or in one process with plain modules on the same samples (:func:`run`): what each logged,
-the parameters after the run and the ``all_reduce`` calls per step.
+"""One tiny training run, either on several processes (``python -m tests.sharded.runs CASE[,CASE...] OUT``: 2 or 4
+CPU processes under ``ModelParallelStrategy``, or 2 under ``DDPStrategy``, run each case in turn and write
+``OUT/CASE.rank<r>.json``) or in one process with plain modules on the same samples (:func:`run`): what each logged,
+the parameters after the run, the ``all_reduce`` calls per step, the adaptive clipping's statistics, the optimizer
+steps taken and the BatchNorm running statistics each step's forward started from.
 
-Rank ``d`` of the data-parallel group takes items ``d, d + D, ...`` in batches of :data:`BATCH`; the one-process run
+Rank ``d`` of the data-parallel group takes items ``d, d + D, ...`` in batches of :data:`BATCH` (every
+tensor-parallel rank of it the same); the one-process run
 takes both ranks' batches of a step together and runs them as separate forwards (``chunks``), so BatchNorm
 normalises each rank's batch alone, and only the first chunk moves the running statistics (rank 0's, which the
-monitor logs).
+monitor logs and DDP broadcasts to every rank before each forward).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +27,13 @@ import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from lightning_optim import OptimMixin
-from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor
+from lightning_optim.callbacks import BatchNormMonitor, GradNormMonitor, LRMonitor, UpdateMonitor
+from lightning_optim.fit.driver import driver_of
 from lightning_optim.internals import should_log
 from lightning_optim.stats.distributed import full_tensor
 from tests.models import MemoryLogger
@@ -47,19 +53,64 @@ CASES: dict[str, dict[str, Any]] = {
         "fused": True,
         "nan_at": 2,
     },
+    "fsdp2_zclip_guard": {
+        "parallel": "fsdp2",
+        "clip": None,
+        "clipping": {"name": "zclip", "z_threshold": 2.0, "alpha": 0.8, "warmup_steps": 2},
+        "spike_guard": {"on": "grad_norm", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": True,
+        "spike_at": 4,
+    },
     "tp": {"parallel": "tp", "clip": 0.95, "clipping": None, "fused": False},
     "tp_attention": {"parallel": "tp_attention", "clip": 0.5, "clipping": None, "fused": False},
+    "fsdp2_tp": {
+        "parallel": "fsdp2_tp",
+        "clip": 0.95,
+        "clipping": None,
+        "spike_guard": {"on": "loss", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": False,
+        "spike_at": 3,
+    },
+    "ddp_loss_guard": {
+        "parallel": "ddp",
+        "clip": None,
+        "clipping": None,
+        "spike_guard": {"on": "loss", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": False,
+        "spike_at": 3,
+    },
+    "ddp_norm_guard_skip": {
+        "parallel": "ddp",
+        "clip": 0.95,
+        "clipping": None,
+        "spike_guard": {"on": "grad_norm", "z_threshold": 4.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": True,
+        "nan_at": 2,
+        "spike_at": 4,
+    },
 }
 """Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
-``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2), the
-Trainer's ``gradient_clip_val`` and algorithm, ``optim_config.clipping``, whether AdamW is fused (folded clipping)
-and the step at which the last rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``)."""
+``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
+over 4 ranks; ``ddp``: plain modules under ``DDPStrategy``, data parallel over 2), the Trainer's
+``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``, whether AdamW is fused (folded
+clipping), the step at which the last data-parallel rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``) and
+the step at which that rank's loss is scaled up 30-fold (a spike of the mean loss and of the gradient norm that only
+one rank sees before the ranks reduce)."""
+
+LAUNCHES = [
+    ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
+    ("tp", "tp_attention"),
+    ("fsdp2_tp",),
+    ("ddp_loss_guard", "ddp_norm_guard_skip"),
+]
+"""The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
+start-up is most of a small case's time); the cases of one launch have the same :func:`mesh_shape`."""
 
 
 def mesh_shape(case: str) -> tuple[int, int]:
     """``(data_parallel_size, tensor_parallel_size)`` of a case."""
     parallel = CASES[case]["parallel"]
-    return (2 if parallel.startswith("fsdp2") else 1, 2 if "tp" in parallel else 1)
+    return (2 if parallel.startswith("fsdp2") or parallel == "ddp" else 1, 2 if "tp" in parallel else 1)
 
 
 class Attention(nn.Module):
@@ -90,14 +141,17 @@ class MeanTokens(nn.Module):
 
 class Net(OptimMixin, L.LightningModule):
     """An MLP (with BatchNorm unless tensor parallel) whose ``configure_model`` shards it under
-    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, or Colwise/Rowwise parallel."""
+    ``ModelParallelStrategy``: ``fully_shard`` per layer and on the container, Colwise/Rowwise parallel, or both.
+    ``running`` holds, per step, the BatchNorm buffers as the step's forward found them."""
 
     def __init__(self, case: str, chunks: int = 1) -> None:
         super().__init__()
         spec = CASES[case]
-        self.tensor_parallel = spec["parallel"] == "tp"
+        self.tensor_parallel = "tp" in spec["parallel"]
         self.attention = spec["parallel"].endswith("attention")
         self.chunks = chunks
+        self.mesh = mesh_shape(case)
+        self.running: list[list[float]] = []
         torch.manual_seed(0)
         if self.attention:
             # Each item: 3 tokens of 2 features.
@@ -109,11 +163,13 @@ class Net(OptimMixin, L.LightningModule):
             # No bias before BatchNorm: its gradient is rounding noise, which Adam would blow up to lr-sized steps.
             self.net = nn.Sequential(nn.Linear(6, 8, bias=self.tensor_parallel), *norm, nn.ReLU(), nn.Linear(8, 3))
         self.nan_at = spec.get("nan_at")
+        self.spike_at = spec.get("spike_at")
         self.optim_config = {
             "optimizer": {"name": "adamw", "lr": 0.05, "weight_decay": 0.01, "fused": spec["fused"]},
             "param_groups": [{"name": "no_decay", "params": r"bias$", "weight_decay": 0.0}],
             "scheduler": {"name": "warmup_cosine", "warmup_steps": 2, "total_steps": STEPS},
             "clipping": spec["clipping"],
+            "spike_guard": spec.get("spike_guard"),
         }
 
     def configure_model(self) -> None:
@@ -125,11 +181,10 @@ class Net(OptimMixin, L.LightningModule):
         if self.attention:
             projections = {f"2.{name}": ColwiseParallel() for name in "qkv"}
             parallelize_module(self.net, self.device_mesh["tensor_parallel"], {**projections, "2.o": RowwiseParallel()})
-            if self.device_mesh["data_parallel"].size() == 1:
-                return
         elif self.tensor_parallel:
             mesh = self.device_mesh["tensor_parallel"]
             parallelize_module(self.net, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        if self.device_mesh["data_parallel"].size() == 1:
             return
         mesh = self.device_mesh["data_parallel"]
         for layer in self.net:
@@ -140,29 +195,42 @@ class Net(OptimMixin, L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         norms = [module for module in self.net if isinstance(module, nn.BatchNorm1d)]
-        momenta = [norm.momentum for norm in norms]
+        # Under DDP after its broadcast of rank 0's buffers: what every rank's forward starts from.
+        self.running.append(
+            [value for norm in norms for buffer in norm.buffers() for value in buffer.flatten().tolist()]
+        )
+        data_parallel, tensor_parallel = self.mesh
         losses = []
         chunks = zip(inputs.chunk(self.chunks), targets.chunk(self.chunks), strict=True)
         for index, (chunk, target) in enumerate(chunks):
-            last_rank = index == self.chunks - 1 if self.chunks > 1 else self.global_rank == 1
+            if self.chunks > 1:
+                last_rank = index == self.chunks - 1
+            else:
+                last_rank = self.global_rank // tensor_parallel == data_parallel - 1
             if self.global_step == self.nan_at and last_rank:
                 chunk = chunk * torch.nan
-            for norm, momentum in zip(norms, momenta, strict=True):
-                norm.momentum = momentum if index == 0 else 0.0
-            losses.append(F.cross_entropy(self.net(chunk), target))
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
+            # Normalised by its own batch all the same, a later chunk leaves the running statistics (and their
+            # batch count) alone.
+            for norm in norms:
+                norm.track_running_stats = index == 0
+            # The loss, not the inputs, scaled: BatchNorm would normalise a scaled input away.
+            scale = 30 if self.global_step == self.spike_at and last_rank else 1
+            losses.append(F.cross_entropy(self.net(chunk), target) * scale)
+        for norm in norms:
+            norm.track_running_stats = True
         return torch.stack(losses).mean()
 
 
 class RankItems(Sampler[int]):
-    """Items ``rank, rank + ranks, ...`` of ``length``, from the ``start``-th of them."""
+    """Items ``rank, rank + ranks, ...`` of ``length``, from the ``start``-th of them on; its length stays that of the
+    whole epoch, as a stateful loader restored mid-epoch would be (Lightning ends a resumed epoch by that length)."""
 
     def __init__(self, length: int, rank: int, ranks: int, start: int = 0) -> None:
-        self.items = list(range(rank, length, ranks))[start:]
+        self.items = list(range(rank, length, ranks))
+        self.start = start
 
     def __iter__(self):
-        return iter(self.items)
+        return iter(self.items[self.start :])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -228,22 +296,40 @@ def trainer_options(case: str) -> dict[str, Any]:
 
 
 class RecordClipping(L.Callback):
-    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), and each step's
-    lr per parameter group."""
+    """Each step's total norm and threshold as this rank's clipping saw them (``clip_state.last``), each step's lr
+    per parameter group, and after each step the EMA mean and variance of ZClip and of the spike guard (NaN before
+    they start, and for AutoClip, which keeps none), the steps the guard skipped and, per parameter, the steps AdamW
+    took (a skip of any kind leaves its count as it was)."""
 
     def __init__(self) -> None:
         self.steps: list[list[float]] = []
         self.lrs: list[list[float]] = []
+        self.statistics: list[list[float]] = []
+        self.taken: list[list[int]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
-        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+        optimizer = trainer.optimizers[0]
+        self.lrs.append([group["lr"] for group in optimizer.param_groups])
+        states = [optimizer.state.get(p, {}) for group in optimizer.param_groups for p in group["params"]]
+        self.taken.append([int(state["step"]) if "step" in state else 0 for state in states])
         last = pl_module.clip_state.last
         if last is not None and last.total is not None:
             self.steps.append([float(last.total), float(last.threshold)])
+        driver = driver_of(pl_module)
+        thresholds = driver.thresholds.state_dict() if driver.thresholds is not None else []
+        guards = driver.guards.state_dict() if driver.guards is not None else []
+        states = [record["state"] for record in thresholds] + [record["state"]["statistics"] for record in guards]
+        moments = [
+            math.nan if state.get(key) is None else float(state[key]) for state in states for key in ("mean", "var")
+        ]
+        self.statistics.append(moments + [float(record["state"]["skipped"] or 0) for record in guards])
 
 
-def callbacks(case: str) -> list[L.Callback]:
+def callbacks(case: str, updates: bool = False) -> list[L.Callback]:
+    """The monitors of a case, grouped per layer (per parameter group with adaptive clipping); ``updates`` adds
+    :class:`UpdateMonitor`."""
     grouped = CASES[case]["clipping"] is not None
+    update_monitor = [UpdateMonitor(per_layer_depth=None if grouped else 2, per_param_group=grouped)]
     return [
         GradNormMonitor(
             per_layer_depth=None if grouped else 2,
@@ -253,6 +339,7 @@ def callbacks(case: str) -> list[L.Callback]:
         LRMonitor(),
         BatchNormMonitor(min_batch_size=2),
         RecordClipping(),
+        *(update_monitor if updates else []),
     ]
 
 
@@ -260,39 +347,52 @@ def result(model: Net, trainer: L.Trainer, counter: CountAllReduce | None = None
     params = {name: full_tensor(p.detach()).tolist() for name, p in model.net.named_parameters()}
     logger = trainer.logger
     assert isinstance(logger, MemoryLogger)
+    recorded = next(c for c in trainer.callbacks if isinstance(c, RecordClipping))
     return {
         "logged": logger.logged,
         "params": params,
         "all_reduce": counter.per_step if counter is not None else [],
-        "clipping": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).steps,
-        "lrs": next(c for c in trainer.callbacks if isinstance(c, RecordClipping)).lrs,
+        "clipping": recorded.steps,
+        "lrs": recorded.lrs,
+        "statistics": recorded.statistics,
+        "taken": recorded.taken,
+        "running": model.running,
     }
 
 
-def run(case: str) -> dict[str, Any]:
+def run(case: str, accelerator: str = "cpu") -> dict[str, Any]:
     """The one-process reference: plain modules, both ranks' batches of a step in one batch."""
     data = dataset(2 * BATCH * STEPS)
     ranks = mesh_shape(case)[0]
     loader = DataLoader(data, batch_sampler=StepBatches(len(data), ranks))
     model = Net(case, chunks=ranks)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=MemoryLogger(), callbacks=callbacks(case), **trainer_options(case)
+        accelerator=accelerator,
+        devices=1,
+        logger=MemoryLogger(),
+        callbacks=callbacks(case, updates=True),
+        **trainer_options(case),
     )
     trainer.fit(model, loader)
     return result(model, trainer)
 
 
-def run_sharded(case: str) -> dict[str, Any]:
-    """The sharded run, in this process and the one Lightning's launcher starts."""
+def run_sharded(case: str, accelerator: str = "cpu") -> dict[str, Any]:
+    """The sharded (or DDP) run, in this process and the ones Lightning's launcher starts (gloo on CPUs, NCCL on
+    GPUs)."""
     data_parallel, tensor_parallel = mesh_shape(case)
-    strategy = ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
+    strategy = (
+        DDPStrategy()
+        if CASES[case]["parallel"] == "ddp"
+        else ModelParallelStrategy(data_parallel_size=data_parallel, tensor_parallel_size=tensor_parallel)
+    )
     model, counter = Net(case), CountAllReduce()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=data_parallel * tensor_parallel,
         strategy=strategy,
         logger=MemoryLogger(),
-        callbacks=[*callbacks(case), counter],
+        callbacks=[*callbacks(case, updates=True), counter],
         **trainer_options(case),
     )
     data = dataset(2 * BATCH * STEPS)
@@ -301,6 +401,65 @@ def run_sharded(case: str) -> dict[str, Any]:
     loader = DataLoader(data, batch_size=BATCH, sampler=RankItems(len(data), rank, data_parallel))
     trainer.fit(model, loader)
     return result(model, trainer, counter)
+
+
+def relative(a: float, b: float) -> float:
+    """``|a - b|`` relative to the larger magnitude; 0 for equal numbers (infinities too) and for two NaNs."""
+    if a == b:
+        return 0.0
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def differences(ranks: list[dict[str, Any]], reference: dict[str, Any]) -> dict[str, float]:
+    """The largest relative difference of the sharded run (rank 0) to the one-process ``reference``, per kind: every
+    logged number, the parameters (per tensor, the largest difference over its largest magnitude), the clipping's
+    norms and thresholds, ZClip's and the spike guard's statistics and the BatchNorm buffers each step's forward
+    started from; and ``ranks``: the largest of another rank's clipping, statistics, optimizer steps taken and
+    parameters to rank 0's (0 when every rank decided alike)."""
+    first = ranks[0]
+
+    def worst(pairs: Iterable[tuple[list[float], list[float]]]) -> float:
+        return max((relative(a, b) for pair in pairs for a, b in zip(*pair, strict=True)), default=0.0)
+
+    def alike(rank: dict[str, Any]) -> Iterable[tuple[list[float], list[float]]]:
+        for kind in ("clipping", "statistics", "taken"):
+            yield from zip(rank[kind], first[kind], strict=True)
+        for name, values in first["params"].items():
+            yield torch.tensor(rank["params"][name]).flatten().tolist(), torch.tensor(values).flatten().tolist()
+
+    logged = [
+        ([metrics.get(key, math.inf) for key in expected], list(expected.values()))
+        for (_, metrics), (_, expected) in zip(first["logged"], reference["logged"], strict=True)
+    ]
+    params = 0.0
+    for name, values in reference["params"].items():
+        expected, actual = torch.tensor(values), torch.tensor(first["params"][name])
+        params = max(params, float((actual - expected).abs().max() / expected.abs().max().clamp(min=1e-12)))
+    return {
+        "logged": worst(logged),
+        "params": params,
+        "clipping": worst(zip(first["clipping"], reference["clipping"], strict=True)),
+        "statistics": worst(zip(first["statistics"], reference["statistics"], strict=True)),
+        "running": worst(zip(first["running"], reference["running"], strict=True)),
+        "ranks": worst(pair for rank in ranks for pair in alike(rank)),
+    }
+
+
+def expected_all_reduce(case: str, logging: list[bool]) -> list[list[Any]]:
+    """Per step, whether it logged and the ``all_reduce`` calls it should make: norm clipping one per optimizer step,
+    which on logging steps carries every per-layer/per-group norm too; value clipping needs no norm, the monitor's
+    norms before and after it, on logging steps only. ``UpdateMonitor`` adds one on logging steps (every update and
+    state norm: they exist only after the step), a spike guard on the loss one per step (the mean loss over the
+    ranks, before clipping). Under DDP the gradients are whole on every rank, so only the loss is reduced; DDP's own
+    gradient all-reduces run in its C++ reducer on the process group, never through ``torch.distributed.all_reduce``,
+    so :class:`CountAllReduce` counts none of them."""
+    by_value = CASES[case].get("algorithm") == "value"
+    on_loss = (CASES[case].get("spike_guard") or {}).get("on") == "loss"
+    if CASES[case]["parallel"] == "ddp":
+        return [[log, int(on_loss)] for log in logging]
+    return [[log, ((2 if log else 0) if by_value else 1) + log + on_loss] for log in logging]
 
 
 RESUME_CASE = "fsdp2_autoclip_skip"
@@ -387,7 +546,9 @@ def run_resumed(form: str, out: Path) -> dict[str, Any]:
     checkpoint = out / ("resume" if form == "directory" else "resume.ckpt")
 
     def trainer(max_steps: int, *extra: L.Callback) -> L.Trainer:
-        strategy = SafeModelParallelStrategy(save_distributed_checkpoint=form == "directory")
+        strategy = SafeModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=form == "directory"
+        )
         options = {**trainer_options(RESUME_CASE), "max_steps": max_steps}
         return L.Trainer(
             accelerator="cpu",
@@ -425,9 +586,11 @@ def run_resumed(form: str, out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    # python -m tests.sharded.runs CASE[,CASE...] OUT [ACCELERATOR]; python -m tests.sharded.runs resume FORM OUT
     if sys.argv[1] == "resume":
         outcome = run_resumed(sys.argv[2], Path(sys.argv[3]))
         Path(f"{sys.argv[3]}/{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
         sys.exit()
-    outcome = run_sharded(sys.argv[1])
-    Path(f"{sys.argv[2]}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
+    for case in sys.argv[1].split(","):
+        outcome = run_sharded(case, *sys.argv[3:])
+        Path(f"{sys.argv[2]}/{case}.rank{dist.get_rank()}.json").write_text(json.dumps(outcome))
