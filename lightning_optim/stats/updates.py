@@ -52,8 +52,6 @@ __all__ = [
 QUANTITIES = ("norm", "param_norm", "ratio", "cos_grad")
 """The columns of :meth:`TensorUpdates.table`, the fields of :class:`UpdateSummary`."""
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
 
 def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """A copy of every parameter's values, in one fused copy (``torch._foreach_copy_``); of a ``DTensor``, of the
@@ -75,22 +73,9 @@ def copy_parameters(parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return copies
 
 
-def _norms(tensors: Sequence[torch.Tensor], order: float = 2.0) -> list[torch.Tensor]:
-    """The ``order``-norm of each tensor, fused; float16 and bfloat16 accumulated in float32."""
-    if not tensors:
-        return []
-    low = [index for index, tensor in enumerate(tensors) if tensor.dtype in _LOW_PRECISION]
-    if not low:
-        return list(torch._foreach_norm(list(tensors), order))
-    norms = [torch.empty(0)] * len(tensors)
-    lows = set(low)
-    high = [index for index in range(len(tensors)) if index not in lows]
-    for indices, dtype in ((low, torch.float32), (high, None)):
-        if indices:
-            fused = torch._foreach_norm([tensors[index] for index in indices], order, dtype=dtype)
-            for index, norm in zip(indices, fused, strict=True):
-                norms[index] = norm
-    return norms
+def _norms(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The 2-norm of each tensor (one fused pass)."""
+    return list(torch._foreach_norm(list(tensors))) if tensors else []
 
 
 def _table(rows: Sequence[Sequence[torch.Tensor]], device: torch.device) -> torch.Tensor:
