@@ -1,4 +1,4 @@
-"""Every private attribute of Lightning, torch and TensorBoard the package reads, one named function each.
+"""Every private attribute of Lightning and torch the package reads, one named function each.
 
 The public APIs do not expose these (each docstring says what is read and why); reading them here means that an
 upgrade which renames one touches this file only, and fails exactly one test in ``tests/test_internals.py``, which
@@ -35,7 +35,6 @@ __all__ = [
     "batchnorm_saved_statistics",
     "callback_metrics_store",
     "ends_epoch",
-    "event_record_writer",
     "grad_scaler",
     "is_batchnorm",
     "is_compiled",
@@ -257,15 +256,6 @@ def logger_prefix(logger: TensorBoardLogger) -> str:
     Reads ``logger._prefix``: the logger keeps the argument under no public name.
     """
     return logger._prefix
-
-
-def event_record_writer(file_writer: Any) -> Any:
-    """The ``RecordWriter`` that frames and checksums the events of torch's ``FileWriter`` (a ``SummaryWriter``'s).
-
-    Reads ``file_writer.event_writer._async_writer._writer``: TensorBoard's ``EventFileWriter`` hands the record
-    writer to its writer thread and keeps it under no public name.
-    """
-    return file_writer.event_writer._async_writer._writer
 
 
 def callback_metrics_store(trainer: L.Trainer) -> dict[str, torch.Tensor]:

@@ -22,7 +22,6 @@ from lightning_optim.internals import (
     batchnorm_saved_statistics,
     callback_metrics_store,
     ends_epoch,
-    event_record_writer,
     grad_scaler,
     is_batchnorm,
     is_compiled,
@@ -301,24 +300,6 @@ def test_is_compiled_recognizes_each_form_whose_graph_ignores_hooks_added_later(
     whole = Normed()
     trainer(max_steps=1).fit(torch.compile(whole, backend="eager"), loader())  # type: ignore[arg-type]
     assert is_compiled(whole) and hook_calls_after_compiling(whole) == 0
-
-
-def test_event_record_writer_writes_every_event_of_the_summary_writer(tmp_path):
-    logger = TensorBoardLogger(tmp_path, name="tb")
-    record_writer = event_record_writer(logger.experiment.file_writer)
-    written: list[bytes] = []
-
-    class Recording(type(record_writer)):  # type: ignore[misc]  # TensorBoard's RecordWriter is untyped
-        def write(self, data: bytes) -> None:
-            written.append(data)
-            super().write(data)
-
-    record_writer.__class__ = Recording
-    logger.log_metrics({"loss": 1.0}, step=4)
-    logger.save()
-    logger.finalize("success")
-    assert len(written) == 1
-    assert tb.scalars(tmp_path) == {"loss": [(4, 1.0)]}
 
 
 @pytest.mark.parametrize("prefix", ["", "run"])

@@ -23,11 +23,10 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
+from torch.utils.tensorboard import SummaryWriter
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
-from lightning_optim.callbacks.event_records import EventFile
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
 from lightning_optim.callbacks.scalar_writer import histogram_bins
@@ -130,8 +129,8 @@ class TensorBoardDashboard(L.Callback):
     (``norm_before_clipping``, ``norm_after_clipping``, ``clip_threshold``; :func:`clip_series`), because TensorBoard
     draws a chart's lines in the colour of their run: so each series gets its own colour, and the legend names it.
     Each fit's writers there start with TensorBoard's restart marker at the step the fit starts from
-    (``SummaryWriter(purge_step=...)``'s events): a fit that goes on from an earlier checkpoint in the same directory
-    (the app's rollback) replaces the steps after it instead of drawing them twice.
+    (``SummaryWriter(purge_step=...)``): a fit that goes on from an earlier checkpoint in the same directory (the
+    app's rollback) replaces the steps after it instead of drawing them twice.
 
     Without a ``TensorBoardLogger`` it warns once and does nothing.
 
@@ -153,7 +152,7 @@ class TensorBoardDashboard(L.Callback):
         self.histogram_every_n_steps = histogram_every_n_steps
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
-        self._series_files: dict[str, EventFile] = {}
+        self._series_writers: dict[str, SummaryWriter] = {}
         self._start_step: int | None = None
 
     @staticmethod
@@ -188,23 +187,23 @@ class TensorBoardDashboard(L.Callback):
     def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
         if not trainer.is_global_zero:
             return
-        for logger in self._tensorboards(trainer):
-            log_dir = logger.log_dir
-            for step, metrics in by_step.items():
-                for run, values in clip_series(metrics).items():
-                    summary = Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])
-                    self._series_file(os.path.join(log_dir, run)).add_summary(summary, step)
+        for step, metrics in by_step.items():
+            for run, values in clip_series(metrics).items():
+                for logger in self._tensorboards(trainer):
+                    writer = self._series_writer(os.path.join(logger.log_dir, run))
+                    for tag, value in values.items():
+                        writer.add_scalar(tag, value, global_step=step)
 
-    def _series_file(self, log_dir: str) -> EventFile:
-        if log_dir not in self._series_files:
-            self._series_files[log_dir] = EventFile(log_dir, purge_step=self._start_step)
-        return self._series_files[log_dir]
+    def _series_writer(self, log_dir: str) -> SummaryWriter:
+        if log_dir not in self._series_writers:
+            self._series_writers[log_dir] = SummaryWriter(log_dir, purge_step=self._start_step)
+        return self._series_writers[log_dir]
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for events in self._series_files.values():
-            events.close()
-        self._series_files.clear()
+        for writer in self._series_writers.values():
+            writer.close()
+        self._series_writers.clear()
         self._start_step = None
 
     @override

@@ -22,7 +22,6 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
 
-from lightning_optim.callbacks.event_records import fast_records
 from lightning_optim.internals import logger_prefix
 
 if TYPE_CHECKING:
@@ -38,8 +37,7 @@ HUGE_VALUES_BINS = 64
 def write_scalars(logger: Logger, metrics: Mapping[str, float], step: int) -> None:
     """Write ``metrics`` at ``step``: one event for a ``TensorBoardLogger`` (with torch's ``SummaryWriter``, and
     its ``log_metrics`` not overridden), ``logger.log_metrics`` for any other logger. Rank zero only, as Lightning's
-    loggers. The logger's event file is checksummed with numpy from then on
-    (:func:`~lightning_optim.callbacks.event_records.fast_records`).
+    loggers.
 
     The event holds what ``log_metrics`` would write: the logger's ``prefix`` joined to each key, each value as a
     ``simple_value`` (``SummaryWriter.add_scalar``'s default form).
@@ -69,7 +67,6 @@ def _summary_writer(logger: Logger) -> FileWriter | None:
     experiment = logger.experiment
     if not isinstance(experiment, SummaryWriter) or experiment.file_writer is None:
         return None  # closed: log_metrics opens it again
-    fast_records(experiment.file_writer)
     return experiment.file_writer
 
 
