@@ -65,7 +65,7 @@ moments are 20 bytes; making the gradients holds two more copies for a moment.""
 def parameter_count(size: str) -> int:
     """The number of parameters of a model size.
 
-    Example:
+    Examples:
         >>> parameter_count("1M")
         991360
     """
@@ -76,7 +76,7 @@ def parameter_count(size: str) -> int:
 def sizes_that_fit(free_bytes: int, sizes: list[str] | None = None) -> list[str]:
     """The sizes whose :data:`BYTES_PER_PARAMETER` fit in 80% of ``free_bytes``.
 
-    Example:
+    Examples:
         >>> sizes_that_fit(40 * 2**30)
         ['1M', '8M', '32M', '128M', '512M', '1B']
         >>> sizes_that_fit(8 * 2**30)
