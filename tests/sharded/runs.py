@@ -88,6 +88,12 @@ CASES: dict[str, dict[str, Any]] = {
         "nan_at": 2,
         "spike_at": 4,
     },
+    "ddp_autoclip": {
+        "parallel": "ddp",
+        "clip": None,
+        "clipping": {"name": "autoclip", "percentile": 50, "history": 4},
+        "fused": False,
+    },
 }
 """Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
 ``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
@@ -101,7 +107,7 @@ LAUNCHES = [
     ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
     ("tp", "tp_attention"),
     ("fsdp2_tp",),
-    ("ddp_loss_guard", "ddp_norm_guard_skip"),
+    ("ddp_loss_guard", "ddp_norm_guard_skip", "ddp_autoclip"),
 ]
 """The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
 start-up is most of a small case's time); the cases of one launch have the same :func:`mesh_shape`."""
