@@ -126,6 +126,18 @@ def test_a_configure_callbacks_that_adds_to_super_keeps_the_driver():
     assert run.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0125, abs=1e-12)
 
 
+def test_each_run_has_one_driver_and_nothing_announces_an_override(caplog):
+    model = MixinModel(PLATEAU, val_metric=FLAT * 2)
+    run = trainer(max_epochs=2)
+    run.fit(model, loader(), val_dataloaders=loader(8))
+    fitted = [callback for callback in run.callbacks if isinstance(callback, FitDriver)]
+    run.validate(model, loader(8))
+    run.fit(model, loader(), val_dataloaders=loader(8))
+    drivers = [callback for callback in run.callbacks if isinstance(callback, FitDriver)]
+    assert len(fitted) == len(drivers) == 1 and drivers[0] is not fitted[0]
+    assert "will override existing callbacks" not in caplog.text
+
+
 def test_a_run_without_schedule_free_or_clipping_sections_runs_neither_s_code(tmp_path, monkeypatch):
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("ran")

@@ -216,6 +216,11 @@ class OptimMixin(_LightningModule):
 
         A model with callbacks of its own returns ``[*super().configure_callbacks(), *its_own]``.
         """
+        trainer, previous = attached_trainer(self), driver_of(self)
+        if trainer is not None and type(previous) is FitDriver:
+            # The last run's driver leaves as this run's arrives (a checkpoint saved after the fit still had it).
+            # Lightning would replace it too, but announce it as an override of a callback the user passed.
+            trainer.callbacks = [callback for callback in trainer.callbacks if callback is not previous]
         return [FitDriver(self._spec()).attach(self)]
 
     def _driver(self, trainer: L.Trainer | None) -> FitDriver:
