@@ -20,7 +20,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning_optim.errors import config_error
@@ -58,12 +58,7 @@ class ResumeSpec:
     @property
     def config(self) -> dict[str, Any]:
         """The section as plain values, every key present (what ``hparams`` and checkpoints store)."""
-        return {
-            "optimizer_state": self.optimizer_state,
-            "schedule": self.schedule,
-            "rewarm_steps": self.rewarm_steps,
-            "state_warmup_steps": self.state_warmup_steps,
-        }
+        return asdict(self)
 
     @property
     def rebases_schedule(self) -> bool:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning_optim.config.resume import ResumeSpec
@@ -97,12 +97,7 @@ class ResumedSchedule:
 
     def saved(self) -> dict[str, Any]:
         """Plain numbers for the checkpoint (:meth:`from_saved` reads them back)."""
-        return {
-            "schedule": self.schedule,
-            "resumed_at": self.resumed_at,
-            "state_warmup_steps": self.state_warmup_steps,
-            "rewarm_steps": self.rewarm_steps,
-        }
+        return asdict(self)
 
     @classmethod
     def from_saved(cls, record: Mapping[str, Any]) -> ResumedSchedule:

@@ -223,12 +223,12 @@ def _is_super_init(node: ast.AST) -> bool:
     )
 
 
-def _group_key_read(node: ast.AST) -> str | None:
-    """``key`` where ``node`` is ``group.get('key'...)``."""
+def _group_call_key(node: ast.AST, method: str) -> str | None:
+    """``key`` where ``node`` is ``group.<method>('key'...)``."""
     if (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "get"
+        and node.func.attr == method
         and _is_name(node.func.value, "group")
         and node.args
         and isinstance(node.args[0], ast.Constant)
@@ -236,6 +236,11 @@ def _group_key_read(node: ast.AST) -> str | None:
     ):
         return node.args[0].value
     return None
+
+
+def _group_key_read(node: ast.AST) -> str | None:
+    """``key`` where ``node`` is ``group.get('key'...)``."""
+    return _group_call_key(node, "get")
 
 
 def _literal_default(node: ast.Call) -> Any:
@@ -258,13 +263,6 @@ def _group_keys_written(node: ast.AST) -> set[str]:
         and isinstance(target.slice, ast.Constant)
         and isinstance(target.slice.value, str)
     }
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "setdefault"
-        and _is_name(node.func.value, "group")
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-    ):
-        keys.add(node.args[0].value)
+    if (key := _group_call_key(node, "setdefault")) is not None:
+        keys.add(key)
     return keys

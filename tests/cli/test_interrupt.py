@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import shlex
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,7 +61,8 @@ def test_the_printed_command_resumes_the_run_to_its_end(interrupted):
     assert logged == pytest.approx({1: 0.075, 2: 0.025})
 
 
-def test_sigint_during_the_sanity_check_exits_130_with_a_checkpoint_before_the_first_step(tmp_path):
+def sigint_during(phase: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The app's run (and its directory) with a SIGINT sent during ``phase`` of ``SignalAtStep``."""
     run_dir = tmp_path / "run"
     result = run_app_expecting_failure(
         TRAIN,
@@ -67,10 +70,15 @@ def test_sigint_during_the_sanity_check_exits_130_with_a_checkpoint_before_the_f
         "+callbacks.signal._target_=tests.cli.signal_at_step.SignalAtStep",
         "+callbacks.signal.step=0",
         f"+callbacks.signal.signum={int(signal.SIGINT)}",
-        "+callbacks.signal.during=sanity_check",
+        f"+callbacks.signal.during={phase}",
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
+    return result, run_dir
+
+
+def test_sigint_during_the_sanity_check_exits_130_with_a_checkpoint_before_the_first_step(tmp_path):
+    result, run_dir = sigint_during("sanity_check", tmp_path)
     assert result.returncode == 130, result.stderr[-2000:]
     checkpoint = run_dir / "checkpoints" / "interrupted.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == 0
@@ -80,17 +88,7 @@ def test_sigint_during_the_sanity_check_exits_130_with_a_checkpoint_before_the_f
 
 
 def test_sigint_during_the_final_validation_exits_130(tmp_path):
-    run_dir = tmp_path / "run"
-    result = run_app_expecting_failure(
-        TRAIN,
-        *TINY,
-        "+callbacks.signal._target_=tests.cli.signal_at_step.SignalAtStep",
-        "+callbacks.signal.step=0",
-        f"+callbacks.signal.signum={int(signal.SIGINT)}",
-        "+callbacks.signal.during=final_validation",
-        f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
-    )
+    result, run_dir = sigint_during("final_validation", tmp_path)
     assert result.returncode == 130, result.stderr[-2000:]
     assert "SIGINT stopped the final validation; training had finished (3 steps)" in result.stdout
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
