@@ -317,8 +317,7 @@ class BatchNormMonitor(L.Callback):
         self._measuring, self._before = False, None
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, {}
-        measured = {name: (keys, values) for name, (keys, values) in pending.items()}
-        measured |= {name: (keys, values) for name, (keys, values, _) in updates.items()}
+        measured = pending | {name: (keys, values) for name, (keys, values, _) in updates.items()}
         forwards = {f"forwards:{name}": count for name, (_, _, count) in updates.items() if count is not None}
         stacked = [([f"{name}/{key}" for key in keys], values) for name, (keys, values) in measured.items()]
         if stacked or forwards:
