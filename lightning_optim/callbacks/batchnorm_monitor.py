@@ -42,10 +42,12 @@ from lightning_optim.internals import (
 from lightning_optim.names import named_modules
 from lightning_optim.stats.batchnorm import (
     DEAD_VARIANCE,
+    LayerColumns,
     LayerUpdates,
     channel_moments,
     forward_moments,
-    layer_values,
+    layer_columns,
+    layers_values,
     rank_divergence,
     unrecoverable,
 )
@@ -160,10 +162,10 @@ class BatchNormMonitor(L.Callback):
         """Whether the model runs under ``torch.compile`` (:func:`~lightning_optim.internals.is_compiled`)."""
         self._handles: list[RemovableHandle] = []
         self._measuring = False
-        self._pending: dict[str, tuple[list[str], torch.Tensor]] = {}
+        self._pending: dict[str, LayerColumns] = {}
         self._before: LayerUpdates | None = None
         self._updates_read = False
-        self._updates: dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]] = {}
+        self._updates: dict[str, tuple[LayerColumns, torch.Tensor | None]] = {}
         self._step = -1
         self._partial_batch = False
         self._logging_steps = 0
@@ -265,7 +267,7 @@ class BatchNormMonitor(L.Callback):
         moments = (
             forward_moments(layer, inputs, output) if isinstance(output, torch.Tensor) else channel_moments(inputs)
         )
-        self._pending[name] = layer_values(layer, running_mean, running_var, moments, self.dead_threshold)
+        self._pending[name] = layer_columns(layer, running_mean, running_var, moments)
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
         if self._histograms is not None:
@@ -302,7 +304,7 @@ class BatchNormMonitor(L.Callback):
         if self._before is None or self._updates_read:
             return
         self._updates_read = True
-        self._updates = self._before.measure(self.dead_threshold, skip=self._pending)
+        self._updates = self._before.columns(skip=self._pending)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -311,39 +313,37 @@ class BatchNormMonitor(L.Callback):
         MetricCollector.of(trainer).batch_end(trainer, self)
 
     def _hand_over(self, collector: MetricCollector) -> None:
-        """Hand the logging batch's measurements to the collector as tensors (no host sync here)."""
+        """Hand the logging batch's measurements to the collector as one tensor for every layer (no host sync
+        here)."""
         self._read_updates()
         self._remove_hooks()
         self._measuring, self._before = False, None
         pending, self._pending = self._pending, {}
         updates, self._updates = self._updates, {}
-        measured = pending | {name: (keys, values) for name, (keys, values, _) in updates.items()}
-        forwards = {f"forwards:{name}": count for name, (_, _, count) in updates.items() if count is not None}
-        stacked = [([f"{name}/{key}" for key in keys], values) for name, (keys, values) in measured.items()]
-        if stacked or forwards:
-            finish = partial(self._metrics, pending, updates, self._step)
-            collector.add(self._step, forwards, finish, stacked=stacked)
+        columns = pending | {name: layer for name, (layer, _) in updates.items()}
+        keys, values = layers_values(columns, self.dead_threshold)
+        forwards = {f"forwards:{name}": count for name, (_, count) in updates.items() if count is not None}
+        stacked = [([f"{name}/{key}" for name, layer_keys in keys.items() for key in layer_keys], values)]
+        if keys or forwards:
+            measured_by_update = [name for name in updates if name in keys]
+            finish = partial(self._metrics, keys, measured_by_update, self._step)
+            collector.add(self._step, forwards, finish, stacked=stacked if keys else [])
 
     def _metrics(
-        self,
-        pending: dict[str, tuple[list[str], torch.Tensor]],
-        updates: dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]],
-        step: int,
-        numbers: dict[str, float],
+        self, keys: dict[str, list[str]], measured_by_update: list[str], step: int, numbers: dict[str, float]
     ) -> dict[str, float]:
         """The metrics of :meth:`_hand_over`'s values made Python numbers: the hooks' measurements, and those from
         the running statistics' update that describe the batch; ``last``, ``modes`` and the warnings updated."""
-        keys = [(name, key) for name, (layer_keys, _) in pending.items() for key in layer_keys]
-        measured = [numbers[f"{name}/{key}"] for name, key in keys]
-        for name, (layer_keys, _, _) in updates.items():
+        chosen: list[tuple[str, str]] = []
+        for name, layer_keys in keys.items():
+            if name not in measured_by_update:
+                chosen += [(name, key) for key in layer_keys]
+                continue
             usable = self._usable_keys(name, numbers.get(f"forwards:{name}"))
             if usable:
                 self.modes[name] = self.layers[name].training
-            for key in layer_keys:
-                if key in usable:
-                    keys.append((name, key))
-                    measured.append(numbers[f"{name}/{key}"])
-        metrics = self._finite_metrics(keys, measured, step)
+            chosen += [(name, key) for key in layer_keys if key in usable]
+        metrics = self._finite_metrics(chosen, [numbers[f"{name}/{key}"] for name, key in chosen], step)
         self._check_modes_and_batches()
         return metrics
 

@@ -14,7 +14,8 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import functools
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,14 +28,18 @@ from lightning_optim.stats.distributed import full_tensor
 __all__ = [
     "DEAD_VARIANCE",
     "BatchStatistics",
+    "LayerColumns",
     "LayerUpdates",
     "RunningStatsSnapshot",
     "batch_statistics",
     "channel_moments",
     "dead_fraction",
     "forward_moments",
+    "layer_columns",
+    "layer_keys",
     "layer_summaries",
     "layer_values",
+    "layers_values",
     "mean_drift",
     "moments_from_update",
     "rank_divergence",
@@ -286,6 +291,157 @@ def layer_summaries(
 BATCH_KEYS = ("mean_drift", "var_ratio", "dead_fraction")
 """The keys of :func:`batch_statistics` in :func:`layer_values`, in its order."""
 
+SUMMARIZED = ("running_mean", "running_var", "weight", "bias")
+"""The per-channel tensors :func:`layers_values` summarizes (those a layer has), in its order."""
+
+
+@dataclass(frozen=True)
+class LayerColumns:
+    """One BatchNorm layer's per-channel vectors that :func:`layers_values` reduces: the rows of one float32 tensor.
+
+    Attributes:
+        rows: ``(len(names), C)``: the vectors, a copy (taken when :func:`layer_columns` made it: affine parameters
+            the optimizer changes later are kept as they were).
+        names: what each row is: ``batch_mean`` and ``batch_var`` (the batch's moments, the variance unbiased) where
+            measured, then those of :data:`SUMMARIZED` the layer has.
+        eps: the layer's ``eps``.
+    """
+
+    rows: torch.Tensor
+    names: tuple[str, ...]
+    eps: float
+
+
+def layer_columns(
+    layer: BatchNormLayer,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LayerColumns:
+    """The :class:`LayerColumns` of a layer: the batch's per-channel ``(mean, unbiased var)`` (``moments``; None: no
+    batch statistics), the given running statistics (None: the layer keeps none) and the layer's affine parameters
+    as they are now, in one ``stack``.
+
+    Examples:
+        >>> columns = layer_columns(torch.nn.BatchNorm1d(2), torch.zeros(2), torch.ones(2))
+        >>> columns.names, columns.rows.shape
+        (('running_mean', 'running_var', 'weight', 'bias'), torch.Size([4, 2]))
+    """
+    vectors: dict[str, torch.Tensor] = {}
+    if moments is not None:
+        vectors["batch_mean"], vectors["batch_var"] = moments
+    tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
+    # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
+    vectors |= {name: full_tensor(tensor.detach()) for name, tensor in tensors.items() if tensor is not None}
+    with torch.no_grad():
+        rows = torch.stack([vector.float() for vector in vectors.values()]) if vectors else torch.zeros(0, 0)
+    return LayerColumns(rows, tuple(vectors), float(layer.eps))
+
+
+def layer_keys(names: Sequence[str]) -> list[str]:
+    """The keys of :func:`layers_values` for a layer whose :class:`LayerColumns` has the rows ``names``.
+
+    Examples:
+        >>> layer_keys(("batch_mean", "batch_var", "weight"))
+        ['dead_fraction', 'weight_mean', 'weight_min', 'weight_max']
+    """
+    keys: list[str] = []
+    if "batch_var" in names:
+        keys += BATCH_KEYS if "running_var" in names else ["dead_fraction"]
+    summarized = [name for name in SUMMARIZED if name in names]
+    return keys + [f"{name}_{key}" for key in ("mean", "min", "max") for name in summarized]
+
+
+def layers_values(
+    columns: Mapping[str, LayerColumns], dead_threshold: float = DEAD_VARIANCE
+) -> tuple[dict[str, list[str]], torch.Tensor]:
+    """:func:`batch_statistics` of each layer's batch and :func:`summary` of its running statistics and affine
+    parameters, for every layer at once: each layer's keys (:func:`layer_keys`), and one float32 vector of all the
+    values, layer after layer, each in its keys' order.
+
+    The same values as those functions (to float rounding) in a few kernels whatever the number of layers: the
+    layers' columns side by side make one table per kind of layer (which rows it has), each per-channel term is one
+    kernel over every channel of every layer, and three ``scatter_reduce`` take the mean, min and max per layer. On
+    a CPU every small kernel costs a few microseconds whatever its size; on a GPU, a launch.
+
+    Examples:
+        >>> layer = torch.nn.BatchNorm1d(2)
+        >>> columns = layer_columns(layer, layer.running_mean, layer.running_var, channel_moments(torch.eye(2)))
+        >>> keys, values = layers_values({"bn": columns, "affine": layer_columns(layer, None, None)})
+        >>> dict(zip(keys["bn"][:5], [round(value, 4) for value in values.tolist()]))
+        {'mean_drift': 0.5, 'var_ratio': 0.5, 'dead_fraction': 0.0, 'running_mean_mean': 0.0, 'running_var_mean': 1.0}
+        >>> keys["affine"]
+        ['weight_mean', 'bias_mean', 'weight_min', 'bias_min', 'weight_max', 'bias_max']
+    """
+    kinds: dict[tuple[str, ...], list[str]] = {}
+    for name, layer in columns.items():
+        kinds.setdefault(layer.names, []).append(name)
+    keys: dict[str, list[str]] = {}
+    parts: list[torch.Tensor] = []
+    for names, layers in kinds.items():
+        kind_keys = layer_keys(names)
+        if not kind_keys:
+            continue
+        keys |= dict.fromkeys(layers, kind_keys)
+        parts.append(_kind_values(names, [columns[layer] for layer in layers], dead_threshold))
+    ordered = [name for name in columns if name in keys]
+    values = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.zeros(0)
+    if len(kinds) > 1:  # the kinds' values follow each other: put them back in the layers' order
+        starts, position = {}, 0
+        for layers in kinds.values():
+            for layer in layers:
+                if layer in keys:
+                    starts[layer] = position
+                    position += len(keys[layer])
+        index = [starts[layer] + k for layer in ordered for k in range(len(keys[layer]))]
+        values = values[torch.tensor(index, device=values.device)]
+    return {layer: keys[layer] for layer in ordered}, values
+
+
+def _kind_values(names: tuple[str, ...], layers: Sequence[LayerColumns], dead_threshold: float) -> torch.Tensor:
+    """:func:`layers_values` of layers with the same rows ``names``: ``(layers * keys,)``, layer after layer."""
+    with torch.no_grad():
+        table = layers[0].rows if len(layers) == 1 else torch.cat([layer.rows for layer in layers], dim=1)
+        row = dict(zip(names, table, strict=True))
+        terms: list[torch.Tensor] = []
+        if "batch_var" in row:
+            batch_var = row["batch_var"]
+            # var * 0 is NaN for a NaN/Inf variance: its channel is neither dead nor alive, and the fraction NaN.
+            dead = (batch_var < dead_threshold).float().add_(batch_var * 0)
+            if "running_var" in row:
+                scale = row["running_var"] + _channel_eps(layers, table.device)
+                drift = (row["batch_mean"] - row["running_mean"]).abs_().div_(scale.sqrt())
+                terms += [drift, batch_var / scale]
+            terms.append(dead)
+        summarized = [row[name] for name in SUMMARIZED if name in row]
+        rows = torch.stack(terms + summarized)
+        owners = _owners(tuple(layer.rows.shape[1] for layer in layers), table.device).expand(rows.shape[0], -1)
+        reduced = [_per_layer(rows, owners, len(layers), "mean")]
+        if summarized:
+            summaries, summary_owners = rows[len(terms) :], owners[len(terms) :]
+            reduced += [_per_layer(summaries, summary_owners, len(layers), reduce) for reduce in ("amin", "amax")]
+        return torch.cat(reduced).t().reshape(-1)
+
+
+def _per_layer(rows: torch.Tensor, owners: torch.Tensor, layers: int, reduce: str) -> torch.Tensor:
+    """``(rows, channels)`` -> ``(rows, layers)``: each row's ``reduce`` over each layer's channels (NaN propagates)."""
+    return rows.new_zeros(rows.shape[0], layers).scatter_reduce_(1, owners, rows, reduce, include_self=False)
+
+
+def _channel_eps(layers: Sequence[LayerColumns], device: torch.device) -> float | torch.Tensor:
+    """Each channel's layer ``eps``: one number when the layers share it."""
+    values = {layer.eps for layer in layers}
+    if len(values) == 1:
+        return values.pop()
+    return torch.tensor([layer.eps for layer in layers for _ in range(layer.rows.shape[1])], device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _owners(channels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``(1, sum(channels))``: the index of the layer each channel belongs to, made once per layout and device."""
+    owners = [index for index, count in enumerate(channels) for _ in range(count)]
+    return torch.tensor(owners, dtype=torch.long, device=device)[None]
+
 
 def layer_values(
     layer: BatchNormLayer,
@@ -294,12 +450,7 @@ def layer_values(
     moments: tuple[torch.Tensor, torch.Tensor] | None = None,
     dead_threshold: float = DEAD_VARIANCE,
 ) -> tuple[list[str], torch.Tensor]:
-    """:func:`batch_statistics` of the batch whose per-channel ``(mean, unbiased var)`` are ``moments`` (None: no
-    batch statistics) and :func:`layer_summaries`, as their keys and one float32 vector of the values, in that order.
-
-    The same values as those functions (to float rounding) in about a third of the kernels: the per-channel terms of
-    the statistics and the tensors to summarize are the rows of one table, averaged by one ``mean`` and summarized by
-    one ``aminmax``; on a CPU every small kernel costs a few microseconds, whatever its size.
+    """:func:`layers_values` of one layer: its keys and one float32 vector of its values, in that order.
 
     Examples:
         >>> layer = torch.nn.BatchNorm1d(2)
@@ -307,35 +458,8 @@ def layer_values(
         >>> dict(zip(keys[:5], [round(value, 4) for value in values.tolist()]))
         {'mean_drift': 0.5, 'var_ratio': 0.5, 'dead_fraction': 0.0, 'running_mean_mean': 0.0, 'running_var_mean': 1.0}
     """
-    keys: list[str] = []
-    rows: list[torch.Tensor] = []
-    with torch.no_grad():
-        if moments is not None:
-            batch_mean, batch_var = moments
-            # var * 0 is NaN for a NaN/Inf variance: its channel is neither dead nor alive, and the fraction NaN.
-            dead = (batch_var < dead_threshold).float().add_(batch_var * 0)
-            if running_mean is None or running_var is None:
-                keys.append("dead_fraction")
-                rows.append(dead)
-            else:
-                scale = running_var.float() + layer.eps
-                drift = (batch_mean - running_mean.float()).abs_().div_(scale.sqrt())
-                keys += BATCH_KEYS
-                rows += [drift, batch_var / scale, dead]
-        batch_rows = len(rows)
-        tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
-        # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
-        summarized = {
-            name: full_tensor(tensor.detach()).float() for name, tensor in tensors.items() if tensor is not None
-        }
-        if not rows and not summarized:
-            return [], torch.zeros(0)
-        table = torch.stack(rows + list(summarized.values()))
-        parts = [table.mean(dim=1)]
-        if summarized:
-            parts += torch.aminmax(table[batch_rows:], dim=1)
-        keys += [f"{name}_{key}" for key in ("mean", "min", "max") for name in summarized]
-    return keys, torch.cat(parts) if len(parts) > 1 else parts[0]
+    keys, values = layers_values({"": layer_columns(layer, running_mean, running_var, moments)}, dead_threshold)
+    return keys.get("", []), values
 
 
 def unrecoverable(layer: BatchNormLayer) -> str | None:
@@ -362,15 +486,16 @@ def unrecoverable(layer: BatchNormLayer) -> str | None:
 
 
 class LayerUpdates:
-    """BatchNorm layers' running statistics kept before a training forward, to measure that forward's batch from the
-    update it makes, where the batch itself is out of reach (inside a ``torch.compile``d graph).
+    """BatchNorm layers' running statistics kept before a training forward: what a forward hook compares the batch
+    with (the forward updates them before its hooks run), and, where the batch itself is out of reach (inside a
+    ``torch.compile``d graph), what that forward's update is measured against.
 
-    :meth:`measure` gives, per layer, the :func:`layer_values` of the statistics as they were (what a forward
-    pre-hook reads) and, for a layer :func:`unrecoverable` says nothing against, of the batch's moments
-    (:func:`moments_from_update`, as :func:`statistics_from_update` uses them);
-    with them how many training forwards updated the layer since (``num_batches_tracked``, as a tensor: no host
-    sync). The batch statistics describe the batch only when that count is 1. Lazy layers not yet materialized are
-    left out.
+    :meth:`columns` gives, per layer, its :class:`LayerColumns`: the statistics as they were and, for a layer
+    :func:`unrecoverable` says nothing against, the batch's moments (:func:`moments_from_update`, as
+    :func:`statistics_from_update` uses them); with them how many training forwards updated the layer since
+    (``num_batches_tracked``, as a tensor: no host sync). The batch statistics describe the batch only when that
+    count is 1. Lazy layers not yet materialized are left out. The copy is one ``cat`` per dtype and device for
+    all the layers.
 
     Examples:
         >>> layer = torch.nn.BatchNorm1d(2)
@@ -388,22 +513,26 @@ class LayerUpdates:
             for name, layer in layers.items()
             if layer.running_mean is None or not is_lazy(layer.running_mean)
         }
-        with torch.no_grad():
-            self.before = {name: _running_buffers(layer, clone=True) for name, layer in self.layers.items()}
+        buffers = [_running_buffers(layer) for layer in self.layers.values()]
+        copies = iter(_copy_all([buffer for triple in buffers for buffer in triple if buffer is not None]))
+        self.before = {
+            name: tuple(None if buffer is None else next(copies) for buffer in triple)
+            for name, triple in zip(self.layers, buffers, strict=True)
+        }
+        """Per layer, the copies of its ``running_mean``, ``running_var`` and ``num_batches_tracked`` (None where
+        it has none)."""
 
-    def measure(
-        self, dead_threshold: float = DEAD_VARIANCE, skip: Collection[str] = ()
-    ) -> dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]]:
-        """Per layer but those in ``skip``: its keys and values (:func:`layer_values`: the summaries, and the batch
-        statistics where recoverable), and the number of training forwards since the copy (None for a layer without
-        running statistics)."""
+    def columns(self, skip: Collection[str] = ()) -> dict[str, tuple[LayerColumns, torch.Tensor | None]]:
+        """Per layer but those in ``skip``: its :class:`LayerColumns` (the running statistics as they were, the
+        affine parameters as they are, and the batch's moments where recoverable) and the number of training
+        forwards since the copy (None for a layer without running statistics)."""
         measured = {}
         with torch.no_grad():
             for name, layer in self.layers.items():
                 if name in skip:
                     continue
                 old_mean, old_var, old_count = self.before[name]
-                new_mean, new_var, new_count = _running_buffers(layer, clone=False)
+                new_mean, new_var, new_count = _running_buffers(layer)
                 forwards = None if old_count is None or new_count is None else new_count - old_count
                 moments = None
                 if (
@@ -415,18 +544,41 @@ class LayerUpdates:
                     and new_var is not None
                 ):
                     moments = moments_from_update(old_mean, old_var, new_mean, new_var, layer.momentum)
-                keys, values = layer_values(layer, old_mean, old_var, moments, dead_threshold)
-                measured[name] = (keys, values, forwards)
+                measured[name] = (layer_columns(layer, old_mean, old_var, moments), forwards)
         return measured
 
+    def measure(
+        self, dead_threshold: float = DEAD_VARIANCE, skip: Collection[str] = ()
+    ) -> dict[str, tuple[list[str], torch.Tensor, torch.Tensor | None]]:
+        """Per layer but those in ``skip``: its keys and values (:func:`layer_values` of :meth:`columns`) and the
+        number of training forwards since the copy."""
+        columns = self.columns(skip)
+        keys, values = layers_values({name: layer for name, (layer, _) in columns.items()}, dead_threshold)
+        sizes = [len(layer_keys) for layer_keys in keys.values()]
+        split = dict(zip(keys, values.split(sizes), strict=True))
+        return {
+            name: (keys.get(name, []), split.get(name, values[:0]), forwards) for name, (_, forwards) in columns.items()
+        }
 
-def _running_buffers(
-    layer: BatchNormLayer, clone: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``running_mean``, ``running_var``, ``num_batches_tracked`` (None where the layer has none), cloned or not."""
-    buffers = (layer.running_mean, layer.running_var, layer.num_batches_tracked)
-    mean, var, count = (buffer.clone() if clone and buffer is not None else buffer for buffer in buffers)
-    return mean, var, count
+
+def _running_buffers(layer: BatchNormLayer) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``running_mean``, ``running_var``, ``num_batches_tracked`` (None where the layer has none)."""
+    return layer.running_mean, layer.running_var, layer.num_batches_tracked
+
+
+def _copy_all(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of each of ``tensors``: views of one ``cat`` per device and dtype (one kernel each)."""
+    kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        kinds.setdefault((tensor.device, tensor.dtype), []).append(index)
+    copies: list[torch.Tensor] = [tensors[0]] * len(tensors)
+    with torch.no_grad():
+        for indices in kinds.values():
+            flat = torch.cat([tensors[index].detach().reshape(-1) for index in indices])
+            views = _flat_views(flat, [tensors[index].shape for index in indices])
+            for index, view in zip(indices, views, strict=True):
+                copies[index] = view
+    return copies
 
 
 def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps: float) -> torch.Tensor:
