@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary  # type: ignore[import-untyped]  # no stubs
 
+from lightning_optim.callbacks.event_checksums import use_native_checksums
 from lightning_optim.internals import logger_prefix
 
 if TYPE_CHECKING:
@@ -40,7 +41,8 @@ def write_scalars(logger: Logger, metrics: Mapping[str, float], step: int) -> No
     loggers.
 
     The event holds what ``log_metrics`` would write: the logger's ``prefix`` joined to each key, each value as a
-    ``simple_value`` (``SummaryWriter.add_scalar``'s default form).
+    ``simple_value`` (``SummaryWriter.add_scalar``'s default form). TensorBoard's checksums of the event are
+    computed in C where ``google-crc32c`` can (:mod:`~lightning_optim.callbacks.event_checksums`).
     """
     writer = _summary_writer(logger)
     if writer is None:
@@ -67,6 +69,7 @@ def _summary_writer(logger: Logger) -> FileWriter | None:
     experiment = logger.experiment
     if not isinstance(experiment, SummaryWriter) or experiment.file_writer is None:
         return None  # closed: log_metrics opens it again
+    use_native_checksums()
     return experiment.file_writer
 
 
