@@ -12,14 +12,14 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import BaseFinetuning, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OPTIMIZERS, OptimMixin, preview_learning_rates
 from lightning_optim.callbacks import LRMonitor
 from tests import tb
-from tests.models import MixinModel, fit_logged, trainer
+from tests.models import MixinModel, RecordingModel, fit_logged, trainer
 
 BATCHES = 8  # loader(): 32 samples in batches of 4
 ADAMW_NO_DECAY = {
@@ -184,6 +184,48 @@ class SparseEmbedding(OptimMixin, L.LightningModule):
         inputs, targets = batch
         index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
         return torch.nn.functional.mse_loss(self.embedding(index), targets)
+
+
+class UnfreezeEncoderAtEpoch1(BaseFinetuning):
+    """Lightning's recipe (as ``BackboneFinetuning``): the encoder frozen, then its own parameter group at epoch 1."""
+
+    def __init__(self, name: str | None) -> None:
+        super().__init__()
+        self.name = name
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        self.freeze(pl_module.encoder)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        if epoch == 1:
+            self.unfreeze_and_add_param_group(pl_module.encoder, optimizer, initial_denom_lr=10.0)
+            if self.name is not None:
+                optimizer.param_groups[-1]["name"] = self.name
+
+
+class TrainableOnly(RecordingModel):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([p for p in self.parameters() if p.requires_grad], lr=0.5)
+
+
+@pytest.mark.parametrize("name", [None, "encoder"], ids=["unnamed", "named"])
+def test_a_group_added_during_the_fit_is_named_as_learning_rate_monitor_names_it(tmp_path, name):
+    # The lone group's lr-SGD becomes lr-SGD/pg1 (or lr-SGD/pg1 and lr-SGD/encoder) from the step the group joins.
+    logged = {}
+    lrs = {}
+    for monitor in (LRMonitor(), LearningRateMonitor(logging_interval="step")):
+        run = tmp_path / type(monitor).__name__
+        logged[type(monitor)] = fit_logged(TrainableOnly(), run, [UnfreezeEncoderAtEpoch1(name), monitor], max_epochs=2)
+        lrs[type(monitor)] = monitor.lrs
+    added = f"lr-SGD/{name or 'pg2'}"
+    assert logged[LRMonitor] == logged[LearningRateMonitor]
+    assert {key: [step for step, _ in points] for key, points in logged[LRMonitor].items()} == {
+        "lr-SGD": list(range(BATCHES)),
+        "lr-SGD/pg1": list(range(BATCHES, 2 * BATCHES)),
+        added: list(range(BATCHES, 2 * BATCHES)),
+    }
+    assert lrs[LRMonitor] == lrs[LearningRateMonitor]
+    assert [len(lrs[LRMonitor][key]) for key in ("lr-SGD/pg1", added)] == [2 * BATCHES, BATCHES]
 
 
 def test_the_table_covers_every_optimizer():
