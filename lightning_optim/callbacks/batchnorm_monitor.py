@@ -44,9 +44,7 @@ from lightning_optim.stats.batchnorm import (
     DEAD_VARIANCE,
     LayerColumns,
     LayerUpdates,
-    channel_moments,
-    forward_moments,
-    layer_columns,
+    forward_columns,
     layers_values,
     rank_divergence,
     unrecoverable,
@@ -264,10 +262,12 @@ class BatchNormMonitor(L.Callback):
             return
         inputs = args[0]
         running_mean, running_var, _ = before
-        moments = (
-            forward_moments(layer, inputs, output) if isinstance(output, torch.Tensor) else channel_moments(inputs)
+        moments, values_per_channel = forward_columns(
+            layer, inputs, output if isinstance(output, torch.Tensor) else None
         )
-        self._pending[name] = layer_columns(layer, running_mean, running_var, moments)
+        running = {"running_mean": running_mean, "running_var": running_var} if running_var is not None else {}
+        vectors = moments | running | self._before.affine_of(name)
+        self._pending[name] = LayerColumns(vectors, float(layer.eps), values_per_channel)
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]
         if self._histograms is not None:

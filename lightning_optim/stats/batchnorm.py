@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from lightning_optim.internals import BatchNormLayer, batchnorm_saved_statistics, is_batchnorm, own_buffers
-from lightning_optim.stats.distributed import full_tensor
+from lightning_optim.stats.distributed import full_tensor, is_distributed
 
 __all__ = [
     "DEAD_VARIANCE",
@@ -297,19 +297,30 @@ SUMMARIZED = ("running_mean", "running_var", "weight", "bias")
 
 @dataclass(frozen=True)
 class LayerColumns:
-    """One BatchNorm layer's per-channel vectors that :func:`layers_values` reduces: the rows of one float32 tensor.
+    """One BatchNorm layer's per-channel vectors that :func:`layers_values` reduces, by row name.
 
     Attributes:
-        rows: ``(len(names), C)``: the vectors, a copy (taken when :func:`layer_columns` made it: affine parameters
-            the optimizer changes later are kept as they were).
-        names: what each row is: ``batch_mean`` and ``batch_var`` (the batch's moments, the variance unbiased) where
-            measured, then those of :data:`SUMMARIZED` the layer has.
+        vectors: in this order, those it has of: ``batch_mean``; ``batch_var`` (the batch's unbiased variance) or
+            ``batch_invstd`` (``1 / sqrt(biased variance + eps)``, as a training forward saves it for its backward);
+            then those of :data:`SUMMARIZED` the layer has. Not copied: they must keep their values until
+            :func:`layers_values` has read them.
         eps: the layer's ``eps``.
+        values_per_channel: the number of values of each channel in the batch (for ``batch_invstd``).
     """
 
-    rows: torch.Tensor
-    names: tuple[str, ...]
+    vectors: dict[str, torch.Tensor]
     eps: float
+    values_per_channel: int = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The row names, in order: layers with the same names are reduced together."""
+        return tuple(self.vectors)
+
+    @property
+    def channels(self) -> int:
+        """The number of channels."""
+        return next(iter(self.vectors.values())).numel() if self.vectors else 0
 
 
 def layer_columns(
@@ -317,25 +328,61 @@ def layer_columns(
     running_mean: torch.Tensor | None,
     running_var: torch.Tensor | None,
     moments: tuple[torch.Tensor, torch.Tensor] | None = None,
+    affine: Mapping[str, torch.Tensor] | None = None,
 ) -> LayerColumns:
     """The :class:`LayerColumns` of a layer: the batch's per-channel ``(mean, unbiased var)`` (``moments``; None: no
-    batch statistics), the given running statistics (None: the layer keeps none) and the layer's affine parameters
-    as they are now, in one ``stack``.
+    batch statistics), the given running statistics (None: the layer keeps none), and ``affine`` (``weight`` and
+    ``bias`` as kept earlier), else a copy of the layer's affine parameters as they are now.
 
     Examples:
         >>> columns = layer_columns(torch.nn.BatchNorm1d(2), torch.zeros(2), torch.ones(2))
-        >>> columns.names, columns.rows.shape
-        (('running_mean', 'running_var', 'weight', 'bias'), torch.Size([4, 2]))
+        >>> columns.names, columns.channels
+        (('running_mean', 'running_var', 'weight', 'bias'), 2)
     """
     vectors: dict[str, torch.Tensor] = {}
     if moments is not None:
         vectors["batch_mean"], vectors["batch_var"] = moments
-    tensors = {"running_mean": running_mean, "running_var": running_var, "weight": layer.weight, "bias": layer.bias}
-    # A sharded affine parameter (FSDP2) is summarised whole: one all-gather each, on logging steps only.
-    vectors |= {name: full_tensor(tensor.detach()) for name, tensor in tensors.items() if tensor is not None}
+    if running_mean is not None and running_var is not None:
+        vectors |= {"running_mean": running_mean, "running_var": running_var}
+    return LayerColumns(vectors | (affine_copies(layer) if affine is None else dict(affine)), float(layer.eps))
+
+
+def affine_copies(layer: BatchNormLayer) -> dict[str, torch.Tensor]:
+    """A copy of the layer's ``weight`` and ``bias`` (those it has), whole: of a sharded parameter (FSDP2), one
+    all-gather each.
+
+    Examples:
+        >>> sorted(affine_copies(torch.nn.BatchNorm1d(2))), affine_copies(torch.nn.BatchNorm1d(2, affine=False))
+        (['bias', 'weight'], {})
+    """
+    tensors = {"weight": layer.weight, "bias": layer.bias}
     with torch.no_grad():
-        rows = torch.stack([vector.float() for vector in vectors.values()]) if vectors else torch.zeros(0, 0)
-    return LayerColumns(rows, tuple(vectors), float(layer.eps))
+        return {name: full_tensor(tensor.detach()).clone() for name, tensor in tensors.items() if tensor is not None}
+
+
+def forward_columns(
+    layer: BatchNormLayer, inputs: torch.Tensor, output: torch.Tensor | None
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The batch's per-channel moments for :class:`LayerColumns`, and the values per channel: ``batch_mean`` and
+    ``batch_invstd`` as the layer's training forward saved them for its backward
+    (:func:`~lightning_optim.internals.batchnorm_saved_statistics`: no kernel, the tensors themselves, which nothing
+    changes), else ``batch_mean`` and ``batch_var`` computed from ``inputs`` (:func:`channel_moments`).
+
+    Examples:
+        >>> layer = torch.nn.BatchNorm1d(2)
+        >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 5.0], [4.0, 3.0]], requires_grad=True)
+        >>> moments, values_per_channel = forward_columns(layer, inputs, layer(inputs))
+        >>> sorted(moments), values_per_channel
+        (['batch_invstd', 'batch_mean'], 3)
+    """
+    channels = inputs.shape[1] if inputs.dim() > 1 else 0
+    values_per_channel = inputs.numel() // channels if channels else 0
+    saved = batchnorm_saved_statistics(output) if output is not None else None
+    if saved is None or saved[0].numel() != channels:
+        mean, var = channel_moments(inputs)
+        return {"batch_mean": mean, "batch_var": var}, values_per_channel
+    mean, invstd = saved
+    return {"batch_mean": mean.detach(), "batch_invstd": invstd.detach()}, values_per_channel
 
 
 def layer_keys(names: Sequence[str]) -> list[str]:
@@ -346,7 +393,7 @@ def layer_keys(names: Sequence[str]) -> list[str]:
         ['dead_fraction', 'weight_mean', 'weight_min', 'weight_max']
     """
     keys: list[str] = []
-    if "batch_var" in names:
+    if "batch_var" in names or "batch_invstd" in names:
         keys += BATCH_KEYS if "running_var" in names else ["dead_fraction"]
     summarized = [name for name in SUMMARIZED if name in names]
     return keys + [f"{name}_{key}" for key in ("mean", "min", "max") for name in summarized]
@@ -400,22 +447,27 @@ def layers_values(
 
 def _kind_values(names: tuple[str, ...], layers: Sequence[LayerColumns], dead_threshold: float) -> torch.Tensor:
     """:func:`layers_values` of layers with the same rows ``names``: ``(layers * keys,)``, layer after layer."""
+    channels = tuple(layer.channels for layer in layers)
     with torch.no_grad():
-        table = layers[0].rows if len(layers) == 1 else torch.cat([layer.rows for layer in layers], dim=1)
+        # Row after row, each the layers' vectors one after the other: one cat makes the (rows, channels) table.
+        table = torch.cat([_float_row(layer.vectors[name]) for name in names for layer in layers]).view(len(names), -1)
         row = dict(zip(names, table, strict=True))
+        eps, unbias = _channel_constants(layers, table.device)
         terms: list[torch.Tensor] = []
+        if "batch_invstd" in row:
+            row["batch_var"] = row["batch_invstd"].pow(-2).sub_(eps).mul_(unbias)
         if "batch_var" in row:
             batch_var = row["batch_var"]
             # var * 0 is NaN for a NaN/Inf variance: its channel is neither dead nor alive, and the fraction NaN.
             dead = (batch_var < dead_threshold).float().add_(batch_var * 0)
             if "running_var" in row:
-                scale = row["running_var"] + _channel_eps(layers, table.device)
+                scale = row["running_var"] + eps
                 drift = (row["batch_mean"] - row["running_mean"]).abs_().div_(scale.sqrt())
                 terms += [drift, batch_var / scale]
             terms.append(dead)
         summarized = [row[name] for name in SUMMARIZED if name in row]
         rows = torch.stack(terms + summarized)
-        owners = _owners(tuple(layer.rows.shape[1] for layer in layers), table.device).expand(rows.shape[0], -1)
+        owners = _owners(channels, table.device).expand(rows.shape[0], -1)
         reduced = [_per_layer(rows, owners, len(layers), "mean")]
         if summarized:
             summaries, summary_owners = rows[len(terms) :], owners[len(terms) :]
@@ -428,12 +480,30 @@ def _per_layer(rows: torch.Tensor, owners: torch.Tensor, layers: int, reduce: st
     return rows.new_zeros(rows.shape[0], layers).scatter_reduce_(1, owners, rows, reduce, include_self=False)
 
 
-def _channel_eps(layers: Sequence[LayerColumns], device: torch.device) -> float | torch.Tensor:
-    """Each channel's layer ``eps``: one number when the layers share it."""
-    values = {layer.eps for layer in layers}
-    if len(values) == 1:
-        return values.pop()
-    return torch.tensor([layer.eps for layer in layers for _ in range(layer.rows.shape[1])], device=device)
+def _channel_constants(
+    layers: Sequence[LayerColumns], device: torch.device
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """Each channel's layer ``eps``, and the factor that makes its biased batch variance unbiased (0 for one value
+    per channel, whose variance is 0, as :func:`channel_moments` gives it): each one number when the layers share
+    it, else a vector made once per layout (:func:`_per_channel`)."""
+    eps = tuple(layer.eps for layer in layers)
+    unbias = tuple(n / (n - 1) if n > 1 else 0.0 for n in (layer.values_per_channel for layer in layers))
+    channels = tuple(layer.channels for layer in layers)
+    return _per_channel(eps, channels, device), _per_channel(unbias, channels, device)
+
+
+def _per_channel(values: tuple[float, ...], channels: tuple[int, ...], device: torch.device) -> float | torch.Tensor:
+    """``values[i]`` for each of layer ``i``'s channels; one number when all are equal."""
+    if len(set(values)) == 1:
+        return values[0]
+    return _repeated(values, channels, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _repeated(values: tuple[float, ...], channels: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    return torch.tensor(
+        [value for value, count in zip(values, channels, strict=True) for _ in range(count)], device=device
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -513,14 +583,27 @@ class LayerUpdates:
             for name, layer in layers.items()
             if layer.running_mean is None or not is_lazy(layer.running_mean)
         }
-        buffers = [_running_buffers(layer) for layer in self.layers.values()]
-        copies = iter(_copy_all([buffer for triple in buffers for buffer in triple if buffer is not None]))
+        buffers = {name: _running_buffers(layer) for name, layer in self.layers.items()}
+        # A sharded affine parameter (FSDP2) is whole only inside its layer's forward: left to be copied there.
+        affine = {name: _plain_affine(layer) for name, layer in self.layers.items()}
+        kept = [tensor for triple in buffers.values() for tensor in triple if tensor is not None]
+        kept += [tensor for tensors in affine.values() for tensor in tensors.values()]
+        copies = iter(_copy_all(kept))
         self.before = {
             name: tuple(None if buffer is None else next(copies) for buffer in triple)
-            for name, triple in zip(self.layers, buffers, strict=True)
+            for name, triple in buffers.items()
         }
         """Per layer, the copies of its ``running_mean``, ``running_var`` and ``num_batches_tracked`` (None where
         it has none)."""
+        self.affine = {name: {key: next(copies) for key in tensors} for name, tensors in affine.items()}
+        """Per layer, the copies of its ``weight`` and ``bias`` that are plain tensors (a ``DTensor`` is left out)."""
+
+    def affine_of(self, name: str) -> dict[str, torch.Tensor]:
+        """Layer ``name``'s ``weight`` and ``bias`` as they were at the copy, else (a ``DTensor``) as they are now."""
+        layer = self.layers[name]
+        kept = self.affine[name]
+        missing = [key for key in ("weight", "bias") if getattr(layer, key) is not None and key not in kept]
+        return kept | {key: value for key, value in affine_copies(layer).items() if key in missing} if missing else kept
 
     def columns(self, skip: Collection[str] = ()) -> dict[str, tuple[LayerColumns, torch.Tensor | None]]:
         """Per layer but those in ``skip``: its :class:`LayerColumns` (the running statistics as they were, the
@@ -544,7 +627,7 @@ class LayerUpdates:
                     and new_var is not None
                 ):
                     moments = moments_from_update(old_mean, old_var, new_mean, new_var, layer.momentum)
-                measured[name] = (layer_columns(layer, old_mean, old_var, moments), forwards)
+                measured[name] = (layer_columns(layer, old_mean, old_var, moments, self.affine_of(name)), forwards)
         return measured
 
     def measure(
@@ -566,6 +649,16 @@ def _running_buffers(layer: BatchNormLayer) -> tuple[torch.Tensor | None, torch.
     return layer.running_mean, layer.running_var, layer.num_batches_tracked
 
 
+def _plain_affine(layer: BatchNormLayer) -> dict[str, torch.Tensor]:
+    """The layer's ``weight`` and ``bias`` that it has and that are plain tensors (not ``DTensor``, not lazy)."""
+    tensors = {"weight": layer.weight, "bias": layer.bias}
+    return {
+        name: tensor
+        for name, tensor in tensors.items()
+        if tensor is not None and not is_distributed(tensor) and not is_lazy(tensor)
+    }
+
+
 def _copy_all(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """A copy of each of ``tensors``: views of one ``cat`` per device and dtype (one kernel each)."""
     kinds: dict[tuple[torch.device, torch.dtype], list[int]] = {}
@@ -574,7 +667,7 @@ def _copy_all(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     copies: list[torch.Tensor] = [tensors[0]] * len(tensors)
     with torch.no_grad():
         for indices in kinds.values():
-            flat = torch.cat([tensors[index].detach().reshape(-1) for index in indices])
+            flat = torch.cat([_row(tensors[index]) for index in indices])
             views = _flat_views(flat, [tensors[index].shape for index in indices])
             for index, view in zip(indices, views, strict=True):
                 copies[index] = view
@@ -600,7 +693,18 @@ def rank_divergence(running_means: torch.Tensor, running_vars: torch.Tensor, eps
 
 def _flat_views(flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
     chunks = torch.split(flat, [shape.numel() for shape in shapes])
-    return [chunk.view(shape) for chunk, shape in zip(chunks, shapes, strict=True)]
+    return [chunk if len(shape) == 1 else chunk.view(shape) for chunk, shape in zip(chunks, shapes, strict=True)]
+
+
+# Per-channel vectors are 1-D float32 almost always: each dispatch skipped here is a microsecond per vector on a CPU.
+def _row(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` flattened (itself when it is 1-D)."""
+    return tensor if tensor.dim() == 1 else tensor.reshape(-1)
+
+
+def _float_row(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` flattened, in float32."""
+    return _row(tensor if tensor.dtype == torch.float32 else tensor.float())
 
 
 @dataclass
