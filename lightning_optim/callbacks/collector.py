@@ -116,7 +116,8 @@ class MetricCollector:
         if not self._entries:
             return
         callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's connector
-        members = [callback for callback in callbacks if any(callback is member for member in self._members)]
+        joined = {id(member) for member in self._members}
+        members = [callback for callback in callbacks if id(callback) in joined]
         if not members or members[-1] is monitor or not any(callback is monitor for callback in members):
             self.flush(trainer)
 
