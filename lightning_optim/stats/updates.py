@@ -298,7 +298,8 @@ def state_norms(state: Mapping[Any, Mapping[str, Any]], parameters: Sequence[tor
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.is_floating_point():
                 indices, tensors = by_key.setdefault(str(key), ([], []))
                 indices.append(index)
-                tensors.append(value)
+                # A sparse state (SGD's momentum of a sparse gradient) is measured by its values, duplicates summed.
+                tensors.append(value.coalesce().values() if value.is_sparse else value)
     if not parameters:
         return {}
     device = parameters[0].device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import random
+from pathlib import Path
 
 import google_crc32c
 import pytest
@@ -49,7 +50,7 @@ def test_tensorboard_reads_back_what_is_written_with_native_checksums(tmp_path, 
     assert b"batchnorm/features.39/mean_drift" in records[1] and b"grad_norm/total" in records[2]
 
     corrupted = tmp_path / "corrupted"
-    data = bytearray(open(path, "rb").read())
+    data = bytearray(Path(path).read_bytes())
     data[-5] ^= 0xFF  # a byte of the last record's payload
     corrupted.write_bytes(bytes(data))
     with pytest.raises(errors.DataLossError):
