@@ -7,11 +7,11 @@ variant per round, in a fresh random order every round, so drift and foreign loa
 
 * ``eager``: no statistics;
 * ``eager_hooks``: eager, with what ``BatchNormMonitor`` does on a logging step: a forward pre-hook per layer computing
-  :func:`~lightning_optim.stats.batchnorm.layer_values` (the batch statistics and the summaries), the running
+  :func:`~lightning_optim.stats.batchnorm_layers.layer_values` (the batch statistics and the summaries), the running
   statistics' copy, and one host sync for all values;
 * ``compiled``: ``torch.compile(net)`` (inductor), no statistics;
 * ``compiled_updates``: compiled, with what ``BatchNormMonitor`` does on a logging step under compile: the running
-  statistics copied before the forward (:class:`~lightning_optim.stats.batchnorm.LayerUpdates`), the batch's
+  statistics copied before the forward (:class:`~lightning_optim.stats.batchnorm_layers.LayerUpdates`), the batch's
   statistics recovered from their update after it, one host sync (the graph is the ``compiled`` one);
 * ``compiled_in_graph``: the design not taken, measured: forward pre-hooks attached *before* compiling, traced into
   the graph, computing the same statistics into preallocated buffers on every step, read with one host sync;
@@ -41,7 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lightning_optim.stats.batchnorm import LayerUpdates, channel_moments, layer_values
+from lightning_optim.stats.batchnorm import channel_moments
+from lightning_optim.stats.batchnorm_layers import LayerUpdates, layer_values
 
 BATCH_NORMS = (nn.BatchNorm2d,)
 

@@ -40,15 +40,8 @@ from lightning_optim.internals import (
     should_log,
 )
 from lightning_optim.names import named_modules
-from lightning_optim.stats.batchnorm import (
-    DEAD_VARIANCE,
-    LayerColumns,
-    LayerUpdates,
-    forward_columns,
-    layers_values,
-    rank_divergence,
-    unrecoverable,
-)
+from lightning_optim.stats.batchnorm import DEAD_VARIANCE, rank_divergence, unrecoverable
+from lightning_optim.stats.batchnorm_layers import LayerColumns, LayerUpdates, forward_columns, layers_values
 
 __all__ = ["BatchNormMonitor"]
 
@@ -66,7 +59,7 @@ class BatchNormMonitor(L.Callback):
     ``LearningRateMonitor`` follow) it copies the running statistics at the batch's start and attaches a forward hook
     to each layer for that batch only, which compares the training batch with the statistics before the layer
     updated them; the batch's mean and variance are those the layer's forward saved for its backward where torch's
-    own kernel ran (:func:`~lightning_optim.stats.batchnorm.forward_moments`), else computed from its input. The
+    own kernel ran (:func:`~lightning_optim.stats.batchnorm_layers.forward_columns`), else computed from its input. The
     hooks are removed at the end of the batch, and a non-logging step costs nothing (no hook, no ``.item()``). Only
     rank zero measures; the values become Python numbers once per logging step. Logged keys, at the step
     Lightning's own metrics use (``<layer>`` is the qualified name):
