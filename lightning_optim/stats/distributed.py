@@ -28,6 +28,7 @@ from torch.distributed.tensor import DTensor, Replicate
 
 __all__ = [
     "full_tensor",
+    "group_norms",
     "is_distributed",
     "local_tensor",
     "reduce_norms",
@@ -123,6 +124,43 @@ def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     return shards / world_size
 
 
+def group_norms(
+    norms: Sequence[torch.Tensor],
+    groups: Sequence[int],
+    count: int,
+    norm_type: float,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """The p-norm of each of ``count`` groups of tensors from each tensor's norm, in a few kernels whatever the
+    number of groups; with ``weights`` (each a tensor's :func:`replica_weight`), the weighted sum of p-th powers, not
+    yet rooted, as :func:`reduce_norms` adds it up over the ranks.
+
+    Args:
+        norms: each tensor's norm (0-d float32 tensors on one device).
+        groups: each tensor's group index in ``range(count)``.
+        count: the number of groups.
+        norm_type: the p of the p-norm (``inf``: the largest).
+        weights: see above; None: the groups' norms themselves.
+
+    Returns:
+        A vector of ``count``: float32 norms, or (``weights`` given, p finite) float64 sums of powers.
+
+    Examples:
+        >>> group_norms([torch.tensor(3.0), torch.tensor(4.0), torch.tensor(2.0)], [0, 0, 1], 2, 2.0)
+        tensor([5., 2.])
+    """
+    stacked = torch.stack(list(norms))
+    index = torch.tensor(list(groups), device=stacked.device)
+    if math.isinf(norm_type):
+        return torch.zeros(count, device=stacked.device).index_reduce_(0, index, stacked, "amax", include_self=False)
+    # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one norm of them all.
+    powers = stacked.double().pow(norm_type)
+    if weights is not None:
+        powers *= torch.tensor(list(weights), device=stacked.device, dtype=torch.float64)
+    summed = torch.zeros(count, device=stacked.device, dtype=torch.float64).index_add_(0, index, powers)
+    return summed if weights is not None else summed.pow(1.0 / norm_type).float()
+
+
 def reduce_norms(
     local_norms: Sequence[torch.Tensor], weights: Sequence[float], groups: Sequence[int], count: int, norm_type: float
 ) -> torch.Tensor:
@@ -145,16 +183,11 @@ def reduce_norms(
         tensor([5.])
         >>> dist.destroy_process_group()
     """
-    norms = torch.stack(list(local_norms))
-    index = torch.tensor(list(groups), device=norms.device)
     if math.isinf(norm_type):
-        reduced = torch.zeros(count, device=norms.device).index_reduce_(0, index, norms, "amax", include_self=False)
+        reduced = group_norms(local_norms, groups, count, norm_type)
         dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
         return reduced
-    weight = torch.tensor(list(weights), device=norms.device, dtype=torch.float32)
-    # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one process's norm.
-    powers = (weight.double() * norms.double().pow(norm_type)).to(norms.device)
-    summed = torch.zeros(count, device=norms.device, dtype=torch.float64).index_add_(0, index, powers)
+    summed = group_norms(local_norms, groups, count, norm_type, weights)
     return sum_over_ranks([summed])[0].pow(1.0 / norm_type).float()
 
 

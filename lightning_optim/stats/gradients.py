@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from lightning_optim.stats.distributed import is_distributed, local_tensor, reduce_norms, replica_weight
+from lightning_optim.stats.distributed import group_norms, is_distributed, local_tensor, reduce_norms, replica_weight
 
 __all__ = ["GradientNorms", "GroupOf", "dense_gradient", "gradient_norms", "module_path", "total_norm"]
 
@@ -73,8 +73,9 @@ def gradient_norms(
 
     ``group_of`` maps a parameter's qualified name to its group (a module path at some depth, or a
     parameter-group name), or to a tuple of groups it counts in (both). Each gradient's norm is taken once
-    (``torch._foreach_norm``); the group and total norms are norms of those norms. Without ``group_of`` only the
-    total is taken (:func:`total_norm`).
+    (``torch._foreach_norm``); the group and total norms are norms of those norms, the groups' all at once
+    (:func:`~lightning_optim.stats.distributed.group_norms`: a few kernels whatever their number). Without
+    ``group_of`` only the total is taken (:func:`total_norm`).
 
     Examples:
         >>> layer = torch.nn.Linear(3, 1)
@@ -100,12 +101,17 @@ def gradient_norms(
     if any(map(is_distributed, grads)):
         return _sharded_norms(names, grads, group_of, norm_type)
     per_tensor = _local_norms(grads, norm_type)
-    members: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for name, norm in zip(names, per_tensor, strict=True):
-        for group in _groups(group_of, name):
-            members[group].append(norm)
-    groups = {group: torch.linalg.vector_norm(torch.stack(norms), norm_type) for group, norms in members.items()}
-    return GradientNorms(torch.linalg.vector_norm(torch.stack(per_tensor), norm_type), groups)
+    slots: dict[str, int] = {}
+    entries = [
+        (index, slots.setdefault(group, len(slots)))
+        for index, name in enumerate(names)
+        for group in _groups(group_of, name)
+    ]
+    norms = group_norms(
+        [per_tensor[index] for index, _ in entries], [slot for _, slot in entries], len(slots), norm_type
+    )
+    total = torch.linalg.vector_norm(torch.stack(per_tensor), norm_type)
+    return GradientNorms(total, dict(zip(slots, norms.unbind(), strict=True)))
 
 
 def _groups(group_of: GroupOf, name: str) -> tuple[str, ...]:
