@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_optim import conf
+from lightning_optim import OptimMixin, conf
 from lightning_optim.callbacks import GradNormMonitor, TensorBoardDashboard, UpdateMonitor
 from lightning_optim.callbacks.update_monitor import REFERENCE_RATIO
 from lightning_optim.internals import logging_step, should_log
@@ -137,6 +137,30 @@ def test_sgd_momentum_buffer_norm(tmp_path):
     buffers = [state["momentum_buffer"] for state in last["state"].values()]
     assert logged["optimizer_state/momentum_buffer_norm"][-1] == (7, pytest.approx(norm(buffers), rel=1e-6))
     assert set(logged) >= {"optimizer_state/momentum_buffer_norm/encoder", "optimizer_state/momentum_buffer_norm/head"}
+
+
+class SparseEmbedding(OptimMixin, L.LightningModule):
+    """An embedding with sparse gradients: SGD's momentum buffer of it is a sparse tensor."""
+
+    def __init__(self, optim_config: Any) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 2, sparse=True)
+        self.optim_config = optim_config
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
+        return torch.nn.functional.mse_loss(self.embedding(index)[:, :1], targets)
+
+
+def test_a_sparse_momentum_buffer_is_measured_by_its_values(tmp_path):
+    # torch's norm refuses sparse tensors: this run crashed at its first logging step.
+    model = SparseEmbedding({"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}})
+    logged = fit_logged(model, tmp_path, [UpdateMonitor()])
+    buffer = model.trainer.optimizers[0].state[model.embedding.weight]["momentum_buffer"]
+    assert buffer.is_sparse
+    expected = float(buffer.to_dense().double().norm())
+    assert logged["optimizer_state/momentum_buffer_norm"][-1] == (7, pytest.approx(expected, rel=1e-6))
 
 
 def test_muon_with_its_auxiliary_adamw(tmp_path):
