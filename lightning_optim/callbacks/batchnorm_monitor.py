@@ -250,16 +250,18 @@ class BatchNormMonitor(L.Callback):
         if name in self._pending or not args or not isinstance(args[0], torch.Tensor):
             return
         # A lazy layer materialized by this forward had nothing to copy at the batch's start: measured from the next.
-        before = self._before.before.get(name) if self._before is not None else None
-        if before is None:
+        copied = self._before
+        if copied is None or name not in copied.before:
             return
         inputs = args[0]
-        running_mean, running_var, _ = before
+        running_mean, running_var, _ = copied.before[name]
         moments, values_per_channel = forward_columns(
             layer, inputs, output if isinstance(output, torch.Tensor) else None
         )
-        running = {"running_mean": running_mean, "running_var": running_var} if running_var is not None else {}
-        vectors = moments | running | self._before.affine_of(name)
+        running = {}
+        if running_mean is not None and running_var is not None:
+            running = {"running_mean": running_mean, "running_var": running_var}
+        vectors = moments | running | copied.affine_of(name)
         self._pending[name] = LayerColumns(vectors, float(layer.eps), values_per_channel)
         self.modes[name] = layer.training
         self.batch_sizes[name] = inputs.shape[0]

@@ -22,7 +22,7 @@ Examples:
 
 from __future__ import annotations
 
-import google_crc32c  # type: ignore[import-untyped]  # no stubs
+import google_crc32c
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import (  # type: ignore[import-untyped]  # no stubs
     masked_crc32c as tensorboard_masked_crc32c,
 )

@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -182,24 +183,21 @@ def layers_values(
         kinds.setdefault(layer.names, []).append(name)
     keys: dict[str, list[str]] = {}
     parts: list[torch.Tensor] = []
-    for names, layers in kinds.items():
-        kind_keys = layer_keys(names)
+    for rows, names in kinds.items():
+        kind_keys = layer_keys(rows)
         if not kind_keys:
             continue
-        keys |= dict.fromkeys(layers, kind_keys)
-        parts.append(_kind_values(names, [columns[layer] for layer in layers], dead_threshold))
+        keys |= dict.fromkeys(names, kind_keys)
+        parts.append(_kind_values(rows, [columns[name] for name in names], dead_threshold))
     ordered = [name for name in columns if name in keys]
     values = parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.zeros(0)
-    if len(kinds) > 1:  # the kinds' values follow each other: put them back in the layers' order
-        starts, position = {}, 0
-        for layers in kinds.values():
-            for layer in layers:
-                if layer in keys:
-                    starts[layer] = position
-                    position += len(keys[layer])
-        index = [starts[layer] + k for layer in ordered for k in range(len(keys[layer]))]
+    if len(parts) > 1:  # the kinds' values follow each other: put them back in the layers' order
+        measured = [name for names in kinds.values() for name in names if name in keys]
+        offsets = list(itertools.accumulate((len(keys[name]) for name in measured), initial=0))
+        starts = dict(zip(measured, offsets[:-1], strict=True))
+        index = [starts[name] + k for name in ordered for k in range(len(keys[name]))]
         values = values[torch.tensor(index, device=values.device)]
-    return {layer: keys[layer] for layer in ordered}, values
+    return {name: keys[name] for name in ordered}, values
 
 
 def _kind_values(names: tuple[str, ...], layers: Sequence[LayerColumns], dead_threshold: float) -> torch.Tensor:

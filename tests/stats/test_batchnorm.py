@@ -17,6 +17,7 @@ from lightning_optim.stats.batchnorm import (
     summary,
     var_ratio,
 )
+from lightning_optim.stats.batchnorm_layers import layer_columns, layer_values, layers_values
 
 SHAPES = {"1d": (16, 5), "1d_sequence": (4, 5, 7), "2d": (3, 5, 4, 6), "3d": (2, 5, 3, 4, 2)}
 
@@ -158,3 +159,26 @@ def test_forward_moments_compute_them_where_the_forward_saved_none():
     for output in (layer(inputs), layer.train()(inputs)):  # eval mode; no graph
         mean, var = forward_moments(layer, inputs, output)
         torch.testing.assert_close((mean, var), channel_moments(inputs))
+
+
+def test_layers_of_different_kinds_come_back_in_the_layers_order_with_their_own_values():
+    # Kinds (which rows a layer has) are reduced separately; the values must still follow the layers' order.
+    torch.manual_seed(0)
+    layers = {
+        "a": torch.nn.BatchNorm1d(3),
+        "b": torch.nn.BatchNorm1d(2, affine=False, track_running_stats=False),
+        "c": torch.nn.BatchNorm1d(4),
+    }
+    columns, alone = {}, {}
+    for name, layer in layers.items():
+        inputs = torch.randn(6, layer.num_features)
+        running = (layer.running_mean, layer.running_var) if layer.track_running_stats else (None, None)
+        moments = channel_moments(inputs)
+        columns[name] = layer_columns(layer, *running, moments)
+        alone[name] = layer_values(layer, *running, moments)
+    keys, values = layers_values(columns)
+    assert list(keys) == ["a", "b", "c"] and keys["b"] == ["dead_fraction"]
+    split = dict(zip(keys, values.split([len(layer_keys) for layer_keys in keys.values()]), strict=True))
+    for name, (layer_keys, layer_values_alone) in alone.items():
+        assert keys[name] == layer_keys
+        torch.testing.assert_close(split[name], layer_values_alone)
