@@ -96,6 +96,20 @@ class OwnSGD(torch.optim.SGD):
     """A user's own optimizer class, outside the modules a ``_target_`` may name until they are allowed."""
 
 
+class SparseEmbedding(OptimMixin, L.LightningModule):
+    """Sparse gradients only (what SparseAdam accepts; SGD's momentum of them is a sparse tensor)."""
+
+    def __init__(self, optim_config: Any) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 1, sparse=True)
+        self.optim_config = optim_config
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
+        return torch.nn.functional.mse_loss(self.embedding(index), targets)
+
+
 def trainer(**kwargs: Any) -> L.Trainer:
     """A quiet CPU trainer; ``kwargs`` override the defaults."""
     defaults: dict[str, Any] = {

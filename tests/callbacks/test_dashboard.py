@@ -20,8 +20,7 @@ from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDashboard
 from lightning_optim.callbacks.dashboard import CLIP_SERIES_RUNS, dashboard_layout
 from tests import tb
-from tests.callbacks.test_lr_monitor import SparseEmbedding
-from tests.models import MixinModel, fit_logged, loader, trainer
+from tests.models import MixinModel, SparseEmbedding, fit_logged, loader, trainer
 
 CONFIG = {
     "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_optim import OPTIMIZERS, OptimMixin, preview_learning_rates
 from lightning_optim.callbacks import LRMonitor
 from tests import tb
-from tests.models import MixinModel, RecordingModel, fit_logged, trainer
+from tests.models import MixinModel, RecordingModel, SparseEmbedding, fit_logged, trainer
 
 BATCHES = 8  # loader(): 32 samples in batches of 4
 ADAMW_NO_DECAY = {
@@ -170,20 +170,6 @@ class BiasFree(OptimMixin, L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         return torch.nn.functional.mse_loss(self.layer(inputs), targets)
-
-
-class SparseEmbedding(OptimMixin, L.LightningModule):
-    """Sparse gradients only (what SparseAdam accepts)."""
-
-    def __init__(self, optim_config: Any) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Embedding(10, 1, sparse=True)
-        self.optim_config = optim_config
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
-        index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
-        return torch.nn.functional.mse_loss(self.embedding(index), targets)
 
 
 class UnfreezeEncoderAtEpoch1(BaseFinetuning):

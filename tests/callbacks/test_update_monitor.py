@@ -12,12 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_optim import OptimMixin, conf
+from lightning_optim import conf
 from lightning_optim.callbacks import GradNormMonitor, TensorBoardDashboard, UpdateMonitor
 from lightning_optim.callbacks.update_monitor import REFERENCE_RATIO
 from lightning_optim.internals import logging_step, should_log
 from tests import tb
-from tests.models import GAN, MemoryLogger, MixinModel, fit_logged, loader, trainer
+from tests.models import GAN, MemoryLogger, MixinModel, SparseEmbedding, fit_logged, loader, trainer
 
 GROUPS = [{"name": "no_decay", "params": r"\.bias$", "weight_decay": 0.0}]
 
@@ -137,20 +137,6 @@ def test_sgd_momentum_buffer_norm(tmp_path):
     buffers = [state["momentum_buffer"] for state in last["state"].values()]
     assert logged["optimizer_state/momentum_buffer_norm"][-1] == (7, pytest.approx(norm(buffers), rel=1e-6))
     assert set(logged) >= {"optimizer_state/momentum_buffer_norm/encoder", "optimizer_state/momentum_buffer_norm/head"}
-
-
-class SparseEmbedding(OptimMixin, L.LightningModule):
-    """An embedding with sparse gradients: SGD's momentum buffer of it is a sparse tensor."""
-
-    def __init__(self, optim_config: Any) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Embedding(10, 2, sparse=True)
-        self.optim_config = optim_config
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
-        index = (inputs[:, 0].abs() * 3).long().clamp(max=9)
-        return torch.nn.functional.mse_loss(self.embedding(index)[:, :1], targets)
 
 
 def test_a_sparse_momentum_buffer_is_measured_by_its_values(tmp_path):
