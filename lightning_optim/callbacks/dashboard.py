@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ from typing_extensions import override
 from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.callbacks.grad_norm_monitor import GradNormMonitor
 from lightning_optim.callbacks.lr_monitor import LRMonitor
-from lightning_optim.callbacks.scalar_writer import histogram_bins
+from lightning_optim.callbacks.scalar_writer import add_scalars, histogram_bins
 from lightning_optim.internals import logging_step
 from lightning_optim.names import named_parameters
 from lightning_optim.stats import dense_gradient
@@ -43,6 +44,11 @@ HISTOGRAM_PREFIX = "grad_hist/"
 
 CLIP_SERIES_RUNS = {"total": "norm_before_clipping", "clipped": "norm_after_clipping", "threshold": "clip_threshold"}
 """``grad_norm/<series>`` -> the run (a directory inside the logger's) that carries it on the clipping chart."""
+
+SERIES_WRITE_SECONDS = 2.0
+"""How long the clipping chart's series wait in memory before they are written: each write to one of their three runs
+wakes that run's writer thread, and they duplicate ``grad_norm/*`` of the logger's own run, so they go out in bursts
+(and at each epoch's end, at an exception and at teardown); the writers themselves reach the disk every two minutes."""
 
 _CLIP_SERIES_KEY = re.compile(r"grad_norm/(?:(?P<optimizer>[^/]+)/)?(?P<series>total|clipped|threshold)$")
 
@@ -128,6 +134,7 @@ class TensorBoardDashboard(L.Callback):
     The clipping chart's three series are also written to runs of their own inside each logger's directory
     (``norm_before_clipping``, ``norm_after_clipping``, ``clip_threshold``; :func:`clip_series`), because TensorBoard
     draws a chart's lines in the colour of their run: so each series gets its own colour, and the legend names it.
+    They are written in bursts (:data:`SERIES_WRITE_SECONDS`), and at each epoch's end, an exception and teardown.
     Each fit's writers there start with TensorBoard's restart marker at the step the fit starts from
     (``SummaryWriter(purge_step=...)``): a fit that goes on from an earlier checkpoint in the same directory (the
     app's rollback) replaces the steps after it instead of drawing them twice.
@@ -153,6 +160,8 @@ class TensorBoardDashboard(L.Callback):
         self._warned = False
         self._histograms_done: set[tuple[int, int]] = set()
         self._series_writers: dict[str, SummaryWriter] = {}
+        self._series: list[tuple[int, dict[str, dict[str, float]]]] = []
+        self._series_written_at = time.monotonic()
         self._start_step: int | None = None
 
     @staticmethod
@@ -187,12 +196,19 @@ class TensorBoardDashboard(L.Callback):
     def _write_clip_series(self, trainer: L.Trainer, by_step: Mapping[int, Mapping[str, float]]) -> None:
         if not trainer.is_global_zero:
             return
-        for step, metrics in by_step.items():
-            for run, values in clip_series(metrics).items():
-                for logger in self._tensorboards(trainer):
-                    writer = self._series_writer(os.path.join(logger.log_dir, run))
-                    for tag, value in values.items():
-                        writer.add_scalar(tag, value, global_step=step)
+        self._series += [(step, series) for step, metrics in by_step.items() if (series := clip_series(metrics))]
+        if time.monotonic() - self._series_written_at >= SERIES_WRITE_SECONDS:
+            self._flush_series(trainer)
+
+    def _flush_series(self, trainer: L.Trainer) -> None:
+        """Write the clipping chart's series kept since the last write, one event per run and step."""
+        points, self._series = self._series, []
+        self._series_written_at = time.monotonic()
+        for logger in self._tensorboards(trainer) if points else ():
+            log_dir = logger.log_dir
+            for step, series in points:
+                for run, values in series.items():
+                    add_scalars(self._series_writer(os.path.join(log_dir, run)).file_writer, values, step)
 
     def _series_writer(self, log_dir: str) -> SummaryWriter:
         if log_dir not in self._series_writers:
@@ -200,7 +216,16 @@ class TensorBoardDashboard(L.Callback):
         return self._series_writers[log_dir]
 
     @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush_series(trainer)
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._flush_series(trainer)
+
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._flush_series(trainer)
         for writer in self._series_writers.values():
             writer.close()
         self._series_writers.clear()

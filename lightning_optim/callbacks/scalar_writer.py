@@ -28,7 +28,7 @@ from lightning_optim.internals import logger_prefix
 if TYPE_CHECKING:
     from torch.utils.tensorboard.writer import FileWriter
 
-__all__ = ["HUGE_VALUES_BINS", "histogram_bins", "write_scalars"]
+__all__ = ["HUGE_VALUES_BINS", "add_scalars", "histogram_bins", "write_scalars"]
 
 HUGE_VALUES_BINS = 64
 """Equal-width bins of a histogram whose values reach beyond TensorBoard's default bins (|x| > 1e20)."""
@@ -51,10 +51,16 @@ def write_scalars(logger: Logger, metrics: Mapping[str, float], step: int) -> No
     assert isinstance(logger, TensorBoardLogger)  # _summary_writer says so
     prefix = logger_prefix(logger)
     join = logger.LOGGER_JOIN_CHAR
+    add_scalars(writer, {f"{prefix}{join}{key}" if prefix else key: value for key, value in metrics.items()}, step)
+
+
+def add_scalars(writer: FileWriter, scalars: Mapping[str, float], step: int) -> None:
+    """Write ``scalars`` (tag → value) at ``step`` as one event of a TensorBoard ``FileWriter``, each value a
+    ``simple_value`` (what ``SummaryWriter.add_scalar`` writes, without its conversions per value)."""
     summary = Summary()
     add = summary.value.add  # about half the time of building Summary.Value(...) objects to hand over
-    for key, value in metrics.items():
-        add(tag=f"{prefix}{join}{key}" if prefix else key, simple_value=float(value))
+    for tag, value in scalars.items():
+        add(tag=tag, simple_value=float(value))
     writer.add_summary(summary, step)
 
 

@@ -20,7 +20,7 @@ from lightning_optim import OptimMixin
 from lightning_optim.callbacks import GradNormMonitor, LRMonitor, TensorBoardDashboard
 from lightning_optim.callbacks.dashboard import CLIP_SERIES_RUNS, dashboard_layout
 from tests import tb
-from tests.models import MixinModel, SparseEmbedding, fit_logged, loader, trainer
+from tests.models import CrashAt, Interrupted, MixinModel, SparseEmbedding, fit_logged, loader, trainer
 
 CONFIG = {
     "optimizer": {"name": "adamw", "lr": 0.1, "weight_decay": 0.01},
@@ -110,6 +110,17 @@ def test_layout_in_the_event_file_and_what_each_regex_draws(tmp_path):
     on_page = {tag for tags in drawn.values() for tag in tags if tag.endswith(" (.)")}
     in_series = {f"grad_norm/{key} (.)" for key in ("total", "clipped", "threshold")}
     assert {f"{tag} (.)" for tag in main} - {"epoch (.)"} == on_page | in_series
+
+
+def test_the_clipping_series_kept_in_memory_are_written_when_the_run_fails(tmp_path):
+    # They wait up to SERIES_WRITE_SECONDS between writes; a run that stops on an exception still writes them all.
+    callbacks = [GradNormMonitor(), TensorBoardDashboard(), CrashAt(5)]
+    with pytest.raises(Interrupted):
+        fit(tmp_path, callbacks, gradient_clip_val=1.0)
+    main, series = tb.scalars(tmp_path), tb.nested_runs(tmp_path)
+    assert [step for step, _ in main["grad_norm/total"]] == [0, 1, 2, 3, 4]
+    assert series["norm_before_clipping"] == {"clipping/norm": main["grad_norm/total"]}
+    assert series["norm_after_clipping"] == {"clipping/norm": main["grad_norm/clipped"]}
 
 
 def test_lr_charts_follow_the_monitor_and_a_scheduler_log_name(tmp_path):
