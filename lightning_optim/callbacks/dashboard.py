@@ -221,15 +221,19 @@ class TensorBoardDashboard(L.Callback):
 
     @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._flush_series(trainer)
+        # Lightning calls no callback's teardown after an exception: write and close here, or the series stay behind.
+        self._close_series(trainer)
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._close_series(trainer)
+        self._start_step = None
+
+    def _close_series(self, trainer: L.Trainer) -> None:
         self._flush_series(trainer)
         for writer in self._series_writers.values():
             writer.close()
         self._series_writers.clear()
-        self._start_step = None
 
     @override
     def on_before_optimizer_step(
