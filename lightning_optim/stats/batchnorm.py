@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lightning_optim.internals import BatchNormLayer, batchnorm_saved_statistics
+from lightning_optim.internals import BatchNormLayer
 from lightning_optim.stats.distributed import full_tensor
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "batch_statistics",
     "channel_moments",
     "dead_fraction",
-    "forward_moments",
     "layer_summaries",
     "mean_drift",
     "moments_from_update",
@@ -73,35 +72,6 @@ def channel_moments(inputs: torch.Tensor, channel_dim: int = 1) -> tuple[torch.T
     mean = values.mean(dim=dims, keepdim=True)
     var = (values - mean).square_().sum(dim=dims) / max(values_per_channel - correction, 1)
     return mean.reshape(-1), var
-
-
-def forward_moments(
-    layer: BatchNormLayer, inputs: torch.Tensor, output: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`channel_moments` of a BatchNorm layer's ``inputs`` (channels on dimension 1), read from what its training
-    forward saved for the backward where it did (:func:`~lightning_optim.internals.batchnorm_saved_statistics`): the
-    layer already reduced the batch, so three small kernels on ``C`` values replace two passes over the batch. Else
-    computed from ``inputs``.
-
-    The saved inverse standard deviation gives the biased variance as ``invstd ** -2 - eps`` (float32 rounding of
-    ``var + eps``: about 1e-7 of it), made unbiased like :func:`channel_moments`'s.
-
-    Examples:
-        >>> layer = torch.nn.BatchNorm1d(2)
-        >>> inputs = torch.tensor([[0.0, 1.0], [2.0, 5.0], [4.0, 3.0]], requires_grad=True)
-        >>> [[round(value, 4) for value in moment.tolist()] for moment in forward_moments(layer, inputs, layer(inputs))]
-        [[2.0, 3.0], [4.0, 4.0]]
-    """
-    saved = batchnorm_saved_statistics(output)
-    channels = inputs.shape[1] if inputs.dim() > 1 else 0
-    if saved is None or saved[0].numel() != channels:
-        return channel_moments(inputs)
-    mean, invstd = saved
-    values_per_channel = inputs.numel() // channels
-    with torch.no_grad():
-        var = invstd.detach().float().pow(-2).sub_(layer.eps)
-        var.mul_(values_per_channel / (values_per_channel - 1) if values_per_channel > 1 else 0.0)
-    return mean.detach().float(), var
 
 
 def mean_drift(

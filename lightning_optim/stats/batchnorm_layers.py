@@ -338,9 +338,9 @@ class LayerUpdates:
         return kept | {key: value for key, value in affine_copies(layer).items() if key in missing} if missing else kept
 
     def columns(self, skip: Collection[str] = ()) -> dict[str, tuple[LayerColumns, torch.Tensor | None]]:
-        """Per layer but those in ``skip``: its :class:`LayerColumns` (the running statistics as they were, the
-        affine parameters as they are, and the batch's moments where recoverable) and the number of training
-        forwards since the copy (None for a layer without running statistics)."""
+        """Per layer but those in ``skip``: its :class:`LayerColumns` (the running statistics and the affine
+        parameters as they were at the copy, :meth:`affine_of`, and the batch's moments where recoverable) and the
+        number of training forwards since the copy (None for a layer without running statistics)."""
         measured = {}
         with torch.no_grad():
             for name, layer in self.layers.items():

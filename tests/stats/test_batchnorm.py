@@ -7,17 +7,22 @@ import pytest
 import torch
 
 from lightning_optim.stats.batchnorm import (
-    DEAD_VARIANCE,
     batch_statistics,
     channel_moments,
     dead_fraction,
-    forward_moments,
     mean_drift,
     rank_divergence,
     summary,
     var_ratio,
 )
-from lightning_optim.stats.batchnorm_layers import layer_columns, layer_values, layers_values
+from lightning_optim.stats.batchnorm_layers import (
+    LayerColumns,
+    affine_copies,
+    forward_columns,
+    layer_columns,
+    layer_values,
+    layers_values,
+)
 
 SHAPES = {"1d": (16, 5), "1d_sequence": (4, 5, 7), "2d": (3, 5, 4, 6), "3d": (2, 5, 3, 4, 2)}
 
@@ -141,24 +146,32 @@ def test_identical_ranks_do_not_diverge():
         (torch.nn.BatchNorm3d(5, affine=False), (4, 5, 3, 3, 3), False),
     ],
 )
-def test_forward_moments_are_the_input_s_moments_read_from_the_forward(layer, shape, channels_last):
+def test_what_the_forward_saved_gives_the_values_of_the_input_s_moments(layer, shape, channels_last):
     inputs = torch.randn(shape) * 3 + 2
     inputs[:, 1] = 0.5  # a dead channel
     if channels_last:
         inputs = inputs.to(memory_format=torch.channels_last)
     inputs.requires_grad_(True)
-    mean, var = forward_moments(layer, inputs, layer(inputs))
-    expected_mean, expected_var = channel_moments(inputs)
-    torch.testing.assert_close(mean, expected_mean, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(var, expected_var, rtol=1e-5, atol=1e-6)
-    assert float(var[1]) < DEAD_VARIANCE
+    running = layer.running_mean.clone() + 1.0, layer.running_var.clone() * 2.0  # as they were before the forward
+    moments, values_per_channel = forward_columns(layer, inputs, layer(inputs))
+    assert sorted(moments) == ["batch_invstd", "batch_mean"]
+    summarized = dict(zip(("running_mean", "running_var"), running, strict=True)) | affine_copies(layer)
+    saved = LayerColumns(moments | summarized, layer.eps, values_per_channel)
+    keys, values = layers_values({"bn": saved})
+    expected_keys, expected = layer_values(layer, *running, channel_moments(inputs))
+    assert keys["bn"] == expected_keys
+    torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-6)
+    assert dict(zip(expected_keys, values.tolist(), strict=True))["dead_fraction"] == pytest.approx(0.2)  # channel 1
 
 
-def test_forward_moments_compute_them_where_the_forward_saved_none():
+def test_the_moments_are_computed_from_the_input_where_the_forward_saved_none():
     layer, inputs = torch.nn.BatchNorm1d(3).eval(), torch.randn(8, 3)
-    for output in (layer(inputs), layer.train()(inputs)):  # eval mode; no graph
-        mean, var = forward_moments(layer, inputs, output)
-        torch.testing.assert_close((mean, var), channel_moments(inputs))
+    with torch.no_grad():
+        no_graph = layer.train()(inputs)
+    for output in (layer.eval()(inputs), no_graph):
+        moments, values_per_channel = forward_columns(layer, inputs, output)
+        torch.testing.assert_close((moments["batch_mean"], moments["batch_var"]), channel_moments(inputs))
+        assert values_per_channel == 8
 
 
 def test_layers_of_different_kinds_come_back_in_the_layers_order_with_their_own_values():
