@@ -41,13 +41,17 @@ from lightning_optim.internals import (
 )
 from lightning_optim.names import named_modules
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, rank_divergence, unrecoverable
-from lightning_optim.stats.batchnorm_layers import LayerColumns, LayerUpdates, forward_columns, layers_values
+from lightning_optim.stats.batchnorm_layers import (
+    SUMMARIZED,
+    LayerColumns,
+    LayerUpdates,
+    forward_columns,
+    layers_values,
+)
 
 __all__ = ["BatchNormMonitor"]
 
-SUMMARY_KEYS = tuple(
-    f"{name}_{key}" for name in ("running_mean", "running_var", "weight", "bias") for key in ("mean", "min", "max")
-)
+SUMMARY_KEYS = tuple(f"{name}_{key}" for name in SUMMARIZED for key in ("mean", "min", "max"))
 
 
 class BatchNormMonitor(L.Callback):

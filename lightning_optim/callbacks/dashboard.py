@@ -204,7 +204,9 @@ class TensorBoardDashboard(L.Callback):
         """Write the clipping chart's series kept since the last write, one event per run and step."""
         points, self._series = self._series, []
         self._series_written_at = time.monotonic()
-        for logger in self._tensorboards(trainer) if points else ():
+        if not points:
+            return
+        for logger in self._tensorboards(trainer):
             log_dir = logger.log_dir
             for step, series in points:
                 for run, values in series.items():

@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor, Replicate
 __all__ = [
     "full_tensor",
     "group_norms",
+    "group_power_sums",
     "is_distributed",
     "local_tensor",
     "reduce_norms",
@@ -124,41 +125,45 @@ def replica_weight(tensor: torch.Tensor, world_size: int) -> float:
     return shards / world_size
 
 
-def group_norms(
-    norms: Sequence[torch.Tensor],
-    groups: Sequence[int],
-    count: int,
-    norm_type: float,
-    weights: Sequence[float] | None = None,
-) -> torch.Tensor:
+def group_norms(norms: Sequence[torch.Tensor], groups: Sequence[int], count: int, norm_type: float) -> torch.Tensor:
     """The p-norm of each of ``count`` groups of tensors from each tensor's norm, in a few kernels whatever the
-    number of groups; with ``weights`` (each a tensor's :func:`replica_weight`), the weighted sum of p-th powers, not
-    yet rooted, as :func:`reduce_norms` adds it up over the ranks.
+    number of groups.
 
     Args:
         norms: each tensor's norm (0-d float32 tensors on one device).
         groups: each tensor's group index in ``range(count)``.
         count: the number of groups.
         norm_type: the p of the p-norm (``inf``: the largest).
-        weights: see above; None: the groups' norms themselves.
 
     Returns:
-        A vector of ``count``: float32 norms, or (``weights`` given, p finite) float64 sums of powers.
+        A float32 vector of ``count`` norms.
 
     Examples:
         >>> group_norms([torch.tensor(3.0), torch.tensor(4.0), torch.tensor(2.0)], [0, 0, 1], 2, 2.0)
         tensor([5., 2.])
     """
+    if math.isinf(norm_type):
+        stacked = torch.stack(list(norms))
+        index = torch.tensor(list(groups), device=stacked.device)
+        return torch.zeros(count, device=stacked.device).index_reduce_(0, index, stacked, "amax", include_self=False)
+    return group_power_sums(norms, [1.0] * len(norms), groups, count, norm_type).pow(1.0 / norm_type).float()
+
+
+def group_power_sums(
+    norms: Sequence[torch.Tensor], weights: Sequence[float], groups: Sequence[int], count: int, norm_type: float
+) -> torch.Tensor:
+    """Each group's weighted sum of the tensors' norms to the power ``norm_type`` (finite), in float64: it keeps the
+    root of large sums of p-th powers as exact as one norm of them all. :func:`reduce_norms` adds them up over the
+    ranks before the root.
+
+    Examples:
+        >>> group_power_sums([torch.tensor(3.0), torch.tensor(4.0)], [1.0, 0.5], [0, 0], 1, 2.0)
+        tensor([17.], dtype=torch.float64)
+    """
     stacked = torch.stack(list(norms))
     index = torch.tensor(list(groups), device=stacked.device)
-    if math.isinf(norm_type):
-        return torch.zeros(count, device=stacked.device).index_reduce_(0, index, stacked, "amax", include_self=False)
-    # float64 for the sum of powers: it keeps the root of large sums of p-th powers as exact as one norm of them all.
-    powers = stacked.double().pow(norm_type)
-    if weights is not None:
-        powers *= torch.tensor(list(weights), device=stacked.device, dtype=torch.float64)
-    summed = torch.zeros(count, device=stacked.device, dtype=torch.float64).index_add_(0, index, powers)
-    return summed if weights is not None else summed.pow(1.0 / norm_type).float()
+    powers = stacked.double().pow(norm_type) * torch.tensor(list(weights), device=stacked.device, dtype=torch.float64)
+    return torch.zeros(count, device=stacked.device, dtype=torch.float64).index_add_(0, index, powers)
 
 
 def reduce_norms(
@@ -187,7 +192,7 @@ def reduce_norms(
         reduced = group_norms(local_norms, groups, count, norm_type)
         dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
         return reduced
-    summed = group_norms(local_norms, groups, count, norm_type, weights)
+    summed = group_power_sums(local_norms, weights, groups, count, norm_type)
     return sum_over_ranks([summed])[0].pow(1.0 / norm_type).float()
 
 
