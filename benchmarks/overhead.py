@@ -19,9 +19,10 @@ Three measurements, all in one run (``python benchmarks/overhead.py [--quick] [-
    * ``mixin_monitors``: ``mixin`` + ``GradNormMonitor(per_layer_depth=1)``, ``LRMonitor``,
      ``TensorBoardDashboard`` and ``BatchNormMonitor``;
    * ``mixin_update``: ``mixin_monitors`` + ``UpdateMonitor(per_layer_depth=1)``;
-   * ``mixin_update_aa``: the same again, an A/A control among monitored variants: the interleaving puts a few
-     points between identical variants that allocate more than ``plain`` does (Python's garbage collector, shared by
-     every variant's thread, runs in whichever step crosses its threshold), and this one shows how many.
+   * ``mixin_update_aa``: the same again, an A/A control among monitored variants, which the interleaving can put a
+     few points apart: 2.5 to 2.9 points at interval 50 in runs here, 0.6 to 1.1 with Python's garbage collector off
+     (one collector serves every variant's thread, and a collection runs in the step of whichever variant's
+     allocations triggered it, over every variant's objects).
 
    Models: the digits CNN of ``lightning_optim.demos`` and a deep residual MLP with ~390 parameter tensors; each at
    ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory. ``--models resnet`` (ResNet-18's
