@@ -87,10 +87,7 @@ def test_the_checks_measure_what_they_say(report):
     assert [r["size"] for r in checks["clip_step"]["results"]] == ["1M"]
     runs = checks["overhead"]["runs"]
     assert list(runs) == ["resnet_tiny@50", "resnet_tiny@1"]
-    assert all(
-        set(run["variants"]) == set(overhead.VARIANTS)
-        for run in runs.values()
-    )
+    assert all(set(run["variants"]) == set(overhead.VARIANTS) for run in runs.values())
 
 
 @pytest.mark.slow
