@@ -162,7 +162,7 @@ def resolve_rollback(section: DictConfig | Mapping[str, Any] | None) -> Rollback
         if isinstance(value, float) and value.is_integer() and "integer" in expected:
             value = int(value)
         numeric = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if not ((numeric or key in ("on", "every_n_steps")) and _holds(check, value)):
+        if not ((numeric or key == "on" or value is None) and _holds(check, value)):
             raise ValueError(f"rollback.{key} = {value!r} is not valid. Expected {expected}.")
         values[key] = float(value) if key in ("z_threshold", "lr_factor", "alpha") else value
     return RollbackSpec(**values)
