@@ -18,7 +18,10 @@ Three measurements, all in one run (``python benchmarks/overhead.py [--quick] [-
      monitor: the mixin's clipping alone;
    * ``mixin_monitors``: ``mixin`` + ``GradNormMonitor(per_layer_depth=1)``, ``LRMonitor``,
      ``TensorBoardDashboard`` and ``BatchNormMonitor``;
-   * ``mixin_update``: ``mixin_monitors`` + ``UpdateMonitor(per_layer_depth=1)``.
+   * ``mixin_update``: ``mixin_monitors`` + ``UpdateMonitor(per_layer_depth=1)``;
+   * ``mixin_update_aa``: the same again, an A/A control among monitored variants: the interleaving puts a few
+     points between identical variants that allocate more than ``plain`` does (Python's garbage collector, shared by
+     every variant's thread, runs in whichever step crosses its threshold), and this one shows how many.
 
    Models: the digits CNN of ``lightning_optim.demos`` and a deep residual MLP with ~390 parameter tensors; each at
    ``log_every_n_steps`` 1 and 50, TensorBoardLogger in a temporary directory. ``--models resnet`` (ResNet-18's
@@ -80,7 +83,7 @@ LR = 0.05
 MOMENTUM = 0.9
 WARMUP_STEPS = 20
 CLIP = 1.0
-VARIANTS = ("plain", "plain_aa", "recipe", "mixin", "mixin_monitors", "mixin_update")
+VARIANTS = ("plain", "plain_aa", "recipe", "mixin", "mixin_monitors", "mixin_update", "mixin_update_aa")
 VARIANT_HELP = {
     "plain": "plain Lightning: own configure_optimizers, Trainer gradient_clip_val",
     "plain_aa": "plain again (A/A control: noise floor)",
@@ -88,6 +91,7 @@ VARIANT_HELP = {
     "mixin": "OptimMixin, no monitor (the mixin's clipping alone)",
     "mixin_monitors": "OptimMixin + all monitors",
     "mixin_update": "OptimMixin + all monitors + UpdateMonitor(per_layer_depth=1)",
+    "mixin_update_aa": "mixin_update again (A/A control among monitored variants)",
 }
 
 
@@ -307,7 +311,7 @@ def make_trainer(
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     elif variant == "mixin_monitors":
         callbacks += make_monitors()
-    elif variant == "mixin_update":
+    elif variant in ("mixin_update", "mixin_update_aa"):
         callbacks += [*make_monitors(), UpdateMonitor(per_layer_depth=1)]
     arguments: dict[str, Any] = {
         "max_steps": steps,
@@ -517,8 +521,10 @@ def step_ratios(results: dict[str, dict[str, Any]], samples: int = 1000) -> dict
     for stat in STATISTICS:
         r = {variant: ratios[variant][stat]["ratio"] for variant in ratios}
         aa, recipe, mixin, monitors = (r.get(name) for name in ("plain_aa", "recipe", "mixin", "mixin_monitors"))
+        update, update_aa = r.get("mixin_update"), r.get("mixin_update_aa")
         derived[stat] = {
             "aa_noise_fraction": None if aa is None else aa - 1.0,
+            "monitored_aa_noise_fraction": None if update is None or update_aa is None else update_aa / update - 1.0,
             "recipe_overhead_fraction": None if recipe is None else recipe - 1.0,
             "monitoring_overhead_fraction": None if monitors is None else monitors - 1.0,
             "monitoring_over_recipe": (
@@ -713,7 +719,17 @@ def print_steps(model: str, log_every: int, results: dict[str, dict[str, Any]], 
 
 def print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="Overhead relative to plain Lightning: paired median / mean (amortized)")
-    for column in ("model", "log every", "A/A", "recipe", "mixin alone", "mixin+monitors", "monitors / recipe"):
+    columns = (
+        "model",
+        "log every",
+        "A/A",
+        "recipe",
+        "mixin alone",
+        "mixin+monitors",
+        "monitors / recipe",
+        "A/A monitored",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
 
     def pct(value: float | None) -> str:
@@ -735,6 +751,8 @@ def print_summary(summary: dict[str, Any]) -> None:
             )
         ]
         cells.append(f"{frac(paired['monitoring_over_recipe'])} / {frac(mean['monitoring_over_recipe'])}")
+        monitored_aa = "monitored_aa_noise_fraction"
+        cells.append(f"{pct(paired.get(monitored_aa))} / {pct(mean.get(monitored_aa))}")
         table.add_row(model, log_every, *cells)
     console.print(table)
 

@@ -52,30 +52,57 @@ _GROUP = "group:"
 """Marks a per-layer or per-group norm among the values handed to the collector."""
 
 
+FOLD_STEPS = 64
+"""Steps a window keeps as they came before it sums their counts on the device (two small kernels, no host sync):
+under a long logging interval it holds at most this many norms, not every step's."""
+
+
 @dataclass
 class _Window:
     """One optimizer's steps measured since the last log, and its counts (kept in the callback's state)."""
 
-    pending: list[ClipResult] = field(default_factory=list)
+    totals: list[torch.Tensor] = field(default_factory=list)
+    clipped: list[torch.Tensor] = field(default_factory=list)
+    folded: dict[str, torch.Tensor] = field(default_factory=dict)
     clipped_steps: float = 0.0
     window_steps: int = 0
     nonfinite_steps: int = 0
 
+    def add(self, result: ClipResult) -> None:
+        """Count a measured step (no kernel until :data:`FOLD_STEPS` of them wait)."""
+        assert result.total is not None  # the callers count measured steps only
+        self.totals.append(result.total)
+        if result.clipped is not None:
+            self.clipped.append(result.clipped)
+        if len(self.totals) >= FOLD_STEPS:
+            self._fold()
+
     def take(self) -> dict[str, torch.Tensor]:
         """The counts of the steps measured since the last reduction, as device tensors (no host sync), keyed by
         :data:`_COUNTS`; those steps are forgotten, and :meth:`count` folds the counts in."""
-        if not self.pending:
-            return {}
-        totals = [result.total for result in self.pending if result.total is not None]
-        clipped = [result.clipped for result in self.pending if result.clipped is not None]
-        # One step (log_every_n_steps=1) needs no stack and sum: each kernel costs microseconds on a CPU.
-        nonfinite = ~torch.isfinite(totals[0] if len(totals) == 1 else torch.stack(totals))
-        counts = {"steps/nonfinite": nonfinite if len(totals) == 1 else nonfinite.sum()}
-        if clipped:
-            counts["steps/clipped"] = clipped[0] if len(clipped) == 1 else torch.stack(clipped).sum()
-        self.window_steps += len(self.pending)
-        self.pending.clear()
+        self._fold()
+        counts, self.folded = self.folded, {}
         return counts
+
+    def _fold(self) -> None:
+        """Sum the kept steps' counts into :attr:`folded`, on the device."""
+        if not self.totals:
+            return
+        totals, clipped = self.totals, self.clipped
+        if len(totals) == 1 and not self.folded:
+            # One step (log_every_n_steps=1) needs no stack and sum: each kernel costs microseconds on a CPU.
+            self.folded = {
+                "steps/nonfinite": ~torch.isfinite(totals[0]),
+                **({"steps/clipped": clipped[0]} if clipped else {}),
+            }
+        else:
+            counts = {"steps/nonfinite": (~torch.isfinite(torch.stack(totals))).sum()}
+            if clipped:
+                counts["steps/clipped"] = torch.stack(clipped).sum()
+            for key, count in counts.items():
+                self.folded[key] = count if key not in self.folded else self.folded[key] + count
+        self.window_steps += len(totals)
+        self.totals, self.clipped = [], []
 
     def count(self, numbers: Mapping[str, float]) -> None:
         """Fold in the counts :meth:`take` gave, made Python numbers."""
@@ -99,7 +126,7 @@ class _Window:
         self.clipped_steps = state.get("clipped_steps", 0.0)
         self.window_steps = state.get("window_steps", 0)
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
-        self.pending.clear()
+        self.totals, self.clipped, self.folded = [], [], {}
 
 
 def clip_algorithm(trainer: L.Trainer) -> str | None:
@@ -365,7 +392,7 @@ class GradNormMonitor(L.Callback):
             self._stepped.clear()
         for prefix, result in stepped:
             if result is not None and result.total is not None:
-                self._window(prefix).pending.append(result)
+                self._window(prefix).add(result)
             if self._logging:
                 self._log(trainer, prefix, result)
 

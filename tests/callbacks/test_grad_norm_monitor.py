@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lightning_optim import OptimMixin
-from lightning_optim.callbacks import GradNormMonitor
+from lightning_optim.callbacks import GradNormMonitor, grad_norm_monitor
+from lightning_optim.clipping.arithmetic import ClipResult
 from tests import tb
 from tests.models import MixinModel, RecordingModel, fit_logged, loader, trainer
 
@@ -98,6 +99,35 @@ def test_clip_fraction_is_the_share_of_steps_since_the_last_log(tmp_path):
     expected = [sum(clipped[i : i + 4]) / 4 for i in range(0, 16, 4)]
     assert [v for _, v in logged["grad_norm/clip_fraction"]] == pytest.approx(expected)
     assert [v for _, v in logged["grad_norm/total"]] == pytest.approx(model.before[3::4], rel=1e-5)
+
+
+def test_a_long_logging_interval_keeps_a_few_norms_and_counts_every_step(tmp_path, monkeypatch):
+    # With FOLD_STEPS 3, a window of 8 steps sums its counts on the device twice before the log sums the rest.
+    monkeypatch.setattr(grad_norm_monitor, "FOLD_STEPS", 3)
+    kept: list[int] = []
+    add = grad_norm_monitor._Window.add
+    monkeypatch.setattr(
+        grad_norm_monitor._Window, "add", lambda self, result: [add(self, result), kept.append(len(self.totals))]
+    )
+    model = SpikyMixinModel()
+    logged = fit(model, tmp_path, gradient_clip_val=1.0, log_every_n_steps=8)
+    clipped = [b > 1.0 for b in model.before]
+    assert [step for step, _ in logged["grad_norm/clip_fraction"]] == [7, 15]
+    assert [v for _, v in logged["grad_norm/clip_fraction"]] == [sum(clipped[:8]) / 8, sum(clipped[8:]) / 8]
+    assert 0 < sum(clipped) < 16
+    assert kept == [1, 2, 0, 1, 2, 0, 1, 2, 1, 2, 0, 1, 2, 0, 1, 2]
+
+
+def test_a_window_counts_the_steps_it_folded_and_those_it_kept(monkeypatch):
+    monkeypatch.setattr(grad_norm_monitor, "FOLD_STEPS", 2)
+    window = grad_norm_monitor._Window()
+    totals = [1.0, math.inf, 2.0, math.nan, 3.0]
+    for total in totals:
+        window.add(ClipResult("norm", 1.0, torch.tensor(total), clipped=torch.tensor(total > 1.0)))
+    assert len(window.totals) == 1
+    counts = window.take()
+    assert {key: int(value) for key, value in counts.items()} == {"steps/nonfinite": 2, "steps/clipped": 3}
+    assert (window.window_steps, window.totals, window.folded) == (5, [], {})
 
 
 def test_mixin_clipping_updates_parameters_exactly_as_lightning_clipping(tmp_path):

@@ -94,6 +94,13 @@ CASES: dict[str, dict[str, Any]] = {
         "clipping": {"name": "autoclip", "percentile": 50, "history": 4},
         "fused": False,
     },
+    "ddp_zclip": {
+        "parallel": "ddp",
+        "clip": None,
+        "clipping": {"name": "zclip", "z_threshold": 2.0, "alpha": 0.8, "warmup_steps": 2},
+        "fused": True,
+        "clipped_spike_at": 4,
+    },
 }
 """Per case: how the model is split (``fsdp2``: data parallel over 2 ranks; ``tp``: tensor parallel over 2;
 ``tp_attention``: the q/k/v/output projections of :class:`Attention` tensor parallel over 2; ``fsdp2_tp``: both, 2-D
@@ -101,13 +108,14 @@ over 4 ranks; ``ddp``: plain modules under ``DDPStrategy``, data parallel over 2
 ``gradient_clip_val`` and algorithm, ``optim_config.clipping`` and ``spike_guard``, whether AdamW is fused (folded
 clipping), the step at which the last data-parallel rank's batch is NaN (``GradNormMonitor(nonfinite="skip")``) and
 the step at which that rank's loss is scaled up 30-fold (a spike of the mean loss and of the gradient norm that only
-one rank sees before the ranks reduce)."""
+one rank sees before the ranks reduce): ``spike_at`` for the guard to skip, ``clipped_spike_at`` for ZClip alone to
+clip."""
 
 LAUNCHES = [
     ("fsdp2_norm", "fsdp2_value", "fsdp2_autoclip_skip", "fsdp2_zclip_guard"),
     ("tp", "tp_attention"),
     ("fsdp2_tp",),
-    ("ddp_loss_guard", "ddp_norm_guard_skip", "ddp_autoclip"),
+    ("ddp_loss_guard", "ddp_norm_guard_skip", "ddp_autoclip", "ddp_zclip"),
 ]
 """The cases of each launch of ``python -m tests.sharded.runs``, run one after the other in the same processes (the
 start-up is most of a small case's time); the cases of one launch have the same :func:`mesh_shape`."""
@@ -169,7 +177,7 @@ class Net(OptimMixin, L.LightningModule):
             # No bias before BatchNorm: its gradient is rounding noise, which Adam would blow up to lr-sized steps.
             self.net = nn.Sequential(nn.Linear(6, 8, bias=self.tensor_parallel), *norm, nn.ReLU(), nn.Linear(8, 3))
         self.nan_at = spec.get("nan_at")
-        self.spike_at = spec.get("spike_at")
+        self.spike_at = spec.get("spike_at", spec.get("clipped_spike_at"))
         self.optim_config = {
             "optimizer": {"name": "adamw", "lr": 0.05, "weight_decay": 0.01, "fused": spec["fused"]},
             "param_groups": [{"name": "no_decay", "params": r"bias$", "weight_decay": 0.0}],

@@ -53,6 +53,12 @@ def check_case(case: str, ranks: list[dict[str, Any]], reference: dict[str, Any]
     assert len(reference["clipping"]) == (STEPS if by_norm or CASES[case]["clipping"] is not None else 0)
     if (spike_at := CASES[case].get("spike_at")) is not None:
         assert [step[-1] for step in reference["statistics"]] == [0] * spike_at + [1] * (STEPS - spike_at)
+    if (clipped_at := CASES[case].get("clipped_spike_at")) is not None:
+        # ZClip let the steps before the spike through and cut the spike's norm down to its threshold.
+        norms, thresholds = zip(*reference["clipping"], strict=True)
+        assert norms[clipped_at] > 2 * thresholds[clipped_at], reference["clipping"]
+        before = zip(norms[:clipped_at], thresholds[:clipped_at], strict=True)
+        assert all(norm <= threshold for norm, threshold in before)
     # Every parameter took a step at every step but the NaN one and the spike, on every rank as in one process.
     skipped = {CASES[case][key] for key in ("nan_at", "spike_at") if key in CASES[case]}
     taken = [sum(step not in skipped for step in range(last + 1)) for last in range(STEPS)]
