@@ -363,3 +363,15 @@ def test_layer_decay_per_member_of_several_optimizers():
 def test_bad_layer_decay_names_the_key(layer_decay, message):
     with pytest.raises(OptimConfigError, match=message):
         build_optimizer(ViT(depth=2), {"name": "sgd", "lr": 0.1}, layer_decay=layer_decay)
+
+
+def test_a_layer_decay_regex_that_is_no_string_is_refused_when_the_section_is_checked():
+    """A bytes regex compiles, but cannot search the parameters' names: it is refused with the section, not left to
+    fail with a TypeError when the optimizer is built."""
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "layer_decay": {"rate": 0.5, "layers": b"^blocks[.]([0-9]+)"}}
+    with pytest.raises(OptimConfigError) as error:
+        resolve_optim_config(config)
+    assert str(error.value) == (
+        "optim_config.layer_decay.layers = b'^blocks[.]([0-9]+)' is not valid. Expected a regex string, "
+        "e.g. '^blocks\\.(\\d+)\\.'."
+    )

@@ -210,7 +210,7 @@ class TensorBoardDashboard(L.Callback):
             log_dir = logger.log_dir
             for step, series in points:
                 for run, values in series.items():
-                    add_scalars(self._series_writer(os.path.join(log_dir, run)).file_writer, values, step)
+                    add_scalars(self._series_writer(os.path.join(log_dir, run)).file_writer, values, step)  # type: ignore[arg-type]  # torch infers None from __init__; closed writers are dropped
 
     def _series_writer(self, log_dir: str) -> SummaryWriter:
         if log_dir not in self._series_writers:

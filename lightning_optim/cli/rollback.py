@@ -151,18 +151,18 @@ def resolve_rollback(section: DictConfig | Mapping[str, Any] | None) -> Rollback
         section = OmegaConf.to_container(section, resolve=True)  # type: ignore[assignment]
     if not isinstance(section, Mapping):
         raise ValueError(f"rollback = {section!r} is not valid. Expected null or a mapping, e.g. rollback={{}}.")
-    values = {}
+    values: dict[str, Any] = {}
     for key, value in section.items():
         if key not in _CHECKS:
             raise ValueError(
-                f"rollback.{key} is not a key of rollback.{did_you_mean(key, _CHECKS)} Expected one of "
+                f"rollback.{key!s} is not a key of rollback.{did_you_mean(key, _CHECKS)} Expected one of "
                 f"{', '.join(_CHECKS)}."
             )
         check, expected = _CHECKS[key]
         if isinstance(value, float) and value.is_integer() and "integer" in expected:
             value = int(value)
         numeric = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if not ((numeric or key in ("on", "every_n_steps")) and _holds(check, value)):
+        if not ((numeric or key == "on" or value is None) and _holds(check, value)):
             raise ValueError(f"rollback.{key} = {value!r} is not valid. Expected {expected}.")
         values[key] = float(value) if key in ("z_threshold", "lr_factor", "alpha") else value
     return RollbackSpec(**values)
@@ -388,7 +388,7 @@ class RollbackWatch(L.Callback):
                     if "initial_lr" in group:
                         group["initial_lr"] *= ratio
             for config in trainer.lr_scheduler_configs:
-                config.scheduler.base_lrs = [lr * ratio for lr in config.scheduler.base_lrs]  # type: ignore[union-attr]
+                config.scheduler.base_lrs = [lr * ratio for lr in config.scheduler.base_lrs]
         self.lr_scale = self.target_lr_scale
 
     @override

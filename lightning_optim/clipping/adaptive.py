@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lightning_optim.errors import OptimConfigError, checkpoint_error, config_error
 from lightning_optim.value_types import conform_section, dataclass_types
@@ -283,6 +284,7 @@ class ZClip:
 
 
 class _Missing:
+    @override
     def __repr__(self) -> str:
         return "<missing>"
 

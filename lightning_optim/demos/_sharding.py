@@ -27,7 +27,7 @@ def shard_under_model_parallel(module: L.LightningModule, *containers: nn.Module
         return
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    mesh = module.device_mesh["data_parallel"]
+    mesh = trainer.strategy.device_mesh["data_parallel"]
     # Lightning calls configure_model again for each stage (fit, then test); fully_shard may run only once.
     for container in (container for container in containers if not isinstance(container, FSDPModule)):
         for child in container.children():

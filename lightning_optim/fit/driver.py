@@ -494,8 +494,8 @@ class FitDriver(L.Callback):
             checkpoint[SPIKE_GUARD_KEY] = self.guards.state_dict()
         if self._schedulers():
             # With several optimizers each record names its optimizer, so a resume finds it whatever the order.
-            saved = [record.saved_run_length() for record in self._schedulers()]
-            checkpoint[RUN_LENGTHS_KEY] = [record for record in saved if record is not None]
+            lengths = [record.saved_run_length() for record in self._schedulers()]
+            checkpoint[RUN_LENGTHS_KEY] = [length for length in lengths if length is not None]
         resumed = [
             (record.name, record.run_length.resumed)
             for record in self._schedulers()
@@ -569,7 +569,7 @@ class FitDriver(L.Callback):
     def _resume_schedules(self) -> list[tuple[str | None, Any, int | None]]:
         """Give each closed-form schedule its resumed form at the restored step; return what the policy line shows."""
         assert self._resume is not None  # called only on a resumed fit
-        shown = []
+        shown: list[tuple[str | None, Any, int | None]] = []
         for record in self._schedulers():
             assert record.scheduler is not None  # _schedulers keeps records with one
             scheduler = record.scheduler.scheduler

@@ -220,7 +220,7 @@ class OptimMixin(_LightningModule):
         if trainer is not None and type(previous) is FitDriver:
             # The last run's driver leaves as this run's arrives (a checkpoint saved after the fit still had it).
             # Lightning would replace it too, but announce it as an override of a callback the user passed.
-            trainer.callbacks = [callback for callback in trainer.callbacks if callback is not previous]
+            trainer.callbacks = [callback for callback in trainer.callbacks if callback is not previous]  # type: ignore[attr-defined]  # set by Lightning's connector
         return [FitDriver(self._spec()).attach(self)]
 
     def _driver(self, trainer: L.Trainer | None) -> FitDriver:
@@ -228,7 +228,7 @@ class OptimMixin(_LightningModule):
         driver = driver_of(self)
         if trainer is None:
             return driver or FitDriver(self._spec())
-        if driver is None or not any(callback is driver for callback in trainer.callbacks):
+        if driver is None or not any(callback is driver for callback in trainer.callbacks):  # type: ignore[attr-defined]  # set by Lightning's connector
             raise OptimConfigError(
                 f"{type(self).__name__}.configure_callbacks did not return OptimMixin's FitDriver, which runs the "
                 "schedules, plateau stepping, checkpoint entries and adaptive clipping during the fit. Return "
@@ -295,7 +295,7 @@ class OptimMixin(_LightningModule):
         message = max_steps_counts_every_optimizer(trainer, len(spec.members), sized_by_run)
         if message is not None:
             warnings.warn(message, UserWarning, stacklevel=3)
-        return [
+        return [  # type: ignore[return-value]  # Lightning takes dicts with and without a scheduler in one list
             {"optimizer": r.optimizer, **({"lr_scheduler": r.scheduler.lightning_config} if r.scheduler else {})}
             for r in records
         ]

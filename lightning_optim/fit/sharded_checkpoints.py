@@ -207,7 +207,7 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         False
     """
 
-    @property  # type: ignore[override]  # the setter is Lightning's, redefined with the getter
+    @property  # type: ignore[explicit-override]  # mypy misses @override on a property with a setter (mypy#15900)
     @override
     def checkpoint_io(self) -> CheckpointIO:
         # Chosen only when nothing else was: a CheckpointIO given as a Trainer plugin is set here by Lightning, and

@@ -24,7 +24,7 @@ import importlib
 import inspect
 import textwrap
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from lightning_optim.errors import OptimConfigError, config_error
 from lightning_optim.value_types import Expected, expected
@@ -169,6 +169,7 @@ def kwargs_switches(cls: type[Any]) -> dict[str, Expected]:
         for node in ast.walk(tree):
             key = _group_key_read(node)
             if key is not None:
+                assert isinstance(node, ast.Call)  # _group_key_read matches calls only
                 if reads.get(key, inspect.Parameter.empty) in (inspect.Parameter.empty, None):
                     reads[key] = _literal_default(node)
                 continue
@@ -194,7 +195,9 @@ def _syntax(target: Any) -> ast.Module | None:
 def _kwargs_reach_groups(mro: tuple[type[Any], ...]) -> bool:
     """Whether the first constructor in ``mro`` puts its ``**kwargs`` into the groups' defaults."""
     index = next((i for i, klass in enumerate(mro) if "__init__" in vars(klass)), None)
-    tree = None if index is None else _syntax(mro[index].__init__)
+    if index is None:
+        return False
+    tree = _syntax(mro[index].__init__)
     function = None if tree is None else tree.body[0]
     if not isinstance(function, ast.FunctionDef) or function.args.kwarg is None:
         return False
@@ -213,7 +216,7 @@ def _is_name(node: ast.AST, name: str) -> bool:
     return isinstance(node, ast.Name) and node.id == name
 
 
-def _is_super_init(node: ast.AST) -> bool:
+def _is_super_init(node: ast.AST) -> TypeGuard[ast.Call]:
     return (
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)

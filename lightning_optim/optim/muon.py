@@ -12,11 +12,12 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_optim.errors import config_error, key_path
 from lightning_optim.names import named_modules
@@ -54,9 +55,10 @@ class _FlatMuon(torch.optim.Muon):
         for group in params:
             self.add_param_group(group)
 
+    @override
     def _init_group(
         self,
-        group: Mapping[str, Any],
+        group: MutableMapping[str, Any],
         params_with_grad: list[torch.Tensor],
         grads: list[torch.Tensor],
         muon_momentum_bufs: list[torch.Tensor],
@@ -143,6 +145,7 @@ class MuonWithAux(torch.optim.Optimizer):
         self.aux: torch.optim.Optimizer | None = None
         super().__init__(params, dict(self._muon_options))
 
+    @override
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to Muon (``use_muon`` true) or the auxiliary optimizer; without ``use_muon``, split by shape.
 
@@ -187,8 +190,9 @@ class MuonWithAux(torch.optim.Optimizer):
         """Each parameter group with the optimizer that steps it, in :attr:`param_groups` order."""
         return [(group, self.muon if group["use_muon"] else self.aux) for group in self.param_groups]  # type: ignore[misc]
 
+    @override
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (with gradients enabled), then step Muon and the auxiliary optimizer.
 
         Returns:
@@ -203,6 +207,7 @@ class MuonWithAux(torch.optim.Optimizer):
                 part.step()
         return loss
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load torch's state dict of all groups, then hand each part its groups and the shared state again."""
         super().load_state_dict(state_dict)

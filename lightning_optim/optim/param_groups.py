@@ -257,9 +257,12 @@ in (0, 1], e.g. 0.75 (each block's lr is rate times the next one's).
             "a number in (0, 1], e.g. 0.75 (each block's lr is rate times the next one's)",
         )
     layers = section.get("layers")
+    if not isinstance(layers, str):
+        # A bytes regex compiles, but searching the parameters' names with it fails only when the optimizer is built.
+        raise config_error(f"{where}.layers", layers, r"a regex string, e.g. '^blocks\.(\d+)\.'")
     try:
-        pattern = re.compile(layers)  # type: ignore[arg-type]
-    except (re.error, TypeError) as error:
+        pattern = re.compile(layers)
+    except re.error as error:
         raise config_error(f"{where}.layers", layers, f"a valid Python regex ({error})") from None
     if pattern.groups != 1:
         raise config_error(

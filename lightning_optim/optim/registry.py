@@ -314,7 +314,7 @@ true or false, e.g. false.
 or a switch it reads through **kwargs: adanorm, adanorm_r, cautious, use_gc.
     """
     arguments = constructor_types(cls)
-    switches = kwargs_switches(cls)
+    switches = kwargs_switches(cls)  # type: ignore[arg-type]  # classes hash; typeshed disagrees
     types = {**arguments, **switches}
     for key, value in options.items():
         if key not in types:
@@ -556,6 +556,7 @@ Expected a learning rate >= 0 and at most 3.403e+38 (float32's largest), e.g. 1e
         checked_rules = check_rule_options(info.cls, rules, where)
         check_effective_lrs(info.cls, options, checked_rules, where)
     else:
+        assert aux_section is not None  # popped with aux above
         named = {name: value for name, value in aux_section.items() if name in _SPEC_KEYS}
         options["aux"] = {**named, **aux.options}
         checked_rules = _check_muon_rules(aux.info.cls, rules, where)
@@ -573,9 +574,10 @@ def _resolve_aux(section: Any, where: str) -> OptimizerSpec:
         )
     else:
         names = [name for name, known in OPTIMIZER_INFOS.items() if _steps_as_aux(known)]
-        info = _BY_SPELLING.get(str(section.get("name")).lower())
-        if info is None or not _steps_as_aux(info):
+        by_name = _BY_SPELLING.get(str(section.get("name")).lower())
+        if by_name is None or not _steps_as_aux(by_name):
             raise config_error(f"{where}.name", section.get("name"), f"one of: {', '.join(names)}", names)
+        info = by_name
     options = check_options(info.cls, optimizer_options(section), where)
     check_required_arguments(info.cls, options, where)
     return OptimizerSpec(info, options)

@@ -81,7 +81,7 @@ class ClosedFormLR(LRScheduler):
         self._last_lr = values
 
 
-def write_lrs(groups: Sequence[dict[str, Any]], values: Sequence[float]) -> None:
+def write_lrs(groups: Sequence[dict[str, Any]], values: Sequence[float | torch.Tensor]) -> None:
     """Set each group's lr, in place where it is a tensor (a fused or capturable optimizer's ``lr`` can be one).
 
     Examples:

@@ -189,6 +189,7 @@ def test_a_spike_on_one_ddp_rank_rolls_both_back_to_one_checkpoint_skipping_the_
         ({"z_threshold": 0}, "rollback.z_threshold = 0 is not valid. Expected a number > 0, e.g. 8.0."),
         ({"on": "grad_norm"}, "rollback.on = 'grad_norm' is not valid. Expected 'loss'"),
         ({"max_times": 1.5}, "rollback.max_times = 1.5 is not valid. Expected an integer >= 1."),
+        ({"every_n_steps": True}, "rollback.every_n_steps = True is not valid. Expected an integer >= 1, or null."),
         ({"skip_batch": 2}, "rollback.skip_batch is not a key of rollback. Did you mean 'skip_batches'?"),
     ],
 )
