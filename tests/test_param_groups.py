@@ -365,6 +365,17 @@ def test_bad_layer_decay_names_the_key(layer_decay, message):
         build_optimizer(ViT(depth=2), {"name": "sgd", "lr": 0.1}, layer_decay=layer_decay)
 
 
+@pytest.mark.parametrize("params", [b"bias$", 3, None], ids=["bytes", "int", "null"])
+def test_a_group_regex_that_is_no_string_is_refused_when_the_section_is_checked(params):
+    config = {"optimizer": {"name": "sgd", "lr": 0.1}, "param_groups": [{"name": "no_decay", "params": params}]}
+    with pytest.raises(OptimConfigError) as error:
+        resolve_optim_config(config)
+    assert str(error.value) == (
+        f"optim_config.param_groups[0].params = {params!r} is not valid. Expected a regex string matched against "
+        "parameter names, e.g. 'bias$'."
+    )
+
+
 def test_a_layer_decay_regex_that_is_no_string_is_refused_when_the_section_is_checked():
     """A bytes regex compiles, but cannot search the parameters' names: it is refused with the section, not left to
     fail with a TypeError when the optimizer is built."""

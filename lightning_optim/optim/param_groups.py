@@ -133,9 +133,12 @@ def compile_rules(rules: Sequence[Mapping[str, Any]], where: str = "") -> list[S
 
 
 def _compile_params(value: Any, key: str) -> re.Pattern[str]:
+    if not isinstance(value, str):
+        # A bytes regex compiles, but searching the parameters' names with it fails only when the optimizer is built.
+        raise config_error(f"{key}.params", value, r"a regex string matched against parameter names, e.g. 'bias$'")
     try:
         return re.compile(value)
-    except (re.error, TypeError) as error:
+    except re.error as error:
         raise config_error(f"{key}.params", value, f"a valid Python regex ({error})") from None
 
 
