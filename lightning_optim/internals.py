@@ -73,6 +73,30 @@ def logging_step(trainer: L.Trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
+def measures(trainer: L.Trainer, every_n_logging_steps: int) -> bool:
+    """Whether a monitor that measures on every ``every_n_logging_steps``-th of Lightning's logging steps measures
+    this batch (:func:`should_log` and :func:`is_every_nth_logging_step`)."""
+    if not should_log(trainer):
+        return False
+    interval: int = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
+    return every_n_logging_steps == 1 or is_every_nth_logging_step(
+        logging_step(trainer), interval, every_n_logging_steps
+    )
+
+
+def is_every_nth_logging_step(step: int, log_every_n_steps: int, every_n: int) -> bool:
+    """Whether logging step ``step`` is the first, the ``(1 + every_n)``-th, ... of Lightning's regular logging steps
+    (those with ``(step + 1) % log_every_n_steps == 0``). Counted from the step, not from the steps seen, so a resumed
+    run measures the same steps as one that never stopped; a logging step Lightning adds because the run is stopping
+    counts as the regular one before it.
+
+    Examples:
+        >>> [step for step in range(12) if (step + 1) % 2 == 0 and is_every_nth_logging_step(step, 2, every_n=3)]
+        [1, 7]
+    """
+    return ((step + 1) // log_every_n_steps - 1) % every_n == 0
+
+
 def is_last_batch(trainer: L.Trainer) -> bool:
     """Whether the training batch being run is the last one the dataloader yields this epoch (it may be smaller).
 

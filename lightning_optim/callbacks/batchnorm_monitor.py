@@ -37,7 +37,7 @@ from lightning_optim.internals import (
     is_compiled,
     is_last_batch,
     logging_step,
-    should_log,
+    measures,
 )
 from lightning_optim.names import named_modules
 from lightning_optim.stats.batchnorm import DEAD_VARIANCE, rank_divergence, unrecoverable
@@ -116,9 +116,12 @@ class BatchNormMonitor(L.Callback):
         var_ratio_range: ``(low, high)``; a ``var_ratio`` outside it marks a layer in the report.
         divergence_threshold: ``rank_divergence`` above which a layer is warned about and marked.
         min_batch_size: Per-device samples below which a training batch is too small for BatchNorm.
-        histogram_every_n: Write input/output histograms every this many logging steps (first one included);
-            None: never.
+        histogram_every_n: Write input/output histograms every this many measured logging steps (first one
+            included); None: never.
         report: Print the table and write the JSON at the end of fit.
+        every_n_logging_steps: Measure on the first of Lightning's logging steps and every this many after it (the
+            others cost nothing): the loss can be logged every step while the BatchNorm layers are measured every
+            tenth.
 
     Examples:
         >>> monitor = BatchNormMonitor(histogram_every_n=10)
@@ -135,9 +138,18 @@ class BatchNormMonitor(L.Callback):
         min_batch_size: int = 8,
         histogram_every_n: int | None = None,
         report: bool = True,
+        every_n_logging_steps: int = 1,
     ) -> None:
         if histogram_every_n is not None and histogram_every_n < 1:
             raise argument_error("BatchNormMonitor", "histogram_every_n", histogram_every_n, "a positive int or None")
+        if (
+            isinstance(every_n_logging_steps, bool)
+            or not isinstance(every_n_logging_steps, int)
+            or every_n_logging_steps < 1
+        ):
+            raise argument_error(
+                "BatchNormMonitor", "every_n_logging_steps", every_n_logging_steps, "an int >= 1, e.g. 10"
+            )
         low, high = var_ratio_range
         self.dead_threshold = dead_threshold
         self.drift_threshold = drift_threshold
@@ -146,6 +158,7 @@ class BatchNormMonitor(L.Callback):
         self.min_batch_size = min_batch_size
         self.histogram_every_n = histogram_every_n
         self.report = report
+        self.every_n_logging_steps = every_n_logging_steps
         self.layers: dict[str, BatchNormLayer] = {}
         self.last: dict[str, dict[str, float]] = {}
         """The last logged values of each layer, by key without the ``batchnorm/<layer>/`` prefix."""
@@ -220,7 +233,7 @@ class BatchNormMonitor(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self.layers or not trainer.is_global_zero or not should_log(trainer):
+        if not self.layers or not trainer.is_global_zero or not measures(trainer, self.every_n_logging_steps):
             return
         step = logging_step(trainer)
         if step == self._step:  # under gradient accumulation several batches share one logging step

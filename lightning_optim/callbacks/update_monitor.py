@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.errors import argument_error
-from lightning_optim.internals import logging_step, should_log, torch_optimizer
+from lightning_optim.internals import logging_step, measures, torch_optimizer
 from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
     TensorNorms,
@@ -118,6 +118,9 @@ class UpdateMonitor(L.Callback):
         per_param_group: also log each optimizer parameter group.
         optimizer_state: log ``optimizer_state/*``.
         ratio_range: the range of healthy median ratios, ``(low, high)``.
+        every_n_logging_steps: measure on the first of Lightning's logging steps and every this many after it (the
+            others cost nothing): the loss can be logged every step while the updates, which cost a copy of the
+            parameters and a few kernels per parameter tensor, are measured every tenth.
 
     Examples:
         >>> import lightning as L
@@ -132,9 +135,18 @@ class UpdateMonitor(L.Callback):
         per_param_group: bool = False,
         optimizer_state: bool = True,
         ratio_range: tuple[float, float] = (1e-4, 1e-2),
+        every_n_logging_steps: int = 1,
     ) -> None:
         if per_layer_depth is not None and per_layer_depth < 1:
             raise argument_error("UpdateMonitor", "per_layer_depth", per_layer_depth, ">= 1 or None")
+        if (
+            isinstance(every_n_logging_steps, bool)
+            or not isinstance(every_n_logging_steps, int)
+            or every_n_logging_steps < 1
+        ):
+            raise argument_error(
+                "UpdateMonitor", "every_n_logging_steps", every_n_logging_steps, "an int >= 1, e.g. 10"
+            )
         low, high = ratio_range
         if not 0 <= low < high:
             raise argument_error("UpdateMonitor", "ratio_range", ratio_range, "(low, high) with 0 <= low < high")
@@ -142,6 +154,7 @@ class UpdateMonitor(L.Callback):
         self.per_param_group = per_param_group
         self.optimizer_state = optimizer_state
         self.ratio_range = (float(low), float(high))
+        self.every_n_logging_steps = every_n_logging_steps
         self._trainer: L.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._copies: dict[int, list[torch.Tensor]] = {}
@@ -180,7 +193,7 @@ class UpdateMonitor(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         # A copy left from a step that never ran (GradScaler skipped it) must not stand for a later step's start.
         self._copies.clear()
-        if not should_log(trainer):
+        if not measures(trainer, self.every_n_logging_steps):
             self._remove_hooks()
             return
         if self._handles:

@@ -213,6 +213,26 @@ def test_no_hooks_and_no_host_sync_on_non_logging_steps():
     assert {index: counts[index] for index in (0, 1, 3, 4)} == {0: 0, 1: 0, 3: 0, 4: 0}
 
 
+def test_every_n_logging_steps_measures_a_fraction_of_them_as_every_step_would():
+    logged = {}
+    for every_n in (1, 4):
+        model, logger = BatchNormNet(), RecordingLogger()
+        monitor = BatchNormMonitor(report=False, every_n_logging_steps=every_n)
+        trainer(logger=logger, log_every_n_steps=1, callbacks=[monitor]).fit(model, images())
+        logged[every_n] = logger.batchnorm()
+    assert sorted(logged[4]) == [0, 4] and model.hook_counts == [2, 0, 0, 0, 2, 0]
+    assert logged[4] == {step: logged[1][step] for step in (0, 4)}
+
+
+@pytest.mark.parametrize("every_n", [0, 2.0, True])
+def test_every_n_logging_steps_must_be_a_positive_int(every_n):
+    with pytest.raises(ValueError) as error:
+        BatchNormMonitor(every_n_logging_steps=every_n)
+    assert str(error.value) == (
+        f"BatchNormMonitor(every_n_logging_steps={every_n!r}) is not valid. Expected an int >= 1, e.g. 10."
+    )
+
+
 def test_accumulated_batches_log_each_step_once():
     model, logger = BatchNormNet(), RecordingLogger()
     callbacks = [BatchNormMonitor(report=False)]

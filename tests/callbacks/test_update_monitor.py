@@ -211,6 +211,29 @@ def test_non_logging_steps_have_no_hook(tmp_path):
     assert logged["update/ratio_reference"] == [(2, tb.float32(REFERENCE_RATIO)), (5, tb.float32(REFERENCE_RATIO))]
 
 
+def test_every_n_logging_steps_measures_a_fraction_of_them_and_hooks_nothing_between(tmp_path):
+    recorder = Recorder()
+    config = {"optimizer": {"name": "adamw", "lr": 0.01}}
+    monitor = UpdateMonitor(every_n_logging_steps=3)
+    logged = fit_logged(MixinModel(config), tmp_path, [recorder, monitor], log_every_n_steps=2)
+    hooks = [count for _, count in recorder.hooks]
+    assert [count - min(hooks) for count in hooks] == [0, 1, 0, 0, 0, 0, 0, 1], "logging steps 1, 3, 5, 7"
+    measured = {key: [step for step, _ in values] for key, values in logged.items() if key.startswith("update/")}
+    assert set(map(tuple, measured.values())) == {(1, 7)}
+    recorder.steps = [step for step in recorder.steps if step["step"] in (1, 7)]
+    assert_logged_as_expected(logged, recorder)
+
+
+@pytest.mark.parametrize("every_n", [0, 2.0, True])
+def test_every_n_logging_steps_must_be_a_positive_int(every_n):
+    with pytest.raises(ValueError) as error:
+        UpdateMonitor(every_n_logging_steps=every_n)
+    assert (
+        str(error.value)
+        == f"UpdateMonitor(every_n_logging_steps={every_n!r}) is not valid. Expected an int >= 1, e.g. 10."
+    )
+
+
 def test_dashboard_has_an_updates_section(tmp_path):
     config = {"optimizer": {"name": "sgd", "lr": 0.05}}
     fit_logged(MixinModel(config), tmp_path, [UpdateMonitor(), TensorBoardDashboard()], max_steps=1)
