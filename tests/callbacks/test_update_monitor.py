@@ -224,6 +224,18 @@ def test_every_n_logging_steps_measures_a_fraction_of_them_and_hooks_nothing_bet
     assert_logged_as_expected(logged, recorder)
 
 
+def test_a_resumed_run_measures_the_steps_an_uninterrupted_one_does(tmp_path):
+    config = {"optimizer": {"name": "sgd", "lr": 0.05}}
+    steps = []
+    for max_steps, resume in ((5, None), (16, tmp_path / "stop.ckpt")):
+        logger, monitor = MemoryLogger(), UpdateMonitor(every_n_logging_steps=3)
+        run = trainer(callbacks=[monitor], logger=logger, max_steps=max_steps, max_epochs=4, log_every_n_steps=2)
+        run.fit(MixinModel(config), loader(), ckpt_path=resume)
+        run.save_checkpoint(tmp_path / "stop.ckpt")
+        steps += [step for step, metrics in logger.logged if "update/ratio" in metrics]
+    assert steps == [1, 7, 13], "logging steps 1, 3, ..., 15: the first and every third after it"
+
+
 @pytest.mark.parametrize("every_n", [0, 2.0, True])
 def test_every_n_logging_steps_must_be_a_positive_int(every_n):
     with pytest.raises(ValueError) as error:
