@@ -93,6 +93,22 @@ def argument_error(owner: str, argument: str, value: object, expected: str, choi
     return ValueError(f"{owner}({argument}={value!r}) is not valid.{did_you_mean(value, choices)} Expected {expected}.")
 
 
+def positive_int_argument(owner: str, argument: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (a bool is not), else raise :func:`argument_error` for it.
+
+    Examples:
+        >>> positive_int_argument("UpdateMonitor", "every_n_logging_steps", 10)
+        10
+        >>> positive_int_argument("UpdateMonitor", "every_n_logging_steps", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: UpdateMonitor(every_n_logging_steps=0) is not valid. Expected an int >= 1, e.g. 10.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise argument_error(owner, argument, value, "an int >= 1, e.g. 10")
+    return value
+
+
 def checkpoint_error(key: str, value: object, expected: str) -> CheckpointError:
     """Build the error for a record restored from a checkpoint: ``key`` (its path in the checkpoint) holds ``value``.
 

@@ -30,7 +30,7 @@ from typing_extensions import override
 from lightning_optim.callbacks.batchnorm_report import HealthLimits, report_health, report_row
 from lightning_optim.callbacks.collector import MetricCollector
 from lightning_optim.callbacks.scalar_writer import histogram_bins
-from lightning_optim.errors import argument_error
+from lightning_optim.errors import argument_error, positive_int_argument
 from lightning_optim.internals import (
     BatchNormLayer,
     is_batchnorm,
@@ -142,14 +142,6 @@ class BatchNormMonitor(L.Callback):
     ) -> None:
         if histogram_every_n is not None and histogram_every_n < 1:
             raise argument_error("BatchNormMonitor", "histogram_every_n", histogram_every_n, "a positive int or None")
-        if (
-            isinstance(every_n_logging_steps, bool)
-            or not isinstance(every_n_logging_steps, int)
-            or every_n_logging_steps < 1
-        ):
-            raise argument_error(
-                "BatchNormMonitor", "every_n_logging_steps", every_n_logging_steps, "an int >= 1, e.g. 10"
-            )
         low, high = var_ratio_range
         self.dead_threshold = dead_threshold
         self.drift_threshold = drift_threshold
@@ -158,7 +150,9 @@ class BatchNormMonitor(L.Callback):
         self.min_batch_size = min_batch_size
         self.histogram_every_n = histogram_every_n
         self.report = report
-        self.every_n_logging_steps = every_n_logging_steps
+        self.every_n_logging_steps = positive_int_argument(
+            "BatchNormMonitor", "every_n_logging_steps", every_n_logging_steps
+        )
         self.layers: dict[str, BatchNormLayer] = {}
         self.last: dict[str, dict[str, float]] = {}
         """The last logged values of each layer, by key without the ``batchnorm/<layer>/`` prefix."""

@@ -24,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from lightning_optim.callbacks.collector import MetricCollector
-from lightning_optim.errors import argument_error
+from lightning_optim.errors import argument_error, positive_int_argument
 from lightning_optim.internals import logging_step, measures, torch_optimizer
 from lightning_optim.names import named_parameters, optimizer_labels
 from lightning_optim.stats import (
@@ -139,14 +139,6 @@ class UpdateMonitor(L.Callback):
     ) -> None:
         if per_layer_depth is not None and per_layer_depth < 1:
             raise argument_error("UpdateMonitor", "per_layer_depth", per_layer_depth, ">= 1 or None")
-        if (
-            isinstance(every_n_logging_steps, bool)
-            or not isinstance(every_n_logging_steps, int)
-            or every_n_logging_steps < 1
-        ):
-            raise argument_error(
-                "UpdateMonitor", "every_n_logging_steps", every_n_logging_steps, "an int >= 1, e.g. 10"
-            )
         low, high = ratio_range
         if not 0 <= low < high:
             raise argument_error("UpdateMonitor", "ratio_range", ratio_range, "(low, high) with 0 <= low < high")
@@ -154,7 +146,9 @@ class UpdateMonitor(L.Callback):
         self.per_param_group = per_param_group
         self.optimizer_state = optimizer_state
         self.ratio_range = (float(low), float(high))
-        self.every_n_logging_steps = every_n_logging_steps
+        self.every_n_logging_steps = positive_int_argument(
+            "UpdateMonitor", "every_n_logging_steps", every_n_logging_steps
+        )
         self._trainer: L.Trainer | None = None
         self._handles: list[RemovableHandle] = []
         self._copies: dict[int, list[torch.Tensor]] = {}
