@@ -146,15 +146,19 @@ def group_norms(norms: Sequence[torch.Tensor], groups: Sequence[int], count: int
         stacked = torch.stack(list(norms))
         index = torch.tensor(list(groups), device=stacked.device)
         return torch.zeros(count, device=stacked.device).index_reduce_(0, index, stacked, "amax", include_self=False)
-    return group_power_sums(norms, [1.0] * len(norms), groups, count, norm_type).pow(1.0 / norm_type).float()
+    return group_power_sums(norms, None, groups, count, norm_type).pow(1.0 / norm_type).float()
 
 
 def group_power_sums(
-    norms: Sequence[torch.Tensor], weights: Sequence[float], groups: Sequence[int], count: int, norm_type: float
+    norms: Sequence[torch.Tensor],
+    weights: Sequence[float] | None,
+    groups: Sequence[int],
+    count: int,
+    norm_type: float,
 ) -> torch.Tensor:
-    """Each group's weighted sum of the tensors' norms to the power ``norm_type`` (finite), in float64: it keeps the
-    root of large sums of p-th powers as exact as one norm of them all. :func:`reduce_norms` adds them up over the
-    ranks before the root.
+    """Each group's sum of the tensors' norms to the power ``norm_type`` (finite), each weighted by ``weights`` (None:
+    all 1), in float64: it keeps the root of large sums of p-th powers as exact as one norm of them all.
+    :func:`reduce_norms` adds them up over the ranks before the root.
 
     Examples:
         >>> group_power_sums([torch.tensor(3.0), torch.tensor(4.0)], [1.0, 0.5], [0, 0], 1, 2.0)
@@ -162,7 +166,9 @@ def group_power_sums(
     """
     stacked = torch.stack(list(norms))
     index = torch.tensor(list(groups), device=stacked.device)
-    powers = stacked.double().pow(norm_type) * torch.tensor(list(weights), device=stacked.device, dtype=torch.float64)
+    powers = stacked.double().pow(norm_type)
+    if weights is not None:
+        powers *= torch.tensor(list(weights), device=stacked.device, dtype=torch.float64)
     return torch.zeros(count, device=stacked.device, dtype=torch.float64).index_add_(0, index, powers)
 
 
