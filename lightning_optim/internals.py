@@ -76,12 +76,11 @@ def logging_step(trainer: L.Trainer) -> int:
 def measures(trainer: L.Trainer, every_n_logging_steps: int) -> bool:
     """Whether a monitor that measures on every ``every_n_logging_steps``-th of Lightning's logging steps measures
     this batch (:func:`should_log` and :func:`is_every_nth_logging_step`)."""
-    if not should_log(trainer):
-        return False
+    logging = should_log(trainer)
+    if not logging or every_n_logging_steps == 1:
+        return logging
     interval: int = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
-    return every_n_logging_steps == 1 or is_every_nth_logging_step(
-        logging_step(trainer), interval, every_n_logging_steps
-    )
+    return is_every_nth_logging_step(logging_step(trainer), interval, every_n_logging_steps)
 
 
 def is_every_nth_logging_step(step: int, log_every_n_steps: int, every_n: int) -> bool:
